@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/*
+ * godwit's kernel side: on-CPU time, pages dirtied and write faults per tgid and per cgroup,
+ * process exec/exit events, and dirtied page ranges of the inodes userspace tracks.
+ *
+ * Only BTF-enabled raw tracepoints (tp_btf) are used: they need no tracefs, cost less than
+ * classic tracepoints and kprobes are not available on every kernel we run on.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "godwit.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* x86 page-fault error code bit for a write access (arch/x86/include/asm/trap_pf.h). */
+#define X86_PF_WRITE (1UL << 1)
+/* errno values used below (vmlinux.h carries no macros). */
+#define E2BIG 7
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, GODWIT_MAX_TASKS);
+	__type(key, __u32);
+	__type(value, struct godwit_counters);
+} tasks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, GODWIT_MAX_CGROUPS);
+	__type(key, __u64);
+	__type(value, struct godwit_counters);
+} cgroups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct godwit_oncpu);
+} oncpu SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, GODWIT_MAX_TRACKED_INODES);
+	__type(key, struct godwit_inode_key);
+	__type(value, struct godwit_inode_stats);
+} tracked_inodes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GODWIT_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, GODWIT_EVENTS_RING_BYTES);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, GODWIT_DIRTY_RING_BYTES);
+} dirty_ranges SEC(".maps");
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+/*
+ * The counters of a tgid on this CPU, created on first use. A per-CPU hash needs no atomics:
+ * each CPU owns its copy and userspace sums them.
+ */
+static __always_inline struct godwit_counters *task_counters(__u32 tgid)
+{
+	struct godwit_counters *c = bpf_map_lookup_elem(&tasks, &tgid);
+	struct godwit_counters zero = {};
+
+	if (c)
+		return c;
+	/* -EEXIST means another CPU created it first: the lookup below finds it. */
+	if (bpf_map_update_elem(&tasks, &tgid, &zero, BPF_NOEXIST) == -E2BIG) {
+		stat_inc(GODWIT_STAT_TASKS_FULL);
+		return NULL;
+	}
+	return bpf_map_lookup_elem(&tasks, &tgid);
+}
+
+static __always_inline struct godwit_counters *cgroup_counters(__u64 cgid)
+{
+	struct godwit_counters *c = bpf_map_lookup_elem(&cgroups, &cgid);
+	struct godwit_counters zero = {};
+
+	if (c)
+		return c;
+	if (bpf_map_update_elem(&cgroups, &cgid, &zero, BPF_NOEXIST) == -E2BIG) {
+		stat_inc(GODWIT_STAT_CGROUPS_FULL);
+		return NULL;
+	}
+	return bpf_map_lookup_elem(&cgroups, &cgid);
+}
+
+static __always_inline __u64 task_cgroup_id(struct task_struct *t)
+{
+	return BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
+{
+	__u32 zero = 0;
+	struct godwit_oncpu *cur = bpf_map_lookup_elem(&oncpu, &zero);
+	__u64 now = bpf_ktime_get_ns();
+	struct godwit_counters *c;
+
+	if (!cur)
+		return 0;
+
+	/* Charge the slice that ends now to prev. The idle task (tgid 0) is not a process. */
+	if (cur->since_ns && cur->tgid) {
+		__u64 delta = now - cur->since_ns;
+		/* In sched_switch, current is still prev: this is prev's cgroup. */
+		__u64 cgid = bpf_get_current_cgroup_id();
+
+		c = task_counters(cur->tgid);
+		if (c) {
+			c->cpu_ns += delta;
+			c->cgroup_id = cgid;
+			c->last_ns = now;
+		}
+		c = cgroup_counters(cgid);
+		if (c) {
+			c->cpu_ns += delta;
+			c->last_ns = now;
+		}
+	}
+
+	cur->since_ns = now;
+	cur->tgid = BPF_CORE_READ(next, tgid);
+	cur->cgroup_id = cur->tgid ? task_cgroup_id(next) : 0;
+	return 0;
+}
+
+static __always_inline int emit_proc_event(struct task_struct *p, __u32 kind)
+{
+	struct godwit_proc_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		stat_inc(GODWIT_STAT_EVENTS_LOST);
+		return 0;
+	}
+	e->kind = kind;
+	e->tgid = BPF_CORE_READ(p, tgid);
+	e->ppid = BPF_CORE_READ(p, real_parent, tgid);
+	e->_pad = 0;
+	e->cgroup_id = task_cgroup_id(p);
+	e->ts_ns = bpf_ktime_get_ns();
+	BPF_CORE_READ_STR_INTO(&e->comm, p, comm);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(sched_process_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	stat_inc(GODWIT_STAT_EXEC);
+	return emit_proc_event(p, GODWIT_EV_EXEC);
+}
+
+/*
+ * Fires for every exiting thread; the process has ended when its last thread goes, which is
+ * when signal->live drops to zero (do_exit decrements it before this tracepoint).
+ */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(sched_process_exit, struct task_struct *p)
+{
+	if (BPF_CORE_READ(p, signal, live.counter) != 0)
+		return 0;
+	stat_inc(GODWIT_STAT_EXIT);
+	return emit_proc_event(p, GODWIT_EV_EXIT);
+}
+
+/*
+ * Pages in a folio. On 6.18 folio->flags is memdesc_flags_t (a struct holding one unsigned
+ * long), before it was a plain unsigned long: reading 8 bytes at the relocated offset works
+ * for both.
+ */
+static __always_inline __u64 folio_pages(struct folio *folio)
+{
+	unsigned long flags = 0;
+	unsigned long head = 1UL << bpf_core_enum_value(enum pageflags, PG_head);
+
+	bpf_core_read(&flags, sizeof(flags), &folio->flags);
+	if (!(flags & head))
+		return 1;
+	if (bpf_core_field_exists(folio->_nr_pages)) {
+		unsigned int n = BPF_CORE_READ(folio, _nr_pages);
+
+		return n ? n : 1;
+	}
+	/* Older kernels keep the order in the low byte of the second page's flags. */
+	return 1UL << (BPF_CORE_READ(folio, _flags_1) & 0xff);
+}
+
+/*
+ * A folio went from clean to dirty, in the context of the task that dirtied it (the same
+ * point where the kernel charges /proc/PID/io write_bytes).
+ */
+SEC("tp_btf/writeback_dirty_folio")
+int BPF_PROG(writeback_dirty_folio, struct folio *folio, struct address_space *mapping)
+{
+	__u64 nr = folio_pages(folio);
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u64 cgid = bpf_get_current_cgroup_id();
+	struct godwit_inode_key key = {};
+	struct godwit_inode_stats *ist;
+	struct godwit_dirty_range *r;
+	struct godwit_counters *c;
+	struct inode *host;
+
+	stat_inc(GODWIT_STAT_DIRTY_EVENTS);
+	c = task_counters(tgid);
+	if (c)
+		c->dirtied_pages += nr;
+	c = cgroup_counters(cgid);
+	if (c)
+		c->dirtied_pages += nr;
+
+	if (!mapping)
+		return 0;
+	host = BPF_CORE_READ(mapping, host);
+	if (!host)
+		return 0;
+	key.ino = BPF_CORE_READ(host, i_ino);
+	key.dev = BPF_CORE_READ(host, i_sb, s_dev);
+	ist = bpf_map_lookup_elem(&tracked_inodes, &key);
+	if (!ist)
+		return 0;
+	__sync_fetch_and_add(&ist->dirtied_pages, nr);
+	__sync_fetch_and_add(&ist->events, 1);
+
+	r = bpf_ringbuf_reserve(&dirty_ranges, sizeof(*r), 0);
+	if (!r) {
+		stat_inc(GODWIT_STAT_DIRTY_LOST);
+		return 0;
+	}
+	r->key = key;
+	r->index = BPF_CORE_READ(folio, index);
+	r->nr = nr;
+	r->tgid = tgid;
+	bpf_ringbuf_submit(r, 0);
+	return 0;
+}
+
+/* User-mode page faults with the write bit: the signal for anonymous memory being written. */
+SEC("tp_btf/page_fault_user")
+int BPF_PROG(page_fault_user, unsigned long address, struct pt_regs *regs,
+	     unsigned long error_code)
+{
+	struct godwit_counters *c;
+
+	if (!(error_code & X86_PF_WRITE))
+		return 0;
+	c = task_counters(bpf_get_current_pid_tgid() >> 32);
+	if (c)
+		c->write_faults += 1;
+	c = cgroup_counters(bpf_get_current_cgroup_id());
+	if (c)
+		c->write_faults += 1;
+	return 0;
+}

@@ -1,0 +1,422 @@
+//! `/metrics`: the latest [`Snapshot`] encoded as OpenMetrics at scrape time.
+//!
+//! A [`Collector`] reads the snapshot on each scrape, so there is no second copy of the
+//! figures to keep in step and series of ended processes vanish by themselves. Cardinality is
+//! bounded: per-container series for containers, per-process series only for the top N
+//! processes by CPU, the top N by dirty rate, and processes selected by config.
+
+use std::collections::BTreeSet;
+use std::fmt::Error as FmtError;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::config::Glob;
+use crate::probe::model::ProcessSample;
+use crate::probe::{SharedSnapshot, Snapshot};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Which processes get per-process series.
+#[derive(Debug, Clone)]
+pub struct ProcessSelection {
+    pub top: usize,
+    pub globs: Vec<Glob>,
+}
+
+impl ProcessSelection {
+    /// Indices into `processes` (sorted by CPU, descending) of the selected ones.
+    pub fn select(&self, processes: &[ProcessSample]) -> Vec<usize> {
+        let mut chosen: BTreeSet<usize> = (0..processes.len().min(self.top)).collect();
+        let mut by_dirty: Vec<usize> =
+            (0..processes.len()).filter(|&i| processes[i].dirty_bytes_per_second > 0.0).collect();
+        by_dirty.sort_by(|&a, &b| {
+            processes[b].dirty_bytes_per_second.total_cmp(&processes[a].dirty_bytes_per_second)
+        });
+        chosen.extend(by_dirty.into_iter().take(self.top));
+        for (i, p) in processes.iter().enumerate() {
+            if self.globs.iter().any(|g| g.is_match(&p.comm)) {
+                chosen.insert(i);
+            }
+        }
+        chosen.into_iter().collect()
+    }
+}
+
+#[derive(Debug)]
+struct SnapshotCollector {
+    shared: SharedSnapshot,
+    selection: ProcessSelection,
+}
+
+/// Builds the registry behind `/metrics`.
+pub fn registry(shared: SharedSnapshot, selection: ProcessSelection) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector { shared, selection }));
+    registry
+}
+
+/// One metric family: a descriptor and its series.
+fn family<V>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    series: impl IntoIterator<Item = (Labels, V)>,
+) -> Result<(), FmtError>
+where
+    V: Into<f64>,
+{
+    let mut fam = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in series {
+        let m = fam.encode_family(&labels)?;
+        let v: f64 = v.into();
+        match kind {
+            MetricType::Counter => ConstCounter::new(v).encode(m)?,
+            _ => ConstGauge::new(v).encode(m)?,
+        }
+    }
+    Ok(())
+}
+
+fn one(v: impl Into<f64>) -> Vec<(Labels, f64)> {
+    vec![(Vec::new(), v.into())]
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), FmtError> {
+        use MetricType::{Counter, Gauge};
+        let snap = self.shared.read().unwrap_or_else(|e| e.into_inner()).clone();
+        family(
+            &mut enc,
+            "godwit_build_info",
+            "Version of the running agent",
+            Gauge,
+            vec![(vec![("version", env!("CARGO_PKG_VERSION").to_string())], 1.0)],
+        )?;
+        let me = crate::probe::procfs::read_self_usage().ok();
+        family(
+            &mut enc,
+            "process_cpu_seconds",
+            "CPU time used by the agent itself",
+            Counter,
+            one(me.as_ref().map(|m| m.cpu_seconds).unwrap_or(0.0)),
+        )?;
+        family(
+            &mut enc,
+            "process_resident_memory_bytes",
+            "Resident memory of the agent itself",
+            Gauge,
+            one(me.map(|m| m.rss_bytes as f64).unwrap_or(0.0)),
+        )?;
+        let Some(snap) = snap else { return Ok(()) };
+        encode_self(&mut enc, &snap)?;
+        encode_node(&mut enc, &snap)?;
+        encode_containers(&mut enc, &snap)?;
+        encode_processes(&mut enc, &snap, &self.selection)?;
+        Ok(())
+    }
+}
+
+fn encode_self(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtError> {
+    use MetricType::{Counter, Gauge};
+    let p = &s.probe;
+    let source = p.source.map(|s| s.as_str()).unwrap_or("none").to_string();
+    family(
+        enc,
+        "godwit_probe_info",
+        "Which source the per-process and per-container figures come from (ebpf or procfs)",
+        Gauge,
+        vec![(vec![("source", source)], 1.0)],
+    )?;
+    family(
+        enc,
+        "godwit_probe_events",
+        "Process exec and exit events received from the kernel",
+        Counter,
+        vec![
+            (vec![("kind", "exec".to_string())], p.kernel.exec as f64),
+            (vec![("kind", "exit".to_string())], p.kernel.exit as f64),
+            (vec![("kind", "dirty_folio".to_string())], p.kernel.dirty_events as f64),
+        ],
+    )?;
+    family(
+        enc,
+        "godwit_probe_lost_events",
+        "Events dropped because a BPF ring buffer was full",
+        Counter,
+        vec![
+            (vec![("ring", "events".to_string())], p.kernel.events_lost as f64),
+            (vec![("ring", "dirty_ranges".to_string())], p.kernel.dirty_ranges_lost as f64),
+        ],
+    )?;
+    family(
+        enc,
+        "godwit_probe_map_full",
+        "Updates dropped because a BPF map was full",
+        Counter,
+        vec![
+            (vec![("map", "tasks".to_string())], p.kernel.tasks_map_full as f64),
+            (vec![("map", "cgroups".to_string())], p.kernel.cgroups_map_full as f64),
+        ],
+    )?;
+    family(
+        enc,
+        "godwit_bpf_program_run_time_seconds",
+        "Time spent in each BPF program (kernel BPF statistics)",
+        Counter,
+        p.programs
+            .iter()
+            .map(|r| (vec![("program", r.program.to_string())], r.run_time_ns as f64 / 1e9)),
+    )?;
+    family(
+        enc,
+        "godwit_bpf_program_runs",
+        "Runs of each BPF program (kernel BPF statistics)",
+        Counter,
+        p.programs.iter().map(|r| (vec![("program", r.program.to_string())], r.run_count as f64)),
+    )?;
+    family(enc, "godwit_sampler_samples", "Samples taken", Counter, one(p.samples_total as f64))?;
+    family(
+        enc,
+        "godwit_sampler_duration_seconds",
+        "Time spent taking samples",
+        Counter,
+        one(p.sample_seconds_total),
+    )?;
+    family(
+        enc,
+        "godwit_sampler_last_duration_seconds",
+        "Time the last sample took",
+        Gauge,
+        one(p.sample_seconds_last),
+    )?;
+    family(
+        enc,
+        "godwit_tracked_processes",
+        "Processes the sampler keeps state for (live and within the grace period)",
+        Gauge,
+        one(p.tracked_processes as f64),
+    )?;
+    family(
+        enc,
+        "godwit_tracked_containers",
+        "Containers and cgroups the sampler keeps state for",
+        Gauge,
+        one(p.tracked_cgroups as f64),
+    )
+}
+
+fn encode_node(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtError> {
+    use MetricType::{Counter, Gauge};
+    let n = &s.node;
+    family(enc, "godwit_node_cpus", "Online CPUs", Gauge, one(n.cpus))?;
+    let modes = [
+        ("user", n.cpu.user),
+        ("nice", n.cpu.nice),
+        ("system", n.cpu.system),
+        ("idle", n.cpu.idle),
+        ("iowait", n.cpu.iowait),
+        ("irq", n.cpu.irq),
+        ("softirq", n.cpu.softirq),
+        ("steal", n.cpu.steal),
+    ];
+    family(
+        enc,
+        "godwit_node_cpu_mode_ratio",
+        "Fraction of CPU time in each mode over the last interval",
+        Gauge,
+        modes.iter().map(|(m, v)| (vec![("mode", m.to_string())], *v)),
+    )?;
+    family(
+        enc,
+        "godwit_node_cpu_utilization_ratio",
+        "CPU busy fraction (1 - idle - iowait) over the last interval",
+        Gauge,
+        one(n.cpu_utilization),
+    )?;
+    family(enc, "godwit_node_memory_total_bytes", "Total memory", Gauge, one(n.memory_total_bytes as f64))?;
+    family(
+        enc,
+        "godwit_node_memory_available_bytes",
+        "Memory available for new work (MemAvailable)",
+        Gauge,
+        one(n.memory_available_bytes as f64),
+    )?;
+    family(
+        enc,
+        "godwit_node_network_receive_bytes",
+        "Bytes received per interface",
+        Counter,
+        n.interfaces.iter().map(|i| (vec![("interface", i.name.clone())], i.receive_bytes_total as f64)),
+    )?;
+    family(
+        enc,
+        "godwit_node_network_transmit_bytes",
+        "Bytes sent per interface",
+        Counter,
+        n.interfaces.iter().map(|i| (vec![("interface", i.name.clone())], i.transmit_bytes_total as f64)),
+    )?;
+    family(
+        enc,
+        "godwit_node_disk_read_bytes",
+        "Bytes read per block device",
+        Counter,
+        n.disks.iter().map(|d| (vec![("device", d.name.clone())], d.read_bytes_total as f64)),
+    )?;
+    family(
+        enc,
+        "godwit_node_disk_written_bytes",
+        "Bytes written per block device",
+        Counter,
+        n.disks.iter().map(|d| (vec![("device", d.name.clone())], d.written_bytes_total as f64)),
+    )?;
+    family(
+        enc,
+        "godwit_node_dirty_bytes_per_second",
+        "Page-cache bytes dirtied per second by all processes over the last interval",
+        Gauge,
+        one(n.dirty_bytes_per_second),
+    )?;
+    let src = vec![("source", n.power_source.as_str().to_string())];
+    family(enc, "godwit_node_power_watts", "Node power (RAPL or model, see source)", Gauge, vec![(src.clone(), n.power_watts)])?;
+    family(enc, "godwit_node_energy_joules", "Node energy since the agent started", Counter, vec![(src, n.energy_joules_total)])
+}
+
+fn encode_containers(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtError> {
+    use MetricType::{Counter, Gauge};
+    let labels = |c: &crate::probe::model::ContainerSample, source: &str| -> Labels {
+        vec![
+            ("container", c.info.name.clone()),
+            ("runtime", c.info.runtime.as_str().to_string()),
+            ("cgroup", c.cgroup_path.clone()),
+            ("source", source.to_string()),
+        ]
+    };
+    let cs = &s.containers;
+    family(
+        enc,
+        "godwit_container_cpu_seconds",
+        "CPU time used by the container",
+        Counter,
+        cs.iter().map(|c| (labels(c, c.source.cpu.as_str()), c.cpu_seconds_total)),
+    )?;
+    family(
+        enc,
+        "godwit_container_memory_bytes",
+        "Memory charged to the container's cgroup",
+        Gauge,
+        cs.iter().filter_map(|c| Some((labels(c, c.source.memory.as_str()), c.memory_bytes? as f64))),
+    )?;
+    family(
+        enc,
+        "godwit_container_memory_working_set_bytes",
+        "Memory minus inactive file cache (cAdvisor's working set)",
+        Gauge,
+        cs.iter().filter_map(|c| {
+            Some((labels(c, c.source.memory.as_str()), c.memory_working_set_bytes? as f64))
+        }),
+    )?;
+    family(
+        enc,
+        "godwit_container_dirtied_bytes",
+        "Page-cache bytes dirtied (clean to dirty) by the container's tasks",
+        Counter,
+        cs.iter().map(|c| (labels(c, c.source.dirty.as_str()), c.dirtied_pages_total as f64 * page_bytes())),
+    )?;
+    family(
+        enc,
+        "godwit_container_write_faults",
+        "Write page faults taken by the container's tasks",
+        Counter,
+        cs.iter().filter_map(|c| Some((labels(c, "ebpf"), c.write_faults_total? as f64))),
+    )?;
+    family(
+        enc,
+        "godwit_container_processes",
+        "Live processes in the container",
+        Gauge,
+        cs.iter().map(|c| (labels(c, "procfs"), f64::from(c.processes))),
+    )?;
+    family(
+        enc,
+        "godwit_container_power_watts",
+        "Power attributed to the container by its CPU-time share",
+        Gauge,
+        cs.iter().map(|c| (labels(c, c.source.energy.as_str()), c.power_watts)),
+    )?;
+    family(
+        enc,
+        "godwit_container_energy_joules",
+        "Energy attributed to the container by its CPU-time share",
+        Counter,
+        cs.iter().map(|c| (labels(c, c.source.energy.as_str()), c.energy_joules_total)),
+    )
+}
+
+fn encode_processes(
+    enc: &mut DescriptorEncoder<'_>,
+    s: &Snapshot,
+    selection: &ProcessSelection,
+) -> Result<(), FmtError> {
+    use MetricType::{Counter, Gauge};
+    let chosen: Vec<&ProcessSample> = selection.select(&s.processes).into_iter().map(|i| &s.processes[i]).collect();
+    let labels = |p: &ProcessSample, source: &str| -> Labels {
+        vec![
+            ("pid", p.pid.to_string()),
+            ("comm", p.comm.clone()),
+            ("cgroup", p.cgroup_path.clone()),
+            ("source", source.to_string()),
+        ]
+    };
+    family(
+        enc,
+        "godwit_process_cpu_seconds",
+        "CPU time used by the process (top N and selected processes only)",
+        Counter,
+        chosen.iter().map(|p| (labels(p, p.source.cpu.as_str()), p.cpu_seconds_total)),
+    )?;
+    family(
+        enc,
+        "godwit_process_resident_memory_bytes",
+        "Resident memory of the process (top N and selected processes only)",
+        Gauge,
+        chosen.iter().map(|p| (labels(p, "procfs"), p.rss_bytes as f64)),
+    )?;
+    family(
+        enc,
+        "godwit_process_dirtied_bytes",
+        "Page-cache bytes dirtied by the process (top N and selected processes only)",
+        Counter,
+        chosen.iter().map(|p| (labels(p, p.source.dirty.as_str()), p.dirtied_pages_total as f64 * page_bytes())),
+    )?;
+    family(
+        enc,
+        "godwit_process_write_faults",
+        "Write page faults of the process (top N and selected processes only)",
+        Counter,
+        chosen.iter().filter_map(|p| Some((labels(p, "ebpf"), p.write_faults_total? as f64))),
+    )?;
+    family(
+        enc,
+        "godwit_process_energy_joules",
+        "Energy attributed to the process by its CPU-time share (top N and selected only)",
+        Counter,
+        chosen.iter().map(|p| (labels(p, p.source.energy.as_str()), p.energy_joules_total)),
+    )
+}
+
+/// Renders the registry as OpenMetrics text.
+pub fn render(registry: &Registry) -> Result<String, FmtError> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+fn page_bytes() -> f64 {
+    crate::probe::procfs::page_size() as f64
+}

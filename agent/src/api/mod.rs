@@ -1,0 +1,135 @@
+//! The agent's HTTP face: `/metrics` (OpenMetrics) and the JSON API under `/v1/`. Read-only.
+//!
+//! | path | body |
+//! | --- | --- |
+//! | `/metrics` | OpenMetrics text |
+//! | `/v1/node` | node totals, energy, and the probe's report on itself |
+//! | `/v1/processes` | live processes, by CPU descending |
+//! | `/v1/containers` | containers and leaf cgroups, by CPU descending |
+//! | `/v1/snapshot` | all of the above in one document |
+//! | `/healthz` | `ok` once the first sample exists |
+
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::probe::{SharedSnapshot, Snapshot};
+
+#[derive(Clone)]
+struct AppState {
+    shared: SharedSnapshot,
+    registry: Arc<Registry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("API server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// The router, for tests and for [`serve`].
+pub fn router(shared: SharedSnapshot, registry: Registry) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/v1/node", get(node_handler))
+        .route("/v1/processes", get(processes_handler))
+        .route("/v1/containers", get(containers_handler))
+        .route("/v1/snapshot", get(snapshot_handler))
+        .route("/healthz", get(health_handler))
+        .with_state(AppState { shared, registry: Arc::new(registry) })
+}
+
+/// Binds `addr` (before anything else starts, so a taken port fails fast).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ApiError> {
+    TcpListener::bind(addr).await.map_err(|source| ApiError::Bind { addr, source })
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> Result<(), ApiError> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(ApiError::Serve)
+}
+
+fn latest(state: &AppState) -> Option<Arc<Snapshot>> {
+    state.shared.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn not_ready() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"error": "no sample yet"})))
+        .into_response()
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> Response {
+    match metrics::render(&state.registry) {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[derive(Serialize)]
+struct NodeView<'a> {
+    taken_at_unix_ms: u64,
+    interval_seconds: f64,
+    node: &'a crate::probe::model::NodeSample,
+    probe: &'a crate::probe::sampler::ProbeStatus,
+}
+
+async fn node_handler(State(state): State<AppState>) -> Response {
+    let Some(s) = latest(&state) else { return not_ready() };
+    Json(NodeView {
+        taken_at_unix_ms: s.taken_at_unix_ms,
+        interval_seconds: s.interval_seconds,
+        node: &s.node,
+        probe: &s.probe,
+    })
+    .into_response()
+}
+
+async fn processes_handler(State(state): State<AppState>) -> Response {
+    let Some(s) = latest(&state) else { return not_ready() };
+    Json(&s.processes).into_response()
+}
+
+async fn containers_handler(State(state): State<AppState>) -> Response {
+    let Some(s) = latest(&state) else { return not_ready() };
+    Json(&s.containers).into_response()
+}
+
+async fn snapshot_handler(State(state): State<AppState>) -> Response {
+    let Some(s) = latest(&state) else { return not_ready() };
+    Json(&*s).into_response()
+}
+
+async fn health_handler(State(state): State<AppState>) -> Response {
+    match latest(&state) {
+        Some(_) => "ok\n".into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response(),
+    }
+}

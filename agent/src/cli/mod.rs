@@ -1,0 +1,82 @@
+//! Command-line interface: `godwit agent | validate | top`.
+//!
+//! Exit codes are distinct per failure class so that systemd and scripts can tell them apart.
+
+mod top;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+
+/// Exit codes (sysexits.h where one fits).
+pub mod exit {
+    /// Runtime failure.
+    pub const FAILURE: u8 = 1;
+    /// Command-line usage error (clap).
+    pub const USAGE: u8 = 2;
+    /// A required capability is missing (BPF required but unavailable, address in use).
+    pub const UNAVAILABLE: u8 = 69;
+    /// The configuration is invalid or unreadable.
+    pub const CONFIG: u8 = 78;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "godwit", version, about = "Node-local edge agent: eBPF load and dirty-page probes, metrics, and (soon) masterless service migration")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent: probes, sampler, /metrics and the JSON API.
+    Agent {
+        /// Configuration file (TOML). Without it the embedded default is used.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and exit: 0 when valid, 78 with the line and field when not.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Live table of processes and containers by CPU, from a running agent or standalone.
+    Top(top::TopArgs),
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
+        }
+    };
+    match cli.command {
+        Command::Agent { config } => match load(config.as_deref()) {
+            Ok(cfg) => crate::daemon::run(cfg),
+            Err(code) => code,
+        },
+        Command::Validate { config } => match load(Some(&config)) {
+            Ok(_) => {
+                println!("{}: valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Top(args) => top::run(args),
+    }
+}
+
+fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("godwit: {e}");
+        match e {
+            ConfigError::Read { .. } | ConfigError::Invalid { .. } => ExitCode::from(exit::CONFIG),
+        }
+    })
+}

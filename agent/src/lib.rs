@@ -1,0 +1,10 @@
+//! godwit: a node-local agent for edge hosts.
+//!
+//! The binary in `main.rs` only parses arguments; everything else lives here. See
+//! `docs/ARCHITECTURE.md` for the code map and the invariants of each module.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod probe;

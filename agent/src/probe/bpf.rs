@@ -1,0 +1,498 @@
+//! The BPF side of the probe: loads `agent-ebpf/src/godwit.bpf.c` (compiled by `build.rs` and
+//! embedded), attaches its `tp_btf` programs, and reads their maps and ring buffers.
+//!
+//! The programs detach when [`BpfProbe`] is dropped (aya owns the links).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::BtfTracePoint;
+use aya::{Btf, Ebpf, EbpfLoader, Pod};
+
+/// The compiled BPF object (empty when built with `GODWIT_BPF_STUB=1`).
+static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/godwit.bpf.o"));
+
+/// The `tp_btf` programs, by C function name (= tracepoint name).
+pub const PROGRAMS: [&str; 5] = [
+    "sched_switch",
+    "sched_process_exec",
+    "sched_process_exit",
+    "writeback_dirty_folio",
+    "page_fault_user",
+];
+
+// Mirrors of godwit.h; `layout_matches_c` checks them against the C compiler.
+pub const COMM_LEN: usize = 16;
+pub const EV_EXEC: u32 = 1;
+pub const EV_EXIT: u32 = 2;
+pub const STAT_EVENTS_LOST: u32 = 0;
+pub const STAT_DIRTY_LOST: u32 = 1;
+pub const STAT_TASKS_FULL: u32 = 2;
+pub const STAT_CGROUPS_FULL: u32 = 3;
+pub const STAT_EXEC: u32 = 4;
+pub const STAT_EXIT: u32 = 5;
+pub const STAT_DIRTY_EVENTS: u32 = 6;
+pub const STAT_MAX: u32 = 8;
+
+/// `struct godwit_counters`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub cpu_ns: u64,
+    pub dirtied_pages: u64,
+    pub write_faults: u64,
+    pub cgroup_id: u64,
+    pub last_ns: u64,
+}
+
+/// `struct godwit_oncpu`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OnCpu {
+    pub since_ns: u64,
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// `struct godwit_inode_key`: the kernel's `dev_t` (major << 20 | minor) and inode number.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InodeKey {
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// `struct godwit_inode_stats`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InodeStats {
+    pub dirtied_pages: u64,
+    pub events: u64,
+}
+
+/// `struct godwit_proc_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct RawProcEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
+    pub ts_ns: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// `struct godwit_dirty_range`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirtyRange {
+    pub key: InodeKey,
+    /// First page index in the file.
+    pub index: u64,
+    /// Number of pages.
+    pub nr: u32,
+    pub tgid: u32,
+}
+
+// SAFETY: plain #[repr(C)] structs of integers with explicit padding fields: every bit pattern
+// is a valid value, as aya's `Pod` requires.
+unsafe impl Pod for Counters {}
+// SAFETY: as above.
+unsafe impl Pod for OnCpu {}
+// SAFETY: as above.
+unsafe impl Pod for InodeKey {}
+// SAFETY: as above.
+unsafe impl Pod for InodeStats {}
+
+impl InodeKey {
+    /// The key of the file at `path`: converts the userspace `st_dev` encoding to the kernel's.
+    pub fn of_path(path: &Path) -> io::Result<InodeKey> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(path)?;
+        let dev = md.dev();
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        Ok(InodeKey { ino: md.ino(), dev: (major << 20) | minor, _pad: 0 })
+    }
+}
+
+/// A process exec or exit seen by the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcEvent {
+    pub kind: ProcEventKind,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub cgroup_id: u64,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcEventKind {
+    Exec,
+    Exit,
+}
+
+/// Counters kept by the programs about themselves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    pub events_lost: u64,
+    pub dirty_ranges_lost: u64,
+    pub tasks_map_full: u64,
+    pub cgroups_map_full: u64,
+    pub exec: u64,
+    pub exit: u64,
+    pub dirty_events: u64,
+}
+
+/// Run time of one program, from the kernel's BPF stats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub name: &'static str,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+/// Why the BPF programs could not be used. The message is what the operator reads once.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("this agent was built without BPF programs (GODWIT_BPF_STUB=1)")]
+    NotBuilt,
+    #[error(
+        "the kernel exposes no BTF at /sys/kernel/btf/vmlinux (needs CONFIG_DEBUG_INFO_BTF): {0}"
+    )]
+    NoBtf(String),
+    #[error("not permitted to load BPF programs: run as root or grant CAP_BPF and CAP_PERFMON ({0})")]
+    Permission(String),
+    #[error("the kernel refused BPF program {program}: {message}")]
+    Program { program: &'static str, message: String },
+    #[error("cannot load the BPF object: {0}")]
+    Load(String),
+    #[error("BPF map {map}: {message}")]
+    Map { map: &'static str, message: String },
+}
+
+fn is_permission(e: &dyn std::error::Error) -> bool {
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if text.contains("Operation not permitted") || text.contains("EPERM") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
+}
+
+/// The loaded and attached programs with typed handles on their maps.
+pub struct BpfProbe {
+    tasks: PerCpuHashMap<MapData, u32, Counters>,
+    cgroups: PerCpuHashMap<MapData, u64, Counters>,
+    oncpu: PerCpuArray<MapData, OnCpu>,
+    tracked: BpfHashMap<MapData, InodeKey, InodeStats>,
+    stats: PerCpuArray<MapData, u64>,
+    events: RingBuf<MapData>,
+    dirty: RingBuf<MapData>,
+    /// Keeps kernel.bpf_stats_enabled on while held.
+    _stats_fd: Option<OwnedFd>,
+    /// Owns the programs and their links: dropping it detaches everything.
+    ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for BpfProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BpfProbe").finish_non_exhaustive()
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, BpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| BpfError::Map { map: name, message: "missing from the object".into() })?;
+    T::try_from(map).map_err(|e| BpfError::Map { map: name, message: chain(&e) })
+}
+
+impl BpfProbe {
+    /// Loads and attaches every program. With `stats`, turns on the kernel's BPF run-time
+    /// statistics for as long as the probe lives.
+    pub fn load(stats: bool) -> Result<BpfProbe, BpfError> {
+        if OBJECT.is_empty() {
+            return Err(BpfError::NotBuilt);
+        }
+        let btf = Btf::from_sys_fs().map_err(|e| BpfError::NoBtf(chain(&e)))?;
+        let mut ebpf = EbpfLoader::new().btf(Some(&btf)).load(OBJECT).map_err(|e| {
+            if is_permission(&e) {
+                BpfError::Permission(chain(&e))
+            } else {
+                BpfError::Load(chain(&e))
+            }
+        })?;
+        for name in PROGRAMS {
+            let prog_err = |e: aya::programs::ProgramError| {
+                if is_permission(&e) {
+                    BpfError::Permission(chain(&e))
+                } else {
+                    BpfError::Program { program: name, message: chain(&e) }
+                }
+            };
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(BpfError::Program { program: name, message: "missing from the object".into() })?
+                .try_into()
+                .map_err(prog_err)?;
+            program.load(name, &btf).map_err(prog_err)?;
+            program.attach().map_err(prog_err)?;
+        }
+        let stats_fd = if stats {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot enable BPF run-time statistics");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(BpfProbe {
+            tasks: take_map(&mut ebpf, "tasks")?,
+            cgroups: take_map(&mut ebpf, "cgroups")?,
+            oncpu: take_map(&mut ebpf, "oncpu")?,
+            tracked: take_map(&mut ebpf, "tracked_inodes")?,
+            stats: take_map(&mut ebpf, "stats")?,
+            events: take_map(&mut ebpf, "events")?,
+            dirty: take_map(&mut ebpf, "dirty_ranges")?,
+            _stats_fd: stats_fd,
+            ebpf,
+        })
+    }
+
+    /// The counters of every tgid the programs have seen, summed over CPUs.
+    pub fn tasks(&self) -> Vec<(u32, Counters)> {
+        self.tasks.iter().filter_map(Result::ok).map(|(k, v)| (k, sum(&v))).collect()
+    }
+
+    /// One tgid's counters, summed over CPUs.
+    pub fn task(&self, tgid: u32) -> Option<Counters> {
+        self.tasks.get(&tgid, 0).ok().map(|v| sum(&v))
+    }
+
+    /// The counters of every cgroup id the programs have seen, summed over CPUs.
+    pub fn cgroups(&self) -> Vec<(u64, Counters)> {
+        self.cgroups.iter().filter_map(Result::ok).map(|(k, v)| (k, sum(&v))).collect()
+    }
+
+    pub fn cgroup(&self, id: u64) -> Option<Counters> {
+        self.cgroups.get(&id, 0).ok().map(|v| sum(&v))
+    }
+
+    /// What runs on each CPU now and since when: time not yet charged by a switch.
+    pub fn on_cpu(&self) -> Vec<OnCpu> {
+        self.oncpu.get(&0, 0).map(|v| v.iter().copied().collect()).unwrap_or_default()
+    }
+
+    pub fn forget_task(&mut self, tgid: u32) {
+        let _ = self.tasks.remove(&tgid);
+    }
+
+    pub fn forget_cgroup(&mut self, id: u64) {
+        let _ = self.cgroups.remove(&id);
+    }
+
+    /// Starts counting dirtied pages of the file at `path` and reporting their indices.
+    pub fn track_inode(&mut self, path: &Path) -> io::Result<InodeKey> {
+        let key = InodeKey::of_path(path)?;
+        self.tracked.insert(key, InodeStats::default(), 0).map_err(io::Error::other)?;
+        Ok(key)
+    }
+
+    pub fn untrack_inode(&mut self, key: &InodeKey) {
+        let _ = self.tracked.remove(key);
+    }
+
+    pub fn inode_stats(&self, key: &InodeKey) -> Option<InodeStats> {
+        self.tracked.get(key, 0).ok()
+    }
+
+    /// Descriptors that become readable when a ring buffer has data.
+    pub fn ring_fds(&self) -> [RawFd; 2] {
+        [self.events.as_raw_fd(), self.dirty.as_raw_fd()]
+    }
+
+    /// Hands every pending exec/exit event to `f`; returns how many there were.
+    pub fn drain_proc_events(&mut self, mut f: impl FnMut(ProcEvent)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.events.next() {
+            if item.len() < size_of::<RawProcEvent>() {
+                continue;
+            }
+            // SAFETY: the ring buffer item holds at least size_of::<RawProcEvent>() bytes
+            // written by the BPF program as a struct godwit_proc_event; read_unaligned copes
+            // with any alignment of the item's start.
+            let raw: RawProcEvent =
+                unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RawProcEvent>()) };
+            let kind = match raw.kind {
+                EV_EXEC => ProcEventKind::Exec,
+                EV_EXIT => ProcEventKind::Exit,
+                _ => continue,
+            };
+            let len = raw.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+            f(ProcEvent {
+                kind,
+                tgid: raw.tgid,
+                ppid: raw.ppid,
+                cgroup_id: raw.cgroup_id,
+                ts_ns: raw.ts_ns,
+                comm: String::from_utf8_lossy(&raw.comm[..len]).into_owned(),
+            });
+            n += 1;
+        }
+        n
+    }
+
+    /// Hands every pending dirtied range of a tracked inode to `f`.
+    pub fn drain_dirty_ranges(&mut self, mut f: impl FnMut(DirtyRange)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.dirty.next() {
+            if item.len() < size_of::<DirtyRange>() {
+                continue;
+            }
+            // SAFETY: as in drain_proc_events, for struct godwit_dirty_range.
+            f(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DirtyRange>()) });
+            n += 1;
+        }
+        n
+    }
+
+    /// The programs' own counters (lost events, full maps, event counts).
+    pub fn kernel_stats(&self) -> KernelStats {
+        let get = |idx: u32| -> u64 {
+            self.stats.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        };
+        KernelStats {
+            events_lost: get(STAT_EVENTS_LOST),
+            dirty_ranges_lost: get(STAT_DIRTY_LOST),
+            tasks_map_full: get(STAT_TASKS_FULL),
+            cgroups_map_full: get(STAT_CGROUPS_FULL),
+            exec: get(STAT_EXEC),
+            exit: get(STAT_EXIT),
+            dirty_events: get(STAT_DIRTY_EVENTS),
+        }
+    }
+
+    /// Run time and run count of every program (zero unless BPF stats are enabled).
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        PROGRAMS
+            .iter()
+            .filter_map(|&name| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some(ProgramStats {
+                    name,
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn sum(values: &[Counters]) -> Counters {
+    let mut total = Counters::default();
+    for v in values {
+        total.cpu_ns += v.cpu_ns;
+        total.dirtied_pages += v.dirtied_pages;
+        total.write_faults += v.write_faults;
+        if v.last_ns >= total.last_ns {
+            total.last_ns = v.last_ns;
+            if v.cgroup_id != 0 {
+                total.cgroup_id = v.cgroup_id;
+            }
+        }
+    }
+    total
+}
+
+#[cfg(all(test, not(godwit_bpf_stub)))]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    include!(concat!(env!("OUT_DIR"), "/bpf_layout.rs"));
+
+    #[test]
+    fn layout_matches_c() {
+        let rust: &[(&str, &str, usize)] = &[
+            ("godwit_counters", "sizeof", size_of::<Counters>()),
+            ("godwit_counters", "cpu_ns", offset_of!(Counters, cpu_ns)),
+            ("godwit_counters", "dirtied_pages", offset_of!(Counters, dirtied_pages)),
+            ("godwit_counters", "write_faults", offset_of!(Counters, write_faults)),
+            ("godwit_counters", "cgroup_id", offset_of!(Counters, cgroup_id)),
+            ("godwit_counters", "last_ns", offset_of!(Counters, last_ns)),
+            ("godwit_oncpu", "sizeof", size_of::<OnCpu>()),
+            ("godwit_oncpu", "since_ns", offset_of!(OnCpu, since_ns)),
+            ("godwit_oncpu", "cgroup_id", offset_of!(OnCpu, cgroup_id)),
+            ("godwit_oncpu", "tgid", offset_of!(OnCpu, tgid)),
+            ("godwit_inode_key", "sizeof", size_of::<InodeKey>()),
+            ("godwit_inode_key", "ino", offset_of!(InodeKey, ino)),
+            ("godwit_inode_key", "dev", offset_of!(InodeKey, dev)),
+            ("godwit_inode_stats", "sizeof", size_of::<InodeStats>()),
+            ("godwit_inode_stats", "dirtied_pages", offset_of!(InodeStats, dirtied_pages)),
+            ("godwit_inode_stats", "events", offset_of!(InodeStats, events)),
+            ("godwit_proc_event", "sizeof", size_of::<RawProcEvent>()),
+            ("godwit_proc_event", "kind", offset_of!(RawProcEvent, kind)),
+            ("godwit_proc_event", "tgid", offset_of!(RawProcEvent, tgid)),
+            ("godwit_proc_event", "ppid", offset_of!(RawProcEvent, ppid)),
+            ("godwit_proc_event", "cgroup_id", offset_of!(RawProcEvent, cgroup_id)),
+            ("godwit_proc_event", "ts_ns", offset_of!(RawProcEvent, ts_ns)),
+            ("godwit_proc_event", "comm", offset_of!(RawProcEvent, comm)),
+            ("godwit_dirty_range", "sizeof", size_of::<DirtyRange>()),
+            ("godwit_dirty_range", "key", offset_of!(DirtyRange, key)),
+            ("godwit_dirty_range", "index", offset_of!(DirtyRange, index)),
+            ("godwit_dirty_range", "nr", offset_of!(DirtyRange, nr)),
+            ("godwit_dirty_range", "tgid", offset_of!(DirtyRange, tgid)),
+            ("const", "GODWIT_COMM_LEN", COMM_LEN),
+            ("const", "GODWIT_EV_EXEC", EV_EXEC as usize),
+            ("const", "GODWIT_EV_EXIT", EV_EXIT as usize),
+            ("const", "GODWIT_STAT_EVENTS_LOST", STAT_EVENTS_LOST as usize),
+            ("const", "GODWIT_STAT_DIRTY_LOST", STAT_DIRTY_LOST as usize),
+            ("const", "GODWIT_STAT_TASKS_FULL", STAT_TASKS_FULL as usize),
+            ("const", "GODWIT_STAT_CGROUPS_FULL", STAT_CGROUPS_FULL as usize),
+            ("const", "GODWIT_STAT_EXEC", STAT_EXEC as usize),
+            ("const", "GODWIT_STAT_EXIT", STAT_EXIT as usize),
+            ("const", "GODWIT_STAT_DIRTY_EVENTS", STAT_DIRTY_EVENTS as usize),
+            ("const", "GODWIT_STAT_MAX", STAT_MAX as usize),
+        ];
+        assert_eq!(rust.len(), C_LAYOUT.len(), "every C item has a Rust mirror");
+        for (c, r) in C_LAYOUT.iter().zip(rust) {
+            assert_eq!(c, r, "C says {c:?}, Rust says {r:?}");
+        }
+    }
+
+    #[test]
+    fn inode_key_uses_kernel_dev_encoding() {
+        let key = InodeKey::of_path(Path::new("/")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata("/").unwrap().dev();
+        assert_eq!(key.dev >> 20, libc::major(dev));
+        assert_eq!(key.dev & 0xfffff, libc::minor(dev));
+    }
+}

@@ -1,0 +1,221 @@
+//! The agent as an operator runs it: a real `godwit agent` process, its JSON API and
+//! `/metrics`, its configuration errors, and its shutdown. Needs root; one test at a time.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use godwit_tests::*;
+use serde_json::Value;
+
+fn process(agent: &Agent, pid: u32) -> Option<Value> {
+    agent
+        .json("/v1/processes")
+        .as_array()?
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+        .cloned()
+}
+
+fn container(agent: &Agent, cgroup_path: &str) -> Option<Value> {
+    agent
+        .json("/v1/containers")
+        .as_array()?
+        .iter()
+        .find(|c| c["cgroup_path"].as_str() == Some(cgroup_path))
+        .cloned()
+}
+
+/// Burns 2 s of CPU in a child cgroup and compares what the agent reports for the process and
+/// for the cgroup with the kernel's /proc/PID/stat and cpu.stat.
+fn cpu_matches_kernel(mode: &str, tolerance_pct: f64) {
+    require_root();
+    let agent = Agent::start(&format!("[probe]\nmode = \"{mode}\"\ninterval_ms = 250\n"));
+    let cg = TestCgroup::new("godwit-agent-cpu");
+    let mut w = Workload::start(&["burn", "2000"], Some(&cg));
+    w.wait_done();
+    std::thread::sleep(Duration::from_millis(100));
+    let stat_s = w.proc_cpu_ns() as f64 / 1e9;
+    let cg_s = cg.cpu_usage_ns() as f64 / 1e9;
+    // Wait for a sample taken after the burn ended.
+    let p = wait_for(Duration::from_secs(5), || {
+        process(&agent, w.pid()).filter(|p| p["cpu_seconds_total"].as_f64().unwrap_or(0.0) >= stat_s * 0.9)
+    })
+    .unwrap_or_else(|| panic!("process {} not reported with its CPU time:\n{}", w.pid(), agent.log()));
+    std::thread::sleep(Duration::from_millis(600));
+    let p = process(&agent, w.pid()).unwrap_or(p);
+    let c = container(&agent, &cg.rel_path)
+        .unwrap_or_else(|| panic!("cgroup {} not in /v1/containers", cg.rel_path));
+    assert_eq!(p["source"]["cpu"], mode, "process CPU source");
+    assert_eq!(p["cgroup_path"], cg.rel_path.as_str());
+    let expected_container_source = if mode == "procfs" { "cgroupfs" } else { "ebpf" };
+    assert_eq!(c["source"]["cpu"], expected_container_source, "container CPU source");
+    assert_within(
+        &format!("{mode}: process CPU s vs /proc/PID/stat"),
+        p["cpu_seconds_total"].as_f64().unwrap(),
+        stat_s,
+        tolerance_pct,
+    );
+    assert_within(
+        &format!("{mode}: process CPU s vs the cgroup's cpu.stat"),
+        p["cpu_seconds_total"].as_f64().unwrap(),
+        cg_s,
+        tolerance_pct,
+    );
+    assert_within(
+        &format!("{mode}: container CPU s vs cpu.stat"),
+        c["cpu_seconds_total"].as_f64().unwrap(),
+        cg_s,
+        tolerance_pct,
+    );
+    w.finish();
+}
+
+#[test]
+fn ebpf_cpu_per_process_and_container_within_3_percent() {
+    cpu_matches_kernel("ebpf", 3.0);
+}
+
+#[test]
+fn procfs_fallback_cpu_within_5_percent() {
+    cpu_matches_kernel("procfs", 5.0);
+}
+
+#[test]
+fn fallback_is_reported_with_its_cause() {
+    require_root();
+    let agent = Agent::start("[probe]\nmode = \"procfs\"\n");
+    let node = agent.json("/v1/node");
+    assert_eq!(node["probe"]["source"], "procfs");
+    let reason = node["probe"]["fallback_reason"].as_str().unwrap_or("");
+    assert!(reason.contains("procfs"), "fallback reason names the cause: {reason:?}");
+    let log = agent.log();
+    assert!(!log.contains("BPF probe attached"), "procfs mode loads no BPF:\n{log}");
+}
+
+#[test]
+fn spawned_process_seen_within_a_second_and_dropped_after_exit() {
+    require_root();
+    let agent = Agent::start("[probe]\nmode = \"ebpf\"\n");
+    let w = Workload::start(&["idle"], None);
+    let pid = w.pid();
+    let started = Instant::now();
+    let seen = wait_for(Duration::from_secs(3), || process(&agent, pid));
+    let seen_after = started.elapsed();
+    let seen = seen.expect("spawned process never listed");
+    assert!(seen_after < Duration::from_secs(1), "listed after {seen_after:?}, want < 1 s");
+    assert_eq!(seen["comm"], "godwit-load");
+    w.finish();
+    let ended = Instant::now();
+    wait_for(Duration::from_secs(3), || process(&agent, pid).is_none().then_some(()))
+        .expect("ended process still listed");
+    let gone_after = ended.elapsed();
+    assert!(gone_after < Duration::from_secs(1), "dropped after {gone_after:?}, want < 1 s");
+    eprintln!("listed {seen_after:?} after spawn, dropped {gone_after:?} after exit");
+}
+
+#[test]
+fn promtool_accepts_metrics() {
+    require_root();
+    let mut agent = Agent::start("[probe]\nmode = \"ebpf\"\ninterval_ms = 500\n");
+    // Let a few samples produce rates, energy and per-process series.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, body) = http_get(agent.addr, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200);
+    for name in [
+        "godwit_node_cpu_utilization_ratio",
+        "godwit_process_cpu_seconds_total",
+        "godwit_container_cpu_seconds_total",
+        "godwit_bpf_program_run_time_seconds_total{program=\"sched_switch\"}",
+        "godwit_node_power_watts{source=\"",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(body.contains(name), "/metrics lacks {name}");
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
+    assert_eq!(agent.terminate(), Some(0), "clean exit on SIGTERM:\n{}", agent.log());
+}
+
+#[test]
+fn bad_config_is_refused_with_line_field_and_exit_code() {
+    let dir = std::env::temp_dir().join(unique("godwit-badcfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[api]\nlisten = \"127.0.0.1:1\"\n\n[probe]\ninterval_ms = 7\n").unwrap();
+    for sub in ["validate", "agent"] {
+        let out = Command::new(godwit_bin()).args([sub, "--config"]).arg(&bad).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{sub}: exit code for a bad config; stderr: {err}");
+        assert!(err.contains("line 5"), "{sub}: names the line: {err}");
+        assert!(err.contains("interval_ms"), "{sub}: names the field: {err}");
+    }
+    let missing = Command::new(godwit_bin()).args(["validate", "--config", "/nonexistent/godwit.toml"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(78));
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "[probe]\ninterval_ms = 500\n").unwrap();
+    let ok = Command::new(godwit_bin()).args(["validate", "--config"]).arg(&good).output().unwrap();
+    assert_eq!(ok.status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn agent_starts_without_config_and_stops_on_sigterm_detaching_bpf() {
+    require_root();
+    let default_addr: std::net::SocketAddr = "127.0.0.1:9746".parse().unwrap();
+    if std::net::TcpListener::bind(default_addr).is_err() {
+        panic!("port 9746 is taken: stop the agent that uses it before running the tests");
+    }
+    let mut child = Command::new(godwit_bin())
+        .arg("agent")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = wait_for(Duration::from_secs(20), || {
+        http_get(default_addr, "/healthz").ok().filter(|(c, _)| *c == 200)
+    });
+    let pid = child.id();
+    let programs_of_agent = || -> usize {
+        // Our programs, held by the agent's descriptors.
+        std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .filter(|s| s.contains("prog_type:"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let loaded = programs_of_agent();
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(ready.is_some(), "agent with the embedded default config never became ready:\n{log}");
+    assert!(loaded >= 5, "the agent held {loaded} BPF programs, expected 5");
+    assert_eq!(out.status.code(), Some(0), "exit code after SIGTERM:\n{log}");
+    assert!(log.contains("agent stopped"), "clean shutdown logged:\n{log}");
+    let still: Vec<String> = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
+        .unwrap_or_default();
+    assert!(
+        !still.iter().any(|l| l.contains("name writeback_dirty_folio")),
+        "BPF programs still loaded after the agent stopped:\n{}",
+        still.join("\n")
+    );
+}

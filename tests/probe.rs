@@ -1,0 +1,161 @@
+//! The BPF probe against the kernel's own accounting: on-CPU time per tgid and per cgroup,
+//! pages dirtied per tgid, cgroup and tracked inode (with their page indices), write faults.
+//! Needs root; run with `--test-threads=1` (`cargo xtask test` does).
+
+use std::time::Duration;
+
+use godwit::probe::bpf::{BpfProbe, DirtyRange};
+use godwit_tests::*;
+
+const PAGE: u64 = 4096;
+
+fn load_probe() -> BpfProbe {
+    require_root();
+    BpfProbe::load(true).unwrap_or_else(|e| panic!("BPF probe must load on this host: {e}"))
+}
+
+#[test]
+fn cpu_time_per_tgid_and_cgroup_matches_kernel_accounting() {
+    let probe = load_probe();
+    let cg = TestCgroup::new("godwit-cpu");
+    let mut w = Workload::start(&["burn", "2000"], Some(&cg));
+    let self_cpu_ns = w.wait_done();
+    // The workload now blocks on stdin: switched out, so its time is charged.
+    std::thread::sleep(Duration::from_millis(100));
+    let stat_ns = w.proc_cpu_ns();
+    let cg_ns = cg.cpu_usage_ns();
+    let task = probe.task(w.pid()).expect("tgid counted");
+    let cgroup = probe.cgroup(cg.id()).expect("cgroup counted");
+    assert!(self_cpu_ns > 1_500_000_000, "the workload burned only {self_cpu_ns} ns");
+    assert_within("tgid on-CPU ns vs /proc/PID/stat", task.cpu_ns as f64, stat_ns as f64, 3.0);
+    assert_within("cgroup on-CPU ns vs cpu.stat", cgroup.cpu_ns as f64, cg_ns as f64, 3.0);
+    assert_eq!(task.cgroup_id, cg.id(), "the tgid's last cgroup is the test cgroup");
+    w.finish();
+}
+
+fn dirty_pages_case(block: u64) {
+    let mut probe = load_probe();
+    let cg = TestCgroup::new("godwit-dirty");
+    let dir = tempfile_dir();
+    let file = dir.join("state");
+    std::fs::write(&file, b"").unwrap();
+    let key = probe.track_inode(&file).expect("track inode");
+    // Drop ranges of earlier activity, if any.
+    probe.drain_dirty_ranges(|_| {});
+
+    let total = 64 * 1024 * 1024u64;
+    let pages = total / PAGE;
+    let mut w = Workload::start(
+        &["write", file.to_str().unwrap(), &total.to_string(), &block.to_string()],
+        Some(&cg),
+    );
+    w.wait_done();
+    let write_bytes = w.write_bytes();
+    let task = probe.task(w.pid()).expect("tgid counted");
+    let cgroup = probe.cgroup(cg.id()).expect("cgroup counted");
+    let inode = probe.inode_stats(&key).expect("inode tracked");
+    let mut ranges: Vec<DirtyRange> = Vec::new();
+    probe.drain_dirty_ranges(|r| {
+        if r.key == key {
+            ranges.push(r)
+        }
+    });
+    let what = |s: &str| format!("{s} ({block}-byte writes)");
+    let expected = pages as f64;
+    assert_within(&what("tgid pages dirtied vs 64 MiB"), task.dirtied_pages as f64, expected, 1.0);
+    assert_within(&what("cgroup pages dirtied vs 64 MiB"), cgroup.dirtied_pages as f64, expected, 1.0);
+    assert_within(&what("inode pages dirtied vs 64 MiB"), inode.dirtied_pages as f64, expected, 1.0);
+    let kernel_pages = (write_bytes / PAGE) as f64;
+    assert_within(&what("tgid pages vs write_bytes"), task.dirtied_pages as f64, kernel_pages, 1.0);
+    assert_within(&what("cgroup pages vs write_bytes"), cgroup.dirtied_pages as f64, kernel_pages, 1.0);
+    assert_within(&what("inode pages vs write_bytes"), inode.dirtied_pages as f64, kernel_pages, 1.0);
+
+    // The indices reported cover exactly the written range, each page once.
+    let mut seen = vec![0u32; pages as usize];
+    for r in &ranges {
+        for idx in r.index..r.index + u64::from(r.nr) {
+            assert!(idx < pages, "page index {idx} outside the written range 0..{pages}");
+            seen[idx as usize] += 1;
+        }
+    }
+    let missing = seen.iter().filter(|&&n| n == 0).count();
+    assert_eq!(missing, 0, "{missing} written pages were never reported ({block}-byte writes)");
+    let reported: u64 = ranges.iter().map(|r| u64::from(r.nr)).sum();
+    assert_eq!(reported, inode.dirtied_pages, "ranges and the inode counter agree");
+    eprintln!(
+        "{block}-byte writes: {} range events for {pages} pages (large folios merge pages)",
+        ranges.len()
+    );
+    probe.untrack_inode(&key);
+    w.finish();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    // Page-cache accounting needs a disk filesystem, not tmpfs: /var/tmp is on the root disk.
+    let dir = std::path::Path::new("/var/tmp").join(unique("godwit-dirty"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn dirty_pages_with_4k_writes() {
+    dirty_pages_case(4096);
+}
+
+#[test]
+fn dirty_pages_with_1m_writes_in_large_folios() {
+    dirty_pages_case(1024 * 1024);
+}
+
+#[test]
+fn write_faults_count_anonymous_pages_written() {
+    let probe = load_probe();
+    let cg = TestCgroup::new("godwit-wf");
+    let bytes = 64 * 1024 * 1024u64;
+    let mut w = Workload::start(&["touch", &bytes.to_string()], Some(&cg));
+    w.wait_done();
+    let pages = bytes / PAGE;
+    let task = probe.task(w.pid()).expect("tgid counted");
+    let cgroup = probe.cgroup(cg.id()).expect("cgroup counted");
+    // Every page written once: one write fault each, plus the few of program start-up.
+    for (what, n) in [("tgid", task.write_faults), ("cgroup", cgroup.write_faults)] {
+        assert!(
+            n >= pages && n <= pages + pages / 50,
+            "{what} write faults {n}, expected {pages} to {}",
+            pages + pages / 50
+        );
+    }
+    w.finish();
+}
+
+#[test]
+fn exec_and_exit_events_arrive_from_the_ring_buffer() {
+    let mut probe = load_probe();
+    probe.drain_proc_events(|_| {});
+    let w = Workload::start(&["idle"], None);
+    let pid = w.pid();
+    let exec = wait_for(Duration::from_secs(1), || {
+        let mut hit = None;
+        probe.drain_proc_events(|e| {
+            if e.tgid == pid && e.kind == godwit::probe::bpf::ProcEventKind::Exec {
+                hit = Some(e)
+            }
+        });
+        hit
+    })
+    .expect("exec event within 1 s");
+    assert_eq!(exec.comm, "godwit-load");
+    assert_eq!(exec.ppid, std::process::id());
+    w.finish();
+    wait_for(Duration::from_secs(1), || {
+        let mut hit = None;
+        probe.drain_proc_events(|e| {
+            if e.tgid == pid && e.kind == godwit::probe::bpf::ProcEventKind::Exit {
+                hit = Some(())
+            }
+        });
+        hit
+    })
+    .expect("exit event within 1 s");
+}

@@ -1,0 +1,83 @@
+//! Workloads for the integration tests and benchmarks, each a subcommand:
+//!
+//! - `burn MS`: spin on the CPU for MS milliseconds of wall time;
+//! - `write PATH BYTES BLOCK`: buffered writes of BYTES in BLOCK-sized chunks (no fsync);
+//! - `touch BYTES`: map anonymous memory (no huge pages) and write one byte per page;
+//! - `idle`: do nothing.
+//!
+//! After its work, each prints `done <process CPU ns>` and waits for stdin to close, so the
+//! test can read the process's counters while it still exists.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+fn cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn arg(args: &[String], i: usize, what: &str) -> u64 {
+    args.get(i)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("godwit-load: argument {i} ({what}) must be a number"))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("burn") => {
+            let until = Instant::now() + Duration::from_millis(arg(&args, 2, "milliseconds"));
+            let mut x: u64 = 1;
+            while Instant::now() < until {
+                for _ in 0..10_000 {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+        }
+        Some("write") => {
+            let path = args.get(2).expect("godwit-load write PATH BYTES BLOCK");
+            let total = arg(&args, 3, "bytes") as usize;
+            let block = arg(&args, 4, "block") as usize;
+            let buf = vec![0x5au8; block];
+            let mut f = std::fs::OpenOptions::new().write(true).open(path).expect("open target");
+            let mut written = 0;
+            while written < total {
+                let n = block.min(total - written);
+                f.write_all(&buf[..n]).expect("write");
+                written += n;
+            }
+        }
+        Some("touch") => {
+            let len = arg(&args, 2, "bytes") as usize;
+            // SAFETY: an anonymous private mapping of len bytes; checked for MAP_FAILED below and
+            // only touched within its bounds.
+            unsafe {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                assert!(p != libc::MAP_FAILED, "mmap failed");
+                libc::madvise(p, len, libc::MADV_NOHUGEPAGE);
+                let base = p.cast::<u8>();
+                for off in (0..len).step_by(4096) {
+                    base.add(off).write_volatile(1);
+                }
+            }
+        }
+        Some("idle") => {}
+        other => {
+            eprintln!("godwit-load: unknown workload {other:?}: burn MS | write PATH BYTES BLOCK | touch BYTES | idle");
+            std::process::exit(2);
+        }
+    }
+    println!("done {}", cpu_ns());
+    let _ = std::io::stdout().flush();
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+}

@@ -1,0 +1,331 @@
+//! The harness of godwit's privileged integration tests: child cgroups, workloads placed in
+//! them, agent processes with their own config, and waiting on conditions with deadlines.
+//!
+//! Every guard cleans up in `Drop`, so a failing test leaves no cgroup, process or file
+//! behind. Tests that use it need root and run one at a time (`--test-threads=1`).
+
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use godwit;
+use godwit::probe::cgroup::CgroupLayout;
+
+/// Panics with a clear message unless running as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test needs root (BPF, cgroups): run it through `cargo xtask test` as root");
+}
+
+/// A name unique to this test process and call.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The host's cgroup layout.
+pub fn cgroup_layout() -> CgroupLayout {
+    CgroupLayout::detect(Path::new("/proc/self/mounts")).expect("cgroup v2 must be mounted")
+}
+
+/// Polls `cond` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child cgroup of the v2 root, removed (with anything left in it killed) on drop.
+pub struct TestCgroup {
+    pub rel_path: String,
+    pub dir: PathBuf,
+    procs_file: CString,
+}
+
+impl TestCgroup {
+    pub fn new(prefix: &str) -> TestCgroup {
+        let layout = cgroup_layout();
+        let rel_path = format!("/{}", unique(prefix));
+        let dir = layout.dir(&rel_path);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
+        let procs_file = CString::new(dir.join("cgroup.procs").to_string_lossy().as_bytes()).unwrap();
+        TestCgroup { rel_path, dir, procs_file }
+    }
+
+    /// The cgroup id (what BPF's `bpf_get_current_cgroup_id` returns).
+    pub fn id(&self) -> u64 {
+        godwit::probe::cgroup::cgroup_id(&self.dir).expect("stat cgroup")
+    }
+
+    /// `usage_usec` of `cpu.stat`, in nanoseconds.
+    pub fn cpu_usage_ns(&self) -> u64 {
+        godwit::probe::cgroup::read_cpu_stat(&self.dir).expect("read cpu.stat").usage_usec * 1000
+    }
+
+    /// Makes `cmd` move itself into this cgroup between fork and exec.
+    pub fn place(&self, cmd: &mut Command) {
+        let path = self.procs_file.clone();
+        // SAFETY: the closure runs in the forked child before exec and only calls the
+        // async-signal-safe open/write/close on a path allocated before the fork. Writing "0"
+        // to cgroup.procs moves the writing process.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+        for pid in self.pids() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = wait_for(Duration::from_secs(5), || self.pids().is_empty().then_some(()));
+        let _ = wait_for(Duration::from_secs(5), || std::fs::remove_dir(&self.dir).ok());
+    }
+}
+
+/// The `godwit-load` workload binary.
+pub fn load_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_godwit-load")
+}
+
+/// A running `godwit-load` process; killed on drop.
+pub struct Workload {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Workload {
+    /// Starts `godwit-load ARGS` in `cgroup` (if any).
+    pub fn start(args: &[&str], cgroup: Option<&TestCgroup>) -> Workload {
+        let mut cmd = Command::new(load_bin());
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped());
+        if let Some(cg) = cgroup {
+            cg.place(&mut cmd);
+        }
+        let mut child = cmd.spawn().expect("spawn godwit-load");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        Workload { child, stdin, stdout }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the workload's `done CPU_NS` line; returns its own CPU time in ns.
+    pub fn wait_done(&mut self) -> u64 {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read workload output");
+        line.trim()
+            .strip_prefix("done ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected workload output {line:?}"))
+    }
+
+    /// utime + stime of the process from /proc/PID/stat, in ns.
+    pub fn proc_cpu_ns(&self) -> u64 {
+        let st = godwit::probe::procfs::read_stat(Path::new("/proc"), self.pid()).expect("stat");
+        (st.utime_ticks + st.stime_ticks) * 1_000_000_000
+            / godwit::probe::procfs::clock_ticks_per_second()
+    }
+
+    /// `write_bytes` of /proc/PID/io.
+    pub fn write_bytes(&self) -> u64 {
+        godwit::probe::procfs::read_io(Path::new("/proc"), self.pid()).expect("io").write_bytes
+    }
+
+    /// Closes stdin: the workload exits.
+    pub fn finish(mut self) {
+        self.stdin.take();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts `actual` is within `pct` percent of `expected`.
+#[track_caller]
+pub fn assert_within(what: &str, actual: f64, expected: f64, pct: f64) {
+    let err = (actual - expected).abs() / expected.abs().max(f64::MIN_POSITIVE) * 100.0;
+    assert!(
+        err <= pct,
+        "{what}: {actual} is {err:.2}% away from {expected} (allowed ±{pct}%)"
+    );
+    eprintln!("{what}: {actual} vs {expected} ({err:.2}% off, allowed ±{pct}%)");
+}
+
+/// The `godwit` binary, built once per test process so it matches the library under test.
+pub fn godwit_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "godwit", "--bin", "godwit"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p godwit failed");
+        let exe = std::env::current_exe().expect("current exe");
+        // target/<profile>/deps/<test> -> target/<profile>/godwit
+        let bin = exe.parent().and_then(Path::parent).expect("target dir").join("godwit");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `godwit agent` process with its own config file; SIGKILLed on drop if still running.
+pub struct Agent {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent with `extra` TOML appended to a config that sets a free API port.
+    /// Waits until the API answers with a first sample.
+    pub fn start(extra: &str) -> Agent {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("godwit-agent"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("godwit.toml");
+        std::fs::write(
+            &config,
+            format!("[node]\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n{extra}", dir.display()),
+        )
+        .unwrap();
+        let stderr_path = dir.join("agent.log");
+        let child = Command::new(godwit_bin())
+            .args(["agent", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("spawn godwit agent");
+        let mut agent = Agent { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), dir, stderr_path };
+        agent.wait_ready();
+        agent
+    }
+
+    /// Waits for `/healthz` to answer `ok` (a first sample exists).
+    pub fn wait_ready(&mut self) {
+        let ready = wait_for(Duration::from_secs(20), || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("agent exited with {status} before it was ready:\n{}", self.log());
+            }
+            http_get(self.addr, "/healthz").ok().filter(|(code, _)| *code == 200)
+        });
+        assert!(ready.is_some(), "agent not ready within 20 s:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// GETs `path` and parses it as JSON; panics on failure.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let (code, body) = http_get(self.addr, path).expect("agent API");
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: bad JSON {e}: {body}"))
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = wait_for(Duration::from_secs(15), || self.child.try_wait().ok().flatten())
+            .expect("agent did not exit within 15 s of SIGTERM");
+        status.code()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A minimal HTTP/1.1 GET; returns status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {head}")))?;
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((code, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}

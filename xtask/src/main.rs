@@ -1,0 +1,231 @@
+//! `cargo xtask`: everything a person runs on godwit, with its set-up included.
+//!
+//! - `cargo xtask run [-- ARGS]`: install the build packages, build the agent in release and run
+//!   it with the embedded default configuration.
+//! - `cargo xtask test [-- ARGS]`: install the build and test packages, build everything, run the
+//!   unit tests, then the privileged integration tests one at a time.
+//! - `cargo xtask lint`: rustfmt, clippy with warnings denied, and `systemd-analyze verify` of the
+//!   unit file.
+//! - `cargo xtask bench probe`: measure the probe overhead of an eBPF agent and a procfs agent side
+//!   by side under a context-switch storm and many idle processes.
+//!
+//! Subcommands whose names start with `__` are helpers the benchmark starts by re-executing this
+//! binary; they are hidden from `--help`.
+
+mod bench;
+mod http;
+mod lint;
+mod load;
+mod openmetrics;
+mod packages;
+
+use std::env;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Default address of the agent's API, as in the embedded default configuration.
+const DEFAULT_API: &str = "127.0.0.1:9746";
+
+/// Set to `1` to skip the privileged integration tests when not running as root.
+const SKIP_PRIVILEGED_ENV: &str = "GODWIT_SKIP_PRIVILEGED";
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer tasks for godwit",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install build packages, build the agent in release and run it with the default config.
+    Run {
+        /// Extra arguments for `godwit agent`, after `--`.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Install build and test packages, build everything, run unit then privileged tests.
+    Test {
+        /// Extra arguments for the test binaries, after `--` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Check formatting, run clippy with warnings denied, verify the systemd unit.
+    Lint,
+    /// Benchmarks whose figures go into docs/BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+    /// Benchmark helper: ping-pong one byte with a child over two pipes, forever.
+    #[command(name = "__pingpong", hide = true)]
+    PingPong,
+    /// Benchmark helper: the child side of `__pingpong` (echo stdin to stdout, byte by byte).
+    #[command(name = "__pong", hide = true)]
+    Pong,
+    /// Benchmark helper: block reading stdin until it is closed.
+    #[command(name = "__idle", hide = true)]
+    Idle,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Probe overhead: an eBPF agent and a procfs agent side by side under load.
+    Probe(bench::ProbeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run { args } => run(&args),
+        Cmd::Test { args } => test(&args),
+        Cmd::Lint => lint::lint(),
+        Cmd::Bench {
+            which: BenchCmd::Probe(args),
+        } => bench::probe(&args),
+        Cmd::PingPong => load::pingpong(),
+        Cmd::Pong => load::pong(),
+        Cmd::Idle => load::idle(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo xtask run`: build the agent in release and replace this process with it.
+fn run(args: &[OsString]) -> Result<()> {
+    step("system packages needed to build");
+    packages::ensure(packages::BUILD)?;
+    step("cargo build --release -p godwit");
+    run_checked(
+        cargo().args(["build", "--release", "-p", "godwit"]),
+        "release build",
+    )?;
+
+    let bin = target_dir().join("release").join("godwit");
+    if !is_root() {
+        eprintln!(
+            "warning: not running as root: the agent cannot load BPF programs and falls back to \
+             procfs (run as root, or grant CAP_BPF and CAP_PERFMON, for the eBPF probes)"
+        );
+    }
+    println!("godwit agent with the embedded default config (packaging/godwit.toml)");
+    println!("  metrics:  http://{DEFAULT_API}/metrics");
+    println!("  API:      http://{DEFAULT_API}/v1/node  /v1/processes  /v1/containers");
+    println!("  live:     {} top", bin.display());
+    println!("  (a --config FILE with another [api] listen moves these)");
+    let err = Command::new(&bin).arg("agent").args(args).exec();
+    Err(err).with_context(|| format!("exec {}", bin.display()))
+}
+
+/// `cargo xtask test`: the whole check CI runs, from packages to privileged tests.
+fn test(args: &[OsString]) -> Result<()> {
+    let skip_privileged = env::var(SKIP_PRIVILEGED_ENV).as_deref() == Ok("1");
+    if !is_root() && !skip_privileged {
+        eprintln!(
+            "warning: not root: step 4 (privileged integration tests) will fail; \
+             {SKIP_PRIVILEGED_ENV}=1 skips it"
+        );
+    }
+    step("[1/4] system packages needed to build and test");
+    packages::ensure(packages::TEST)?;
+
+    step("[2/4] cargo build --workspace --all-targets");
+    run_checked(
+        cargo().args(["build", "--workspace", "--all-targets"]),
+        "build",
+    )?;
+
+    step("[3/4] unit tests: cargo test --workspace --lib --bins");
+    run_checked(
+        cargo()
+            .args(["test", "--workspace", "--lib", "--bins", "--"])
+            .args(args),
+        "unit tests",
+    )?;
+
+    step("[4/4] privileged integration tests: cargo test -p godwit-tests --tests -- --test-threads=1");
+    if !is_root() {
+        if skip_privileged {
+            println!("skipped: not root and {SKIP_PRIVILEGED_ENV}=1");
+            return Ok(());
+        }
+        bail!(
+            "the integration tests load BPF programs and create cgroups and network namespaces: \
+             they need root. Run `sudo -E cargo xtask test`, or set {SKIP_PRIVILEGED_ENV}=1 to \
+             skip them (CI must not)"
+        );
+    }
+    run_checked(
+        cargo()
+            .args([
+                "test",
+                "-p",
+                "godwit-tests",
+                "--tests",
+                "--",
+                "--test-threads=1",
+            ])
+            .args(args),
+        "privileged integration tests",
+    )
+    // Nothing printed after this: CI reads cargo test's own closing lines.
+}
+
+/// Prints the one-line header of a step.
+fn step(what: &str) {
+    println!("==> {what}");
+}
+
+/// The root of the workspace (the parent of this crate).
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` if set, else `target/` at the workspace root.
+fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => repo_root().join(dir),
+        None => repo_root().join("target"),
+    }
+}
+
+/// A `cargo` command (the same cargo that runs xtask) in the workspace root.
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(repo_root());
+    cmd
+}
+
+/// Runs `cmd` with inherited output and fails with `what` when it does not exit with 0.
+fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Whether this process runs with effective uid 0.
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -117,6 +117,10 @@ fn spawned_process_seen_within_a_second_and_dropped_after_exit() {
 fn promtool_accepts_metrics() {
     require_root();
     let mut agent = Agent::start("[probe]\nmode = \"ebpf\"\ninterval_ms = 500\n");
+    // A workload in its own cgroup, so container series exist too.
+    let cg = TestCgroup::new("godwit-prom");
+    let mut w = Workload::start(&["burn", "700"], Some(&cg));
+    w.wait_done();
     // Let a few samples produce rates, energy and per-process series.
     std::thread::sleep(Duration::from_millis(1500));
     let (code, body) = http_get(agent.addr, "/metrics").expect("GET /metrics");
@@ -147,6 +151,7 @@ fn promtool_accepts_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
+    w.finish();
     assert_eq!(agent.terminate(), Some(0), "clean exit on SIGTERM:\n{}", agent.log());
 }
 
@@ -179,7 +184,7 @@ fn agent_starts_without_config_and_stops_on_sigterm_detaching_bpf() {
     if std::net::TcpListener::bind(default_addr).is_err() {
         panic!("port 9746 is taken: stop the agent that uses it before running the tests");
     }
-    let mut child = Command::new(godwit_bin())
+    let child = Command::new(godwit_bin())
         .arg("agent")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -188,16 +193,19 @@ fn agent_starts_without_config_and_stops_on_sigterm_detaching_bpf() {
         http_get(default_addr, "/healthz").ok().filter(|(c, _)| *c == 200)
     });
     let pid = child.id();
-    let programs_of_agent = || -> usize {
-        // Our programs, held by the agent's descriptors.
+    // The ids of the BPF programs the agent holds (fdinfo of its descriptors).
+    let programs_of_agent = || -> Vec<String> {
         std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
             .map(|d| {
                 d.filter_map(Result::ok)
                     .filter_map(|e| std::fs::read_to_string(e.path()).ok())
                     .filter(|s| s.contains("prog_type:"))
-                    .count()
+                    .filter_map(|s| {
+                        s.lines().find_map(|l| l.strip_prefix("prog_id:").map(|v| v.trim().to_string()))
+                    })
+                    .collect()
             })
-            .unwrap_or(0)
+            .unwrap_or_default()
     };
     let loaded = programs_of_agent();
     // SAFETY: kill has no memory-safety preconditions.
@@ -205,17 +213,15 @@ fn agent_starts_without_config_and_stops_on_sigterm_detaching_bpf() {
     let out = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(ready.is_some(), "agent with the embedded default config never became ready:\n{log}");
-    assert!(loaded >= 5, "the agent held {loaded} BPF programs, expected 5");
+    assert!(loaded.len() >= 5, "the agent held {} BPF programs, expected 5", loaded.len());
     assert_eq!(out.status.code(), Some(0), "exit code after SIGTERM:\n{log}");
     assert!(log.contains("agent stopped"), "clean shutdown logged:\n{log}");
-    let still: Vec<String> = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
-        .unwrap_or_default();
-    assert!(
-        !still.iter().any(|l| l.contains("name writeback_dirty_folio")),
-        "BPF programs still loaded after the agent stopped:\n{}",
-        still.join("\n")
-    );
+    // The kernel frees a program shortly after its last descriptor closes.
+    for id in &loaded {
+        let gone = wait_for(Duration::from_secs(5), || {
+            let shown = Command::new("bpftool").args(["prog", "show", "id", id]).output().unwrap();
+            (!shown.status.success()).then_some(())
+        });
+        assert!(gone.is_some(), "BPF program {id} still loaded 5 s after the agent stopped");
+    }
 }

@@ -120,9 +120,18 @@ impl Drop for TestCgroup {
     }
 }
 
-/// The `godwit-load` workload binary.
-pub fn load_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_godwit-load")
+/// `target/<profile>/`, where cargo puts the binaries the tests run.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test binary>
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// The `godwit-load` workload binary (cargo builds it for this package's tests).
+pub fn load_bin() -> PathBuf {
+    let bin = target_dir().join("godwit-load");
+    assert!(bin.exists(), "{} missing: build with `cargo test -p godwit-tests`", bin.display());
+    bin
 }
 
 /// A running `godwit-load` process; killed on drop.
@@ -207,9 +216,7 @@ pub fn godwit_bin() -> PathBuf {
             .status()
             .expect("run cargo build");
         assert!(status.success(), "cargo build -p godwit failed");
-        let exe = std::env::current_exe().expect("current exe");
-        // target/<profile>/deps/<test> -> target/<profile>/godwit
-        let bin = exe.parent().and_then(Path::parent).expect("target dir").join("godwit");
+        let bin = target_dir().join("godwit");
         assert!(bin.exists(), "{} missing after build", bin.display());
         bin
     })

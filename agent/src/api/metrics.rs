@@ -420,3 +420,76 @@ pub fn render(registry: &Registry) -> Result<String, FmtError> {
 fn page_bytes() -> f64 {
     crate::probe::procfs::page_size() as f64
 }
+
+/// Converts OpenMetrics text to the Prometheus text format 0.0.4, for scrapers and tools
+/// (such as `promtool check metrics`) that do not speak OpenMetrics: counter families get
+/// their `_total` name in `# HELP`/`# TYPE`, and `# UNIT` and `# EOF` go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.insert(name.to_string());
+            }
+        }
+    }
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line).trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_renames_counter_families_and_drops_eof() {
+        let om = "# HELP a_bytes Bytes.\n# TYPE a_bytes counter\na_bytes_total 3\n\
+                  # HELP g Gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        let text = to_prometheus_text(om);
+        assert_eq!(
+            text,
+            "# HELP a_bytes_total Bytes.\n# TYPE a_bytes_total counter\na_bytes_total 3\n\
+             # HELP g Gauge.\n# TYPE g gauge\ng 1\n"
+        );
+    }
+
+    #[test]
+    fn selection_takes_top_by_cpu_and_dirty_and_globs() {
+        let mk = |pid: u32, comm: &str, cpu: f64, dirty: f64| {
+            let mut p: ProcessSample = serde_json::from_value(serde_json::json!({
+                "pid": pid, "ppid": 1, "comm": comm, "cmdline": comm, "cgroup_id": 0,
+                "cgroup_path": "/", "age_seconds": 1.0, "cpu_seconds_total": 0.0,
+                "cpu_cores": cpu, "rss_bytes": 0, "dirtied_pages_total": 0,
+                "dirty_bytes_per_second": dirty, "write_faults_total": null,
+                "write_faults_per_second": null, "power_watts": 0.0, "energy_joules_total": 0.0,
+                "source": {"cpu": "ebpf", "dirty": "ebpf", "write_faults": "none",
+                           "memory": "procfs", "energy": "model"}
+            }))
+            .unwrap();
+            p.pid = pid;
+            p
+        };
+        // Sorted by CPU, as the snapshot is.
+        let procs = vec![
+            mk(1, "busy", 0.9, 0.0),
+            mk(2, "warm", 0.5, 0.0),
+            mk(3, "writer", 0.0, 9e6),
+            mk(4, "redis-server", 0.0, 0.0),
+            mk(5, "idle", 0.0, 0.0),
+        ];
+        let sel = ProcessSelection { top: 1, globs: vec![Glob::new("redis-*").unwrap()] };
+        assert_eq!(sel.select(&procs), vec![0, 2, 3]);
+    }
+}

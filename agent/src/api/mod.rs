@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -82,16 +82,26 @@ fn not_ready() -> Response {
         .into_response()
 }
 
-async fn metrics_handler(State(state): State<AppState>) -> Response {
-    match metrics::render(&state.registry) {
-        Ok(body) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-            body,
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+/// OpenMetrics for clients that ask for it (Prometheus does), the Prometheus text format
+/// otherwise (curl, promtool, older scrapers).
+async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Ok(body) = metrics::render(&state.registry) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], metrics::to_prometheus_text(&body))
+            .into_response()
     }
 }
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Serialize)]
 struct NodeView<'a> {

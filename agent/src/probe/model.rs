@@ -1,10 +1,10 @@
 //! Plain data produced by the sampler: what the API serves, the metrics encode and later
 //! modules (series, predict, gossip) consume. No I/O here.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which mechanism produced a figure. Every figure the agent reports carries one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// BPF programs loaded into the kernel.
@@ -35,7 +35,7 @@ impl Source {
 }
 
 /// The sources behind one entity's figures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sources {
     pub cpu: Source,
     pub dirty: Source,
@@ -45,7 +45,7 @@ pub struct Sources {
 }
 
 /// Which container runtime (or service manager) a cgroup path belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     Docker,
@@ -76,7 +76,7 @@ impl Runtime {
 }
 
 /// What a cgroup path says about the container it holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerInfo {
     pub runtime: Runtime,
     /// Runtime's container id (full), pod uid, or unit name.
@@ -88,7 +88,7 @@ pub struct ContainerInfo {
     pub pod_uid: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessSample {
     pub pid: u32,
     pub ppid: u32,
@@ -115,7 +115,7 @@ pub struct ProcessSample {
     pub source: Sources,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerSample {
     pub cgroup_id: u64,
     pub cgroup_path: String,
@@ -136,7 +136,7 @@ pub struct ContainerSample {
 }
 
 /// CPU time fractions by mode over the last interval; they sum to 1.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CpuModes {
     pub user: f64,
     pub nice: f64,
@@ -155,7 +155,7 @@ impl CpuModes {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InterfaceSample {
     pub name: String,
     pub receive_bytes_total: u64,
@@ -164,7 +164,7 @@ pub struct InterfaceSample {
     pub transmit_bytes_per_second: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiskSample {
     pub name: String,
     pub read_bytes_total: u64,
@@ -173,7 +173,7 @@ pub struct DiskSample {
     pub written_bytes_per_second: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeSample {
     pub hostname: String,
     pub cpus: u32,

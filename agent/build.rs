@@ -20,8 +20,14 @@ fn main() {
     let layout = out.join("bpf_layout.rs");
 
     println!("cargo::rerun-if-changed={}", ebpf.join("src").display());
-    println!("cargo::rerun-if-changed={}", ebpf.join("include/godwit.h").display());
-    println!("cargo::rerun-if-changed={}", ebpf.join("layout.c").display());
+    println!(
+        "cargo::rerun-if-changed={}",
+        ebpf.join("include/godwit.h").display()
+    );
+    println!(
+        "cargo::rerun-if-changed={}",
+        ebpf.join("layout.c").display()
+    );
     println!("cargo::rerun-if-env-changed=CLANG");
     println!("cargo::rerun-if-env-changed=GODWIT_BPF_STUB");
     println!("cargo::rustc-check-cfg=cfg(godwit_bpf_stub)");
@@ -30,15 +36,26 @@ fn main() {
         println!("cargo::warning=GODWIT_BPF_STUB=1: building without BPF programs (procfs only)");
         println!("cargo::rustc-cfg=godwit_bpf_stub");
         std::fs::write(&object, b"").expect("write stub object");
-        std::fs::write(&layout, "pub const C_LAYOUT: &[(&str, &str, usize)] = &[];\n")
-            .expect("write stub layout");
+        std::fs::write(
+            &layout,
+            "pub const C_LAYOUT: &[(&str, &str, usize)] = &[];\n",
+        )
+        .expect("write stub layout");
         return;
     }
 
     let clang = find_clang();
     let include = ebpf.join("include");
     run(Command::new(&clang)
-        .args(["-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Werror"])
+        .args([
+            "-g",
+            "-O2",
+            "-target",
+            "bpf",
+            "-D__TARGET_ARCH_x86",
+            "-Wall",
+            "-Werror",
+        ])
         .arg("-I")
         .arg(&include)
         .arg("-c")
@@ -64,7 +81,11 @@ fn find_clang() -> PathBuf {
         return PathBuf::from(c);
     }
     for candidate in ["clang-19", "clang"] {
-        if Command::new(candidate).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        if Command::new(candidate)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return PathBuf::from(candidate);
         }
     }
@@ -77,6 +98,8 @@ fn find_clang() -> PathBuf {
 
 fn run(cmd: &mut Command) {
     let shown = format!("{cmd:?}");
-    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
     assert!(status.success(), "{shown} failed with {status}");
 }

@@ -38,9 +38,16 @@ fn cpu_matches_kernel(mode: &str, tolerance_pct: f64) {
     let cg_s = cg.cpu_usage_ns() as f64 / 1e9;
     // Wait for a sample taken after the burn ended.
     let p = wait_for(Duration::from_secs(5), || {
-        process(&agent, w.pid()).filter(|p| p["cpu_seconds_total"].as_f64().unwrap_or(0.0) >= stat_s * 0.9)
+        process(&agent, w.pid())
+            .filter(|p| p["cpu_seconds_total"].as_f64().unwrap_or(0.0) >= stat_s * 0.9)
     })
-    .unwrap_or_else(|| panic!("process {} not reported with its CPU time:\n{}", w.pid(), agent.log()));
+    .unwrap_or_else(|| {
+        panic!(
+            "process {} not reported with its CPU time:\n{}",
+            w.pid(),
+            agent.log()
+        )
+    });
     std::thread::sleep(Duration::from_millis(600));
     let p = process(&agent, w.pid()).unwrap_or(p);
     let c = container(&agent, &cg.rel_path)
@@ -48,7 +55,10 @@ fn cpu_matches_kernel(mode: &str, tolerance_pct: f64) {
     assert_eq!(p["source"]["cpu"], mode, "process CPU source");
     assert_eq!(p["cgroup_path"], cg.rel_path.as_str());
     let expected_container_source = if mode == "procfs" { "cgroupfs" } else { "ebpf" };
-    assert_eq!(c["source"]["cpu"], expected_container_source, "container CPU source");
+    assert_eq!(
+        c["source"]["cpu"], expected_container_source,
+        "container CPU source"
+    );
     assert_within(
         &format!("{mode}: process CPU s vs /proc/PID/stat"),
         p["cpu_seconds_total"].as_f64().unwrap(),
@@ -87,9 +97,15 @@ fn fallback_is_reported_with_its_cause() {
     let node = agent.json("/v1/node");
     assert_eq!(node["probe"]["source"], "procfs");
     let reason = node["probe"]["fallback_reason"].as_str().unwrap_or("");
-    assert!(reason.contains("procfs"), "fallback reason names the cause: {reason:?}");
+    assert!(
+        reason.contains("procfs"),
+        "fallback reason names the cause: {reason:?}"
+    );
     let log = agent.log();
-    assert!(!log.contains("BPF probe attached"), "procfs mode loads no BPF:\n{log}");
+    assert!(
+        !log.contains("BPF probe attached"),
+        "procfs mode loads no BPF:\n{log}"
+    );
 }
 
 #[test]
@@ -102,14 +118,22 @@ fn spawned_process_seen_within_a_second_and_dropped_after_exit() {
     let seen = wait_for(Duration::from_secs(3), || process(&agent, pid));
     let seen_after = started.elapsed();
     let seen = seen.expect("spawned process never listed");
-    assert!(seen_after < Duration::from_secs(1), "listed after {seen_after:?}, want < 1 s");
+    assert!(
+        seen_after < Duration::from_secs(1),
+        "listed after {seen_after:?}, want < 1 s"
+    );
     assert_eq!(seen["comm"], "godwit-load");
     w.finish();
     let ended = Instant::now();
-    wait_for(Duration::from_secs(3), || process(&agent, pid).is_none().then_some(()))
-        .expect("ended process still listed");
+    wait_for(Duration::from_secs(3), || {
+        process(&agent, pid).is_none().then_some(())
+    })
+    .expect("ended process still listed");
     let gone_after = ended.elapsed();
-    assert!(gone_after < Duration::from_secs(1), "dropped after {gone_after:?}, want < 1 s");
+    assert!(
+        gone_after < Duration::from_secs(1),
+        "dropped after {gone_after:?}, want < 1 s"
+    );
     eprintln!("listed {seen_after:?} after spawn, dropped {gone_after:?} after exit");
 }
 
@@ -143,16 +167,29 @@ fn promtool_accepts_metrics() {
         .spawn()
         .expect("promtool (Debian package prometheus) must be installed");
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}"
+    );
     w.finish();
-    assert_eq!(agent.terminate(), Some(0), "clean exit on SIGTERM:\n{}", agent.log());
+    assert_eq!(
+        agent.terminate(),
+        Some(0),
+        "clean exit on SIGTERM:\n{}",
+        agent.log()
+    );
 }
 
 #[test]
@@ -160,19 +197,38 @@ fn bad_config_is_refused_with_line_field_and_exit_code() {
     let dir = std::env::temp_dir().join(unique("godwit-badcfg"));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "[api]\nlisten = \"127.0.0.1:1\"\n\n[probe]\ninterval_ms = 7\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[api]\nlisten = \"127.0.0.1:1\"\n\n[probe]\ninterval_ms = 7\n",
+    )
+    .unwrap();
     for sub in ["validate", "agent"] {
-        let out = Command::new(godwit_bin()).args([sub, "--config"]).arg(&bad).output().unwrap();
+        let out = Command::new(godwit_bin())
+            .args([sub, "--config"])
+            .arg(&bad)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(78), "{sub}: exit code for a bad config; stderr: {err}");
+        assert_eq!(
+            out.status.code(),
+            Some(78),
+            "{sub}: exit code for a bad config; stderr: {err}"
+        );
         assert!(err.contains("line 5"), "{sub}: names the line: {err}");
         assert!(err.contains("interval_ms"), "{sub}: names the field: {err}");
     }
-    let missing = Command::new(godwit_bin()).args(["validate", "--config", "/nonexistent/godwit.toml"]).output().unwrap();
+    let missing = Command::new(godwit_bin())
+        .args(["validate", "--config", "/nonexistent/godwit.toml"])
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(78));
     let good = dir.join("good.toml");
     std::fs::write(&good, "[probe]\ninterval_ms = 500\n").unwrap();
-    let ok = Command::new(godwit_bin()).args(["validate", "--config"]).arg(&good).output().unwrap();
+    let ok = Command::new(godwit_bin())
+        .args(["validate", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
     assert_eq!(ok.status.code(), Some(0));
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -190,7 +246,9 @@ fn agent_starts_without_config_and_stops_on_sigterm_detaching_bpf() {
         .spawn()
         .unwrap();
     let ready = wait_for(Duration::from_secs(20), || {
-        http_get(default_addr, "/healthz").ok().filter(|(c, _)| *c == 200)
+        http_get(default_addr, "/healthz")
+            .ok()
+            .filter(|(c, _)| *c == 200)
     });
     let pid = child.id();
     // The ids of the BPF programs the agent holds (fdinfo of its descriptors).
@@ -201,7 +259,8 @@ fn agent_starts_without_config_and_stops_on_sigterm_detaching_bpf() {
                     .filter_map(|e| std::fs::read_to_string(e.path()).ok())
                     .filter(|s| s.contains("prog_type:"))
                     .filter_map(|s| {
-                        s.lines().find_map(|l| l.strip_prefix("prog_id:").map(|v| v.trim().to_string()))
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("prog_id:").map(|v| v.trim().to_string()))
                     })
                     .collect()
             })
@@ -212,16 +271,36 @@ fn agent_starts_without_config_and_stops_on_sigterm_detaching_bpf() {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(ready.is_some(), "agent with the embedded default config never became ready:\n{log}");
-    assert!(loaded.len() >= 5, "the agent held {} BPF programs, expected 5", loaded.len());
-    assert_eq!(out.status.code(), Some(0), "exit code after SIGTERM:\n{log}");
-    assert!(log.contains("agent stopped"), "clean shutdown logged:\n{log}");
+    assert!(
+        ready.is_some(),
+        "agent with the embedded default config never became ready:\n{log}"
+    );
+    assert!(
+        loaded.len() >= 5,
+        "the agent held {} BPF programs, expected 5",
+        loaded.len()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "exit code after SIGTERM:\n{log}"
+    );
+    assert!(
+        log.contains("agent stopped"),
+        "clean shutdown logged:\n{log}"
+    );
     // The kernel frees a program shortly after its last descriptor closes.
     for id in &loaded {
         let gone = wait_for(Duration::from_secs(5), || {
-            let shown = Command::new("bpftool").args(["prog", "show", "id", id]).output().unwrap();
+            let shown = Command::new("bpftool")
+                .args(["prog", "show", "id", id])
+                .output()
+                .unwrap();
             (!shown.status.success()).then_some(())
         });
-        assert!(gone.is_some(), "BPF program {id} still loaded 5 s after the agent stopped");
+        assert!(
+            gone.is_some(),
+            "BPF program {id} still loaded 5 s after the agent stopped"
+        );
     }
 }

@@ -26,10 +26,27 @@ fn cpu_time_per_tgid_and_cgroup_matches_kernel_accounting() {
     let cg_ns = cg.cpu_usage_ns();
     let task = probe.task(w.pid()).expect("tgid counted");
     let cgroup = probe.cgroup(cg.id()).expect("cgroup counted");
-    assert!(self_cpu_ns > 1_500_000_000, "the workload burned only {self_cpu_ns} ns");
-    assert_within("tgid on-CPU ns vs /proc/PID/stat", task.cpu_ns as f64, stat_ns as f64, 3.0);
-    assert_within("cgroup on-CPU ns vs cpu.stat", cgroup.cpu_ns as f64, cg_ns as f64, 3.0);
-    assert_eq!(task.cgroup_id, cg.id(), "the tgid's last cgroup is the test cgroup");
+    assert!(
+        self_cpu_ns > 1_500_000_000,
+        "the workload burned only {self_cpu_ns} ns"
+    );
+    assert_within(
+        "tgid on-CPU ns vs /proc/PID/stat",
+        task.cpu_ns as f64,
+        stat_ns as f64,
+        3.0,
+    );
+    assert_within(
+        "cgroup on-CPU ns vs cpu.stat",
+        cgroup.cpu_ns as f64,
+        cg_ns as f64,
+        3.0,
+    );
+    assert_eq!(
+        task.cgroup_id,
+        cg.id(),
+        "the tgid's last cgroup is the test cgroup"
+    );
     w.finish();
 }
 
@@ -46,7 +63,12 @@ fn dirty_pages_case(block: u64) {
     let total = 64 * 1024 * 1024u64;
     let pages = total / PAGE;
     let mut w = Workload::start(
-        &["write", file.to_str().unwrap(), &total.to_string(), &block.to_string()],
+        &[
+            "write",
+            file.to_str().unwrap(),
+            &total.to_string(),
+            &block.to_string(),
+        ],
         Some(&cg),
     );
     w.wait_done();
@@ -62,26 +84,65 @@ fn dirty_pages_case(block: u64) {
     });
     let what = |s: &str| format!("{s} ({block}-byte writes)");
     let expected = pages as f64;
-    assert_within(&what("tgid pages dirtied vs 64 MiB"), task.dirtied_pages as f64, expected, 1.0);
-    assert_within(&what("cgroup pages dirtied vs 64 MiB"), cgroup.dirtied_pages as f64, expected, 1.0);
-    assert_within(&what("inode pages dirtied vs 64 MiB"), inode.dirtied_pages as f64, expected, 1.0);
+    assert_within(
+        &what("tgid pages dirtied vs 64 MiB"),
+        task.dirtied_pages as f64,
+        expected,
+        1.0,
+    );
+    assert_within(
+        &what("cgroup pages dirtied vs 64 MiB"),
+        cgroup.dirtied_pages as f64,
+        expected,
+        1.0,
+    );
+    assert_within(
+        &what("inode pages dirtied vs 64 MiB"),
+        inode.dirtied_pages as f64,
+        expected,
+        1.0,
+    );
     let kernel_pages = (write_bytes / PAGE) as f64;
-    assert_within(&what("tgid pages vs write_bytes"), task.dirtied_pages as f64, kernel_pages, 1.0);
-    assert_within(&what("cgroup pages vs write_bytes"), cgroup.dirtied_pages as f64, kernel_pages, 1.0);
-    assert_within(&what("inode pages vs write_bytes"), inode.dirtied_pages as f64, kernel_pages, 1.0);
+    assert_within(
+        &what("tgid pages vs write_bytes"),
+        task.dirtied_pages as f64,
+        kernel_pages,
+        1.0,
+    );
+    assert_within(
+        &what("cgroup pages vs write_bytes"),
+        cgroup.dirtied_pages as f64,
+        kernel_pages,
+        1.0,
+    );
+    assert_within(
+        &what("inode pages vs write_bytes"),
+        inode.dirtied_pages as f64,
+        kernel_pages,
+        1.0,
+    );
 
     // The indices reported cover exactly the written range, each page once.
     let mut seen = vec![0u32; pages as usize];
     for r in &ranges {
         for idx in r.index..r.index + u64::from(r.nr) {
-            assert!(idx < pages, "page index {idx} outside the written range 0..{pages}");
+            assert!(
+                idx < pages,
+                "page index {idx} outside the written range 0..{pages}"
+            );
             seen[idx as usize] += 1;
         }
     }
     let missing = seen.iter().filter(|&&n| n == 0).count();
-    assert_eq!(missing, 0, "{missing} written pages were never reported ({block}-byte writes)");
+    assert_eq!(
+        missing, 0,
+        "{missing} written pages were never reported ({block}-byte writes)"
+    );
     let reported: u64 = ranges.iter().map(|r| u64::from(r.nr)).sum();
-    assert_eq!(reported, inode.dirtied_pages, "ranges and the inode counter agree");
+    assert_eq!(
+        reported, inode.dirtied_pages,
+        "ranges and the inode counter agree"
+    );
     eprintln!(
         "{block}-byte writes: {} range events for {pages} pages (large folios merge pages)",
         ranges.len()

@@ -21,13 +21,20 @@ use godwit::probe::cgroup::CgroupLayout;
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test needs root (BPF, cgroups): run it through `cargo xtask test` as root");
+    assert_eq!(
+        euid, 0,
+        "this test needs root (BPF, cgroups): run it through `cargo xtask test` as root"
+    );
 }
 
 /// A name unique to this test process and call.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The host's cgroup layout.
@@ -61,9 +68,15 @@ impl TestCgroup {
         let layout = cgroup_layout();
         let rel_path = format!("/{}", unique(prefix));
         let dir = layout.dir(&rel_path);
-        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
-        let procs_file = CString::new(dir.join("cgroup.procs").to_string_lossy().as_bytes()).unwrap();
-        TestCgroup { rel_path, dir, procs_file }
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
+        let procs_file =
+            CString::new(dir.join("cgroup.procs").to_string_lossy().as_bytes()).unwrap();
+        TestCgroup {
+            rel_path,
+            dir,
+            procs_file,
+        }
     }
 
     /// The cgroup id (what BPF's `bpf_get_current_cgroup_id` returns).
@@ -73,7 +86,10 @@ impl TestCgroup {
 
     /// `usage_usec` of `cpu.stat`, in nanoseconds.
     pub fn cpu_usage_ns(&self) -> u64 {
-        godwit::probe::cgroup::read_cpu_stat(&self.dir).expect("read cpu.stat").usage_usec * 1000
+        godwit::probe::cgroup::read_cpu_stat(&self.dir)
+            .expect("read cpu.stat")
+            .usage_usec
+            * 1000
     }
 
     /// Makes `cmd` move itself into this cgroup between fork and exec.
@@ -115,8 +131,12 @@ impl Drop for TestCgroup {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        let _ = wait_for(Duration::from_secs(5), || self.pids().is_empty().then_some(()));
-        let _ = wait_for(Duration::from_secs(5), || std::fs::remove_dir(&self.dir).ok());
+        let _ = wait_for(Duration::from_secs(5), || {
+            self.pids().is_empty().then_some(())
+        });
+        let _ = wait_for(Duration::from_secs(5), || {
+            std::fs::remove_dir(&self.dir).ok()
+        });
     }
 }
 
@@ -124,13 +144,20 @@ impl Drop for TestCgroup {
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test binary>
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// The `godwit-load` workload binary (cargo builds it for this package's tests).
 pub fn load_bin() -> PathBuf {
     let bin = target_dir().join("godwit-load");
-    assert!(bin.exists(), "{} missing: build with `cargo test -p godwit-tests`", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: build with `cargo test -p godwit-tests`",
+        bin.display()
+    );
     bin
 }
 
@@ -152,7 +179,11 @@ impl Workload {
         let mut child = cmd.spawn().expect("spawn godwit-load");
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Workload { child, stdin, stdout }
+        Workload {
+            child,
+            stdin,
+            stdout,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -162,7 +193,9 @@ impl Workload {
     /// Waits for the workload's `done CPU_NS` line; returns its own CPU time in ns.
     pub fn wait_done(&mut self) -> u64 {
         let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read workload output");
+        self.stdout
+            .read_line(&mut line)
+            .expect("read workload output");
         line.trim()
             .strip_prefix("done ")
             .and_then(|n| n.parse().ok())
@@ -178,7 +211,9 @@ impl Workload {
 
     /// `write_bytes` of /proc/PID/io.
     pub fn write_bytes(&self) -> u64 {
-        godwit::probe::procfs::read_io(Path::new("/proc"), self.pid()).expect("io").write_bytes
+        godwit::probe::procfs::read_io(Path::new("/proc"), self.pid())
+            .expect("io")
+            .write_bytes
     }
 
     /// Closes stdin: the workload exits.
@@ -225,7 +260,11 @@ pub fn godwit_bin() -> PathBuf {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A `godwit agent` process with its own config file; SIGKILLed on drop if still running.
@@ -246,7 +285,10 @@ impl Agent {
         let config = dir.join("godwit.toml");
         std::fs::write(
             &config,
-            format!("[node]\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n{extra}", dir.display()),
+            format!(
+                "[node]\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n{extra}",
+                dir.display()
+            ),
         )
         .unwrap();
         let stderr_path = dir.join("agent.log");
@@ -257,7 +299,12 @@ impl Agent {
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
             .expect("spawn godwit agent");
-        let mut agent = Agent { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), dir, stderr_path };
+        let mut agent = Agent {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+            stderr_path,
+        };
         agent.wait_ready();
         agent
     }
@@ -266,11 +313,20 @@ impl Agent {
     pub fn wait_ready(&mut self) {
         let ready = wait_for(Duration::from_secs(20), || {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("agent exited with {status} before it was ready:\n{}", self.log());
+                panic!(
+                    "agent exited with {status} before it was ready:\n{}",
+                    self.log()
+                );
             }
-            http_get(self.addr, "/healthz").ok().filter(|(code, _)| *code == 200)
+            http_get(self.addr, "/healthz")
+                .ok()
+                .filter(|(code, _)| *code == 200)
         });
-        assert!(ready.is_some(), "agent not ready within 20 s:\n{}", self.log());
+        assert!(
+            ready.is_some(),
+            "agent not ready within 20 s:\n{}",
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -288,8 +344,10 @@ impl Agent {
     pub fn terminate(&mut self) -> Option<i32> {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = wait_for(Duration::from_secs(15), || self.child.try_wait().ok().flatten())
-            .expect("agent did not exit within 15 s of SIGTERM");
+        let status = wait_for(Duration::from_secs(15), || {
+            self.child.try_wait().ok().flatten()
+        })
+        .expect("agent did not exit within 15 s of SIGTERM");
         status.code()
     }
 }
@@ -306,7 +364,10 @@ impl Drop for Agent {
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -316,7 +377,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {head}")))?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -327,7 +391,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }

@@ -32,10 +32,13 @@ impl ProcessSelection {
     /// Indices into `processes` (sorted by CPU, descending) of the selected ones.
     pub fn select(&self, processes: &[ProcessSample]) -> Vec<usize> {
         let mut chosen: BTreeSet<usize> = (0..processes.len().min(self.top)).collect();
-        let mut by_dirty: Vec<usize> =
-            (0..processes.len()).filter(|&i| processes[i].dirty_bytes_per_second > 0.0).collect();
+        let mut by_dirty: Vec<usize> = (0..processes.len())
+            .filter(|&i| processes[i].dirty_bytes_per_second > 0.0)
+            .collect();
         by_dirty.sort_by(|&a, &b| {
-            processes[b].dirty_bytes_per_second.total_cmp(&processes[a].dirty_bytes_per_second)
+            processes[b]
+                .dirty_bytes_per_second
+                .total_cmp(&processes[a].dirty_bytes_per_second)
         });
         chosen.extend(by_dirty.into_iter().take(self.top));
         for (i, p) in processes.iter().enumerate() {
@@ -90,13 +93,20 @@ fn one(v: impl Into<f64>) -> Vec<(Labels, f64)> {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), FmtError> {
         use MetricType::{Counter, Gauge};
-        let snap = self.shared.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let snap = self
+            .shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         family(
             &mut enc,
             "godwit_build_info",
             "Version of the running agent",
             Gauge,
-            vec![(vec![("version", env!("CARGO_PKG_VERSION").to_string())], 1.0)],
+            vec![(
+                vec![("version", env!("CARGO_PKG_VERSION").to_string())],
+                1.0,
+            )],
         )?;
         let me = crate::probe::procfs::read_self_usage().ok();
         family(
@@ -141,7 +151,10 @@ fn encode_self(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtE
         vec![
             (vec![("kind", "exec".to_string())], p.kernel.exec as f64),
             (vec![("kind", "exit".to_string())], p.kernel.exit as f64),
-            (vec![("kind", "dirty_folio".to_string())], p.kernel.dirty_events as f64),
+            (
+                vec![("kind", "dirty_folio".to_string())],
+                p.kernel.dirty_events as f64,
+            ),
         ],
     )?;
     family(
@@ -150,8 +163,14 @@ fn encode_self(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtE
         "Events dropped because a BPF ring buffer was full",
         Counter,
         vec![
-            (vec![("ring", "events".to_string())], p.kernel.events_lost as f64),
-            (vec![("ring", "dirty_ranges".to_string())], p.kernel.dirty_ranges_lost as f64),
+            (
+                vec![("ring", "events".to_string())],
+                p.kernel.events_lost as f64,
+            ),
+            (
+                vec![("ring", "dirty_ranges".to_string())],
+                p.kernel.dirty_ranges_lost as f64,
+            ),
         ],
     )?;
     family(
@@ -160,8 +179,14 @@ fn encode_self(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtE
         "Updates dropped because a BPF map was full",
         Counter,
         vec![
-            (vec![("map", "tasks".to_string())], p.kernel.tasks_map_full as f64),
-            (vec![("map", "cgroups".to_string())], p.kernel.cgroups_map_full as f64),
+            (
+                vec![("map", "tasks".to_string())],
+                p.kernel.tasks_map_full as f64,
+            ),
+            (
+                vec![("map", "cgroups".to_string())],
+                p.kernel.cgroups_map_full as f64,
+            ),
         ],
     )?;
     family(
@@ -169,18 +194,29 @@ fn encode_self(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtE
         "godwit_bpf_program_run_time_seconds",
         "Time spent in each BPF program (kernel BPF statistics)",
         Counter,
-        p.programs
-            .iter()
-            .map(|r| (vec![("program", r.program.to_string())], r.run_time_ns as f64 / 1e9)),
+        p.programs.iter().map(|r| {
+            (
+                vec![("program", r.program.to_string())],
+                r.run_time_ns as f64 / 1e9,
+            )
+        }),
     )?;
     family(
         enc,
         "godwit_bpf_program_runs",
         "Runs of each BPF program (kernel BPF statistics)",
         Counter,
-        p.programs.iter().map(|r| (vec![("program", r.program.to_string())], r.run_count as f64)),
+        p.programs
+            .iter()
+            .map(|r| (vec![("program", r.program.to_string())], r.run_count as f64)),
     )?;
-    family(enc, "godwit_sampler_samples", "Samples taken", Counter, one(p.samples_total as f64))?;
+    family(
+        enc,
+        "godwit_sampler_samples",
+        "Samples taken",
+        Counter,
+        one(p.samples_total as f64),
+    )?;
     family(
         enc,
         "godwit_sampler_duration_seconds",
@@ -230,7 +266,9 @@ fn encode_node(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtE
         "godwit_node_cpu_mode_ratio",
         "Fraction of CPU time in each mode over the last interval",
         Gauge,
-        modes.iter().map(|(m, v)| (vec![("mode", m.to_string())], *v)),
+        modes
+            .iter()
+            .map(|(m, v)| (vec![("mode", m.to_string())], *v)),
     )?;
     family(
         enc,
@@ -239,7 +277,13 @@ fn encode_node(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtE
         Gauge,
         one(n.cpu_utilization),
     )?;
-    family(enc, "godwit_node_memory_total_bytes", "Total memory", Gauge, one(n.memory_total_bytes as f64))?;
+    family(
+        enc,
+        "godwit_node_memory_total_bytes",
+        "Total memory",
+        Gauge,
+        one(n.memory_total_bytes as f64),
+    )?;
     family(
         enc,
         "godwit_node_memory_available_bytes",
@@ -252,28 +296,45 @@ fn encode_node(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtE
         "godwit_node_network_receive_bytes",
         "Bytes received per interface",
         Counter,
-        n.interfaces.iter().map(|i| (vec![("interface", i.name.clone())], i.receive_bytes_total as f64)),
+        n.interfaces.iter().map(|i| {
+            (
+                vec![("interface", i.name.clone())],
+                i.receive_bytes_total as f64,
+            )
+        }),
     )?;
     family(
         enc,
         "godwit_node_network_transmit_bytes",
         "Bytes sent per interface",
         Counter,
-        n.interfaces.iter().map(|i| (vec![("interface", i.name.clone())], i.transmit_bytes_total as f64)),
+        n.interfaces.iter().map(|i| {
+            (
+                vec![("interface", i.name.clone())],
+                i.transmit_bytes_total as f64,
+            )
+        }),
     )?;
     family(
         enc,
         "godwit_node_disk_read_bytes",
         "Bytes read per block device",
         Counter,
-        n.disks.iter().map(|d| (vec![("device", d.name.clone())], d.read_bytes_total as f64)),
+        n.disks
+            .iter()
+            .map(|d| (vec![("device", d.name.clone())], d.read_bytes_total as f64)),
     )?;
     family(
         enc,
         "godwit_node_disk_written_bytes",
         "Bytes written per block device",
         Counter,
-        n.disks.iter().map(|d| (vec![("device", d.name.clone())], d.written_bytes_total as f64)),
+        n.disks.iter().map(|d| {
+            (
+                vec![("device", d.name.clone())],
+                d.written_bytes_total as f64,
+            )
+        }),
     )?;
     family(
         enc,
@@ -283,8 +344,20 @@ fn encode_node(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtE
         one(n.dirty_bytes_per_second),
     )?;
     let src = vec![("source", n.power_source.as_str().to_string())];
-    family(enc, "godwit_node_power_watts", "Node power (RAPL or model, see source)", Gauge, vec![(src.clone(), n.power_watts)])?;
-    family(enc, "godwit_node_energy_joules", "Node energy since the agent started", Counter, vec![(src, n.energy_joules_total)])
+    family(
+        enc,
+        "godwit_node_power_watts",
+        "Node power (RAPL or model, see source)",
+        Gauge,
+        vec![(src.clone(), n.power_watts)],
+    )?;
+    family(
+        enc,
+        "godwit_node_energy_joules",
+        "Node energy since the agent started",
+        Counter,
+        vec![(src, n.energy_joules_total)],
+    )
 }
 
 fn encode_containers(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtError> {
@@ -303,14 +376,16 @@ fn encode_containers(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<()
         "godwit_container_cpu_seconds",
         "CPU time used by the container",
         Counter,
-        cs.iter().map(|c| (labels(c, c.source.cpu.as_str()), c.cpu_seconds_total)),
+        cs.iter()
+            .map(|c| (labels(c, c.source.cpu.as_str()), c.cpu_seconds_total)),
     )?;
     family(
         enc,
         "godwit_container_memory_bytes",
         "Memory charged to the container's cgroup",
         Gauge,
-        cs.iter().filter_map(|c| Some((labels(c, c.source.memory.as_str()), c.memory_bytes? as f64))),
+        cs.iter()
+            .filter_map(|c| Some((labels(c, c.source.memory.as_str()), c.memory_bytes? as f64))),
     )?;
     family(
         enc,
@@ -318,7 +393,10 @@ fn encode_containers(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<()
         "Memory minus inactive file cache (cAdvisor's working set)",
         Gauge,
         cs.iter().filter_map(|c| {
-            Some((labels(c, c.source.memory.as_str()), c.memory_working_set_bytes? as f64))
+            Some((
+                labels(c, c.source.memory.as_str()),
+                c.memory_working_set_bytes? as f64,
+            ))
         }),
     )?;
     family(
@@ -326,35 +404,44 @@ fn encode_containers(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<()
         "godwit_container_dirtied_bytes",
         "Page-cache bytes dirtied (clean to dirty) by the container's tasks",
         Counter,
-        cs.iter().map(|c| (labels(c, c.source.dirty.as_str()), c.dirtied_pages_total as f64 * page_bytes())),
+        cs.iter().map(|c| {
+            (
+                labels(c, c.source.dirty.as_str()),
+                c.dirtied_pages_total as f64 * page_bytes(),
+            )
+        }),
     )?;
     family(
         enc,
         "godwit_container_write_faults",
         "Write page faults taken by the container's tasks",
         Counter,
-        cs.iter().filter_map(|c| Some((labels(c, "ebpf"), c.write_faults_total? as f64))),
+        cs.iter()
+            .filter_map(|c| Some((labels(c, "ebpf"), c.write_faults_total? as f64))),
     )?;
     family(
         enc,
         "godwit_container_processes",
         "Live processes in the container",
         Gauge,
-        cs.iter().map(|c| (labels(c, "procfs"), f64::from(c.processes))),
+        cs.iter()
+            .map(|c| (labels(c, "procfs"), f64::from(c.processes))),
     )?;
     family(
         enc,
         "godwit_container_power_watts",
         "Power attributed to the container by its CPU-time share",
         Gauge,
-        cs.iter().map(|c| (labels(c, c.source.energy.as_str()), c.power_watts)),
+        cs.iter()
+            .map(|c| (labels(c, c.source.energy.as_str()), c.power_watts)),
     )?;
     family(
         enc,
         "godwit_container_energy_joules",
         "Energy attributed to the container by its CPU-time share",
         Counter,
-        cs.iter().map(|c| (labels(c, c.source.energy.as_str()), c.energy_joules_total)),
+        cs.iter()
+            .map(|c| (labels(c, c.source.energy.as_str()), c.energy_joules_total)),
     )
 }
 
@@ -364,7 +451,11 @@ fn encode_processes(
     selection: &ProcessSelection,
 ) -> Result<(), FmtError> {
     use MetricType::{Counter, Gauge};
-    let chosen: Vec<&ProcessSample> = selection.select(&s.processes).into_iter().map(|i| &s.processes[i]).collect();
+    let chosen: Vec<&ProcessSample> = selection
+        .select(&s.processes)
+        .into_iter()
+        .map(|i| &s.processes[i])
+        .collect();
     let labels = |p: &ProcessSample, source: &str| -> Labels {
         vec![
             ("pid", p.pid.to_string()),
@@ -378,35 +469,48 @@ fn encode_processes(
         "godwit_process_cpu_seconds",
         "CPU time used by the process (top N and selected processes only)",
         Counter,
-        chosen.iter().map(|p| (labels(p, p.source.cpu.as_str()), p.cpu_seconds_total)),
+        chosen
+            .iter()
+            .map(|p| (labels(p, p.source.cpu.as_str()), p.cpu_seconds_total)),
     )?;
     family(
         enc,
         "godwit_process_resident_memory_bytes",
         "Resident memory of the process (top N and selected processes only)",
         Gauge,
-        chosen.iter().map(|p| (labels(p, "procfs"), p.rss_bytes as f64)),
+        chosen
+            .iter()
+            .map(|p| (labels(p, "procfs"), p.rss_bytes as f64)),
     )?;
     family(
         enc,
         "godwit_process_dirtied_bytes",
         "Page-cache bytes dirtied by the process (top N and selected processes only)",
         Counter,
-        chosen.iter().map(|p| (labels(p, p.source.dirty.as_str()), p.dirtied_pages_total as f64 * page_bytes())),
+        chosen.iter().map(|p| {
+            (
+                labels(p, p.source.dirty.as_str()),
+                p.dirtied_pages_total as f64 * page_bytes(),
+            )
+        }),
     )?;
     family(
         enc,
         "godwit_process_write_faults",
         "Write page faults of the process (top N and selected processes only)",
         Counter,
-        chosen.iter().filter_map(|p| Some((labels(p, "ebpf"), p.write_faults_total? as f64))),
+        chosen
+            .iter()
+            .filter_map(|p| Some((labels(p, "ebpf"), p.write_faults_total? as f64))),
     )?;
     family(
         enc,
         "godwit_process_energy_joules",
         "Energy attributed to the process by its CPU-time share (top N and selected only)",
         Counter,
-        chosen.iter().map(|p| (labels(p, p.source.energy.as_str()), p.energy_joules_total)),
+        chosen
+            .iter()
+            .map(|p| (labels(p, p.source.energy.as_str()), p.energy_joules_total)),
     )
 }
 
@@ -441,7 +545,9 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
             let rest = line.strip_prefix(prefix)?;
             let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
         });
         out.push_str(rewritten.as_deref().unwrap_or(line).trim_end());
         out.push('\n');
@@ -489,7 +595,10 @@ mod tests {
             mk(4, "redis-server", 0.0, 0.0),
             mk(5, "idle", 0.0, 0.0),
         ];
-        let sel = ProcessSelection { top: 1, globs: vec![Glob::new("redis-*").unwrap()] };
+        let sel = ProcessSelection {
+            top: 1,
+            globs: vec![Glob::new("redis-*").unwrap()],
+        };
         assert_eq!(sel.select(&procs), vec![0, 2, 3]);
     }
 }

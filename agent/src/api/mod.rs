@@ -53,12 +53,17 @@ pub fn router(shared: SharedSnapshot, registry: Registry) -> Router {
         .route("/v1/containers", get(containers_handler))
         .route("/v1/snapshot", get(snapshot_handler))
         .route("/healthz", get(health_handler))
-        .with_state(AppState { shared, registry: Arc::new(registry) })
+        .with_state(AppState {
+            shared,
+            registry: Arc::new(registry),
+        })
 }
 
 /// Binds `addr` (before anything else starts, so a taken port fails fast).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ApiError> {
-    TcpListener::bind(addr).await.map_err(|source| ApiError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiError::Bind { addr, source })
 }
 
 /// Serves until `shutdown` is cancelled.
@@ -74,11 +79,18 @@ pub async fn serve(
 }
 
 fn latest(state: &AppState) -> Option<Arc<Snapshot>> {
-    state.shared.read().unwrap_or_else(|e| e.into_inner()).clone()
+    state
+        .shared
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
 }
 
 fn not_ready() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"error": "no sample yet"})))
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({"error": "no sample yet"})),
+    )
         .into_response()
 }
 
@@ -95,7 +107,10 @@ async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> R
     if wants_openmetrics {
         ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
     } else {
-        ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], metrics::to_prometheus_text(&body))
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            metrics::to_prometheus_text(&body),
+        )
             .into_response()
     }
 }
@@ -112,7 +127,9 @@ struct NodeView<'a> {
 }
 
 async fn node_handler(State(state): State<AppState>) -> Response {
-    let Some(s) = latest(&state) else { return not_ready() };
+    let Some(s) = latest(&state) else {
+        return not_ready();
+    };
     Json(NodeView {
         taken_at_unix_ms: s.taken_at_unix_ms,
         interval_seconds: s.interval_seconds,
@@ -123,17 +140,23 @@ async fn node_handler(State(state): State<AppState>) -> Response {
 }
 
 async fn processes_handler(State(state): State<AppState>) -> Response {
-    let Some(s) = latest(&state) else { return not_ready() };
+    let Some(s) = latest(&state) else {
+        return not_ready();
+    };
     Json(&s.processes).into_response()
 }
 
 async fn containers_handler(State(state): State<AppState>) -> Response {
-    let Some(s) = latest(&state) else { return not_ready() };
+    let Some(s) = latest(&state) else {
+        return not_ready();
+    };
     Json(&s.containers).into_response()
 }
 
 async fn snapshot_handler(State(state): State<AppState>) -> Response {
-    let Some(s) = latest(&state) else { return not_ready() };
+    let Some(s) = latest(&state) else {
+        return not_ready();
+    };
     Json(&*s).into_response()
 }
 

@@ -24,7 +24,11 @@ pub mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "godwit", version, about = "Node-local edge agent: eBPF load and dirty-page probes, metrics, and (soon) masterless service migration")]
+#[command(
+    name = "godwit",
+    version,
+    about = "Node-local edge agent: eBPF load and dirty-page probes, metrics, and (soon) masterless service migration"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -42,7 +42,10 @@ pub struct TopArgs {
 }
 
 pub fn run(args: TopArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("godwit top: {e}");
@@ -65,7 +68,8 @@ type TopError = (u8, String);
 async fn run_async(args: TopArgs) -> Result<(), TopError> {
     let interval = Duration::from_millis(args.interval_ms.max(100));
     let mut source = if args.standalone {
-        let cfg = Config::load(args.config.as_deref()).map_err(|e| (exit::CONFIG, e.to_string()))?;
+        let cfg =
+            Config::load(args.config.as_deref()).map_err(|e| (exit::CONFIG, e.to_string()))?;
         let mut sc = SamplerConfig::from_config(&cfg);
         sc.interval = interval;
         let mut sampler = Sampler::new(sc).map_err(|e| (exit::UNAVAILABLE, e.to_string()))?;
@@ -145,13 +149,20 @@ pub async fn fetch_json(addr: SocketAddr, path: &str) -> Result<Value, TopError>
         .map_err(|e| unavailable(e.to_string()))?
         .to_bytes();
     if !status.is_success() {
-        return Err((exit::UNAVAILABLE, format!("agent at {addr} answered {status}: {}", String::from_utf8_lossy(&body).trim())));
+        return Err((
+            exit::UNAVAILABLE,
+            format!(
+                "agent at {addr} answered {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ),
+        ));
     }
     serde_json::from_slice(&body).map_err(|e| (exit::FAILURE, format!("bad JSON from {addr}: {e}")))
 }
 
 fn mib(v: Option<f64>) -> String {
-    v.map(|b| format!("{:.1}", b / (1024.0 * 1024.0))).unwrap_or_else(|| "-".into())
+    v.map(|b| format!("{:.1}", b / (1024.0 * 1024.0)))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn rate(v: Option<f64>) -> String {
@@ -172,12 +183,26 @@ pub fn render(doc: &Value, rows: usize, out: &mut String) {
             f(node, "memory_utilization").unwrap_or(0.0) * 100.0,
             f(node, "power_watts").unwrap_or(0.0),
             s(node, "power_source"),
-            doc.pointer("/probe/source").and_then(Value::as_str).unwrap_or("?"),
+            doc.pointer("/probe/source")
+                .and_then(Value::as_str)
+                .unwrap_or("?"),
         );
     }
-    let _ = writeln!(out, "\n{:>8} {:<16} {:>7} {:>9} {:>10} {:>9}  CMDLINE", "PID", "COMM", "CPU%", "RSS MiB", "DIRTY MB/s", "WFLT/s");
-    let mut procs: Vec<&Value> = doc.get("processes").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default();
-    procs.sort_by(|a, b| f(b, "cpu_cores").unwrap_or(0.0).total_cmp(&f(a, "cpu_cores").unwrap_or(0.0)));
+    let _ = writeln!(
+        out,
+        "\n{:>8} {:<16} {:>7} {:>9} {:>10} {:>9}  CMDLINE",
+        "PID", "COMM", "CPU%", "RSS MiB", "DIRTY MB/s", "WFLT/s"
+    );
+    let mut procs: Vec<&Value> = doc
+        .get("processes")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    procs.sort_by(|a, b| {
+        f(b, "cpu_cores")
+            .unwrap_or(0.0)
+            .total_cmp(&f(a, "cpu_cores").unwrap_or(0.0))
+    });
     for p in procs.iter().take(rows) {
         let mut cmd = s(p, "cmdline");
         cmd.truncate(60);
@@ -193,9 +218,21 @@ pub fn render(doc: &Value, rows: usize, out: &mut String) {
             cmd,
         );
     }
-    let _ = writeln!(out, "\n{:<12} {:<24} {:>5} {:>7} {:>9} {:>10} {:>9}  CGROUP", "RUNTIME", "CONTAINER", "PROCS", "CPU%", "MEM MiB", "DIRTY MB/s", "WFLT/s");
-    let mut cs: Vec<&Value> = doc.get("containers").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default();
-    cs.sort_by(|a, b| f(b, "cpu_cores").unwrap_or(0.0).total_cmp(&f(a, "cpu_cores").unwrap_or(0.0)));
+    let _ = writeln!(
+        out,
+        "\n{:<12} {:<24} {:>5} {:>7} {:>9} {:>10} {:>9}  CGROUP",
+        "RUNTIME", "CONTAINER", "PROCS", "CPU%", "MEM MiB", "DIRTY MB/s", "WFLT/s"
+    );
+    let mut cs: Vec<&Value> = doc
+        .get("containers")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    cs.sort_by(|a, b| {
+        f(b, "cpu_cores")
+            .unwrap_or(0.0)
+            .total_cmp(&f(a, "cpu_cores").unwrap_or(0.0))
+    });
     for c in cs.iter().take(rows) {
         let _ = writeln!(
             out,

@@ -54,10 +54,12 @@ impl Config {
             origin: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        config.check_cross_fields().map_err(|message| ConfigError::Invalid {
-            origin: origin.to_string(),
-            message,
-        })?;
+        config
+            .check_cross_fields()
+            .map_err(|message| ConfigError::Invalid {
+                origin: origin.to_string(),
+                message,
+            })?;
         Ok(config)
     }
 
@@ -98,7 +100,10 @@ pub struct NodeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { name: None, data_dir: PathBuf::from("/var/lib/godwit") }
+        NodeConfig {
+            name: None,
+            data_dir: PathBuf::from("/var/lib/godwit"),
+        }
     }
 }
 
@@ -114,7 +119,9 @@ pub const DEFAULT_API_PORT: u16 = 9746;
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)) }
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
+        }
     }
 }
 
@@ -180,7 +187,10 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { top_processes: Bounded(10), select_processes: Vec::new() }
+        MetricsConfig {
+            top_processes: Bounded(10),
+            select_processes: Vec::new(),
+        }
     }
 }
 
@@ -222,7 +232,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: LogFormat::Text }
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -252,7 +265,9 @@ impl<'de> Deserialize<'de> for Watts {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = f64::deserialize(d)?;
         if !v.is_finite() || v < 0.0 {
-            return Err(serde::de::Error::custom(format!("{v} watts: expected a number >= 0")));
+            return Err(serde::de::Error::custom(format!(
+                "{v} watts: expected a number >= 0"
+            )));
         }
         Ok(Watts(v))
     }
@@ -270,7 +285,10 @@ pub struct Glob {
 impl Glob {
     pub fn new(text: &str) -> Result<Glob, String> {
         let glob = globset::Glob::new(text).map_err(|e| format!("bad glob {text:?}: {e}"))?;
-        Ok(Glob { text: text.to_string(), matcher: glob.compile_matcher() })
+        Ok(Glob {
+            text: text.to_string(),
+            matcher: glob.compile_matcher(),
+        })
     }
     pub fn is_match(&self, s: &str) -> bool {
         self.matcher.is_match(s)
@@ -307,7 +325,10 @@ mod tests {
     fn embedded_default_parses_and_equals_struct_defaults() {
         let parsed = Config::parse(DEFAULT_TOML, "default").unwrap();
         let from_empty = Config::parse("", "empty").unwrap();
-        assert_eq!(parsed, from_empty, "packaging/godwit.toml must state the code's defaults");
+        assert_eq!(
+            parsed, from_empty,
+            "packaging/godwit.toml must state the code's defaults"
+        );
         assert_eq!(parsed.api.listen.port(), DEFAULT_API_PORT);
         assert_eq!(parsed.probe.interval_ms.0, 1000);
     }
@@ -315,19 +336,40 @@ mod tests {
     #[test]
     fn errors_name_line_and_field() {
         let cases: &[(&str, &[&str])] = &[
-            ("[probe]\ninterval_ms = 5\n", &["line 2", "out of range", "100 to 60000"]),
-            ("[probe]\nmode = \"kprobe\"\n", &["line 2", "unknown variant", "kprobe"]),
+            (
+                "[probe]\ninterval_ms = 5\n",
+                &["line 2", "out of range", "100 to 60000"],
+            ),
+            (
+                "[probe]\nmode = \"kprobe\"\n",
+                &["line 2", "unknown variant", "kprobe"],
+            ),
             ("[api]\nlisten = \"nowhere\"\n", &["line 2", "listen"]),
-            ("[probe]\nintervl_ms = 1000\n", &["line 2", "unknown field", "intervl_ms"]),
-            ("[energy]\nidle_watts = -3.0\n", &["line 2", "expected a number >= 0"]),
-            ("[metrics]\nselect_processes = [\"a[\"]\n", &["line 2", "bad glob"]),
+            (
+                "[probe]\nintervl_ms = 1000\n",
+                &["line 2", "unknown field", "intervl_ms"],
+            ),
+            (
+                "[energy]\nidle_watts = -3.0\n",
+                &["line 2", "expected a number >= 0"],
+            ),
+            (
+                "[metrics]\nselect_processes = [\"a[\"]\n",
+                &["line 2", "bad glob"],
+            ),
             ("[bogus]\n", &["line 1", "unknown field", "bogus"]),
-            ("[energy]\nidle_watts = 90.0\nmax_watts = 50.0\n", &["energy.max_watts"]),
+            (
+                "[energy]\nidle_watts = 90.0\nmax_watts = 50.0\n",
+                &["energy.max_watts"],
+            ),
         ];
         for (text, needles) in cases {
             let err = Config::parse(text, "test.toml").unwrap_err().to_string();
             for needle in *needles {
-                assert!(err.contains(needle), "error for {text:?} lacks {needle:?}: {err}");
+                assert!(
+                    err.contains(needle),
+                    "error for {text:?} lacks {needle:?}: {err}"
+                );
             }
         }
     }

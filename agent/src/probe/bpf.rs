@@ -116,7 +116,11 @@ impl InodeKey {
         let md = std::fs::metadata(path)?;
         let dev = md.dev();
         let (major, minor) = (libc::major(dev), libc::minor(dev));
-        Ok(InodeKey { ino: md.ino(), dev: (major << 20) | minor, _pad: 0 })
+        Ok(InodeKey {
+            ino: md.ino(),
+            dev: (major << 20) | minor,
+            _pad: 0,
+        })
     }
 }
 
@@ -167,10 +171,15 @@ pub enum BpfError {
         "the kernel exposes no BTF at /sys/kernel/btf/vmlinux (needs CONFIG_DEBUG_INFO_BTF): {0}"
     )]
     NoBtf(String),
-    #[error("not permitted to load BPF programs: run as root or grant CAP_BPF and CAP_PERFMON ({0})")]
+    #[error(
+        "not permitted to load BPF programs: run as root or grant CAP_BPF and CAP_PERFMON ({0})"
+    )]
     Permission(String),
     #[error("the kernel refused BPF program {program}: {message}")]
-    Program { program: &'static str, message: String },
+    Program {
+        program: &'static str,
+        message: String,
+    },
     #[error("cannot load the BPF object: {0}")]
     Load(String),
     #[error("BPF map {map}: {message}")]
@@ -225,10 +234,14 @@ fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, BpfError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| BpfError::Map { map: name, message: "missing from the object".into() })?;
-    T::try_from(map).map_err(|e| BpfError::Map { map: name, message: chain(&e) })
+    let map = ebpf.take_map(name).ok_or_else(|| BpfError::Map {
+        map: name,
+        message: "missing from the object".into(),
+    })?;
+    T::try_from(map).map_err(|e| BpfError::Map {
+        map: name,
+        message: chain(&e),
+    })
 }
 
 impl BpfProbe {
@@ -239,24 +252,33 @@ impl BpfProbe {
             return Err(BpfError::NotBuilt);
         }
         let btf = Btf::from_sys_fs().map_err(|e| BpfError::NoBtf(chain(&e)))?;
-        let mut ebpf = EbpfLoader::new().btf(Some(&btf)).load(OBJECT).map_err(|e| {
-            if is_permission(&e) {
-                BpfError::Permission(chain(&e))
-            } else {
-                BpfError::Load(chain(&e))
-            }
-        })?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .load(OBJECT)
+            .map_err(|e| {
+                if is_permission(&e) {
+                    BpfError::Permission(chain(&e))
+                } else {
+                    BpfError::Load(chain(&e))
+                }
+            })?;
         for name in PROGRAMS {
             let prog_err = |e: aya::programs::ProgramError| {
                 if is_permission(&e) {
                     BpfError::Permission(chain(&e))
                 } else {
-                    BpfError::Program { program: name, message: chain(&e) }
+                    BpfError::Program {
+                        program: name,
+                        message: chain(&e),
+                    }
                 }
             };
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(name)
-                .ok_or(BpfError::Program { program: name, message: "missing from the object".into() })?
+                .ok_or(BpfError::Program {
+                    program: name,
+                    message: "missing from the object".into(),
+                })?
                 .try_into()
                 .map_err(prog_err)?;
             program.load(name, &btf).map_err(prog_err)?;
@@ -288,7 +310,11 @@ impl BpfProbe {
 
     /// The counters of every tgid the programs have seen, summed over CPUs.
     pub fn tasks(&self) -> Vec<(u32, Counters)> {
-        self.tasks.iter().filter_map(Result::ok).map(|(k, v)| (k, sum(&v))).collect()
+        self.tasks
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k, sum(&v)))
+            .collect()
     }
 
     /// One tgid's counters, summed over CPUs.
@@ -298,7 +324,11 @@ impl BpfProbe {
 
     /// The counters of every cgroup id the programs have seen, summed over CPUs.
     pub fn cgroups(&self) -> Vec<(u64, Counters)> {
-        self.cgroups.iter().filter_map(Result::ok).map(|(k, v)| (k, sum(&v))).collect()
+        self.cgroups
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k, sum(&v)))
+            .collect()
     }
 
     pub fn cgroup(&self, id: u64) -> Option<Counters> {
@@ -307,7 +337,10 @@ impl BpfProbe {
 
     /// What runs on each CPU now and since when: time not yet charged by a switch.
     pub fn on_cpu(&self) -> Vec<OnCpu> {
-        self.oncpu.get(&0, 0).map(|v| v.iter().copied().collect()).unwrap_or_default()
+        self.oncpu
+            .get(&0, 0)
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     pub fn forget_task(&mut self, tgid: u32) {
@@ -321,7 +354,9 @@ impl BpfProbe {
     /// Starts counting dirtied pages of the file at `path` and reporting their indices.
     pub fn track_inode(&mut self, path: &Path) -> io::Result<InodeKey> {
         let key = InodeKey::of_path(path)?;
-        self.tracked.insert(key, InodeStats::default(), 0).map_err(io::Error::other)?;
+        self.tracked
+            .insert(key, InodeStats::default(), 0)
+            .map_err(io::Error::other)?;
         Ok(key)
     }
 
@@ -385,9 +420,8 @@ impl BpfProbe {
 
     /// The programs' own counters (lost events, full maps, event counts).
     pub fn kernel_stats(&self) -> KernelStats {
-        let get = |idx: u32| -> u64 {
-            self.stats.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
-        };
+        let get =
+            |idx: u32| -> u64 { self.stats.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0) };
         KernelStats {
             events_lost: get(STAT_EVENTS_LOST),
             dirty_ranges_lost: get(STAT_DIRTY_LOST),
@@ -443,9 +477,21 @@ mod tests {
         let rust: &[(&str, &str, usize)] = &[
             ("godwit_counters", "sizeof", size_of::<Counters>()),
             ("godwit_counters", "cpu_ns", offset_of!(Counters, cpu_ns)),
-            ("godwit_counters", "dirtied_pages", offset_of!(Counters, dirtied_pages)),
-            ("godwit_counters", "write_faults", offset_of!(Counters, write_faults)),
-            ("godwit_counters", "cgroup_id", offset_of!(Counters, cgroup_id)),
+            (
+                "godwit_counters",
+                "dirtied_pages",
+                offset_of!(Counters, dirtied_pages),
+            ),
+            (
+                "godwit_counters",
+                "write_faults",
+                offset_of!(Counters, write_faults),
+            ),
+            (
+                "godwit_counters",
+                "cgroup_id",
+                offset_of!(Counters, cgroup_id),
+            ),
             ("godwit_counters", "last_ns", offset_of!(Counters, last_ns)),
             ("godwit_oncpu", "sizeof", size_of::<OnCpu>()),
             ("godwit_oncpu", "since_ns", offset_of!(OnCpu, since_ns)),
@@ -455,14 +501,30 @@ mod tests {
             ("godwit_inode_key", "ino", offset_of!(InodeKey, ino)),
             ("godwit_inode_key", "dev", offset_of!(InodeKey, dev)),
             ("godwit_inode_stats", "sizeof", size_of::<InodeStats>()),
-            ("godwit_inode_stats", "dirtied_pages", offset_of!(InodeStats, dirtied_pages)),
-            ("godwit_inode_stats", "events", offset_of!(InodeStats, events)),
+            (
+                "godwit_inode_stats",
+                "dirtied_pages",
+                offset_of!(InodeStats, dirtied_pages),
+            ),
+            (
+                "godwit_inode_stats",
+                "events",
+                offset_of!(InodeStats, events),
+            ),
             ("godwit_proc_event", "sizeof", size_of::<RawProcEvent>()),
             ("godwit_proc_event", "kind", offset_of!(RawProcEvent, kind)),
             ("godwit_proc_event", "tgid", offset_of!(RawProcEvent, tgid)),
             ("godwit_proc_event", "ppid", offset_of!(RawProcEvent, ppid)),
-            ("godwit_proc_event", "cgroup_id", offset_of!(RawProcEvent, cgroup_id)),
-            ("godwit_proc_event", "ts_ns", offset_of!(RawProcEvent, ts_ns)),
+            (
+                "godwit_proc_event",
+                "cgroup_id",
+                offset_of!(RawProcEvent, cgroup_id),
+            ),
+            (
+                "godwit_proc_event",
+                "ts_ns",
+                offset_of!(RawProcEvent, ts_ns),
+            ),
             ("godwit_proc_event", "comm", offset_of!(RawProcEvent, comm)),
             ("godwit_dirty_range", "sizeof", size_of::<DirtyRange>()),
             ("godwit_dirty_range", "key", offset_of!(DirtyRange, key)),
@@ -472,13 +534,25 @@ mod tests {
             ("const", "GODWIT_COMM_LEN", COMM_LEN),
             ("const", "GODWIT_EV_EXEC", EV_EXEC as usize),
             ("const", "GODWIT_EV_EXIT", EV_EXIT as usize),
-            ("const", "GODWIT_STAT_EVENTS_LOST", STAT_EVENTS_LOST as usize),
+            (
+                "const",
+                "GODWIT_STAT_EVENTS_LOST",
+                STAT_EVENTS_LOST as usize,
+            ),
             ("const", "GODWIT_STAT_DIRTY_LOST", STAT_DIRTY_LOST as usize),
             ("const", "GODWIT_STAT_TASKS_FULL", STAT_TASKS_FULL as usize),
-            ("const", "GODWIT_STAT_CGROUPS_FULL", STAT_CGROUPS_FULL as usize),
+            (
+                "const",
+                "GODWIT_STAT_CGROUPS_FULL",
+                STAT_CGROUPS_FULL as usize,
+            ),
             ("const", "GODWIT_STAT_EXEC", STAT_EXEC as usize),
             ("const", "GODWIT_STAT_EXIT", STAT_EXIT as usize),
-            ("const", "GODWIT_STAT_DIRTY_EVENTS", STAT_DIRTY_EVENTS as usize),
+            (
+                "const",
+                "GODWIT_STAT_DIRTY_EVENTS",
+                STAT_DIRTY_EVENTS as usize,
+            ),
             ("const", "GODWIT_STAT_MAX", STAT_MAX as usize),
         ];
         assert_eq!(rust.len(), C_LAYOUT.len(), "every C item has a Rust mirror");

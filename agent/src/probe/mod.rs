@@ -31,40 +31,43 @@ pub fn spawn(
     shared: SharedSnapshot,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("godwit-sampler".into()).spawn(move || {
-        let interval = sampler.interval();
-        let mut next = Instant::now();
-        let mut last_publish = Instant::now();
-        let mut pending_events = false;
-        while !stop.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            if now >= next {
-                sampler.drain_events();
-                let snap = Arc::new(sampler.sample());
-                *shared.write().unwrap_or_else(|e| e.into_inner()) = Some(snap);
-                pending_events = false;
-                last_publish = Instant::now();
-                next += interval;
-                if next < Instant::now() {
-                    next = Instant::now() + interval;
+    std::thread::Builder::new()
+        .name("godwit-sampler".into())
+        .spawn(move || {
+            let interval = sampler.interval();
+            let mut next = Instant::now();
+            let mut last_publish = Instant::now();
+            let mut pending_events = false;
+            while !stop.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                if now >= next {
+                    sampler.drain_events();
+                    let snap = Arc::new(sampler.sample());
+                    *shared.write().unwrap_or_else(|e| e.into_inner()) = Some(snap);
+                    pending_events = false;
+                    last_publish = Instant::now();
+                    next += interval;
+                    if next < Instant::now() {
+                        next = Instant::now() + interval;
+                    }
+                    continue;
                 }
-                continue;
-            }
-            wait_readable(&sampler.event_fds(), (next - now).min(MAX_WAIT));
-            pending_events |= sampler.drain_events();
-            if pending_events && last_publish.elapsed() >= REPUBLISH_EVERY {
-                let current = shared.read().unwrap_or_else(|e| e.into_inner()).clone();
-                if let Some(current) = current {
-                    let mut updated = (*current).clone();
-                    updated.processes = sampler.live_process_view(&current);
-                    *shared.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(updated));
+                wait_readable(&sampler.event_fds(), (next - now).min(MAX_WAIT));
+                pending_events |= sampler.drain_events();
+                if pending_events && last_publish.elapsed() >= REPUBLISH_EVERY {
+                    let current = shared.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    if let Some(current) = current {
+                        let mut updated = (*current).clone();
+                        updated.processes = sampler.live_process_view(&current);
+                        *shared.write().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Arc::new(updated));
+                    }
+                    pending_events = false;
+                    last_publish = Instant::now();
                 }
-                pending_events = false;
-                last_publish = Instant::now();
             }
-        }
-        tracing::debug!("sampler stopped");
-    })
+            tracing::debug!("sampler stopped");
+        })
 }
 
 /// Waits until one of `fds` is readable or `timeout` passes.
@@ -73,11 +76,21 @@ fn wait_readable(fds: &[std::os::fd::RawFd], timeout: Duration) {
         std::thread::sleep(timeout);
         return;
     }
-    let mut pollfds: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut pollfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     // SAFETY: pollfds is a valid, exclusively borrowed array of pollfd for the call's duration;
     // the descriptors belong to the probe, which outlives this call.
     unsafe {
-        libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout.as_millis() as i32)
+        libc::poll(
+            pollfds.as_mut_ptr(),
+            pollfds.len() as libc::nfds_t,
+            timeout.as_millis() as i32,
+        )
     };
 }

@@ -102,7 +102,11 @@ pub struct ProgramRun {
 
 impl From<ProgramStats> for ProgramRun {
     fn from(p: ProgramStats) -> Self {
-        ProgramRun { program: p.name, run_time_ns: p.run_time_ns, run_count: p.run_count }
+        ProgramRun {
+            program: p.name,
+            run_time_ns: p.run_time_ns,
+            run_count: p.run_count,
+        }
     }
 }
 
@@ -244,12 +248,17 @@ pub struct Sampler {
 
 impl std::fmt::Debug for Sampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sampler").field("source", &self.source()).finish_non_exhaustive()
+        f.debug_struct("Sampler")
+            .field("source", &self.source())
+            .finish_non_exhaustive()
     }
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -260,9 +269,10 @@ impl Sampler {
     /// once, with its cause, and the sampler uses procfs/cgroupfs.
     pub fn new(cfg: SamplerConfig) -> Result<Sampler, SamplerError> {
         let (backend, fallback_reason) = match cfg.mode {
-            ProbeMode::Procfs => {
-                (Backend::Procfs, Some("probe.mode = \"procfs\" in the configuration".to_string()))
-            }
+            ProbeMode::Procfs => (
+                Backend::Procfs,
+                Some("probe.mode = \"procfs\" in the configuration".to_string()),
+            ),
             ProbeMode::Ebpf => (Backend::Bpf(Box::new(BpfProbe::load(cfg.bpf_stats)?)), None),
             ProbeMode::Auto => match BpfProbe::load(cfg.bpf_stats) {
                 Ok(p) => (Backend::Bpf(Box::new(p)), None),
@@ -285,7 +295,9 @@ impl Sampler {
                 None
             }
         };
-        let cg_index = layout.as_ref().and_then(|l| CgroupIndex::scan(&l.v2_root).ok());
+        let cg_index = layout
+            .as_ref()
+            .and_then(|l| CgroupIndex::scan(&l.v2_root).ok());
         let power = PowerMeter::new(&cfg.powercap_root, cfg.power_model);
         tracing::info!(source = power.source().as_str(), "node power source");
         let hostname = cfg
@@ -353,7 +365,9 @@ impl Sampler {
 
     /// Applies pending exec/exit events. Returns true when the set of live processes changed.
     pub fn drain_events(&mut self) -> bool {
-        let Backend::Bpf(probe) = &mut self.backend else { return false };
+        let Backend::Bpf(probe) = &mut self.backend else {
+            return false;
+        };
         let mut events = Vec::new();
         probe.drain_proc_events(|e| events.push(e));
         // Dirtied ranges of tracked inodes are consumed by migration; drop them here until a
@@ -442,7 +456,10 @@ impl Sampler {
     pub fn sample(&mut self) -> Snapshot {
         let started = Instant::now();
         let now = started;
-        let dt = self.last.map(|l| now.duration_since(l).as_secs_f64()).filter(|d| *d > 0.0);
+        let dt = self
+            .last
+            .map(|l| now.duration_since(l).as_secs_f64())
+            .filter(|d| *d > 0.0);
         self.last = Some(now);
         self.ticks = self.ticks.wrapping_add(1);
 
@@ -468,7 +485,10 @@ impl Sampler {
         let now = node::read_cpu_times(&self.cfg.proc_root).ok();
         let modes = match (&self.node_prev.cpu, &now) {
             (Some(prev), Some(cur)) => node::modes_between(prev, cur),
-            _ => CpuModes { idle: 1.0, ..CpuModes::default() },
+            _ => CpuModes {
+                idle: 1.0,
+                ..CpuModes::default()
+            },
         };
         self.node_prev.cpu = now;
         modes
@@ -477,20 +497,36 @@ impl Sampler {
     /// Per-tgid and per-cgroup cumulative counters from the BPF maps, with the time of the
     /// tasks on CPU right now (not yet charged by a switch) added.
     fn collect_bpf(&mut self, now: Instant) -> (HashMap<u32, Totals>, HashMap<u64, Totals>) {
-        let Backend::Bpf(probe) = &self.backend else { unreachable!("bpf backend") };
+        let Backend::Bpf(probe) = &self.backend else {
+            unreachable!("bpf backend")
+        };
         let mono = monotonic_ns();
         let mut tasks: HashMap<u32, Totals> = probe
             .tasks()
             .into_iter()
             .map(|(tgid, c)| {
-                (tgid, Totals { cpu_ns: c.cpu_ns, dirtied_pages: c.dirtied_pages, write_faults: Some(c.write_faults) })
+                (
+                    tgid,
+                    Totals {
+                        cpu_ns: c.cpu_ns,
+                        dirtied_pages: c.dirtied_pages,
+                        write_faults: Some(c.write_faults),
+                    },
+                )
             })
             .collect();
         let mut cgroups: HashMap<u64, Totals> = probe
             .cgroups()
             .into_iter()
             .map(|(id, c)| {
-                (id, Totals { cpu_ns: c.cpu_ns, dirtied_pages: c.dirtied_pages, write_faults: Some(c.write_faults) })
+                (
+                    id,
+                    Totals {
+                        cpu_ns: c.cpu_ns,
+                        dirtied_pages: c.dirtied_pages,
+                        write_faults: Some(c.write_faults),
+                    },
+                )
             })
             .collect();
         for cpu in probe.on_cpu() {
@@ -502,8 +538,11 @@ impl Sampler {
             cgroups.entry(cpu.cgroup_id).or_default().cpu_ns += running;
         }
         // Learn the cgroup of each task from the map (updated at every switch).
-        let task_cgroups: Vec<(u32, u64)> =
-            probe.tasks().into_iter().map(|(t, c)| (t, c.cgroup_id)).collect();
+        let task_cgroups: Vec<(u32, u64)> = probe
+            .tasks()
+            .into_iter()
+            .map(|(t, c)| (t, c.cgroup_id))
+            .collect();
         let reconcile = self.ticks % RECONCILE_EVERY == 1;
         for (tgid, cgid) in task_cgroups {
             self.discover(tgid, cgid, now);
@@ -535,7 +574,11 @@ impl Sampler {
                 let path = self.cgroup_path_of(cgid, tgid);
                 let mut p = Proc::new(now);
                 p.comm = st.comm.clone();
-                p.cmdline = if cmdline.is_empty() { format!("[{}]", st.comm) } else { cmdline };
+                p.cmdline = if cmdline.is_empty() {
+                    format!("[{}]", st.comm)
+                } else {
+                    cmdline
+                };
                 p.ppid = st.ppid;
                 p.starttime = st.starttime_ticks;
                 p.cgroup_id = cgid;
@@ -553,7 +596,9 @@ impl Sampler {
     /// Lists /proc: finds processes that have not run since the agent started and ends the
     /// ones whose exit event was lost.
     fn reconcile_with_proc(&mut self, now: Instant) {
-        let Ok(pids) = procfs::list_pids(&self.cfg.proc_root) else { return };
+        let Ok(pids) = procfs::list_pids(&self.cfg.proc_root) else {
+            return;
+        };
         let live: HashSet<u32> = pids.iter().copied().collect();
         for (pid, p) in self.procs.iter_mut() {
             if p.ended.is_none() && !live.contains(pid) {
@@ -574,10 +619,17 @@ impl Sampler {
         let live: HashSet<u32> = pids.iter().copied().collect();
         let mut tasks = HashMap::with_capacity(pids.len());
         for pid in pids {
-            let Ok(st) = procfs::read_stat(&root, pid) else { continue };
-            let write_bytes = procfs::read_io(&root, pid).map(|io| io.write_bytes).unwrap_or(0);
+            let Ok(st) = procfs::read_stat(&root, pid) else {
+                continue;
+            };
+            let write_bytes = procfs::read_io(&root, pid)
+                .map(|io| io.write_bytes)
+                .unwrap_or(0);
             let cpu_ns = (st.utime_ticks + st.stime_ticks) * 1_000_000_000 / self.clk_tck.max(1);
-            let reused = self.procs.get(&pid).is_some_and(|p| p.starttime != st.starttime_ticks);
+            let reused = self
+                .procs
+                .get(&pid)
+                .is_some_and(|p| p.starttime != st.starttime_ticks);
             if reused {
                 self.procs.remove(&pid);
             }
@@ -592,7 +644,11 @@ impl Sampler {
                     .unwrap_or(0);
                 let mut p = Proc::new(now);
                 p.comm = st.comm.clone();
-                p.cmdline = if cmdline.is_empty() { format!("[{}]", st.comm) } else { cmdline };
+                p.cmdline = if cmdline.is_empty() {
+                    format!("[{}]", st.comm)
+                } else {
+                    cmdline
+                };
                 p.ppid = st.ppid;
                 p.starttime = st.starttime_ticks;
                 p.cgroup_id = cgid;
@@ -605,7 +661,11 @@ impl Sampler {
             }
             tasks.insert(
                 pid,
-                Totals { cpu_ns, dirtied_pages: write_bytes / self.page_size, write_faults: None },
+                Totals {
+                    cpu_ns,
+                    dirtied_pages: write_bytes / self.page_size,
+                    write_faults: None,
+                },
             );
         }
         for (pid, p) in self.procs.iter_mut() {
@@ -627,7 +687,9 @@ impl Sampler {
         let refresh_idle_rss = self.ticks % IDLE_RSS_EVERY == 0;
         let is_bpf = matches!(self.backend, Backend::Bpf(_));
         for (pid, t) in totals {
-            let Some(p) = self.procs.get_mut(&pid) else { continue };
+            let Some(p) = self.procs.get_mut(&pid) else {
+                continue;
+            };
             if p.ended.is_some() && !is_bpf {
                 continue;
             }
@@ -683,8 +745,12 @@ impl Sampler {
                     }
                 }
             };
-            let Some((root, info)) = container_of(&path) else { continue };
-            let entry = grouped.entry(root).or_insert_with(|| (info, Totals::default()));
+            let Some((root, info)) = container_of(&path) else {
+                continue;
+            };
+            let entry = grouped
+                .entry(root)
+                .or_insert_with(|| (info, Totals::default()));
             entry.1.cpu_ns += t.cpu_ns;
             entry.1.dirtied_pages += t.dirtied_pages;
             entry.1.write_faults = match (entry.1.write_faults, t.write_faults) {
@@ -710,7 +776,10 @@ impl Sampler {
                     .unwrap_or(0);
             }
             let memory = self.layout.as_ref().and_then(|l| l.read_memory(&root));
-            let c = self.containers.entry(root.clone()).or_insert_with(|| Container::new(info, root.clone(), now));
+            let c = self
+                .containers
+                .entry(root.clone())
+                .or_insert_with(|| Container::new(info, root.clone(), now));
             let d_cpu = t.cpu_ns.saturating_sub(c.cpu_ns);
             let d_dirty = t.dirtied_pages.saturating_sub(c.dirtied_pages);
             if let (Some(dt), true) = (dt, c.primed) {
@@ -736,7 +805,9 @@ impl Sampler {
     fn sample_node(&mut self, dt: Option<f64>, cpu: CpuModes) -> NodeSample {
         let root = &self.cfg.proc_root;
         let mem = node::read_meminfo(root).ok();
-        let (total, avail) = mem.map(|m| (m.total_bytes, m.available_bytes)).unwrap_or((0, 0));
+        let (total, avail) = mem
+            .map(|m| (m.total_bytes, m.available_bytes))
+            .unwrap_or((0, 0));
         let rate = |now: u64, prev: Option<u64>| match (dt, prev) {
             (Some(dt), Some(p)) => now.saturating_sub(p) as f64 / dt,
             _ => 0.0,
@@ -769,8 +840,12 @@ impl Sampler {
             disk_prev.insert(d.name, (d.read_bytes, d.written_bytes));
         }
         self.node_prev.disks = disk_prev;
-        let dirty_bytes_per_second =
-            self.procs.values().filter(|p| p.ended.is_none()).map(|p| p.dirty_bps).sum();
+        let dirty_bytes_per_second = self
+            .procs
+            .values()
+            .filter(|p| p.ended.is_none())
+            .map(|p| p.dirty_bps)
+            .sum();
         NodeSample {
             hostname: self.hostname.clone(),
             cpus: self.cpus,
@@ -778,7 +853,11 @@ impl Sampler {
             cpu,
             memory_total_bytes: total,
             memory_available_bytes: avail,
-            memory_utilization: if total > 0 { 1.0 - avail as f64 / total as f64 } else { 0.0 },
+            memory_utilization: if total > 0 {
+                1.0 - avail as f64 / total as f64
+            } else {
+                0.0
+            },
             interfaces,
             disks,
             dirty_bytes_per_second,
@@ -803,18 +882,41 @@ impl Sampler {
         let idle = self.cfg.power_model.idle_watts.min(reading.watts);
         let busy_cores = node.cpu_utilization * f64::from(self.cpus);
 
-        let share = |cores: f64| if busy_cores > 0.0 { (cores / busy_cores).min(1.0) } else { 0.0 };
-        let pids: Vec<u32> = self.procs.iter().filter(|(_, p)| p.ended.is_none()).map(|(k, _)| *k).collect();
-        let shares: Vec<f64> = pids.iter().map(|pid| share(self.procs[pid].cpu_cores)).collect();
-        for (pid, w) in pids.iter().zip(energy::attribute(reading.watts, idle, &shares)) {
+        let share = |cores: f64| {
+            if busy_cores > 0.0 {
+                (cores / busy_cores).min(1.0)
+            } else {
+                0.0
+            }
+        };
+        let pids: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.ended.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        let shares: Vec<f64> = pids
+            .iter()
+            .map(|pid| share(self.procs[pid].cpu_cores))
+            .collect();
+        for (pid, w) in pids
+            .iter()
+            .zip(energy::attribute(reading.watts, idle, &shares))
+        {
             if let Some(p) = self.procs.get_mut(pid) {
                 p.power_watts = w;
                 p.energy_joules += w * dt;
             }
         }
         let roots: Vec<String> = self.containers.keys().cloned().collect();
-        let shares: Vec<f64> = roots.iter().map(|r| share(self.containers[r].cpu_cores)).collect();
-        for (root, w) in roots.iter().zip(energy::attribute(reading.watts, idle, &shares)) {
+        let shares: Vec<f64> = roots
+            .iter()
+            .map(|r| share(self.containers[r].cpu_cores))
+            .collect();
+        for (root, w) in roots
+            .iter()
+            .zip(energy::attribute(reading.watts, idle, &shares))
+        {
             if let Some(c) = self.containers.get_mut(root) {
                 c.power_watts = w;
                 c.energy_joules += w * dt;
@@ -832,10 +934,18 @@ impl Sampler {
             .filter(|(_, p)| p.ended.as_ref().is_some_and(expired))
             .map(|(k, _)| *k)
             .collect();
-        let orphans: Vec<u32> =
-            self.orphans.iter().filter(|(_, t)| expired(t)).map(|(k, _)| *k).collect();
-        let dead_cgroups: Vec<u64> =
-            self.dead_cgroups.iter().filter(|(_, t)| expired(t)).map(|(k, _)| *k).collect();
+        let orphans: Vec<u32> = self
+            .orphans
+            .iter()
+            .filter(|(_, t)| expired(t))
+            .map(|(k, _)| *k)
+            .collect();
+        let dead_cgroups: Vec<u64> = self
+            .dead_cgroups
+            .iter()
+            .filter(|(_, t)| expired(t))
+            .map(|(k, _)| *k)
+            .collect();
         for pid in &gone {
             self.procs.remove(pid);
         }
@@ -853,7 +963,8 @@ impl Sampler {
                 probe.forget_cgroup(*id);
             }
         }
-        self.containers.retain(|_, c| c.processes > 0 || now.duration_since(c.last_active) < grace);
+        self.containers
+            .retain(|_, c| c.processes > 0 || now.duration_since(c.last_active) < grace);
     }
 
     fn process_sample(&self, pid: u32, p: &Proc, now: Instant) -> ProcessSample {
@@ -879,7 +990,11 @@ impl Sampler {
             source: Sources {
                 cpu: src,
                 dirty: src,
-                write_faults: if p.write_faults.is_some() { Source::Ebpf } else { Source::None },
+                write_faults: if p.write_faults.is_some() {
+                    Source::Ebpf
+                } else {
+                    Source::None
+                },
                 memory: Source::Procfs,
                 energy: self.power.source(),
             },
@@ -918,19 +1033,38 @@ impl Sampler {
                 power_watts: c.power_watts,
                 energy_joules_total: c.energy_joules,
                 source: Sources {
-                    cpu: if src == Source::Procfs { Source::Cgroupfs } else { src },
+                    cpu: if src == Source::Procfs {
+                        Source::Cgroupfs
+                    } else {
+                        src
+                    },
                     dirty: src,
-                    write_faults: if c.write_faults.is_some() { Source::Ebpf } else { Source::None },
-                    memory: if c.memory.is_some() { Source::Cgroupfs } else { Source::None },
+                    write_faults: if c.write_faults.is_some() {
+                        Source::Ebpf
+                    } else {
+                        Source::None
+                    },
+                    memory: if c.memory.is_some() {
+                        Source::Cgroupfs
+                    } else {
+                        Source::None
+                    },
                     energy: self.power.source(),
                 },
             })
             .collect();
-        containers.sort_by(|a, b| b.cpu_cores.total_cmp(&a.cpu_cores).then(a.cgroup_path.cmp(&b.cgroup_path)));
+        containers.sort_by(|a, b| {
+            b.cpu_cores
+                .total_cmp(&a.cpu_cores)
+                .then(a.cgroup_path.cmp(&b.cgroup_path))
+        });
         let (kernel, programs) = match &self.backend {
             Backend::Bpf(p) => (
                 p.kernel_stats().into(),
-                p.program_stats().into_iter().map(ProgramRun::from).collect(),
+                p.program_stats()
+                    .into_iter()
+                    .map(ProgramRun::from)
+                    .collect(),
             ),
             Backend::Procfs => (KernelCounters::default(), Vec::new()),
         };
@@ -981,7 +1115,12 @@ fn container_of(path: &str) -> Option<(String, ContainerInfo)> {
     let name = path.rsplit('/').next().unwrap_or(path).to_string();
     Some((
         path.to_string(),
-        ContainerInfo { runtime: Runtime::Cgroup, id: path.to_string(), name, pod_uid: None },
+        ContainerInfo {
+            runtime: Runtime::Cgroup,
+            id: path.to_string(),
+            name,
+            pod_uid: None,
+        },
     ))
 }
 

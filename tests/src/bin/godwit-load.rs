@@ -12,7 +12,10 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 fn cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -41,7 +44,10 @@ fn main() {
             let total = arg(&args, 3, "bytes") as usize;
             let block = arg(&args, 4, "block") as usize;
             let buf = vec![0x5au8; block];
-            let mut f = std::fs::OpenOptions::new().write(true).open(path).expect("open target");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .expect("open target");
             let mut written = 0;
             while written < total {
                 let n = block.min(total - written);

@@ -661,12 +661,23 @@ fn render(f: &Figures, m: &Machine, cmdline: &str, date: &str) -> String {
     );
     let _ = write!(
         s,
-        "- {}: eBPF agent cheaper than procfs at {} idle processes ({:.2}% against {:.2}%)",
+        "- {}: eBPF agent cheaper than procfs at {} idle processes ({:.2}% against {:.2}%, \
+         agent processes)",
         verdict(f.ebpf.cpu_pct < f.procfs.cpu_pct),
         f.procs,
         f.ebpf.cpu_pct,
         f.procfs.cpu_pct
     );
+    if let Some(bpf) = f.bpf_cpu_pct {
+        let total = f.ebpf.cpu_pct + bpf;
+        let _ = write!(
+            s,
+            "; counting the BPF programs' time in the kernel it is {}cheaper ({total:.2}% \
+             against {:.2}%)",
+            if total < f.procfs.cpu_pct { "" } else { "not " },
+            f.procfs.cpu_pct
+        );
+    }
     s
 }
 
@@ -897,6 +908,21 @@ mod tests {
         assert!(r.contains("Linux 6.18.0, 2 CPUs, Test CPU"), "{r}");
         assert!(r.contains("`cargo xtask bench probe`"), "{r}");
         assert_eq!(r.matches("- pass:").count(), 4, "{r}");
+        assert!(
+            r.contains(
+                "counting the BPF programs' time in the kernel it is cheaper (3.00% against 4.00%)"
+            ),
+            "{r}"
+        );
+        let storm = Figures {
+            bpf_cpu_pct: Some(10.0),
+            ..f.clone()
+        };
+        let r = render(&storm, &m, "x", "d");
+        assert!(
+            r.contains("it is not cheaper (10.50% against 4.00%)"),
+            "{r}"
+        );
 
         let missing = Figures {
             ns_per_switch: None,

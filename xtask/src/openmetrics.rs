@@ -134,7 +134,7 @@ godwit_bpf_program_run_time_seconds_total{program="sched_switch"} 0.0123
 godwit_bpf_program_run_time_seconds_total{program="writeback_dirty_folio"} 1.5e-6
 godwit_bpf_program_run_time_seconds_created{program="sched_switch"} 1.7e9
 process_cpu_seconds_total 1.25 1700000000.000
-process_resident_memory_bytes 1.4e7
+process_resident_memory_bytes{} 1.4e7
 weird{path="a \"quoted\" \\ path, with comma",x="}"} 3 # {trace_id="abc"} 1.0 1700000000
 http_requests_total{code="200",} +Inf
 # EOF

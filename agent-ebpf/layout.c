@@ -20,11 +20,12 @@ int main(void)
 	FIELD(godwit_counters, dirtied_pages);
 	FIELD(godwit_counters, write_faults);
 	FIELD(godwit_counters, cgroup_id);
-	FIELD(godwit_counters, last_ns);
+	FIELD(godwit_counters, last_jiffies);
 	SIZE(godwit_oncpu);
-	FIELD(godwit_oncpu, since_ns);
+	FIELD(godwit_oncpu, runtime_base_ns);
 	FIELD(godwit_oncpu, cgroup_id);
 	FIELD(godwit_oncpu, tgid);
+	FIELD(godwit_oncpu, pid);
 	SIZE(godwit_inode_key);
 	FIELD(godwit_inode_key, ino);
 	FIELD(godwit_inode_key, dev);

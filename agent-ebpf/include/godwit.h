@@ -30,15 +30,20 @@ struct godwit_counters {
 	__u64 dirtied_pages;   /* clean-to-dirty page transitions, every page of a folio */
 	__u64 write_faults;    /* user page faults with the write bit */
 	__u64 cgroup_id;       /* last cgroup v2 id seen for this task (tgid map only) */
-	__u64 last_ns;         /* bpf_ktime_get_ns() of the last update on this CPU */
+	__u64 last_jiffies;    /* jiffies of the last CPU-time update on this CPU */
 };
 
-/* Per-CPU record of the task on the CPU since its last switch-in. */
+/*
+ * Per-CPU record of the task on the CPU: its scheduler runtime (se.sum_exec_runtime) when it
+ * was switched in. At switch-out the difference is its slice, measured by the scheduler's own
+ * clock, so no timestamp helper is called on this hot path. Userspace adds the slice still
+ * running from /proc/TGID/task/PID/schedstat.
+ */
 struct godwit_oncpu {
-	__u64 since_ns;
+	__u64 runtime_base_ns;
 	__u64 cgroup_id;
 	__u32 tgid;
-	__u32 _pad;
+	__u32 pid;
 };
 
 /* Key of the tracked inode map: the kernel's dev_t of the superblock and the inode number. */

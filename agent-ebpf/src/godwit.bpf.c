@@ -105,9 +105,14 @@ static __always_inline struct godwit_counters *cgroup_counters(__u64 cgid)
 	return bpf_map_lookup_elem(&cgroups, &cgid);
 }
 
+/*
+ * tp_btf arguments are trusted BTF pointers: direct dereferences become fault-safe loads
+ * (vmlinux.h marks every type preserve_access_index, so they are CO-RE relocated too) and
+ * cost far less than a bpf_probe_read_kernel call per hop.
+ */
 static __always_inline __u64 task_cgroup_id(struct task_struct *t)
 {
-	return BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+	return t->cgroups->dfl_cgrp->kn->id;
 }
 
 SEC("tp_btf/sched_switch")
@@ -116,33 +121,40 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 {
 	__u32 zero = 0;
 	struct godwit_oncpu *cur = bpf_map_lookup_elem(&oncpu, &zero);
-	__u64 now = bpf_ktime_get_ns();
 	struct godwit_counters *c;
 
 	if (!cur)
 		return 0;
 
-	/* Charge the slice that ends now to prev. The idle task (tgid 0) is not a process. */
-	if (cur->since_ns && cur->tgid) {
-		__u64 delta = now - cur->since_ns;
-		/* In sched_switch, current is still prev: this is prev's cgroup. */
-		__u64 cgid = bpf_get_current_cgroup_id();
+	/*
+	 * Charge the slice that ends now to prev, by the scheduler's own accounting: it has
+	 * updated prev's sum_exec_runtime before this tracepoint. The idle task (tgid 0) is not
+	 * a process. A record written for another task (the first switch after loading) is
+	 * skipped.
+	 */
+	if (cur->tgid && cur->pid == prev->pid) {
+		__u64 runtime = prev->se.sum_exec_runtime;
+		__u64 delta = runtime > cur->runtime_base_ns ? runtime - cur->runtime_base_ns : 0;
+		/* prev's cgroup as read when it was switched in. */
+		__u64 cgid = cur->cgroup_id;
+		__u64 jiffies = bpf_jiffies64();
 
 		c = task_counters(cur->tgid);
 		if (c) {
 			c->cpu_ns += delta;
 			c->cgroup_id = cgid;
-			c->last_ns = now;
+			c->last_jiffies = jiffies;
 		}
 		c = cgroup_counters(cgid);
 		if (c) {
 			c->cpu_ns += delta;
-			c->last_ns = now;
+			c->last_jiffies = jiffies;
 		}
 	}
 
-	cur->since_ns = now;
-	cur->tgid = BPF_CORE_READ(next, tgid);
+	cur->tgid = next->tgid;
+	cur->pid = next->pid;
+	cur->runtime_base_ns = next->se.sum_exec_runtime;
 	cur->cgroup_id = cur->tgid ? task_cgroup_id(next) : 0;
 	return 0;
 }

@@ -44,17 +44,19 @@ pub struct Counters {
     pub dirtied_pages: u64,
     pub write_faults: u64,
     pub cgroup_id: u64,
-    pub last_ns: u64,
+    pub last_jiffies: u64,
 }
 
 /// `struct godwit_oncpu`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OnCpu {
-    pub since_ns: u64,
+    /// The task's `se.sum_exec_runtime` when it was switched in.
+    pub runtime_base_ns: u64,
     pub cgroup_id: u64,
     pub tgid: u32,
-    pub _pad: u32,
+    /// Thread id.
+    pub pid: u32,
 }
 
 /// `struct godwit_inode_key`: the kernel's `dev_t` (major << 20 | minor) and inode number.
@@ -335,7 +337,7 @@ impl BpfProbe {
         self.cgroups.get(&id, 0).ok().map(|v| sum(&v))
     }
 
-    /// What runs on each CPU now and since when: time not yet charged by a switch.
+    /// What runs on each CPU now, with its runtime at switch-in: the slice not yet charged.
     pub fn on_cpu(&self) -> Vec<OnCpu> {
         self.oncpu
             .get(&0, 0)
@@ -455,8 +457,8 @@ fn sum(values: &[Counters]) -> Counters {
         total.cpu_ns += v.cpu_ns;
         total.dirtied_pages += v.dirtied_pages;
         total.write_faults += v.write_faults;
-        if v.last_ns >= total.last_ns {
-            total.last_ns = v.last_ns;
+        if v.last_jiffies >= total.last_jiffies {
+            total.last_jiffies = v.last_jiffies;
             if v.cgroup_id != 0 {
                 total.cgroup_id = v.cgroup_id;
             }
@@ -492,11 +494,20 @@ mod tests {
                 "cgroup_id",
                 offset_of!(Counters, cgroup_id),
             ),
-            ("godwit_counters", "last_ns", offset_of!(Counters, last_ns)),
+            (
+                "godwit_counters",
+                "last_jiffies",
+                offset_of!(Counters, last_jiffies),
+            ),
             ("godwit_oncpu", "sizeof", size_of::<OnCpu>()),
-            ("godwit_oncpu", "since_ns", offset_of!(OnCpu, since_ns)),
+            (
+                "godwit_oncpu",
+                "runtime_base_ns",
+                offset_of!(OnCpu, runtime_base_ns),
+            ),
             ("godwit_oncpu", "cgroup_id", offset_of!(OnCpu, cgroup_id)),
             ("godwit_oncpu", "tgid", offset_of!(OnCpu, tgid)),
+            ("godwit_oncpu", "pid", offset_of!(OnCpu, pid)),
             ("godwit_inode_key", "sizeof", size_of::<InodeKey>()),
             ("godwit_inode_key", "ino", offset_of!(InodeKey, ino)),
             ("godwit_inode_key", "dev", offset_of!(InodeKey, dev)),

@@ -8,6 +8,22 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+/// The scheduler's runtime (`se.sum_exec_runtime`, ns) of one thread, from the first field
+/// of `/proc/TGID/task/TID/schedstat`; up to date even while the thread runs.
+pub fn read_thread_runtime_ns(proc_root: &Path, tgid: u32, tid: u32) -> io::Result<u64> {
+    let path = proc_root.join(format!("{tgid}/task/{tid}/schedstat"));
+    let text = fs::read_to_string(&path)?;
+    text.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: no runtime", path.display()),
+            )
+        })
+}
+
 /// Most bytes of `/proc/PID/cmdline` that [`read_cmdline`] returns.
 const CMDLINE_MAX_BYTES: usize = 4096;
 

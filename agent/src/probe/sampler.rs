@@ -254,16 +254,6 @@ impl std::fmt::Debug for Sampler {
     }
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 impl Sampler {
     /// Loads the BPF programs unless the mode says procfs; in auto mode a failure is logged
     /// once, with its cause, and the sampler uses procfs/cgroupfs.
@@ -500,48 +490,40 @@ impl Sampler {
         let Backend::Bpf(probe) = &self.backend else {
             unreachable!("bpf backend")
         };
-        let mono = monotonic_ns();
-        let mut tasks: HashMap<u32, Totals> = probe
-            .tasks()
-            .into_iter()
-            .map(|(tgid, c)| {
-                (
-                    tgid,
-                    Totals {
-                        cpu_ns: c.cpu_ns,
-                        dirtied_pages: c.dirtied_pages,
-                        write_faults: Some(c.write_faults),
-                    },
-                )
-            })
+        let totals = |c: &super::bpf::Counters| Totals {
+            cpu_ns: c.cpu_ns,
+            dirtied_pages: c.dirtied_pages,
+            write_faults: Some(c.write_faults),
+        };
+        let task_counters = probe.tasks();
+        let mut tasks: HashMap<u32, Totals> = task_counters
+            .iter()
+            .map(|(tgid, c)| (*tgid, totals(c)))
             .collect();
         let mut cgroups: HashMap<u64, Totals> = probe
             .cgroups()
-            .into_iter()
-            .map(|(id, c)| {
-                (
-                    id,
-                    Totals {
-                        cpu_ns: c.cpu_ns,
-                        dirtied_pages: c.dirtied_pages,
-                        write_faults: Some(c.write_faults),
-                    },
-                )
-            })
+            .iter()
+            .map(|(id, c)| (*id, totals(c)))
             .collect();
+        // A task that has not been switched out since the last sample has a slice running
+        // that no switch has charged yet: add it, from the scheduler's runtime of that thread.
         for cpu in probe.on_cpu() {
-            if cpu.tgid == 0 || cpu.since_ns == 0 || mono <= cpu.since_ns {
+            if cpu.tgid == 0 {
                 continue;
             }
-            let running = mono - cpu.since_ns;
+            let Ok(runtime) =
+                procfs::read_thread_runtime_ns(&self.cfg.proc_root, cpu.tgid, cpu.pid)
+            else {
+                continue;
+            };
+            let running = runtime.saturating_sub(cpu.runtime_base_ns);
             tasks.entry(cpu.tgid).or_default().cpu_ns += running;
             cgroups.entry(cpu.cgroup_id).or_default().cpu_ns += running;
         }
         // Learn the cgroup of each task from the map (updated at every switch).
-        let task_cgroups: Vec<(u32, u64)> = probe
-            .tasks()
-            .into_iter()
-            .map(|(t, c)| (t, c.cgroup_id))
+        let task_cgroups: Vec<(u32, u64)> = task_counters
+            .iter()
+            .map(|(t, c)| (*t, c.cgroup_id))
             .collect();
         let reconcile = self.ticks % RECONCILE_EVERY == 1;
         for (tgid, cgid) in task_cgroups {

@@ -297,7 +297,7 @@ impl BpfProbe {
         } else {
             None
         };
-        Ok(BpfProbe {
+        let probe = BpfProbe {
             tasks: take_map(&mut ebpf, "tasks")?,
             cgroups: take_map(&mut ebpf, "cgroups")?,
             oncpu: take_map(&mut ebpf, "oncpu")?,
@@ -307,7 +307,10 @@ impl BpfProbe {
             dirty: take_map(&mut ebpf, "dirty_ranges")?,
             _stats_fd: stats_fd,
             ebpf,
-        })
+        };
+        drop(btf);
+        release_freed_heap();
+        Ok(probe)
     }
 
     /// The counters of every tgid the programs have seen, summed over CPUs.
@@ -448,6 +451,16 @@ impl BpfProbe {
                 })
             })
             .collect()
+    }
+}
+
+/// Parsing the kernel's BTF takes tens of MiB of heap for a moment; hand it back to the
+/// system once the programs are loaded, or the agent's RSS keeps it for its whole life.
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

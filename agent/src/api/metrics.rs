@@ -196,7 +196,7 @@ fn encode_self(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtE
         Counter,
         p.programs.iter().map(|r| {
             (
-                vec![("program", r.program.to_string())],
+                vec![("program", r.name.to_string())],
                 r.run_time_ns as f64 / 1e9,
             )
         }),
@@ -208,7 +208,7 @@ fn encode_self(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtE
         Counter,
         p.programs
             .iter()
-            .map(|r| (vec![("program", r.program.to_string())], r.run_count as f64)),
+            .map(|r| (vec![("program", r.name.to_string())], r.run_count as f64)),
     )?;
     family(
         enc,

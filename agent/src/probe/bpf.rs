@@ -145,7 +145,7 @@ pub enum ProcEventKind {
 }
 
 /// Counters kept by the programs about themselves.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KernelStats {
     pub events_lost: u64,
     pub dirty_ranges_lost: u64,
@@ -157,8 +157,9 @@ pub struct KernelStats {
 }
 
 /// Run time of one program, from the kernel's BPF stats.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProgramStats {
+    #[serde(rename = "program")]
     pub name: &'static str,
     pub run_time_ns: u64,
     pub run_count: u64,

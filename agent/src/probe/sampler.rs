@@ -56,8 +56,8 @@ pub struct ProbeStatus {
     pub fallback_reason: Option<String>,
     /// Exec and exit events received from the kernel.
     pub events_received: u64,
-    pub kernel: KernelCounters,
-    pub programs: Vec<ProgramRun>,
+    pub kernel: KernelStats,
+    pub programs: Vec<ProgramStats>,
     pub samples_total: u64,
     pub sample_seconds_last: f64,
     pub sample_seconds_total: f64,
@@ -66,48 +66,6 @@ pub struct ProbeStatus {
     /// The agent's own CPU seconds and resident memory.
     pub agent_cpu_seconds_total: f64,
     pub agent_rss_bytes: u64,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Default)]
-pub struct KernelCounters {
-    pub events_lost: u64,
-    pub dirty_ranges_lost: u64,
-    pub tasks_map_full: u64,
-    pub cgroups_map_full: u64,
-    pub exec: u64,
-    pub exit: u64,
-    pub dirty_events: u64,
-}
-
-impl From<KernelStats> for KernelCounters {
-    fn from(k: KernelStats) -> Self {
-        KernelCounters {
-            events_lost: k.events_lost,
-            dirty_ranges_lost: k.dirty_ranges_lost,
-            tasks_map_full: k.tasks_map_full,
-            cgroups_map_full: k.cgroups_map_full,
-            exec: k.exec,
-            exit: k.exit,
-            dirty_events: k.dirty_events,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ProgramRun {
-    pub program: &'static str,
-    pub run_time_ns: u64,
-    pub run_count: u64,
-}
-
-impl From<ProgramStats> for ProgramRun {
-    fn from(p: ProgramStats) -> Self {
-        ProgramRun {
-            program: p.name,
-            run_time_ns: p.run_time_ns,
-            run_count: p.run_count,
-        }
-    }
 }
 
 /// Settings the sampler needs, taken from [`Config`].
@@ -163,20 +121,11 @@ struct Proc {
     cgroup_path: String,
     first_seen: Instant,
     ended: Option<Instant>,
-    /// Cumulative counters at the last sample.
-    cpu_ns: u64,
-    dirtied_pages: u64,
-    write_faults: Option<u64>,
-    /// Rates over the last interval.
-    cpu_cores: f64,
-    dirty_bps: f64,
-    write_faults_ps: Option<f64>,
+    meter: Meter,
     rss_bytes: u64,
     rss_age: u32,
     power_watts: f64,
     energy_joules: f64,
-    /// Whether the counters have a baseline (no rate on the first sight).
-    primed: bool,
 }
 
 /// What the sampler remembers of one container (a cgroup subtree) between samples.
@@ -184,25 +133,65 @@ struct Proc {
 struct Container {
     info: ContainerInfo,
     path: String,
-    cpu_ns: u64,
-    dirtied_pages: u64,
-    write_faults: Option<u64>,
-    cpu_cores: f64,
-    dirty_bps: f64,
-    write_faults_ps: Option<f64>,
+    meter: Meter,
     memory: Option<cgroup::MemoryUsage>,
     power_watts: f64,
     energy_joules: f64,
     processes: u32,
-    primed: bool,
     last_active: Instant,
 }
 
-#[derive(Debug, Default)]
+/// Cumulative counters of a process or cgroup.
+#[derive(Debug, Default, Clone, Copy)]
 struct Totals {
     cpu_ns: u64,
     dirtied_pages: u64,
     write_faults: Option<u64>,
+}
+
+/// Cumulative counters at the last sample and the rates over the last interval.
+#[derive(Debug, Default)]
+struct Meter {
+    totals: Totals,
+    cpu_cores: f64,
+    dirty_bps: f64,
+    write_faults_ps: Option<f64>,
+    /// Whether the counters have a baseline (no rate on the first sight).
+    primed: bool,
+}
+
+impl Meter {
+    /// Takes new cumulative counters; returns the CPU ns used since the last ones. Totals
+    /// never go backwards (a forgotten sub-cgroup must not make a container's total drop).
+    fn advance(&mut self, t: Totals, dt: Option<f64>, page_size: u64) -> u64 {
+        let prev = self.totals;
+        let d_cpu = t.cpu_ns.saturating_sub(prev.cpu_ns);
+        let d_dirty = t.dirtied_pages.saturating_sub(prev.dirtied_pages);
+        let d_wf = match (t.write_faults, prev.write_faults) {
+            (Some(now), Some(before)) => Some(now.saturating_sub(before)),
+            (Some(_), None) => Some(0),
+            _ => None,
+        };
+        match (dt, self.primed) {
+            (Some(dt), true) => {
+                self.cpu_cores = d_cpu as f64 / 1e9 / dt;
+                self.dirty_bps = (d_dirty * page_size) as f64 / dt;
+                self.write_faults_ps = d_wf.map(|n| n as f64 / dt);
+            }
+            _ => {
+                self.cpu_cores = 0.0;
+                self.dirty_bps = 0.0;
+                self.write_faults_ps = t.write_faults.map(|_| 0.0);
+            }
+        }
+        self.totals = Totals {
+            cpu_ns: prev.cpu_ns.max(t.cpu_ns),
+            dirtied_pages: prev.dirtied_pages.max(t.dirtied_pages),
+            write_faults: t.write_faults,
+        };
+        self.primed = true;
+        d_cpu
+    }
 }
 
 enum Backend {
@@ -675,27 +664,7 @@ impl Sampler {
             if p.ended.is_some() && !is_bpf {
                 continue;
             }
-            let d_cpu = t.cpu_ns.saturating_sub(p.cpu_ns);
-            let d_dirty = t.dirtied_pages.saturating_sub(p.dirtied_pages);
-            match (dt, p.primed) {
-                (Some(dt), true) => {
-                    p.cpu_cores = d_cpu as f64 / 1e9 / dt;
-                    p.dirty_bps = (d_dirty * self.page_size) as f64 / dt;
-                    p.write_faults_ps = match (t.write_faults, p.write_faults) {
-                        (Some(now_wf), Some(prev)) => Some(now_wf.saturating_sub(prev) as f64 / dt),
-                        _ => None,
-                    };
-                }
-                _ => {
-                    p.cpu_cores = 0.0;
-                    p.dirty_bps = 0.0;
-                    p.write_faults_ps = t.write_faults.map(|_| 0.0);
-                }
-            }
-            p.cpu_ns = p.cpu_ns.max(t.cpu_ns);
-            p.dirtied_pages = p.dirtied_pages.max(t.dirtied_pages);
-            p.write_faults = t.write_faults;
-            p.primed = true;
+            let d_cpu = p.meter.advance(t, dt, self.page_size);
             p.rss_age = p.rss_age.saturating_add(1);
             if is_bpf && p.ended.is_none() && (d_cpu > 0 || refresh_idle_rss || p.rss_age == 1) {
                 if let Ok(st) = procfs::read_stat(&self.cfg.proc_root, pid) {
@@ -762,22 +731,9 @@ impl Sampler {
                 .containers
                 .entry(root.clone())
                 .or_insert_with(|| Container::new(info, root.clone(), now));
-            let d_cpu = t.cpu_ns.saturating_sub(c.cpu_ns);
-            let d_dirty = t.dirtied_pages.saturating_sub(c.dirtied_pages);
-            if let (Some(dt), true) = (dt, c.primed) {
-                c.cpu_cores = d_cpu as f64 / 1e9 / dt;
-                c.dirty_bps = (d_dirty * self.page_size) as f64 / dt;
-                c.write_faults_ps = match (t.write_faults, c.write_faults) {
-                    (Some(a), Some(b)) => Some(a.saturating_sub(b) as f64 / dt),
-                    _ => None,
-                };
-            }
-            c.cpu_ns = c.cpu_ns.max(t.cpu_ns);
-            c.dirtied_pages = c.dirtied_pages.max(t.dirtied_pages);
-            c.write_faults = t.write_faults;
+            let d_cpu = c.meter.advance(t, dt, self.page_size);
             c.memory = memory;
             c.processes = members.get(&root).copied().unwrap_or(0);
-            c.primed = true;
             if c.processes > 0 || d_cpu > 0 {
                 c.last_active = now;
             }
@@ -826,7 +782,7 @@ impl Sampler {
             .procs
             .values()
             .filter(|p| p.ended.is_none())
-            .map(|p| p.dirty_bps)
+            .map(|p| p.meter.dirty_bps)
             .sum();
         NodeSample {
             hostname: self.hostname.clone(),
@@ -879,7 +835,7 @@ impl Sampler {
             .collect();
         let shares: Vec<f64> = pids
             .iter()
-            .map(|pid| share(self.procs[pid].cpu_cores))
+            .map(|pid| share(self.procs[pid].meter.cpu_cores))
             .collect();
         for (pid, w) in pids
             .iter()
@@ -893,7 +849,7 @@ impl Sampler {
         let roots: Vec<String> = self.containers.keys().cloned().collect();
         let shares: Vec<f64> = roots
             .iter()
-            .map(|r| share(self.containers[r].cpu_cores))
+            .map(|r| share(self.containers[r].meter.cpu_cores))
             .collect();
         for (root, w) in roots
             .iter()
@@ -960,19 +916,19 @@ impl Sampler {
             cgroup_path: p.cgroup_path.clone(),
             container_cgroup_id: None,
             age_seconds: now.duration_since(p.first_seen).as_secs_f64(),
-            cpu_seconds_total: p.cpu_ns as f64 / 1e9,
-            cpu_cores: p.cpu_cores,
+            cpu_seconds_total: p.meter.totals.cpu_ns as f64 / 1e9,
+            cpu_cores: p.meter.cpu_cores,
             rss_bytes: p.rss_bytes,
-            dirtied_pages_total: p.dirtied_pages,
-            dirty_bytes_per_second: p.dirty_bps,
-            write_faults_total: p.write_faults,
-            write_faults_per_second: p.write_faults_ps,
+            dirtied_pages_total: p.meter.totals.dirtied_pages,
+            dirty_bytes_per_second: p.meter.dirty_bps,
+            write_faults_total: p.meter.totals.write_faults,
+            write_faults_per_second: p.meter.write_faults_ps,
             power_watts: p.power_watts,
             energy_joules_total: p.energy_joules,
             source: Sources {
                 cpu: src,
                 dirty: src,
-                write_faults: if p.write_faults.is_some() {
+                write_faults: if p.meter.totals.write_faults.is_some() {
                     Source::Ebpf
                 } else {
                     Source::None
@@ -1004,14 +960,14 @@ impl Sampler {
                 cgroup_path: c.path.clone(),
                 info: c.info.clone(),
                 processes: c.processes,
-                cpu_seconds_total: c.cpu_ns as f64 / 1e9,
-                cpu_cores: c.cpu_cores,
+                cpu_seconds_total: c.meter.totals.cpu_ns as f64 / 1e9,
+                cpu_cores: c.meter.cpu_cores,
                 memory_bytes: c.memory.as_ref().map(|m| m.current_bytes),
                 memory_working_set_bytes: c.memory.as_ref().map(|m| m.working_set_bytes),
-                dirtied_pages_total: c.dirtied_pages,
-                dirty_bytes_per_second: c.dirty_bps,
-                write_faults_total: c.write_faults,
-                write_faults_per_second: c.write_faults_ps,
+                dirtied_pages_total: c.meter.totals.dirtied_pages,
+                dirty_bytes_per_second: c.meter.dirty_bps,
+                write_faults_total: c.meter.totals.write_faults,
+                write_faults_per_second: c.meter.write_faults_ps,
                 power_watts: c.power_watts,
                 energy_joules_total: c.energy_joules,
                 source: Sources {
@@ -1021,7 +977,7 @@ impl Sampler {
                         src
                     },
                     dirty: src,
-                    write_faults: if c.write_faults.is_some() {
+                    write_faults: if c.meter.totals.write_faults.is_some() {
                         Source::Ebpf
                     } else {
                         Source::None
@@ -1041,14 +997,8 @@ impl Sampler {
                 .then(a.cgroup_path.cmp(&b.cgroup_path))
         });
         let (kernel, programs) = match &self.backend {
-            Backend::Bpf(p) => (
-                p.kernel_stats().into(),
-                p.program_stats()
-                    .into_iter()
-                    .map(ProgramRun::from)
-                    .collect(),
-            ),
-            Backend::Procfs => (KernelCounters::default(), Vec::new()),
+            Backend::Bpf(p) => (p.kernel_stats(), p.program_stats()),
+            Backend::Procfs => (KernelStats::default(), Vec::new()),
         };
         let me = procfs::read_self_usage().ok();
         Snapshot {
@@ -1117,17 +1067,11 @@ impl Proc {
             cgroup_path: String::new(),
             first_seen: now,
             ended: None,
-            cpu_ns: 0,
-            dirtied_pages: 0,
-            write_faults: None,
-            cpu_cores: 0.0,
-            dirty_bps: 0.0,
-            write_faults_ps: None,
+            meter: Meter::default(),
             rss_bytes: 0,
             rss_age: 0,
             power_watts: 0.0,
             energy_joules: 0.0,
-            primed: false,
         }
     }
 }
@@ -1137,17 +1081,11 @@ impl Container {
         Container {
             info,
             path,
-            cpu_ns: 0,
-            dirtied_pages: 0,
-            write_faults: None,
-            cpu_cores: 0.0,
-            dirty_bps: 0.0,
-            write_faults_ps: None,
+            meter: Meter::default(),
             memory: None,
             power_watts: 0.0,
             energy_joules: 0.0,
             processes: 0,
-            primed: false,
             last_active: now,
         }
     }

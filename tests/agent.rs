@@ -109,6 +109,41 @@ fn fallback_is_reported_with_its_cause() {
 }
 
 #[test]
+fn unprivileged_agent_warns_once_and_falls_back_to_procfs() {
+    require_root();
+    // The same binary as user nobody: no CAP_BPF, so the maps cannot be created.
+    let agent = Agent::start_wrapped(
+        "[probe]\nmode = \"auto\"\ninterval_ms = 250\n",
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
+    );
+    let node = agent.json("/v1/node");
+    assert_eq!(node["probe"]["source"], "procfs", "falls back: {node}");
+    let reason = node["probe"]["fallback_reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("CAP_BPF"),
+        "the cause names the missing capability: {reason:?}"
+    );
+    // Samples keep coming from procfs, and the warning is not repeated.
+    std::thread::sleep(Duration::from_millis(800));
+    let procs = agent.json("/v1/processes");
+    assert!(
+        procs.as_array().is_some_and(|a| !a.is_empty()),
+        "processes listed from procfs"
+    );
+    let log = agent.log();
+    assert_eq!(
+        log.matches("BPF probe unavailable").count(),
+        1,
+        "one warning:\n{log}"
+    );
+}
+
+#[test]
 fn spawned_process_seen_within_a_second_and_dropped_after_exit() {
     require_root();
     let agent = Agent::start("[probe]\nmode = \"ebpf\"\n");

@@ -279,6 +279,12 @@ impl Agent {
     /// Starts an agent with `extra` TOML appended to a config that sets a free API port.
     /// Waits until the API answers with a first sample.
     pub fn start(extra: &str) -> Agent {
+        Agent::start_wrapped(extra, &[])
+    }
+
+    /// As [`Agent::start`], with the agent run through `wrapper` (for example `setpriv` to drop
+    /// privileges).
+    pub fn start_wrapped(extra: &str, wrapper: &[&str]) -> Agent {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique("godwit-agent"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -292,7 +298,15 @@ impl Agent {
         )
         .unwrap();
         let stderr_path = dir.join("agent.log");
-        let child = Command::new(godwit_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(godwit_bin());
+                c
+            }
+            None => Command::new(godwit_bin()),
+        };
+        let child = cmd
             .args(["agent", "--config"])
             .arg(&config)
             .stdout(Stdio::null())

@@ -205,8 +205,12 @@ fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(err) = cur {
-        out.push_str(": ");
-        out.push_str(&err.to_string());
+        let text = err.to_string();
+        // Many errors repeat their source in their own message: say each part once.
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         cur = err.source();
     }
     out

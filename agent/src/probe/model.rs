@@ -176,6 +176,9 @@ pub struct DiskSample {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeSample {
     pub hostname: String,
+    /// Source of the CPU, memory, network and disk totals (always procfs: `/proc/stat`,
+    /// `/proc/meminfo`, `/proc/net/dev`, `/proc/diskstats`).
+    pub totals_source: Source,
     pub cpus: u32,
     pub cpu: CpuModes,
     /// `1 - idle - iowait` over the last interval.

@@ -786,6 +786,7 @@ impl Sampler {
             .sum();
         NodeSample {
             hostname: self.hostname.clone(),
+            totals_source: Source::Procfs,
             cpus: self.cpus,
             cpu_utilization: cpu.utilization(),
             cpu,

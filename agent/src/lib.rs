@@ -7,4 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod policy;
+pub mod predict;
 pub mod probe;
+pub mod series;

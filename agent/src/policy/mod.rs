@@ -1,0 +1,1 @@
+//! Decisions: site index, thresholds, trigger, selection, placement, mode, failover, pre-staging. Pure: no I/O, no async.

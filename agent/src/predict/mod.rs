@@ -1,0 +1,1 @@
+//! Load forecasts. Pure: no I/O, no async.

@@ -91,6 +91,42 @@ fn procfs_fallback_cpu_within_5_percent() {
 }
 
 #[test]
+fn memory_of_process_and_container_covers_what_was_written() {
+    require_root();
+    let agent = Agent::start("[probe]\nmode = \"ebpf\"\ninterval_ms = 250\n");
+    let cg = TestCgroup::new("godwit-agent-mem");
+    let bytes = 64 * 1024 * 1024u64;
+    let mut w = Workload::start(&["touch", &bytes.to_string()], Some(&cg));
+    w.wait_done();
+    let p = wait_for(Duration::from_secs(5), || {
+        process(&agent, w.pid()).filter(|p| p["rss_bytes"].as_u64().unwrap_or(0) >= bytes)
+    })
+    .unwrap_or_else(|| panic!("RSS never reached {bytes}: {:?}", process(&agent, w.pid())));
+    assert_eq!(p["source"]["memory"], "procfs");
+    let c = wait_for(Duration::from_secs(5), || {
+        container(&agent, &cg.rel_path).filter(|c| c["memory_bytes"].as_u64().unwrap_or(0) >= bytes)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "container memory never reached {bytes}: {:?}",
+            container(&agent, &cg.rel_path)
+        )
+    });
+    assert_eq!(c["source"]["memory"], "cgroupfs");
+    let ws = c["memory_working_set_bytes"].as_u64().unwrap();
+    assert!(
+        ws >= bytes,
+        "working set {ws} covers the {bytes} anonymous bytes written"
+    );
+    let wf = c["write_faults_total"].as_u64().unwrap();
+    assert!(
+        wf >= bytes / 4096,
+        "container write faults {wf} cover the pages written"
+    );
+    w.finish();
+}
+
+#[test]
 fn fallback_is_reported_with_its_cause() {
     require_root();
     let agent = Agent::start("[probe]\nmode = \"procfs\"\n");

@@ -56,11 +56,18 @@ pub fn wait_for<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Op
     }
 }
 
-/// A child cgroup of the v2 root, removed (with anything left in it killed) on drop.
+/// A child cgroup of the v2 root, removed (with anything left in it killed) on drop. On a
+/// v1/v2 hybrid host it also exists at the same path in the v1 memory hierarchy, as systemd
+/// makes it, so that memcg figures exist for it.
 pub struct TestCgroup {
     pub rel_path: String,
     pub dir: PathBuf,
-    procs_file: CString,
+    procs_files: Vec<CString>,
+    memory_v1_dir: Option<PathBuf>,
+}
+
+fn procs_file(dir: &Path) -> CString {
+    CString::new(dir.join("cgroup.procs").to_string_lossy().as_bytes()).unwrap()
 }
 
 impl TestCgroup {
@@ -70,12 +77,22 @@ impl TestCgroup {
         let dir = layout.dir(&rel_path);
         std::fs::create_dir(&dir)
             .unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
-        let procs_file =
-            CString::new(dir.join("cgroup.procs").to_string_lossy().as_bytes()).unwrap();
+        let mut procs_files = vec![procs_file(&dir)];
+        let memory_v1_dir = layout
+            .memory_v1_root
+            .as_ref()
+            .filter(|_| layout.hybrid)
+            .map(|root| {
+                let d = root.join(rel_path.trim_start_matches('/'));
+                std::fs::create_dir(&d).unwrap_or_else(|e| panic!("create {}: {e}", d.display()));
+                procs_files.push(procs_file(&d));
+                d
+            });
         TestCgroup {
             rel_path,
             dir,
-            procs_file,
+            procs_files,
+            memory_v1_dir,
         }
     }
 
@@ -94,23 +111,24 @@ impl TestCgroup {
 
     /// Makes `cmd` move itself into this cgroup between fork and exec.
     pub fn place(&self, cmd: &mut Command) {
-        let path = self.procs_file.clone();
+        let files = self.procs_files.clone();
         // SAFETY: the closure runs in the forked child before exec and only calls the
-        // async-signal-safe open/write/close on a path allocated before the fork. Writing "0"
+        // async-signal-safe open/write/close on paths allocated before the fork. Writing "0"
         // to cgroup.procs moves the writing process.
         unsafe {
             cmd.pre_exec(move || {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
+                for path in &files {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                    libc::close(fd);
+                    if !ok {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
-                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-                libc::close(fd);
-                if ok {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
+                Ok(())
             });
         }
     }
@@ -134,9 +152,9 @@ impl Drop for TestCgroup {
         let _ = wait_for(Duration::from_secs(5), || {
             self.pids().is_empty().then_some(())
         });
-        let _ = wait_for(Duration::from_secs(5), || {
-            std::fs::remove_dir(&self.dir).ok()
-        });
+        for dir in std::iter::once(&self.dir).chain(&self.memory_v1_dir) {
+            let _ = wait_for(Duration::from_secs(5), || std::fs::remove_dir(dir).ok());
+        }
     }
 }
 

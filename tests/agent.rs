@@ -375,3 +375,65 @@ fn agent_starts_without_config_and_stops_on_sigterm_detaching_bpf() {
         );
     }
 }
+
+#[test]
+fn forecasts_with_intervals_are_served_and_shown() {
+    require_root();
+    // Fast sampling and a short window so a model is fitted within a few seconds.
+    let agent = Agent::start(
+        "[probe]\nmode = \"ebpf\"\ninterval_ms = 100\n\
+         [predict]\nwindow = 40\nrefit_every = 10\nhorizon = 20\nlevel_percent = 90\n",
+    );
+    let cg = TestCgroup::new("godwit-agent-fc");
+    let _w = Workload::start(&["burn", "8000"], Some(&cg));
+    let node_cpu = wait_for(Duration::from_secs(15), || {
+        let doc = agent.json("/v1/forecast");
+        let series = doc["series"].as_array()?.iter().find(|s| {
+            s["entity"]["kind"] == "node"
+                && s["metric"] == "cpu"
+                && s["points"].as_array().is_some_and(|p| !p.is_empty())
+        })?;
+        Some((doc.clone(), series.clone()))
+    });
+    let (doc, series) =
+        node_cpu.unwrap_or_else(|| panic!("no node CPU forecast:\n{}", agent.log()));
+    assert_eq!(doc["horizon"], 20);
+    assert_eq!(doc["level"], 0.9);
+    assert!(
+        series["model"].as_str().unwrap().starts_with("ARIMA("),
+        "{series}"
+    );
+    let points = series["points"].as_array().unwrap();
+    assert_eq!(points.len(), 20, "one point per step of the horizon");
+    for p in points {
+        let (lo, mean, hi) = (
+            p["lower"].as_f64().unwrap(),
+            p["mean"].as_f64().unwrap(),
+            p["upper"].as_f64().unwrap(),
+        );
+        assert!(lo <= mean && mean <= hi, "interval brackets the mean: {p}");
+    }
+    // The busy container has its own series.
+    assert!(
+        doc["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["entity"]["id"] == cg.rel_path.as_str() && s["metric"] == "cpu"),
+        "container series present"
+    );
+    let out = Command::new(godwit_bin())
+        .args(["predict", "--addr", &agent.addr.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "godwit predict: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("node") && text.contains("ARIMA("),
+        "table shows the node's model:\n{text}"
+    );
+}

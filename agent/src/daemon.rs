@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api;
 use crate::cli::exit;
 use crate::config::{Config, LogFormat};
+use crate::forecast;
 use crate::probe::{self, Sampler, SamplerConfig, SamplerError};
 
 /// How long the API may take to finish in-flight requests at shutdown.
@@ -67,7 +68,16 @@ async fn run_async(cfg: Config) -> ExitCode {
     let source = sampler.source();
     let shared = probe::SharedSnapshot::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler_thread = match probe::spawn(sampler, shared.clone(), stop.clone()) {
+    let forecasts = forecast::SharedForecasts::default();
+    let (tx, rx) = std::sync::mpsc::sync_channel(4);
+    let forecast_thread = match forecast::spawn(cfg.predict.clone(), rx, forecasts.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the forecast thread");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let sampler_thread = match probe::spawn(sampler, shared.clone(), stop.clone(), Some(tx)) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the sampler thread");
@@ -78,7 +88,11 @@ async fn run_async(cfg: Config) -> ExitCode {
         top: cfg.metrics.top_processes.0 as usize,
         globs: cfg.metrics.select_processes.clone(),
     };
-    let router = api::router(shared.clone(), api::metrics::registry(shared, selection));
+    let router = api::router(
+        shared.clone(),
+        forecasts,
+        api::metrics::registry(shared, selection),
+    );
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(api::serve(listener, router, shutdown.clone()));
     tracing::info!(
@@ -110,6 +124,12 @@ async fn run_async(cfg: Config) -> ExitCode {
     let joined = tokio::task::spawn_blocking(move || sampler_thread.join()).await;
     if !matches!(joined, Ok(Ok(()))) {
         tracing::error!("sampler thread panicked");
+        code = ExitCode::from(exit::FAILURE);
+    }
+    // The sampler's end dropped the channel's sender: the forecast thread ends too.
+    let joined = tokio::task::spawn_blocking(move || forecast_thread.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        tracing::error!("forecast thread panicked");
         code = ExitCode::from(exit::FAILURE);
     }
     tracing::info!("agent stopped");

@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod forecast;
 pub mod policy;
 pub mod predict;
 pub mod probe;

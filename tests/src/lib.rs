@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod sim;
+
 pub use godwit;
 use godwit::probe::cgroup::CgroupLayout;
 

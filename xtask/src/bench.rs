@@ -131,10 +131,10 @@ struct Figures {
 
 /// The machine the figures come from.
 #[derive(Clone, Debug, PartialEq)]
-struct Machine {
-    kernel: String,
-    cpus: usize,
-    model: String,
+pub(crate) struct Machine {
+    pub(crate) kernel: String,
+    pub(crate) cpus: usize,
+    pub(crate) model: String,
 }
 
 /// `cargo xtask bench probe`.
@@ -188,14 +188,7 @@ pub fn probe(args: &ProbeArgs) -> Result<()> {
     let report = render(&figures, &machine, &cmdline, &today_utc());
     println!("{report}");
     if args.write {
-        let path = crate::repo_root().join("docs").join("BENCHMARKS.md");
-        let doc = match fs::read_to_string(&path) {
-            Ok(doc) => doc,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_owned(),
-            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-        };
-        fs::write(&path, replace_section(&doc, &report))
-            .with_context(|| format!("write {}", path.display()))?;
+        let path = write_section(SECTION_START, SECTION_END, &report)?;
         progress(&format!("wrote {}", path.display()));
     }
     Ok(())
@@ -481,7 +474,7 @@ fn clock_ticks_per_second() -> Result<f64> {
 }
 
 /// Kernel release, CPU count and CPU model of this machine.
-fn machine() -> Result<Machine> {
+pub(crate) fn machine() -> Result<Machine> {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")?
         .trim()
         .to_owned();
@@ -511,7 +504,7 @@ fn command_line() -> String {
 }
 
 /// Today's date in UTC, `YYYY-MM-DD`.
-fn today_utc() -> String {
+pub(crate) fn today_utc() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -684,10 +677,30 @@ fn render(f: &Figures, m: &Machine, cmdline: &str, date: &str) -> String {
 /// `doc` with the text between the bench:probe markers replaced by `body`; the markers are
 /// appended at the end when absent (or out of order).
 fn replace_section(doc: &str, body: &str) -> String {
-    let section = format!("{SECTION_START}\n{}\n{SECTION_END}", body.trim_end());
-    if let Some(start) = doc.find(SECTION_START) {
-        if let Some(end_rel) = doc[start..].find(SECTION_END) {
-            let end = start + end_rel + SECTION_END.len();
+    replace_between(doc, SECTION_START, SECTION_END, body)
+}
+
+/// Puts `body` between the markers `open` and `close` of docs/BENCHMARKS.md (see
+/// [`replace_between`]); returns the file's path.
+pub(crate) fn write_section(open: &str, close: &str, body: &str) -> Result<PathBuf> {
+    let path = crate::repo_root().join("docs").join("BENCHMARKS.md");
+    let doc = match fs::read_to_string(&path) {
+        Ok(doc) => doc,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_owned(),
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    fs::write(&path, replace_between(&doc, open, close, body))
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
+/// `doc` with the text between the markers `open` and `close` replaced by `body`; the markers
+/// are appended at the end when absent (or out of order).
+pub(crate) fn replace_between(doc: &str, open: &str, close: &str, body: &str) -> String {
+    let section = format!("{open}\n{}\n{close}", body.trim_end());
+    if let Some(start) = doc.find(open) {
+        if let Some(end_rel) = doc[start..].find(close) {
+            let end = start + end_rel + close.len();
             return format!("{}{section}{}", &doc[..start], &doc[end..]);
         }
     }

@@ -8,6 +8,8 @@
 //!   unit file.
 //! - `cargo xtask bench probe`: measure the probe overhead of an eBPF agent and a procfs agent side
 //!   by side under a context-switch storm and many idle processes.
+//! - `cargo xtask sim [--write] [ARGS]`: the cluster simulator (`godwit-sim ARGS`, by default
+//!   `compare --traces tests/traces`): policies compared on the same load traces.
 //!
 //! Subcommands whose names start with `__` are helpers the benchmark starts by re-executing this
 //! binary; they are hidden from `--help`.
@@ -18,6 +20,7 @@ mod lint;
 mod load;
 mod openmetrics;
 mod packages;
+mod sim;
 
 use std::env;
 use std::ffi::OsString;
@@ -67,6 +70,9 @@ enum Cmd {
         #[command(subcommand)]
         which: BenchCmd,
     },
+    /// Cluster simulator: `godwit-sim ARGS` (default `compare --traces tests/traces`);
+    /// `--write` puts the output into docs/BENCHMARKS.md.
+    Sim(sim::SimArgs),
     /// Benchmark helper: ping-pong one byte with a child over two pipes, forever.
     #[command(name = "__pingpong", hide = true)]
     PingPong,
@@ -93,6 +99,7 @@ fn main() -> ExitCode {
         Cmd::Bench {
             which: BenchCmd::Probe(args),
         } => bench::probe(&args),
+        Cmd::Sim(args) => sim::sim(&args),
         Cmd::PingPong => load::pingpong(),
         Cmd::Pong => load::pong(),
         Cmd::Idle => load::idle(),

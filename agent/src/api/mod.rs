@@ -7,6 +7,7 @@
 //! | `/v1/processes` | live processes, by CPU descending |
 //! | `/v1/containers` | containers and leaf cgroups, by CPU descending |
 //! | `/v1/snapshot` | all of the above in one document |
+//! | `/v1/forecast` | ARMA forecasts of the node's and each container's load, with intervals |
 //! | `/healthz` | `ok` once the first sample exists |
 
 pub mod metrics;
@@ -24,11 +25,13 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::forecast::SharedForecasts;
 use crate::probe::{SharedSnapshot, Snapshot};
 
 #[derive(Clone)]
 struct AppState {
     shared: SharedSnapshot,
+    forecasts: SharedForecasts,
     registry: Arc<Registry>,
 }
 
@@ -45,16 +48,18 @@ pub enum ApiError {
 }
 
 /// The router, for tests and for [`serve`].
-pub fn router(shared: SharedSnapshot, registry: Registry) -> Router {
+pub fn router(shared: SharedSnapshot, forecasts: SharedForecasts, registry: Registry) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/v1/node", get(node_handler))
         .route("/v1/processes", get(processes_handler))
         .route("/v1/containers", get(containers_handler))
         .route("/v1/snapshot", get(snapshot_handler))
+        .route("/v1/forecast", get(forecast_handler))
         .route("/healthz", get(health_handler))
         .with_state(AppState {
             shared,
+            forecasts,
             registry: Arc::new(registry),
         })
 }
@@ -158,6 +163,18 @@ async fn snapshot_handler(State(state): State<AppState>) -> Response {
         return not_ready();
     };
     Json(&*s).into_response()
+}
+
+async fn forecast_handler(State(state): State<AppState>) -> Response {
+    let latest = state
+        .forecasts
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    match latest {
+        Some(f) => Json(&*f).into_response(),
+        None => not_ready(),
+    }
 }
 
 async fn health_handler(State(state): State<AppState>) -> Response {

@@ -2,6 +2,7 @@
 //!
 //! Exit codes are distinct per failure class so that systemd and scripts can tell them apart.
 
+mod predict;
 mod top;
 
 use std::path::PathBuf;
@@ -49,6 +50,8 @@ enum Command {
     },
     /// Live table of processes and containers by CPU, from a running agent or standalone.
     Top(top::TopArgs),
+    /// Forecasts of the node's and each container's load, with prediction intervals.
+    Predict(predict::PredictArgs),
 }
 
 /// Entry point of the binary.
@@ -73,6 +76,7 @@ pub fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Top(args) => top::run(args),
+        Command::Predict(args) => predict::run(args),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod procfs;
 pub mod sampler;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,11 +26,14 @@ const REPUBLISH_EVERY: Duration = Duration::from_millis(50);
 
 /// Runs `sampler` on its own thread until `stop` is set: a sample every interval, and exec/exit
 /// events applied as they arrive (the process list is republished within tens of milliseconds,
-/// so new and ended processes are known well within a second).
+/// so new and ended processes are known well within a second). Each new sample is also offered
+/// to `subscriber`, without waiting: a subscriber that falls behind misses samples rather than
+/// slowing the sampler.
 pub fn spawn(
     mut sampler: Sampler,
     shared: SharedSnapshot,
     stop: Arc<AtomicBool>,
+    subscriber: Option<SyncSender<Arc<Snapshot>>>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("godwit-sampler".into())
@@ -43,6 +47,9 @@ pub fn spawn(
                 if now >= next {
                     sampler.drain_events();
                     let snap = Arc::new(sampler.sample());
+                    if let Some(tx) = &subscriber {
+                        let _ = tx.try_send(snap.clone());
+                    }
                     *shared.write().unwrap_or_else(|e| e.into_inner()) = Some(snap);
                     pending_events = false;
                     last_publish = Instant::now();

@@ -1,0 +1,509 @@
+//! The latency-aware iterative pre-copy model (MISSION.md, "Iterative pre-copy model").
+//!
+//! State `V0` bytes, distinct-page dirty rate `D` bytes/s, path bandwidth `B` bytes/s (after
+//! compression), round-trip time `RTT`, downtime target `T_down`. Round `i` copies `V_i` and lasts
+//! `t_i = V_i/B + RTT`, during which `V_{i+1} = D*t_i` is dirtied. With `q = D/B` and the latency
+//! floor `V* = D*RTT/(1-q)`:
+//!
+//! - `V_i = V* + (V0 - V*) q^i`
+//! - the frozen round may copy at most `B*(T_down - RTT)` bytes;
+//! - **start**: iterate only if `q < 1`, `V* < B*(T_down - RTT)` and a stop-and-copy
+//!   (`V0/B + RTT`) would exceed `T_down`; otherwise switch intermittently;
+//! - **termination** before round `i`: freeze when `V_i/B + RTT <= T_down`, when `i = n_max`, or
+//!   when the measured `V_i >= V_{i-1}` (not converging);
+//! - **rounds**: `n = ceil( ln((B*(T_down - RTT) - V*) / (V0 - V*)) / ln q )` live rounds (0 to
+//!   n-1), then round `n` with the service frozen; predicted downtime `V_n/B + RTT`.
+//!
+//! Where the probe measured a writable-working-set curve (distinct bytes dirtied against window
+//! length), [`estimate_with_curve`] iterates `V_{i+1} = W(t_i)` instead of the constant rate, and
+//! the estimate says which model it used.
+
+use serde::{Deserialize, Serialize};
+
+/// Inputs of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+pub struct PrecopyInput {
+    /// `V0`, bytes.
+    pub state_bytes: f64,
+    /// `D`, bytes per second.
+    pub dirty_bytes_per_s: f64,
+    /// `B`, bytes per second.
+    pub bandwidth_bytes_per_s: f64,
+    /// `RTT`, seconds.
+    pub rtt_s: f64,
+    /// `T_down`, seconds.
+    pub downtime_target_s: f64,
+    /// `n_max`: live rounds at most.
+    pub max_rounds: u32,
+}
+
+/// The start condition's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartDecision {
+    /// Iterate: live rounds, then a short frozen round.
+    Iterate,
+    /// `V0/B + RTT <= T_down`: stopping and copying meets the target; no iteration needed.
+    StopAndCopy,
+    /// `q >= 1` (or the working-set curve does not shrink): rounds never get shorter.
+    NotConverging,
+    /// `V* >= B*(T_down - RTT)`: latency alone keeps every round above what the frozen round
+    /// may copy (includes `T_down <= RTT`).
+    FloorTooHigh,
+    /// A missing, negative or non-finite input, or no bandwidth.
+    MissingInputs,
+}
+
+/// Why the iteration (estimated or actual) ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// `V_i/B + RTT <= T_down`.
+    FitsDowntime,
+    /// `i = n_max`.
+    MaxRounds,
+    /// `V_i >= V_{i-1}`.
+    NotConverging,
+}
+
+/// Which dirtying model produced an estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirtyModel {
+    ConstantRate,
+    WorkingSet,
+}
+
+/// The model's estimate and the numbers behind it, reported before a migration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct PrecopyEstimate {
+    pub input: PrecopyInput,
+    pub model: DirtyModel,
+    /// `q = D/B`.
+    pub q: Option<f64>,
+    /// `V*` (constant-rate model, `q < 1`).
+    pub v_floor: Option<f64>,
+    /// `B*(T_down - RTT)`: the most the frozen round may copy.
+    pub frozen_budget_bytes: Option<f64>,
+    pub start: StartDecision,
+    /// The closed form's `ln(..)/ln q` before rounding up.
+    pub rounds_closed_form: Option<f64>,
+    /// Live rounds `n` (0 for stop-and-copy or no iteration).
+    pub live_rounds: u32,
+    pub stop: Option<StopReason>,
+    /// Bytes the frozen (or single stop-and-copy) round copies: `V_n`.
+    pub frozen_bytes: Option<f64>,
+    /// `V_n/B + RTT` (or `V0/B + RTT` without iteration).
+    pub predicted_downtime_s: Option<f64>,
+    /// Bytes sent over all rounds.
+    pub total_bytes: Option<f64>,
+    /// Wall time of all rounds, seconds.
+    pub total_duration_s: Option<f64>,
+    pub meets_target: bool,
+}
+
+/// `q = D/B` (`None` without bandwidth).
+pub fn dirty_ratio(dirty_bytes_per_s: f64, bandwidth_bytes_per_s: f64) -> Option<f64> {
+    (bandwidth_bytes_per_s > 0.0 && dirty_bytes_per_s >= 0.0)
+        .then(|| dirty_bytes_per_s / bandwidth_bytes_per_s)
+        .filter(|q| q.is_finite())
+}
+
+/// `V* = D*RTT/(1 - q)` (`None` when `q >= 1`).
+pub fn latency_floor(
+    dirty_bytes_per_s: f64,
+    bandwidth_bytes_per_s: f64,
+    rtt_s: f64,
+) -> Option<f64> {
+    let q = dirty_ratio(dirty_bytes_per_s, bandwidth_bytes_per_s)?;
+    (q < 1.0).then(|| dirty_bytes_per_s * rtt_s.max(0.0) / (1.0 - q))
+}
+
+/// `V_i = V* + (V0 - V*) q^i`.
+pub fn remaining_after(v0: f64, v_floor: f64, q: f64, round: u32) -> f64 {
+    v_floor + (v0 - v_floor) * q.powi(round.min(i32::MAX as u32) as i32)
+}
+
+/// `B*(T_down - RTT)`.
+pub fn frozen_budget(input: &PrecopyInput) -> f64 {
+    input.bandwidth_bytes_per_s * (input.downtime_target_s - input.rtt_s)
+}
+
+fn inputs_valid(i: &PrecopyInput) -> bool {
+    i.state_bytes.is_finite()
+        && i.state_bytes >= 0.0
+        && i.dirty_bytes_per_s.is_finite()
+        && i.dirty_bytes_per_s >= 0.0
+        && i.bandwidth_bytes_per_s.is_finite()
+        && i.bandwidth_bytes_per_s > 0.0
+        && i.rtt_s.is_finite()
+        && i.rtt_s >= 0.0
+        && i.downtime_target_s.is_finite()
+        && i.downtime_target_s >= 0.0
+}
+
+/// The start condition for the constant-rate model.
+pub fn start_condition(input: &PrecopyInput) -> StartDecision {
+    if !inputs_valid(input) {
+        return StartDecision::MissingInputs;
+    }
+    let b = input.bandwidth_bytes_per_s;
+    if input.state_bytes / b + input.rtt_s <= input.downtime_target_s {
+        return StartDecision::StopAndCopy;
+    }
+    match latency_floor(input.dirty_bytes_per_s, b, input.rtt_s) {
+        None => StartDecision::NotConverging,
+        Some(v) if v >= frozen_budget(input) => StartDecision::FloorTooHigh,
+        Some(_) => StartDecision::Iterate,
+    }
+}
+
+/// The termination check before round `round`, which would copy `remaining` bytes; `previous`
+/// is what round `round - 1` copied. `Some(reason)`: freeze now and copy `remaining` in the
+/// final round. Works on measured figures as well as on the model's.
+pub fn should_freeze(
+    round: u32,
+    remaining: f64,
+    previous: Option<f64>,
+    input: &PrecopyInput,
+) -> Option<StopReason> {
+    if input.bandwidth_bytes_per_s > 0.0
+        && remaining / input.bandwidth_bytes_per_s + input.rtt_s <= input.downtime_target_s
+    {
+        Some(StopReason::FitsDowntime)
+    } else if previous.is_some_and(|p| remaining >= p) {
+        Some(StopReason::NotConverging)
+    } else if round >= input.max_rounds {
+        Some(StopReason::MaxRounds)
+    } else {
+        None
+    }
+}
+
+/// Live rounds `n`: the least `n` with `V_n <= budget`, from the closed form, corrected against
+/// `V_n` itself for rounding. Returns `(n, closed-form value)`; requires `0 <= q < 1` and
+/// `V* < budget < V0`.
+pub fn estimated_rounds(v0: f64, v_floor: f64, q: f64, budget: f64) -> Option<(u32, f64)> {
+    if !(0.0..1.0).contains(&q) || v_floor >= budget || v0 <= budget {
+        return None;
+    }
+    let raw = if q == 0.0 {
+        // nothing is dirtied after round 0 except the latency term, which V* < budget covers
+        1.0
+    } else {
+        ((budget - v_floor) / (v0 - v_floor)).ln() / q.ln()
+    };
+    let mut n = if raw.is_finite() {
+        raw.ceil().clamp(1.0, u32::MAX as f64 / 2.0) as u32
+    } else {
+        1
+    };
+    while n < u32::MAX / 2 && remaining_after(v0, v_floor, q, n) > budget {
+        n += 1;
+    }
+    while n > 1 && remaining_after(v0, v_floor, q, n - 1) <= budget {
+        n -= 1;
+    }
+    Some((n, raw))
+}
+
+fn no_iteration(input: PrecopyInput, model: DirtyModel, start: StartDecision) -> PrecopyEstimate {
+    let valid = inputs_valid(&input);
+    let b = input.bandwidth_bytes_per_s;
+    let downtime = valid.then(|| input.state_bytes / b + input.rtt_s);
+    PrecopyEstimate {
+        input,
+        model,
+        q: dirty_ratio(input.dirty_bytes_per_s, b),
+        v_floor: latency_floor(input.dirty_bytes_per_s, b, input.rtt_s),
+        frozen_budget_bytes: valid.then(|| frozen_budget(&input)),
+        start,
+        rounds_closed_form: None,
+        live_rounds: 0,
+        stop: None,
+        frozen_bytes: valid.then_some(input.state_bytes),
+        predicted_downtime_s: downtime,
+        total_bytes: valid.then_some(input.state_bytes),
+        total_duration_s: downtime,
+        meets_target: downtime.is_some_and(|d| d <= input.downtime_target_s),
+    }
+}
+
+/// The constant-rate estimate.
+pub fn estimate(input: PrecopyInput) -> PrecopyEstimate {
+    let start = start_condition(&input);
+    if start != StartDecision::Iterate {
+        return no_iteration(input, DirtyModel::ConstantRate, start);
+    }
+    let b = input.bandwidth_bytes_per_s;
+    let q = input.dirty_bytes_per_s / b;
+    let v_floor = input.dirty_bytes_per_s * input.rtt_s / (1.0 - q);
+    let budget = frozen_budget(&input);
+    let (n, raw) = estimated_rounds(input.state_bytes, v_floor, q, budget)
+        .unwrap_or((input.max_rounds, f64::NAN));
+    let (n, stop) = if n > input.max_rounds {
+        (input.max_rounds, StopReason::MaxRounds)
+    } else {
+        (n, StopReason::FitsDowntime)
+    };
+    let vs: Vec<f64> = (0..=n)
+        .map(|i| remaining_after(input.state_bytes, v_floor, q, i))
+        .collect();
+    finish(
+        input,
+        DirtyModel::ConstantRate,
+        Some(q),
+        Some(v_floor),
+        raw.is_finite().then_some(raw),
+        &vs,
+        stop,
+    )
+}
+
+fn finish(
+    input: PrecopyInput,
+    model: DirtyModel,
+    q: Option<f64>,
+    v_floor: Option<f64>,
+    raw: Option<f64>,
+    vs: &[f64],
+    stop: StopReason,
+) -> PrecopyEstimate {
+    let b = input.bandwidth_bytes_per_s;
+    let n = vs.len().saturating_sub(1);
+    let frozen = vs[n];
+    let downtime = frozen / b + input.rtt_s;
+    PrecopyEstimate {
+        input,
+        model,
+        q,
+        v_floor,
+        frozen_budget_bytes: Some(frozen_budget(&input)),
+        start: StartDecision::Iterate,
+        rounds_closed_form: raw,
+        live_rounds: n as u32,
+        stop: Some(stop),
+        frozen_bytes: Some(frozen),
+        predicted_downtime_s: Some(downtime),
+        total_bytes: Some(vs.iter().sum()),
+        total_duration_s: Some(vs.iter().map(|v| v / b + input.rtt_s).sum()),
+        meets_target: downtime <= input.downtime_target_s,
+    }
+}
+
+/// Distinct bytes dirtied in a window of `t` seconds, by linear interpolation of the measured
+/// `[window_s, bytes]` points (through the origin; the last segment's slope beyond the end).
+pub fn working_set_bytes(curve: &[[f64; 2]], t: f64) -> f64 {
+    let mut pts: Vec<[f64; 2]> = curve
+        .iter()
+        .copied()
+        .filter(|p| p[0].is_finite() && p[1].is_finite() && p[0] > 0.0 && p[1] >= 0.0)
+        .collect();
+    pts.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    pts.insert(0, [0.0, 0.0]);
+    let t = t.max(0.0);
+    let seg = pts
+        .windows(2)
+        .find(|w| t <= w[1][0])
+        .or_else(|| pts.windows(2).last());
+    match seg {
+        Some(w) => {
+            let (x0, y0, x1, y1) = (w[0][0], w[0][1], w[1][0], w[1][1]);
+            if x1 > x0 {
+                (y0 + (y1 - y0) * (t - x0) / (x1 - x0)).max(0.0)
+            } else {
+                y1
+            }
+        }
+        None => 0.0,
+    }
+}
+
+/// The estimate with a measured working-set curve: `V_{i+1} = W(V_i/B + RTT)`, rounds simulated
+/// with [`should_freeze`]. Falls back to [`estimate`] when the curve has fewer than two usable
+/// points.
+pub fn estimate_with_curve(input: PrecopyInput, curve: &[[f64; 2]]) -> PrecopyEstimate {
+    let usable = curve
+        .iter()
+        .filter(|p| p[0].is_finite() && p[1].is_finite() && p[0] > 0.0 && p[1] >= 0.0)
+        .count();
+    if usable < 2 {
+        return estimate(input);
+    }
+    if !inputs_valid(&input) {
+        return no_iteration(input, DirtyModel::WorkingSet, StartDecision::MissingInputs);
+    }
+    let b = input.bandwidth_bytes_per_s;
+    if input.state_bytes / b + input.rtt_s <= input.downtime_target_s {
+        return no_iteration(input, DirtyModel::WorkingSet, StartDecision::StopAndCopy);
+    }
+    if frozen_budget(&input) <= 0.0 {
+        return no_iteration(input, DirtyModel::WorkingSet, StartDecision::FloorTooHigh);
+    }
+    let mut vs = vec![input.state_bytes];
+    let stop = loop {
+        let i = vs.len() - 1;
+        let prev = (i > 0).then(|| vs[i - 1]);
+        if let Some(reason) = should_freeze(i as u32, vs[i], prev, &input) {
+            break reason;
+        }
+        vs.push(working_set_bytes(curve, vs[i] / b + input.rtt_s));
+    };
+    if stop == StopReason::NotConverging && vs.len() == 2 {
+        // the very first round does not shrink: iterating is pointless
+        return no_iteration(input, DirtyModel::WorkingSet, StartDecision::NotConverging);
+    }
+    if stop == StopReason::NotConverging {
+        // freeze at the smaller of the last two
+        vs.pop();
+    }
+    let q = dirty_ratio(input.dirty_bytes_per_s, b);
+    finish(input, DirtyModel::WorkingSet, q, None, None, &vs, stop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: f64 = 1e6;
+
+    fn input(v0: f64, d: f64, b: f64, rtt: f64, t: f64) -> PrecopyInput {
+        PrecopyInput {
+            state_bytes: v0,
+            dirty_bytes_per_s: d,
+            bandwidth_bytes_per_s: b,
+            rtt_s: rtt,
+            downtime_target_s: t,
+            max_rounds: 30,
+        }
+    }
+
+    #[test]
+    fn formulas_table() {
+        // D = 10 MB/s, B = 100 MB/s, RTT = 0.1 s: q = 0.1, V* = 1 MB / 0.9
+        let q = dirty_ratio(10.0 * MB, 100.0 * MB).unwrap();
+        assert!((q - 0.1).abs() < 1e-15);
+        let vf = latency_floor(10.0 * MB, 100.0 * MB, 0.1).unwrap();
+        assert!((vf - MB / 0.9).abs() < 1e-6);
+        // V0 = 1000 MB: V_1 = D*(V0/B + RTT) = 10 MB/s * 10.1 s = 101 MB
+        let v1 = remaining_after(1000.0 * MB, vf, q, 1);
+        assert!((v1 - 101.0 * MB).abs() < 1e-3, "{v1}");
+        // V_2 = D*(V1/B + RTT) = 10 * (1.01 + 0.1) = 11.1 MB
+        let v2 = remaining_after(1000.0 * MB, vf, q, 2);
+        assert!((v2 - 11.1 * MB).abs() < 1e-3, "{v2}");
+        assert_eq!(remaining_after(5.0, 1.0, 0.5, 0), 5.0);
+        // q >= 1: no floor; no bandwidth: no q
+        assert_eq!(latency_floor(2.0, 1.0, 0.1), None);
+        assert_eq!(dirty_ratio(1.0, 0.0), None);
+    }
+
+    #[test]
+    fn rounds_and_downtime() {
+        // T_down = 0.5 s: budget = 100 MB/s * 0.4 s = 40 MB.
+        // V0 = 1000 MB, V1 = 101 MB, V2 = 11.1 MB <= 40 MB => n = 2 live rounds.
+        // closed form: ln((40 - 1.111)/(1000 - 1.111)) / ln 0.1 = 1.4097 -> 2
+        let e = estimate(input(1000.0 * MB, 10.0 * MB, 100.0 * MB, 0.1, 0.5));
+        assert_eq!(e.start, StartDecision::Iterate);
+        assert_eq!(e.live_rounds, 2);
+        assert!((e.rounds_closed_form.unwrap() - 1.4097).abs() < 1e-3);
+        assert!((e.frozen_bytes.unwrap() - 11.1 * MB).abs() < 1e-3);
+        // downtime = 11.1/100 + 0.1 = 0.211 s
+        assert!((e.predicted_downtime_s.unwrap() - 0.211).abs() < 1e-9);
+        assert!((e.total_bytes.unwrap() - 1112.1 * MB).abs() < 1e-2);
+        assert!(e.meets_target);
+        assert_eq!(e.stop, Some(StopReason::FitsDowntime));
+        // the closed form agrees with the termination check run round by round
+        let inp = e.input;
+        let mut i = 0;
+        let mut prev = None;
+        let vf = e.v_floor.unwrap();
+        loop {
+            let v = remaining_after(inp.state_bytes, vf, 0.1, i);
+            if should_freeze(i, v, prev, &inp).is_some() {
+                break;
+            }
+            prev = Some(v);
+            i += 1;
+        }
+        assert_eq!(i, e.live_rounds);
+    }
+
+    #[test]
+    fn start_condition_edges() {
+        // V0 small: stop-and-copy fits (5 MB / 100 MB/s + 0.1 = 0.15 s <= 0.5 s)
+        let e = estimate(input(5.0 * MB, 10.0 * MB, 100.0 * MB, 0.1, 0.5));
+        assert_eq!(e.start, StartDecision::StopAndCopy);
+        assert_eq!(e.live_rounds, 0);
+        assert!((e.predicted_downtime_s.unwrap() - 0.15).abs() < 1e-12);
+        // q >= 1
+        let e = estimate(input(1000.0 * MB, 100.0 * MB, 100.0 * MB, 0.1, 0.5));
+        assert_eq!(e.start, StartDecision::NotConverging);
+        // V* too large: D = 50 MB/s, RTT = 0.4 s -> V* = 40 MB >= budget 100 * 0.1 = 10 MB
+        let e = estimate(input(1000.0 * MB, 50.0 * MB, 100.0 * MB, 0.4, 0.5));
+        assert_eq!(e.start, StartDecision::FloorTooHigh);
+        // T_down <= RTT
+        let e = estimate(input(1000.0 * MB, 0.0, 100.0 * MB, 0.6, 0.5));
+        assert_eq!(e.start, StartDecision::FloorTooHigh);
+        // missing inputs
+        for bad in [
+            input(1000.0, 1.0, 0.0, 0.1, 0.5),
+            input(f64::NAN, 1.0, 10.0, 0.1, 0.5),
+            input(1000.0, -1.0, 10.0, 0.1, 0.5),
+        ] {
+            let e = estimate(bad);
+            assert_eq!(e.start, StartDecision::MissingInputs);
+        }
+        // D = 0: one live round, then nothing but the RTT
+        let e = estimate(input(1000.0 * MB, 0.0, 100.0 * MB, 0.1, 0.5));
+        assert_eq!((e.start, e.live_rounds), (StartDecision::Iterate, 1));
+        assert!((e.predicted_downtime_s.unwrap() - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn max_rounds_caps_the_estimate() {
+        // q = 0.9: V* = 90 MB/s * 0.001 s / 0.1 = 0.9 MB, budget 4.9 MB: n = 53 > 5
+        let mut inp = input(1000.0 * MB, 90.0 * MB, 100.0 * MB, 0.001, 0.05);
+        inp.max_rounds = 5;
+        let e = estimate(inp);
+        assert_eq!(e.stop, Some(StopReason::MaxRounds));
+        assert_eq!(e.live_rounds, 5);
+        assert!(!e.meets_target);
+    }
+
+    #[test]
+    fn termination_checks() {
+        let inp = input(1000.0 * MB, 10.0 * MB, 100.0 * MB, 0.1, 0.5);
+        assert_eq!(should_freeze(0, 1000.0 * MB, None, &inp), None);
+        assert_eq!(
+            should_freeze(1, 40.0 * MB, Some(100.0 * MB), &inp),
+            Some(StopReason::FitsDowntime)
+        );
+        assert_eq!(
+            should_freeze(1, 120.0 * MB, Some(100.0 * MB), &inp),
+            Some(StopReason::NotConverging)
+        );
+        assert_eq!(
+            should_freeze(30, 50.0 * MB, Some(60.0 * MB), &inp),
+            Some(StopReason::MaxRounds)
+        );
+    }
+
+    #[test]
+    fn working_set_curve() {
+        let curve = [[1.0, 10.0 * MB], [10.0, 20.0 * MB]];
+        assert_eq!(working_set_bytes(&curve, 0.5), 5.0 * MB);
+        assert!((working_set_bytes(&curve, 5.5) - 15.0 * MB).abs() < 1e-6);
+        assert!((working_set_bytes(&curve, 19.0) - 30.0 * MB).abs() < 1e-6);
+        // a hot set saturates: V1 = W(10.1 s) = 20.111 MB, which fits the 40 MB budget
+        let e = estimate_with_curve(input(1000.0 * MB, 10.0 * MB, 100.0 * MB, 0.1, 0.5), &curve);
+        assert_eq!(e.model, DirtyModel::WorkingSet);
+        assert_eq!(e.live_rounds, 1);
+        assert!((e.frozen_bytes.unwrap() - (20.0 + 0.1 * 10.0 / 9.0) * MB).abs() < 1.0);
+        // one point: constant rate
+        let e = estimate_with_curve(
+            input(1000.0 * MB, 10.0 * MB, 100.0 * MB, 0.1, 0.5),
+            &[[1.0, 1.0]],
+        );
+        assert_eq!(e.model, DirtyModel::ConstantRate);
+    }
+}

@@ -1,0 +1,201 @@
+//! `godwit-sim`: the cluster simulator's front end.
+//!
+//! ```text
+//! godwit-sim compare [--traces DIR] [--nodes N] [--services M] [--steps S] [--seed K] [--failures F] [--util U]
+//! godwit-sim record --addr 127.0.0.1:PORT --seconds N --out FILE [--match SUBSTRING]
+//! ```
+//!
+//! `compare` runs every policy on the same seeded scenario (synthetic traces, plus the CSV
+//! traces of `--traces`) and prints a markdown table. `record` polls a running agent's
+//! `/v1/containers` once a second and writes the containers' CPU, memory and dirty rate as a
+//! trace CSV.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use godwit_tests::sim::compare::{compare, markdown};
+use godwit_tests::sim::scenario::{self, GenParams};
+use godwit_tests::sim::{policies, trace};
+
+const USAGE: &str = "usage:
+  godwit-sim compare [--traces DIR] [--nodes N] [--services M] [--steps S] [--seed K] [--failures F] [--util U]
+  godwit-sim record --addr HOST:PORT --seconds N --out FILE [--match SUBSTRING]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("godwit-sim: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("compare") => cmd_compare(&Flags::parse(&args[1..])?),
+        Some("record") => cmd_record(&Flags::parse(&args[1..])?),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => bail!("{USAGE}"),
+    }
+}
+
+/// `--name value` pairs.
+struct Flags(Vec<(String, String)>);
+
+impl Flags {
+    fn parse(args: &[String]) -> Result<Flags> {
+        let mut out = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let name = a
+                .strip_prefix("--")
+                .ok_or_else(|| anyhow!("unexpected argument {a:?}\n{USAGE}"))?;
+            let value = it
+                .next()
+                .ok_or_else(|| anyhow!("--{name} needs a value"))?;
+            out.push((name.to_owned(), value.clone()));
+        }
+        Ok(Flags(out))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn num<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| anyhow!("--{name} {v:?} is not a valid number")),
+        }
+    }
+
+    fn check(&self, known: &[&str]) -> Result<()> {
+        for (n, _) in &self.0 {
+            if !known.contains(&n.as_str()) {
+                bail!("unknown flag --{n}\n{USAGE}");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn cmd_compare(f: &Flags) -> Result<()> {
+    f.check(&["traces", "nodes", "services", "steps", "seed", "failures", "util"])?;
+    let d = GenParams::default();
+    let p = GenParams {
+        nodes: f.num("nodes", d.nodes)?,
+        services: f.num("services", d.services)?,
+        steps: f.num("steps", d.steps)?,
+        seed: f.num("seed", d.seed)?,
+        failures: f.num("failures", d.failures)?,
+        mean_utilisation: f.num("util", d.mean_utilisation)?,
+    };
+    if p.nodes == 0 || p.services == 0 || p.steps == 0 {
+        bail!("--nodes, --services and --steps must be at least 1");
+    }
+    let recorded = match f.get("traces") {
+        Some(dir) => trace::load_dir(&PathBuf::from(dir))?,
+        None => Vec::new(),
+    };
+    let sc = scenario::generate(&recorded, &p);
+    let mut pols = policies();
+    let started = Instant::now();
+    let outcomes = compare(&sc, &mut pols).map_err(|e| anyhow!("bad scenario: {e}"))?;
+    println!(
+        "{} nodes in {} sites, {} services ({} on recorded traces from {}), {} steps of {} s, \
+         seed {}, {} node failure(s) at step(s) {:?}\n",
+        sc.nodes.len(),
+        sc.sites.len(),
+        sc.services.len(),
+        sc.services
+            .iter()
+            .filter(|s| sc.traces[s.trace].name.contains('/'))
+            .count(),
+        f.get("traces").unwrap_or("-"),
+        sc.steps,
+        sc.step_seconds,
+        p.seed,
+        sc.failures.len(),
+        sc.failures.iter().map(|x| x.step).collect::<Vec<_>>(),
+    );
+    print!("{}", markdown(&outcomes, "godwit", "reactive-static"));
+    eprintln!("(simulated in {:.1} s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn cmd_record(f: &Flags) -> Result<()> {
+    f.check(&["addr", "seconds", "out", "match"])?;
+    let addr: SocketAddr = f
+        .get("addr")
+        .ok_or_else(|| anyhow!("--addr is required"))?
+        .parse()
+        .context("--addr")?;
+    let seconds: u64 = f.num("seconds", 0)?;
+    if seconds == 0 {
+        bail!("--seconds must be at least 1");
+    }
+    let out = PathBuf::from(f.get("out").ok_or_else(|| anyhow!("--out is required"))?);
+    let filter = f.get("match").unwrap_or("");
+    let mut csv = String::from(trace::HEADER);
+    csv.push('\n');
+    let start = Instant::now();
+    for step in 0..seconds {
+        let due = start + Duration::from_secs(step);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let (code, body) =
+            godwit_tests::http_get(addr, "/v1/containers").with_context(|| format!("GET {addr}"))?;
+        if code != 200 {
+            bail!("GET /v1/containers: HTTP {code}: {body}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).context("parse /v1/containers")?;
+        let items = v
+            .as_array()
+            .ok_or_else(|| anyhow!("/v1/containers is not a JSON array"))?;
+        for c in items {
+            let path = c["cgroup_path"].as_str().unwrap_or("");
+            if !path.contains(filter) {
+                continue;
+            }
+            let name = path.rsplit('/').next().unwrap_or(path);
+            if name.is_empty() || name.contains(',') {
+                continue;
+            }
+            let cpu = c["cpu_cores"].as_f64().unwrap_or(0.0);
+            let mem = c["memory_bytes"].as_f64().unwrap_or(0.0);
+            let dirty = c["dirty_bytes_per_second"].as_f64().unwrap_or(0.0);
+            csv.push_str(&format!("{step},{name},{cpu:.4},{mem:.0},{dirty:.0}\n"));
+        }
+        eprint!("\rrecorded {}/{seconds} s", step + 1);
+    }
+    eprintln!();
+    // Check that what we wrote reads back before keeping it.
+    let traces = trace::parse_csv(&csv, &out.display().to_string())?;
+    std::fs::write(&out, csv).with_context(|| format!("write {}", out.display()))?;
+    eprintln!(
+        "wrote {} ({} entities: {})",
+        out.display(),
+        traces.len(),
+        traces
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! The godwit policy in the simulator: each step builds a [`ClusterView`] from the simulation,
+//! with forecasts from [`godwit::predict`], calls [`godwit::policy::plan`] and turns the plan's
+//! migrations, failover restarts and image pre-staging into engine actions.
+//!
+//! Forecasts: one [`Forecaster`] per service CPU series (ARMA, refit every `refit_every` steps
+//! over the last `window` samples). A node's forecast at `t + h` is the sum of the forecasts of
+//! the services that will be on it then (those running there and not leaving, plus those on
+//! their way to it), each the peak of its mean path over `1..=h`. Service series are forecast
+//! rather than node series because a node's series jumps at every migration in or out, which an
+//! ARMA model reads as a shock; a service's demand does not depend on where it runs. Memory is
+//! forecast by persistence (its current value).
+
+use std::collections::BTreeMap;
+
+use godwit::policy::{
+    plan, ClusterView, Link, NodeView, PolicyConfig, ServiceView, SiteView, SwitchMode as Mode,
+    TriggerState,
+};
+use godwit::predict::{FitOptions, Forecaster};
+
+use super::engine::{Action, ServiceState, Sim, SwitchMode};
+use super::policy::SimPolicy;
+use super::scenario::Scenario;
+
+/// The godwit policy with its forecasters and trigger states.
+pub struct Godwit {
+    pub cfg: PolicyConfig,
+    /// Forecast horizon `h`, in steps.
+    pub horizon: usize,
+    /// Samples of load history given to the policy (load correlation).
+    pub history: usize,
+    window: usize,
+    refit_every: usize,
+    forecasters: Vec<Forecaster>,
+    triggers: BTreeMap<String, TriggerState>,
+    /// Forecasts that failed (before the first fit, or a model error): persistence was used.
+    pub forecast_fallbacks: u64,
+}
+
+impl Godwit {
+    /// The default policy configuration, with the scenario's energy tolerance, energy window,
+    /// downtime target and round limit (what an operator would configure for that cluster).
+    pub fn new(sc: &Scenario) -> Godwit {
+        let cfg = PolicyConfig {
+            energy_tolerance: sc.energy_tolerance,
+            site_window: sc.energy_window,
+            downtime_target_s: sc.network.downtime_target_seconds,
+            max_rounds: sc.network.max_rounds,
+            ..PolicyConfig::default()
+        };
+        Godwit {
+            history: cfg.corr_window.max(2),
+            cfg,
+            horizon: 30,
+            window: 600,
+            refit_every: 60,
+            forecasters: Vec::new(),
+            triggers: BTreeMap::new(),
+            forecast_fallbacks: 0,
+        }
+    }
+
+    /// Peak of the mean CPU forecast of service `s` over the horizon (its current demand when
+    /// no forecast is available).
+    fn cpu_forecast(&mut self, s: usize, now: f64) -> f64 {
+        match self.forecasters[s].forecast(self.horizon.max(1), 0.8) {
+            Ok(points) if !points.is_empty() => points
+                .iter()
+                .map(|p| p.mean)
+                .filter(|m| m.is_finite())
+                .fold(0.0, f64::max)
+                .max(0.0),
+            _ => {
+                self.forecast_fallbacks += 1;
+                now
+            }
+        }
+    }
+}
+
+fn node_id(n: usize) -> String {
+    format!("n{n:03}")
+}
+
+fn service_id(s: usize) -> String {
+    format!("s{s:04}")
+}
+
+fn image_id(i: u32) -> String {
+    format!("img{i}")
+}
+
+fn parse_index(id: &str, prefix: &str) -> Option<usize> {
+    id.strip_prefix(prefix)?.parse().ok()
+}
+
+fn tail<T: Copy, U>(xs: &[T], n: usize, f: impl Fn(T) -> U) -> Vec<U> {
+    xs[xs.len().saturating_sub(n)..].iter().map(|x| f(*x)).collect()
+}
+
+impl SimPolicy for Godwit {
+    fn name(&self) -> &str {
+        "godwit"
+    }
+
+    fn decide(&mut self, sim: &Sim<'_>) -> Vec<Action> {
+        let sc = sim.scenario();
+        let nsvc = sc.services.len();
+        while self.forecasters.len() < nsvc {
+            self.forecasters.push(Forecaster::new(
+                FitOptions::default(),
+                self.window,
+                self.refit_every,
+            ));
+        }
+        for s in 0..nsvc {
+            self.forecasters[s].observe(sim.demand(s).cpu);
+        }
+
+        // Where each service will be at t + h, and the nodes' forecast loads.
+        let mut fc_load = vec![[0.0f64; 2]; sc.nodes.len()];
+        for s in 0..nsvc {
+            let d = sim.demand(s);
+            let dest = match sim.state(s) {
+                ServiceState::Running { node } => node,
+                ServiceState::Migrating { to, .. } => to,
+                ServiceState::Starting { node, .. } => node,
+                ServiceState::Down { .. } => continue,
+            };
+            let f = self.cpu_forecast(s, d.cpu);
+            fc_load[dest][0] += f;
+            fc_load[dest][1] += d.mem;
+        }
+
+        let sites = sc
+            .sites
+            .iter()
+            .enumerate()
+            .map(|(i, site)| SiteView {
+                id: site.name.clone(),
+                power_w: tail(sim.site_power_history(i), 2 * sc.energy_window.max(1), |p| p),
+                power_budget_w: site.power_budget_watts,
+                risk: vec![site.risk],
+            })
+            .collect();
+        let nodes = sc
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(n, spec)| {
+                let load = sim.node_load(n);
+                let cap = [spec.cpu_cores, spec.mem_bytes];
+                NodeView {
+                    id: node_id(n),
+                    site: sc.sites[spec.site].name.clone(),
+                    alive: sim.alive(n),
+                    fenced: false,
+                    capacity: cap.to_vec(),
+                    util_now: vec![load.cpu / cap[0], load.mem / cap[1]],
+                    util_forecast: vec![fc_load[n][0] / cap[0], fc_load[n][1] / cap[1]],
+                    load_history: tail(sim.node_history(n), self.history, |d| d.cpu),
+                    images: sim.images_on(n).into_iter().map(image_id).collect(),
+                    switch_latencies_s: Vec::new(),
+                    links: (0..sc.nodes.len())
+                        .filter(|&m| m != n)
+                        .map(|m| {
+                            (
+                                node_id(m),
+                                Link {
+                                    bytes_per_s: sc.bandwidth(n, m),
+                                    rtt_s: sc.network.rtt_seconds,
+                                },
+                            )
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let services = (0..nsvc)
+            .map(|s| {
+                let d = sim.demand(s);
+                let spec = &sc.services[s];
+                // In flight: pinned where its load counts now (source) or will (target).
+                let (node, pinned) = match sim.state(s) {
+                    ServiceState::Running { node } => (node, false),
+                    ServiceState::Migrating { from, .. } => (from, true),
+                    ServiceState::Starting { node, .. } => (node, true),
+                    ServiceState::Down { from } => (from, false),
+                };
+                ServiceView {
+                    id: service_id(s),
+                    node: node_id(node),
+                    demand: vec![d.cpu, d.mem],
+                    load_history: tail(sim.service_history(s), self.history, |d| d.cpu),
+                    image: image_id(spec.image),
+                    image_bytes: spec.image_bytes as u64,
+                    state_bytes: d.mem as u64,
+                    dirty_bytes_per_s: d.dirty,
+                    dirty_curve: Vec::new(),
+                    pinned,
+                    move_probability: None,
+                }
+            })
+            .collect();
+        let view = ClusterView {
+            resources: vec!["cpu".into(), "memory".into()],
+            sites,
+            nodes,
+            services,
+            triggers: std::mem::take(&mut self.triggers),
+        };
+
+        let p = plan(&view, &self.cfg, sim.now() as u64);
+        self.triggers = p.triggers;
+        let mut actions = Vec::new();
+        for f in &p.failover {
+            if let (Some(service), Some(to)) =
+                (parse_index(&f.service, "s"), parse_index(&f.to, "n"))
+            {
+                actions.push(Action::Place { service, to });
+            }
+        }
+        for m in &p.migrations {
+            if let (Some(service), Some(to)) =
+                (parse_index(&m.service, "s"), parse_index(&m.to, "n"))
+            {
+                let mode = match m.mode {
+                    Mode::Transitional => SwitchMode::Transitional,
+                    Mode::Intermittent => SwitchMode::Intermittent,
+                };
+                actions.push(Action::Migrate { service, to, mode });
+            }
+        }
+        for c in &p.prestage.copies {
+            if let (Some(image), Some(to)) = (
+                c.image.strip_prefix("img").and_then(|i| i.parse().ok()),
+                parse_index(&c.to, "n"),
+            ) {
+                actions.push(Action::PreStage { image, to });
+            }
+        }
+        actions
+    }
+}

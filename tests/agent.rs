@@ -437,3 +437,76 @@ fn forecasts_with_intervals_are_served_and_shown() {
         "table shows the node's model:\n{text}"
     );
 }
+
+#[test]
+fn local_policy_explains_threshold_trigger_and_selection() {
+    require_root();
+    // The load starts first, so the container is in the agent's view from its first sample.
+    let cg = TestCgroup::new("godwit-agent-policy");
+    let _w = Workload::start(&["burn", "12000"], Some(&cg));
+    let agent = Agent::start(
+        "[probe]\nmode = \"ebpf\"\ninterval_ms = 200\n\
+         [policy]\nthreshold_base = 0.3\nthreshold_min = 0.05\n",
+    );
+    // The burning container drives the node over T_n = 30%: the trigger fires and the
+    // container is the one picked to leave.
+    let report = wait_for(Duration::from_secs(10), || {
+        let doc = agent.json("/v1/decisions");
+        let node = doc["last_trigger"]["plan"]["nodes"].get(0)?.clone();
+        let selected = node["selection"]["selected"].as_array()?;
+        selected
+            .iter()
+            .any(|s| s == cg.rel_path.as_str())
+            .then_some(node)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the burning cgroup was never selected: {}",
+            agent.json("/v1/decisions")
+        )
+    });
+    assert!(report["threshold"]["threshold"].as_f64().unwrap() <= 0.3);
+    let candidate = report["selection"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["service"] == cg.rel_path.as_str())
+        .unwrap()
+        .clone();
+    assert!(
+        candidate["rho"].as_f64().unwrap() > 0.5,
+        "its load correlates with the node's: {candidate}"
+    );
+
+    // The operator's risk level lowers the threshold: T_n *= 1 - k_r * r_s.
+    let (code, _) = http_request(agent.addr, "PUT", "/v1/risk", Some("{\"risk\": 2.0}")).unwrap();
+    assert_eq!(code, 400, "risk outside 0..1 is refused");
+    let (code, body) =
+        http_request(agent.addr, "PUT", "/v1/risk", Some("{\"risk\": 1.0}")).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let lowered = wait_for(Duration::from_secs(5), || {
+        let doc = agent.json("/v1/decisions");
+        let t = doc["plan"]["nodes"][0]["threshold"].clone();
+        (t["risk"].as_f64()? > 0.0 && t["risk_factor"].as_f64()? < 1.0).then_some(t)
+    });
+    assert!(
+        lowered.is_some(),
+        "risk reaches the threshold: {}",
+        agent.json("/v1/decisions")
+    );
+
+    let out = Command::new(godwit_bin())
+        .args(["explain", "--addr", &agent.addr.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("threshold T_n") && text.contains("risk factor"),
+        "explain output:\n{text}"
+    );
+}

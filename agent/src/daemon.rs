@@ -70,7 +70,10 @@ async fn run_async(cfg: Config) -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
     let forecasts = forecast::SharedForecasts::default();
     let (tx, rx) = std::sync::mpsc::sync_channel(4);
-    let forecast_thread = match forecast::spawn(cfg.predict.clone(), rx, forecasts.clone()) {
+    let decisions = forecast::SharedDecisions::default();
+    let risk = forecast::SharedRisk::new(cfg.site.risk.0);
+    let forecast_thread =
+        match forecast::spawn(&cfg, rx, forecasts.clone(), decisions.clone(), risk.clone()) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the forecast thread");
@@ -89,8 +92,7 @@ async fn run_async(cfg: Config) -> ExitCode {
         globs: cfg.metrics.select_processes.clone(),
     };
     let router = api::router(
-        shared.clone(),
-        forecasts,
+        api::Shared { snapshot: shared.clone(), forecasts, decisions, risk },
         api::metrics::registry(shared, selection),
     );
     let shutdown = CancellationToken::new();

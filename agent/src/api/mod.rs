@@ -1,4 +1,5 @@
-//! The agent's HTTP face: `/metrics` (OpenMetrics) and the JSON API under `/v1/`. Read-only.
+//! The agent's HTTP face: `/metrics` (OpenMetrics) and the JSON API under `/v1/`. Read-only but
+//! for the operator's risk level.
 //!
 //! | path | body |
 //! | --- | --- |
@@ -8,6 +9,8 @@
 //! | `/v1/containers` | containers and leaf cgroups, by CPU descending |
 //! | `/v1/snapshot` | all of the above in one document |
 //! | `/v1/forecast` | ARMA forecasts of the node's and each container's load, with intervals |
+//! | `/v1/decisions` | this node's policy view and plan, with the numbers behind each step |
+//! | `/v1/risk` | GET or PUT `{"risk": 0.3}`: the operator's risk level of the site (0 to 1) |
 //! | `/healthz` | `ok` once the first sample exists |
 
 pub mod metrics;
@@ -25,13 +28,21 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::forecast::SharedForecasts;
+use crate::forecast::{SharedDecisions, SharedForecasts, SharedRisk};
 use crate::probe::{SharedSnapshot, Snapshot};
+
+/// What the API reads (and, for the operator's risk level, writes).
+#[derive(Clone)]
+pub struct Shared {
+    pub snapshot: SharedSnapshot,
+    pub forecasts: SharedForecasts,
+    pub decisions: SharedDecisions,
+    pub risk: SharedRisk,
+}
 
 #[derive(Clone)]
 struct AppState {
-    shared: SharedSnapshot,
-    forecasts: SharedForecasts,
+    shared: Shared,
     registry: Arc<Registry>,
 }
 
@@ -48,7 +59,7 @@ pub enum ApiError {
 }
 
 /// The router, for tests and for [`serve`].
-pub fn router(shared: SharedSnapshot, forecasts: SharedForecasts, registry: Registry) -> Router {
+pub fn router(shared: Shared, registry: Registry) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/v1/node", get(node_handler))
@@ -56,12 +67,10 @@ pub fn router(shared: SharedSnapshot, forecasts: SharedForecasts, registry: Regi
         .route("/v1/containers", get(containers_handler))
         .route("/v1/snapshot", get(snapshot_handler))
         .route("/v1/forecast", get(forecast_handler))
+        .route("/v1/decisions", get(decisions_handler))
+        .route("/v1/risk", get(risk_get_handler).put(risk_put_handler))
         .route("/healthz", get(health_handler))
-        .with_state(AppState {
-            shared,
-            forecasts,
-            registry: Arc::new(registry),
-        })
+        .with_state(AppState { shared, registry: Arc::new(registry) })
 }
 
 /// Binds `addr` (before anything else starts, so a taken port fails fast).
@@ -84,11 +93,7 @@ pub async fn serve(
 }
 
 fn latest(state: &AppState) -> Option<Arc<Snapshot>> {
-    state
-        .shared
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
+    state.shared.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 fn not_ready() -> Response {
@@ -166,14 +171,48 @@ async fn snapshot_handler(State(state): State<AppState>) -> Response {
 }
 
 async fn forecast_handler(State(state): State<AppState>) -> Response {
-    let latest = state
-        .forecasts
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let latest = state.shared.forecasts.read().unwrap_or_else(|e| e.into_inner()).clone();
     match latest {
         Some(f) => Json(&*f).into_response(),
         None => not_ready(),
+    }
+}
+
+async fn decisions_handler(State(state): State<AppState>) -> Response {
+    let latest = state.shared.decisions.read().unwrap_or_else(|e| e.into_inner()).clone();
+    match latest {
+        Some(d) => Json(&*d).into_response(),
+        None => not_ready(),
+    }
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct RiskBody {
+    risk: f64,
+}
+
+async fn risk_get_handler(State(state): State<AppState>) -> Response {
+    Json(RiskBody { risk: state.shared.risk.get() }).into_response()
+}
+
+/// Sets the operator's risk level of this node's site (0 to 1). Refused with 400 otherwise.
+async fn risk_put_handler(
+    State(state): State<AppState>,
+    body: Result<Json<RiskBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let bad = |msg: String| {
+        (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": msg }))).into_response()
+    };
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return bad(e.body_text()),
+    };
+    match state.shared.risk.set(body.risk) {
+        Ok(()) => {
+            tracing::info!(risk = body.risk, "operator risk level changed");
+            Json(body).into_response()
+        }
+        Err(e) => bad(e),
     }
 }
 

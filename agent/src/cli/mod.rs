@@ -2,6 +2,7 @@
 //!
 //! Exit codes are distinct per failure class so that systemd and scripts can tell them apart.
 
+mod explain;
 mod predict;
 mod top;
 
@@ -52,6 +53,8 @@ enum Command {
     Top(top::TopArgs),
     /// Forecasts of the node's and each container's load, with prediction intervals.
     Predict(predict::PredictArgs),
+    /// The latest decisions of this node's view, with the numbers behind them.
+    Explain(explain::ExplainArgs),
 }
 
 /// Entry point of the binary.
@@ -77,6 +80,7 @@ pub fn main() -> ExitCode {
         },
         Command::Top(args) => top::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Explain(args) => explain::run(args),
     }
 }
 

@@ -38,7 +38,11 @@ pub struct Config {
     #[serde(default)]
     pub energy: EnergyConfig,
     #[serde(default)]
+    pub site: SiteConfig,
+    #[serde(default)]
     pub predict: PredictConfig,
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
     #[serde(default)]
     pub log: LogConfig,
 }
@@ -87,6 +91,7 @@ impl Config {
                 self.energy.max_watts.0, self.energy.idle_watts.0
             ));
         }
+        self.policy.validate().map_err(|e| e.to_string())?;
         Ok(())
     }
 }
@@ -214,6 +219,41 @@ impl Default for EnergyConfig {
             max_watts: Watts(120.0),
             powercap_root: PathBuf::from("/sys/class/powercap"),
         }
+    }
+}
+
+/// The site (data centre) this node belongs to, as the policy sees it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteConfig {
+    /// Site name; nodes with the same name form a site.
+    pub name: String,
+    /// The site's power budget in watts: `e_s` = mean site power / budget. 0 means this
+    /// node's `energy.max_watts` (a one-node site).
+    pub power_budget_watts: Watts,
+    /// Security-risk level set by the operator, 0 (none) to 1 (highest). It lowers the
+    /// switching threshold; `PUT /v1/risk` changes it at run time.
+    pub risk: Ratio,
+}
+
+impl Default for SiteConfig {
+    fn default() -> Self {
+        SiteConfig { name: "default".into(), power_budget_watts: Watts(0.0), risk: Ratio(0.0) }
+    }
+}
+
+/// A number in `[0, 1]`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[serde(transparent)]
+pub struct Ratio(pub f64);
+
+impl<'de> Deserialize<'de> for Ratio {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !(0.0..=1.0).contains(&v) {
+            return Err(serde::de::Error::custom(format!("{v}: expected a number from 0 to 1")));
+        }
+        Ok(Ratio(v))
     }
 }
 

@@ -1,9 +1,18 @@
-//! Forecasts of the node's and each container's load: the sampler's snapshots go into bounded
-//! series ([`crate::series`]), a [`Forecaster`] per series (ARMA, [`crate::predict`]) refits on
-//! a cadence, and the latest forecasts with their intervals are published for the API, the
-//! policy and `godwit predict`.
+//! Forecasts of the node's and each container's load, and this node's view of the policy.
+//!
+//! The sampler's snapshots feed a [`Forecaster`] per series (ARMA, [`crate::predict`]) that
+//! refits on a cadence; the latest forecasts with their intervals are published for the API
+//! and `godwit predict`. Each sample also runs [`crate::policy::plan`] over this node's own
+//! view (its containers as the services, its site's power and the operator's risk), published
+//! for `godwit explain`: the threshold, the trigger and what would leave, with the numbers
+//! behind them. Once the mesh exists the coordinator runs the same `plan` over the whole
+//! cluster.
 //!
 //! Runs on its own thread, fed by a channel, so a refit never delays a sample.
+
+mod decide;
+
+pub use decide::{Decisions, SharedDecisions, SharedRisk};
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::Receiver;
@@ -226,20 +235,24 @@ fn unit(entity: &Entity, metric: Metric) -> &'static str {
     }
 }
 
-/// Runs the engine on its own thread until the sender side of `snapshots` is dropped.
+/// Runs forecasts and local decisions on their own thread until the sender side of
+/// `snapshots` is dropped.
 pub fn spawn(
-    cfg: PredictConfig,
+    cfg: &crate::config::Config,
     snapshots: Receiver<Arc<Snapshot>>,
-    shared: SharedForecasts,
+    forecasts: SharedForecasts,
+    decisions: SharedDecisions,
+    risk: SharedRisk,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("godwit-forecast".into())
-        .spawn(move || {
-            let mut engine = ForecastEngine::new(cfg);
-            while let Ok(snap) = snapshots.recv() {
-                engine.observe_snapshot(&snap);
-                let f = Arc::new(engine.forecasts(&snap));
-                *shared.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
-            }
-        })
+    let mut engine = ForecastEngine::new(cfg.predict.clone());
+    let mut local = decide::LocalPolicy::new(cfg, risk);
+    std::thread::Builder::new().name("godwit-forecast".into()).spawn(move || {
+        while let Ok(snap) = snapshots.recv() {
+            engine.observe_snapshot(&snap);
+            let f = Arc::new(engine.forecasts(&snap));
+            let d = Arc::new(local.decide(&snap, &f));
+            *forecasts.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
+            *decisions.write().unwrap_or_else(|e| e.into_inner()) = Some(d);
+        }
+    })
 }

@@ -55,7 +55,7 @@ pub fn bench_view(nodes: usize, services: usize, seed: u64) -> ClusterView {
             let mem = [16.0, 32.0, 64.0][rng.below(3)] * (1u64 << 30) as f64;
             let u_cpu = rng.range(0.2, 0.95);
             let u_mem = rng.range(0.2, 0.9);
-            let phase = rng.range(0.0, 6.28);
+            let phase = rng.range(0.0, std::f64::consts::TAU);
             let history: Vec<f64> = (0..HISTORY)
                 .map(|t| u_cpu + 0.1 * ((t as f64) / 6.0 + phase).sin() + rng.range(-0.02, 0.02))
                 .collect();

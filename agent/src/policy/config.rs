@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 /// A configuration that breaks a rule the parser cannot check on one field alone.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("policy.{field} must be {rule} (got {value})")]
+    #[error("policy.{field} must be a number in [{lo}, {hi}] (got {value})")]
     OutOfRange {
         field: &'static str,
-        rule: &'static str,
+        lo: f64,
+        hi: f64,
         value: f64,
     },
     #[error("policy.confirm_k ({k}) must be between 1 and policy.confirm_n ({n})")]
@@ -294,11 +295,8 @@ impl PolicyConfig {
             } else {
                 Err(PolicyError::OutOfRange {
                     field,
-                    rule: if hi.is_infinite() {
-                        "a finite number >= the lower bound"
-                    } else {
-                        "within its documented range"
-                    },
+                    lo,
+                    hi,
                     value,
                 })
             }

@@ -101,7 +101,8 @@ mod tests {
         // defaults: w_e = w_r = 0.5, cpi_ok = 0.6, E_tol = 0.9
         let cfg = PolicyConfig::default();
         // (power, budget, risk, e_s, r_s, cpi, state)
-        let rows: &[(&[f64], f64, &[f64], f64, f64, f64, SiteState)] = &[
+        type Row<'a> = (&'a [f64], f64, &'a [f64], f64, f64, f64, SiteState);
+        let rows: &[Row<'_>] = &[
             (
                 &[400.0, 600.0],
                 1000.0,

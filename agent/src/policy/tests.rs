@@ -290,19 +290,19 @@ proptest! {
             let n = by_id[f.to.as_str()];
             prop_assert!(n.alive && !n.fenced, "failover onto {}", f.to);
             let a = added.entry(f.to.as_str()).or_insert_with(|| vec![0.0; 2]);
-            for r in 0..2 { a[r] += f.demand[r]; }
+            for (x, d) in a.iter_mut().zip(&f.demand) { *x += d; }
         }
         for m in &p.migrations {
             let n = by_id[m.to.as_str()];
             prop_assert!(n.alive && !n.fenced && m.to != m.from);
             let a = added.entry(m.to.as_str()).or_insert_with(|| vec![0.0; 2]);
-            for r in 0..2 { a[r] += m.placement.moved[r]; }
+            for (x, d) in a.iter_mut().zip(&m.placement.moved) { *x += d; }
         }
         for (id, a) in &added {
             let n = by_id[id];
-            for r in 0..2 {
-                if a[r] > 0.0 {
-                    let total = report[id].projected_load[r] + a[r];
+            for (r, x) in a.iter().enumerate() {
+                if *x > 0.0 {
+                    let total = report[id].projected_load[r] + x;
                     prop_assert!(total <= n.capacity[r] * (1.0 - cfg.headroom) + 1e-6,
                         "{} resource {} at {} of {}", id, r, total, n.capacity[r]);
                 }

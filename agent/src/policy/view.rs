@@ -121,7 +121,7 @@ pub(crate) fn mean_tail(xs: &[f64], window: usize) -> Option<f64> {
 pub(crate) fn max_util(util: &[f64], capacity: &[f64]) -> Option<f64> {
     let mut best: Option<f64> = None;
     for (r, u) in util.iter().enumerate() {
-        if !u.is_finite() || !(finite(capacity.get(r)).unwrap_or(0.0) > 0.0) {
+        if !u.is_finite() || finite(capacity.get(r)).is_none_or(|c| c <= 0.0) {
             continue;
         }
         best = Some(best.map_or(*u, |b: f64| b.max(*u)));

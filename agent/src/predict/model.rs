@@ -245,7 +245,7 @@ pub(crate) fn information_criteria(sigma2: f64, n: usize, k: usize) -> (f64, f64
 /// Fits an ARIMA(p, d, q) model to `x`, choosing `d` by `opts.differencing` and `(p, q)` in
 /// `0..=max_p × 0..=max_q` by `opts.criterion`.
 ///
-/// `x` must be finite and evenly spaced (see [`super::preprocess`] for raw data); it is first
+/// `x` must be finite and evenly spaced (see [`preprocess`](super::preprocess()) for raw data); it is first
 /// clipped by the Hampel filter of `opts`. AR(p) candidates start from Burg's estimate, the
 /// others from Hannan-Rissanen; all are refined by conditional least squares when
 /// `opts.refine`. All candidates condition on the same first `max_p` values, so their criteria

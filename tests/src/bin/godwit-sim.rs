@@ -1,7 +1,7 @@
 //! `godwit-sim`: the cluster simulator's front end.
 //!
 //! ```text
-//! godwit-sim compare [--traces DIR] [--nodes N] [--services M] [--steps S] [--seed K] [--failures F] [--util U]
+//! godwit-sim compare [--traces DIR] [--nodes N] [--services M] [--steps S] [--seed K] [--failures F] [--util U] [--policy JSON]
 //! godwit-sim record --addr 127.0.0.1:PORT --seconds N --out FILE [--match SUBSTRING]
 //! ```
 //!
@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use godwit_tests::sim::compare::{compare, markdown};
+use godwit_tests::sim::godwit::Godwit;
 use godwit_tests::sim::scenario::{self, GenParams};
 use godwit_tests::sim::{policies, trace};
 
 const USAGE: &str = "usage:
   godwit-sim compare [--traces DIR] [--nodes N] [--services M] [--steps S] [--seed K] [--failures F] [--util U]
+                     [--policy JSON]
   godwit-sim record --addr HOST:PORT --seconds N --out FILE [--match SUBSTRING]";
 
 fn main() -> ExitCode {
@@ -94,7 +96,9 @@ impl Flags {
 }
 
 fn cmd_compare(f: &Flags) -> Result<()> {
-    f.check(&["traces", "nodes", "services", "steps", "seed", "failures", "util"])?;
+    f.check(&[
+        "traces", "nodes", "services", "steps", "seed", "failures", "util", "policy",
+    ])?;
     let d = GenParams::default();
     let p = GenParams {
         nodes: f.num("nodes", d.nodes)?,
@@ -112,7 +116,22 @@ fn cmd_compare(f: &Flags) -> Result<()> {
         None => Vec::new(),
     };
     let sc = scenario::generate(&recorded, &p);
-    let mut pols = policies();
+    let mut pols = policies(&sc);
+    if let Some(json) = f.get("policy") {
+        let mut g = Godwit::new(&sc);
+        let mut cfg = serde_json::to_value(&g.cfg)?;
+        let patch: serde_json::Value = serde_json::from_str(json).context("--policy")?;
+        let patch = patch
+            .as_object()
+            .ok_or_else(|| anyhow!("--policy must be a JSON object of [policy] keys"))?;
+        for (k, v) in patch {
+            cfg[k] = v.clone();
+        }
+        g.cfg = serde_json::from_value(cfg).context("--policy")?;
+        g.cfg.validate().map_err(|e| anyhow!("--policy: {e}"))?;
+        *pols.last_mut().expect("godwit is last") = Box::new(g);
+        println!("godwit policy overrides: {json}\n");
+    }
     let started = Instant::now();
     let outcomes = compare(&sc, &mut pols).map_err(|e| anyhow!("bad scenario: {e}"))?;
     println!(

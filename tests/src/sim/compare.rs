@@ -11,6 +11,8 @@ use super::scenario::Scenario;
 pub struct Outcome {
     pub policy: String,
     pub report: Report,
+    /// The policy's own notes on its decisions.
+    pub notes: Option<String>,
 }
 
 /// Runs every policy on the same scenario.
@@ -18,9 +20,11 @@ pub fn compare(sc: &Scenario, policies: &mut [Box<dyn SimPolicy>]) -> Result<Vec
     policies
         .iter_mut()
         .map(|p| {
+            let report = engine::run(sc, p.as_mut())?;
             Ok(Outcome {
                 policy: p.name().to_owned(),
-                report: engine::run(sc, p.as_mut())?,
+                report,
+                notes: p.notes(),
             })
         })
         .collect()
@@ -65,6 +69,11 @@ pub fn markdown(outcomes: &[Outcome], num: &str, den: &str) -> String {
             "\n{num}/{den} overload-seconds: {ratio} ({x:.0} / {y:.0}); migrations {} vs {}",
             a.report.migrations, b.report.migrations
         );
+    }
+    for o in outcomes {
+        if let Some(n) = &o.notes {
+            let _ = writeln!(s, "\n{}: {n}", o.policy);
+        }
     }
     s
 }

@@ -60,7 +60,9 @@ pub enum ServiceState {
         up_at: usize,
     },
     /// Its node (`from`) failed and no policy has placed it yet.
-    Down { from: usize },
+    Down {
+        from: usize,
+    },
 }
 
 /// The figures of one run.
@@ -109,7 +111,11 @@ pub fn plan_transfer(
     let t_down = net.downtime_target_seconds;
     let q = dirty / b;
     let stop_and_copy = state / b + rtt;
-    let floor = if q < 1.0 { dirty * rtt / (1.0 - q) } else { f64::INFINITY };
+    let floor = if q < 1.0 {
+        dirty * rtt / (1.0 - q)
+    } else {
+        f64::INFINITY
+    };
     let can_iterate = q < 1.0 && floor < b * (t_down - rtt);
     let iterate = match mode {
         SwitchMode::Auto => can_iterate && stop_and_copy > t_down,
@@ -327,7 +333,14 @@ impl<'a> Sim<'a> {
                 } else {
                     spec.image_bytes
                 };
-                let plan = plan_transfer(&sc.network, sc.bandwidth(from, to), d.mem, d.dirty, image, mode);
+                let plan = plan_transfer(
+                    &sc.network,
+                    sc.bandwidth(from, to),
+                    d.mem,
+                    d.dirty,
+                    image,
+                    mode,
+                );
                 self.state[service] = ServiceState::Migrating {
                     from,
                     to,
@@ -367,7 +380,8 @@ impl<'a> Sim<'a> {
                 let Some(spec) = sc.services.iter().find(|s| s.image == image) else {
                     return false;
                 };
-                let ready = self.now + self.steps_for(spec.image_bytes / sc.network.inter_site_bytes_per_second);
+                let ready = self.now
+                    + self.steps_for(spec.image_bytes / sc.network.inter_site_bytes_per_second);
                 self.staging.push((to, image, ready));
                 self.report.prestaged += 1;
                 true
@@ -466,7 +480,10 @@ impl<'a> Sim<'a> {
     /// Whether the node holds the image or is receiving it.
     pub fn has_image(&self, node: usize, image: u32) -> bool {
         self.images[node].contains(&image)
-            || self.staging.iter().any(|&(n, i, _)| n == node && i == image)
+            || self
+                .staging
+                .iter()
+                .any(|&(n, i, _)| n == node && i == image)
     }
 
     /// Site power, watts, oldest first.

@@ -35,6 +35,10 @@ pub struct Godwit {
     triggers: BTreeMap<String, TriggerState>,
     /// Forecasts that failed (before the first fit, or a model error): persistence was used.
     pub forecast_fallbacks: u64,
+    /// Node triggers that fired, by reason.
+    pub fired: BTreeMap<String, u64>,
+    /// Services the plans could not place, by stage and reason.
+    pub unplaced: BTreeMap<String, u64>,
 }
 
 impl Godwit {
@@ -57,6 +61,8 @@ impl Godwit {
             forecasters: Vec::new(),
             triggers: BTreeMap::new(),
             forecast_fallbacks: 0,
+            fired: BTreeMap::new(),
+            unplaced: BTreeMap::new(),
         }
     }
 
@@ -95,12 +101,30 @@ fn parse_index(id: &str, prefix: &str) -> Option<usize> {
 }
 
 fn tail<T: Copy, U>(xs: &[T], n: usize, f: impl Fn(T) -> U) -> Vec<U> {
-    xs[xs.len().saturating_sub(n)..].iter().map(|x| f(*x)).collect()
+    xs[xs.len().saturating_sub(n)..]
+        .iter()
+        .map(|x| f(*x))
+        .collect()
 }
 
 impl SimPolicy for Godwit {
     fn name(&self) -> &str {
         "godwit"
+    }
+
+    fn notes(&self) -> Option<String> {
+        let list = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, v)| format!("{k} ×{v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        Some(format!(
+            "triggers fired: {}; not placed (node-samples): {}; forecasts unavailable: {}",
+            list(&self.fired),
+            list(&self.unplaced),
+            self.forecast_fallbacks
+        ))
     }
 
     fn decide(&mut self, sim: &Sim<'_>) -> Vec<Action> {
@@ -138,7 +162,11 @@ impl SimPolicy for Godwit {
             .enumerate()
             .map(|(i, site)| SiteView {
                 id: site.name.clone(),
-                power_w: tail(sim.site_power_history(i), 2 * sc.energy_window.max(1), |p| p),
+                power_w: tail(
+                    sim.site_power_history(i),
+                    2 * sc.energy_window.max(1),
+                    |p| p,
+                ),
                 power_budget_w: site.power_budget_watts,
                 risk: vec![site.risk],
             })
@@ -211,6 +239,17 @@ impl SimPolicy for Godwit {
         };
 
         let p = plan(&view, &self.cfg, sim.now() as u64);
+        for n in &p.nodes {
+            if let Some(t) = n.trigger.as_ref().filter(|t| t.fired) {
+                *self.fired.entry(format!("{:?}", t.reason)).or_default() += 1;
+            }
+        }
+        for u in &p.unplaced {
+            *self
+                .unplaced
+                .entry(format!("{:?}: {}", u.stage, u.reason))
+                .or_default() += 1;
+        }
         self.triggers = p.triggers;
         let mut actions = Vec::new();
         for f in &p.failover {
@@ -236,7 +275,10 @@ impl SimPolicy for Godwit {
                 c.image.strip_prefix("img").and_then(|i| i.parse().ok()),
                 parse_index(&c.to, "n"),
             ) {
-                actions.push(Action::PreStage { image, to });
+                // The view lists held images only; skip copies already under way.
+                if to < sc.nodes.len() && !sim.has_image(to, image) {
+                    actions.push(Action::PreStage { image, to });
+                }
             }
         }
         actions

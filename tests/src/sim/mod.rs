@@ -13,10 +13,12 @@
 //! | `scenario` | what a run simulates, and the seeded comparison scenario |
 //! | `engine` | the step loop, transfers and the report |
 //! | `policy` | the `SimPolicy` trait, `NoAction`, `ReactiveStatic` |
+//! | `godwit` | the `Godwit` policy: `godwit::policy::plan` fed with `godwit::predict` forecasts |
 //! | `compare` | several policies on one scenario, as a markdown table |
 
 pub mod compare;
 pub mod engine;
+pub mod godwit;
 pub mod policy;
 pub mod rng;
 pub mod scenario;
@@ -26,10 +28,11 @@ pub mod trace;
 #[cfg(test)]
 mod tests;
 
-/// The policies `godwit-sim compare` runs, in table order.
-pub fn policies() -> Vec<Box<dyn policy::SimPolicy>> {
+/// The policies `godwit-sim compare` runs on `sc`, in table order.
+pub fn policies(sc: &scenario::Scenario) -> Vec<Box<dyn policy::SimPolicy>> {
     vec![
         Box::new(policy::NoAction),
         Box::new(policy::ReactiveStatic::new(0.8)),
+        Box::new(godwit::Godwit::new(sc)),
     ]
 }

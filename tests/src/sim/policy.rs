@@ -9,6 +9,10 @@ pub trait SimPolicy {
     fn name(&self) -> &str;
     /// What to do now. Invalid actions are refused by the engine and counted.
     fn decide(&mut self, sim: &Sim<'_>) -> Vec<Action>;
+    /// A line about the policy's own decisions after a run (e.g. why it did not act), if any.
+    fn notes(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Never moves anything, never restarts anything.

@@ -38,7 +38,7 @@ pub struct ServiceSpec {
     pub trace: usize,
     /// The service's step `t` reads the trace at `t + offset` (the trace repeats).
     pub offset: usize,
-    /// Multiplies CPU, memory and dirty rate of the trace.
+    /// Multiplies the CPU and the dirty rate of the trace (memory stays as traced).
     pub scale: f64,
     pub image: u32,
     pub image_bytes: f64,
@@ -109,7 +109,7 @@ impl Scenario {
         let d = self.traces[spec.trace].at(t + spec.offset);
         Demand {
             cpu: d.cpu * spec.scale,
-            mem: d.mem * spec.scale,
+            mem: d.mem,
             dirty: d.dirty * spec.scale,
         }
     }
@@ -232,7 +232,10 @@ pub fn generate(recorded: &[Trace], p: &GenParams) -> Scenario {
             (t, offset)
         } else {
             let shape = Shape::ALL[i % Shape::ALL.len()];
-            (synth::generate(shape, p.seed.wrapping_mul(1000) + i as u64, p.steps), 0)
+            (
+                synth::generate(shape, p.seed.wrapping_mul(1000) + i as u64, p.steps),
+                0,
+            )
         };
         let scale = (target_mean / trace.mean_cpu().max(1e-3)).clamp(0.05, 20.0);
         services.push(ServiceSpec {

@@ -143,7 +143,10 @@ mod tests {
             assert_eq!(a, generate(shape, 3, 2000), "{shape:?}");
             assert_ne!(a.steps, generate(shape, 4, 2000).steps, "{shape:?}");
             assert_eq!(a.len(), 2000);
-            assert!(a.steps.iter().all(|d| d.cpu > 0.0 && d.mem > 0.0 && d.dirty >= 0.0));
+            assert!(a
+                .steps
+                .iter()
+                .all(|d| d.cpu > 0.0 && d.mem > 0.0 && d.dirty >= 0.0));
             let m = a.mean_cpu();
             assert!((0.3..2.0).contains(&m), "{shape:?} mean {m}");
         }

@@ -3,7 +3,9 @@
 use super::compare::compare;
 use super::engine::{plan_transfer, run, Action, Sim, SwitchMode};
 use super::policy::{NoAction, ReactiveStatic, SimPolicy};
-use super::scenario::{self, Failure, GenParams, Network, NodeSpec, Scenario, ServiceSpec, SiteSpec};
+use super::scenario::{
+    self, Failure, GenParams, Network, NodeSpec, Scenario, ServiceSpec, SiteSpec,
+};
 use super::trace::{Demand, Trace};
 
 /// One site; nodes of 1 core, lots of memory, 0-100 W; services on the given CPU traces, with
@@ -237,7 +239,14 @@ fn reactive_respects_capacity_and_cools_down() {
     // A node that stays hot after a move waits for its cool-down before moving again.
     let sc = tiny(
         4,
-        &[(&[0.5], 0), (&[0.45], 0), (&[0.4], 0), (&[0.0], 1), (&[0.0], 2), (&[0.0], 3)],
+        &[
+            (&[0.5], 0),
+            (&[0.45], 0),
+            (&[0.4], 0),
+            (&[0.0], 1),
+            (&[0.0], 2),
+            (&[0.0], 3),
+        ],
         40,
     );
     let mut p = Recording::new(ReactiveStatic::new(0.8));
@@ -281,9 +290,21 @@ fn engine_refuses_invalid_actions() {
     let mut sc = tiny(2, &[(&[0.1], 0)], 3);
     sc.failures = vec![Failure { step: 0, node: 1 }];
     let bad = [
-        Action::Migrate { service: 0, to: 0, mode: SwitchMode::Auto },
-        Action::Migrate { service: 0, to: 1, mode: SwitchMode::Auto },
-        Action::Migrate { service: 9, to: 0, mode: SwitchMode::Auto },
+        Action::Migrate {
+            service: 0,
+            to: 0,
+            mode: SwitchMode::Auto,
+        },
+        Action::Migrate {
+            service: 0,
+            to: 1,
+            mode: SwitchMode::Auto,
+        },
+        Action::Migrate {
+            service: 9,
+            to: 0,
+            mode: SwitchMode::Auto,
+        },
         Action::Place { service: 0, to: 0 },
         Action::PreStage { image: 0, to: 0 },
         Action::PreStage { image: 77, to: 1 },
@@ -312,7 +333,10 @@ fn same_seed_same_report() {
     let a = run_all(&p);
     assert_eq!(a, run_all(&p));
     assert!(a[1].report.migrations > 0, "{a:?}");
-    let other = run_all(&GenParams { seed: 4, ..p.clone() });
+    let other = run_all(&GenParams {
+        seed: 4,
+        ..p.clone()
+    });
     assert_ne!(a, other);
 }
 
@@ -323,4 +347,17 @@ fn generated_scenario_is_valid_and_failure_leaves_state_consistent() {
     assert_eq!(sc.failures.len(), 1);
     let r = run(&sc, &mut ReactiveStatic::new(0.8)).unwrap();
     assert!(r.restarts > 0);
+}
+
+#[test]
+fn godwit_places_the_services_of_a_failed_node() {
+    let mut sc = tiny(3, &[(&[0.5], 0), (&[0.3], 0), (&[0.2], 1), (&[0.2], 2)], 40);
+    sc.failures = vec![Failure { step: 25, node: 0 }];
+    let mut p = Recording::new(super::godwit::Godwit::new(&sc));
+    let r = run(&sc, &mut p).unwrap();
+    assert_eq!(r.restarts, 2, "{:?}", p.actions);
+    assert_eq!(r.unplaceable, 0);
+    assert_eq!(r.rejected, 0);
+    assert_eq!(r.overload_seconds, 0.0);
+    assert!(p.actions.iter().any(|(t, a)| *t == 25 && matches!(a, Action::Place { .. })));
 }

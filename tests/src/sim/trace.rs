@@ -115,9 +115,12 @@ pub fn parse_csv(text: &str, file: &str) -> Result<Vec<Trace>, TraceError> {
                 format!("expected 5 comma-separated fields, found {}", fields.len()),
             ));
         }
-        let step: u64 = fields[0]
-            .parse()
-            .map_err(|_| err(lineno, format!("step {:?} is not a whole number", fields[0])))?;
+        let step: u64 = fields[0].parse().map_err(|_| {
+            err(
+                lineno,
+                format!("step {:?} is not a whole number", fields[0]),
+            )
+        })?;
         let entity = fields[1];
         if entity.is_empty() {
             return Err(err(lineno, "empty entity".into()));
@@ -147,7 +150,10 @@ pub fn parse_csv(text: &str, file: &str) -> Result<Vec<Trace>, TraceError> {
         if step <= e.2 {
             return Err(err(
                 lineno,
-                format!("step {step} of {entity:?} is not after its previous step {}", e.2),
+                format!(
+                    "step {step} of {entity:?} is not after its previous step {}",
+                    e.2
+                ),
             ));
         }
         if step - e.1 >= MAX_STEPS {
@@ -206,7 +212,11 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Trace>, TraceError> {
     let mut out = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).map_err(|e| io_err(&f, e))?;
-        let stem = f.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let stem = f
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         for mut t in parse_csv(&text, &f.display().to_string())? {
             t.name = format!("{stem}/{}", t.name);
             out.push(t);
@@ -262,7 +272,11 @@ mod tests {
             (&format!("{HEADER}\n0,a,1,zz,3\n"), 2, "not a number"),
             (&format!("{HEADER}\n1,a,1,2,3\n1,a,1,2,3\n"), 3, "not after"),
             (&format!("{HEADER}\n0,,1,2,3\n"), 2, "empty entity"),
-            (&format!("{HEADER}\n0,a,1,2,3\n99999999,a,1,2,3\n"), 3, "spans"),
+            (
+                &format!("{HEADER}\n0,a,1,2,3\n99999999,a,1,2,3\n"),
+                3,
+                "spans",
+            ),
         ];
         for (text, line, needle) in cases {
             let e = parse_csv(text, "t.csv").unwrap_err();

@@ -1,0 +1,149 @@
+//! `godwit explain`: the latest decisions of this node's view, with the numbers behind them —
+//! why the threshold is what it is, whether the trigger fired and why, which services would
+//! leave and why, and where they would go.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+use super::exit;
+use crate::config::DEFAULT_API_PORT;
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// Address of a running agent's API.
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
+    addr: SocketAddr,
+    /// Print the agent's JSON document (the view that went in and the plan that came out).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: ExplainArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("godwit explain: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match rt.block_on(super::top::fetch_json(args.addr, "/v1/decisions")) {
+        Ok(doc) if args.json => {
+            println!("{doc}");
+            ExitCode::SUCCESS
+        }
+        Ok(doc) => {
+            print!("{}", render(&doc));
+            ExitCode::SUCCESS
+        }
+        Err((code, msg)) => {
+            eprintln!("godwit explain: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn num(v: &Value) -> String {
+    v.as_f64().map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into())
+}
+
+fn pct(v: &Value) -> String {
+    v.as_f64().map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "-".into())
+}
+
+/// Renders the latest plan, then the last one in which a trigger fired, as sentences with
+/// their numbers.
+pub fn render(doc: &Value) -> String {
+    let mut out = String::from("== latest sample ==\n");
+    render_plan(&doc["plan"], &mut out);
+    if let Some(t) = doc["last_trigger"].as_object() {
+        let age = doc["taken_at_unix_ms"].as_f64().unwrap_or(0.0)
+            - t["taken_at_unix_ms"].as_f64().unwrap_or(0.0);
+        let _ = writeln!(out, "\n== last trigger, {:.1} s ago ==", age / 1000.0);
+        render_plan(&t["plan"], &mut out);
+    }
+    out
+}
+
+fn render_plan(plan: &Value, out: &mut String) {
+    for s in plan["sites"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "site {}: {} state; CPI = w_e*e_s + w_r*r_s = {} (e_s = mean power {} W / budget {} W = {}, r_s = {})",
+            s["site"].as_str().unwrap_or("?"),
+            s["state"].as_str().unwrap_or("?"),
+            num(&s["cpi"]),
+            num(&s["mean_power_w"]),
+            num(&s["power_budget_w"]),
+            num(&s["energy_ratio"]),
+            num(&s["risk"]),
+        );
+    }
+    for n in plan["nodes"].as_array().into_iter().flatten() {
+        let t = &n["threshold"];
+        let _ = writeln!(out, "\nnode {} ({}):", n["node"].as_str().unwrap_or("?"), n["status"].as_str().unwrap_or("?"));
+        let _ = writeln!(
+            out,
+            "  threshold T_n = {}: T_base {} x energy factor {} x risk factor {}{}",
+            pct(&t["threshold"]),
+            pct(&t["base"]),
+            num(&t["energy_factor"]),
+            num(&t["risk_factor"]),
+            if t["clamped"].as_bool() == Some(true) { " (clamped to [T_min, T_base])" } else { "" },
+        );
+        if let Some(tr) = n["trigger"].as_object() {
+            let _ = writeln!(
+                out,
+                "  trigger: {} ({}): u_max now {}, forecast {}; {} of the last {} samples at or above T_n (k = {})",
+                if tr["fired"].as_bool() == Some(true) { "FIRED" } else { "not fired" },
+                tr["reason"].as_str().unwrap_or("?"),
+                pct(&tr["u_max"]),
+                pct(&tr["u_max_forecast"]),
+                tr["above_in_window"],
+                tr["n"],
+                tr["k"],
+            );
+        }
+        if let Some(sel) = n["selection"].as_object() {
+            let _ = writeln!(
+                out,
+                "  leaving to bring u_max from {} under T_n - margin = {}: {} ({})",
+                pct(&sel["projected_u_max"]),
+                pct(&sel["target_util"]),
+                sel["selected"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+                if sel["reaches_target"].as_bool() == Some(true) { "reaches it" } else { "does not reach it" },
+            );
+            for c in sel["candidates"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "    {:<40} rho {:>7}  LE {:>7}{}",
+                    c["service"].as_str().unwrap_or("?"),
+                    num(&c["rho"]),
+                    num(&c["le"]),
+                    if c["eligible"].as_bool() == Some(false) { "  (not eligible)" } else { "" },
+                );
+            }
+        }
+    }
+    let migrations = plan["migrations"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(out, "\nmigrations planned: {}", migrations.len());
+    for m in &migrations {
+        let _ = writeln!(
+            out,
+            "  {} {} -> {} ({}{})",
+            m["service"].as_str().unwrap_or("?"),
+            m["from"].as_str().unwrap_or("?"),
+            m["to"].as_str().unwrap_or("?"),
+            m["mode"].as_str().unwrap_or("?"),
+            if m["sends_image"].as_bool() == Some(true) { ", with image" } else { "" },
+        );
+    }
+    for u in plan["unplaced"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  cannot place: {u}");
+    }
+    for w in plan["warnings"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "warning: {}", w.as_str().unwrap_or(""));
+    }
+}

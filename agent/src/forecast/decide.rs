@@ -1,0 +1,175 @@
+//! This node's own view of the policy: the node, its site and its containers as a
+//! [`ClusterView`] of one node, run through [`policy::plan`] every sample.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use super::{Entity, Forecasts, Metric};
+use crate::config::Config;
+use crate::policy::{self, ClusterView, NodeView, Plan, PolicyConfig, ServiceView, SiteView};
+use crate::probe::Snapshot;
+use crate::series::{Series, SeriesSet};
+
+/// The operator's risk level for this node's site, in `[0, 1]`, as `f64` bits; set from config
+/// and changed at run time through the API.
+#[derive(Debug, Clone)]
+pub struct SharedRisk(Arc<AtomicU64>);
+
+impl SharedRisk {
+    pub fn new(risk: f64) -> SharedRisk {
+        SharedRisk(Arc::new(AtomicU64::new(risk.to_bits())))
+    }
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+    /// Sets the risk; refuses values outside `[0, 1]`.
+    pub fn set(&self, risk: f64) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&risk) {
+            return Err(format!("risk {risk} is outside 0 to 1"));
+        }
+        self.0.store(risk.to_bits(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The latest local decisions: the view that went in and the plan that came out, and the
+/// last plan in which a trigger fired (a trigger fires once, then cools down: this keeps what
+/// it decided visible).
+#[derive(Debug, Clone, Serialize)]
+pub struct Decisions {
+    pub taken_at_unix_ms: u64,
+    pub view: ClusterView,
+    pub plan: Plan,
+    pub last_trigger: Option<Arc<TriggeredPlan>>,
+}
+
+/// A plan in which at least one node's trigger fired.
+#[derive(Debug, Clone, Serialize)]
+pub struct TriggeredPlan {
+    pub taken_at_unix_ms: u64,
+    pub plan: Plan,
+}
+
+pub type SharedDecisions = Arc<RwLock<Option<Arc<Decisions>>>>;
+
+const RESOURCES: [&str; 2] = ["cpu", "memory"];
+
+/// Keeps what `plan` needs across samples: histories and the trigger state.
+pub(super) struct LocalPolicy {
+    cfg: PolicyConfig,
+    node: String,
+    site: String,
+    budget_w: f64,
+    risk: SharedRisk,
+    power: Series,
+    risk_history: Series,
+    node_load: Series,
+    services: SeriesSet<String>,
+    triggers: BTreeMap<String, policy::TriggerState>,
+    last_trigger: Option<Arc<TriggeredPlan>>,
+    index: u64,
+}
+
+impl LocalPolicy {
+    pub(super) fn new(cfg: &Config, risk: SharedRisk) -> LocalPolicy {
+        let window = cfg.policy.corr_window.max(cfg.policy.site_window).max(2);
+        let budget_w = if cfg.site.power_budget_watts.0 > 0.0 {
+            cfg.site.power_budget_watts.0
+        } else {
+            cfg.energy.max_watts.0
+        };
+        LocalPolicy {
+            cfg: cfg.policy.clone(),
+            node: cfg.node.name.clone().unwrap_or_default(),
+            site: cfg.site.name.clone(),
+            budget_w,
+            risk,
+            power: Series::new(window),
+            risk_history: Series::new(window),
+            node_load: Series::new(window),
+            services: SeriesSet::new(window),
+            triggers: BTreeMap::new(),
+            last_trigger: None,
+            index: 0,
+        }
+    }
+
+    /// Builds this node's view from a snapshot and its forecasts, and plans.
+    pub(super) fn decide(&mut self, snap: &Snapshot, forecasts: &Forecasts) -> Decisions {
+        self.index += 1;
+        let i = self.index;
+        let n = &snap.node;
+        let node_id = if self.node.is_empty() { n.hostname.clone() } else { self.node.clone() };
+        self.power.push(i, n.power_watts);
+        self.risk_history.push(i, self.risk.get());
+        let cpu_capacity = f64::from(n.cpus.max(1));
+        let mem_capacity = n.memory_total_bytes as f64;
+        self.node_load.push(i, n.cpu_utilization * cpu_capacity);
+        for c in &snap.containers {
+            self.services.push(c.cgroup_path.clone(), i, c.cpu_cores);
+        }
+        self.services.retain_recent(i, 0);
+
+        let at_horizon = |entity: &Entity, metric: Metric| {
+            forecasts.get(entity, metric).and_then(|s| s.points.last()).map(|p| p.mean)
+        };
+        let util_forecast = vec![
+            at_horizon(&Entity::Node, Metric::Cpu).unwrap_or(n.cpu_utilization),
+            at_horizon(&Entity::Node, Metric::Memory).unwrap_or(n.memory_utilization),
+        ];
+        let history = |s: &Series| s.values().into_iter().map(|v| v.unwrap_or(f64::NAN)).collect();
+        let services = snap
+            .containers
+            .iter()
+            .map(|c| ServiceView {
+                id: c.cgroup_path.clone(),
+                node: node_id.clone(),
+                demand: vec![c.cpu_cores, c.memory_bytes.map_or(0.0, |b| b as f64)],
+                load_history: self.services.get(&c.cgroup_path).map(history).unwrap_or_default(),
+                image: String::new(),
+                dirty_bytes_per_s: c.dirty_bytes_per_second,
+                ..ServiceView::default()
+            })
+            .collect();
+        let view = ClusterView {
+            resources: RESOURCES.iter().map(|r| r.to_string()).collect(),
+            sites: vec![SiteView {
+                id: self.site.clone(),
+                power_w: history(&self.power),
+                power_budget_w: self.budget_w,
+                risk: history(&self.risk_history),
+            }],
+            nodes: vec![NodeView {
+                id: node_id,
+                site: self.site.clone(),
+                alive: true,
+                fenced: false,
+                capacity: vec![cpu_capacity, mem_capacity],
+                util_now: vec![n.cpu_utilization, n.memory_utilization],
+                util_forecast,
+                load_history: history(&self.node_load),
+                ..NodeView::default()
+            }],
+            services,
+            triggers: std::mem::take(&mut self.triggers),
+        };
+        let plan = policy::plan(&view, &self.cfg, i);
+        self.triggers = plan.triggers.clone();
+        let fired = plan.nodes.iter().any(|n| n.trigger.as_ref().is_some_and(|t| t.fired));
+        if fired {
+            self.last_trigger = Some(Arc::new(TriggeredPlan {
+                taken_at_unix_ms: snap.taken_at_unix_ms,
+                plan: plan.clone(),
+            }));
+        }
+        Decisions {
+            taken_at_unix_ms: snap.taken_at_unix_ms,
+            view,
+            plan,
+            last_trigger: self.last_trigger.clone(),
+        }
+    }
+}

@@ -676,6 +676,7 @@ fn render(f: &Figures, m: &Machine, cmdline: &str, date: &str) -> String {
 
 /// `doc` with the text between the bench:probe markers replaced by `body`; the markers are
 /// appended at the end when absent (or out of order).
+#[cfg(test)]
 fn replace_section(doc: &str, body: &str) -> String {
     replace_between(doc, SECTION_START, SECTION_END, body)
 }

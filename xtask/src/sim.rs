@@ -40,7 +40,16 @@ pub fn sim(a: &SimArgs) -> Result<()> {
     packages::ensure(packages::BUILD)?;
     step("cargo run --release -p godwit-tests --bin godwit-sim");
     let out = cargo()
-        .args(["run", "--release", "-q", "-p", "godwit-tests", "--bin", "godwit-sim", "--"])
+        .args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "godwit-tests",
+            "--bin",
+            "godwit-sim",
+            "--",
+        ])
         .args(&args)
         .stderr(Stdio::inherit())
         .output()

@@ -16,7 +16,6 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use godwit::predict::testdata::{self, Rng};
@@ -171,11 +170,6 @@ fn evaluate(x: &[f64]) -> Scores {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn time_fits() -> (Duration, Duration, String) {
     let x: Vec<f64> = testdata::arma(&[0.7, -0.2], &[0.4, 0.2], FIT_WINDOW, 1.0, 400)
         .iter()
@@ -199,28 +193,18 @@ fn time_fits() -> (Duration, Duration, String) {
         let _ = black_box(fit(black_box(&x), &opts));
         auto.push(s.elapsed());
     }
-    (median(t22), median(auto), model)
-}
-
-fn machine() -> String {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    format!("Linux {}, {cpus} CPUs, {cpu}", kernel.trim())
+    (
+        godwit_tests::bench::median(t22),
+        godwit_tests::bench::median(auto),
+        model,
+    )
 }
 
 fn report() -> String {
     let mut md = String::new();
     md.push_str("### Forecast accuracy and cost\n\n");
     md.push_str("`cargo run --release -p godwit-tests --bin godwit-bench-predict -- --write`, on ");
-    md.push_str(&machine());
+    md.push_str(&godwit_tests::bench::machine());
     md.push_str(".\n\n");
     md.push_str(&format!(
         "Rolling origin over the last 30% of {N}-sample traces; ARMA = `Forecaster` (window {FIT_WINDOW}, \
@@ -292,26 +276,12 @@ fn report() -> String {
     md
 }
 
-fn write_section(md: &str) -> std::io::Result<PathBuf> {
-    const START: &str = "<!-- bench:predict:start -->";
-    const END: &str = "<!-- bench:predict:end -->";
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/BENCHMARKS.md");
-    let doc = std::fs::read_to_string(&path)?;
-    let block = format!("{START}\n{md}{END}");
-    let new = match (doc.find(START), doc.find(END)) {
-        (Some(s), Some(e)) if e > s => format!("{}{block}{}", &doc[..s], &doc[e + END.len()..]),
-        _ => format!("{}\n\n## Forecasts (predict)\n\n{block}\n", doc.trim_end()),
-    };
-    std::fs::write(&path, new)?;
-    Ok(path)
-}
-
 fn main() {
     let write = std::env::args().any(|a| a == "--write");
     let md = report();
     print!("{md}");
     if write {
-        match write_section(&md) {
+        match godwit_tests::bench::write_section("predict", "Forecasts (predict)", &md) {
             Ok(p) => eprintln!("wrote {}", p.display()),
             Err(e) => {
                 eprintln!("godwit-bench-predict: cannot write docs/BENCHMARKS.md: {e}");

@@ -60,9 +60,7 @@ impl Flags {
             let name = a
                 .strip_prefix("--")
                 .ok_or_else(|| anyhow!("unexpected argument {a:?}\n{USAGE}"))?;
-            let value = it
-                .next()
-                .ok_or_else(|| anyhow!("--{name} needs a value"))?;
+            let value = it.next().ok_or_else(|| anyhow!("--{name} needs a value"))?;
             out.push((name.to_owned(), value.clone()));
         }
         Ok(Flags(out))
@@ -177,8 +175,8 @@ fn cmd_record(f: &Flags) -> Result<()> {
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let (code, body) =
-            godwit_tests::http_get(addr, "/v1/containers").with_context(|| format!("GET {addr}"))?;
+        let (code, body) = godwit_tests::http_get(addr, "/v1/containers")
+            .with_context(|| format!("GET {addr}"))?;
         if code != 200 {
             bail!("GET /v1/containers: HTTP {code}: {body}");
         }

@@ -128,19 +128,19 @@ impl Scenario {
         if self.nodes.is_empty() {
             return Err("no nodes".into());
         }
-        if !(self.step_seconds > 0.0) {
+        if !positive(self.step_seconds) {
             return Err("step_seconds must be > 0".into());
         }
         for n in &self.nodes {
             if n.site >= self.sites.len() {
                 return Err(format!("node {}: no site {}", n.name, n.site));
             }
-            if !(n.cpu_cores > 0.0 && n.mem_bytes > 0.0) {
+            if !(positive(n.cpu_cores) && positive(n.mem_bytes)) {
                 return Err(format!("node {}: capacity must be > 0", n.name));
             }
         }
         for s in &self.sites {
-            if !(s.power_budget_watts > 0.0) {
+            if !positive(s.power_budget_watts) {
                 return Err(format!("site {}: power budget must be > 0", s.name));
             }
         }
@@ -161,11 +161,17 @@ impl Scenario {
             }
         }
         let net = &self.network;
-        if !(net.intra_site_bytes_per_second > 0.0 && net.inter_site_bytes_per_second > 0.0) {
+        if !(positive(net.intra_site_bytes_per_second) && positive(net.inter_site_bytes_per_second))
+        {
             return Err("bandwidths must be > 0".into());
         }
         Ok(())
     }
+}
+
+/// `x > 0` (false for NaN).
+fn positive(x: f64) -> bool {
+    x > 0.0
 }
 
 /// Parameters of the comparison scenario.

@@ -351,7 +351,7 @@ fn generated_scenario_is_valid_and_failure_leaves_state_consistent() {
 
 #[test]
 fn godwit_places_the_services_of_a_failed_node() {
-    let mut sc = tiny(3, &[(&[0.5], 0), (&[0.3], 0), (&[0.2], 1), (&[0.2], 2)], 40);
+    let mut sc = tiny(3, &[(&[0.4], 0), (&[0.2], 0), (&[0.2], 1), (&[0.2], 2)], 40);
     sc.failures = vec![Failure { step: 25, node: 0 }];
     let mut p = Recording::new(super::godwit::Godwit::new(&sc));
     let r = run(&sc, &mut p).unwrap();
@@ -359,5 +359,8 @@ fn godwit_places_the_services_of_a_failed_node() {
     assert_eq!(r.unplaceable, 0);
     assert_eq!(r.rejected, 0);
     assert_eq!(r.overload_seconds, 0.0);
-    assert!(p.actions.iter().any(|(t, a)| *t == 25 && matches!(a, Action::Place { .. })));
+    assert!(p
+        .actions
+        .iter()
+        .any(|(t, a)| *t == 25 && matches!(a, Action::Place { .. })));
 }

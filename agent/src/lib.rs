@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod forecast;
+pub mod gossip;
 pub mod policy;
 pub mod predict;
 pub mod probe;

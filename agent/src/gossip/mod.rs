@@ -1,0 +1,1 @@
+//! Masterless mesh: chitchat membership with a typed node summary and sealed transport.

@@ -76,6 +76,11 @@ pub struct PolicyConfig {
     /// No new trigger for this many samples after one.
     #[serde(default = "default_cooldown_samples")]
     pub cooldown_samples: u64,
+    /// A trigger that fired re-arms by itself after this many samples even if the load never
+    /// fell below `T_n - hysteresis`, so a node that stays overloaded (its first firing moved
+    /// nothing, or too little) is tried again. 0 disables the retry.
+    #[serde(default = "default_rearm_after_samples")]
+    pub rearm_after_samples: u64,
 
     // --- load projection ------------------------------------------------------------------------
     /// When true a node's projected utilisation per resource is `max(now, forecast)`, so a
@@ -199,6 +204,9 @@ fn default_hysteresis() -> f64 {
 fn default_cooldown_samples() -> u64 {
     30
 }
+fn default_rearm_after_samples() -> u64 {
+    60
+}
 fn default_corr_window() -> usize {
     60
 }
@@ -262,6 +270,7 @@ impl Default for PolicyConfig {
             proactive: true,
             hysteresis: default_hysteresis(),
             cooldown_samples: default_cooldown_samples(),
+            rearm_after_samples: default_rearm_after_samples(),
             current_floor: true,
             corr_window: default_corr_window(),
             resource_weights: default_resource_weights(),

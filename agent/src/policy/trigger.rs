@@ -130,9 +130,17 @@ impl TriggerState {
         if !self.armed {
             let now_low = u_max.is_some_and(|u| u < rearm_below);
             let forecast_low = u_max_forecast.is_none_or(|f| f < rearm_below);
+            // A load that stays high (the last firing moved nothing, or not enough) is retried:
+            // the trigger re-arms by itself `rearm_after_samples` after it fired.
+            let retry = cfg.rearm_after_samples > 0
+                && self
+                    .last_fired
+                    .is_some_and(|f| sample >= f.saturating_add(cfg.rearm_after_samples));
             if now_low && forecast_low {
                 self.armed = true;
                 self.window.clear();
+            } else if retry {
+                self.armed = true;
             }
         }
         let above = u_max.is_some_and(|u| u >= threshold);
@@ -257,6 +265,22 @@ mod tests {
         let w = st.advance(2, Some(0.9), None, 0.8, &c);
         assert_eq!(w.reason, TriggerReason::CoolingDown);
         assert_eq!(w.next_allowed, Some(4));
+    }
+
+    #[test]
+    fn persistent_overload_is_retried_after_rearm_after_samples() {
+        let c = PolicyConfig {
+            rearm_after_samples: 4,
+            ..cfg(1, 1, 0.1, 2)
+        };
+        // Never below T - hysteresis: fires at 0, re-arms by itself at 4, fires again.
+        assert_eq!(fires(&[0.9; 10], &c, 0.8), vec![0, 4, 8]);
+        // With the retry off, one firing only.
+        let off = PolicyConfig {
+            rearm_after_samples: 0,
+            ..c.clone()
+        };
+        assert_eq!(fires(&[0.9; 10], &off, 0.8), vec![0]);
     }
 
     #[test]

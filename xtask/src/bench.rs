@@ -953,3 +953,38 @@ mod tests {
         assert!(r.contains("kernel.bpf_stats_enabled"), "{r}");
     }
 }
+
+/// Arguments of the benchmarks that are binaries of the `godwit-tests` package.
+#[derive(clap::Args)]
+pub struct BinArgs {
+    /// Replace the benchmark's section of docs/BENCHMARKS.md with the new figures.
+    #[arg(long)]
+    write: bool,
+}
+
+/// Runs `cargo run --release -p godwit-tests --bin NAME [-- --write]` (after making sure the
+/// build packages are there): the benchmarks of pure modules live beside the tests, so xtask
+/// itself never depends on the agent crate.
+pub fn run_bin(name: &str, args: &BinArgs) -> Result<()> {
+    crate::step("system packages needed to build");
+    packages::ensure(packages::BUILD)?;
+    crate::step(&format!("cargo run --release -p godwit-tests --bin {name}"));
+    let mut cmd = crate::cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "godwit-tests",
+        "--bin",
+        name,
+    ]);
+    if args.write {
+        cmd.args(["--", "--write"]);
+    }
+    let status = cmd.status().context("cannot start cargo")?;
+    if !status.success() {
+        bail!("{name} failed ({status})");
+    }
+    Ok(())
+}

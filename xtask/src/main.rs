@@ -8,6 +8,8 @@
 //!   unit file.
 //! - `cargo xtask bench probe`: measure the probe overhead of an eBPF agent and a procfs agent side
 //!   by side under a context-switch storm and many idle processes.
+//! - `cargo xtask bench predict [--write]`, `cargo xtask bench policy [--write]`: forecast
+//!   accuracy and fit cost; the cost of a policy pass.
 //! - `cargo xtask sim [--write] [ARGS]`: the cluster simulator (`godwit-sim ARGS`, by default
 //!   `compare --traces tests/traces`): policies compared on the same load traces.
 //!
@@ -88,6 +90,10 @@ enum Cmd {
 enum BenchCmd {
     /// Probe overhead: an eBPF agent and a procfs agent side by side under load.
     Probe(bench::ProbeArgs),
+    /// Forecast accuracy (ARMA vs persistence vs moving average) and fit cost.
+    Predict(bench::BinArgs),
+    /// Cost of one policy pass over synthetic clusters of growing size.
+    Policy(bench::BinArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +105,12 @@ fn main() -> ExitCode {
         Cmd::Bench {
             which: BenchCmd::Probe(args),
         } => bench::probe(&args),
+        Cmd::Bench {
+            which: BenchCmd::Predict(args),
+        } => bench::run_bin("godwit-bench-predict", &args),
+        Cmd::Bench {
+            which: BenchCmd::Policy(args),
+        } => bench::run_bin("godwit-bench-policy", &args),
         Cmd::Sim(args) => sim::sim(&args),
         Cmd::PingPong => load::pingpong(),
         Cmd::Pong => load::pong(),

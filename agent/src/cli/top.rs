@@ -208,7 +208,7 @@ pub fn render(doc: &Value, rows: usize, out: &mut String) {
         cmd.truncate(60);
         let _ = writeln!(
             out,
-            "{:>8} {:<16} {:>7.1} {:>9} {:>10.2} {:>9}  {}",
+            "{:>8} {:<16.16} {:>7.1} {:>9} {:>10.2} {:>9}  {}",
             p.get("pid").and_then(Value::as_u64).unwrap_or(0),
             s(p, "comm"),
             f(p, "cpu_cores").unwrap_or(0.0) * 100.0,
@@ -236,7 +236,7 @@ pub fn render(doc: &Value, rows: usize, out: &mut String) {
     for c in cs.iter().take(rows) {
         let _ = writeln!(
             out,
-            "{:<12} {:<24} {:>5} {:>7.1} {:>9} {:>10.2} {:>9}  {}",
+            "{:<12} {:<24.24} {:>5} {:>7.1} {:>9} {:>10.2} {:>9}  {}",
             s(c, "runtime"),
             s(c, "name"),
             c.get("processes").and_then(Value::as_u64).unwrap_or(0),

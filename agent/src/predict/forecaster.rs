@@ -86,14 +86,7 @@ impl Forecaster {
         push_bounded(&mut self.raw, v, self.window);
         let value = match (v, &self.model, &self.state) {
             (Some(x), _, _) => x,
-            (None, Some(m), Some(s)) => {
-                let w = m.predict_y(s) + m.mean;
-                if m.d == 1 {
-                    s.last_x + w
-                } else {
-                    w
-                }
-            }
+            (None, Some(m), Some(s)) => m.predict_x(s),
             (None, _, _) => match self.last {
                 Some(last) => last,
                 None => return,
@@ -200,6 +193,36 @@ mod tests {
         for (a, b) in got.iter().zip(&want) {
             assert!((a.mean - b.mean).abs() < 1e-9, "{got:?} vs {want:?}");
         }
+    }
+
+    #[test]
+    fn cheap_updates_of_a_seasonal_model_match_a_fresh_filter() {
+        let x: Vec<f64> = testdata::arma(&[0.5], &[], 460, 1.0, 25)
+            .iter()
+            .enumerate()
+            .map(|(t, v)| 20.0 + 5.0 * (std::f64::consts::TAU * t as f64 / 36.0).cos() + v)
+            .collect();
+        let mut f =
+            Forecaster::new(FitOptions::default(), 400, 400).with_error_ratio(f64::INFINITY);
+        for v in &x {
+            f.observe(*v);
+        }
+        // Fits at 20 and 420 samples; the window then holds x[20..420] plus 40 updates.
+        assert_eq!(f.refits(), 2);
+        let model = f.model().expect("fitted").clone();
+        assert_eq!(model.period, Some(36), "{model:?}");
+        let want = model.forecast(&x[20..], 50, 0.9).expect("forecast");
+        let got = f.forecast(50, 0.9).expect("forecast");
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a.mean - b.mean).abs() < 1e-9, "{got:?} vs {want:?}");
+        }
+        // A missing sample is filled with the one-step forecast, season included.
+        let next = f.forecast(1, 0.9).expect("forecast")[0].mean;
+        let mut g = f.clone();
+        g.observe(f64::NAN);
+        let mut h = f.clone();
+        h.observe(next);
+        assert_eq!(g.forecast(5, 0.9), h.forecast(5, 0.9));
     }
 
     #[test]

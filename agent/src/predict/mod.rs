@@ -15,6 +15,12 @@
 //!    Hannan-Rissanen, both refined by conditional least squares (Gauss-Newton); fits are kept
 //!    stationary and invertible.
 //! 4. [`fit`]: the order (p, q) is chosen by AIC or BIC over a small grid (`model.rs`).
+//!    Seasonality (`season.rs`): a least-squares periodogram looks for a dominant period in
+//!    `8 ..= n/2`; when one explains enough of the variance, harmonics at that period are fitted
+//!    by least squares, the ARIMA search is run again on what they leave, and the seasonal model
+//!    is kept only when its criterion (harmonic parameters and the period search charged) is
+//!    lower. Forecasts then add the harmonics' extrapolation to the ARIMA forecast of the
+//!    residuals; the intervals come from the residual model.
 //! 5. [`Model::forecast`]: h-step means and prediction intervals from the psi-weights.
 //! 6. [`Forecaster`]: holds a model, updates its state cheaply with each new sample and refits on
 //!    a cadence or when its one-step errors grow (`forecaster.rs`).
@@ -29,6 +35,7 @@ mod estimate;
 mod forecaster;
 mod model;
 mod preprocess;
+mod season;
 mod stationarity;
 mod stats;
 #[doc(hidden)]
@@ -110,6 +117,10 @@ pub struct FitOptions {
     pub hampel_window: usize,
     /// Refine the initial estimates by conditional least squares (Gauss-Newton).
     pub refine: bool,
+    /// Also try a seasonal model: a dominant period in `8 ..= n/2` found by a least-squares
+    /// periodogram, a few harmonics at that period, and the ARIMA search on what they leave
+    /// (kept only when the criterion prefers it; see [`fit`]).
+    pub seasonal: bool,
 }
 
 impl Default for FitOptions {
@@ -122,6 +133,7 @@ impl Default for FitOptions {
             hampel_k: preprocess::DEFAULT_HAMPEL_K,
             hampel_window: preprocess::DEFAULT_HAMPEL_WINDOW,
             refine: true,
+            seasonal: true,
         }
     }
 }

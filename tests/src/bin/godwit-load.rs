@@ -1,6 +1,6 @@
 //! Workloads for the integration tests and benchmarks, each a subcommand:
 //!
-//! - `burn MS`: spin on the CPU for MS milliseconds of wall time;
+//! - `burn MS`: spin on the CPU until the process has used MS milliseconds of CPU time;
 //! - `write PATH BYTES BLOCK`: buffered writes of BYTES in BLOCK-sized chunks (no fsync);
 //! - `touch BYTES`: map anonymous memory (no huge pages) and write one byte per page;
 //! - `idle`: do nothing.
@@ -9,7 +9,6 @@
 //! test can read the process's counters while it still exists.
 
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
 
 fn cpu_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -31,9 +30,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("burn") => {
-            let until = Instant::now() + Duration::from_millis(arg(&args, 2, "milliseconds"));
+            // Until the process has used MS of CPU time, however busy the machine is.
+            let until = cpu_ns() + arg(&args, 2, "milliseconds") * 1_000_000;
             let mut x: u64 = 1;
-            while Instant::now() < until {
+            while cpu_ns() < until {
                 for _ in 0..10_000 {
                     x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
                 }

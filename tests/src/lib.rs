@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod bench;
+pub mod cluster;
 pub mod sim;
 
 pub use godwit;

@@ -12,11 +12,15 @@
 //!   accuracy and fit cost; the cost of a policy pass.
 //! - `cargo xtask sim [--write] [ARGS]`: the cluster simulator (`godwit-sim ARGS`, by default
 //!   `compare --traces tests/traces`): policies compared on the same load traces.
+//! - `cargo xtask cluster up --nodes N` / `cargo xtask cluster down [--all]` / `cargo xtask
+//!   cluster list`: a detached multi-node cluster of real agents in network namespaces (the
+//!   harness of `tests/src/cluster/`), and its removal.
 //!
 //! Subcommands whose names start with `__` are helpers the benchmark starts by re-executing this
 //! binary; they are hidden from `--help`.
 
 mod bench;
+mod cluster;
 mod http;
 mod lint;
 mod load;
@@ -75,6 +79,12 @@ enum Cmd {
     /// Cluster simulator: `godwit-sim ARGS` (default `compare --traces tests/traces`);
     /// `--write` puts the output into docs/BENCHMARKS.md.
     Sim(sim::SimArgs),
+    /// Multi-node cluster of agents in network namespaces: `up --nodes N`, `down [--all]`,
+    /// `list`.
+    Cluster {
+        #[command(subcommand)]
+        cmd: cluster::ClusterCmd,
+    },
     /// Benchmark helper: ping-pong one byte with a child over two pipes, forever.
     #[command(name = "__pingpong", hide = true)]
     PingPong,
@@ -112,6 +122,7 @@ fn main() -> ExitCode {
             which: BenchCmd::Policy(args),
         } => bench::run_bin("godwit-bench-policy", &args),
         Cmd::Sim(args) => sim::sim(&args),
+        Cmd::Cluster { cmd } => cluster::cluster(&cmd),
         Cmd::PingPong => load::pingpong(),
         Cmd::Pong => load::pong(),
         Cmd::Idle => load::idle(),

@@ -1,0 +1,375 @@
+//! chitchat transports: the sealed UDP transport, and the clear-text one for `insecure`.
+//!
+//! chitchat 0.13 hands its transport whole messages (`ChitchatEnvelope`) and keeps their
+//! encoding private. To seal the exact bytes chitchat would send, each sealed socket owns a
+//! private codec: a chitchat `UdpSocket` and a tap socket, both on 127.0.0.1. Sending, chitchat's
+//! socket encodes the message to the tap, which seals the bytes and sends them from the public
+//! socket. Receiving, the opened bytes go from the tap to chitchat's socket, which decodes them,
+//! followed by a marker datagram (an encoded `BadCluster` message) so that a payload chitchat
+//! rejects cannot shift the pairing of datagrams and senders. Datagrams that reach the codec from
+//! anywhere but the tap are ignored, so nothing unauthenticated is ever handed to chitchat.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex as StdMutex};
+
+use anyhow::Context as _;
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
+use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
+use tracing::{debug, warn};
+
+use super::seal::{now_ms, Keyring, Opener, Rejection, SealCounters, Sealer, HEADER_LEN};
+
+/// Largest UDP payload.
+const MAX_DATAGRAM: usize = 65_507;
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A small deterministic generator for injected loss (tests and benchmarks only).
+#[derive(Debug, Clone)]
+pub(crate) struct Loss {
+    probability: f64,
+    state: u64,
+}
+
+impl Loss {
+    pub(crate) fn new(probability: f64, seed: u64) -> Loss {
+        Loss {
+            probability: probability.clamp(0.0, 1.0),
+            state: seed | 1,
+        }
+    }
+
+    fn drop_next(&mut self) -> bool {
+        // xorshift64*
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        let x = self.state.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        ((x >> 11) as f64 / (1u64 << 53) as f64) < self.probability
+    }
+}
+
+/// How datagrams are sealed.
+pub(crate) struct Sealing {
+    pub(crate) keyring: Keyring,
+    pub(crate) cluster_id: String,
+    pub(crate) max_skew_ms: Option<u64>,
+}
+
+/// chitchat's transport: UDP on a socket bound beforehand (so that port 0 works and the
+/// advertised address is known before chitchat starts), sealed unless `sealing` is `None`.
+pub(crate) struct GossipTransport {
+    pub(crate) socket: StdMutex<Option<std::net::UdpSocket>>,
+    pub(crate) sealing: Option<Sealing>,
+    pub(crate) counters: Arc<SealCounters>,
+    pub(crate) loss: Option<Loss>,
+}
+
+impl Transport for GossipTransport {
+    fn open<'life0, 'async_trait>(
+        &'life0 self,
+        listen_addr: SocketAddr,
+    ) -> BoxFuture<'async_trait, anyhow::Result<Box<dyn Socket>>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            let socket = GossipSocket::open(self, listen_addr).await?;
+            Ok(Box::new(socket) as Box<dyn Socket>)
+        })
+    }
+}
+
+enum RecvState {
+    /// Waiting for a datagram on the public socket.
+    Idle,
+    /// An opened payload and the marker were handed to the codec.
+    AwaitingEnvelope { from: SocketAddr, len: usize },
+    /// The payload decoded; the marker that follows it is still queued.
+    AwaitingMarker(RecvOutcome),
+}
+
+struct GossipSocket {
+    public: tokio::net::UdpSocket,
+    sealer: Option<Sealer>,
+    opener: Option<Opener>,
+    codec: chitchat::transport::UdpSocket,
+    codec_addr: SocketAddr,
+    tap: tokio::net::UdpSocket,
+    tap_addr: SocketAddr,
+    marker: Vec<u8>,
+    counters: Arc<SealCounters>,
+    loss: Option<Loss>,
+    buf: Vec<u8>,
+    sealed: Vec<u8>,
+    state: RecvState,
+}
+
+fn is_bad_cluster(envelope: &ChitchatEnvelope) -> bool {
+    matches!(envelope.message, ChitchatMessage::BadCluster)
+}
+
+impl GossipSocket {
+    async fn open(transport: &GossipTransport, listen_addr: SocketAddr) -> anyhow::Result<Self> {
+        let prebound = transport
+            .socket
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let public = match prebound {
+            Some(socket) => tokio::net::UdpSocket::from_std(socket)
+                .context("failed to register the gossip socket")?,
+            None => tokio::net::UdpSocket::bind(listen_addr)
+                .await
+                .with_context(|| format!("failed to bind to {listen_addr}/UDP for gossip"))?,
+        };
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let mut codec = chitchat::transport::UdpSocket::open(loopback).await?;
+        let codec_addr = codec.local_addr()?;
+        let tap = tokio::net::UdpSocket::bind(loopback)
+            .await
+            .context("failed to bind the gossip codec tap")?;
+        let tap_addr = tap.local_addr()?;
+        let mut socket = GossipSocket {
+            public,
+            codec_addr,
+            tap,
+            tap_addr,
+            marker: Vec::new(),
+            sealer: transport
+                .sealing
+                .as_ref()
+                .map(|s| Sealer::new(s.keyring.clone(), &s.cluster_id)),
+            opener: transport
+                .sealing
+                .as_ref()
+                .map(|s| Opener::new(s.keyring.clone(), &s.cluster_id, s.max_skew_ms)),
+            counters: transport.counters.clone(),
+            loss: transport.loss.clone(),
+            buf: vec![0u8; MAX_DATAGRAM],
+            sealed: Vec::with_capacity(MAX_DATAGRAM),
+            state: RecvState::Idle,
+            codec: {
+                let marker = ChitchatEnvelope {
+                    version: ProtocolVersion::V0,
+                    message: ChitchatMessage::BadCluster,
+                };
+                codec.send(tap_addr, marker).await?;
+                codec
+            },
+        };
+        let len = socket.read_tap().await?;
+        socket.marker = socket.buf[..len].to_vec();
+        Ok(socket)
+    }
+
+    /// Reads the next datagram the codec sent to the tap into `buf`.
+    async fn read_tap(&mut self) -> anyhow::Result<usize> {
+        loop {
+            let (len, from) = self
+                .tap
+                .recv_from(&mut self.buf)
+                .await
+                .context("gossip codec tap failed")?;
+            if from == self.codec_addr {
+                return Ok(len);
+            }
+            debug!(from = %from, "ignoring a stray datagram on the gossip codec tap");
+        }
+    }
+
+    /// A plaintext that is a `BadCluster` message, which is what the marker encodes.
+    fn as_bad_cluster(&self, plaintext: &[u8]) -> Option<ChitchatEnvelope> {
+        let marker = &self.marker;
+        if plaintext.len() == marker.len()
+            && plaintext.len() == 4
+            && plaintext[..2] == marker[..2]
+            && plaintext[3] == marker[3]
+        {
+            let version = ProtocolVersion::from_code(plaintext[2])?;
+            return Some(ChitchatEnvelope {
+                version,
+                message: ChitchatMessage::BadCluster,
+            });
+        }
+        None
+    }
+
+    /// Receives one datagram on the public socket and, if it opens, hands it to the codec.
+    /// Returns a message at once when no decoding is needed.
+    async fn receive_public(&mut self) -> anyhow::Result<Option<RecvOutcome>> {
+        let (len, from) = match self.public.recv_from(&mut self.buf).await {
+            Ok(received) => received,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::OutOfMemory
+                ) =>
+            {
+                warn!(error = %err, "transient gossip recv error");
+                return Ok(None);
+            }
+            Err(err) => return Err(err).context("fatal gossip recv error"),
+        };
+        let opened = match self.opener.as_mut() {
+            Some(opener) => opener
+                .open(&mut self.buf[..len], now_ms())
+                .map(|n| HEADER_LEN..HEADER_LEN + n),
+            None => Ok(0..len),
+        };
+        let plaintext_range = match opened {
+            Ok(range) => range,
+            Err(rejection) => {
+                self.counters.count(rejection);
+                match rejection {
+                    Rejection::BadKey => {
+                        debug!(from = %from, "dropped gossip datagram sealed with an unknown key")
+                    }
+                    Rejection::Stale => {
+                        debug!(from = %from, "dropped stale gossip datagram: replay or clock skew")
+                    }
+                    _ => debug!(from = %from, reason = ?rejection, "dropped gossip datagram"),
+                }
+                return Ok(None);
+            }
+        };
+        let plaintext = &self.buf[plaintext_range];
+        if let Some(envelope) = self.as_bad_cluster(plaintext) {
+            self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(RecvOutcome {
+                from_addr: from,
+                envelope,
+                num_bytes_received: len,
+            }));
+        }
+        // Non-blocking sends: no await between them, so a cancelled recv cannot leave the
+        // codec with a payload and no marker.
+        let handed = self
+            .tap
+            .try_send_to(plaintext, self.codec_addr)
+            .and_then(|_| self.tap.try_send_to(&self.marker, self.codec_addr));
+        match handed {
+            Ok(_) => {
+                self.state = RecvState::AwaitingEnvelope { from, len };
+                Ok(None)
+            }
+            Err(err) => {
+                // A full loopback buffer: chitchat tolerates loss, the payload is dropped.
+                warn!(error = %err, "gossip codec busy, dropping a datagram");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads the codec's next message, ignoring anything that did not come from our tap.
+    async fn read_codec(&mut self) -> anyhow::Result<ChitchatEnvelope> {
+        loop {
+            let outcome = self.codec.recv().await?;
+            if outcome.from_addr == self.tap_addr {
+                return Ok(outcome.envelope);
+            }
+            debug!(from = %outcome.from_addr, "ignoring a stray datagram on the gossip codec");
+        }
+    }
+}
+
+impl Socket for GossipSocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.public
+            .local_addr()
+            .context("failed to get the gossip socket address")
+    }
+
+    fn send<'life0, 'async_trait>(
+        &'life0 mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> BoxFuture<'async_trait, anyhow::Result<SendOutcome>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            let tap_addr = self.tap_addr;
+            self.codec.send(tap_addr, envelope).await?;
+            let len = self.read_tap().await?;
+            let datagram = match self.sealer.as_mut() {
+                Some(sealer) => {
+                    sealer.seal(&self.buf[..len], now_ms(), &mut self.sealed);
+                    if self.sealed.is_empty() {
+                        anyhow::bail!("gossip datagram could not be sealed");
+                    }
+                    &self.sealed[..]
+                }
+                None => &self.buf[..len],
+            };
+            let num_bytes_sent = datagram.len();
+            if let Some(loss) = self.loss.as_mut() {
+                if loss.drop_next() {
+                    return Ok(SendOutcome { num_bytes_sent });
+                }
+            }
+            self.public
+                .send_to(datagram, to)
+                .await
+                .context("failed to send a gossip datagram")?;
+            self.counters.sent.fetch_add(1, Ordering::Relaxed);
+            Ok(SendOutcome { num_bytes_sent })
+        })
+    }
+
+    /// Cancel-safe: chitchat polls it in a `select!`; the progress is kept in `self.state`.
+    fn recv<'life0, 'async_trait>(
+        &'life0 mut self,
+    ) -> BoxFuture<'async_trait, anyhow::Result<RecvOutcome>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            loop {
+                match std::mem::replace(&mut self.state, RecvState::Idle) {
+                    RecvState::Idle => {
+                        if let Some(outcome) = self.receive_public().await? {
+                            return Ok(outcome);
+                        }
+                    }
+                    RecvState::AwaitingEnvelope { from, len } => {
+                        self.state = RecvState::AwaitingEnvelope { from, len };
+                        let envelope = self.read_codec().await?;
+                        if is_bad_cluster(&envelope) {
+                            // The marker came first: chitchat could not decode the payload.
+                            self.counters.count(Rejection::Malformed);
+                            debug!(from = %from, "dropped an authentic but undecodable gossip payload");
+                            self.state = RecvState::Idle;
+                        } else {
+                            self.state = RecvState::AwaitingMarker(RecvOutcome {
+                                from_addr: from,
+                                envelope,
+                                num_bytes_received: len,
+                            });
+                        }
+                    }
+                    RecvState::AwaitingMarker(outcome) => {
+                        self.state = RecvState::AwaitingMarker(outcome);
+                        let envelope = self.read_codec().await?;
+                        if is_bad_cluster(&envelope) {
+                            if let RecvState::AwaitingMarker(outcome) =
+                                std::mem::replace(&mut self.state, RecvState::Idle)
+                            {
+                                self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                                return Ok(outcome);
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+}

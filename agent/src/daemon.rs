@@ -12,6 +12,7 @@ use crate::api;
 use crate::cli::exit;
 use crate::config::{Config, LogFormat};
 use crate::forecast;
+use crate::gossip;
 use crate::probe::{self, Sampler, SamplerConfig, SamplerError};
 
 /// How long the API may take to finish in-flight requests at shutdown.
@@ -51,6 +52,22 @@ pub fn run(cfg: Config) -> ExitCode {
 }
 
 async fn run_async(cfg: Config) -> ExitCode {
+    let node_name = cfg.node.name.clone().unwrap_or_else(|| {
+        crate::probe::node::read_hostname(&cfg.probe.proc_root)
+            .unwrap_or_else(|_| "localhost".into())
+    });
+    let gossip_cfg = match cfg
+        .gossip
+        .enabled
+        .then(|| gossip::agent::config_from(&cfg, &node_name))
+    {
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "invalid gossip configuration");
+            return ExitCode::from(exit::CONFIG);
+        }
+        Some(Ok(g)) => Some(g),
+        None => None,
+    };
     let listener = match api::bind(cfg.api.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -74,12 +91,12 @@ async fn run_async(cfg: Config) -> ExitCode {
     let risk = forecast::SharedRisk::new(cfg.site.risk.0);
     let forecast_thread =
         match forecast::spawn(&cfg, rx, forecasts.clone(), decisions.clone(), risk.clone()) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the forecast thread");
-            return ExitCode::from(exit::FAILURE);
-        }
-    };
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the forecast thread");
+                return ExitCode::from(exit::FAILURE);
+            }
+        };
     let sampler_thread = match probe::spawn(sampler, shared.clone(), stop.clone(), Some(tx)) {
         Ok(t) => t,
         Err(e) => {
@@ -91,8 +108,37 @@ async fn run_async(cfg: Config) -> ExitCode {
         top: cfg.metrics.top_processes.0 as usize,
         globs: cfg.metrics.select_processes.clone(),
     };
+    let mesh = match gossip_cfg {
+        None => None,
+        Some(g) => match gossip::Cluster::start(g, gossip::Network::Udp).await {
+            Ok(c) => {
+                tracing::info!(node = %node_name, gossip = %c.gossip_addr(), "joined the mesh");
+                Some(Arc::new(c))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start gossip");
+                return ExitCode::from(exit::UNAVAILABLE);
+            }
+        },
+    };
+    let publisher = mesh.clone().map(|mesh| {
+        tokio::spawn(publish_summaries(
+            cfg.clone(),
+            mesh,
+            shared.clone(),
+            forecasts.clone(),
+            decisions.clone(),
+            risk.clone(),
+        ))
+    });
     let router = api::router(
-        api::Shared { snapshot: shared.clone(), forecasts, decisions, risk },
+        api::Shared {
+            snapshot: shared.clone(),
+            forecasts,
+            decisions,
+            risk,
+            mesh: mesh.clone(),
+        },
         api::metrics::registry(shared, selection),
     );
     let shutdown = CancellationToken::new();
@@ -108,6 +154,9 @@ async fn run_async(cfg: Config) -> ExitCode {
     let signal = wait_for_signal().await;
     tracing::info!(signal, "shutting down");
     shutdown.cancel();
+    if let Some(p) = publisher {
+        p.abort();
+    }
     stop.store(true, Ordering::Relaxed);
     let mut code = ExitCode::SUCCESS;
     match tokio::time::timeout(DRAIN_DEADLINE, server).await {
@@ -151,5 +200,39 @@ async fn wait_for_signal() -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+    }
+}
+
+/// Publishes this node's summary to the mesh after every sample.
+async fn publish_summaries(
+    cfg: Config,
+    mesh: Arc<gossip::Cluster>,
+    snapshot: probe::SharedSnapshot,
+    forecasts: forecast::SharedForecasts,
+    decisions: forecast::SharedDecisions,
+    risk: forecast::SharedRisk,
+) {
+    let mut tick = tokio::time::interval(cfg.probe.interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = 0;
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        let snap = snapshot.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(snap) = snap.filter(|s| s.taken_at_unix_ms != last) else {
+            continue;
+        };
+        last = snap.taken_at_unix_ms;
+        let f = forecasts.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let d = decisions.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let summary = gossip::agent::summary(&cfg, &snap, f.as_deref(), d.as_deref(), risk.get());
+        match mesh.publish(&summary).await {
+            Ok(_) => warned = false,
+            Err(e) if !warned => {
+                tracing::warn!(error = %e, "cannot publish the node summary");
+                warned = true;
+            }
+            Err(_) => {}
+        }
     }
 }

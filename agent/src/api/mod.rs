@@ -9,6 +9,7 @@
 //! | `/v1/containers` | containers and leaf cgroups, by CPU descending |
 //! | `/v1/snapshot` | all of the above in one document |
 //! | `/v1/forecast` | ARMA forecasts of the node's and each container's load, with intervals |
+//! | `/v1/nodes` | the mesh: members with liveness, heartbeat age, generation and summary |
 //! | `/v1/decisions` | this node's policy view and plan, with the numbers behind each step |
 //! | `/v1/risk` | GET or PUT `{"risk": 0.3}`: the operator's risk level of the site (0 to 1) |
 //! | `/healthz` | `ok` once the first sample exists |
@@ -38,6 +39,8 @@ pub struct Shared {
     pub forecasts: SharedForecasts,
     pub decisions: SharedDecisions,
     pub risk: SharedRisk,
+    /// The mesh membership, when gossip is enabled.
+    pub mesh: Option<Arc<crate::gossip::Cluster>>,
 }
 
 #[derive(Clone)]
@@ -68,9 +71,13 @@ pub fn router(shared: Shared, registry: Registry) -> Router {
         .route("/v1/snapshot", get(snapshot_handler))
         .route("/v1/forecast", get(forecast_handler))
         .route("/v1/decisions", get(decisions_handler))
+        .route("/v1/nodes", get(nodes_handler))
         .route("/v1/risk", get(risk_get_handler).put(risk_put_handler))
         .route("/healthz", get(health_handler))
-        .with_state(AppState { shared, registry: Arc::new(registry) })
+        .with_state(AppState {
+            shared,
+            registry: Arc::new(registry),
+        })
 }
 
 /// Binds `addr` (before anything else starts, so a taken port fails fast).
@@ -93,7 +100,12 @@ pub async fn serve(
 }
 
 fn latest(state: &AppState) -> Option<Arc<Snapshot>> {
-    state.shared.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
+    state
+        .shared
+        .snapshot
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
 }
 
 fn not_ready() -> Response {
@@ -171,7 +183,12 @@ async fn snapshot_handler(State(state): State<AppState>) -> Response {
 }
 
 async fn forecast_handler(State(state): State<AppState>) -> Response {
-    let latest = state.shared.forecasts.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let latest = state
+        .shared
+        .forecasts
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     match latest {
         Some(f) => Json(&*f).into_response(),
         None => not_ready(),
@@ -179,7 +196,12 @@ async fn forecast_handler(State(state): State<AppState>) -> Response {
 }
 
 async fn decisions_handler(State(state): State<AppState>) -> Response {
-    let latest = state.shared.decisions.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let latest = state
+        .shared
+        .decisions
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     match latest {
         Some(d) => Json(&*d).into_response(),
         None => not_ready(),
@@ -192,7 +214,10 @@ struct RiskBody {
 }
 
 async fn risk_get_handler(State(state): State<AppState>) -> Response {
-    Json(RiskBody { risk: state.shared.risk.get() }).into_response()
+    Json(RiskBody {
+        risk: state.shared.risk.get(),
+    })
+    .into_response()
 }
 
 /// Sets the operator's risk level of this node's site (0 to 1). Refused with 400 otherwise.
@@ -201,7 +226,11 @@ async fn risk_put_handler(
     body: Result<Json<RiskBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let bad = |msg: String| {
-        (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": msg }))).into_response()
+        (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": msg })),
+        )
+            .into_response()
     };
     let Json(body) = match body {
         Ok(b) => b,
@@ -213,6 +242,30 @@ async fn risk_put_handler(
             Json(body).into_response()
         }
         Err(e) => bad(e),
+    }
+}
+
+#[derive(Serialize)]
+struct NodesView {
+    #[serde(flatten)]
+    view: Arc<crate::gossip::ClusterView>,
+    /// Datagram counts of the sealed transport (dropped: bad key or tag, replay, stale,
+    /// malformed).
+    seal: Option<crate::gossip::SealStats>,
+}
+
+async fn nodes_handler(State(state): State<AppState>) -> Response {
+    match &state.shared.mesh {
+        Some(mesh) => Json(NodesView {
+            view: mesh.view(),
+            seal: mesh.seal_stats(),
+        })
+        .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "gossip is disabled (gossip.enabled = false)"})),
+        )
+            .into_response(),
     }
 }
 

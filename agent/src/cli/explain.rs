@@ -22,7 +22,10 @@ pub struct ExplainArgs {
 }
 
 pub fn run(args: ExplainArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("godwit explain: {e}");
@@ -46,11 +49,15 @@ pub fn run(args: ExplainArgs) -> ExitCode {
 }
 
 fn num(v: &Value) -> String {
-    v.as_f64().map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into())
+    v.as_f64()
+        .map(|x| format!("{x:.3}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn pct(v: &Value) -> String {
-    v.as_f64().map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "-".into())
+    v.as_f64()
+        .map(|x| format!("{:.1}%", x * 100.0))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// Renders the latest plan, then the last one in which a trigger fired, as sentences with
@@ -83,7 +90,12 @@ fn render_plan(plan: &Value, out: &mut String) {
     }
     for n in plan["nodes"].as_array().into_iter().flatten() {
         let t = &n["threshold"];
-        let _ = writeln!(out, "\nnode {} ({}):", n["node"].as_str().unwrap_or("?"), n["status"].as_str().unwrap_or("?"));
+        let _ = writeln!(
+            out,
+            "\nnode {} ({}):",
+            n["node"].as_str().unwrap_or("?"),
+            n["status"].as_str().unwrap_or("?")
+        );
         let _ = writeln!(
             out,
             "  threshold T_n = {}: T_base {} x energy factor {} x risk factor {}{}",
@@ -91,7 +103,11 @@ fn render_plan(plan: &Value, out: &mut String) {
             pct(&t["base"]),
             num(&t["energy_factor"]),
             num(&t["risk_factor"]),
-            if t["clamped"].as_bool() == Some(true) { " (clamped to [T_min, T_base])" } else { "" },
+            if t["clamped"].as_bool() == Some(true) {
+                " (clamped to [T_min, T_base])"
+            } else {
+                ""
+            },
         );
         if let Some(tr) = n["trigger"].as_object() {
             let _ = writeln!(
@@ -112,8 +128,19 @@ fn render_plan(plan: &Value, out: &mut String) {
                 "  leaving to bring u_max from {} under T_n - margin = {}: {} ({})",
                 pct(&sel["projected_u_max"]),
                 pct(&sel["target_util"]),
-                sel["selected"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
-                if sel["reaches_target"].as_bool() == Some(true) { "reaches it" } else { "does not reach it" },
+                sel["selected"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default(),
+                if sel["reaches_target"].as_bool() == Some(true) {
+                    "reaches it"
+                } else {
+                    "does not reach it"
+                },
             );
             for c in sel["candidates"].as_array().into_iter().flatten() {
                 let _ = writeln!(
@@ -122,7 +149,11 @@ fn render_plan(plan: &Value, out: &mut String) {
                     c["service"].as_str().unwrap_or("?"),
                     num(&c["rho"]),
                     num(&c["le"]),
-                    if c["eligible"].as_bool() == Some(false) { "  (not eligible)" } else { "" },
+                    if c["eligible"].as_bool() == Some(false) {
+                        "  (not eligible)"
+                    } else {
+                        ""
+                    },
                 );
             }
         }
@@ -137,7 +168,11 @@ fn render_plan(plan: &Value, out: &mut String) {
             m["from"].as_str().unwrap_or("?"),
             m["to"].as_str().unwrap_or("?"),
             m["mode"].as_str().unwrap_or("?"),
-            if m["sends_image"].as_bool() == Some(true) { ", with image" } else { "" },
+            if m["sends_image"].as_bool() == Some(true) {
+                ", with image"
+            } else {
+                ""
+            },
         );
     }
     for u in plan["unplaced"].as_array().into_iter().flatten() {

@@ -3,6 +3,7 @@
 //! Exit codes are distinct per failure class so that systemd and scripts can tell them apart.
 
 mod explain;
+mod nodes;
 mod predict;
 mod top;
 
@@ -55,6 +56,8 @@ enum Command {
     Predict(predict::PredictArgs),
     /// The latest decisions of this node's view, with the numbers behind them.
     Explain(explain::ExplainArgs),
+    /// Members of the mesh with liveness, site, load, heartbeat age and generation.
+    Nodes(nodes::NodesArgs),
 }
 
 /// Entry point of the binary.
@@ -81,6 +84,7 @@ pub fn main() -> ExitCode {
         Command::Top(args) => top::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Nodes(args) => nodes::run(args),
     }
 }
 

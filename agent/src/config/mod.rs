@@ -40,6 +40,8 @@ pub struct Config {
     #[serde(default)]
     pub site: SiteConfig,
     #[serde(default)]
+    pub gossip: GossipSection,
+    #[serde(default)]
     pub predict: PredictConfig,
     #[serde(default)]
     pub policy: crate::policy::PolicyConfig,
@@ -92,6 +94,17 @@ impl Config {
             ));
         }
         self.policy.validate().map_err(|e| e.to_string())?;
+        let g = &self.gossip;
+        if g.enabled && !g.seeds.is_empty() && g.keys.is_empty() && !g.insecure {
+            return Err("gossip.seeds are set but gossip.keys is empty: a cluster needs a key \
+                        (64 hex digits, e.g. from `openssl rand -hex 32`), or gossip.insecure = true"
+                .into());
+        }
+        for (i, k) in g.keys.iter().enumerate() {
+            if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("gossip.keys[{i}] must be 64 hex digits (32 bytes)"));
+            }
+        }
         Ok(())
     }
 }
@@ -238,7 +251,56 @@ pub struct SiteConfig {
 
 impl Default for SiteConfig {
     fn default() -> Self {
-        SiteConfig { name: "default".into(), power_budget_watts: Watts(0.0), risk: Ratio(0.0) }
+        SiteConfig {
+            name: "default".into(),
+            power_budget_watts: Watts(0.0),
+            risk: Ratio(0.0),
+        }
+    }
+}
+
+/// The masterless mesh: chitchat gossip, sealed with a cluster key.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GossipSection {
+    /// Run the gossip member at all.
+    pub enabled: bool,
+    /// UDP address to gossip on. Peers must reach it; the default suits a lone node.
+    pub listen: SocketAddr,
+    /// Address peers should use when it differs from `listen` (NAT, 0.0.0.0 binds).
+    pub advertise: Option<SocketAddr>,
+    /// Seeds to join through, `host:port`.
+    pub seeds: Vec<String>,
+    /// Name of the cluster; members of other clusters are refused.
+    pub cluster_id: String,
+    /// Cluster keys, 32 bytes as 64 hex digits. The first seals what this node sends; every
+    /// listed key is accepted, so a rotation is: add the new key second, then first, then
+    /// remove the old one, one node at a time, with no restart of the cluster.
+    pub keys: Vec<String>,
+    /// Gossip in clear text. Refused with seeds unless set explicitly.
+    pub insecure: bool,
+    /// Time between gossip rounds (and chitchat's `initial_interval`).
+    pub interval_ms: Bounded<10, 60_000>,
+    /// Mean heartbeat intervals without news after which a node is dead.
+    pub phi_threshold: Bounded<1, 100>,
+    /// How long a dead node stays listed as dead before it is forgotten.
+    pub dead_node_grace_ms: Bounded<100, 86_400_000>,
+}
+
+impl Default for GossipSection {
+    fn default() -> Self {
+        GossipSection {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9747)),
+            advertise: None,
+            seeds: Vec::new(),
+            cluster_id: "godwit".into(),
+            keys: Vec::new(),
+            insecure: false,
+            interval_ms: Bounded(250),
+            phi_threshold: Bounded(8),
+            dead_node_grace_ms: Bounded(600_000),
+        }
     }
 }
 
@@ -251,7 +313,9 @@ impl<'de> Deserialize<'de> for Ratio {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = f64::deserialize(d)?;
         if !(0.0..=1.0).contains(&v) {
-            return Err(serde::de::Error::custom(format!("{v}: expected a number from 0 to 1")));
+            return Err(serde::de::Error::custom(format!(
+                "{v}: expected a number from 0 to 1"
+            )));
         }
         Ok(Ratio(v))
     }
@@ -433,6 +497,14 @@ mod tests {
             (
                 "[energy]\nidle_watts = 90.0\nmax_watts = 50.0\n",
                 &["energy.max_watts"],
+            ),
+            (
+                "[gossip]\nseeds = [\"198.18.0.2:9747\"]\n",
+                &["gossip.keys is empty"],
+            ),
+            (
+                "[gossip]\nkeys = [\"abc\"]\n",
+                &["gossip.keys[0]", "64 hex digits"],
             ),
         ];
         for (text, needles) in cases {

@@ -102,7 +102,11 @@ impl LocalPolicy {
         self.index += 1;
         let i = self.index;
         let n = &snap.node;
-        let node_id = if self.node.is_empty() { n.hostname.clone() } else { self.node.clone() };
+        let node_id = if self.node.is_empty() {
+            n.hostname.clone()
+        } else {
+            self.node.clone()
+        };
         self.power.push(i, n.power_watts);
         self.risk_history.push(i, self.risk.get());
         let cpu_capacity = f64::from(n.cpus.max(1));
@@ -114,13 +118,21 @@ impl LocalPolicy {
         self.services.retain_recent(i, 0);
 
         let at_horizon = |entity: &Entity, metric: Metric| {
-            forecasts.get(entity, metric).and_then(|s| s.points.last()).map(|p| p.mean)
+            forecasts
+                .get(entity, metric)
+                .and_then(|s| s.points.last())
+                .map(|p| p.mean)
         };
         let util_forecast = vec![
             at_horizon(&Entity::Node, Metric::Cpu).unwrap_or(n.cpu_utilization),
             at_horizon(&Entity::Node, Metric::Memory).unwrap_or(n.memory_utilization),
         ];
-        let history = |s: &Series| s.values().into_iter().map(|v| v.unwrap_or(f64::NAN)).collect();
+        let history = |s: &Series| {
+            s.values()
+                .into_iter()
+                .map(|v| v.unwrap_or(f64::NAN))
+                .collect()
+        };
         let services = snap
             .containers
             .iter()
@@ -128,7 +140,11 @@ impl LocalPolicy {
                 id: c.cgroup_path.clone(),
                 node: node_id.clone(),
                 demand: vec![c.cpu_cores, c.memory_bytes.map_or(0.0, |b| b as f64)],
-                load_history: self.services.get(&c.cgroup_path).map(history).unwrap_or_default(),
+                load_history: self
+                    .services
+                    .get(&c.cgroup_path)
+                    .map(history)
+                    .unwrap_or_default(),
                 image: String::new(),
                 dirty_bytes_per_s: c.dirty_bytes_per_second,
                 ..ServiceView::default()
@@ -158,7 +174,10 @@ impl LocalPolicy {
         };
         let plan = policy::plan(&view, &self.cfg, i);
         self.triggers = plan.triggers.clone();
-        let fired = plan.nodes.iter().any(|n| n.trigger.as_ref().is_some_and(|t| t.fired));
+        let fired = plan
+            .nodes
+            .iter()
+            .any(|n| n.trigger.as_ref().is_some_and(|t| t.fired));
         if fired {
             self.last_trigger = Some(Arc::new(TriggeredPlan {
                 taken_at_unix_ms: snap.taken_at_unix_ms,

@@ -246,13 +246,15 @@ pub fn spawn(
 ) -> std::io::Result<JoinHandle<()>> {
     let mut engine = ForecastEngine::new(cfg.predict.clone());
     let mut local = decide::LocalPolicy::new(cfg, risk);
-    std::thread::Builder::new().name("godwit-forecast".into()).spawn(move || {
-        while let Ok(snap) = snapshots.recv() {
-            engine.observe_snapshot(&snap);
-            let f = Arc::new(engine.forecasts(&snap));
-            let d = Arc::new(local.decide(&snap, &f));
-            *forecasts.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
-            *decisions.write().unwrap_or_else(|e| e.into_inner()) = Some(d);
-        }
-    })
+    std::thread::Builder::new()
+        .name("godwit-forecast".into())
+        .spawn(move || {
+            while let Ok(snap) = snapshots.recv() {
+                engine.observe_snapshot(&snap);
+                let f = Arc::new(engine.forecasts(&snap));
+                let d = Arc::new(local.decide(&snap, &f));
+                *forecasts.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
+                *decisions.write().unwrap_or_else(|e| e.into_inner()) = Some(d);
+            }
+        })
 }

@@ -36,6 +36,7 @@
 //!   key seals with an ephemeral key, so it accepts no peer.
 //! - **Summaries fit the budget**; readers ignore keys and fields they do not know.
 
+pub mod agent;
 mod cluster;
 mod config;
 mod error;

@@ -160,3 +160,78 @@ fn killed_node_is_dead_within_three_seconds_and_rejoins_without_ghost() {
         );
     }
 }
+
+#[test]
+fn stopped_node_is_dead_and_alive_again_after_sigcont() {
+    require_root();
+    let mut c = mesh(3);
+    wait_for(Duration::from_secs(10), || {
+        (1..=3)
+            .all(|i| {
+                members(&c, i)
+                    .iter()
+                    .filter(|m| m["liveness"] == "alive")
+                    .count()
+                    == 3
+            })
+            .then_some(())
+    })
+    .expect("3 nodes converge");
+    let (_, gen) = seen(&c, 1, "n3").expect("n1 sees n3");
+    c.stop(3);
+    let stopped = Instant::now();
+    wait_for(Duration::from_secs(5), || {
+        (1..=2)
+            .all(|i| seen(&c, i, "n3").is_some_and(|(l, _)| l == "dead"))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("n3 not marked dead while stopped: {:?}", seen(&c, 1, "n3")));
+    // Keep it stopped for 10 s in all, then let it run on.
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
+    c.cont(3);
+    wait_for(Duration::from_secs(10), || {
+        (1..=2)
+            .all(|i| seen(&c, i, "n3").is_some_and(|(l, g)| l == "alive" && g == gen))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("n3 not alive again after SIGCONT: {:?}", seen(&c, 1, "n3")));
+}
+
+#[test]
+fn ten_percent_loss_for_a_minute_kills_no_node() {
+    require_root();
+    let c = mesh(4);
+    wait_for(Duration::from_secs(10), || {
+        (1..=4)
+            .all(|i| {
+                members(&c, i)
+                    .iter()
+                    .filter(|m| m["liveness"] == "alive")
+                    .count()
+                    == 4
+            })
+            .then_some(())
+    })
+    .expect("4 nodes converge");
+    for i in 1..=4 {
+        c.set_loss(i, 10);
+    }
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut checks = 0;
+    while Instant::now() < until {
+        for i in 1..=4 {
+            for m in members(&c, i) {
+                assert_eq!(
+                    m["liveness"], "alive",
+                    "node {i} sees {} as {} under 10% loss",
+                    m["id"], m["liveness"]
+                );
+            }
+        }
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let dropped: u64 = (1..=4).filter_map(|i| c.loss_dropped(i)).sum();
+    assert!(dropped > 0, "the loss rules dropped packets");
+    eprintln!("{checks} checks over 60 s, {dropped} packets dropped, no node suspected dead");
+}

@@ -47,6 +47,26 @@ fn seen(c: &Cluster, i: usize, name: &str) -> Option<(String, u64)> {
         })
 }
 
+/// Waits until each of the `n` nodes sees all `n` alive.
+fn wait_all_alive(c: &Cluster, n: usize) {
+    let ok = wait_for(Duration::from_secs(10), || {
+        (1..=n)
+            .all(|i| {
+                members(c, i)
+                    .iter()
+                    .filter(|m| m["liveness"] == "alive")
+                    .count()
+                    == n
+            })
+            .then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "{n} nodes did not converge; n1 sees {:?}",
+        members(c, 1)
+    );
+}
+
 #[test]
 fn five_sealed_nodes_converge_within_two_seconds() {
     require_root();
@@ -106,18 +126,7 @@ fn five_sealed_nodes_converge_within_two_seconds() {
 fn killed_node_is_dead_within_three_seconds_and_rejoins_without_ghost() {
     require_root();
     let mut c = mesh(4);
-    wait_for(Duration::from_secs(10), || {
-        (1..=4)
-            .all(|i| {
-                members(&c, i)
-                    .iter()
-                    .filter(|m| m["liveness"] == "alive")
-                    .count()
-                    == 4
-            })
-            .then_some(())
-    })
-    .expect("4 nodes converge");
+    wait_all_alive(&c, 4);
     let (_, old_gen) = seen(&c, 1, "n4").expect("n1 sees n4");
     c.kill(4);
     let killed = Instant::now();
@@ -165,18 +174,7 @@ fn killed_node_is_dead_within_three_seconds_and_rejoins_without_ghost() {
 fn stopped_node_is_dead_and_alive_again_after_sigcont() {
     require_root();
     let mut c = mesh(3);
-    wait_for(Duration::from_secs(10), || {
-        (1..=3)
-            .all(|i| {
-                members(&c, i)
-                    .iter()
-                    .filter(|m| m["liveness"] == "alive")
-                    .count()
-                    == 3
-            })
-            .then_some(())
-    })
-    .expect("3 nodes converge");
+    wait_all_alive(&c, 3);
     let (_, gen) = seen(&c, 1, "n3").expect("n1 sees n3");
     c.stop(3);
     let stopped = Instant::now();
@@ -201,18 +199,7 @@ fn stopped_node_is_dead_and_alive_again_after_sigcont() {
 fn ten_percent_loss_for_a_minute_kills_no_node() {
     require_root();
     let c = mesh(4);
-    wait_for(Duration::from_secs(10), || {
-        (1..=4)
-            .all(|i| {
-                members(&c, i)
-                    .iter()
-                    .filter(|m| m["liveness"] == "alive")
-                    .count()
-                    == 4
-            })
-            .then_some(())
-    })
-    .expect("4 nodes converge");
+    wait_all_alive(&c, 4);
     for i in 1..=4 {
         c.set_loss(i, 10);
     }

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::exit;
 use crate::config::DEFAULT_API_PORT;
 
 #[derive(Debug, clap::Args)]
@@ -22,30 +21,7 @@ pub struct ExplainArgs {
 }
 
 pub fn run(args: ExplainArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("godwit explain: {e}");
-            return ExitCode::from(exit::FAILURE);
-        }
-    };
-    match rt.block_on(super::top::fetch_json(args.addr, "/v1/decisions")) {
-        Ok(doc) if args.json => {
-            println!("{doc}");
-            ExitCode::SUCCESS
-        }
-        Ok(doc) => {
-            print!("{}", render(&doc));
-            ExitCode::SUCCESS
-        }
-        Err((code, msg)) => {
-            eprintln!("godwit explain: {msg}");
-            ExitCode::from(code)
-        }
-    }
+    super::show("explain", args.addr, "/v1/decisions", args.json, render)
 }
 
 fn num(v: &Value) -> String {

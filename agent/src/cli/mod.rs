@@ -88,6 +88,42 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Fetches `path` from an agent's API and prints it: the JSON document with `json`, otherwise
+/// `render`'s text. Shared by the commands that only read an agent (`predict`, `explain`,
+/// `nodes`).
+fn show(
+    command: &str,
+    addr: std::net::SocketAddr,
+    path: &str,
+    json: bool,
+    render: impl FnOnce(&serde_json::Value) -> String,
+) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("godwit {command}: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match rt.block_on(top::fetch_json(addr, path)) {
+        Ok(doc) if json => {
+            println!("{doc}");
+            ExitCode::SUCCESS
+        }
+        Ok(doc) => {
+            print!("{}", render(&doc));
+            ExitCode::SUCCESS
+        }
+        Err((code, msg)) => {
+            eprintln!("godwit {command}: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
 fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("godwit: {e}");

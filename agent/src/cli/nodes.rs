@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::exit;
 use crate::config::DEFAULT_API_PORT;
 
 #[derive(Debug, clap::Args)]
@@ -20,30 +19,7 @@ pub struct NodesArgs {
 }
 
 pub fn run(args: NodesArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("godwit nodes: {e}");
-            return ExitCode::from(exit::FAILURE);
-        }
-    };
-    match rt.block_on(super::top::fetch_json(args.addr, "/v1/nodes")) {
-        Ok(doc) if args.json => {
-            println!("{doc}");
-            ExitCode::SUCCESS
-        }
-        Ok(doc) => {
-            print!("{}", render(&doc));
-            ExitCode::SUCCESS
-        }
-        Err((code, msg)) => {
-            eprintln!("godwit nodes: {msg}");
-            ExitCode::from(code)
-        }
-    }
+    super::show("nodes", args.addr, "/v1/nodes", args.json, render)
 }
 
 /// One line per member: liveness, site, load, age of the last heartbeat, generation.

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::exit;
 use crate::config::DEFAULT_API_PORT;
 
 #[derive(Debug, clap::Args)]
@@ -22,30 +21,9 @@ pub struct PredictArgs {
 }
 
 pub fn run(args: PredictArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("godwit predict: {e}");
-            return ExitCode::from(exit::FAILURE);
-        }
-    };
-    match rt.block_on(super::top::fetch_json(args.addr, "/v1/forecast")) {
-        Ok(doc) if args.json => {
-            println!("{doc}");
-            ExitCode::SUCCESS
-        }
-        Ok(doc) => {
-            print!("{}", render(&doc, &args.steps));
-            ExitCode::SUCCESS
-        }
-        Err((code, msg)) => {
-            eprintln!("godwit predict: {msg}");
-            ExitCode::from(code)
-        }
-    }
+    super::show("predict", args.addr, "/v1/forecast", args.json, |doc| {
+        render(doc, &args.steps)
+    })
 }
 
 fn fmt_value(v: f64, unit: &str) -> String {

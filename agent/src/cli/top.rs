@@ -135,7 +135,10 @@ pub async fn fetch_json(addr: SocketAddr, path: &str) -> Result<Value, TopError>
         .parse()
         .map_err(|e| (exit::USAGE, format!("bad address {addr}: {e}")))?;
     let unavailable = |e: String| {
-        (exit::UNAVAILABLE, format!("no agent answers at {addr} ({e}); start one with `godwit agent` or use --standalone"))
+        (
+            exit::UNAVAILABLE,
+            format!("no agent answers at {addr} ({e}); is `godwit agent` running there?"),
+        )
     };
     let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
         .await

@@ -543,18 +543,7 @@ impl Sampler {
             Ok(st) => {
                 let cmdline = procfs::read_cmdline(&self.cfg.proc_root, tgid).unwrap_or_default();
                 let path = self.cgroup_path_of(cgid, tgid);
-                let mut p = Proc::new(now);
-                p.comm = st.comm.clone();
-                p.cmdline = if cmdline.is_empty() {
-                    format!("[{}]", st.comm)
-                } else {
-                    cmdline
-                };
-                p.ppid = st.ppid;
-                p.starttime = st.starttime_ticks;
-                p.cgroup_id = cgid;
-                p.cgroup_path = path;
-                p.rss_bytes = st.rss_pages * self.page_size;
+                let p = Proc::from_stat(&st, cmdline, cgid, path, now, self.page_size);
                 self.procs.insert(tgid, p);
             }
             Err(_) => {
@@ -613,17 +602,7 @@ impl Sampler {
                     .as_ref()
                     .and_then(|l| cgroup::cgroup_id(&l.dir(&path)).ok())
                     .unwrap_or(0);
-                let mut p = Proc::new(now);
-                p.comm = st.comm.clone();
-                p.cmdline = if cmdline.is_empty() {
-                    format!("[{}]", st.comm)
-                } else {
-                    cmdline
-                };
-                p.ppid = st.ppid;
-                p.starttime = st.starttime_ticks;
-                p.cgroup_id = cgid;
-                p.cgroup_path = path;
+                let p = Proc::from_stat(&st, cmdline, cgid, path, now, self.page_size);
                 self.procs.insert(pid, p);
             }
             if let Some(p) = self.procs.get_mut(&pid) {
@@ -1058,6 +1037,31 @@ fn container_of(path: &str) -> Option<(String, ContainerInfo)> {
 }
 
 impl Proc {
+    /// A process first seen through its `/proc/PID/stat`; a kernel thread (empty cmdline) is
+    /// named `[comm]`, as ps does.
+    fn from_stat(
+        st: &procfs::PidStat,
+        cmdline: String,
+        cgroup_id: u64,
+        cgroup_path: String,
+        now: Instant,
+        page_size: u64,
+    ) -> Proc {
+        let mut p = Proc::new(now);
+        p.comm = st.comm.clone();
+        p.cmdline = if cmdline.is_empty() {
+            format!("[{}]", st.comm)
+        } else {
+            cmdline
+        };
+        p.ppid = st.ppid;
+        p.starttime = st.starttime_ticks;
+        p.cgroup_id = cgroup_id;
+        p.cgroup_path = cgroup_path;
+        p.rss_bytes = st.rss_pages * page_size;
+        p
+    }
+
     fn new(now: Instant) -> Proc {
         Proc {
             comm: String::new(),

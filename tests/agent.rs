@@ -441,16 +441,18 @@ fn forecasts_with_intervals_are_served_and_shown() {
 #[test]
 fn local_policy_explains_threshold_trigger_and_selection() {
     require_root();
-    // The load starts first, so the container is in the agent's view from its first sample.
-    let cg = TestCgroup::new("godwit-agent-policy");
-    let _w = Workload::start(&["burn", "12000"], Some(&cg));
     let agent = Agent::start(
         "[probe]\nmode = \"ebpf\"\ninterval_ms = 200\n\
          [policy]\nthreshold_base = 0.3\nthreshold_min = 0.05\n",
     );
+    // A quiet second of history first, then the load steps up: the node's load and the
+    // container's move together, which is what the load correlation measures.
+    std::thread::sleep(Duration::from_secs(1));
+    let cg = TestCgroup::new("godwit-agent-policy");
+    let _w = Workload::start(&["burn", "12000"], Some(&cg));
     // The burning container drives the node over T_n = 30%: the trigger fires and the
     // container is the one picked to leave.
-    let report = wait_for(Duration::from_secs(10), || {
+    let report = wait_for(Duration::from_secs(20), || {
         let doc = agent.json("/v1/decisions");
         let node = doc["last_trigger"]["plan"]["nodes"].get(0)?.clone();
         let selected = node["selection"]["selected"].as_array()?;
@@ -473,9 +475,10 @@ fn local_policy_explains_threshold_trigger_and_selection() {
         .find(|c| c["service"] == cg.rel_path.as_str())
         .unwrap()
         .clone();
+    assert_eq!(candidate["eligible"], true, "{candidate}");
     assert!(
-        candidate["rho"].as_f64().unwrap() > 0.5,
-        "its load correlates with the node's: {candidate}"
+        candidate["rho"].as_f64().unwrap() > 0.5 && candidate["le"].as_f64().unwrap() > 0.0,
+        "its load steps with the node's (rho) and it carries load (LE): {candidate}"
     );
 
     // The operator's risk level lowers the threshold: T_n *= 1 - k_r * r_s.

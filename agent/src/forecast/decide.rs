@@ -123,9 +123,11 @@ impl LocalPolicy {
                 .and_then(|s| s.points.last())
                 .map(|p| p.mean)
         };
+        // No model yet means no forecast (NaN is "missing" to the policy): standing in the
+        // current value would let the proactive trigger fire on it without k-of-n confirmation.
         let util_forecast = vec![
-            at_horizon(&Entity::Node, Metric::Cpu).unwrap_or(n.cpu_utilization),
-            at_horizon(&Entity::Node, Metric::Memory).unwrap_or(n.memory_utilization),
+            at_horizon(&Entity::Node, Metric::Cpu).unwrap_or(f64::NAN),
+            at_horizon(&Entity::Node, Metric::Memory).unwrap_or(f64::NAN),
         ];
         let history = |s: &Series| {
             s.values()

@@ -969,18 +969,9 @@ pub fn run_bin(name: &str, args: &BinArgs) -> Result<()> {
     crate::step("system packages needed to build");
     packages::ensure(packages::BUILD)?;
     crate::step(&format!("cargo run --release -p godwit-tests --bin {name}"));
-    let mut cmd = crate::cargo();
-    cmd.args([
-        "run",
-        "--release",
-        "-q",
-        "-p",
-        "godwit-tests",
-        "--bin",
-        name,
-    ]);
+    let mut cmd = crate::cargo_run_test_bin(name);
     if args.write {
-        cmd.args(["--", "--write"]);
+        cmd.arg("--write");
     }
     let status = cmd.status().context("cannot start cargo")?;
     if !status.success() {

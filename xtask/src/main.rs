@@ -243,6 +243,23 @@ fn cargo() -> Command {
     cmd
 }
 
+/// `cargo run --release -q -p godwit-tests --bin NAME --`: the binaries of the test package
+/// (benchmarks, simulator, cluster harness), so that xtask never depends on the agent crate.
+fn cargo_run_test_bin(name: &str) -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "godwit-tests",
+        "--bin",
+        name,
+        "--",
+    ]);
+    cmd
+}
+
 /// Runs `cmd` with inherited output and fails with `what` when it does not exit with 0.
 fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
     let status = cmd

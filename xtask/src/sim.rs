@@ -13,7 +13,7 @@ use std::process::Stdio;
 use anyhow::{bail, Context, Result};
 
 use crate::bench::{machine, today_utc, write_section};
-use crate::{cargo, packages, step};
+use crate::{packages, step};
 
 const SECTION_START: &str = "<!-- bench:sim:start -->";
 const SECTION_END: &str = "<!-- bench:sim:end -->";
@@ -39,17 +39,7 @@ pub fn sim(a: &SimArgs) -> Result<()> {
     step("system packages needed to build");
     packages::ensure(packages::BUILD)?;
     step("cargo run --release -p godwit-tests --bin godwit-sim");
-    let out = cargo()
-        .args([
-            "run",
-            "--release",
-            "-q",
-            "-p",
-            "godwit-tests",
-            "--bin",
-            "godwit-sim",
-            "--",
-        ])
+    let out = crate::cargo_run_test_bin("godwit-sim")
         .args(&args)
         .stderr(Stdio::inherit())
         .output()

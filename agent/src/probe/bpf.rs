@@ -494,95 +494,63 @@ mod tests {
 
     #[test]
     fn layout_matches_c() {
+        // (C struct, field or "sizeof", value), in the order layout.c prints them.
+        macro_rules! size {
+            ($c:literal, $t:ty) => {
+                ($c, "sizeof", size_of::<$t>())
+            };
+        }
+        macro_rules! field {
+            ($c:literal, $t:ty, $f:ident) => {
+                ($c, stringify!($f), offset_of!($t, $f))
+            };
+        }
+        macro_rules! constant {
+            ($name:literal, $v:expr) => {
+                ("const", $name, $v as usize)
+            };
+        }
         let rust: &[(&str, &str, usize)] = &[
-            ("godwit_counters", "sizeof", size_of::<Counters>()),
-            ("godwit_counters", "cpu_ns", offset_of!(Counters, cpu_ns)),
-            (
-                "godwit_counters",
-                "dirtied_pages",
-                offset_of!(Counters, dirtied_pages),
-            ),
-            (
-                "godwit_counters",
-                "write_faults",
-                offset_of!(Counters, write_faults),
-            ),
-            (
-                "godwit_counters",
-                "cgroup_id",
-                offset_of!(Counters, cgroup_id),
-            ),
-            (
-                "godwit_counters",
-                "last_jiffies",
-                offset_of!(Counters, last_jiffies),
-            ),
-            ("godwit_oncpu", "sizeof", size_of::<OnCpu>()),
-            (
-                "godwit_oncpu",
-                "runtime_base_ns",
-                offset_of!(OnCpu, runtime_base_ns),
-            ),
-            ("godwit_oncpu", "cgroup_id", offset_of!(OnCpu, cgroup_id)),
-            ("godwit_oncpu", "tgid", offset_of!(OnCpu, tgid)),
-            ("godwit_oncpu", "pid", offset_of!(OnCpu, pid)),
-            ("godwit_inode_key", "sizeof", size_of::<InodeKey>()),
-            ("godwit_inode_key", "ino", offset_of!(InodeKey, ino)),
-            ("godwit_inode_key", "dev", offset_of!(InodeKey, dev)),
-            ("godwit_inode_stats", "sizeof", size_of::<InodeStats>()),
-            (
-                "godwit_inode_stats",
-                "dirtied_pages",
-                offset_of!(InodeStats, dirtied_pages),
-            ),
-            (
-                "godwit_inode_stats",
-                "events",
-                offset_of!(InodeStats, events),
-            ),
-            ("godwit_proc_event", "sizeof", size_of::<RawProcEvent>()),
-            ("godwit_proc_event", "kind", offset_of!(RawProcEvent, kind)),
-            ("godwit_proc_event", "tgid", offset_of!(RawProcEvent, tgid)),
-            ("godwit_proc_event", "ppid", offset_of!(RawProcEvent, ppid)),
-            (
-                "godwit_proc_event",
-                "cgroup_id",
-                offset_of!(RawProcEvent, cgroup_id),
-            ),
-            (
-                "godwit_proc_event",
-                "ts_ns",
-                offset_of!(RawProcEvent, ts_ns),
-            ),
-            ("godwit_proc_event", "comm", offset_of!(RawProcEvent, comm)),
-            ("godwit_dirty_range", "sizeof", size_of::<DirtyRange>()),
-            ("godwit_dirty_range", "key", offset_of!(DirtyRange, key)),
-            ("godwit_dirty_range", "index", offset_of!(DirtyRange, index)),
-            ("godwit_dirty_range", "nr", offset_of!(DirtyRange, nr)),
-            ("godwit_dirty_range", "tgid", offset_of!(DirtyRange, tgid)),
-            ("const", "GODWIT_COMM_LEN", COMM_LEN),
-            ("const", "GODWIT_EV_EXEC", EV_EXEC as usize),
-            ("const", "GODWIT_EV_EXIT", EV_EXIT as usize),
-            (
-                "const",
-                "GODWIT_STAT_EVENTS_LOST",
-                STAT_EVENTS_LOST as usize,
-            ),
-            ("const", "GODWIT_STAT_DIRTY_LOST", STAT_DIRTY_LOST as usize),
-            ("const", "GODWIT_STAT_TASKS_FULL", STAT_TASKS_FULL as usize),
-            (
-                "const",
-                "GODWIT_STAT_CGROUPS_FULL",
-                STAT_CGROUPS_FULL as usize,
-            ),
-            ("const", "GODWIT_STAT_EXEC", STAT_EXEC as usize),
-            ("const", "GODWIT_STAT_EXIT", STAT_EXIT as usize),
-            (
-                "const",
-                "GODWIT_STAT_DIRTY_EVENTS",
-                STAT_DIRTY_EVENTS as usize,
-            ),
-            ("const", "GODWIT_STAT_MAX", STAT_MAX as usize),
+            size!("godwit_counters", Counters),
+            field!("godwit_counters", Counters, cpu_ns),
+            field!("godwit_counters", Counters, dirtied_pages),
+            field!("godwit_counters", Counters, write_faults),
+            field!("godwit_counters", Counters, cgroup_id),
+            field!("godwit_counters", Counters, last_jiffies),
+            size!("godwit_oncpu", OnCpu),
+            field!("godwit_oncpu", OnCpu, runtime_base_ns),
+            field!("godwit_oncpu", OnCpu, cgroup_id),
+            field!("godwit_oncpu", OnCpu, tgid),
+            field!("godwit_oncpu", OnCpu, pid),
+            size!("godwit_inode_key", InodeKey),
+            field!("godwit_inode_key", InodeKey, ino),
+            field!("godwit_inode_key", InodeKey, dev),
+            size!("godwit_inode_stats", InodeStats),
+            field!("godwit_inode_stats", InodeStats, dirtied_pages),
+            field!("godwit_inode_stats", InodeStats, events),
+            size!("godwit_proc_event", RawProcEvent),
+            field!("godwit_proc_event", RawProcEvent, kind),
+            field!("godwit_proc_event", RawProcEvent, tgid),
+            field!("godwit_proc_event", RawProcEvent, ppid),
+            field!("godwit_proc_event", RawProcEvent, cgroup_id),
+            field!("godwit_proc_event", RawProcEvent, ts_ns),
+            field!("godwit_proc_event", RawProcEvent, comm),
+            size!("godwit_dirty_range", DirtyRange),
+            field!("godwit_dirty_range", DirtyRange, key),
+            field!("godwit_dirty_range", DirtyRange, index),
+            field!("godwit_dirty_range", DirtyRange, nr),
+            field!("godwit_dirty_range", DirtyRange, tgid),
+            constant!("GODWIT_COMM_LEN", COMM_LEN),
+            constant!("GODWIT_EV_EXEC", EV_EXEC),
+            constant!("GODWIT_EV_EXIT", EV_EXIT),
+            constant!("GODWIT_STAT_EVENTS_LOST", STAT_EVENTS_LOST),
+            constant!("GODWIT_STAT_DIRTY_LOST", STAT_DIRTY_LOST),
+            constant!("GODWIT_STAT_TASKS_FULL", STAT_TASKS_FULL),
+            constant!("GODWIT_STAT_CGROUPS_FULL", STAT_CGROUPS_FULL),
+            constant!("GODWIT_STAT_EXEC", STAT_EXEC),
+            constant!("GODWIT_STAT_EXIT", STAT_EXIT),
+            constant!("GODWIT_STAT_DIRTY_EVENTS", STAT_DIRTY_EVENTS),
+            constant!("GODWIT_STAT_MAX", STAT_MAX),
         ];
         assert_eq!(rust.len(), C_LAYOUT.len(), "every C item has a Rust mirror");
         for (c, r) in C_LAYOUT.iter().zip(rust) {

@@ -14,15 +14,22 @@ fn load_probe() -> BpfProbe {
     BpfProbe::load(true).unwrap_or_else(|e| panic!("BPF probe must load on this host: {e}"))
 }
 
+/// Under CPU contention (two competing burners on this two-core machine), where the kernel
+/// now and then switches a task in without the program seeing it, no time may be lost: the
+/// probe must agree with the scheduler's own runtime of the thread.
 #[test]
 fn cpu_time_per_tgid_and_cgroup_matches_kernel_accounting() {
     let probe = load_probe();
     let cg = TestCgroup::new("godwit-cpu");
+    let competitors: Vec<Workload> = (0..2)
+        .map(|_| Workload::start(&["burn", "3000"], None))
+        .collect();
     let mut w = Workload::start(&["burn", "2000"], Some(&cg));
     let self_cpu_ns = w.wait_done();
+    drop(competitors);
     // The workload now blocks on stdin: switched out, so its time is charged.
     std::thread::sleep(Duration::from_millis(100));
-    let stat_ns = w.proc_cpu_ns();
+    let sched_ns = w.sched_runtime_ns();
     let cg_ns = cg.cpu_usage_ns();
     let task = probe.task(w.pid()).expect("tgid counted");
     let cgroup = probe.cgroup(cg.id()).expect("cgroup counted");
@@ -30,17 +37,19 @@ fn cpu_time_per_tgid_and_cgroup_matches_kernel_accounting() {
         self_cpu_ns >= 2_000_000_000,
         "the workload burned only {self_cpu_ns} ns"
     );
+    // The same sum_exec_runtime on both sides: equal but for a slice charged late.
     assert_within(
-        "tgid on-CPU ns vs /proc/PID/stat",
+        "tgid on-CPU ns vs /proc/PID/task/PID/schedstat",
         task.cpu_ns as f64,
-        stat_ns as f64,
-        3.0,
+        sched_ns as f64,
+        0.1,
     );
+    // cpu.stat is in microseconds.
     assert_within(
         "cgroup on-CPU ns vs cpu.stat",
         cgroup.cpu_ns as f64,
         cg_ns as f64,
-        3.0,
+        0.5,
     );
     assert_eq!(
         task.cgroup_id,

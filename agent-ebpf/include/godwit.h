@@ -34,10 +34,9 @@ struct godwit_counters {
 };
 
 /*
- * Per-CPU record of the task on the CPU: its scheduler runtime (se.sum_exec_runtime) when it
- * was switched in. At switch-out the difference is its slice, measured by the scheduler's own
- * clock, so no timestamp helper is called on this hot path. Userspace adds the slice still
- * running from /proc/TGID/task/PID/schedstat.
+ * Per-CPU record of the task on the CPU, written when it is switched in: userspace adds the
+ * slice still running (its /proc/TGID/task/PID/schedstat runtime minus runtime_base_ns, its
+ * runtime at switch-in) and the switch-out charges to the cgroup read here.
  */
 struct godwit_oncpu {
 	__u64 runtime_base_ns;

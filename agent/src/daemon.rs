@@ -1,6 +1,7 @@
 //! The agent's lifecycle: validate, bind, load the probe, serve, and on SIGTERM/SIGINT stop
 //! the sampler (detaching the BPF programs) and drain the API under a deadline.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,8 +34,9 @@ pub fn init_logging(cfg: &Config) {
     };
 }
 
-/// Runs the agent until a signal; returns the process exit code.
-pub fn run(cfg: Config) -> ExitCode {
+/// Runs the agent until SIGTERM or SIGINT; returns the process exit code. SIGHUP re-reads
+/// `config_path` (see [`reload`]).
+pub fn run(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
     init_logging(&cfg);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -48,10 +50,10 @@ pub fn run(cfg: Config) -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    runtime.block_on(run_async(cfg))
+    runtime.block_on(run_async(cfg, config_path))
 }
 
-async fn run_async(cfg: Config) -> ExitCode {
+async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
     let node_name = cfg.node.name.clone().unwrap_or_else(|| {
         crate::probe::node::read_hostname(&cfg.probe.proc_root)
             .unwrap_or_else(|_| "localhost".into())
@@ -97,7 +99,14 @@ async fn run_async(cfg: Config) -> ExitCode {
                 return ExitCode::from(exit::FAILURE);
             }
         };
-    let sampler_thread = match probe::spawn(sampler, shared.clone(), stop.clone(), Some(tx)) {
+    let (tracker, track_rx) = probe::DirtyTracker::channel();
+    let sampler_thread = match probe::spawn(
+        sampler,
+        shared.clone(),
+        stop.clone(),
+        Some(tx),
+        Some(track_rx),
+    ) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the sampler thread");
@@ -121,10 +130,67 @@ async fn run_async(cfg: Config) -> ExitCode {
             }
         },
     };
+    let transport = match crate::transport::agent::start(&cfg, &node_name) {
+        Ok(t) => t.map(Arc::new),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the transport");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let images = open_images(&cfg);
+    if let (Some(t), Some(store)) = (&transport, &images) {
+        crate::image::push::register(t.services(), store.clone());
+    }
+    if let Some(t) = &transport {
+        crate::migrate::register(t.services(), cfg.services.state_root.clone());
+    }
+    let services = start_services(&cfg, &node_name, images.clone()).await;
+    let migrator = match (&transport, &services) {
+        (Some(t), Some(m)) => {
+            crate::migrate::agent::register_handoff(t.services(), m.clone());
+            Some(Arc::new(crate::migrate::agent::Migrator {
+                node: node_name.clone(),
+                manager: m.clone(),
+                transport: t.clone(),
+                images: images.clone(),
+                tracker: (source == crate::probe::model::Source::Ebpf).then(|| tracker.clone()),
+                snapshot: shared.clone(),
+                audit: cfg.node.data_dir.join("migrations.log"),
+                stats: Default::default(),
+            }))
+        }
+        _ => None,
+    };
+    let inventory = crate::inventory::watch::SharedInventory::default();
+    let inventory_stop = CancellationToken::new();
+    let inventory_task = (!cfg.inventory.is_empty()).then(|| {
+        crate::inventory::watch::spawn(
+            cfg.inventory.clone(),
+            crate::inventory::watch::Sources {
+                snapshot: shared.clone(),
+                services: services.clone(),
+                cgroup_root: crate::probe::cgroup::CgroupLayout::detect(std::path::Path::new(
+                    "/proc/self/mounts",
+                ))
+                .ok()
+                .map(|l| l.v2_root),
+                sys_root: cfg.probe.sys_root.clone(),
+                proc_root: cfg.probe.proc_root.clone(),
+                file: cfg
+                    .inventory
+                    .file
+                    .clone()
+                    .unwrap_or_else(|| cfg.node.data_dir.join("inventory.json")),
+            },
+            inventory.clone(),
+            inventory_stop.clone(),
+        )
+    });
     let publisher = mesh.clone().map(|mesh| {
         tokio::spawn(publish_summaries(
             cfg.clone(),
             mesh,
+            transport.as_ref().map(|t| t.advertise()),
             shared.clone(),
             forecasts.clone(),
             decisions.clone(),
@@ -138,8 +204,21 @@ async fn run_async(cfg: Config) -> ExitCode {
             decisions,
             risk,
             mesh: mesh.clone(),
+            transport: transport.clone(),
+            images,
+            services: services.clone(),
+            inventory: (!cfg.inventory.is_empty()).then(|| inventory.clone()),
+            migrator: migrator.clone(),
         },
-        api::metrics::registry(shared, selection),
+        api::metrics::registry(
+            shared,
+            selection,
+            mesh.clone(),
+            transport.clone(),
+            services.clone(),
+            (!cfg.inventory.is_empty()).then(|| inventory.clone()),
+            migrator.clone(),
+        ),
     );
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(api::serve(listener, router, shutdown.clone()));
@@ -151,8 +230,16 @@ async fn run_async(cfg: Config) -> ExitCode {
         cfg.api.listen
     );
 
+    let reloader = tokio::spawn(reload_on_sighup(cfg.clone(), config_path, mesh.clone()));
     let signal = wait_for_signal().await;
     tracing::info!(signal, "shutting down");
+    reloader.abort();
+    if let Some(mesh) = &mesh {
+        // Peers list this node as left rather than declaring it dead.
+        let linger =
+            (Duration::from_millis(cfg.gossip.interval_ms.0) * 3).min(Duration::from_secs(2));
+        mesh.leave(linger).await;
+    }
     shutdown.cancel();
     if let Some(p) = publisher {
         p.abort();
@@ -183,6 +270,16 @@ async fn run_async(cfg: Config) -> ExitCode {
         tracing::error!("forecast thread panicked");
         code = ExitCode::from(exit::FAILURE);
     }
+    if let Some(t) = &transport {
+        t.close();
+    }
+    inventory_stop.cancel();
+    if let Some(t) = inventory_task {
+        let _ = t.await;
+    }
+    if let Some(m) = &services {
+        m.shutdown().await;
+    }
     tracing::info!("agent stopped");
     code
 }
@@ -207,6 +304,7 @@ async fn wait_for_signal() -> &'static str {
 async fn publish_summaries(
     cfg: Config,
     mesh: Arc<gossip::Cluster>,
+    quic: Option<std::net::SocketAddr>,
     snapshot: probe::SharedSnapshot,
     forecasts: forecast::SharedForecasts,
     decisions: forecast::SharedDecisions,
@@ -225,7 +323,9 @@ async fn publish_summaries(
         last = snap.taken_at_unix_ms;
         let f = forecasts.read().unwrap_or_else(|e| e.into_inner()).clone();
         let d = decisions.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let summary = gossip::agent::summary(&cfg, &snap, f.as_deref(), d.as_deref(), risk.get());
+        let mut summary =
+            gossip::agent::summary(&cfg, &snap, f.as_deref(), d.as_deref(), risk.get());
+        summary.addresses.quic = quic;
         match mesh.publish(&summary).await {
             Ok(_) => warned = false,
             Err(e) if !warned => {
@@ -235,4 +335,106 @@ async fn publish_summaries(
             Err(_) => {}
         }
     }
+}
+
+/// Re-reads the configuration file on every SIGHUP (`systemctl reload godwit`) and applies
+/// what can change while running: the gossip keys, one rotation step per reload. A file that
+/// does not parse or validate changes nothing.
+async fn reload_on_sighup(
+    mut current: Config,
+    path: Option<PathBuf>,
+    mesh: Option<Arc<gossip::Cluster>>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler: configuration reload is disabled");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let Some(path) = path.as_deref() else {
+            tracing::info!(
+                "reload requested: the agent runs the embedded default, nothing to read"
+            );
+            continue;
+        };
+        match Config::load(Some(path)) {
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the running configuration stays");
+            }
+            Ok(new) => {
+                reload(&current, &new, mesh.as_deref());
+                current = new;
+            }
+        }
+    }
+}
+
+/// Applies a reloaded configuration: rotates the gossip keys and reports what else changed,
+/// which takes effect at the next start.
+pub fn reload(current: &Config, new: &Config, mesh: Option<&gossip::Cluster>) {
+    if let Some(mesh) = mesh {
+        match gossip::agent::reload_keys(mesh, new) {
+            Ok(change) if change.is_empty() => tracing::info!("reload: gossip keys unchanged"),
+            Ok(change) => tracing::info!(
+                installed = ?change.installed,
+                primary = ?change.primary.map(|(_, new)| new),
+                removed = ?change.removed,
+                "reload: gossip keyring rotated"
+            ),
+            Err(e) => tracing::error!(error = %e, "reload: gossip keys not applied"),
+        }
+    }
+    let mut rest = new.clone();
+    rest.gossip.keys.clone_from(&current.gossip.keys);
+    if &rest != current {
+        tracing::warn!("reload: changes other than gossip.keys take effect at the next start");
+    }
+}
+
+/// Opens the image store in the data directory; without one (not writable, say) images are
+/// off, which the log says once.
+fn open_images(cfg: &Config) -> Option<Arc<crate::image::ImageStore>> {
+    let dir = cfg.node.data_dir.join("images");
+    match crate::image::ImageStore::open(&dir) {
+        Ok(store) => Some(Arc::new(store)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no image store: images cannot be received or pushed");
+            None
+        }
+    }
+}
+
+/// Starts the service runtime and the configured services. Without a cgroup v2 hierarchy
+/// there is no runtime: said once, and the configured services are not started.
+async fn start_services(
+    cfg: &Config,
+    node: &str,
+    images: Option<Arc<crate::image::ImageStore>>,
+) -> Option<Arc<crate::service::Manager>> {
+    let layout =
+        match crate::probe::cgroup::CgroupLayout::detect(std::path::Path::new("/proc/self/mounts"))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    services = cfg.service.len(),
+                    "no cgroup v2 hierarchy: managed services are off"
+                );
+                return None;
+            }
+        };
+    let manager = crate::service::Manager::new(crate::service::Runtime {
+        node: node.to_string(),
+        v2_root: layout.v2_root,
+        section: cfg.services.clone(),
+        images,
+        run_root: cfg.node.data_dir.join("images/run"),
+    });
+    for spec in &cfg.service {
+        if let Err(e) = manager.add(spec.clone()).await {
+            tracing::error!(service = %spec.name, error = %e, "service not started");
+        }
+    }
+    Some(manager)
 }

@@ -183,6 +183,17 @@ pub fn load_bin() -> PathBuf {
     bin
 }
 
+/// The example service's binaries (`kvstore`, `kvcheck`), built with the workspace.
+pub fn example_bin(name: &str) -> PathBuf {
+    let bin = target_dir().join(name);
+    assert!(
+        bin.exists(),
+        "{} missing: build with `cargo build --workspace` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
 /// A running `godwit-load` process; killed on drop.
 pub struct Workload {
     pub child: Child,
@@ -229,6 +240,13 @@ impl Workload {
         let st = godwit::probe::procfs::read_stat(Path::new("/proc"), self.pid()).expect("stat");
         (st.utime_ticks + st.stime_ticks) * 1_000_000_000
             / godwit::probe::procfs::clock_ticks_per_second()
+    }
+
+    /// The scheduler's exact runtime of the workload's (single) thread, in ns, from
+    /// /proc/PID/task/PID/schedstat: the same `sum_exec_runtime` the probe reads.
+    pub fn sched_runtime_ns(&self) -> u64 {
+        godwit::probe::procfs::read_thread_runtime_ns(Path::new("/proc"), self.pid(), self.pid())
+            .expect("schedstat")
     }
 
     /// `write_bytes` of /proc/PID/io.
@@ -468,6 +486,88 @@ fn dechunk(mut body: &str) -> String {
         body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
     }
     out
+}
+
+/// Runs `promtool check metrics` on an exposition and panics with its report unless it is
+/// clean (no errors and no lint warnings).
+pub fn promtool_check(exposition: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed");
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("wait for promtool");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}"
+    );
+}
+
+/// A cgroup parent for a test's managed services (`[services] cgroup_parent`), killed and
+/// removed when the test ends however it ends: an agent killed with SIGKILL does not stop its
+/// services, which live in their own cgroups.
+pub struct ServiceSlice {
+    parent: PathBuf,
+    /// The parent's name under the cgroup v2 root.
+    pub name: String,
+}
+
+impl ServiceSlice {
+    /// A new, uniquely named parent.
+    pub fn new() -> ServiceSlice {
+        let name = unique("godwit-test").replace(['.', '/'], "-") + ".slice";
+        ServiceSlice {
+            parent: cgroup_layout().v2_root.join(&name),
+            name,
+        }
+    }
+
+    /// A `[services]` section using it, with state under `state_root`.
+    pub fn toml(&self, state_root: &Path) -> String {
+        format!(
+            "[services]\ncgroup_parent = \"{}\"\nstate_root = \"{}\"\nstop_grace_ms = 2000\n",
+            self.name,
+            state_root.display()
+        )
+    }
+}
+
+impl Default for ServiceSlice {
+    fn default() -> Self {
+        ServiceSlice::new()
+    }
+}
+
+impl Drop for ServiceSlice {
+    fn drop(&mut self) {
+        if let Ok(rd) = std::fs::read_dir(&self.parent) {
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while std::fs::read_to_string(e.path().join("cgroup.procs"))
+                    .is_ok_and(|p| !p.trim().is_empty())
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.parent);
+    }
 }
 
 #[cfg(test)]

@@ -281,13 +281,22 @@ fn start_agent(
     })
 }
 
-/// The configuration file of one benchmark agent: its own address and data directory, the
-/// probe mode under test, and everything else at the embedded defaults.
+/// The configuration file of one benchmark agent: its own address, gossip and transport ports
+/// (the API port plus 10 and 20, so two agents run side by side) and data directory, the probe
+/// mode under test, and everything else at the embedded defaults.
 fn agent_config(mode: &str, addr: &str, data_dir: &Path) -> String {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .expect("benchmark addresses are host:port");
+    let port: u16 = port.parse().expect("benchmark ports are numbers");
     format!(
         "# written by cargo xtask bench probe\n\n[node]\ndata_dir = \"{}\"\n\n\
-         [api]\nlisten = \"{addr}\"\n\n[probe]\nmode = \"{mode}\"\ninterval_ms = {INTERVAL_MS}\n",
-        data_dir.display()
+         [api]\nlisten = \"{addr}\"\n\n[probe]\nmode = \"{mode}\"\ninterval_ms = {INTERVAL_MS}\n\n\
+         [gossip]\nlisten = \"{host}:{}\"\n\n[transport]\nlisten = \"{host}:{}\"\ntls_dir = \"{}\"\n",
+        data_dir.display(),
+        port + 10,
+        port + 20,
+        data_dir.join("tls").display(),
     )
 }
 
@@ -752,6 +761,10 @@ mod tests {
             "[probe]",
             "mode = \"ebpf\"",
             "interval_ms = 1000",
+            "[gossip]",
+            "listen = \"127.0.0.1:19756\"",
+            "[transport]",
+            "listen = \"127.0.0.1:19766\"",
         ] {
             assert!(c.lines().any(|l| l == line), "missing {line:?} in\n{c}");
         }
@@ -960,6 +973,35 @@ pub struct BinArgs {
     /// Replace the benchmark's section of docs/BENCHMARKS.md with the new figures.
     #[arg(long)]
     write: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GossipArgs {
+    /// Replace the benchmark's section of docs/BENCHMARKS.md with the new figures.
+    #[arg(long)]
+    write: bool,
+    /// 20 nodes only (a minute instead of several).
+    #[arg(long)]
+    quick: bool,
+}
+
+/// `cargo xtask bench gossip`: runs `godwit-bench-gossip` in release mode.
+pub fn gossip(args: &GossipArgs) -> Result<()> {
+    crate::step("system packages needed to build");
+    packages::ensure(packages::BUILD)?;
+    crate::step("cargo run --release -p godwit-tests --bin godwit-bench-gossip");
+    let mut cmd = crate::cargo_run_test_bin("godwit-bench-gossip");
+    if args.write {
+        cmd.arg("--write");
+    }
+    if args.quick {
+        cmd.arg("--quick");
+    }
+    let status = cmd.status().context("cannot start cargo")?;
+    if !status.success() {
+        bail!("godwit-bench-gossip failed ({status})");
+    }
+    Ok(())
 }
 
 /// Runs `cargo run --release -p godwit-tests --bin NAME [-- --write]` (after making sure the

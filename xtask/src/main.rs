@@ -8,6 +8,7 @@
 //!   unit file.
 //! - `cargo xtask bench probe`: measure the probe overhead of an eBPF agent and a procfs agent side
 //!   by side under a context-switch storm and many idle processes.
+//! - `cargo xtask bench gossip [--quick] [--write]`: the mesh at 20, 100 and 500 nodes.
 //! - `cargo xtask bench predict [--write]`, `cargo xtask bench policy [--write]`: forecast
 //!   accuracy and fit cost; the cost of a policy pass.
 //! - `cargo xtask sim [--write] [ARGS]`: the cluster simulator (`godwit-sim ARGS`, by default
@@ -104,6 +105,8 @@ enum BenchCmd {
     Predict(bench::BinArgs),
     /// Cost of one policy pass over synthetic clusters of growing size.
     Policy(bench::BinArgs),
+    /// Gossip at 20, 100 and 500 nodes, sealed and clear, with and without loss.
+    Gossip(bench::GossipArgs),
 }
 
 fn main() -> ExitCode {
@@ -121,6 +124,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             which: BenchCmd::Policy(args),
         } => bench::run_bin("godwit-bench-policy", &args),
+        Cmd::Bench {
+            which: BenchCmd::Gossip(args),
+        } => bench::gossip(&args),
         Cmd::Sim(args) => sim::sim(&args),
         Cmd::Cluster { cmd } => cluster::cluster(&cmd),
         Cmd::PingPong => load::pingpong(),
@@ -180,12 +186,18 @@ fn test(args: &[OsString]) -> Result<()> {
         "build",
     )?;
 
-    step("[3/4] unit tests: cargo test --workspace --lib --bins");
+    step("[3/4] unit tests: cargo test --workspace --lib --bins; the example service on loopback");
     run_checked(
         cargo()
             .args(["test", "--workspace", "--lib", "--bins", "--"])
             .args(args),
         "unit tests",
+    )?;
+    run_checked(
+        cargo()
+            .args(["test", "-p", "godwit-kvstore", "--tests", "--"])
+            .args(args),
+        "example service tests",
     )?;
 
     step("[4/4] privileged integration tests: cargo test -p godwit-tests --tests -- --test-threads=1");

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Error as FmtError;
+use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -16,8 +17,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::config::Glob;
+use crate::gossip::{Cluster, Liveness};
 use crate::probe::model::ProcessSample;
 use crate::probe::{SharedSnapshot, Snapshot};
+use crate::transport::agent::Transport;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -56,11 +59,362 @@ struct SnapshotCollector {
     selection: ProcessSelection,
 }
 
-/// Builds the registry behind `/metrics`.
-pub fn registry(shared: SharedSnapshot, selection: ProcessSelection) -> Registry {
+/// Builds the registry behind `/metrics`; the mesh's series are there when gossip runs.
+pub fn registry(
+    shared: SharedSnapshot,
+    selection: ProcessSelection,
+    mesh: Option<Arc<Cluster>>,
+    transport: Option<Arc<Transport>>,
+    services: Option<Arc<crate::service::Manager>>,
+    inventory: Option<crate::inventory::watch::SharedInventory>,
+    migrator: Option<Arc<crate::migrate::agent::Migrator>>,
+) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(SnapshotCollector { shared, selection }));
+    if let Some(mesh) = mesh {
+        registry.register_collector(Box::new(MeshCollector { mesh }));
+    }
+    if let Some(transport) = transport {
+        registry.register_collector(Box::new(TransportCollector { transport }));
+    }
+    if let Some(services) = services {
+        registry.register_collector(Box::new(ServicesCollector { services }));
+    }
+    if let Some(inventory) = inventory {
+        registry.register_collector(Box::new(InventoryCollector { inventory }));
+    }
+    if let Some(migrator) = migrator {
+        registry.register_collector(Box::new(MigrationCollector { migrator }));
+    }
     registry
+}
+
+/// Migrations from this node: counts by result, and the last one's figures.
+#[derive(Debug)]
+struct MigrationCollector {
+    migrator: Arc<crate::migrate::agent::Migrator>,
+}
+
+impl Collector for MigrationCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), FmtError> {
+        use MetricType::{Counter, Gauge};
+        let st = self.migrator.stats();
+        family(
+            &mut enc,
+            "godwit_migrations",
+            "Migrations started from this node, by result",
+            Counter,
+            [("committed", st.committed), ("failed", st.failed)]
+                .map(|(r, v)| (vec![("result", r.to_string())], v as f64)),
+        )?;
+        if let Some(last) = &st.last {
+            let labels = || vec![("service", last.service.clone())];
+            family(
+                &mut enc,
+                "godwit_migration_last_downtime_seconds",
+                "The last migration: from the freeze to the service healthy on the target",
+                Gauge,
+                last.downtime_seconds.map(|d| (labels(), d)),
+            )?;
+            let bytes = last.transfer.as_ref().map(|t| t.bytes).unwrap_or(0);
+            family(
+                &mut enc,
+                "godwit_migration_last_state_bytes",
+                "The last migration: bytes of state sent over all rounds",
+                Gauge,
+                [(labels(), bytes as f64)],
+            )?;
+            family(
+                &mut enc,
+                "godwit_migration_last_rounds",
+                "The last migration: rounds run, and rounds the pre-copy model predicted",
+                Gauge,
+                [
+                    (
+                        vec![("service", last.service.clone()), ("kind", "actual".into())],
+                        last.actual_rounds as f64,
+                    ),
+                    (
+                        vec![
+                            ("service", last.service.clone()),
+                            ("kind", "predicted".into()),
+                        ],
+                        last.predicted_rounds.map(f64::from).unwrap_or(f64::NAN),
+                    ),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The inventory: a count per pattern, and one series per item (at most
+/// `MAX_ITEMS_PER_PATTERN` per pattern).
+struct InventoryCollector {
+    inventory: crate::inventory::watch::SharedInventory,
+}
+
+impl std::fmt::Debug for InventoryCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InventoryCollector")
+    }
+}
+
+impl Collector for InventoryCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), FmtError> {
+        use crate::inventory::MAX_ITEMS_PER_PATTERN as MAX;
+        let inv = self
+            .inventory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut counts: Vec<(Labels, f64)> = Vec::new();
+        let mut items: Vec<(Labels, f64)> = Vec::new();
+        let mut add = |kind: &str, pattern: &str, names: Vec<String>| {
+            counts.push((
+                vec![("kind", kind.to_string()), ("pattern", pattern.to_string())],
+                names.len() as f64,
+            ));
+            for name in names.into_iter().take(MAX) {
+                items.push((
+                    vec![
+                        ("kind", kind.to_string()),
+                        ("pattern", pattern.to_string()),
+                        ("item", name),
+                    ],
+                    1.0,
+                ));
+            }
+        };
+        for m in &inv.processes {
+            add(
+                "process",
+                &m.pattern,
+                m.items
+                    .iter()
+                    .map(|p| format!("{}:{}", p.comm, p.pid))
+                    .collect(),
+            );
+        }
+        for m in &inv.containers {
+            add(
+                "container",
+                &m.pattern,
+                m.items.iter().map(|c| c.cgroup.clone()).collect(),
+            );
+        }
+        for m in &inv.devices {
+            add(
+                "device",
+                &m.pattern,
+                m.items.iter().map(|d| d.name.clone()).collect(),
+            );
+        }
+        for m in &inv.interfaces {
+            add(
+                "interface",
+                &m.pattern,
+                m.items.iter().map(|i| i.name.clone()).collect(),
+            );
+        }
+        family(
+            &mut enc,
+            "godwit_inventory_matches",
+            "Items each inventory pattern resolves to now",
+            MetricType::Gauge,
+            counts,
+        )?;
+        family(
+            &mut enc,
+            "godwit_inventory_item",
+            "One series per resolved item (capped per pattern), for joins on labels",
+            MetricType::Gauge,
+            items,
+        )?;
+        Ok(())
+    }
+}
+
+/// Managed services: one series per service and state (1 for the current one), restarts.
+#[derive(Debug)]
+struct ServicesCollector {
+    services: Arc<crate::service::Manager>,
+}
+
+impl Collector for ServicesCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), FmtError> {
+        use crate::service::RunState;
+        use MetricType::{Counter, Gauge};
+        let list = self.services.list();
+        const STATES: [RunState; 6] = [
+            RunState::Stopped,
+            RunState::Running,
+            RunState::Frozen,
+            RunState::Stopping,
+            RunState::Backoff,
+            RunState::Failed,
+        ];
+        family(
+            &mut enc,
+            "godwit_service_state",
+            "Managed services by state: 1 for the state each one is in",
+            Gauge,
+            list.iter().flat_map(|s| {
+                STATES.iter().map(move |st| {
+                    (
+                        vec![("service", s.name.clone()), ("state", st.to_string())],
+                        f64::from(u8::from(s.state == *st)),
+                    )
+                })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "godwit_service_healthy",
+            "1 when the managed service's health check passes",
+            Gauge,
+            list.iter().map(|s| {
+                (
+                    vec![("service", s.name.clone())],
+                    f64::from(u8::from(s.health == crate::service::Health::Healthy)),
+                )
+            }),
+        )?;
+        family(
+            &mut enc,
+            "godwit_service_restarts",
+            "Restarts of a managed service after crashes since it was last started",
+            Counter,
+            list.iter()
+                .map(|s| (vec![("service", s.name.clone())], f64::from(s.restarts))),
+        )?;
+        Ok(())
+    }
+}
+
+/// Connection counts of the QUIC endpoint and the paths it measured (one series per peer).
+#[derive(Debug)]
+struct TransportCollector {
+    transport: Arc<Transport>,
+}
+
+impl Collector for TransportCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), FmtError> {
+        use MetricType::{Counter, Gauge};
+        let s = self.transport.stats();
+        family(
+            &mut enc,
+            "godwit_transport_connections",
+            "Agent-to-agent connections: accepted, made, or refused (certificate, name, handshake)",
+            Counter,
+            [
+                ("accepted", s.accepted),
+                ("connected", s.connected),
+                ("refused_in", s.refused_in),
+                ("refused_out", s.refused_out),
+            ]
+            .map(|(outcome, v)| (vec![("outcome", outcome.to_string())], v as f64)),
+        )?;
+        let paths = self.transport.paths();
+        family(
+            &mut enc,
+            "godwit_transport_path_rtt_seconds",
+            "Median round trip to a peer at its last measurement",
+            Gauge,
+            paths
+                .iter()
+                .map(|p| (vec![("peer", p.node.clone())], p.rtt_ms / 1e3)),
+        )?;
+        family(
+            &mut enc,
+            "godwit_transport_path_bandwidth_bytes_per_second",
+            "Throughput to a peer at its last measurement, as the peer received it",
+            Gauge,
+            paths
+                .iter()
+                .filter(|p| p.probe_bytes > 0)
+                .map(|p| (vec![("peer", p.node.clone())], p.bandwidth_bytes_per_second)),
+        )?;
+        Ok(())
+    }
+}
+
+/// Membership and transport figures of the gossip mesh.
+#[derive(Debug)]
+struct MeshCollector {
+    mesh: Arc<Cluster>,
+}
+
+impl Collector for MeshCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), FmtError> {
+        use MetricType::{Counter, Gauge};
+        let view = self.mesh.view();
+        let count = |l: Liveness| view.members.iter().filter(|m| m.liveness == l).count() as f64;
+        family(
+            &mut enc,
+            "godwit_gossip_members",
+            "Members of the mesh as this node sees them, by liveness (this node included)",
+            Gauge,
+            [
+                ("alive", Liveness::Alive),
+                ("suspect", Liveness::Suspect),
+                ("dead", Liveness::Dead),
+                ("left", Liveness::Left),
+            ]
+            .map(|(name, l)| (vec![("liveness", name.to_string())], count(l))),
+        )?;
+        let oldest = view
+            .members
+            .iter()
+            .filter(|m| matches!(m.liveness, Liveness::Alive | Liveness::Suspect))
+            .map(|m| m.heartbeat_age_ms)
+            .max()
+            .unwrap_or(0);
+        family(
+            &mut enc,
+            "godwit_gossip_heartbeat_age_max_seconds",
+            "Age of the stalest heartbeat among members alive or suspect",
+            Gauge,
+            one(oldest as f64 / 1000.0),
+        )?;
+        let t = self.mesh.traffic();
+        family(
+            &mut enc,
+            "godwit_gossip_bytes",
+            "Bytes of gossip datagrams as on the wire, by direction",
+            Counter,
+            [("sent", t.bytes_sent), ("received", t.bytes_received)]
+                .map(|(d, v)| (vec![("direction", d.to_string())], v as f64)),
+        )?;
+        if let Some(s) = self.mesh.seal_stats() {
+            family(
+                &mut enc,
+                "godwit_gossip_sealed_datagrams",
+                "Datagrams of the sealed gossip transport: sent, accepted, or dropped and why",
+                Counter,
+                [
+                    ("sent", s.sent),
+                    ("accepted", s.accepted),
+                    ("bad_key", s.bad_key),
+                    ("bad_tag", s.bad_tag),
+                    ("replay", s.replay),
+                    ("stale", s.stale),
+                    ("malformed", s.malformed),
+                ]
+                .map(|(outcome, v)| (vec![("outcome", outcome.to_string())], v as f64)),
+            )?;
+        }
+        if let Some(ring) = self.mesh.keyring() {
+            family(
+                &mut enc,
+                "godwit_gossip_keys",
+                "Cluster keys this node accepts (more than one only during a rotation)",
+                Gauge,
+                one(ring.key_ids().len() as f64),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// One metric family: a descriptor and its series.

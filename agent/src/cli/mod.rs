@@ -3,8 +3,14 @@
 //! Exit codes are distinct per failure class so that systemd and scripts can tell them apart.
 
 mod explain;
+mod image;
+mod inventory;
+mod migrate;
 mod nodes;
+mod path;
+mod pki;
 mod predict;
+mod services;
 mod top;
 
 use std::path::PathBuf;
@@ -58,6 +64,22 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Members of the mesh with liveness, site, load, heartbeat age and generation.
     Nodes(nodes::NodesArgs),
+    /// Move a managed service to another node: state in rounds, a short freeze, nothing lost.
+    Migrate(migrate::MigrateArgs),
+    /// What the `[inventory]` patterns resolve to now.
+    Inventory(inventory::InventoryArgs),
+    /// Managed services with state, health, cgroup and CPU, memory and dirty rates.
+    Services(services::ServicesArgs),
+    /// Start, stop, freeze or thaw a managed service.
+    Service(services::ServiceArgs),
+    /// Images in the node's chunk store: import a directory, list, push to another node.
+    Image(image::ImageArgs),
+    /// Round trip and throughput to another member, measured by the local agent.
+    Path(path::PathArgs),
+    /// The cluster certificate authority of the agent-to-agent transport.
+    Ca(pki::CaArgs),
+    /// Node certificates signed by the cluster CA.
+    Cert(pki::CertArgs),
 }
 
 /// Entry point of the binary.
@@ -71,7 +93,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Agent { config } => match load(config.as_deref()) {
-            Ok(cfg) => crate::daemon::run(cfg),
+            Ok(cfg) => crate::daemon::run(cfg, config),
             Err(code) => code,
         },
         Command::Validate { config } => match load(Some(&config)) {
@@ -85,16 +107,46 @@ pub fn main() -> ExitCode {
         Command::Predict(args) => predict::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Nodes(args) => nodes::run(args),
+        Command::Migrate(args) => migrate::run(args),
+        Command::Inventory(args) => inventory::run(args),
+        Command::Services(args) => services::list(args),
+        Command::Service(args) => services::act(args),
+        Command::Image(args) => image::run(args),
+        Command::Path(args) => path::run(args),
+        Command::Ca(args) => pki::ca(args),
+        Command::Cert(args) => pki::cert(args),
     }
 }
 
 /// Fetches `path` from an agent's API and prints it: the JSON document with `json`, otherwise
 /// `render`'s text. Shared by the commands that only read an agent (`predict`, `explain`,
-/// `nodes`).
+/// `nodes`, ...).
 fn show(
     command: &str,
     addr: std::net::SocketAddr,
     path: &str,
+    json: bool,
+    render: impl FnOnce(&serde_json::Value) -> String,
+) -> ExitCode {
+    request(
+        command,
+        addr,
+        hyper::Method::GET,
+        path,
+        std::time::Duration::from_secs(5),
+        json,
+        render,
+    )
+}
+
+/// Sends a bodiless request to an agent's API and prints the answer as [`show`] does. Shared by
+/// the commands that act (`service`, `migrate`, `path`, `image push`).
+fn request(
+    command: &str,
+    addr: std::net::SocketAddr,
+    method: hyper::Method,
+    path: &str,
+    timeout: std::time::Duration,
     json: bool,
     render: impl FnOnce(&serde_json::Value) -> String,
 ) -> ExitCode {
@@ -108,7 +160,7 @@ fn show(
             return ExitCode::from(exit::FAILURE);
         }
     };
-    match rt.block_on(top::fetch_json(addr, path)) {
+    match rt.block_on(top::request_json(addr, method, path, timeout)) {
         Ok(doc) if json => {
             println!("{doc}");
             ExitCode::SUCCESS

@@ -63,5 +63,18 @@ pub fn render(doc: &Value) -> String {
     if let Some(seal) = doc["seal"].as_object() {
         let _ = writeln!(out, "\nsealed transport: {}", Value::Object(seal.clone()));
     }
+    if let Some(primary) = doc["keyring"]["primary"].as_str() {
+        let keys: Vec<&str> = doc["keyring"]["keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let _ = writeln!(
+            out,
+            "keyring: primary {primary}, accepts {}",
+            keys.join(" ")
+        );
+    }
     out
 }

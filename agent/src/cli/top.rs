@@ -130,17 +130,32 @@ impl Source {
 
 /// GETs a JSON document from an agent's API.
 pub async fn fetch_json(addr: SocketAddr, path: &str) -> Result<Value, TopError> {
+    request_json(addr, hyper::Method::GET, path, Duration::from_secs(5)).await
+}
+
+/// Sends a bodiless request (GET, or POST for actions) and returns the JSON answer.
+pub async fn request_json(
+    addr: SocketAddr,
+    method: hyper::Method,
+    path: &str,
+    timeout: Duration,
+) -> Result<Value, TopError> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let uri: hyper::Uri = format!("http://{addr}{path}")
         .parse()
         .map_err(|e| (exit::USAGE, format!("bad address {addr}: {e}")))?;
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| (exit::USAGE, format!("bad request {path}: {e}")))?;
     let unavailable = |e: String| {
         (
             exit::UNAVAILABLE,
             format!("no agent answers at {addr} ({e}); is `godwit agent` running there?"),
         )
     };
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
+    let resp = tokio::time::timeout(timeout, client.request(request))
         .await
         .map_err(|_| unavailable("timed out".into()))?
         .map_err(|e| unavailable(e.to_string()))?;

@@ -42,6 +42,15 @@ pub struct Config {
     #[serde(default)]
     pub gossip: GossipSection,
     #[serde(default)]
+    pub transport: TransportSection,
+    #[serde(default)]
+    pub services: crate::service::ServicesSection,
+    #[serde(default)]
+    pub inventory: crate::inventory::InventoryConfig,
+    /// Managed services (`[[service]]`).
+    #[serde(default)]
+    pub service: Vec<crate::service::ServiceSpec>,
+    #[serde(default)]
     pub predict: PredictConfig,
     #[serde(default)]
     pub policy: crate::policy::PolicyConfig,
@@ -94,6 +103,8 @@ impl Config {
             ));
         }
         self.policy.validate().map_err(|e| e.to_string())?;
+        crate::service::validate_all(&self.service, &self.services).map_err(|e| e.to_string())?;
+        self.inventory.validate()?;
         let g = &self.gossip;
         if g.enabled && !g.seeds.is_empty() && g.keys.is_empty() && !g.insecure {
             return Err("gossip.seeds are set but gossip.keys is empty: a cluster needs a key \
@@ -274,8 +285,10 @@ pub struct GossipSection {
     /// Name of the cluster; members of other clusters are refused.
     pub cluster_id: String,
     /// Cluster keys, 32 bytes as 64 hex digits. The first seals what this node sends; every
-    /// listed key is accepted, so a rotation is: add the new key second, then first, then
-    /// remove the old one, one node at a time, with no restart of the cluster.
+    /// listed key is accepted. SIGHUP (`systemctl reload godwit`) applies a changed list at
+    /// once, so a rotation needs no restart: (1) add the new key second on every node and
+    /// reload; (2) move it first on every node and reload; (3) remove the old key on every
+    /// node and reload. Finish each step on all nodes before starting the next.
     pub keys: Vec<String>,
     /// Gossip in clear text. Refused with seeds unless set explicitly.
     pub insecure: bool,
@@ -300,6 +313,32 @@ impl Default for GossipSection {
             interval_ms: Bounded(250),
             phi_threshold: Bounded(8),
             dead_node_grace_ms: Bounded(600_000),
+        }
+    }
+}
+
+/// The agent-to-agent QUIC endpoint (mutual TLS under the cluster CA), used by migrations.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportSection {
+    /// Run the endpoint. It also needs this node's certificate in `tls_dir`; without one the
+    /// agent says so once and runs without it.
+    pub enabled: bool,
+    /// UDP address of the endpoint.
+    pub listen: SocketAddr,
+    /// Address peers should use when it differs from `listen`.
+    pub advertise: Option<SocketAddr>,
+    /// Directory with `ca.pem`, `<node>.pem` and `<node>.key` (`godwit cert issue`).
+    pub tls_dir: PathBuf,
+}
+
+impl Default for TransportSection {
+    fn default() -> Self {
+        TransportSection {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9748)),
+            advertise: None,
+            tls_dir: PathBuf::from("/etc/godwit/tls"),
         }
     }
 }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::{
-    Addresses, Capacity, ClusterKey, Energy, FailureDetection, Forecast, GossipConfig, GossipError,
-    HostedService, Keyring, Load, NodeSummary, Security, TriggerState,
+    Addresses, Capacity, Cluster, ClusterKey, Energy, FailureDetection, Forecast, GossipConfig,
+    GossipError, HostedService, Keyring, KeyringChange, Load, NodeSummary, Security, TriggerState,
 };
 use crate::config::Config;
 use crate::forecast::{Decisions, Entity, Forecasts, Metric};
@@ -23,11 +23,11 @@ pub fn config_from(cfg: &Config, node_id: &str) -> Result<GossipConfig, GossipEr
         phi_threshold: g.phi_threshold.0 as f64,
         dead_node_grace: Duration::from_millis(g.dead_node_grace_ms.0),
     };
-    out.security = match (g.keys.split_first(), g.insecure) {
+    out.security = match (keys_from(cfg)?, g.insecure) {
         (Some((primary, others)), _) => {
-            let ring = Keyring::new(ClusterKey::from_hex(primary)?);
+            let ring = Keyring::new(primary);
             for k in others {
-                ring.install(ClusterKey::from_hex(k)?);
+                ring.install(k);
             }
             Security::Sealed(ring)
         }
@@ -36,6 +36,39 @@ pub fn config_from(cfg: &Config, node_id: &str) -> Result<GossipConfig, GossipEr
     };
     out.validate()?;
     Ok(out)
+}
+
+/// The configured cluster keys: the primary and the others, or `None` when there are none.
+pub fn keys_from(cfg: &Config) -> Result<Option<(ClusterKey, Vec<ClusterKey>)>, GossipError> {
+    let mut keys = cfg
+        .gossip
+        .keys
+        .iter()
+        .map(|k| ClusterKey::from_hex(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    let primary = keys.remove(0);
+    Ok(Some((primary, keys)))
+}
+
+/// Applies the `gossip.keys` of a reloaded configuration to a running node's keyring: one
+/// rotation step (install, switch primary, remove) per reload, with no restart. Changing
+/// whether the node seals at all needs a restart and is refused.
+pub fn reload_keys(mesh: &Cluster, cfg: &Config) -> Result<KeyringChange, GossipError> {
+    match (mesh.keyring(), keys_from(cfg)?) {
+        (Some(ring), Some((primary, others))) => Ok(ring.replace(primary, others)),
+        (None, None) => Ok(KeyringChange::default()),
+        (Some(_), None) => Err(GossipError::InvalidConfig(
+            "gossip.keys is empty but this node seals with a cluster key:              keep at least one key, or restart to change gossip security"
+                .into(),
+        )),
+        (None, Some(_)) => Err(GossipError::InvalidConfig(
+            "this node was started without gossip.keys: restart it to seal with the new keys"
+                .into(),
+        )),
+    }
 }
 
 /// What this node tells the cluster about itself now.

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
 
 use chitchat::{spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId};
 use serde::Serialize;
@@ -21,6 +22,8 @@ use super::transport::{GossipTransport, Loss, Sealing};
 /// Capacity of the change stream; a subscriber that lags further loses the oldest changes
 /// (and can re-sync from [`Cluster::view`]).
 const CHANGES_CAPACITY: usize = 1024;
+/// Set (to "1") by a node that leaves gracefully. Outside the summary's `g:` keys.
+const KEY_LEAVING: &str = "leaving";
 
 /// One incarnation of a node: its id and the generation it drew when it started.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -41,6 +44,9 @@ pub enum Liveness {
     Suspect,
     /// Declared dead; kept (with its last summary) for the dead-node grace, then forgotten.
     Dead,
+    /// Announced a graceful shutdown ([`Cluster::leave`]): gone, but not a failure. Kept for
+    /// the dead-node grace like a dead member.
+    Left,
 }
 
 /// A member of the cluster as this node sees it.
@@ -77,7 +83,9 @@ impl ClusterView {
 
     /// Members that are alive or suspect.
     pub fn live(&self) -> impl Iterator<Item = &Member> {
-        self.members.iter().filter(|m| m.liveness != Liveness::Dead)
+        self.members
+            .iter()
+            .filter(|m| !matches!(m.liveness, Liveness::Dead | Liveness::Left))
     }
 }
 
@@ -91,6 +99,8 @@ pub enum LeftReason {
     },
     /// Dead for longer than the dead-node grace: its state was garbage collected.
     Forgotten,
+    /// It announced a graceful shutdown (it stays listed with liveness `left` until forgotten).
+    Shutdown,
 }
 
 /// A change between two successive views.
@@ -143,6 +153,7 @@ pub struct Cluster {
     cancel: CancellationToken,
     task: Option<JoinHandle<()>>,
     counters: Option<Arc<SealCounters>>,
+    traffic: Arc<SealCounters>,
     keyring: Option<Keyring>,
 }
 
@@ -279,6 +290,7 @@ impl Cluster {
             refresh,
             cancel,
             task: Some(task),
+            traffic: counters.clone(),
             counters: sealing.then_some(counters),
             keyring: if sealing && !matches!(config.security, Security::None) {
                 keyring
@@ -333,12 +345,32 @@ impl Cluster {
         self.counters.as_ref().map(|c| c.snapshot())
     }
 
+    /// Datagram and byte counts of the transport, sealed or not (the drop counters stay 0
+    /// when insecure).
+    pub fn traffic(&self) -> SealStats {
+        self.traffic.snapshot()
+    }
+
     /// The keyring, for rotation while running (`None` when insecure or lone without a key).
     pub fn keyring(&self) -> Option<&Keyring> {
         self.keyring.as_ref()
     }
 
-    /// Stops gossiping and waits for the server to finish. Peers will declare this node dead.
+    /// Announces a graceful shutdown: peers list this node as [`Liveness::Left`] instead of
+    /// declaring it dead once it stops. Gossips on for `linger` (a few gossip intervals) so the
+    /// news spreads, then returns; stop or drop the cluster afterwards.
+    pub async fn leave(&self, linger: Duration) {
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set(KEY_LEAVING, "1");
+        info!(node_id = %self.self_id.node_id, "leaving the mesh");
+        tokio::time::sleep(linger).await;
+    }
+
+    /// Stops gossiping and waits for the server to finish. Peers will declare this node dead
+    /// unless it [left](Cluster::leave) first.
     pub async fn shutdown(mut self) -> Result<(), GossipError> {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {
@@ -405,6 +437,9 @@ struct Seen {
 #[derive(Default)]
 struct Tracker {
     seen: HashMap<ChitchatId, Seen>,
+    /// Each incarnation's decoded summary and the state version it was decoded at: a summary
+    /// is decoded again only when its keys changed, not on every refresh.
+    summaries: HashMap<ChitchatId, (u64, Option<NodeSummary>)>,
     warned_duplicate: bool,
 }
 
@@ -464,6 +499,7 @@ fn compute_view(
     let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
     let states = chitchat.node_states();
     tracker.seen.retain(|id, _| states.contains_key(id));
+    tracker.summaries.retain(|id, _| states.contains_key(id));
 
     // Liveness of every incarnation; `None` for one not yet presentable (never seen alive and
     // known for less than the detection bound: chitchat calls a node dead until it has two
@@ -485,6 +521,8 @@ fn compute_view(
         let age = now.saturating_duration_since(seen.advanced_at);
         let liveness = if is_self {
             Some(Liveness::Alive)
+        } else if state.get(KEY_LEAVING).is_some() {
+            Some(Liveness::Left)
         } else if live.contains(id) {
             seen.seen_alive = true;
             let timeout = chitchat
@@ -536,9 +574,19 @@ fn compute_view(
         else {
             continue;
         };
-        let summary = states
-            .get(id)
-            .and_then(|state| NodeSummary::decode(state.key_values()));
+        let summary = states.get(id).and_then(|state| {
+            let version = state.max_version();
+            match tracker.summaries.get(id) {
+                Some((v, cached)) if *v == version => cached.clone(),
+                _ => {
+                    let decoded = NodeSummary::decode(state.key_values());
+                    tracker
+                        .summaries
+                        .insert(id.clone(), (version, decoded.clone()));
+                    decoded
+                }
+            }
+        });
         members.push(Member {
             id: MemberId {
                 node_id: node_id.to_string(),
@@ -583,6 +631,10 @@ fn diff(previous: &ClusterView, next: &ClusterView) -> Vec<ClusterChange> {
                         Liveness::Alive => ClusterChange::Alive(member.clone()),
                         Liveness::Suspect => ClusterChange::Suspect(member.clone()),
                         Liveness::Dead => ClusterChange::Dead(member.clone()),
+                        Liveness::Left => ClusterChange::Left {
+                            id: member.id.clone(),
+                            reason: LeftReason::Shutdown,
+                        },
                     });
                 }
                 if old.summary != member.summary {
@@ -592,7 +644,8 @@ fn diff(previous: &ClusterView, next: &ClusterView) -> Vec<ClusterChange> {
         }
     }
     for old in &previous.members {
-        if !after.contains(old.id.node_id.as_str()) {
+        // A member that left was reported when it announced it.
+        if !after.contains(old.id.node_id.as_str()) && old.liveness != Liveness::Left {
             changes.push(ClusterChange::Left {
                 id: old.id.clone(),
                 reason: LeftReason::Forgotten,

@@ -9,7 +9,7 @@ use super::seal::KeyId;
 pub enum GossipError {
     /// Seeds are configured but neither a cluster key nor `insecure = true` is.
     #[error(
-        "gossip with seeds needs a cluster key: set gossip.key (32 bytes, hex), \
+        "gossip with seeds needs a cluster key: set gossip.keys (32 bytes each, 64 hex digits), \
          or set gossip.insecure = true to gossip in clear text"
     )]
     KeyRequired,

@@ -55,7 +55,7 @@ pub use config::{
     DEFAULT_GOSSIP_INTERVAL, DEFAULT_MAX_CLOCK_SKEW, DEFAULT_PHI_THRESHOLD, DEFAULT_SUMMARY_BUDGET,
 };
 pub use error::GossipError;
-pub use seal::{ClusterKey, KeyId, Keyring, SealStats};
+pub use seal::{ClusterKey, KeyId, Keyring, KeyringChange, SealStats};
 pub use summary::{
     Addresses, Capacity, EncodedSummary, Energy, Forecast, HostedService, Load, NodeSummary,
     TriggerState, MAX_SWITCH_LATENCIES, SCHEMA_VERSION,

@@ -223,6 +223,58 @@ impl Keyring {
     pub fn key_ids(&self) -> Vec<KeyId> {
         self.read().keys.keys().copied().collect()
     }
+
+    /// Makes the keyring hold exactly `primary` and `others`, in one step: new keys are
+    /// installed, `primary` sends, and keys not listed are removed. This is how a reloaded
+    /// configuration applies a rotation step (see the module documentation).
+    pub fn replace(&self, primary: ClusterKey, others: Vec<ClusterKey>) -> KeyringChange {
+        let mut inner = self.write();
+        let wanted: BTreeMap<KeyId, ClusterKey> = std::iter::once(primary.clone())
+            .chain(others)
+            .map(|k| (k.id(), k))
+            .collect();
+        let mut change = KeyringChange::default();
+        for (id, key) in &wanted {
+            if !inner.keys.contains_key(id) {
+                inner.keys.insert(*id, key.aead_key());
+                change.installed.push(*id);
+            }
+        }
+        let new_primary = primary.id();
+        if inner.primary != new_primary {
+            change.primary = Some((inner.primary, new_primary));
+            inner.primary = new_primary;
+        }
+        let stale: Vec<KeyId> = inner
+            .keys
+            .keys()
+            .filter(|id| !wanted.contains_key(id))
+            .copied()
+            .collect();
+        for id in stale {
+            inner.keys.remove(&id);
+            change.removed.push(id);
+        }
+        change
+    }
+}
+
+/// What [`Keyring::replace`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KeyringChange {
+    /// Keys accepted from now on.
+    pub installed: Vec<KeyId>,
+    /// The primary key before and after, if it changed.
+    pub primary: Option<(KeyId, KeyId)>,
+    /// Keys refused from now on.
+    pub removed: Vec<KeyId>,
+}
+
+impl KeyringChange {
+    /// True when the keyring did not change.
+    pub fn is_empty(&self) -> bool {
+        self.installed.is_empty() && self.primary.is_none() && self.removed.is_empty()
+    }
 }
 
 /// Counters of the sealed transport, for metrics. All only grow.
@@ -235,6 +287,9 @@ pub struct SealCounters {
     pub(crate) replay: AtomicU64,
     pub(crate) stale: AtomicU64,
     pub(crate) malformed: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
 }
 
 impl SealCounters {
@@ -248,6 +303,9 @@ impl SealCounters {
             replay: self.replay.load(Ordering::Relaxed),
             stale: self.stale.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
         }
     }
 
@@ -282,6 +340,12 @@ pub struct SealStats {
     /// Dropped: not a sealed datagram (clear-text chitchat, junk, truncated) or a payload that
     /// is not a chitchat message.
     pub malformed: u64,
+    /// Datagrams that arrived, before any check.
+    pub received: u64,
+    /// Bytes of the datagrams sent (as on the wire, sealed or clear).
+    pub bytes_sent: u64,
+    /// Bytes of the datagrams that arrived.
+    pub bytes_received: u64,
 }
 
 impl SealStats {
@@ -652,6 +716,36 @@ mod tests {
         ring_b.set_primary(new_id).unwrap();
         assert!(o.open(&mut seal(&mut s_b, b"4", T0), T0).is_ok());
         assert_eq!(ring_a.key_ids(), vec![new_id]);
+    }
+
+    #[test]
+    fn replace_applies_each_rotation_step() {
+        let old = ClusterKey::from_bytes([7u8; 32]);
+        let new = ClusterKey::from_bytes([9u8; 32]);
+        let (mut s, mut o, ring) = pair();
+        // Unchanged config: nothing happens.
+        assert!(ring.replace(old.clone(), vec![]).is_empty());
+        // Step 1: install the new key second.
+        let c = ring.replace(old.clone(), vec![new.clone()]);
+        assert_eq!(c.installed, vec![new.id()]);
+        assert_eq!((c.primary, c.removed.len()), (None, 0));
+        // Step 2: new key first: it seals, the old one still opens.
+        let c = ring.replace(new.clone(), vec![old.clone()]);
+        assert_eq!(c.primary, Some((old.id(), new.id())));
+        assert!(c.installed.is_empty());
+        let mut d = seal(&mut s, b"x", T0);
+        assert_eq!(d[4..8], new.id().0.to_be_bytes());
+        assert!(o.open(&mut d, T0).is_ok());
+        // Step 3: the old key goes.
+        let c = ring.replace(new.clone(), vec![]);
+        assert_eq!(c.removed, vec![old.id()]);
+        assert_eq!(ring.key_ids(), vec![new.id()]);
+        // A jump straight to an unknown key is one atomic change too.
+        let third = ClusterKey::from_bytes([3u8; 32]);
+        let c = ring.replace(third.clone(), vec![]);
+        assert_eq!(c.installed, vec![third.id()]);
+        assert_eq!(c.primary, Some((new.id(), third.id())));
+        assert_eq!(c.removed, vec![new.id()]);
     }
 
     #[test]

@@ -239,6 +239,42 @@ async fn a_restart_gets_a_new_generation_and_leaves_no_ghost() {
     assert!(converged(&nodes[..2]) || nodes.iter().all(|n| n.view().members.len() == 3));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_is_listed_as_left_never_dead() {
+    let mut nodes = start_mesh(3).await;
+    wait_for("3 nodes to converge", Duration::from_secs(5), || {
+        converged(&nodes)
+    })
+    .await;
+    let mut changes = nodes[0].changes();
+    let leaving = nodes.pop().unwrap();
+    leaving.leave(fast().gossip_interval * 3).await;
+    leaving.shutdown().await.unwrap();
+    let left = |nodes: &[Cluster]| {
+        nodes
+            .iter()
+            .all(|n| n.view().member("node-2").map(|m| m.liveness) == Some(Liveness::Left))
+    };
+    wait_for("node-2 listed as left", Duration::from_secs(2), || {
+        left(&nodes)
+    })
+    .await;
+    // Well past the detection bound it is still `left`, not `dead`, and not live.
+    tokio::time::sleep(fast().detection_bound() * 2).await;
+    assert!(left(&nodes), "{:?}", nodes[0].view().member("node-2"));
+    assert!(nodes.iter().all(|n| n.view().live().count() == 2));
+    let seen = drain(&mut changes);
+    assert!(
+        seen.iter().any(|c| matches!(c,
+            ClusterChange::Left { id, reason: LeftReason::Shutdown } if id.node_id == "node-2")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|c| matches!(c, ClusterChange::Dead(_))),
+        "{seen:?}"
+    );
+}
+
 /// Captures one sealed datagram that `sender` sends to its seed.
 async fn capture_one(sniffer: &UdpSocket) -> Vec<u8> {
     let mut buf = vec![0u8; 65_536];

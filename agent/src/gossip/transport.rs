@@ -217,6 +217,10 @@ impl GossipSocket {
             }
             Err(err) => return Err(err).context("fatal gossip recv error"),
         };
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_received
+            .fetch_add(len as u64, Ordering::Relaxed);
         let opened = match self.opener.as_mut() {
             Some(opener) => opener
                 .open(&mut self.buf[..len], now_ms())
@@ -320,6 +324,9 @@ impl Socket for GossipSocket {
                 .await
                 .context("failed to send a gossip datagram")?;
             self.counters.sent.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .bytes_sent
+                .fetch_add(num_bytes_sent as u64, Ordering::Relaxed);
             Ok(SendOutcome { num_bytes_sent })
         })
     }

@@ -261,6 +261,9 @@ impl BpfProbe {
         let btf = Btf::from_sys_fs().map_err(|e| BpfError::NoBtf(chain(&e)))?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
+            // `charged` is task-local storage, which aya has no typed handle for; only the
+            // programs use it.
+            .allow_unsupported_maps()
             .load(OBJECT)
             .map_err(|e| {
                 if is_permission(&e) {

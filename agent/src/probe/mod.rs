@@ -10,6 +10,7 @@ pub mod model;
 pub mod node;
 pub mod procfs;
 pub mod sampler;
+pub mod track;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -18,9 +19,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use sampler::{Sampler, SamplerConfig, SamplerError, SharedSnapshot, Snapshot};
+pub use track::{DirtyTracker, Flushed, TrackCommand, Tracked};
 
 /// Longest pause between two looks at the stop flag and the event rings.
 const MAX_WAIT: Duration = Duration::from_millis(100);
+/// Longest pause when dirty-page tracking requests may arrive (they wait at most this long).
+const TRACK_WAIT: Duration = Duration::from_millis(20);
 /// Shortest pause between two event-driven republications of the process list.
 const REPUBLISH_EVERY: Duration = Duration::from_millis(50);
 
@@ -34,6 +38,7 @@ pub fn spawn(
     shared: SharedSnapshot,
     stop: Arc<AtomicBool>,
     subscriber: Option<SyncSender<Arc<Snapshot>>>,
+    tracking: Option<std::sync::mpsc::Receiver<TrackCommand>>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("godwit-sampler".into())
@@ -59,8 +64,19 @@ pub fn spawn(
                     }
                     continue;
                 }
-                wait_readable(&sampler.event_fds(), (next - now).min(MAX_WAIT));
+                // Answer flushes quickly while a migration tracks files.
+                let wait = if sampler.pending_mut().is_empty() {
+                    MAX_WAIT
+                } else {
+                    TRACK_WAIT
+                };
+                wait_readable(&sampler.event_fds(), (next - now).min(wait));
                 pending_events |= sampler.drain_events();
+                if let Some(rx) = &tracking {
+                    while let Ok(cmd) = rx.try_recv() {
+                        track::handle(&mut sampler, cmd);
+                    }
+                }
                 if pending_events && last_publish.elapsed() >= REPUBLISH_EVERY {
                     let current = shared.read().unwrap_or_else(|e| e.into_inner()).clone();
                     if let Some(current) = current {

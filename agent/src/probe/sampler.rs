@@ -233,6 +233,8 @@ pub struct Sampler {
     events_received: u64,
     samples_total: u64,
     sample_seconds_total: f64,
+    /// Dirtied ranges of tracked files, waiting for a flush (see `track.rs`).
+    dirty: super::track::Pending,
 }
 
 impl std::fmt::Debug for Sampler {
@@ -306,6 +308,7 @@ impl Sampler {
             events_received: 0,
             samples_total: 0,
             sample_seconds_total: 0.0,
+            dirty: Default::default(),
             cfg,
         })
     }
@@ -327,6 +330,10 @@ impl Sampler {
     }
 
     /// The BPF probe, when loaded (migration tracks inodes through it).
+    pub(crate) fn pending_mut(&mut self) -> &mut super::track::Pending {
+        &mut self.dirty
+    }
+
     pub fn bpf_mut(&mut self) -> Option<&mut BpfProbe> {
         match &mut self.backend {
             Backend::Bpf(p) => Some(p),
@@ -349,9 +356,10 @@ impl Sampler {
         };
         let mut events = Vec::new();
         probe.drain_proc_events(|e| events.push(e));
-        // Dirtied ranges of tracked inodes are consumed by migration; drop them here until a
-        // consumer subscribes, so the ring never fills.
-        probe.drain_dirty_ranges(|_| {});
+        // Dirtied ranges of tracked inodes wait for a migration's flush; ranges of files no
+        // longer tracked are dropped, so the ring never fills.
+        let dirty = &mut self.dirty;
+        probe.drain_dirty_ranges(|r| dirty.push(r.key, r.index, r.nr));
         let changed = !events.is_empty();
         self.events_received += events.len() as u64;
         let now = Instant::now();

@@ -69,6 +69,7 @@
 //! used by tests panic with a message that says what failed; [`Builder::try_start`] and
 //! [`down`] return errors for the command-line tool.
 
+pub mod capture;
 mod cgroup;
 mod http;
 mod net;

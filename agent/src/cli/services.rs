@@ -1,0 +1,93 @@
+//! `godwit services` and `godwit service start|stop|freeze|thaw NAME`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::DEFAULT_API_PORT;
+
+fn default_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServicesArgs {
+    /// Address of a running agent's API.
+    #[arg(long, default_value_t = default_addr())]
+    addr: SocketAddr,
+    /// Print the agent's JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServiceArgs {
+    /// What to do.
+    #[arg(value_parser = ["start", "stop", "freeze", "thaw"])]
+    action: String,
+    /// The service.
+    name: String,
+    /// Address of a running agent's API.
+    #[arg(long, default_value_t = default_addr())]
+    addr: SocketAddr,
+}
+
+pub fn list(args: ServicesArgs) -> ExitCode {
+    super::show("services", args.addr, "/v1/services", args.json, render)
+}
+
+/// One line per service: state, health, node, cgroup, CPU, memory and dirty rate.
+pub fn render(doc: &Value) -> String {
+    let mut out = format!(
+        "{:<16} {:<9} {:<10} {:<12} {:>7} {:>6} {:>9} {:>10} {:>8}  CGROUP\n",
+        "SERVICE", "STATE", "HEALTH", "NODE", "PID", "CPU", "MEM MiB", "DIRTY MB/s", "RESTARTS"
+    );
+    for s in doc["services"].as_array().into_iter().flatten() {
+        let f = |k: &str, scale: f64, digits: usize| {
+            s[k].as_f64()
+                .map(|v| format!("{:.*}", digits, v / scale))
+                .unwrap_or_else(|| "-".into())
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<9} {:<10} {:<12} {:>7} {:>6} {:>9} {:>10} {:>8}  {}",
+            s["name"].as_str().unwrap_or("?"),
+            s["state"].as_str().unwrap_or("?"),
+            s["health"].as_str().unwrap_or("?"),
+            s["node"].as_str().unwrap_or("?"),
+            s["pid"]
+                .as_u64()
+                .map(|p| p.to_string())
+                .unwrap_or("-".into()),
+            f("cpu_cores", 1.0, 2),
+            f("memory_bytes", 1024.0 * 1024.0, 1),
+            f("dirty_bytes_per_second", 1e6, 2),
+            s["restarts"],
+            s["cgroup"].as_str().unwrap_or("-"),
+        );
+    }
+    out
+}
+
+pub fn act(args: ServiceArgs) -> ExitCode {
+    let path = format!("/v1/services/{}/{}", args.name, args.action);
+    let name = args.name.clone();
+    super::request(
+        "service",
+        args.addr,
+        hyper::Method::POST,
+        &path,
+        Duration::from_secs(60),
+        false,
+        move |doc| {
+            format!(
+                "{name}: {} ({})\n",
+                doc["state"].as_str().unwrap_or("?"),
+                doc["health"].as_str().unwrap_or("?")
+            )
+        },
+    )
+}

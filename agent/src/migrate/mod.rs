@@ -1,0 +1,37 @@
+//! Live state migration: a service's declared state moves to a peer in rounds (everything,
+//! then what changed), is verified file by file and committed there in one rename.
+//!
+//! # Code map
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `scan.rs` | [`StateScan`]: the state on disk, and which 4 KiB blocks changed since sent |
+//! | `transfer.rs` | the `"state"` transport service: [`StateSender`] and the receiver |
+//! | `agent.rs` | [`agent::Migrator`]: a managed service to another node, end to end; the hand-off |
+//! | `drive.rs` | [`drive`]: mode from the pre-copy model, live rounds, freeze, verify, commit |
+//!
+//! # Invariants
+//!
+//! - **Nothing is lost between rounds.** A block is resent whenever its content differs from
+//!   what was last sent (block digests; the scan sees every writer, `O_DIRECT` and mmap
+//!   included). The final round runs with the service frozen or stopped, so after it the
+//!   copy equals the source; [`StateSender::verify`] proves it with a hash of every file.
+//! - **Nothing is visible at the destination before the commit**, which is one rename of the
+//!   staging directory; any other end removes the staging copy and leaves the destination as
+//!   it was.
+//! - **Paths from the peer are checked**: relative, no `..`; names of services and migrations
+//!   are plain.
+
+pub mod agent;
+mod drive;
+mod error;
+mod scan;
+mod transfer;
+
+#[cfg(test)]
+mod tests;
+
+pub use drive::{choose_mode, drive, DriveReport, Mode, Source};
+pub use error::MigrateError;
+pub use scan::{hash_tree, Extent, FileMeta, StateScan, BLOCK};
+pub use transfer::{register, RoundStats, StateSender, SERVICE};

@@ -1,0 +1,399 @@
+//! State transfers between endpoints on loopback, with a writer changing the state meanwhile.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::*;
+use crate::transport::testing::{node, pki, serve};
+use crate::transport::{Peer, Services};
+
+struct Setup {
+    _pki: crate::transport::testing::Pki,
+    dir: tempfile::TempDir,
+    peer: Peer,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Setup {
+    fn src(&self) -> std::path::PathBuf {
+        self.dir.path().join("src")
+    }
+    fn recv_root(&self) -> std::path::PathBuf {
+        self.dir.path().join("recv")
+    }
+}
+
+async fn setup() -> Setup {
+    let p = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (node(&p, "a"), node(&p, "b"));
+    let services = Services::default();
+    register(&services, dir.path().join("recv"));
+    std::fs::create_dir_all(dir.path().join("recv")).unwrap();
+    let server = serve(&b, services);
+    let peer = a.connect(b.local_addr().unwrap(), "b").await.unwrap();
+    Setup {
+        _pki: p,
+        dir,
+        peer,
+        _server: server,
+    }
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Every file under `root` with its bytes.
+fn contents(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if p.is_dir() {
+                out.push((rel + "/", Vec::new()));
+                walk(root, &p, out);
+            } else {
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changing_during_rounds_arrives_identical_after_the_final_round() {
+    let s = setup().await;
+    let src = s.src();
+    std::fs::create_dir_all(src.join("data/sub")).unwrap();
+    std::fs::write(src.join("data/db"), noise(8 << 20, 1)).unwrap();
+    std::fs::write(src.join("data/sub/log"), b"header\n").unwrap();
+    std::fs::write(src.join("data/gone"), b"removed before the end").unwrap();
+
+    // A writer changes random 4 KiB blocks of the database until it is "frozen".
+    let frozen = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let writer = std::thread::spawn({
+        let (frozen, writes, path) = (frozen.clone(), writes.clone(), src.join("data/db"));
+        move || {
+            let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            let mut x = 7u64;
+            while !frozen.load(Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let block = x % 2048;
+                f.write_all_at(&noise(4096, x), block * 4096).unwrap();
+                writes.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        }
+    });
+
+    let scan = StateScan::new(&src, &["data".into()]).unwrap();
+    let mut tx = StateSender::begin(&s.peer, "m1", "kv", scan, Some(1))
+        .await
+        .unwrap();
+    let r0 = tx.round().await.unwrap();
+    assert!(r0.bytes >= 8 << 20, "{r0:?}");
+    let mut rounds = vec![r0.clone()];
+    for _ in 0..3 {
+        rounds.push(tx.round().await.unwrap());
+    }
+    // Metadata changes between rounds: a file removed, one created, one grown.
+    std::fs::remove_file(src.join("data/gone")).unwrap();
+    std::fs::write(src.join("data/sub/new"), b"created late").unwrap();
+    std::fs::write(src.join("data/sub/log"), b"header\nline 1\nline 2\n").unwrap();
+    frozen.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let last = tx.round().await.unwrap();
+    rounds.push(last);
+    let files = tx.verify().await.unwrap();
+    assert_eq!(files, 3);
+    let path = tx.commit().await.unwrap();
+    assert_eq!(path, s.recv_root().join("kv").display().to_string());
+    assert_eq!(
+        contents(&src.join("data")),
+        contents(&s.recv_root().join("kv/data"))
+    );
+    // Later rounds move what changed, not the whole state again.
+    for r in &rounds[1..] {
+        assert!(
+            r.bytes < r0.bytes / 2,
+            "round {} moved {} bytes",
+            r.round,
+            r.bytes
+        );
+    }
+    assert!(
+        writes.load(Ordering::Relaxed) > 100,
+        "the writer ran during the rounds"
+    );
+    assert!(
+        !s.recv_root().join("kv.staging-m1").exists(),
+        "the staging copy became the state"
+    );
+    eprintln!(
+        "rounds: {:?}; {} writes during the transfer",
+        rounds.iter().map(|r| r.bytes).collect::<Vec<_>>(),
+        writes.load(Ordering::Relaxed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_difference_found_at_verify_prevents_the_commit() {
+    let s = setup().await;
+    let src = s.src();
+    std::fs::create_dir_all(src.join("data")).unwrap();
+    std::fs::write(src.join("data/db"), noise(1 << 20, 3)).unwrap();
+    // A previous state at the destination must survive a failed transfer.
+    std::fs::create_dir_all(s.recv_root().join("kv")).unwrap();
+    std::fs::write(s.recv_root().join("kv/old"), b"previous").unwrap();
+    let scan = StateScan::new(&src, &["data".into()]).unwrap();
+    let mut tx = StateSender::begin(&s.peer, "m2", "kv", scan, None)
+        .await
+        .unwrap();
+    tx.round().await.unwrap();
+    // A change the rounds never sent (as if a write were missed).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.recv_root().join("kv.staging-m2/data/db"))
+        .unwrap();
+    f.write_all_at(b"corrupt", 4096).unwrap();
+    let err = tx.verify().await.unwrap_err();
+    assert!(
+        matches!(&err, MigrateError::Mismatch(m) if m == &["data/db".to_string()]),
+        "{err}"
+    );
+    tx.abort("verify failed").await;
+    let gone = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        while s.recv_root().join("kv.staging-m2").exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the staging copy is removed after an abort");
+    assert_eq!(
+        std::fs::read(s.recv_root().join("kv/old")).unwrap(),
+        b"previous"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_leaves_the_destination_untouched() {
+    let s = setup().await;
+    let src = s.src();
+    std::fs::create_dir_all(src.join("data")).unwrap();
+    std::fs::write(src.join("data/db"), noise(1 << 20, 5)).unwrap();
+    let scan = StateScan::new(&src, &["data".into()]).unwrap();
+    let mut tx = StateSender::begin(&s.peer, "m3", "kv", scan, None)
+        .await
+        .unwrap();
+    tx.round().await.unwrap();
+    assert!(s.recv_root().join("kv.staging-m3").exists());
+    s.peer.close("sender died");
+    drop(tx);
+    let gone = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        while s.recv_root().join("kv.staging-m3").exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "staging removed when the sender goes away");
+    assert!(!s.recv_root().join("kv").exists());
+}
+
+#[test]
+fn state_paths_must_stay_under_the_root() {
+    for bad in ["/etc", "../x", "a/../../b", ""] {
+        assert!(
+            StateScan::new(Path::new("/tmp"), &[bad.into()]).is_err(),
+            "{bad}"
+        );
+    }
+}
+
+/// A stand-in for a service in these unit tests: a writer thread that changes `db` until
+/// frozen or stopped; the real service runtime drives cgroups instead.
+struct WriterService {
+    /// Held by the writer around each write, so pausing can wait out one in flight.
+    gate: Arc<std::sync::Mutex<()>>,
+    paused: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+    calls: Vec<&'static str>,
+    fail_freeze: bool,
+}
+
+impl WriterService {
+    fn start(path: std::path::PathBuf) -> WriterService {
+        let paused = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let gate = Arc::new(std::sync::Mutex::new(()));
+        std::thread::spawn({
+            let (paused, writes, gate) = (paused.clone(), writes.clone(), gate.clone());
+            move || {
+                let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+                let mut x = 3u64;
+                // Runs until the test process ends; writes only while not paused.
+                loop {
+                    let held = gate.lock().unwrap();
+                    if !paused.load(Ordering::SeqCst) {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let _ = f.write_all_at(&noise(4096, x), (x % 1024) * 4096);
+                        writes.fetch_add(1, Ordering::SeqCst);
+                    }
+                    drop(held);
+                    std::thread::sleep(std::time::Duration::from_micros(500));
+                }
+            }
+        });
+        WriterService {
+            gate,
+            paused,
+            writes,
+            calls: Vec::new(),
+            fail_freeze: false,
+        }
+    }
+
+    /// Pauses and waits until no write is in flight.
+    fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        drop(self.gate.lock().unwrap());
+    }
+}
+
+impl Source for WriterService {
+    async fn freeze(&mut self) -> Result<(), String> {
+        self.calls.push("freeze");
+        if self.fail_freeze {
+            return Err("cgroup.freeze: device busy".into());
+        }
+        self.pause();
+        Ok(())
+    }
+    async fn thaw(&mut self) -> Result<(), String> {
+        self.calls.push("thaw");
+        self.paused.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn stop(&mut self) -> Result<(), String> {
+        self.calls.push("stop");
+        self.pause();
+        Ok(())
+    }
+    async fn start(&mut self) -> Result<(), String> {
+        self.calls.push("start");
+        self.paused.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn input(state: f64, dirty: f64) -> crate::policy::PrecopyInput {
+    crate::policy::PrecopyInput {
+        state_bytes: state,
+        dirty_bytes_per_s: dirty,
+        bandwidth_bytes_per_s: 50e6,
+        rtt_s: 0.001,
+        downtime_target_s: 0.05,
+        max_rounds: 8,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_driver_freezes_after_converging_rounds_and_commits_an_exact_copy() {
+    let s = setup().await;
+    std::fs::create_dir_all(s.src().join("data")).unwrap();
+    std::fs::write(s.src().join("data/db"), noise(4 << 20, 9)).unwrap();
+    let mut svc = WriterService::start(s.src().join("data/db"));
+    let scan = StateScan::new(&s.src(), &["data".into()]).unwrap();
+    let tx = StateSender::begin(&s.peer, "d1", "kv", scan, Some(1))
+        .await
+        .unwrap();
+    let report = drive(tx, &mut svc, input(4e6, 1e6), Mode::Auto)
+        .await
+        .unwrap_or_else(|(e, r)| panic!("{e}: {r:?}"));
+    assert_eq!(report.mode, Mode::Transitional, "{:?}", report.estimate);
+    assert!(report.rounds.len() >= 2, "{report:?}");
+    assert_eq!(svc.calls, vec!["freeze"]);
+    assert!(report.committed_path.is_some());
+    // Frozen, the writer no longer changes the source: it equals the committed copy.
+    assert_eq!(
+        std::fs::read(s.src().join("data/db")).unwrap(),
+        std::fs::read(s.recv_root().join("kv/data/db")).unwrap()
+    );
+    assert!(
+        report.rounds.last().unwrap().bytes < report.rounds[0].bytes,
+        "the frozen round copies what changed, not everything: {report:?}"
+    );
+    eprintln!(
+        "{} rounds, stop {:?}, frozen {:.1} ms",
+        report.rounds.len(),
+        report.stop,
+        report.frozen_seconds * 1e3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_freeze_leaves_the_service_running_on_the_source() {
+    let s = setup().await;
+    std::fs::create_dir_all(s.src().join("data")).unwrap();
+    std::fs::write(s.src().join("data/db"), noise(1 << 20, 4)).unwrap();
+    let mut svc = WriterService::start(s.src().join("data/db"));
+    svc.fail_freeze = true;
+    let scan = StateScan::new(&s.src(), &["data".into()]).unwrap();
+    let tx = StateSender::begin(&s.peer, "d2", "kv", scan, None)
+        .await
+        .unwrap();
+    let (err, report) = drive(tx, &mut svc, input(1e6, 1e6), Mode::Transitional)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("freeze"), "{err}");
+    assert_eq!(svc.calls, vec!["freeze", "thaw"]);
+    assert!(report.committed_path.is_none());
+    let before = svc.writes.load(Ordering::SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        svc.writes.load(Ordering::SeqCst) > before,
+        "the source serves on"
+    );
+    assert!(!s.recv_root().join("kv").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intermittent_mode_stops_copies_once_and_commits() {
+    let s = setup().await;
+    std::fs::create_dir_all(s.src().join("data")).unwrap();
+    std::fs::write(s.src().join("data/db"), noise(1 << 20, 6)).unwrap();
+    let mut svc = WriterService::start(s.src().join("data/db"));
+    let scan = StateScan::new(&s.src(), &["data".into()]).unwrap();
+    let tx = StateSender::begin(&s.peer, "d3", "kv", scan, None)
+        .await
+        .unwrap();
+    // A dirty rate above the bandwidth: iterating never converges, so Auto stops and copies.
+    let report = drive(tx, &mut svc, input(1e6, 80e6), Mode::Auto)
+        .await
+        .unwrap();
+    assert_eq!(report.mode, Mode::Intermittent);
+    assert_eq!(report.rounds.len(), 1);
+    assert_eq!(svc.calls, vec!["stop"]);
+    assert_eq!(
+        std::fs::read(s.src().join("data/db")).unwrap(),
+        std::fs::read(s.recv_root().join("kv/data/db")).unwrap()
+    );
+}

@@ -1,0 +1,748 @@
+//! Moving a service's state to a peer in rounds, then verifying and committing it there
+//! (transport service `"state"`).
+//!
+//! ```text
+//! sender                                          receiver
+//!   Begin { migration, service }     ─────────►   fresh staging directory
+//!   Round { files, extents } + data  ─────────►   metadata pass (create, truncate, remove),
+//!                                    ◄─────────   then the blocks written in place; RoundDone
+//!   ... more rounds (what changed since) ...
+//!   Verify { hash of every file }    ─────────►   hashes the staging copy
+//!                                    ◄─────────   Verified { mismatches }
+//!   Commit                           ─────────►   staging renamed into place; Committed
+//!   (or Abort at any point           ─────────►   staging removed; Aborted)
+//! ```
+//!
+//! Nothing is visible at the destination until the commit, which is one rename; a transfer
+//! that ends any other way (abort, error, lost connection) leaves the destination as it was
+//! and removes the staging copy.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::error::MigrateError;
+use super::scan::{hash_tree, Extent, FileMeta, StateScan, BLOCK};
+use crate::probe::bpf::InodeKey;
+use crate::probe::{DirtyTracker, Tracked};
+use crate::transport::{
+    open, read_bulk_with, write_blocks, Channel, Peer, PeerInfo, Services, MAX_BLOCK,
+};
+
+/// Name of the state service.
+pub const SERVICE: &str = "state";
+/// Bytes read from the state per block on the wire.
+const READ_BLOCK: usize = 1 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Msg {
+    Begin {
+        migration: String,
+        service: String,
+    },
+    Round {
+        round: u32,
+        files: Vec<FileMeta>,
+        /// (file, first block, blocks), in the order their data follows.
+        extents: Vec<(String, u64, u64)>,
+    },
+    RoundDone {
+        round: u32,
+        bytes: u64,
+    },
+    Verify {
+        tree: Vec<(String, String)>,
+    },
+    Verified {
+        mismatches: Vec<String>,
+    },
+    Commit,
+    Committed {
+        path: String,
+    },
+    Abort {
+        reason: String,
+    },
+    Aborted,
+    Failed {
+        reason: String,
+    },
+}
+
+/// What one round moved.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RoundStats {
+    /// 0 for the full copy.
+    pub round: u32,
+    /// Files and directories in the state.
+    pub entries: usize,
+    /// Blocks sent.
+    pub blocks: u64,
+    /// Bytes of state sent.
+    pub bytes: u64,
+    /// Bytes on the stream (after compression).
+    pub wire_bytes: u64,
+    /// Wall time of the round, seconds.
+    pub seconds: f64,
+    /// Files whose dirtied pages the probe reported, so only those pages were read.
+    pub tracked_files: usize,
+    /// Pages the probe reported dirtied since the previous round.
+    pub dirty_pages: u64,
+    /// Files compared in full (round 0, no probe, new or replaced files, lost events, or a
+    /// size or mtime change the probe cannot vouch for).
+    pub scanned_files: usize,
+}
+
+/// Dirty-page tracking of the state's files by the probe.
+#[derive(Debug)]
+struct Tracking {
+    tracker: DirtyTracker,
+    handles: Vec<Tracked>,
+    /// Tracked inode -> file.
+    by_key: HashMap<InodeKey, String>,
+    /// Size and mtime of each file when it was last listed.
+    last: HashMap<String, (u64, i64, i64)>,
+}
+
+/// What a round learned from the probe: the pages to read per trusted file.
+struct ProbeReport {
+    pages: BTreeMap<String, BTreeSet<u64>>,
+    dirty_pages: u64,
+}
+
+/// The sending side of one state transfer.
+#[derive(Debug)]
+pub struct StateSender {
+    ch: Channel,
+    scan: StateScan,
+    level: Option<i32>,
+    round: u32,
+    last_files: Vec<FileMeta>,
+    tracking: Option<Tracking>,
+}
+
+impl StateSender {
+    /// Opens the transfer of `service`'s state (`scan`) to `peer`.
+    pub async fn begin(
+        peer: &Peer,
+        migration: &str,
+        service: &str,
+        scan: StateScan,
+        level: Option<i32>,
+    ) -> Result<StateSender, MigrateError> {
+        let mut ch = open(peer, SERVICE).await?;
+        ch.send(&Msg::Begin {
+            migration: migration.to_string(),
+            service: service.to_string(),
+        })
+        .await?;
+        Ok(StateSender {
+            ch,
+            scan,
+            level,
+            round: 0,
+            last_files: Vec::new(),
+            tracking: None,
+        })
+    }
+
+    /// Uses the probe's dirty-page tracking from the next round on: each round then flushes
+    /// the pages dirtied since the previous one, writes the files back (so that any later write
+    /// dirties a page again and is seen), and reads only those pages. Must be called before
+    /// round 0 to cover the whole transfer.
+    pub fn track_with(&mut self, tracker: DirtyTracker) {
+        self.tracking = Some(Tracking {
+            tracker,
+            handles: Vec::new(),
+            by_key: HashMap::new(),
+            last: HashMap::new(),
+        });
+    }
+
+    /// Tracks files not tracked yet, flushes the dirtied pages, writes every file back, and
+    /// returns the pages to read for each file the probe can vouch for. `None` when tracking
+    /// is off or failed (then everything is compared in full).
+    fn probe_round(&mut self, files: &[FileMeta]) -> Option<ProbeReport> {
+        let round = self.round;
+        let root = self.scan.root().to_path_buf();
+        let t = self.tracking.as_mut()?;
+        // Current identity, size and mtime of every regular file.
+        let mut now: Vec<(String, InodeKey, u64, i64, i64)> = Vec::new();
+        for f in files.iter().filter(|f| f.size.is_some()) {
+            let path = root.join(&f.rel);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let Ok(key) = InodeKey::of_path(&path) else {
+                continue;
+            };
+            now.push((
+                f.rel.clone(),
+                key,
+                meta.len(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+            ));
+        }
+        let new: Vec<PathBuf> = now
+            .iter()
+            .filter(|(_, key, ..)| !t.by_key.contains_key(key))
+            .map(|(rel, ..)| root.join(rel))
+            .collect();
+        if !new.is_empty() {
+            match tokio::task::block_in_place(|| t.tracker.track(new)) {
+                Ok(tracked) => {
+                    for (path, key) in tracked.files() {
+                        if let Ok(rel) = path.strip_prefix(&root) {
+                            t.by_key.insert(*key, rel.display().to_string());
+                        }
+                    }
+                    t.handles.push(tracked);
+                }
+                Err(e) => {
+                    warn!(error = %e, "no dirty-page tracking: comparing state by content");
+                    self.tracking = None;
+                    return None;
+                }
+            }
+        }
+        let mut lost = false;
+        let mut ranges: HashMap<InodeKey, Vec<(u64, u32)>> = HashMap::new();
+        for h in &t.handles {
+            match tokio::task::block_in_place(|| h.flush()) {
+                Ok(f) => {
+                    lost |= f.lost;
+                    for (k, v) in f.ranges {
+                        ranges.entry(k).or_default().extend(v);
+                    }
+                }
+                Err(_) => lost = true,
+            }
+        }
+        // Write back: from here on, a write to any page raises a new event.
+        for (rel, ..) in &now {
+            if let Ok(f) = File::open(root.join(rel)) {
+                let _ = f.sync_data();
+            }
+        }
+        let mut report = ProbeReport {
+            pages: BTreeMap::new(),
+            dirty_pages: 0,
+        };
+        for (rel, key, size, sec, nsec) in &now {
+            let got = ranges.get(key);
+            let pages: BTreeSet<u64> = got
+                .into_iter()
+                .flatten()
+                .flat_map(|&(index, nr)| index..index + u64::from(nr))
+                .collect();
+            report.dirty_pages += pages.len() as u64;
+            let same_file = t.by_key.get(key) == Some(rel);
+            let vouched = match t.last.get(rel) {
+                Some(&(s, ms, mns)) => {
+                    s == *size && ((ms, mns) == (*sec, *nsec) || !pages.is_empty())
+                }
+                None => false,
+            };
+            if round > 0 && !lost && same_file && vouched {
+                report.pages.insert(rel.clone(), pages);
+            }
+            t.last.insert(rel.clone(), (*size, *sec, *nsec));
+        }
+        Some(report)
+    }
+
+    /// Sends one round: the listing, then every block that changed since the last round
+    /// (everything in round 0).
+    pub async fn round(&mut self) -> Result<RoundStats, MigrateError> {
+        let started = Instant::now();
+        let files = self.scan.list()?;
+        let probe = self.probe_round(&files);
+        let regular = files.iter().filter(|f| f.size.is_some()).count();
+        let (extents, tracked_files, dirty_pages) = match &probe {
+            Some(p) => (
+                self.scan.changed_pages(&files, &p.pages)?,
+                p.pages.len(),
+                p.dirty_pages,
+            ),
+            None => (self.scan.changed(&files)?, 0, 0),
+        };
+        let round = self.round;
+        self.ch
+            .send(&Msg::Round {
+                round,
+                files: files.clone(),
+                extents: extents
+                    .iter()
+                    .map(|e| (e.rel.clone(), e.first, e.blocks))
+                    .collect(),
+            })
+            .await?;
+        let sizes: BTreeMap<&str, u64> = files
+            .iter()
+            .filter_map(|f| Some((f.rel.as_str(), f.size?)))
+            .collect();
+        let reader = ExtentReader::new(self.scan.root(), &extents, &sizes);
+        let stats = write_blocks(&mut self.ch.send, reader, self.level).await?;
+        let bytes = match self.ch.recv::<Msg>().await? {
+            Some(Msg::RoundDone { round: r, bytes }) if r == round => bytes,
+            Some(Msg::Failed { reason }) => return Err(MigrateError::Peer(reason)),
+            other => return Err(MigrateError::Peer(format!("unexpected {other:?}"))),
+        };
+        if bytes != stats.raw_bytes {
+            return Err(MigrateError::Peer(format!(
+                "round {round}: sent {} bytes, the peer wrote {bytes}",
+                stats.raw_bytes
+            )));
+        }
+        self.round += 1;
+        self.last_files = files;
+        Ok(RoundStats {
+            round,
+            entries: self.last_files.len(),
+            blocks: extents.iter().map(|e| e.blocks).sum(),
+            bytes,
+            wire_bytes: stats.wire_bytes,
+            seconds: started.elapsed().as_secs_f64(),
+            tracked_files,
+            dirty_pages,
+            scanned_files: regular - tracked_files,
+        })
+    }
+
+    /// Compares the hash of every file here with the peer's staging copy; any difference is an
+    /// error. Run it after the final round, with the service frozen or stopped.
+    pub async fn verify(&mut self) -> Result<usize, MigrateError> {
+        let tree = hash_tree(self.scan.root(), &self.last_files)?;
+        let n = tree.len();
+        self.ch.send(&Msg::Verify { tree }).await?;
+        match self.ch.recv::<Msg>().await? {
+            Some(Msg::Verified { mismatches }) if mismatches.is_empty() => Ok(n),
+            Some(Msg::Verified { mismatches }) => Err(MigrateError::Mismatch(mismatches)),
+            Some(Msg::Failed { reason }) => Err(MigrateError::Peer(reason)),
+            other => Err(MigrateError::Peer(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Makes the peer's copy the service's state there (one rename); returns its path.
+    pub async fn commit(mut self) -> Result<String, MigrateError> {
+        self.ch.send(&Msg::Commit).await?;
+        match self.ch.recv::<Msg>().await? {
+            Some(Msg::Committed { path }) => Ok(path),
+            Some(Msg::Failed { reason }) => Err(MigrateError::Peer(reason)),
+            other => Err(MigrateError::Peer(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Tells the peer to drop its staging copy.
+    pub async fn abort(mut self, reason: &str) {
+        if self
+            .ch
+            .send(&Msg::Abort {
+                reason: reason.to_string(),
+            })
+            .await
+            .is_ok()
+        {
+            let _ = self.ch.recv::<Msg>().await;
+        }
+    }
+}
+
+/// Reads the data of `extents` from the files under `root`, in blocks of at most 1 MiB. The
+/// last block of a file may be short; a file that shrank since it was listed reads as zeros up
+/// to its listed size (the next round's listing truncates it).
+struct ExtentReader<'a> {
+    root: &'a Path,
+    extents: &'a [Extent],
+    sizes: &'a BTreeMap<&'a str, u64>,
+    index: usize,
+    offset: u64,
+    file: Option<(String, File)>,
+}
+
+impl<'a> ExtentReader<'a> {
+    fn new(root: &'a Path, extents: &'a [Extent], sizes: &'a BTreeMap<&'a str, u64>) -> Self {
+        ExtentReader {
+            root,
+            extents,
+            sizes,
+            index: 0,
+            offset: 0,
+            file: None,
+        }
+    }
+
+    /// Bytes of extent `e` (its last block is cut at the file's listed size).
+    fn len_of(&self, e: &Extent) -> u64 {
+        let size = self.sizes.get(e.rel.as_str()).copied().unwrap_or(0);
+        let start = e.first * BLOCK;
+        ((e.first + e.blocks) * BLOCK)
+            .min(size)
+            .saturating_sub(start)
+    }
+}
+
+impl Iterator for ExtentReader<'_> {
+    type Item = std::io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut out = Vec::with_capacity(READ_BLOCK);
+        while out.len() < READ_BLOCK && self.index < self.extents.len() {
+            let e = &self.extents[self.index];
+            let len = self.len_of(e);
+            if self.offset >= len {
+                self.index += 1;
+                self.offset = 0;
+                continue;
+            }
+            if self
+                .file
+                .as_ref()
+                .map(|(rel, _)| rel != &e.rel)
+                .unwrap_or(true)
+            {
+                match File::open(self.root.join(&e.rel)) {
+                    Ok(f) => self.file = Some((e.rel.clone(), f)),
+                    Err(err) => return Some(Err(err)),
+                }
+            }
+            let want = ((READ_BLOCK - out.len()) as u64).min(len - self.offset) as usize;
+            let at = e.first * BLOCK + self.offset;
+            let start = out.len();
+            out.resize(start + want, 0);
+            if let Some((_, f)) = &self.file {
+                let mut filled = 0;
+                while filled < want {
+                    match f.read_at(&mut out[start + filled..start + want], at + filled as u64) {
+                        Ok(0) => break, // shrank: the rest stays zero
+                        Ok(n) => filled += n,
+                        Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(err) => return Some(Err(err)),
+                    }
+                }
+            }
+            self.offset += want as u64;
+        }
+        debug_assert!(out.len() <= MAX_BLOCK);
+        (!out.is_empty()).then_some(Ok(out))
+    }
+}
+
+/// Registers the receiving side: state of service `S` is staged under `root/S.staging-<id>`
+/// and committed to `root/S`.
+pub fn register(services: &Services, root: PathBuf) {
+    let root = Arc::new(root);
+    services.register(SERVICE, move |peer, ch| receive(peer, ch, root.clone()));
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !s.starts_with('.')
+}
+
+async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>) {
+    let (migration, service) = match ch.recv::<Msg>().await {
+        Ok(Some(Msg::Begin { migration, service })) => (migration, service),
+        _ => return,
+    };
+    if !valid_name(&migration) || !valid_name(&service) {
+        let _ = ch
+            .send(&Msg::Failed {
+                reason: format!("bad migration or service name {migration:?} / {service:?}"),
+            })
+            .await;
+        return;
+    }
+    let staging = root.join(format!("{service}.staging-{migration}"));
+    let dest = root.join(&service);
+    let mut rx = Receiver {
+        staging: staging.clone(),
+        files: BTreeMap::new(),
+    };
+    let outcome = rx.run(&mut ch, &dest).await;
+    match &outcome {
+        Ok(Some(path)) => {
+            info!(peer = %peer.node, service, migration, path = %path.display(), "state committed");
+        }
+        Ok(None) => {
+            info!(peer = %peer.node, service, migration, "state transfer aborted by the sender");
+        }
+        Err(e) => {
+            warn!(peer = %peer.node, service, migration, error = %e, "state transfer failed");
+            let _ = ch
+                .send(&Msg::Failed {
+                    reason: e.to_string(),
+                })
+                .await;
+        }
+    }
+    if !matches!(outcome, Ok(Some(_))) {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+}
+
+struct Receiver {
+    staging: PathBuf,
+    files: BTreeMap<String, File>,
+}
+
+impl Receiver {
+    /// Runs the transfer; `Ok(Some(path))` once committed, `Ok(None)` when aborted.
+    async fn run(
+        &mut self,
+        ch: &mut Channel,
+        dest: &Path,
+    ) -> Result<Option<PathBuf>, MigrateError> {
+        let _ = std::fs::remove_dir_all(&self.staging);
+        std::fs::create_dir_all(&self.staging).map_err(|e| MigrateError::io(&self.staging, e))?;
+        let mut listed: Vec<FileMeta> = Vec::new();
+        loop {
+            match ch.recv::<Msg>().await? {
+                Some(Msg::Round {
+                    round,
+                    files,
+                    extents,
+                }) => {
+                    self.apply_listing(&files)?;
+                    let bytes = self.write_extents(ch, &extents).await?;
+                    listed = files;
+                    ch.send(&Msg::RoundDone { round, bytes }).await?;
+                }
+                Some(Msg::Verify { tree }) => {
+                    self.files.clear();
+                    let staging = self.staging.clone();
+                    let ours = {
+                        let listed = listed.clone();
+                        tokio::task::spawn_blocking(move || hash_tree(&staging, &listed))
+                            .await
+                            .map_err(|e| MigrateError::BadState(e.to_string()))??
+                    };
+                    let ours: BTreeMap<String, String> = ours.into_iter().collect();
+                    let theirs: BTreeMap<String, String> = tree.into_iter().collect();
+                    let names: BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
+                    let mismatches = names
+                        .into_iter()
+                        .filter(|n| ours.get(*n) != theirs.get(*n))
+                        .cloned()
+                        .collect();
+                    ch.send(&Msg::Verified { mismatches }).await?;
+                }
+                Some(Msg::Commit) => {
+                    self.files.clear();
+                    let path = self.commit(dest)?;
+                    ch.send(&Msg::Committed {
+                        path: path.display().to_string(),
+                    })
+                    .await?;
+                    return Ok(Some(path));
+                }
+                Some(Msg::Abort { .. }) | None => {
+                    let _ = ch.send(&Msg::Aborted).await;
+                    return Ok(None);
+                }
+                Some(other) => {
+                    return Err(MigrateError::Peer(format!("unexpected {other:?}")));
+                }
+            }
+        }
+    }
+
+    /// Makes the staging copy match the listing: directories, file sizes and modes; removes
+    /// what is no longer listed.
+    fn apply_listing(&mut self, files: &[FileMeta]) -> Result<(), MigrateError> {
+        let keep: BTreeSet<&str> = files.iter().map(|f| f.rel.as_str()).collect();
+        for f in files {
+            let ok = !f.rel.is_empty()
+                && f.rel
+                    .split('/')
+                    .all(|c| !c.is_empty() && c != "." && c != "..")
+                && !f.rel.starts_with('/');
+            if !ok {
+                return Err(MigrateError::BadState(format!("bad path {:?}", f.rel)));
+            }
+        }
+        // Remove what is gone, deepest first.
+        let mut present = Vec::new();
+        collect(&self.staging, "", &mut present)?;
+        present.sort_by(|a, b| b.cmp(a));
+        for rel in present {
+            if !keep.contains(rel.as_str()) {
+                self.files.remove(&rel);
+                let p = self.staging.join(&rel);
+                let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir_all(&p));
+            }
+        }
+        for f in files {
+            let p = self.staging.join(&f.rel);
+            match f.size {
+                None => {
+                    if p.is_file() {
+                        self.files.remove(&f.rel);
+                        std::fs::remove_file(&p).map_err(|e| MigrateError::io(&p, e))?;
+                    }
+                    std::fs::create_dir_all(&p).map_err(|e| MigrateError::io(&p, e))?;
+                }
+                Some(size) => {
+                    if p.is_dir() {
+                        std::fs::remove_dir_all(&p).map_err(|e| MigrateError::io(&p, e))?;
+                    }
+                    if let Some(parent) = p.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| MigrateError::io(parent, e))?;
+                    }
+                    let file = self.file(&f.rel)?;
+                    file.set_len(size).map_err(|e| MigrateError::io(&p, e))?;
+                }
+            }
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode | 0o200))
+                .map_err(|e| MigrateError::io(&p, e))?;
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, rel: &str) -> Result<&File, MigrateError> {
+        if !self.files.contains_key(rel) {
+            let p = self.staging.join(rel);
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&p)
+                .map_err(|e| MigrateError::io(&p, e))?;
+            self.files.insert(rel.to_string(), f);
+        }
+        Ok(&self.files[rel])
+    }
+
+    /// Writes the bulk data that follows a round header at the extents' offsets.
+    async fn write_extents(
+        &mut self,
+        ch: &mut Channel,
+        extents: &[(String, u64, u64)],
+    ) -> Result<u64, MigrateError> {
+        // Open every file first, so the sink only writes.
+        for (rel, _, _) in extents {
+            self.file(rel)?;
+        }
+        let sizes: BTreeMap<String, u64> = extents
+            .iter()
+            .map(|(rel, _, _)| {
+                let len = self.files[rel].metadata().map(|m| m.len()).unwrap_or(0);
+                (rel.clone(), len)
+            })
+            .collect();
+        let mut cursor = Cursor {
+            extents,
+            sizes: &sizes,
+            index: 0,
+            offset: 0,
+        };
+        let mut written = 0u64;
+        let mut failure: Option<MigrateError> = None;
+        let files = &self.files;
+        let staging = &self.staging;
+        let stats = read_bulk_with(&mut ch.recv, |mut data: &[u8]| {
+            while !data.is_empty() && failure.is_none() {
+                let Some((rel, at, room)) = cursor.next_span() else {
+                    failure = Some(MigrateError::Peer("more data than extents".into()));
+                    return;
+                };
+                let n = room.min(data.len() as u64) as usize;
+                if let Err(e) = files[rel].write_all_at(&data[..n], at) {
+                    failure = Some(MigrateError::io(&staging.join(rel), e));
+                    return;
+                }
+                cursor.offset += n as u64;
+                written += n as u64;
+                data = &data[n..];
+            }
+        })
+        .await?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        debug_assert_eq!(stats.raw_bytes, written);
+        Ok(written)
+    }
+
+    /// Replaces `dest` with the staging copy in one rename (the previous state, if any, is
+    /// moved aside first and removed after).
+    fn commit(&self, dest: &Path) -> Result<PathBuf, MigrateError> {
+        for f in self.files.values() {
+            let _ = f.sync_all();
+        }
+        let aside = dest.with_extension(format!("previous-{}", std::process::id()));
+        let had = dest.exists();
+        if had {
+            std::fs::rename(dest, &aside).map_err(|e| MigrateError::io(dest, e))?;
+        }
+        if let Err(e) = std::fs::rename(&self.staging, dest) {
+            if had {
+                let _ = std::fs::rename(&aside, dest);
+            }
+            return Err(MigrateError::io(dest, e));
+        }
+        if had {
+            let _ = std::fs::remove_dir_all(&aside);
+        }
+        Ok(dest.to_path_buf())
+    }
+}
+
+/// Where the next bytes of a round's data go.
+struct Cursor<'a> {
+    extents: &'a [(String, u64, u64)],
+    sizes: &'a BTreeMap<String, u64>,
+    index: usize,
+    offset: u64,
+}
+
+impl<'a> Cursor<'a> {
+    /// The current extent's file, the file offset of the next byte and the bytes left in it.
+    fn next_span(&mut self) -> Option<(&'a str, u64, u64)> {
+        loop {
+            let (rel, first, blocks) = self.extents.get(self.index)?;
+            let size = self.sizes.get(rel).copied().unwrap_or(0);
+            let start = first * BLOCK;
+            let len = ((first + blocks) * BLOCK).min(size).saturating_sub(start);
+            if self.offset < len {
+                return Some((rel.as_str(), start + self.offset, len - self.offset));
+            }
+            self.index += 1;
+            self.offset = 0;
+        }
+    }
+}
+
+/// Every path under `dir`, relative, `/`-separated.
+fn collect(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), MigrateError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(MigrateError::io(dir, e)),
+    };
+    for e in rd {
+        let e = e.map_err(|e| MigrateError::io(dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            collect(&e.path(), &rel, out)?;
+        }
+        out.push(rel);
+    }
+    Ok(())
+}

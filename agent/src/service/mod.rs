@@ -1,0 +1,40 @@
+//! Managed services: specs, the exec driver (one supervisor per service, each in its own
+//! cgroup v2), health checks, freeze and thaw, restarts with back-off, and virtual IPs.
+//!
+//! # Code map
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `spec.rs` | [`ServiceSpec`] and `[services]`; validation that names the field |
+//! | `cgroup.rs` | [`ServiceCgroup`]: create, join before exec, freeze/thaw, kill, remove |
+//! | `health.rs` | TCP, HTTP and command checks; [`HealthTracker`] |
+//! | `supervisor.rs` | [`Manager`] and the per-service supervisor task |
+//! | `vip.rs` | add/remove the VIP, gratuitous ARP |
+//!
+//! # Invariants
+//!
+//! - **Everything a service runs stays in its cgroup**: the child joins it between fork and
+//!   exec; stop and crash clean-up kill the whole cgroup, so nothing outlives the service.
+//! - **Frozen means the kernel says so**: freeze returns once `cgroup.events` reads
+//!   `frozen 1`.
+//! - **A refused spec changes nothing**: validation and the duplicate check happen before any
+//!   cgroup, directory or process is touched for it.
+//! - **A crash loop ends**: more than `max_restarts` crashes within `window_s` is `failed`;
+//!   delays double from `backoff_ms` up to `backoff_max_ms`.
+//! - **The VIP follows health**: added once the service is healthy (at start when it has no
+//!   check), removed when it stops or crashes.
+
+mod cgroup;
+mod error;
+mod health;
+mod spec;
+mod supervisor;
+pub mod vip;
+
+pub use cgroup::ServiceCgroup;
+pub use error::ServiceError;
+pub use health::{check, Health, HealthTracker};
+pub use spec::{
+    validate_all, Demand, HealthSpec, RestartPolicy, RestartSpec, ServiceSpec, ServicesSection,
+};
+pub use supervisor::{Manager, RunState, Runtime, ServiceStatus};

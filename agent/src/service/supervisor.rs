@@ -1,0 +1,871 @@
+//! The exec driver: one supervisor task per service, and the [`Manager`] that owns them.
+//!
+//! A supervisor starts the service's command from its image directory inside the service's
+//! cgroup (joined before exec, so nothing escapes it), forwards its stdout and stderr lines to
+//! the agent's log, runs the health check, holds the VIP while healthy, restarts it after a
+//! crash with exponential back-off, and declares a crash loop failed. Commands (start, stop,
+//! freeze, thaw) reach it over a channel and are answered once done.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use super::cgroup::ServiceCgroup;
+use super::error::ServiceError;
+use super::health::{check, Health, HealthTracker};
+use super::spec::{validate_all, Demand, RestartPolicy, ServiceSpec, ServicesSection};
+use super::vip;
+use crate::image::ImageStore;
+
+/// Where and how services run on this node.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// This node's name.
+    pub node: String,
+    /// The cgroup v2 root (the unified hierarchy on hybrid hosts).
+    pub v2_root: PathBuf,
+    /// `[services]`.
+    pub section: ServicesSection,
+    /// The image store, to identify images by content and hold them.
+    pub images: Option<Arc<ImageStore>>,
+    /// Where images are written out to run from (`<data_dir>/images/run`).
+    pub run_root: PathBuf,
+}
+
+/// What a service's process is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Not running.
+    Stopped,
+    /// Running (see the health for whether it serves).
+    Running,
+    /// Running, every task frozen.
+    Frozen,
+    /// Being stopped.
+    Stopping,
+    /// Exited; waiting for the back-off delay before a restart.
+    Backoff,
+    /// Given up on (crash loop, or it cannot be started).
+    Failed,
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).ok();
+        write!(f, "{}", s.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
+    }
+}
+
+/// A service as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    /// Its name.
+    pub name: String,
+    /// The node it runs on.
+    pub node: String,
+    /// Process state.
+    pub state: RunState,
+    /// Health.
+    pub health: Health,
+    /// Main process.
+    pub pid: Option<u32>,
+    /// Its cgroup directory.
+    pub cgroup: String,
+    /// Restarts after crashes since it was last started by request.
+    pub restarts: u32,
+    /// How the last process ended.
+    pub last_exit: Option<String>,
+    /// When the state last changed, milliseconds since the Unix epoch.
+    pub since_unix_ms: u64,
+    /// Content hash of its image.
+    pub image_id: Option<String>,
+    /// Its state directory.
+    pub state_dir: String,
+    /// Its virtual IP.
+    pub vip: Option<IpAddr>,
+    /// The VIP is on this node now.
+    pub vip_active: bool,
+    /// Its resource demand.
+    pub demand: Demand,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+type Reply = oneshot::Sender<Result<(), ServiceError>>;
+
+#[derive(Debug)]
+enum Cmd {
+    Start(Reply),
+    Stop(Reply),
+    Kill(Reply),
+    Freeze(Reply),
+    Thaw(Reply),
+}
+
+struct Handle {
+    spec: ServiceSpec,
+    status: watch::Receiver<ServiceStatus>,
+    tx: mpsc::Sender<Cmd>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Owns every managed service of this node.
+pub struct Manager {
+    rt: Arc<Runtime>,
+    services: Mutex<BTreeMap<String, Handle>>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("services", &self.names())
+            .finish()
+    }
+}
+
+impl Manager {
+    /// A manager with no services yet.
+    pub fn new(rt: Runtime) -> Arc<Manager> {
+        Arc::new(Manager {
+            rt: Arc::new(rt),
+            services: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Handle>> {
+        self.services.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Names of the services.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// The runtime's settings.
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
+    /// Adds a service (validated; its name must be new) and starts it if `autostart`.
+    /// Nothing already running is touched when the spec is refused.
+    pub async fn add(&self, spec: ServiceSpec) -> Result<ServiceStatus, ServiceError> {
+        validate_all(std::slice::from_ref(&spec), &self.rt.section)?;
+        if self.lock().contains_key(&spec.name) {
+            return Err(ServiceError::Duplicate(spec.name.clone()));
+        }
+        let cgroup =
+            ServiceCgroup::create(&self.rt.v2_root, &self.rt.section.cgroup_parent, &spec.name)?;
+        let image = prepare_image(&self.rt, &spec)?;
+        let state_dir = spec.state_dir(&self.rt.section);
+        std::fs::create_dir_all(&state_dir).map_err(|e| ServiceError::io(&state_dir, e))?;
+        let status = ServiceStatus {
+            name: spec.name.clone(),
+            node: self.rt.node.clone(),
+            state: RunState::Stopped,
+            health: Health::Stopped,
+            pid: None,
+            cgroup: cgroup.path().display().to_string(),
+            restarts: 0,
+            last_exit: None,
+            since_unix_ms: now_ms(),
+            image_id: image.as_ref().and_then(|i| i.id.clone()),
+            state_dir: state_dir.display().to_string(),
+            vip: spec.vip,
+            vip_active: false,
+            demand: spec.demand.clone(),
+        };
+        let (status_tx, status_rx) = watch::channel(status);
+        let (tx, rx) = mpsc::channel(8);
+        let sup = Supervisor {
+            rt: self.rt.clone(),
+            spec: spec.clone(),
+            cgroup,
+            image_dir: image.map(|i| i.dir),
+            state_dir,
+            status: status_tx,
+            child: None,
+            stopping: false,
+            crashes: VecDeque::new(),
+            backoff_until: None,
+            tracker: None,
+        };
+        let task = tokio::spawn(sup.run(rx));
+        let autostart = spec.autostart;
+        let name = spec.name.clone();
+        {
+            let mut services = self.lock();
+            if services.contains_key(&name) {
+                task.abort();
+                return Err(ServiceError::Duplicate(name));
+            }
+            services.insert(
+                name.clone(),
+                Handle {
+                    spec,
+                    status: status_rx,
+                    tx,
+                    task,
+                },
+            );
+        }
+        info!(service = %name, "service added");
+        if autostart {
+            self.start(&name).await
+        } else {
+            self.status(&name)
+        }
+    }
+
+    /// The service's status.
+    pub fn status(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.lock()
+            .get(name)
+            .map(|h| h.status.borrow().clone())
+            .ok_or_else(|| ServiceError::Unknown(name.to_string()))
+    }
+
+    /// The service's spec.
+    pub fn spec(&self, name: &str) -> Option<ServiceSpec> {
+        self.lock().get(name).map(|h| h.spec.clone())
+    }
+
+    /// Every service's status, by name.
+    pub fn list(&self) -> Vec<ServiceStatus> {
+        self.lock()
+            .values()
+            .map(|h| h.status.borrow().clone())
+            .collect()
+    }
+
+    /// Waits until `name`'s status satisfies `cond` or `timeout` passes; returns the last one.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        timeout: Duration,
+        cond: impl Fn(&ServiceStatus) -> bool,
+    ) -> Result<ServiceStatus, ServiceError> {
+        let mut rx = self
+            .lock()
+            .get(name)
+            .map(|h| h.status.clone())
+            .ok_or_else(|| ServiceError::Unknown(name.to_string()))?;
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|s| cond(s))).await;
+        let last = rx.borrow().clone();
+        Ok(last)
+    }
+
+    async fn command(
+        &self,
+        name: &str,
+        make: impl FnOnce(Reply) -> Cmd,
+    ) -> Result<ServiceStatus, ServiceError> {
+        let tx = self
+            .lock()
+            .get(name)
+            .map(|h| h.tx.clone())
+            .ok_or_else(|| ServiceError::Unknown(name.to_string()))?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(make(reply))
+            .await
+            .map_err(|_| ServiceError::Shutdown)?;
+        rx.await.map_err(|_| ServiceError::Shutdown)??;
+        self.status(name)
+    }
+
+    /// Starts the service (resets the crash count).
+    pub async fn start(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.command(name, Cmd::Start).await
+    }
+
+    /// Stops it: SIGTERM, then SIGKILL after the grace period.
+    pub async fn stop(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.command(name, Cmd::Stop).await
+    }
+
+    /// Kills it at once, frozen or not, without thawing it first (the end of a migration
+    /// whose state was committed elsewhere: the old instance must not run another instruction).
+    pub async fn kill(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.command(name, Cmd::Kill).await
+    }
+
+    /// Freezes every task of it; returns once the kernel reports it frozen.
+    pub async fn freeze(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.command(name, Cmd::Freeze).await
+    }
+
+    /// Thaws it.
+    pub async fn thaw(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.command(name, Cmd::Thaw).await
+    }
+
+    /// Stops the service and forgets it (its cgroup is removed; its state directory stays).
+    pub async fn remove(&self, name: &str) -> Result<(), ServiceError> {
+        self.stop(name).await?;
+        let handle = self
+            .lock()
+            .remove(name)
+            .ok_or_else(|| ServiceError::Unknown(name.to_string()))?;
+        drop(handle.tx);
+        let _ = handle.task.await;
+        info!(service = %name, "service removed");
+        Ok(())
+    }
+
+    /// Stops every service and ends the supervisors (the agent is stopping). Services are
+    /// stopped rather than left behind: an agent that starts again starts them again.
+    pub async fn shutdown(&self) {
+        for name in self.names() {
+            if let Err(e) = self.stop(&name).await {
+                warn!(service = %name, error = %e, "stopping at shutdown");
+            }
+        }
+        let handles: Vec<Handle> = std::mem::take(&mut *self.lock()).into_values().collect();
+        for h in handles {
+            drop(h.tx);
+            let _ = h.task.await;
+        }
+    }
+}
+
+/// An image ready to run from.
+struct PreparedImage {
+    dir: PathBuf,
+    id: Option<String>,
+}
+
+/// Imports the spec's image into the store (content-addressed) and writes it out once per
+/// content to run from. Without a store, a directory image runs in place.
+fn prepare_image(rt: &Runtime, spec: &ServiceSpec) -> Result<Option<PreparedImage>, ServiceError> {
+    if let Some(id) = &spec.image_id {
+        let store = rt.images.as_ref().ok_or_else(|| {
+            ServiceError::Image("image_id needs the image store, which is off here".into())
+        })?;
+        let digest =
+            crate::image::Digest::parse(id).map_err(|e| ServiceError::Image(e.to_string()))?;
+        if !store.has_image(&digest) {
+            return Err(ServiceError::Spec {
+                service: spec.name.clone(),
+                field: "image_id".into(),
+                reason: format!("no image {id} in this node's store (push it first)"),
+            });
+        }
+        let dir = rt.run_root.join(id);
+        if !dir.exists() {
+            std::fs::create_dir_all(&rt.run_root).map_err(|e| ServiceError::io(&rt.run_root, e))?;
+            match store.export(&digest, &dir) {
+                Ok(()) | Err(crate::image::ImageError::Exists(_)) => {}
+                Err(e) => return Err(ServiceError::Image(e.to_string())),
+            }
+        }
+        return Ok(Some(PreparedImage {
+            dir,
+            id: Some(id.clone()),
+        }));
+    }
+    let Some(image) = &spec.image else {
+        return Ok(None);
+    };
+    let unpacked;
+    let src: &Path = if image.is_dir() {
+        image
+    } else {
+        // A tarball: unpack it next to the run directory first.
+        let tmp = rt
+            .run_root
+            .join(format!(".unpack-{}-{}", spec.name, std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| ServiceError::io(&tmp, e))?;
+        let out = std::process::Command::new("tar")
+            .arg("-xf")
+            .arg(image)
+            .arg("-C")
+            .arg(&tmp)
+            .output()
+            .map_err(|e| ServiceError::Image(format!("cannot run tar: {e}")))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(ServiceError::Spec {
+                service: spec.name.clone(),
+                field: "image".into(),
+                reason: format!(
+                    "{}: {}",
+                    image.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        unpacked = tmp;
+        &unpacked
+    };
+    let result = match &rt.images {
+        None => Ok(Some(PreparedImage {
+            dir: src.to_path_buf(),
+            id: None,
+        })),
+        Some(store) => {
+            let (id, _) = store
+                .import_dir(src)
+                .map_err(|e| ServiceError::Image(e.to_string()))?;
+            let dir = rt.run_root.join(id.as_str());
+            if !dir.exists() {
+                std::fs::create_dir_all(&rt.run_root)
+                    .map_err(|e| ServiceError::io(&rt.run_root, e))?;
+                match store.export(&id, &dir) {
+                    Ok(()) => {}
+                    // Written out meanwhile by another service of the same image.
+                    Err(crate::image::ImageError::Exists(_)) => {}
+                    Err(e) => return Err(ServiceError::Image(e.to_string())),
+                }
+            }
+            Ok(Some(PreparedImage {
+                dir,
+                id: Some(id.to_string()),
+            }))
+        }
+    };
+    if !image.is_dir() {
+        let _ = std::fs::remove_dir_all(src);
+    }
+    result
+}
+
+struct Supervisor {
+    rt: Arc<Runtime>,
+    spec: ServiceSpec,
+    cgroup: ServiceCgroup,
+    image_dir: Option<PathBuf>,
+    state_dir: PathBuf,
+    status: watch::Sender<ServiceStatus>,
+    child: Option<tokio::process::Child>,
+    stopping: bool,
+    crashes: VecDeque<Instant>,
+    backoff_until: Option<tokio::time::Instant>,
+    tracker: Option<HealthTracker>,
+}
+
+impl Supervisor {
+    fn set(&self, f: impl FnOnce(&mut ServiceStatus)) {
+        self.status.send_modify(|s| {
+            let before = (s.state, s.health);
+            f(s);
+            if (s.state, s.health) != before {
+                s.since_unix_ms = now_ms();
+            }
+        });
+    }
+
+    fn state(&self) -> RunState {
+        self.status.borrow().state
+    }
+
+    fn vip_iface(&self) -> Option<String> {
+        self.rt
+            .section
+            .vip_interface
+            .clone()
+            .or_else(vip::default_interface)
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let interval = self
+            .spec
+            .health
+            .as_ref()
+            .map(|h| Duration::from_millis(h.interval_ms))
+            .unwrap_or(Duration::from_secs(3600));
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let running = self.child.is_some();
+            let checking =
+                running && self.spec.health.is_some() && self.state() == RunState::Running;
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => {
+                        self.stop().await;
+                        let _ = self.cgroup.remove();
+                        return;
+                    }
+                },
+                status = async { self.child.as_mut().expect("checked").wait().await }, if running => {
+                    self.child = None;
+                    self.exited(status).await;
+                }
+                _ = async {
+                    match self.backoff_until {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.backoff_until = None;
+                    if let Err(e) = self.spawn() {
+                        error!(service = %self.spec.name, error = %e, "restart failed");
+                        self.set(|s| {
+                            s.state = RunState::Failed;
+                            s.health = Health::Failed;
+                            s.last_exit = Some(format!("cannot start: {e}"));
+                        });
+                    }
+                }
+                _ = tick.tick(), if checking => {
+                    let passed = check(self.spec.health.as_ref().expect("checked")).await;
+                    if self.child.is_some() && self.state() == RunState::Running {
+                        self.health_result(passed);
+                    }
+                }
+            }
+        }
+    }
+
+    fn health_result(&mut self, passed: bool) {
+        let failures = self.spec.health.as_ref().map(|h| h.failures).unwrap_or(3);
+        let tracker = self
+            .tracker
+            .get_or_insert_with(|| HealthTracker::new(failures));
+        let before = tracker.health();
+        let health = tracker.record(passed);
+        if health != before {
+            info!(service = %self.spec.name, ?health, "health changed");
+        }
+        self.set(|s| s.health = health);
+        if health == Health::Healthy && !self.status.borrow().vip_active {
+            self.vip_up();
+        }
+    }
+
+    fn vip_up(&self) {
+        let Some(addr) = self.spec.vip else { return };
+        let Some(iface) = self.vip_iface() else {
+            warn!(service = %self.spec.name, %addr, "no interface for the VIP");
+            return;
+        };
+        match vip::add(addr, &iface) {
+            Ok(()) => {
+                info!(service = %self.spec.name, vip = %addr, iface, "VIP added");
+                self.set(|s| s.vip_active = true);
+            }
+            Err(e) => warn!(service = %self.spec.name, error = %e, "VIP not added"),
+        }
+    }
+
+    fn vip_down(&self) {
+        let Some(addr) = self.spec.vip else { return };
+        if !self.status.borrow().vip_active {
+            return;
+        }
+        if let Some(iface) = self.vip_iface() {
+            match vip::remove(addr, &iface) {
+                Ok(()) => info!(service = %self.spec.name, vip = %addr, "VIP removed"),
+                Err(e) => warn!(service = %self.spec.name, error = %e, "VIP not removed"),
+            }
+        }
+        self.set(|s| s.vip_active = false);
+    }
+
+    async fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Start(reply) => {
+                let r = match self.state() {
+                    RunState::Running | RunState::Frozen => Ok(()),
+                    _ => {
+                        self.crashes.clear();
+                        self.backoff_until = None;
+                        self.set(|s| s.restarts = 0);
+                        self.spawn()
+                    }
+                };
+                if let Err(e) = &r {
+                    self.set(|s| {
+                        s.state = RunState::Failed;
+                        s.health = Health::Failed;
+                        s.last_exit = Some(format!("cannot start: {e}"));
+                    });
+                }
+                let _ = reply.send(r);
+            }
+            Cmd::Stop(reply) => {
+                self.stop().await;
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::Kill(reply) => {
+                self.backoff_until = None;
+                self.stopping = true;
+                self.cgroup.kill_all();
+                if let Some(mut child) = self.child.take() {
+                    let _ = child.wait().await;
+                }
+                self.cgroup.wait_empty(Duration::from_secs(5)).await;
+                // The VIP goes after the processes: their connections are reset from the
+                // VIP (clients learn at once), and new ones are refused until it moves.
+                self.vip_down();
+                let _ = self.cgroup.thaw().await;
+                info!(service = %self.spec.name, "killed");
+                self.set(|s| {
+                    s.state = RunState::Stopped;
+                    s.health = Health::Stopped;
+                    s.pid = None;
+                    s.last_exit = Some("killed".into());
+                });
+                self.stopping = false;
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::Freeze(reply) => {
+                let r = match self.state() {
+                    RunState::Running => match self.cgroup.freeze().await {
+                        Ok(()) => {
+                            self.set(|s| s.state = RunState::Frozen);
+                            info!(service = %self.spec.name, "frozen");
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                    RunState::Frozen => Ok(()),
+                    other => Err(self.refuse(other, "freeze")),
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Thaw(reply) => {
+                let r = match self.state() {
+                    RunState::Frozen => match self.cgroup.thaw().await {
+                        Ok(()) => {
+                            self.set(|s| s.state = RunState::Running);
+                            info!(service = %self.spec.name, "thawed");
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                    RunState::Running => Ok(()),
+                    other => Err(self.refuse(other, "thaw")),
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn refuse(&self, state: RunState, action: &str) -> ServiceError {
+        ServiceError::State {
+            service: self.spec.name.clone(),
+            state: state.to_string(),
+            action: action.to_string(),
+        }
+    }
+
+    /// Starts the process in the cgroup.
+    fn spawn(&mut self) -> Result<(), ServiceError> {
+        let image = self.image_dir.clone();
+        let subst = |a: &str| {
+            a.replace("{state}", &self.state_dir.display().to_string())
+                .replace(
+                    "{image}",
+                    &image
+                        .as_deref()
+                        .unwrap_or(Path::new("/"))
+                        .display()
+                        .to_string(),
+                )
+        };
+        let argv: Vec<String> = self.spec.command.iter().map(|a| subst(a)).collect();
+        let program = match (
+            &image,
+            Path::new(&argv[0]).is_relative() && argv[0].contains('/'),
+        ) {
+            (Some(dir), true) => dir.join(&argv[0]),
+            _ => PathBuf::from(&argv[0]),
+        };
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(&argv[1..])
+            .current_dir(image.as_deref().unwrap_or(&self.state_dir))
+            .envs(&self.spec.env)
+            .env("GODWIT_SERVICE", &self.spec.name)
+            .env("GODWIT_STATE_DIR", &self.state_dir)
+            .env(
+                "GODWIT_IMAGE_DIR",
+                image.as_deref().unwrap_or(Path::new("/")),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0);
+        self.cgroup.place(&mut cmd)?;
+        let mut child = cmd.spawn().map_err(|e| ServiceError::Spec {
+            service: self.spec.name.clone(),
+            field: "command".into(),
+            reason: format!("{}: {e}", program.display()),
+        })?;
+        for (stream, pipe) in [
+            (
+                "stdout",
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            ),
+            (
+                "stderr",
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            ),
+        ] {
+            if let Some(pipe) = pipe {
+                let name = self.spec.name.clone();
+                tokio::spawn(async move {
+                    let mut lines = BufReader::new(pipe).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        info!(service = %name, stream, "{line}");
+                    }
+                });
+            }
+        }
+        let pid = child.id();
+        self.child = Some(child);
+        self.stopping = false;
+        self.tracker = Some(HealthTracker::new(
+            self.spec.health.as_ref().map(|h| h.failures).unwrap_or(3),
+        ));
+        let healthy_now = self.spec.health.is_none();
+        self.set(|s| {
+            s.state = RunState::Running;
+            s.pid = pid;
+            s.health = if healthy_now {
+                Health::Healthy
+            } else {
+                Health::Starting
+            };
+        });
+        info!(service = %self.spec.name, pid, "started");
+        if healthy_now {
+            self.vip_up();
+        }
+        Ok(())
+    }
+
+    /// Stops the process: thaw if frozen, SIGTERM to everything in the cgroup, SIGKILL after
+    /// the grace period.
+    async fn stop(&mut self) {
+        self.backoff_until = None;
+        self.vip_down();
+        let Some(mut child) = self.child.take() else {
+            if matches!(self.state(), RunState::Backoff | RunState::Failed) {
+                self.set(|s| {
+                    s.state = RunState::Stopped;
+                    s.health = Health::Stopped;
+                });
+            }
+            return;
+        };
+        self.stopping = true;
+        self.set(|s| s.state = RunState::Stopping);
+        if self.cgroup.is_frozen() {
+            let _ = self.cgroup.thaw().await;
+        }
+        self.cgroup.signal_all(libc::SIGTERM);
+        let grace = Duration::from_millis(self.rt.section.stop_grace_ms);
+        let status = match tokio::time::timeout(grace, child.wait()).await {
+            Ok(s) => s.ok(),
+            Err(_) => {
+                warn!(service = %self.spec.name, ?grace, "did not stop in time: killed");
+                self.cgroup.kill_all();
+                child.wait().await.ok()
+            }
+        };
+        // Whatever it left behind goes too.
+        self.cgroup.kill_all();
+        self.cgroup.wait_empty(Duration::from_secs(5)).await;
+        info!(service = %self.spec.name, ?status, "stopped");
+        self.set(|s| {
+            s.state = RunState::Stopped;
+            s.health = Health::Stopped;
+            s.pid = None;
+            s.last_exit = status.map(|st| st.to_string());
+        });
+        self.stopping = false;
+    }
+
+    /// The process ended without being asked to: restart with back-off, or give up.
+    async fn exited(&mut self, status: std::io::Result<std::process::ExitStatus>) {
+        self.vip_down();
+        self.cgroup.kill_all();
+        let how = match &status {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        let success = status.as_ref().is_ok_and(|s| s.success());
+        let r = &self.spec.restart;
+        let restart = match r.policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !success,
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            info!(service = %self.spec.name, exit = %how, "exited; not restarted (restart policy)");
+            self.set(|s| {
+                s.state = if success {
+                    RunState::Stopped
+                } else {
+                    RunState::Failed
+                };
+                s.health = if success {
+                    Health::Stopped
+                } else {
+                    Health::Failed
+                };
+                s.pid = None;
+                s.last_exit = Some(how);
+            });
+            return;
+        }
+        let now = Instant::now();
+        let window = Duration::from_secs(r.window_s);
+        while self
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
+            self.crashes.pop_front();
+        }
+        self.crashes.push_back(now);
+        let n = self.crashes.len() as u32;
+        if n > r.max_restarts {
+            error!(
+                service = %self.spec.name,
+                exit = %how,
+                restarts = n - 1,
+                window_s = r.window_s,
+                "crash loop: the service is failed"
+            );
+            self.set(|s| {
+                s.state = RunState::Failed;
+                s.health = Health::Failed;
+                s.pid = None;
+                s.last_exit = Some(how);
+            });
+            return;
+        }
+        let delay = Duration::from_millis(r.delay_ms(n - 1));
+        warn!(service = %self.spec.name, exit = %how, ?delay, "exited; restarting after back-off");
+        self.backoff_until = Some(tokio::time::Instant::now() + delay);
+        self.set(|s| {
+            s.state = RunState::Backoff;
+            s.health = Health::Starting;
+            s.pid = None;
+            s.restarts += 1;
+            s.last_exit = Some(how);
+        });
+    }
+}

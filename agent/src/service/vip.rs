@@ -1,0 +1,219 @@
+//! Virtual IPs: the address is added to the node's interface while the service is healthy
+//! and removed when it stops; for IPv4 a gratuitous ARP tells the segment where it now lives.
+//!
+//! IPv6: the kernel runs duplicate address detection when the address is added, and sends an
+//! unsolicited neighbour advertisement when `net.ipv6.conf.<if>.ndisc_notify` is 1; the agent
+//! relies on that rather than forging its own.
+
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+
+use super::error::ServiceError;
+
+/// The first interface (by name) that is up and not loopback, for VIPs when none is
+/// configured. Asked of the kernel in this process's network namespace.
+pub fn default_interface() -> Option<String> {
+    // SAFETY: if_nameindex returns an array terminated by a zeroed entry, or null; freed below.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return None;
+    }
+    let mut names = Vec::new();
+    let mut i = 0;
+    loop {
+        // SAFETY: within the array, up to and including the terminating entry.
+        let entry = unsafe { &*list.add(i) };
+        if entry.if_index == 0 || entry.if_name.is_null() {
+            break;
+        }
+        // SAFETY: if_name is a NUL-terminated string owned by the array.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.if_name) };
+        names.push(name.to_string_lossy().into_owned());
+        i += 1;
+    }
+    // SAFETY: the array from if_nameindex, freed once.
+    unsafe { libc::if_freenameindex(list) };
+    names.sort();
+    names
+        .into_iter()
+        .find(|n| flags(n).is_some_and(|f| f & libc::IFF_UP != 0 && f & libc::IFF_LOOPBACK == 0))
+}
+
+/// The interface's flags (`SIOCGIFFLAGS`).
+fn flags(iface: &str) -> Option<i32> {
+    let req = ifreq_ioctl(iface, libc::SIOCGIFFLAGS).ok()?;
+    // SAFETY: after SIOCGIFFLAGS the union holds the flags.
+    Some(i32::from(unsafe { req.ifr_ifru.ifru_flags }))
+}
+
+/// Runs an interface ioctl on a throwaway socket of this network namespace.
+fn ifreq_ioctl(iface: &str, request: libc::c_ulong) -> std::io::Result<libc::ifreq> {
+    // SAFETY: socket(2) with constant arguments; checked below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data; zeroed is valid and then filled in.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        return Err(std::io::Error::other(format!(
+            "interface name {iface:?} too long"
+        )));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: the request fills the ifreq we own.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), request, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(req)
+}
+
+fn prefix(vip: IpAddr) -> u8 {
+    if vip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+fn ip(args: &[&str]) -> Result<String, ServiceError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| ServiceError::Vip(format!("cannot run ip (iproute2): {e}")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(ServiceError::Vip(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// True when `vip` is on `iface`.
+pub fn present(vip: IpAddr, iface: &str) -> bool {
+    ip(&["-o", "addr", "show", "dev", iface])
+        .map(|s| {
+            s.split_whitespace()
+                .any(|w| w.split('/').next() == Some(&vip.to_string()))
+        })
+        .unwrap_or(false)
+}
+
+/// Adds `vip` to `iface` (if missing) and announces it.
+pub fn add(vip: IpAddr, iface: &str) -> Result<(), ServiceError> {
+    if !present(vip, iface) {
+        ip(&[
+            "addr",
+            "add",
+            &format!("{vip}/{}", prefix(vip)),
+            "dev",
+            iface,
+        ])?;
+    }
+    if let IpAddr::V4(v4) = vip {
+        if let Err(e) = gratuitous_arp(v4, iface) {
+            tracing::warn!(%vip, iface, error = %e, "gratuitous ARP not sent");
+        }
+    }
+    Ok(())
+}
+
+/// Removes `vip` from `iface` (if present).
+pub fn remove(vip: IpAddr, iface: &str) -> Result<(), ServiceError> {
+    if present(vip, iface) {
+        ip(&[
+            "addr",
+            "del",
+            &format!("{vip}/{}", prefix(vip)),
+            "dev",
+            iface,
+        ])?;
+    }
+    Ok(())
+}
+
+/// Broadcasts an ARP request for `vip` from `vip` (a gratuitous ARP), so neighbours update
+/// their caches to this interface's MAC address.
+pub fn gratuitous_arp(vip: std::net::Ipv4Addr, iface: &str) -> std::io::Result<()> {
+    let mac = hardware_address(iface)?;
+    let c = std::ffi::CString::new(iface).map_err(std::io::Error::other)?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    const ETH_P_ARP: u16 = 0x0806;
+    // SAFETY: socket(2) with constant arguments; checked below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(ETH_P_ARP.to_be()),
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // Both forms, as keepalived does: some hosts act on the request, some on the reply.
+    let frame = |op: u8| {
+        let mut f = Vec::with_capacity(42);
+        f.extend_from_slice(&[0xff; 6]);
+        f.extend_from_slice(&mac);
+        f.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, op]); // Ethernet, IPv4, request or reply
+        f.extend_from_slice(&mac);
+        f.extend_from_slice(&vip.octets());
+        f.extend_from_slice(if op == 1 { &[0; 6] } else { &[0xff; 6] });
+        f.extend_from_slice(&vip.octets());
+        f
+    };
+    // SAFETY: sockaddr_ll is plain data; zeroed is valid and then filled in.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ETH_P_ARP.to_be();
+    sll.sll_ifindex = index as i32;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    for f in [frame(1), frame(2)] {
+        // SAFETY: sendto(2) with our buffer and a correctly sized sockaddr_ll.
+        let sent = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                std::ptr::from_ref(&sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The interface's MAC address, asked of the kernel in this process's network namespace
+/// (`SIOCGIFHWADDR`). `/sys/class/net` shows the namespace sysfs was mounted in, which for an
+/// agent started by `setns` is not its own.
+fn hardware_address(iface: &str) -> std::io::Result<[u8; 6]> {
+    let req = ifreq_ioctl(iface, libc::SIOCGIFHWADDR)?;
+    // SAFETY: after SIOCGIFHWADDR the union holds a sockaddr with the address in sa_data.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, d) in mac.iter_mut().zip(data.iter()) {
+        *m = *d as u8;
+    }
+    Ok(mac)
+}

@@ -1,0 +1,49 @@
+//! Agent-to-agent transport: QUIC (quinn) with mutual TLS 1.3 (rustls, ring) under a cluster
+//! CA, versioned frames, and bulk blocks with optional zstd. Migration (images and state)
+//! runs over it.
+//!
+//! # Code map
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `agent.rs` | the `[transport]` table as a running endpoint; measured paths |
+//! | `ca.rs` | the cluster CA and node certificates (`godwit ca init`, `godwit cert issue`) |
+//! | `tls.rs` | [`Identity`]: a node's certificate and key; rustls configs; peer checks |
+//! | `wire.rs` | message frames (bincode 2, versioned, bounded) and bulk blocks (zstd) |
+//! | `endpoint.rs` | [`Endpoint`]: connect and accept with the handshake; [`Peer`], [`Channel`] |
+//! | `service.rs` | [`Services`]: streams name a service; handlers registered by name |
+//! | `path.rs` | the `"path"` service: RTT and throughput of the path to a peer |
+//!
+//! # Invariants
+//!
+//! - **Only the cluster CA is trusted**, on both sides, and a peer is who its certificate
+//!   says: the client verifies the server's name (`<node>.node.godwit`), the server verifies
+//!   the name the client claims against the client's certificate. Failures are counted.
+//! - **TLS 1.3 only**, provider ring set explicitly (never the process default).
+//! - **Frames are bounded and versioned**: another wire version is refused, not guessed at.
+//! - **Keys are written 0600 and never overwritten.**
+
+pub mod agent;
+mod ca;
+mod endpoint;
+mod error;
+pub(crate) mod path;
+mod service;
+mod tls;
+mod wire;
+
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
+
+pub use ca::{init_ca, issue_node, node_dns_name, validate_node_name, IdentityFiles, CA_CERT};
+pub use endpoint::{Channel, Endpoint, Peer, TransportStats};
+pub use error::TransportError;
+pub use path::{measure, PathMeasurement, MAX_PROBE_BYTES};
+pub use service::{open, PeerInfo, Services};
+pub use tls::{Identity, ALPN};
+pub use wire::{
+    drain_bulk, read_bulk, read_bulk_with, read_msg, write_blocks, write_bulk, write_msg,
+    BulkStats, MAX_BLOCK, WIRE_VERSION,
+};

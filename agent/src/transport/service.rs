@@ -1,0 +1,129 @@
+//! Services on a connection: each exchange opens its own stream whose first frame names the
+//! service (`"path"`, `"image"`, later `"migrate"`); the agent registers a handler per name.
+//!
+//! The transport knows nothing of what a service does, so modules above it (image, migrate)
+//! plug in without the transport depending on them.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use super::endpoint::{Channel, Peer};
+use super::error::TransportError;
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+type Handler = Arc<dyn Fn(PeerInfo, Channel) -> BoxFuture + Send + Sync>;
+
+/// Who is on the other end of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's node name, proven by its certificate.
+    pub node: String,
+    /// Its address.
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Open {
+    Service { name: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Opened {
+    Ok,
+    Unknown { name: String },
+}
+
+/// The handlers of this agent, by service name.
+#[derive(Clone, Default)]
+pub struct Services {
+    handlers: Arc<RwLock<BTreeMap<String, Handler>>>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        f.debug_struct("Services").field("names", &names).finish()
+    }
+}
+
+impl Services {
+    /// Registers (or replaces) the handler of service `name`.
+    pub fn register<F, Fut>(&self, name: &str, handler: F)
+    where
+        F: Fn(PeerInfo, Channel) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |peer, ch| Box::pin(handler(peer, ch)));
+        self.handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), handler);
+    }
+
+    /// Serves the streams `peer` opens until the connection ends, each on its own task.
+    pub async fn serve(self, peer: Peer) {
+        let info = PeerInfo {
+            node: peer.node().to_string(),
+            addr: peer.addr(),
+        };
+        while let Ok(mut ch) = peer.accept().await {
+            let services = self.clone();
+            let info = info.clone();
+            tokio::spawn(async move {
+                let name = match ch.recv::<Open>().await {
+                    Ok(Some(Open::Service { name })) => name,
+                    _ => return,
+                };
+                let handler = services
+                    .handlers
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&name)
+                    .cloned();
+                match handler {
+                    Some(h) => {
+                        if ch.send(&Opened::Ok).await.is_ok() {
+                            h(info, ch).await;
+                        }
+                    }
+                    None => {
+                        tracing::debug!(peer = %info.node, service = %name, "unknown service");
+                        let _ = ch.send(&Opened::Unknown { name }).await;
+                        let _ = ch.finish();
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Opens a stream to service `name` on `peer`.
+pub async fn open(peer: &Peer, name: &str) -> Result<Channel, TransportError> {
+    let mut ch = peer.open().await?;
+    ch.send(&Open::Service {
+        name: name.to_string(),
+    })
+    .await?;
+    match ch.recv::<Opened>().await? {
+        Some(Opened::Ok) => Ok(ch),
+        Some(Opened::Unknown { name }) => Err(TransportError::Refused(format!(
+            "{} offers no service {name:?}",
+            peer.node()
+        ))),
+        None => Err(TransportError::Connection(format!(
+            "{} closed the stream",
+            peer.node()
+        ))),
+    }
+}

@@ -1,0 +1,14 @@
+//! `kvstore`, godwit's example stateful service, and `kvcheck`, the client that proves a move
+//! lost nothing.
+//!
+//! - [`store`]: the state file, a hash table in a `MAP_SHARED` mapping (layout in its doc);
+//! - [`protocol`]: the line protocol;
+//! - [`server`]: the TCP server over a store;
+//! - [`check`]: the checking client.
+//!
+//! The binaries in `src/bin/` only parse arguments and call into these modules.
+
+pub mod check;
+pub mod protocol;
+pub mod server;
+pub mod store;

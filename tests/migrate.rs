@@ -1,0 +1,463 @@
+//! State migration with the kernel's dirty-page tracking: a real BPF probe in this process
+//! reports the pages a writer dirties (through `write`, a shared mapping and `O_DIRECT`) while
+//! rounds move the state to a peer over QUIC, and the copy is identical after the final round.
+//! Needs root; one test at a time (`cargo xtask test`).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use godwit::config::{Config, ProbeMode};
+use godwit::migrate::{self, StateScan, StateSender};
+use godwit::probe::{self, DirtyTracker, Sampler, SamplerConfig};
+use godwit::transport::{init_ca, issue_node, Endpoint, Identity, Services};
+use godwit_tests::{require_root, unique};
+
+const STATE: usize = 16 << 20;
+
+fn endpoint(ca: &Path, dir: &Path, node: &str) -> Endpoint {
+    let files = issue_node(ca, node, &dir.join(node)).unwrap();
+    Endpoint::bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Identity::load(node, &files).unwrap(),
+    )
+    .unwrap()
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A writer that changes the state three ways until `stop`: `pwrite` to `db`, stores through
+/// a shared mapping of `mapped`, and `O_DIRECT` writes to `direct` (which the page cache, and
+/// so the probe, never sees).
+fn writer(
+    dir: &Path,
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let db = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("db"))
+            .unwrap();
+        let direct = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(dir.join("direct"))
+            .unwrap();
+        let mapped = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("mapped"))
+            .unwrap();
+        let len = mapped.metadata().unwrap().len() as usize;
+        // SAFETY: a shared mapping of a file we opened read-write, of its whole length; it is
+        // only written through `map` below and unmapped before the thread ends.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&mapped),
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        // O_DIRECT needs an aligned buffer.
+        let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+        // SAFETY: a non-zero-sized layout; freed below.
+        let aligned = unsafe { std::alloc::alloc(layout) };
+        let mut x = 11u64;
+        while !stop.load(Ordering::Relaxed) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let block = x % (STATE as u64 / 4096);
+            db.write_all_at(&noise(4096, x), block * 4096).unwrap();
+            let at = (x as usize >> 8) % (len - 8);
+            // SAFETY: `at + 8 <= len`, inside the mapping.
+            unsafe { std::ptr::write_unaligned(map.cast::<u8>().add(at).cast::<u64>(), x) };
+            if x.is_multiple_of(8) {
+                // SAFETY: `aligned` holds 4096 bytes.
+                unsafe { std::ptr::write_bytes(aligned, (x >> 16) as u8, 4096) };
+                // SAFETY: the buffer is valid for 4096 bytes.
+                let buf = unsafe { std::slice::from_raw_parts(aligned, 4096) };
+                direct.write_all_at(buf, (x % 256) * 4096).unwrap();
+            }
+            writes.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        // SAFETY: the mapping made above, unmapped once; the buffer allocated above.
+        unsafe {
+            libc::msync(map, len, libc::MS_SYNC);
+            libc::munmap(map, len);
+            std::alloc::dealloc(aligned, layout);
+        }
+    })
+}
+
+#[test]
+fn tracked_dirty_pages_drive_the_rounds_and_the_copy_is_exact() {
+    require_root();
+    let mut cfg = Config::default();
+    cfg.probe.mode = ProbeMode::Ebpf;
+    let sampler = Sampler::new(SamplerConfig::from_config(&cfg)).expect("BPF probe must load");
+    let shared = probe::SharedSnapshot::default();
+    let stop_sampler = Arc::new(AtomicBool::new(false));
+    let (tracker, rx) = DirtyTracker::channel();
+    let sampler_thread =
+        probe::spawn(sampler, shared, stop_sampler.clone(), None, Some(rx)).unwrap();
+
+    // State on a disk filesystem (tmpfs pages are never written back, so never tracked).
+    let base = Path::new("/var/tmp").join(unique("godwit-migrate"));
+    let state = base.join("src/data");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("db"), noise(STATE, 1)).unwrap();
+    std::fs::write(state.join("mapped"), noise(4 << 20, 2)).unwrap();
+    std::fs::write(state.join("direct"), noise(1 << 20, 3)).unwrap();
+    let recv = base.join("recv");
+    std::fs::create_dir_all(&recv).unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (rounds, writes) = rt.block_on(async {
+        let ca = base.join("ca");
+        init_ca(&ca, "test").unwrap();
+        let (a, b) = (endpoint(&ca, &base, "a"), endpoint(&ca, &base, "b"));
+        let services = Services::default();
+        migrate::register(&services, recv.clone());
+        let server = tokio::spawn({
+            let b = b.clone();
+            async move {
+                while let Some(peer) = b.accept().await {
+                    tokio::spawn(services.clone().serve(peer));
+                }
+            }
+        });
+        let peer = a.connect(b.local_addr().unwrap(), "b").await.unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let w = writer(&state, stop.clone(), writes.clone());
+        let scan = StateScan::new(&base.join("src"), &["data".into()]).unwrap();
+        let mut tx = StateSender::begin(&peer, "t1", "kv", scan, Some(1))
+            .await
+            .unwrap();
+        tx.track_with(tracker.clone());
+        let mut rounds = Vec::new();
+        for _ in 0..4 {
+            rounds.push(tx.round().await.unwrap());
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        // "Freeze": the writer stops; the final round and the check follow.
+        stop.store(true, Ordering::Relaxed);
+        w.join().unwrap();
+        rounds.push(tx.round().await.unwrap());
+        tx.verify()
+            .await
+            .expect("the copy equals the source after the final round");
+        tx.commit().await.unwrap();
+        server.abort();
+        (rounds, writes.load(Ordering::Relaxed))
+    });
+    for r in &rounds {
+        eprintln!("{r:?}");
+    }
+    for f in ["db", "mapped", "direct"] {
+        assert!(
+            std::fs::read(state.join(f)).unwrap()
+                == std::fs::read(recv.join("kv/data").join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+    assert!(writes > 50, "the writer ran: {writes} writes");
+    // From round 1 the probe vouched for the page-cache files and reported their pages ...
+    let later = &rounds[1..rounds.len() - 1];
+    assert!(
+        later
+            .iter()
+            .all(|r| r.tracked_files >= 1 && r.dirty_pages > 0),
+        "{later:?}"
+    );
+    // ... so only the O_DIRECT file (whose mtime moved without dirty pages) was read in full.
+    assert!(later.iter().all(|r| r.scanned_files <= 1), "{later:?}");
+    // Each round moves what changed during the previous one: the first follows the long full
+    // copy, the others are short.
+    assert!(rounds[1].bytes < rounds[0].bytes / 2, "{rounds:?}");
+    assert!(
+        later[1..].iter().all(|r| r.bytes < rounds[0].bytes / 4),
+        "{rounds:?}"
+    );
+
+    stop_sampler.store(true, Ordering::Relaxed);
+    sampler_thread.join().unwrap();
+    std::fs::remove_dir_all(&base).ok();
+}
+
+/// Two namespaced agents with certificates of one CA, gossiping, and the example `kvstore`
+/// (256 MiB of state) running on n1 behind a VIP.
+struct Rig {
+    c: godwit_tests::cluster::Cluster,
+    _slices: [godwit_tests::ServiceSlice; 2],
+    pki: std::path::PathBuf,
+    vip: std::net::Ipv4Addr,
+    kvcheck: std::path::PathBuf,
+}
+
+impl Rig {
+    fn start() -> Rig {
+        use godwit_tests::cluster::Cluster;
+        use godwit_tests::{example_bin, http_request, wait_for, ServiceSlice};
+
+        let kvstore = example_bin("kvstore");
+        let kvcheck = example_bin("kvcheck");
+        let pki = Path::new("/var/tmp").join(unique("godwit-mig-pki"));
+        let ca = pki.join("ca");
+        init_ca(&ca, "test").unwrap();
+        let slices = [ServiceSlice::new(), ServiceSlice::new()];
+        let names: Vec<String> = slices.iter().map(|s| s.name.clone()).collect();
+        const KEY: &str = "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a7988";
+        let ca_dir = ca.clone();
+        let state_base = pki.join("state");
+        let c = Cluster::builder(2)
+            .extra_toml(move |n| {
+                let tls = n.dir.join("tls");
+                issue_node(&ca_dir, n.name, &tls).unwrap();
+                format!(
+                    "[probe]\ninterval_ms = 500\n\
+                     [gossip]\nlisten = \"{a}:9747\"\nseeds = [\"{s}:9747\"]\nkeys = [\"{KEY}\"]\ninterval_ms = 100\n\
+                     [transport]\nlisten = \"{a}:9748\"\ntls_dir = \"{}\"\n\
+                     [services]\ncgroup_parent = \"{}\"\nstate_root = \"{}\"\nvip_interface = \"eth0\"\nstop_grace_ms = 3000\n",
+                    tls.display(),
+                    names[n.index - 1],
+                    // State on a disk filesystem, so the probe sees its pages dirtied.
+                    state_base.join(n.name).display(),
+                    a = n.addr,
+                    s = n.all_addrs[0],
+                )
+            })
+            .start();
+        let o = c.node(1).addr.octets();
+        let vip = std::net::Ipv4Addr::new(o[0], o[1], o[2], 100);
+        let spec = serde_json::json!({
+            "name": "kv",
+            "command": [kvstore, "--listen", "0.0.0.0:7379", "--state", "{state}/data/kv.state",
+                        "--size", (256u64 << 20).to_string()],
+            "state": ["data"],
+            "health": {"tcp": "127.0.0.1:7379", "interval_ms": 100},
+            "vip": vip.to_string(),
+        })
+        .to_string();
+        // n1 sees n2's transport address.
+        wait_for(Duration::from_secs(15), || {
+            let doc = c.json(1, "/v1/nodes");
+            doc["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| {
+                    m["id"]["node_id"] == "n2" && m["summary"]["addresses"]["quic"].is_string()
+                })
+                .then_some(())
+        })
+        .expect("n1 knows n2's transport address");
+        let (code, body) = http_request(c.api(1), "POST", "/v1/services", Some(&spec)).unwrap();
+        assert_eq!(code, 201, "{body}\n{}", c.log(1));
+        let rig = Rig {
+            c,
+            _slices: slices,
+            pki,
+            vip,
+            kvcheck,
+        };
+        wait_for(Duration::from_secs(15), || {
+            (rig.status(1)["vip_active"] == true).then_some(())
+        })
+        .unwrap_or_else(|| panic!("kv not up on n1: {}\n{}", rig.status(1), rig.c.log(1)));
+        rig
+    }
+
+    fn status(&self, i: usize) -> serde_json::Value {
+        self.c.json(i, "/v1/services")["services"]
+            .as_array()
+            .and_then(|a| a.first().cloned())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// `kvcheck run` against the VIP for `secs` seconds, in the background.
+    fn client(&self, secs: u32) -> std::process::Child {
+        std::process::Command::new(&self.kvcheck)
+            .args([
+                "--addr",
+                &format!("{}:7379", self.vip),
+                "run",
+                "--duration",
+                &secs.to_string(),
+            ])
+            .args(["--rate", "400", "--prefix", "m"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.pki).ok();
+    }
+}
+
+/// The example service moves between two namespaced nodes while a checking client writes to
+/// it through its VIP: nothing acknowledged is lost, and the report has the figures.
+#[test]
+fn kvstore_migrates_between_nodes_under_load_and_loses_nothing() {
+    use godwit_tests::http_request;
+    use serde_json::Value;
+
+    require_root();
+    let rig = Rig::start();
+    let c = &rig.c;
+    let status = |i: usize| rig.status(i);
+    // The checking client writes through the VIP for the whole move.
+    let client = rig.client(10);
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, body) = http_request(
+        c.api(1),
+        "POST",
+        "/v1/services/kv/migrate?to=n2&mode=transitional&downtime_ms=200",
+        None,
+    )
+    .unwrap();
+    let report: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+
+    assert_eq!(code, 200, "{body}\n{}", c.log(1));
+    let out = client.wait_with_output().unwrap();
+    let check: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    eprintln!("report: {report:#}");
+
+    eprintln!("client: {check}");
+    assert_eq!(report["result"], "committed");
+    assert_eq!(check["missing_acknowledged"], 0, "{check}");
+    assert_eq!(check["corrupt"], 0, "{check}");
+    assert!(
+        check["acknowledged"].as_u64().unwrap_or(0) > 1000,
+        "{check}"
+    );
+    assert!(out.status.success(), "{check}");
+    let rounds = report["transfer"]["rounds"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        rounds.len() >= 2,
+        "live rounds then the frozen one: {report}"
+    );
+    assert!(
+        report["transfer"]["verified_files"].as_u64() >= Some(1),
+        "hash check at cut-over"
+    );
+    assert!(
+        rounds[1..]
+            .iter()
+            .any(|r| r["tracked_files"].as_u64() >= Some(1)),
+        "the probe's dirty pages drove the later rounds: {rounds:?}"
+    );
+    // It runs on n2 only, behind the VIP.
+    assert_eq!(status(2)["health"], "healthy");
+    assert!(
+        status(1).is_null(),
+        "n1 no longer has the service: {}",
+        status(1)
+    );
+    let audit = std::fs::read_to_string(c.node(1).dir.join("data/migrations.log")).unwrap();
+    assert!(audit.contains("\"result\":\"committed\""), "{audit}");
+    eprintln!(
+        "downtime {:?} s (agent), longest client gap {} ms, rounds {}",
+        report["downtime_seconds"],
+        check["longest_gap_ms"],
+        rounds.len()
+    );
+}
+
+/// The target dies in the middle of the transfer: the migration fails, the service keeps
+/// running on the source behind its VIP, and the client loses nothing.
+#[test]
+fn a_target_killed_mid_transfer_leaves_the_service_on_the_source() {
+    use godwit_tests::http_request_within;
+
+    require_root();
+    let mut rig = Rig::start();
+    let client = rig.client(6);
+    std::thread::sleep(Duration::from_secs(1));
+    let api = rig.c.api(1);
+    let mover = std::thread::spawn(move || {
+        http_request_within(
+            api,
+            "POST",
+            "/v1/services/kv/migrate?to=n2&mode=transitional&downtime_ms=200",
+            None,
+            Duration::from_secs(120),
+        )
+    });
+    // Kill n2's agent once its staging copy exists (round 0 under way).
+    let staging_parent = rig.pki.join("state/n2");
+    let started = std::time::Instant::now();
+    loop {
+        let staging = std::fs::read_dir(&staging_parent)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("kv.staging-"));
+        if staging {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no transfer started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rig.c.kill(2);
+    let (code, body) = mover.join().unwrap().expect("the migrate request answers");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        report["result"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("failed"),
+        "{report}"
+    );
+    // Still on n1, healthy, behind the VIP; never frozen for long.
+    let s = rig.status(1);
+    assert_eq!(
+        (s["state"].as_str(), s["health"].as_str()),
+        (Some("running"), Some("healthy")),
+        "{s}"
+    );
+    assert_eq!(s["vip_active"], true);
+    let out = client.wait_with_output().unwrap();
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(check["missing_acknowledged"], 0, "{check}");
+    assert!(out.status.success(), "{check}");
+    let audit = std::fs::read_to_string(rig.c.node(1).dir.join("data/migrations.log")).unwrap();
+    assert!(audit.contains("\"result\":\"failed"), "{audit}");
+    eprintln!("failed as expected: {}; client {check}", report["result"]);
+}

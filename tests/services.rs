@@ -1,0 +1,437 @@
+//! The service runtime with real processes and cgroups, driven through a real agent's API and
+//! CLI: start and health, freeze and thaw seen by a client, stop, restarts with back-off, a
+//! crash loop, bad specs, and Debian's redis-server as a managed service.
+//! Needs root; one test at a time (`cargo xtask test`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use godwit_tests::{
+    free_port, godwit_bin, http_get, http_request, require_root, unique, wait_for, Agent,
+    ServiceSlice,
+};
+use serde_json::Value;
+
+const ECHO: &str = env!("CARGO_BIN_EXE_godwit-echo");
+
+/// The `[services]` section of a test agent, with a cgroup parent of its own.
+fn section(slice: &ServiceSlice, state_root: &std::path::Path) -> String {
+    format!(
+        "[probe]\nmode = \"procfs\"\ninterval_ms = 250\n[gossip]\nenabled = false\n\
+         [transport]\nenabled = false\n{}",
+        slice.toml(state_root)
+    )
+}
+
+fn services(agent: &Agent) -> Vec<Value> {
+    http_get(agent.addr, "/v1/services")
+        .ok()
+        .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+        .and_then(|v| v["services"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn service(agent: &Agent, name: &str) -> Value {
+    services(agent)
+        .into_iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or(Value::Null)
+}
+
+fn wait_service(agent: &Agent, name: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    wait_for(Duration::from_secs(15), || {
+        let s = service(agent, name);
+        cond(&s).then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{name}: not {what}: {}\n{}",
+            service(agent, name),
+            agent.log()
+        )
+    })
+}
+
+fn cli(agent: &Agent, args: &[&str]) -> (bool, String) {
+    let out = Command::new(godwit_bin())
+        .args(args)
+        .args(["--addr", &agent.addr.to_string()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// One request on `conn`: the reply line, or `None` if none came within `timeout`.
+fn ask(conn: &mut BufReader<TcpStream>, line: &str, timeout: Duration) -> Option<String> {
+    conn.get_mut().set_read_timeout(Some(timeout)).unwrap();
+    conn.get_mut()
+        .write_all(format!("{line}\n").as_bytes())
+        .unwrap();
+    let mut reply = String::new();
+    match conn.read_line(&mut reply) {
+        Ok(n) if n > 0 => Some(reply.trim().to_string()),
+        _ => None,
+    }
+}
+
+fn pid_alive(pid: u64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn a_service_starts_healthy_freezes_thaws_and_stops() {
+    require_root();
+    let svc = ServiceSlice::new();
+    let state = std::env::temp_dir().join(unique("godwit-state"));
+    let port = free_port();
+    let agent = Agent::start(&format!(
+        "{}\n[[service]]\nname = \"echo\"\ncommand = [\"{ECHO}\", \"--listen\", \"127.0.0.1:{port}\", \
+         \"--log\", \"{{state}}/lines\"]\nstate = [\"lines\"]\n\
+         health = {{ tcp = \"127.0.0.1:{port}\", interval_ms = 100, timeout_ms = 200 }}\n",
+        section(&svc, &state)
+    ));
+    let s = wait_service(&agent, "echo", "healthy", |s| s["health"] == "healthy");
+    let pid = s["pid"].as_u64().unwrap();
+    let cgroup = PathBuf::from(s["cgroup"].as_str().unwrap());
+    // The process runs in the service's cgroup.
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    assert!(
+        procs.lines().any(|l| l.trim() == pid.to_string()),
+        "{procs}"
+    );
+    let (ok, table) = cli(&agent, &["services"]);
+    assert!(
+        ok && table.contains("echo") && table.contains("healthy"),
+        "{table}"
+    );
+
+    let mut conn =
+        BufReader::new(TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap());
+    assert!(ask(&mut conn, "one", Duration::from_secs(2)).is_some_and(|r| r.ends_with("one")));
+
+    // Frozen: no reply at all; thawed: the reply to the request sent while frozen arrives.
+    let (ok, out) = cli(&agent, &["service", "freeze", "echo"]);
+    assert!(ok && out.contains("frozen"), "{out}");
+    assert!(std::fs::read_to_string(cgroup.join("cgroup.events"))
+        .unwrap()
+        .contains("frozen 1"));
+    assert_eq!(
+        ask(&mut conn, "two", Duration::from_millis(800)),
+        None,
+        "a frozen service answered"
+    );
+    let (ok, out) = cli(&agent, &["service", "thaw", "echo"]);
+    assert!(ok && out.contains("running"), "{out}");
+    conn.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut late = String::new();
+    conn.read_line(&mut late).unwrap();
+    assert!(late.trim().ends_with("two"), "reply after thaw: {late:?}");
+    assert!(ask(&mut conn, "three", Duration::from_secs(2)).is_some_and(|r| r.ends_with("three")));
+    // Its state went to its state directory.
+    let lines = std::fs::read_to_string(state.join("echo/lines")).unwrap();
+    assert_eq!(lines, "one\ntwo\nthree\n");
+
+    let (ok, out) = cli(&agent, &["service", "stop", "echo"]);
+    assert!(ok && out.contains("stopped"), "{out}");
+    assert!(!pid_alive(pid), "process {pid} still alive after stop");
+    assert!(std::fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap()
+        .trim()
+        .is_empty());
+    // Thawing a stopped service is refused, with a reason.
+    let (ok, out) = cli(&agent, &["service", "thaw", "echo"]);
+    assert!(!ok && out.contains("stopped"), "{out}");
+    std::fs::remove_dir_all(&state).ok();
+}
+
+#[test]
+fn a_crash_is_restarted_with_growing_back_off_and_a_crash_loop_fails() {
+    require_root();
+    let svc = ServiceSlice::new();
+    let state = std::env::temp_dir().join(unique("godwit-state"));
+    let port = free_port();
+    let agent = Agent::start(&format!(
+        "{}\n[[service]]\nname = \"crashy\"\ncommand = [\"{ECHO}\", \"--listen\", \"127.0.0.1:{port}\", \
+         \"--exit-after-ms\", \"150\"]\n\
+         restart = {{ backoff_ms = 200, backoff_max_ms = 5000, max_restarts = 3, window_s = 60 }}\n",
+        section(&svc, &state)
+    ));
+    // Watch the pid change: each new pid is a restart; time the gaps between them.
+    let mut starts: Vec<(u64, Instant)> = Vec::new();
+    let mut exits: Vec<Instant> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let last = loop {
+        let s = service(&agent, "crashy");
+        let now = Instant::now();
+        match s["pid"].as_u64() {
+            Some(pid) if starts.last().map(|(p, _)| *p) != Some(pid) => starts.push((pid, now)),
+            None if s["state"] == "backoff" && exits.len() < starts.len() => exits.push(now),
+            _ => {}
+        }
+        if s["state"] == "failed" || now > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(last["state"], "failed", "{last}\n{}", agent.log());
+    assert_eq!(last["health"], "failed");
+    assert_eq!(last["restarts"], 3, "{last}");
+    assert_eq!(
+        starts.len(),
+        4,
+        "the first start and three restarts: {starts:?}"
+    );
+    // Back-off between an exit and the next start: 200, 400, 800 ms (polling adds a little).
+    let gaps: Vec<Duration> = exits
+        .iter()
+        .zip(starts.iter().skip(1))
+        .map(|(e, (_, s))| s.duration_since(*e))
+        .collect();
+    eprintln!("back-off gaps: {gaps:?}");
+    assert_eq!(gaps.len(), 3);
+    assert!(gaps[0] >= Duration::from_millis(150), "{gaps:?}");
+    assert!(
+        gaps[1] > gaps[0] && gaps[2] > gaps[1],
+        "delays grow: {gaps:?}"
+    );
+    assert!(agent.log().contains("crash loop"), "{}", agent.log());
+    std::fs::remove_dir_all(&state).ok();
+}
+
+#[test]
+fn the_probe_reports_each_services_cpu_from_its_cgroup() {
+    require_root();
+    let svc = ServiceSlice::new();
+    let state = std::env::temp_dir().join(unique("godwit-state"));
+    let agent = Agent::start(&format!(
+        "{}\n[[service]]\nname = \"burner\"\ncommand = [\"/bin/sh\", \"-c\", \"while :; do :; done\"]\n",
+        section(&svc, &state)
+    ));
+    // One busy loop: close to one core, as the service's cgroup accounts it.
+    let s = wait_service(&agent, "burner", "measured", |s| {
+        s["cpu_cores"].as_f64().is_some_and(|c| c > 0.5)
+    });
+    assert!(s["cpu_cores"].as_f64().unwrap() < 1.3, "{s}");
+    assert!(s["node"].as_str().is_some_and(|n| !n.is_empty()), "{s}");
+    let (ok, table) = cli(&agent, &["services"]);
+    assert!(ok && table.contains("burner"), "{table}");
+    std::fs::remove_dir_all(&state).ok();
+}
+
+#[test]
+fn bad_specs_are_refused_and_nothing_running_is_disturbed() {
+    require_root();
+    let svc = ServiceSlice::new();
+    let state = std::env::temp_dir().join(unique("godwit-state"));
+    let port = free_port();
+    let agent = Agent::start(&format!(
+        "{}\n[[service]]\nname = \"echo\"\ncommand = [\"{ECHO}\", \"--listen\", \"127.0.0.1:{port}\"]\n\
+         health = {{ tcp = \"127.0.0.1:{port}\", interval_ms = 100 }}\n",
+        section(&svc, &state)
+    ));
+    let before = wait_service(&agent, "echo", "healthy", |s| s["health"] == "healthy");
+    let post = |body: &str| http_request(agent.addr, "POST", "/v1/services", Some(body)).unwrap();
+    for (body, code, field) in [
+        (
+            r#"{"name":"x","command":["/bin/true"],"image":"/nonexistent/image"}"#,
+            400,
+            "image",
+        ),
+        (
+            r#"{"name":"y","command":["/bin/true"],"state":["/etc/passwd"]}"#,
+            400,
+            "state",
+        ),
+        (
+            r#"{"name":"echo","command":["/bin/true"]}"#,
+            409,
+            "defined twice",
+        ),
+        (
+            r#"{"name":"z","command":["/bin/true"],"bogus":1}"#,
+            400,
+            "bogus",
+        ),
+    ] {
+        let (got, text) = post(body);
+        assert_eq!(got, code, "{body}: {text}");
+        assert!(text.contains(field), "{body}: {text}");
+    }
+    let after = service(&agent, "echo");
+    assert_eq!(
+        after["pid"], before["pid"],
+        "the running service was not touched"
+    );
+    assert_eq!(after["health"], "healthy");
+    assert_eq!(services(&agent).len(), 1, "nothing was added");
+    // A config file with a bad service is refused by `godwit validate`, naming the field.
+    let bad = state.join("bad.toml");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        &bad,
+        "[[service]]\nname = \"a\"\ncommand = [\"x\"]\nstate = [\"../../etc\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(godwit_bin())
+        .args(["validate", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("state"));
+    std::fs::remove_dir_all(&state).ok();
+}
+
+#[test]
+fn redis_server_runs_managed_and_keeps_its_state_across_a_restart() {
+    require_root();
+    let svc = ServiceSlice::new();
+    let state = std::env::temp_dir().join(unique("godwit-state"));
+    let port = free_port();
+    let agent = Agent::start(&format!(
+        "{}\n[[service]]\nname = \"redis\"\ncommand = [\"/usr/bin/redis-server\", \"--port\", \"{port}\", \
+         \"--bind\", \"127.0.0.1\", \"--dir\", \"{{state}}\", \"--appendonly\", \"yes\", \
+         \"--save\", \"\"]\nstate = [\"appendonlydir\"]\n\
+         health = {{ command = [\"redis-cli\", \"-p\", \"{port}\", \"ping\"], interval_ms = 200 }}\n",
+        section(&svc, &state)
+    ));
+    wait_service(&agent, "redis", "healthy", |s| s["health"] == "healthy");
+    let redis = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(redis(&["SET", "k", "v1"]), "OK");
+    assert!(
+        state.join("redis/appendonlydir").exists(),
+        "AOF in the state dir"
+    );
+    let (ok, _) = cli(&agent, &["service", "stop", "redis"]);
+    assert!(ok);
+    let (ok, _) = cli(&agent, &["service", "start", "redis"]);
+    assert!(ok);
+    wait_service(&agent, "redis", "healthy again", |s| {
+        s["health"] == "healthy"
+    });
+    assert_eq!(
+        redis(&["GET", "k"]),
+        "v1",
+        "the appendonly state survived the restart"
+    );
+    std::fs::remove_dir_all(&state).ok();
+}
+
+/// `redis-cli` run inside node `i`'s namespace.
+fn redis_in(c: &godwit_tests::cluster::Cluster, i: usize, args: &[String]) -> String {
+    let args = args.to_vec();
+    c.in_node(i, move || {
+        let out = Command::new("redis-cli").args(&args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+}
+
+#[test]
+fn redis_answers_on_its_vip_and_the_vip_moves_with_the_service() {
+    require_root();
+    let slices = [ServiceSlice::new(), ServiceSlice::new()];
+    let names: Vec<String> = slices.iter().map(|s| s.name.clone()).collect();
+    let c = godwit_tests::cluster::Cluster::builder(2)
+        .extra_toml(move |n| {
+            format!(
+                "[probe]\nmode = \"procfs\"\n[gossip]\nenabled = false\n[transport]\nenabled = false\n\
+                 [services]\ncgroup_parent = \"{}\"\nstate_root = \"{}\"\nvip_interface = \"eth0\"\n\
+                 stop_grace_ms = 3000\n",
+                names[n.index - 1],
+                n.dir.join("state").display()
+            )
+        })
+        .start();
+    let o = c.node(1).addr.octets();
+    let vip = std::net::Ipv4Addr::new(o[0], o[1], o[2], 100);
+    let spec = serde_json::json!({
+        "name": "redis",
+        "command": ["/usr/bin/redis-server", "--port", "6390", "--bind", "0.0.0.0",
+                    "--protected-mode", "no", "--dir", "{state}", "--appendonly", "yes", "--save", ""],
+        "state": ["appendonlydir"],
+        "health": {"tcp": "127.0.0.1:6390", "interval_ms": 200},
+        "vip": vip.to_string(),
+    })
+    .to_string();
+    let status = |i: usize| -> Value {
+        c.json(i, "/v1/services")["services"]
+            .as_array()
+            .and_then(|a| a.first().cloned())
+            .unwrap_or(Value::Null)
+    };
+    let cli_args = |cmd: &[&str]| -> Vec<String> {
+        let mut v = vec![
+            "-h".to_string(),
+            vip.to_string(),
+            "-p".into(),
+            "6390".into(),
+        ];
+        v.extend(cmd.iter().map(|s| s.to_string()));
+        v
+    };
+    let has_vip = |i: usize| {
+        c.in_node(i, || {
+            let out = Command::new("ip")
+                .args(["-o", "addr", "show", "dev", "eth0"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains(&format!("{vip}/32"))
+        })
+    };
+
+    let (code, body) = http_request(c.api(1), "POST", "/v1/services", Some(&spec)).unwrap();
+    assert_eq!(code, 201, "{body}");
+    wait_for(Duration::from_secs(15), || {
+        (status(1)["vip_active"] == true).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no VIP on n1: {}\n{}", status(1), c.log(1)));
+    assert!(has_vip(1) && !has_vip(2));
+    // From the other node's namespace, through the VIP.
+    assert_eq!(redis_in(&c, 2, &cli_args(&["PING"])), "PONG");
+    assert_eq!(redis_in(&c, 2, &cli_args(&["SET", "where", "n1"])), "OK");
+
+    // Stop on n1: the VIP goes with it.
+    let (code, body) = http_request(c.api(1), "POST", "/v1/services/redis/stop", None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(!has_vip(1), "the VIP left n1 with the service");
+    // Start on n2: the VIP follows, and n1 reaches the new instance through it.
+    let (code, body) = http_request(c.api(2), "POST", "/v1/services", Some(&spec)).unwrap();
+    assert_eq!(code, 201, "{body}");
+    wait_for(Duration::from_secs(15), || {
+        (status(2)["vip_active"] == true).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no VIP on n2: {}\n{}", status(2), c.log(2)));
+    assert!(has_vip(2) && !has_vip(1));
+    let answered = wait_for(Duration::from_secs(5), || {
+        let dir = redis_in(&c, 1, &cli_args(&["CONFIG", "GET", "dir"]));
+        dir.contains(&c.node(2).dir.display().to_string())
+            .then_some(dir)
+    });
+    assert!(
+        answered.is_some(),
+        "n1 reaches n2's redis through the VIP: {}",
+        redis_in(&c, 1, &cli_args(&["CONFIG", "GET", "dir"]))
+    );
+    assert_eq!(redis_in(&c, 1, &cli_args(&["PING"])), "PONG");
+    drop(c);
+    drop(slices);
+}

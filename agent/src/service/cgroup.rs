@@ -87,14 +87,14 @@ impl ServiceCgroup {
             .any(|l| l.trim() == "frozen 1")
     }
 
-    async fn wait_frozen(&self, want: bool) -> Result<(), ServiceError> {
-        let deadline = Instant::now() + FREEZE_TIMEOUT;
+    async fn wait_frozen(&self, want: bool, timeout: Duration) -> Result<(), ServiceError> {
+        let deadline = Instant::now() + timeout;
         while self.is_frozen() != want {
             if Instant::now() > deadline {
                 return Err(ServiceError::cgroup(
                     &self.path,
                     format!(
-                        "not {} after {FREEZE_TIMEOUT:?}",
+                        "not {} after {timeout:?}",
                         if want { "frozen" } else { "thawed" }
                     ),
                 ));
@@ -104,16 +104,30 @@ impl ServiceCgroup {
         Ok(())
     }
 
-    /// Freezes every task and returns once the kernel reports the cgroup frozen.
+    /// Freezes every task and returns once the kernel reports the cgroup frozen. A freeze
+    /// that does not complete in [`FREEZE_TIMEOUT`] is undone (`cgroup.freeze` back to 0), so
+    /// a service reported running is never left half frozen.
     pub async fn freeze(&self) -> Result<(), ServiceError> {
+        self.freeze_within(FREEZE_TIMEOUT).await
+    }
+
+    async fn freeze_within(&self, timeout: Duration) -> Result<(), ServiceError> {
         self.write("cgroup.freeze", "1")?;
-        self.wait_frozen(true).await
+        match self.wait_frozen(true, timeout).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if let Err(undo) = self.write("cgroup.freeze", "0") {
+                    tracing::error!(error = %undo, "a freeze that timed out could not be undone");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Thaws and returns once the kernel reports it.
     pub async fn thaw(&self) -> Result<(), ServiceError> {
         self.write("cgroup.freeze", "0")?;
-        self.wait_frozen(false).await
+        self.wait_frozen(false, FREEZE_TIMEOUT).await
     }
 
     /// Sends `sig` to every process in the cgroup.
@@ -147,5 +161,33 @@ impl ServiceCgroup {
     /// Removes the (empty) cgroup.
     pub fn remove(&self) -> Result<(), ServiceError> {
         std::fs::remove_dir(&self.path).map_err(|e| ServiceError::cgroup(&self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory that looks like a cgroup whose tasks never finish freezing.
+    fn stuck_cgroup() -> (tempfile::TempDir, ServiceCgroup) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.freeze"), "0").unwrap();
+        std::fs::write(dir.path().join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        let cg = ServiceCgroup {
+            path: dir.path().to_path_buf(),
+        };
+        (dir, cg)
+    }
+
+    #[tokio::test]
+    async fn a_freeze_that_times_out_is_undone() {
+        let (_dir, cg) = stuck_cgroup();
+        let err = cg
+            .freeze_within(Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not frozen"), "{err}");
+        let freeze = std::fs::read_to_string(cg.path().join("cgroup.freeze")).unwrap();
+        assert_eq!(freeze, "0", "cgroup.freeze was left at {freeze:?}");
     }
 }

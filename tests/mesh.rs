@@ -530,9 +530,17 @@ fn strangers_tampered_and_replayed_datagrams_change_nothing() {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{metrics}")) as u64
     };
-    assert!(series("replay") >= count(&after, "replay"));
-    assert!(series("bad_tag") >= count(&after, "bad_tag"));
-    assert!(series("bad_key") > 0 && series("malformed") > 0);
+    // Scraped after the JSON read, so every series is at least what the JSON said. The
+    // strangers gossip to one random seed a round, so only their sum over n1 and n2 is sure
+    // to have moved (checked above); n1's own strangers' counts are whatever it saw.
+    for outcome in ["replay", "bad_tag", "bad_key", "malformed"] {
+        assert!(
+            series(outcome) >= count(&after, outcome),
+            "{outcome}: /metrics {} < /v1/nodes {}",
+            series(outcome),
+            count(&after, outcome)
+        );
+    }
     assert!(
         metrics.contains("godwit_gossip_members{liveness=\"alive\"} 3"),
         "{metrics}"

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::error::MigrateError;
+use super::scan::BLOCK;
 use super::transfer::{RoundStats, StateSender};
 use crate::policy::{self as precopy, PrecopyEstimate, PrecopyInput, StartDecision, StopReason};
 
@@ -37,6 +38,11 @@ pub trait Source {
     fn stop(&mut self) -> impl Future<Output = Result<(), String>> + Send;
     /// Starts it again (after a failed intermittent transfer).
     fn start(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    /// The target holds the verified copy: make the decision to move durable (the migration
+    /// journal) before the target is told to own it. An error aborts: the source resumes.
+    fn decide(&mut self) -> impl Future<Output = Result<(), String>> + Send {
+        std::future::ready(Ok(()))
+    }
 }
 
 /// What happened, predicted against actual.
@@ -64,6 +70,10 @@ pub struct DriveReport {
     pub committed_path: Option<String>,
     /// Wall time of the whole transfer, seconds.
     pub total_seconds: f64,
+    /// The dirty rate the termination check used after each live round, bytes per second
+    /// (`None` while unknown): measured as the bytes dirtied between two rounds' starts over
+    /// that time, the probe's distinct dirty pages or the changed blocks, whichever is more.
+    pub dirty_rates: Vec<Option<f64>>,
 }
 
 /// The mode `Auto` resolves to for an estimate.
@@ -105,6 +115,7 @@ pub async fn drive<S: Source + Send>(
         verified_files: 0,
         committed_path: None,
         total_seconds: 0.0,
+        dirty_rates: Vec::new(),
     };
     macro_rules! fail {
         ($err:expr, $resume:expr) => {{
@@ -126,26 +137,42 @@ pub async fn drive<S: Source + Send>(
     let frozen_at;
     match mode {
         Mode::Transitional | Mode::Auto => {
-            let mut previous: Option<RoundStats> = None;
+            // The last round and when it started; the start before it.
+            let mut previous: Option<(RoundStats, Instant)> = None;
+            let mut before: Option<Instant> = None;
+            // The probe's rate for the service until rounds measure one.
+            let mut rate = (input.dirty_bytes_per_s > 0.0).then_some(input.dirty_bytes_per_s);
             loop {
                 let round = report.rounds.len() as u32;
-                if let Some(p) = &previous {
-                    // What the next round would copy: what was dirtied while the last one ran.
-                    let rate = if input.dirty_bytes_per_s > 0.0 {
-                        input.dirty_bytes_per_s
-                    } else {
-                        p.bytes as f64 / p.seconds.max(1e-3)
-                    };
-                    let remaining = rate * p.seconds;
-                    let prev = Some(p.bytes as f64);
-                    if let Some(reason) = precopy::should_freeze(round, remaining, prev, &input) {
-                        report.stop = Some(reason);
+                if let Some((p, began)) = &previous {
+                    if let Some(b) = before {
+                        // Round p re-sent what was dirtied since round p-1 read it: the
+                        // distinct pages the probe reported, or the blocks that changed (what
+                        // the probe cannot see, O_DIRECT), over the time between their starts.
+                        let dirtied = (p.dirty_pages * BLOCK).max(p.bytes) as f64;
+                        rate = Some(dirtied / began.duration_since(b).as_secs_f64().max(1e-3));
+                    }
+                    report.dirty_rates.push(rate);
+                    // What the next round would copy: what is dirtied while the last one ran.
+                    // With no rate yet (round 0 and no probe figure) another round measures it.
+                    if let Some(rate) = rate {
+                        let remaining = rate * p.seconds;
+                        let prev = Some(p.bytes as f64);
+                        if let Some(reason) = precopy::should_freeze(round, remaining, prev, &input)
+                        {
+                            report.stop = Some(reason);
+                            break;
+                        }
+                    } else if round >= input.max_rounds {
+                        report.stop = Some(StopReason::MaxRounds);
                         break;
                     }
+                    before = Some(*began);
                 }
+                let began = Instant::now();
                 match sender.round().await {
                     Ok(r) => {
-                        previous = Some(r.clone());
+                        previous = Some((r.clone(), began));
                         record(&mut report, r);
                     }
                     Err(e) => fail!(e, async { Ok::<(), String>(()) }),
@@ -182,15 +209,32 @@ pub async fn drive<S: Source + Send>(
             }
         }
     }
+    // Until the target confirms the commit and the decision is durable here, any failure gives
+    // the service back to the source: the target holds its copy as prepared and never runs it
+    // without the decision (see `agent.rs`), so resuming here is safe whatever it did.
+    let resume = mode == Mode::Intermittent;
     match sender.commit().await {
         Ok(path) => report.committed_path = Some(path),
         Err(e) => {
-            // The commit's outcome on the target is unknown: the caller must resolve it (the
-            // target reports whether it holds the state) before resuming the source.
-            report.frozen_seconds = frozen_at.elapsed().as_secs_f64();
-            report.total_seconds = started.elapsed().as_secs_f64();
-            return Err((e, report));
+            if resume {
+                fail!(e, source.start())
+            } else {
+                fail!(e, source.thaw())
+            }
         }
+    }
+    if let Err(e) = source.decide().await {
+        let e = MigrateError::BadState(format!("recording the decision: {e}"));
+        if resume {
+            fail!(e, source.start())
+        } else {
+            fail!(e, source.thaw())
+        }
+    }
+    // Decided: the target owns the service now. Telling it is best effort; the hand-off that
+    // follows tells it again.
+    if let Err(e) = sender.decided().await {
+        warn!(error = %e, "the target did not acknowledge the decision; the hand-off repeats it");
     }
     report.frozen_seconds = frozen_at.elapsed().as_secs_f64();
     report.total_seconds = started.elapsed().as_secs_f64();

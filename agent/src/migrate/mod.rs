@@ -8,6 +8,7 @@
 //! | `scan.rs` | [`StateScan`]: the state on disk, and which 4 KiB blocks changed since sent |
 //! | `transfer.rs` | the `"state"` transport service: [`StateSender`] and the receiver |
 //! | `agent.rs` | [`agent::Migrator`]: a managed service to another node, end to end; the hand-off |
+//! | `journal.rs` | [`journal::Journal`]: each side's durable record of a migration, for crash recovery |
 //! | `drive.rs` | [`drive`]: mode from the pre-copy model, live rounds, freeze, verify, commit |
 //!
 //! # Invariants
@@ -25,6 +26,7 @@
 pub mod agent;
 mod drive;
 mod error;
+pub mod journal;
 mod scan;
 mod transfer;
 
@@ -34,4 +36,4 @@ mod tests;
 pub use drive::{choose_mode, drive, DriveReport, Mode, Source};
 pub use error::MigrateError;
 pub use scan::{hash_tree, Extent, FileMeta, StateScan, BLOCK};
-pub use transfer::{register, RoundStats, StateSender, SERVICE};
+pub use transfer::{register, register_with, RoundStats, StateSender, TargetHooks, SERVICE};

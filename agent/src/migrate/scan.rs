@@ -190,8 +190,11 @@ impl StateScan {
         let mut buf = vec![0u8; BLOCK as usize];
         for f in files.iter().filter(|f| f.size.is_some()) {
             let path = self.root.join(&f.rel);
+            // Only up to the listed size: what the round sends (a file growing meanwhile is
+            // compared again at its new size next round; a block read past the listing would
+            // be recorded as sent without being sent).
             let mut file = match File::open(&path) {
-                Ok(file) => file,
+                Ok(file) => std::io::Read::take(file, f.size.unwrap_or(0)),
                 // Removed since it was listed: the next round's listing says so.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(MigrateError::io(&path, e)),
@@ -306,7 +309,7 @@ impl StateScan {
 }
 
 /// Reads until `buf` is full or the file ends.
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..]) {

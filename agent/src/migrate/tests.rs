@@ -397,3 +397,194 @@ async fn intermittent_mode_stops_copies_once_and_commits() {
         std::fs::read(s.recv_root().join("kv/data/db")).unwrap()
     );
 }
+
+#[test]
+fn the_commit_swaps_the_staging_copy_in_and_removes_the_old_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (staging, dest) = (dir.path().join("kv.staging-m"), dir.path().join("kv"));
+    // No previous state: a plain rename.
+    std::fs::create_dir_all(staging.join("data")).unwrap();
+    std::fs::write(staging.join("data/db"), b"first").unwrap();
+    super::transfer::sync_tree(&staging).unwrap();
+    super::transfer::swap_into_place(&staging, &dest).unwrap();
+    assert_eq!(std::fs::read(dest.join("data/db")).unwrap(), b"first");
+    assert!(!staging.exists());
+    // A previous state: exchanged in one step, the old one removed after.
+    std::fs::create_dir_all(staging.join("data")).unwrap();
+    std::fs::write(staging.join("data/db"), b"second").unwrap();
+    super::transfer::swap_into_place(&staging, &dest).unwrap();
+    assert_eq!(std::fs::read(dest.join("data/db")).unwrap(), b"second");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("kv")],
+        "only the new state is left"
+    );
+}
+
+/// A setup whose receiver keeps the migration journal (the agent's configuration).
+async fn setup_with_journal() -> (Setup, Arc<journal::Journal>) {
+    let p = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (node(&p, "a"), node(&p, "b"));
+    let services = Services::default();
+    let j = Arc::new(journal::Journal::open(&dir.path().join("journal")).unwrap());
+    let (pending, _rx) = tokio::sync::mpsc::unbounded_channel();
+    std::mem::forget(_rx);
+    register_with(
+        &services,
+        dir.path().join("recv"),
+        Some(TargetHooks {
+            journal: j.clone(),
+            pending,
+        }),
+    );
+    std::fs::create_dir_all(dir.path().join("recv")).unwrap();
+    let server = serve(&b, services);
+    let peer = a.connect(b.local_addr().unwrap(), "b").await.unwrap();
+    (
+        Setup {
+            _pki: p,
+            dir,
+            peer,
+            _server: server,
+        },
+        j,
+    )
+}
+
+/// A service whose freeze also makes the target give the migration up, so the commit fails.
+struct GiveUpAtFreeze {
+    inner: WriterService,
+    journal: Arc<journal::Journal>,
+}
+
+impl Source for GiveUpAtFreeze {
+    async fn freeze(&mut self) -> Result<(), String> {
+        self.journal
+            .set_target("c1", journal::TargetPhase::Returned)
+            .unwrap();
+        self.inner.freeze().await
+    }
+    async fn thaw(&mut self) -> Result<(), String> {
+        self.inner.thaw().await
+    }
+    async fn stop(&mut self) -> Result<(), String> {
+        self.inner.stop().await
+    }
+    async fn start(&mut self) -> Result<(), String> {
+        self.inner.start().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_thaws_the_source() {
+    let (s, j) = setup_with_journal().await;
+    std::fs::create_dir_all(s.src().join("data")).unwrap();
+    std::fs::write(s.src().join("data/db"), noise(1 << 20, 8)).unwrap();
+    let mut svc = GiveUpAtFreeze {
+        inner: WriterService::start(s.src().join("data/db")),
+        journal: j.clone(),
+    };
+    let scan = StateScan::new(&s.src(), &["data".into()]).unwrap();
+    let tx = StateSender::begin(&s.peer, "c1", "kv", scan, None)
+        .await
+        .unwrap();
+    let (err, report) = drive(tx, &mut svc, input(1e6, 1e6), Mode::Transitional)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("given up"), "{err}");
+    assert_eq!(
+        svc.inner.calls,
+        vec!["freeze", "thaw"],
+        "thawed after the failed commit"
+    );
+    assert!(report.committed_path.is_none());
+    let before = svc.inner.writes.load(Ordering::SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        svc.inner.writes.load(Ordering::SeqCst) > before,
+        "the source serves on"
+    );
+    assert!(!s.recv_root().join("kv").exists());
+}
+
+/// With no dirty rate from the probe, the first live round must not pass for the dirty rate
+/// (the transfer rate would make the model stop at once as not converging): another round
+/// measures it, and the rate the check uses is what the writer dirtied, far below the copy's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_dirty_rate_is_measured_by_the_rounds() {
+    let s = setup().await;
+    std::fs::create_dir_all(s.src().join("data")).unwrap();
+    std::fs::write(s.src().join("data/db"), noise(8 << 20, 10)).unwrap();
+    let mut svc = WriterService::start(s.src().join("data/db"));
+    let scan = StateScan::new(&s.src(), &["data".into()]).unwrap();
+    let tx = StateSender::begin(&s.peer, "r1", "kv", scan, None)
+        .await
+        .unwrap();
+    let mut inp = input(8e6, 0.0);
+    inp.downtime_target_s = 0.02;
+    let report = drive(tx, &mut svc, inp, Mode::Auto)
+        .await
+        .unwrap_or_else(|(e, r)| panic!("{e}: {r:?}"));
+    eprintln!(
+        "rounds {:?}; rates {:?}; stop {:?}",
+        report
+            .rounds
+            .iter()
+            .map(|r| (r.bytes, r.seconds))
+            .collect::<Vec<_>>(),
+        report.dirty_rates,
+        report.stop
+    );
+    assert_eq!(report.mode, Mode::Transitional);
+    assert!(
+        report.rounds.len() >= 3,
+        "round 0, a measuring round, the frozen one: {report:?}"
+    );
+    assert_eq!(
+        report.dirty_rates[0], None,
+        "nothing measured after round 0"
+    );
+    let copy_rate = report.rounds[0].bytes as f64 / report.rounds[0].seconds;
+    let measured = report.dirty_rates[1].expect("measured after round 1");
+    // The writer dirties at most 4 KiB per 500 µs (8 MB/s).
+    assert!(
+        measured > 0.0 && measured <= 9e6 && measured < copy_rate / 2.0,
+        "dirty rate {measured} B/s, copy rate {copy_rate} B/s"
+    );
+    assert_ne!(report.stop, Some(crate::policy::StopReason::NotConverging));
+}
+
+/// A file that grows between the listing and the read (an append-only log) is sent up to its
+/// listed size, and the rest next round: nothing past the listing counts as sent.
+#[test]
+fn a_file_growing_after_the_listing_is_sent_in_full_next_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("log"), noise(10_000, 1)).unwrap();
+    let mut scan = StateScan::new(dir.path(), &["data".into()]).unwrap();
+    let files = scan.list().unwrap();
+    // Appended after the listing, before the read.
+    let mut grown = noise(10_000, 1);
+    grown.extend(noise(20_000, 2));
+    std::fs::write(data.join("log"), &grown).unwrap();
+    let first: u64 = scan.changed(&files).unwrap().iter().map(|e| e.blocks).sum();
+    assert_eq!(first, 3, "blocks 0..3 cover the listed 10,000 bytes");
+    let files = scan.list().unwrap();
+    let second: Vec<(u64, u64)> = scan
+        .changed(&files)
+        .unwrap()
+        .iter()
+        .map(|e| (e.first, e.blocks))
+        .collect();
+    assert_eq!(
+        second,
+        vec![(2, 6)],
+        "the partial last block and the appended ones"
+    );
+}

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::error::MigrateError;
+use super::journal::{now_ms, Journal, TargetEntry, TargetPhase};
 use super::scan::{hash_tree, Extent, FileMeta, StateScan, BLOCK};
 use crate::probe::bpf::InodeKey;
 use crate::probe::{DirtyTracker, Tracked};
@@ -45,6 +46,9 @@ enum Msg {
     Begin {
         migration: String,
         service: String,
+        /// The service's spec (JSON) when a managed service moves: the target's journal keeps
+        /// it, so it can start the service once the move is decided even without the source.
+        spec: Option<String>,
     },
     Round {
         round: u32,
@@ -66,6 +70,8 @@ enum Msg {
     Committed {
         path: String,
     },
+    Decided,
+    Owned,
     Abort {
         reason: String,
     },
@@ -136,10 +142,23 @@ impl StateSender {
         scan: StateScan,
         level: Option<i32>,
     ) -> Result<StateSender, MigrateError> {
+        Self::begin_with_spec(peer, migration, service, None, scan, level).await
+    }
+
+    /// [`StateSender::begin`] for a managed service whose spec (JSON) the target keeps.
+    pub async fn begin_with_spec(
+        peer: &Peer,
+        migration: &str,
+        service: &str,
+        spec: Option<String>,
+        scan: StateScan,
+        level: Option<i32>,
+    ) -> Result<StateSender, MigrateError> {
         let mut ch = open(peer, SERVICE).await?;
         ch.send(&Msg::Begin {
             migration: migration.to_string(),
             service: service.to_string(),
+            spec,
         })
         .await?;
         Ok(StateSender {
@@ -330,11 +349,24 @@ impl StateSender {
         }
     }
 
-    /// Makes the peer's copy the service's state there (one rename); returns its path.
-    pub async fn commit(mut self) -> Result<String, MigrateError> {
+    /// Makes the peer's copy the service's state there (one rename); returns its path. The
+    /// peer holds it as prepared: it runs the service only once told [`StateSender::decided`]
+    /// (or by the hand-off).
+    pub async fn commit(&mut self) -> Result<String, MigrateError> {
         self.ch.send(&Msg::Commit).await?;
         match self.ch.recv::<Msg>().await? {
             Some(Msg::Committed { path }) => Ok(path),
+            Some(Msg::Failed { reason }) => Err(MigrateError::Peer(reason)),
+            other => Err(MigrateError::Peer(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Tells the peer the source's decision is durable: the committed copy is the service's
+    /// now, and the peer may start it if no hand-off follows. Waits for its acknowledgement.
+    pub async fn decided(&mut self) -> Result<(), MigrateError> {
+        self.ch.send(&Msg::Decided).await?;
+        match self.ch.recv::<Msg>().await? {
+            Some(Msg::Owned) => Ok(()),
             Some(Msg::Failed { reason }) => Err(MigrateError::Peer(reason)),
             other => Err(MigrateError::Peer(format!("unexpected {other:?}"))),
         }
@@ -436,10 +468,27 @@ impl Iterator for ExtentReader<'_> {
 }
 
 /// Registers the receiving side: state of service `S` is staged under `root/S.staging-<id>`
-/// and committed to `root/S`.
+/// and committed to `root/S`. No journal: a commit is final at once (tests, tools).
 pub fn register(services: &Services, root: PathBuf) {
+    register_with(services, root, None);
+}
+
+/// The target's side of the migration journal: where each step is recorded, and where the
+/// ids of migrations left prepared or owned (awaiting a decision or a start) are sent.
+#[derive(Debug, Clone)]
+pub struct TargetHooks {
+    /// The journal.
+    pub journal: Arc<Journal>,
+    /// Ids of migrations left `Prepared` or `Owned` when the transfer's channel ends.
+    pub pending: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+/// [`register`] with the journal: the commit is a prepared vote until the source's decision.
+pub fn register_with(services: &Services, root: PathBuf, hooks: Option<TargetHooks>) {
     let root = Arc::new(root);
-    services.register(SERVICE, move |peer, ch| receive(peer, ch, root.clone()));
+    services.register(SERVICE, move |peer, ch| {
+        receive(peer, ch, root.clone(), hooks.clone())
+    });
 }
 
 fn valid_name(s: &str) -> bool {
@@ -450,9 +499,25 @@ fn valid_name(s: &str) -> bool {
         && !s.starts_with('.')
 }
 
-async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>) {
-    let (migration, service) = match ch.recv::<Msg>().await {
-        Ok(Some(Msg::Begin { migration, service })) => (migration, service),
+/// How a transfer ended on the receiving side.
+enum Outcome {
+    /// Aborted before the commit, or the channel ended: the staging copy goes.
+    Aborted,
+    /// Committed; the decision may come later (or never: the journal's watcher decides).
+    Prepared(PathBuf),
+    /// Committed and decided: the service is this node's.
+    Owned(PathBuf),
+    /// Committed, then aborted by the source: the copy was dropped.
+    Dropped,
+}
+
+async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Option<TargetHooks>) {
+    let (migration, service, spec) = match ch.recv::<Msg>().await {
+        Ok(Some(Msg::Begin {
+            migration,
+            service,
+            spec,
+        })) => (migration, service, spec),
         _ => return,
     };
     if !valid_name(&migration) || !valid_name(&service) {
@@ -465,17 +530,52 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>) {
     }
     let staging = root.join(format!("{service}.staging-{migration}"));
     let dest = root.join(&service);
+    if let Some(h) = &hooks {
+        let _g = h.journal.lock().await;
+        let begun = if h.journal.target(&migration).is_some() {
+            Err(MigrateError::Peer(format!(
+                "migration {migration} was seen before"
+            )))
+        } else {
+            h.journal.put_target(&TargetEntry {
+                migration: migration.clone(),
+                service: service.clone(),
+                from: peer.node.clone(),
+                phase: TargetPhase::Staging,
+                staging: staging.clone(),
+                dest: dest.clone(),
+                spec,
+                at_unix_ms: now_ms(),
+            })
+        };
+        if let Err(e) = begun {
+            let _ = ch
+                .send(&Msg::Failed {
+                    reason: e.to_string(),
+                })
+                .await;
+            return;
+        }
+    }
     let mut rx = Receiver {
         staging: staging.clone(),
         files: BTreeMap::new(),
+        migration: migration.clone(),
+        hooks: hooks.clone(),
     };
     let outcome = rx.run(&mut ch, &dest).await;
     match &outcome {
-        Ok(Some(path)) => {
-            info!(peer = %peer.node, service, migration, path = %path.display(), "state committed");
+        Ok(Outcome::Owned(path)) => {
+            info!(peer = %peer.node, service, migration, path = %path.display(), "state committed and decided");
         }
-        Ok(None) => {
+        Ok(Outcome::Prepared(path)) => {
+            info!(peer = %peer.node, service, migration, path = %path.display(), "state committed; awaiting the decision");
+        }
+        Ok(Outcome::Aborted) => {
             info!(peer = %peer.node, service, migration, "state transfer aborted by the sender");
+        }
+        Ok(Outcome::Dropped) => {
+            info!(peer = %peer.node, service, migration, "committed state dropped: the sender aborted");
         }
         Err(e) => {
             warn!(peer = %peer.node, service, migration, error = %e, "state transfer failed");
@@ -486,28 +586,84 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>) {
                 .await;
         }
     }
-    if !matches!(outcome, Ok(Some(_))) {
-        let _ = std::fs::remove_dir_all(&staging);
+    match (&outcome, &hooks) {
+        (Ok(Outcome::Prepared(_) | Outcome::Owned(_)), Some(h)) => {
+            let _ = h.pending.send(migration);
+        }
+        (Ok(Outcome::Prepared(_) | Outcome::Owned(_) | Outcome::Dropped), None) => {}
+        (Ok(Outcome::Dropped), Some(_)) => {}
+        (Ok(Outcome::Aborted) | Err(_), _) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            if let Some(h) = &hooks {
+                let _g = h.journal.lock().await;
+                // Unless a commit got as far as being recorded (then the watcher decides).
+                if h.journal
+                    .target(&migration)
+                    .is_some_and(|e| e.phase == TargetPhase::Staging)
+                {
+                    let _ = h.journal.remove_target(&migration);
+                } else {
+                    let _ = h.pending.send(migration);
+                }
+            }
+        }
     }
 }
 
 struct Receiver {
     staging: PathBuf,
     files: BTreeMap<String, File>,
+    migration: String,
+    hooks: Option<TargetHooks>,
 }
 
 impl Receiver {
-    /// Runs the transfer; `Ok(Some(path))` once committed, `Ok(None)` when aborted.
-    async fn run(
-        &mut self,
-        ch: &mut Channel,
-        dest: &Path,
-    ) -> Result<Option<PathBuf>, MigrateError> {
+    /// Runs the transfer.
+    async fn run(&mut self, ch: &mut Channel, dest: &Path) -> Result<Outcome, MigrateError> {
         let _ = std::fs::remove_dir_all(&self.staging);
         std::fs::create_dir_all(&self.staging).map_err(|e| MigrateError::io(&self.staging, e))?;
         let mut listed: Vec<FileMeta> = Vec::new();
+        let mut committed: Option<PathBuf> = None;
         loop {
-            match ch.recv::<Msg>().await? {
+            let msg = ch.recv::<Msg>().await;
+            if let Some(path) = &committed {
+                // Prepared: only the decision or an abort may follow.
+                return match msg {
+                    Ok(Some(Msg::Decided)) => {
+                        if let Some(h) = &self.hooks {
+                            let _g = h.journal.lock().await;
+                            match h.journal.target(&self.migration).map(|e| e.phase) {
+                                Some(TargetPhase::Prepared | TargetPhase::Owned) => {
+                                    h.journal.set_target(&self.migration, TargetPhase::Owned)?;
+                                }
+                                other => {
+                                    return Err(MigrateError::Peer(format!(
+                                        "decision for a migration that is {other:?} here"
+                                    )))
+                                }
+                            }
+                        }
+                        ch.send(&Msg::Owned).await?;
+                        Ok(Outcome::Owned(path.clone()))
+                    }
+                    Ok(Some(Msg::Abort { .. })) => {
+                        if let Some(h) = &self.hooks {
+                            let _g = h.journal.lock().await;
+                            if h.journal.target(&self.migration).map(|e| e.phase)
+                                == Some(TargetPhase::Prepared)
+                            {
+                                let _ = std::fs::remove_dir_all(path);
+                                h.journal
+                                    .set_target(&self.migration, TargetPhase::Returned)?;
+                            }
+                        }
+                        let _ = ch.send(&Msg::Aborted).await;
+                        Ok(Outcome::Dropped)
+                    }
+                    _ => Ok(Outcome::Prepared(path.clone())),
+                };
+            }
+            match msg? {
                 Some(Msg::Round {
                     round,
                     files,
@@ -519,7 +675,6 @@ impl Receiver {
                     ch.send(&Msg::RoundDone { round, bytes }).await?;
                 }
                 Some(Msg::Verify { tree }) => {
-                    self.files.clear();
                     let staging = self.staging.clone();
                     let ours = {
                         let listed = listed.clone();
@@ -538,17 +693,37 @@ impl Receiver {
                     ch.send(&Msg::Verified { mismatches }).await?;
                 }
                 Some(Msg::Commit) => {
-                    self.files.clear();
-                    let path = self.commit(dest)?;
+                    let path = match &self.hooks {
+                        None => tokio::task::block_in_place(|| self.commit(dest))?,
+                        Some(h) => {
+                            let h = h.clone();
+                            let _g = h.journal.lock().await;
+                            if h.journal.target(&self.migration).map(|e| e.phase)
+                                != Some(TargetPhase::Staging)
+                            {
+                                return Err(MigrateError::Peer(
+                                    "the migration was given up here".into(),
+                                ));
+                            }
+                            let path = tokio::task::block_in_place(|| self.commit(dest))?;
+                            // The vote: durable before the source hears "Committed".
+                            h.journal
+                                .set_target(&self.migration, TargetPhase::Prepared)?;
+                            path
+                        }
+                    };
                     ch.send(&Msg::Committed {
                         path: path.display().to_string(),
                     })
                     .await?;
-                    return Ok(Some(path));
+                    if self.hooks.is_none() {
+                        return Ok(Outcome::Owned(path));
+                    }
+                    committed = Some(path);
                 }
                 Some(Msg::Abort { .. }) | None => {
                     let _ = ch.send(&Msg::Aborted).await;
-                    return Ok(None);
+                    return Ok(Outcome::Aborted);
                 }
                 Some(other) => {
                     return Err(MigrateError::Peer(format!("unexpected {other:?}")));
@@ -672,31 +847,109 @@ impl Receiver {
             return Err(e);
         }
         debug_assert_eq!(stats.raw_bytes, written);
+        // Written back now, while the source still runs, so that the commit's fsync (with the
+        // source frozen) has only the last round's pages left to write.
+        tokio::task::block_in_place(|| -> Result<(), MigrateError> {
+            let touched: BTreeSet<&str> = extents.iter().map(|(rel, _, _)| rel.as_str()).collect();
+            for rel in touched {
+                self.files[rel]
+                    .sync_data()
+                    .map_err(|e| MigrateError::io(&self.staging.join(rel), e))?;
+            }
+            Ok(())
+        })?;
         Ok(written)
     }
 
-    /// Replaces `dest` with the staging copy in one rename (the previous state, if any, is
-    /// moved aside first and removed after).
-    fn commit(&self, dest: &Path) -> Result<PathBuf, MigrateError> {
-        for f in self.files.values() {
-            let _ = f.sync_all();
-        }
-        let aside = dest.with_extension(format!("previous-{}", std::process::id()));
-        let had = dest.exists();
-        if had {
-            std::fs::rename(dest, &aside).map_err(|e| MigrateError::io(dest, e))?;
-        }
-        if let Err(e) = std::fs::rename(&self.staging, dest) {
-            if had {
-                let _ = std::fs::rename(&aside, dest);
-            }
-            return Err(MigrateError::io(dest, e));
-        }
-        if had {
-            let _ = std::fs::remove_dir_all(&aside);
-        }
+    /// Replaces `dest` with the staging copy: every file and directory of the copy is made
+    /// durable first, then the copy takes `dest`'s name in one rename (an exchange with the
+    /// previous state when there is one, which is removed after), and the parent directory is
+    /// made durable, all before the caller answers "Committed" (the source deletes its own copy
+    /// afterwards).
+    fn commit(&mut self, dest: &Path) -> Result<PathBuf, MigrateError> {
+        self.files.clear();
+        sync_tree(&self.staging)?;
+        swap_into_place(&self.staging, dest)?;
         Ok(dest.to_path_buf())
     }
+}
+
+/// `fsync`s every file and directory under `root`, and `root` itself.
+pub(crate) fn sync_tree(root: &Path) -> Result<(), MigrateError> {
+    let mut rels = Vec::new();
+    collect(root, "", &mut rels)?;
+    for rel in rels.iter().map(String::as_str).chain(std::iter::once("")) {
+        let p = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(rel)
+        };
+        // Directories open read-only too; fsync on either makes its entries durable.
+        let f = File::open(&p).map_err(|e| MigrateError::io(&p, e))?;
+        f.sync_all().map_err(|e| MigrateError::io(&p, e))?;
+    }
+    Ok(())
+}
+
+/// `fsync`s the directory `dir` (so renames in it are durable).
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), MigrateError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| MigrateError::io(dir, e))
+}
+
+/// Puts the directory `staging` at `dest` as atomically as the filesystem allows: with
+/// `renameat2(RENAME_EXCHANGE)` when `dest` exists (one step: a crash leaves either the old or
+/// the new state at `dest`, never neither), else a plain rename; on filesystems without the
+/// exchange, the old state is renamed aside first. The parent is fsynced before the old state
+/// is removed.
+pub(crate) fn swap_into_place(staging: &Path, dest: &Path) -> Result<(), MigrateError> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let parent = dest
+        .parent()
+        .ok_or_else(|| MigrateError::BadState(format!("{} has no parent", dest.display())))?;
+    let old = if dest.symlink_metadata().is_ok() {
+        let c = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| MigrateError::BadState(format!("NUL in {}", p.display())))
+        };
+        let (a, b) = (c(staging)?, c(dest)?);
+        // SAFETY: both paths are NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                a.as_ptr(),
+                libc::AT_FDCWD,
+                b.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if rc == 0 {
+            // The old state now sits at the staging name.
+            staging.to_path_buf()
+        } else {
+            let err = std::io::Error::last_os_error();
+            if !matches!(err.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+                return Err(MigrateError::io(dest, err));
+            }
+            // No exchange on this filesystem: rename the old aside, the new in.
+            let aside = dest.with_extension(format!("previous-{}", std::process::id()));
+            std::fs::rename(dest, &aside).map_err(|e| MigrateError::io(dest, e))?;
+            if let Err(e) = std::fs::rename(staging, dest) {
+                let _ = std::fs::rename(&aside, dest);
+                return Err(MigrateError::io(dest, e));
+            }
+            aside
+        }
+    } else {
+        std::fs::rename(staging, dest).map_err(|e| MigrateError::io(dest, e))?;
+        sync_dir(parent)?;
+        return Ok(());
+    };
+    sync_dir(parent)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
 }
 
 /// Where the next bytes of a round's data go.

@@ -1,0 +1,244 @@
+//! The migration journal: one small JSON file per migration and side under
+//! `<data_dir>/migrations/`, written durably (temporary file, `fsync`, rename, `fsync` of the
+//! directory) at every step that decides where the service may run. An agent that starts
+//! reads it back and finishes or undoes what a crash cut short (`agent::recover`).
+//!
+//! The protocol is a two-phase commit with the source as coordinator:
+//!
+//! - the target's `Prepared` (the verified copy renamed into place) is a vote, not a licence
+//!   to run the service;
+//! - the source's `Committed` is the decision; before it, any failure or crash resumes the
+//!   service on the source, and the target drops a prepared copy when no decision comes;
+//! - after it the source never runs the service again unless the target says it gave it back
+//!   (`Returned`), and the target, once it knows the decision (`Owned`), starts the service
+//!   even if the source is gone.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::MigrateError;
+
+/// Where a migration stands on its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourcePhase {
+    /// Live rounds: the service runs here.
+    Copying,
+    /// The service is frozen or stopped for the last round.
+    Frozen,
+    /// The target confirmed its commit and the decision is made: the service is the target's.
+    Committed,
+}
+
+/// A migration as its source records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceEntry {
+    /// The migration's id.
+    pub migration: String,
+    /// The service.
+    pub service: String,
+    /// The target node.
+    pub to: String,
+    /// Its transport address.
+    pub addr: std::net::SocketAddr,
+    /// Where it stands.
+    pub phase: SourcePhase,
+    /// The service's spec here (JSON), to start it again after a crash.
+    pub spec: String,
+    /// The spec as handed to the target (JSON).
+    pub target_spec: String,
+    /// The service's cgroup directory, whose leftover processes a recovery kills.
+    pub cgroup: PathBuf,
+    /// Its state directory, removed once the target runs the service.
+    pub state_dir: PathBuf,
+    /// Last change, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+}
+
+/// Where a migration stands on its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetPhase {
+    /// Rounds arrive in the staging directory.
+    Staging,
+    /// The verified copy is in place (fsynced, renamed); the source's decision is awaited.
+    Prepared,
+    /// The source decided: the service is this node's and starts here.
+    Owned,
+    /// Started and healthy here after the hand-off (or on its own, the source gone).
+    Started,
+    /// Given back (or never decided): the copy is dropped and the service never starts here.
+    Returned,
+}
+
+/// A migration as its target records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetEntry {
+    /// The migration's id.
+    pub migration: String,
+    /// The service.
+    pub service: String,
+    /// The source node.
+    pub from: String,
+    /// Where it stands.
+    pub phase: TargetPhase,
+    /// The staging directory.
+    pub staging: PathBuf,
+    /// The committed state directory.
+    pub dest: PathBuf,
+    /// The service's spec (JSON) as the source sent it.
+    pub spec: Option<String>,
+    /// Last change, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+}
+
+/// The journal directory, with one lock that orders every read-modify-write.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    lock: tokio::sync::Mutex<()>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Journal {
+    /// Opens (creates) the journal in `dir`.
+    pub fn open(dir: &Path) -> Result<Journal, MigrateError> {
+        std::fs::create_dir_all(dir).map_err(|e| MigrateError::io(dir, e))?;
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Serialises a read-modify-write of entries.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    fn path(&self, side: &str, id: &str) -> PathBuf {
+        self.dir.join(format!("{side}-{id}.json"))
+    }
+
+    fn put<T: Serialize>(&self, side: &str, id: &str, entry: &T) -> Result<(), MigrateError> {
+        let path = self.path(side, id);
+        let tmp = self.dir.join(format!(".{side}-{id}.json.tmp"));
+        let body =
+            serde_json::to_vec_pretty(entry).map_err(|e| MigrateError::BadState(e.to_string()))?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| MigrateError::io(&tmp, e))?;
+        f.write_all(&body)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| MigrateError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| MigrateError::io(&path, e))?;
+        super::transfer::sync_dir(&self.dir)
+    }
+
+    fn get<T: for<'de> Deserialize<'de>>(&self, side: &str, id: &str) -> Option<T> {
+        let body = std::fs::read(self.path(side, id)).ok()?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    fn remove(&self, side: &str, id: &str) -> Result<(), MigrateError> {
+        let path = self.path(side, id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => super::transfer::sync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(MigrateError::io(&path, e)),
+        }
+    }
+
+    fn all<T: for<'de> Deserialize<'de>>(&self, side: &str) -> Vec<T> {
+        let prefix = format!("{side}-");
+        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix) && n.ends_with(".json"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .filter_map(|n| {
+                let body = std::fs::read(self.dir.join(n)).ok()?;
+                match serde_json::from_slice(&body) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        tracing::warn!(file = %n, error = %e, "unreadable migration journal entry");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Records `entry` (replacing the migration's previous source entry) durably.
+    pub fn put_source(&self, entry: &SourceEntry) -> Result<(), MigrateError> {
+        self.put("source", &entry.migration, entry)
+    }
+
+    /// The source entry of migration `id`.
+    pub fn source(&self, id: &str) -> Option<SourceEntry> {
+        self.get("source", id)
+    }
+
+    /// Every source entry, by id.
+    pub fn sources(&self) -> Vec<SourceEntry> {
+        self.all("source")
+    }
+
+    /// Forgets the source entry of `id` (the migration is over).
+    pub fn remove_source(&self, id: &str) -> Result<(), MigrateError> {
+        self.remove("source", id)
+    }
+
+    /// Records `entry` (replacing the migration's previous target entry) durably.
+    pub fn put_target(&self, entry: &TargetEntry) -> Result<(), MigrateError> {
+        self.put("target", &entry.migration, entry)
+    }
+
+    /// The target entry of migration `id`.
+    pub fn target(&self, id: &str) -> Option<TargetEntry> {
+        self.get("target", id)
+    }
+
+    /// Every target entry, by id.
+    pub fn targets(&self) -> Vec<TargetEntry> {
+        self.all("target")
+    }
+
+    /// Forgets the target entry of `id`.
+    pub fn remove_target(&self, id: &str) -> Result<(), MigrateError> {
+        self.remove("target", id)
+    }
+
+    /// Moves target entry `id` to `phase` (durably); returns the entry as it was, or `None`
+    /// when there is none. The caller holds [`Journal::lock`].
+    pub fn set_target(
+        &self,
+        id: &str,
+        phase: TargetPhase,
+    ) -> Result<Option<TargetEntry>, MigrateError> {
+        let Some(mut e) = self.target(id) else {
+            return Ok(None);
+        };
+        let was = e.clone();
+        e.phase = phase;
+        e.at_unix_ms = now_ms();
+        self.put_target(&e)?;
+        Ok(Some(was))
+    }
+}

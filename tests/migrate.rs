@@ -461,3 +461,102 @@ fn a_target_killed_mid_transfer_leaves_the_service_on_the_source() {
     assert!(audit.contains("\"result\":\"failed"), "{audit}");
     eprintln!("failed as expected: {}; client {check}", report["result"]);
 }
+
+/// The source agent is killed (SIGKILL) right after the target learnt the decision (its
+/// journal says `owned`), before any hand-off: the target starts the service on its own, and
+/// the source agent, restarted, kills its leftover frozen instance, does not start the
+/// service, hands it off again and removes its copy. The client loses nothing acknowledged.
+#[test]
+fn a_source_killed_after_the_commit_leaves_the_service_on_the_target_only() {
+    use godwit_tests::{http_request_within, wait_for};
+
+    require_root();
+    let mut rig = Rig::start();
+    let client = rig.client(20);
+    std::thread::sleep(Duration::from_secs(1));
+    let api = rig.c.api(1);
+    let mover = std::thread::spawn(move || {
+        http_request_within(
+            api,
+            "POST",
+            "/v1/services/kv/migrate?to=n2&mode=transitional&downtime_ms=200",
+            None,
+            Duration::from_secs(120),
+        )
+    });
+    let target_journal = rig.c.node(2).dir.join("data/migrations");
+    let owned = || {
+        std::fs::read_dir(&target_journal)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("target-"))
+            .any(|e| {
+                std::fs::read_to_string(e.path()).is_ok_and(|s| s.contains("\"phase\": \"owned\""))
+            })
+    };
+    let started = std::time::Instant::now();
+    while !owned() {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the target never learnt the decision\n{}",
+            rig.c.log(2)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    rig.c.kill(1);
+    let killed_at = std::time::Instant::now();
+    let _ = mover.join();
+    let source_journal = rig.c.node(1).dir.join("data/migrations");
+    let source_entries = || {
+        std::fs::read_dir(&source_journal)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("source-"))
+            .count()
+    };
+    assert_eq!(
+        source_entries(),
+        1,
+        "the source died with the migration decided, not done"
+    );
+    // The target starts it without the source.
+    wait_for(Duration::from_secs(30), || {
+        let s = rig.status(2);
+        (s["health"] == "healthy" && s["vip_active"] == true).then_some(())
+    })
+    .unwrap_or_else(|| panic!("kv not adopted by n2: {}\n{}", rig.status(2), rig.c.log(2)));
+    let adopted_after = killed_at.elapsed();
+    // The source comes back: it resolves the migration and does not start the service.
+    rig.c.restart(1);
+    wait_for(Duration::from_secs(30), || {
+        (source_entries() == 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the source never resolved the migration\n{}", rig.c.log(1)));
+    assert!(
+        rig.status(1).is_null(),
+        "n1 runs kv again: {}",
+        rig.status(1)
+    );
+    assert!(
+        !rig.pki.join("state/n1/kv").exists(),
+        "the source's copy of the state is removed"
+    );
+    let s = rig.status(2);
+    assert_eq!(
+        (s["health"].as_str(), s["vip_active"].as_bool()),
+        (Some("healthy"), Some(true)),
+        "{s}"
+    );
+    let audit = std::fs::read_to_string(rig.c.node(1).dir.join("data/migrations.log")).unwrap();
+    assert!(audit.contains("the service runs on the target"), "{audit}");
+    let out = client.wait_with_output().unwrap();
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    eprintln!(
+        "adopted {:.1} s after the kill; client {check}",
+        adopted_after.as_secs_f64()
+    );
+    assert_eq!(check["missing_acknowledged"], 0, "{check}");
+    assert_eq!(check["corrupt"], 0, "{check}");
+}

@@ -141,26 +141,67 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
     if let (Some(t), Some(store)) = (&transport, &images) {
         crate::image::push::register(t.services(), store.clone());
     }
-    if let Some(t) = &transport {
-        crate::migrate::register(t.services(), cfg.services.state_root.clone());
-    }
-    let services = start_services(&cfg, &node_name, images.clone()).await;
-    let migrator = match (&transport, &services) {
-        (Some(t), Some(m)) => {
-            crate::migrate::agent::register_handoff(t.services(), m.clone());
-            Some(Arc::new(crate::migrate::agent::Migrator {
-                node: node_name.clone(),
-                manager: m.clone(),
-                transport: t.clone(),
-                images: images.clone(),
-                tracker: (source == crate::probe::model::Source::Ebpf).then(|| tracker.clone()),
-                snapshot: shared.clone(),
-                audit: cfg.node.data_dir.join("migrations.log"),
-                stats: Default::default(),
-            }))
+    // The migration journal: migrations a crash cut short are resolved before any service
+    // starts (leftover processes killed, decided moves kept from starting here).
+    let journal =
+        match crate::migrate::journal::Journal::open(&cfg.node.data_dir.join("migrations")) {
+            Ok(j) => Some(Arc::new(j)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no migration journal: migrations are not crash-safe");
+                None
+            }
+        };
+    let recovery = journal
+        .as_ref()
+        .map(|j| crate::migrate::agent::recover_sources(j, cfg.services.vip_interface.as_deref()));
+    let services = {
+        let mut svc_cfg = cfg.clone();
+        if let Some(r) = &recovery {
+            let not_here = r.not_here();
+            svc_cfg.service.retain(|s| !not_here.contains(&s.name));
+        }
+        start_services(&svc_cfg, &node_name, images.clone()).await
+    };
+    let migrator = match (&transport, &services, &journal) {
+        (Some(t), Some(m), Some(j)) => {
+            let target = crate::migrate::agent::Target::new(j.clone(), m.clone());
+            let (pending, pending_rx) = tokio::sync::mpsc::unbounded_channel();
+            target.recover(&cfg.services.state_root, &pending);
+            target.watch(pending_rx);
+            crate::migrate::register_with(
+                t.services(),
+                cfg.services.state_root.clone(),
+                Some(crate::migrate::TargetHooks {
+                    journal: j.clone(),
+                    pending,
+                }),
+            );
+            crate::migrate::agent::register_handoff(t.services(), target);
+            Some(
+                crate::migrate::agent::Migrator {
+                    node: node_name.clone(),
+                    manager: m.clone(),
+                    transport: t.clone(),
+                    images: images.clone(),
+                    tracker: (source == crate::probe::model::Source::Ebpf).then(|| tracker.clone()),
+                    snapshot: shared.clone(),
+                    audit: cfg.node.data_dir.join("migrations.log"),
+                    journal: Some(j.clone()),
+                    stats: Default::default(),
+                    me: Default::default(),
+                }
+                .into_arc(),
+            )
+        }
+        (Some(t), _, _) => {
+            crate::migrate::register(t.services(), cfg.services.state_root.clone());
+            None
         }
         _ => None,
     };
+    if let (Some(r), Some(m), Some(j)) = (recovery, &services, &journal) {
+        crate::migrate::agent::finish_recovery(r, m, j, migrator.as_ref()).await;
+    }
     let inventory = crate::inventory::watch::SharedInventory::default();
     let inventory_stop = CancellationToken::new();
     let inventory_task = (!cfg.inventory.is_empty()).then(|| {

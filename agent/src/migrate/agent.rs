@@ -18,14 +18,15 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, info_span, warn, Instrument};
 
 use super::drive::{drive, DriveReport, Mode, Source};
+use super::journal::{now_ms, Journal, SourceEntry, SourcePhase, TargetEntry, TargetPhase};
 use super::scan::StateScan;
 use super::transfer::StateSender;
 use crate::image::ImageStore;
@@ -33,12 +34,23 @@ use crate::policy::PrecopyInput;
 use crate::probe::{DirtyTracker, SharedSnapshot};
 use crate::service::{Health, Manager, RunState, ServiceSpec};
 use crate::transport::agent::Transport;
-use crate::transport::{open, Channel, PeerInfo, Services};
+use crate::transport::{open, Channel, Peer, PeerInfo, Services};
 
 /// Name of the hand-off service (start a migrated service from committed state).
 pub const HANDOFF: &str = "handoff";
 /// How long the target may take to report the service healthy.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the source waits for the target to confirm it gave the service back.
+const ABANDON_TIMEOUT: Duration = Duration::from_secs(10);
+/// A target that knows the decision starts the service itself when no hand-off came by then
+/// (the source died after deciding).
+pub const ADOPT_AFTER: Duration = Duration::from_secs(3);
+/// A target drops a prepared copy when no decision came by then (the source resumed, or died
+/// before deciding and resumes when it restarts).
+pub const PREPARED_WAIT: Duration = Duration::from_secs(30);
+/// How often a source whose hand-off went unanswered asks again, and for how long.
+const RESOLVE_EVERY: Duration = Duration::from_secs(2);
+const RESOLVE_FOR: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Handoff {
@@ -50,57 +62,333 @@ enum Handoff {
     Started {
         pid: Option<u32>,
     },
+    /// The target does not run the service and never will for this migration.
     Failed {
         reason: String,
     },
+    /// The source gives up waiting: the target stops the service and gives it back.
+    Abandon {
+        migration: String,
+    },
+    Abandoned,
 }
 
-/// Registers the hand-off service on a target: a migrated service's spec arrives after its
-/// state was committed; the service is started and the answer comes once it is healthy.
-pub fn register_handoff(services: &Services, manager: Arc<Manager>) {
-    services.register(HANDOFF, move |peer, ch| handoff(peer, ch, manager.clone()));
+/// The target's side of migrations into this node: the journal, and starting the services
+/// whose move was decided (by the hand-off, or on its own when the source is gone).
+#[derive(Debug)]
+pub struct Target {
+    journal: Arc<Journal>,
+    manager: Arc<Manager>,
+    /// One start at a time, so a hand-off and an adoption never start a service twice.
+    starting: tokio::sync::Mutex<()>,
 }
 
-async fn handoff(peer: PeerInfo, mut ch: Channel, manager: Arc<Manager>) {
-    let Ok(Some(Handoff::Start { migration, spec })) = ch.recv::<Handoff>().await else {
-        return;
-    };
-    let reply = match start_migrated(&manager, &spec).await {
-        Ok(pid) => {
-            info!(peer = %peer.node, migration, "migrated service started");
-            Handoff::Started { pid }
+impl Target {
+    /// The target side over this node's journal and services.
+    pub fn new(journal: Arc<Journal>, manager: Arc<Manager>) -> Arc<Target> {
+        Arc::new(Target {
+            journal,
+            manager,
+            starting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn phase(&self, id: &str) -> Option<TargetPhase> {
+        self.journal.target(id).map(|e| e.phase)
+    }
+
+    /// Starts the service of migration `id` if its move was decided or is being decided now
+    /// (`Prepared` or `Owned`); idempotent once started. On failure the service is removed
+    /// here, the copy dropped and the migration marked `Returned`: the source may run it.
+    async fn start_owned(&self, id: &str, spec: Option<&[u8]>) -> Result<Option<u32>, String> {
+        let _s = self.starting.lock().await;
+        let entry = {
+            let _g = self.journal.lock().await;
+            match self.journal.target(id) {
+                Some(e) if matches!(e.phase, TargetPhase::Prepared | TargetPhase::Owned) => {
+                    self.journal
+                        .set_target(id, TargetPhase::Owned)
+                        .map_err(|e| e.to_string())?;
+                    e
+                }
+                Some(e) if e.phase == TargetPhase::Started => {
+                    return Ok(self.manager.status(&e.service).ok().and_then(|s| s.pid));
+                }
+                other => {
+                    return Err(format!(
+                        "migration {id} is not held here ({:?})",
+                        other.map(|e| e.phase)
+                    ))
+                }
+            }
+        };
+        let started = self.start_spec(id, &entry, spec).await;
+        let _g = self.journal.lock().await;
+        match (started, self.phase(id)) {
+            (Ok(pid), Some(TargetPhase::Owned)) => {
+                self.journal
+                    .set_target(id, TargetPhase::Started)
+                    .map_err(|e| e.to_string())?;
+                Ok(pid)
+            }
+            (result, phase) => {
+                let why = match result {
+                    Err(e) => e,
+                    Ok(_) => format!("given back meanwhile ({phase:?})"),
+                };
+                self.give_back(&entry).await;
+                Err(why)
+            }
         }
-        Err(reason) => {
-            warn!(peer = %peer.node, migration, reason, "migrated service not started");
-            Handoff::Failed { reason }
+    }
+
+    async fn start_spec(
+        &self,
+        id: &str,
+        entry: &TargetEntry,
+        spec: Option<&[u8]>,
+    ) -> Result<Option<u32>, String> {
+        let bytes = entry
+            .spec
+            .as_ref()
+            .map(|s| s.as_bytes())
+            .or(spec)
+            .ok_or("no spec for the service")?;
+        let mut spec: ServiceSpec = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        spec.autostart = true;
+        let name = spec.name.clone();
+        if self.manager.spec(&name).is_some() {
+            // A stale definition from an earlier stay here: replaced.
+            self.manager
+                .remove(&name)
+                .await
+                .map_err(|e| e.to_string())?;
         }
+        self.manager.add(spec).await.map_err(|e| e.to_string())?;
+        let given_back = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if self.phase(id) == Some(TargetPhase::Returned) {
+                    break;
+                }
+            }
+        };
+        let s = tokio::select! {
+            s = self.manager.wait_for(&name, START_TIMEOUT, |s| {
+                s.health == Health::Healthy || matches!(s.state, RunState::Failed)
+            }) => s.map_err(|e| e.to_string())?,
+            () = given_back => return Err("given back while starting".into()),
+        };
+        if s.health == Health::Healthy {
+            Ok(s.pid)
+        } else {
+            Err(format!(
+                "{name} is {} ({:?}) after the hand-off",
+                s.state, s.health
+            ))
+        }
+    }
+
+    /// Removes the service and the copy of migration `entry` and marks it `Returned`. The
+    /// caller holds the journal's lock.
+    async fn give_back(&self, entry: &TargetEntry) {
+        if self.manager.spec(&entry.service).is_some() {
+            if let Err(e) = self.manager.remove(&entry.service).await {
+                warn!(service = %entry.service, error = %e, "removing a given-back service");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&entry.dest);
+        if let Err(e) = self
+            .journal
+            .set_target(&entry.migration, TargetPhase::Returned)
+        {
+            warn!(migration = %entry.migration, error = %e, "cannot record the give-back");
+        }
+    }
+
+    /// The source gave up waiting: whatever this node did with migration `id`, it stops and
+    /// never starts it again.
+    async fn abandon(&self, id: &str) {
+        let was = {
+            let _g = self.journal.lock().await;
+            match self.journal.target(id) {
+                Some(e) if e.phase != TargetPhase::Returned => {
+                    let _ = self.journal.set_target(id, TargetPhase::Returned);
+                    Some(e)
+                }
+                _ => None,
+            }
+        };
+        // A start in progress sees `Returned` and gives the service back itself.
+        let _s = self.starting.lock().await;
+        if let Some(e) = was.filter(|e| e.phase != TargetPhase::Staging) {
+            let _g = self.journal.lock().await;
+            self.give_back(&e).await;
+        }
+    }
+
+    /// Resolves migration `id` left `Prepared` or `Owned` by a transfer that ended, or found
+    /// so at start: a prepared copy waits for the decision (the hand-off) and is dropped
+    /// without one; an owned one is started here if no hand-off did it.
+    async fn settle(self: Arc<Self>, id: String) {
+        match self.phase(&id) {
+            Some(TargetPhase::Prepared) => {
+                tokio::time::sleep(PREPARED_WAIT).await;
+                let _g = self.journal.lock().await;
+                if let Some(e) = self
+                    .journal
+                    .target(&id)
+                    .filter(|e| e.phase == TargetPhase::Prepared)
+                {
+                    info!(migration = %id, "no decision for the prepared copy: dropped");
+                    self.give_back(&e).await;
+                }
+            }
+            Some(TargetPhase::Owned) => {
+                tokio::time::sleep(ADOPT_AFTER).await;
+                if self.phase(&id) == Some(TargetPhase::Owned) {
+                    info!(migration = %id, "decided but not handed off: starting it here");
+                    match self.start_owned(&id, None).await {
+                        Ok(_) => {
+                            info!(migration = %id, "migrated service started without the source")
+                        }
+                        Err(e) => {
+                            warn!(migration = %id, error = %e, "migrated service not started")
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Resolves the migrations the ids of which arrive on `pending` (see [`Target::settle`]).
+    pub fn watch(
+        self: &Arc<Self>,
+        mut pending: tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(id) = pending.recv().await {
+                tokio::spawn(me.clone().settle(id));
+            }
+        })
+    }
+
+    /// At start: removes staging copies (no transfer survives a restart), forgets given-back
+    /// migrations, and queues prepared and owned ones on `pending`.
+    pub fn recover(&self, state_root: &Path, pending: &tokio::sync::mpsc::UnboundedSender<String>) {
+        for e in self.journal.targets() {
+            match e.phase {
+                TargetPhase::Staging | TargetPhase::Returned => {
+                    let _ = std::fs::remove_dir_all(&e.staging);
+                    let _ = self.journal.remove_target(&e.migration);
+                    info!(migration = %e.migration, phase = ?e.phase, "target: migration cleaned up");
+                }
+                TargetPhase::Prepared | TargetPhase::Owned => {
+                    info!(migration = %e.migration, phase = ?e.phase, "target: migration to resolve");
+                    let _ = pending.send(e.migration.clone());
+                }
+                // Kept a day to answer a repeated hand-off.
+                TargetPhase::Started => {
+                    if now_ms().saturating_sub(e.at_unix_ms) > 86_400_000 {
+                        let _ = self.journal.remove_target(&e.migration);
+                    }
+                }
+            }
+        }
+        remove_stale_staging(state_root);
+    }
+}
+
+/// Removes every `*.staging-*` directory under `state_root`.
+fn remove_stale_staging(state_root: &Path) {
+    for e in std::fs::read_dir(state_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().contains(".staging-") {
+            info!(dir = %e.path().display(), "stale staging copy removed");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Registers the hand-off service on a target: once a migrated service's move is decided,
+/// its start arrives here; the answer comes once it is healthy (or it is given back).
+pub fn register_handoff(services: &Services, target: Arc<Target>) {
+    services.register(HANDOFF, move |peer, ch| handoff(peer, ch, target.clone()));
+}
+
+async fn handoff(peer: PeerInfo, mut ch: Channel, target: Arc<Target>) {
+    let reply = match ch.recv::<Handoff>().await {
+        Ok(Some(Handoff::Start { migration, spec })) => {
+            match target.start_owned(&migration, Some(&spec)).await {
+                Ok(pid) => {
+                    info!(peer = %peer.node, migration, "migrated service started");
+                    Handoff::Started { pid }
+                }
+                Err(reason) => {
+                    warn!(peer = %peer.node, migration, reason, "migrated service not started; given back");
+                    Handoff::Failed { reason }
+                }
+            }
+        }
+        Ok(Some(Handoff::Abandon { migration })) => {
+            target.abandon(&migration).await;
+            info!(peer = %peer.node, migration, "hand-off abandoned by the source: given back");
+            Handoff::Abandoned
+        }
+        _ => return,
     };
     let _ = ch.send(&reply).await;
     let _ = ch.finish();
 }
 
-async fn start_migrated(manager: &Manager, spec: &[u8]) -> Result<Option<u32>, String> {
-    let mut spec: ServiceSpec = serde_json::from_slice(spec).map_err(|e| e.to_string())?;
-    spec.autostart = true;
-    let name = spec.name.clone();
-    if manager.spec(&name).is_some() {
-        // A stale definition from an earlier stay here: replaced.
-        manager.remove(&name).await.map_err(|e| e.to_string())?;
-    }
-    manager.add(spec).await.map_err(|e| e.to_string())?;
-    let s = manager
-        .wait_for(&name, START_TIMEOUT, |s| {
-            s.health == Health::Healthy || matches!(s.state, RunState::Failed)
+/// What a hand-off came to.
+enum HandoffOutcome {
+    /// The target runs the service.
+    Started,
+    /// The target does not run it and never will: the source may.
+    GivenBack(String),
+    /// No answer: the target may or may not run it.
+    Unknown(String),
+}
+
+async fn hand_off(peer: &Peer, entry: &SourceEntry) -> HandoffOutcome {
+    let ask = async {
+        let mut ch = open(peer, HANDOFF).await.map_err(|e| e.to_string())?;
+        ch.send(&Handoff::Start {
+            migration: entry.migration.clone(),
+            spec: entry.target_spec.as_bytes().to_vec(),
         })
         .await
         .map_err(|e| e.to_string())?;
-    if s.health == Health::Healthy {
-        Ok(s.pid)
-    } else {
-        Err(format!(
-            "{name} is {} ({:?}) after the hand-off",
-            s.state, s.health
-        ))
+        ch.recv::<Handoff>().await.map_err(|e| e.to_string())
+    };
+    let why = match tokio::time::timeout(START_TIMEOUT + Duration::from_secs(5), ask).await {
+        Ok(Ok(Some(Handoff::Started { .. }))) => return HandoffOutcome::Started,
+        Ok(Ok(Some(Handoff::Failed { reason }))) => return HandoffOutcome::GivenBack(reason),
+        Ok(Ok(other)) => format!("unexpected hand-off reply {other:?}"),
+        Ok(Err(e)) => e,
+        Err(_) => "the target did not answer the hand-off".to_string(),
+    };
+    // Ask the target to give the service back, and wait until it has.
+    let abandon = async {
+        let mut ch = open(peer, HANDOFF).await.map_err(|e| e.to_string())?;
+        ch.send(&Handoff::Abandon {
+            migration: entry.migration.clone(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        ch.recv::<Handoff>().await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(ABANDON_TIMEOUT, abandon).await {
+        Ok(Ok(Some(Handoff::Abandoned))) => {
+            HandoffOutcome::GivenBack(format!("{why}; the target gave it back"))
+        }
+        _ => HandoffOutcome::Unknown(why),
     }
 }
 
@@ -190,24 +478,44 @@ pub struct Migrator {
     pub snapshot: SharedSnapshot,
     /// The audit log (JSON lines).
     pub audit: PathBuf,
+    /// The migration journal (crash recovery); `None` only in tests.
+    pub journal: Option<Arc<Journal>>,
     /// Counters.
     pub stats: Mutex<MigrationStats>,
+    /// This migrator, for the background tasks it spawns (set by [`Migrator::new`]).
+    pub me: std::sync::OnceLock<std::sync::Weak<Migrator>>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// A failed migration: over (the service runs on the source), or pending when the hand-off
+/// went unanswered (the journal entry stays, and a background task resolves it).
+enum MoveError {
+    Failed(String),
+    Pending(String),
 }
 
 struct ManagedSource<'a> {
     manager: &'a Manager,
     name: String,
+    journal: Option<(&'a Journal, SourceEntry)>,
+}
+
+impl ManagedSource<'_> {
+    fn record(&mut self, phase: SourcePhase) -> Result<(), String> {
+        if let Some((j, e)) = &mut self.journal {
+            e.phase = phase;
+            e.at_unix_ms = now_ms();
+            j.put_source(e).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
 }
 
 impl Source for ManagedSource<'_> {
+    async fn decide(&mut self) -> Result<(), String> {
+        self.record(SourcePhase::Committed)
+    }
     async fn freeze(&mut self) -> Result<(), String> {
+        self.record(SourcePhase::Frozen)?;
         self.manager
             .freeze(&self.name)
             .await
@@ -222,6 +530,7 @@ impl Source for ManagedSource<'_> {
             .map_err(|e| e.to_string())
     }
     async fn stop(&mut self) -> Result<(), String> {
+        self.record(SourcePhase::Frozen)?;
         self.manager
             .stop(&self.name)
             .await
@@ -356,26 +665,79 @@ impl Migrator {
             downtime_target_s: req.downtime_target.as_secs_f64(),
             max_rounds: 10,
         };
-        let mut sender = StateSender::begin(&peer, id, &req.service, scan, Some(1))
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut entry = SourceEntry {
+            migration: id.to_string(),
+            service: req.service.clone(),
+            to: req.to.clone(),
+            addr: req.addr,
+            phase: SourcePhase::Copying,
+            spec: serde_json::to_string(&spec).map_err(|e| e.to_string())?,
+            target_spec: serde_json::to_string(&target_spec).map_err(|e| e.to_string())?,
+            cgroup: PathBuf::from(&status.cgroup),
+            state_dir: state_dir.clone(),
+            at_unix_ms: now_ms(),
+        };
+        if let Some(j) = &self.journal {
+            j.put_source(&entry).map_err(|e| format!("journal: {e}"))?;
+        }
+        let result = self
+            .move_and_hand_off(req, id, report, &peer, &mut entry, scan, input)
+            .await;
+        if let Some(j) = &self.journal {
+            // Left in place only while the hand-off is unresolved (a background task owns it).
+            if !matches!(&result, Err(MoveError::Pending(_))) {
+                if let Err(e) = j.remove_source(id) {
+                    warn!(error = %e, "cannot close the migration's journal entry");
+                }
+            }
+        }
+        result.map_err(|e| match e {
+            MoveError::Failed(e) | MoveError::Pending(e) => e,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn move_and_hand_off(
+        &self,
+        req: &MigrateRequest,
+        id: &str,
+        report: &mut MigrationReport,
+        peer: &Peer,
+        entry: &mut SourceEntry,
+        scan: StateScan,
+        input: PrecopyInput,
+    ) -> Result<(), MoveError> {
+        let fail = MoveError::Failed;
+        let mut sender = StateSender::begin_with_spec(
+            peer,
+            id,
+            &req.service,
+            Some(entry.target_spec.clone()),
+            scan,
+            Some(1),
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
         if let Some(t) = &self.tracker {
             sender.track_with(t.clone());
         }
         let mut source = ManagedSource {
             manager: &self.manager,
             name: req.service.clone(),
+            journal: self.journal.as_deref().map(|j| (j, entry.clone())),
         };
         let frozen_from = Instant::now();
         let outcome = drive(sender, &mut source, input, req.mode).await;
         let drive_report = match outcome {
             Ok(r) => r,
             Err((e, r)) => {
+                // Not decided: the driver resumed the source; the target drops its copy.
                 report.actual_rounds = r.rounds.len();
                 report.transfer = Some(r);
-                return Err(e.to_string());
+                return Err(fail(e.to_string()));
             }
         };
+        entry.phase = SourcePhase::Committed;
         report.predicted_rounds = Some(drive_report.estimate.live_rounds + 1);
         report.actual_rounds = drive_report.rounds.len();
         let frozen_at = frozen_from
@@ -383,46 +745,113 @@ impl Migrator {
                 (drive_report.total_seconds - drive_report.frozen_seconds).max(0.0),
             );
         report.transfer = Some(drive_report);
-        // Committed on the target: the frozen source must not run another instruction.
-        self.manager
-            .kill(&req.service)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut ch = open(&peer, HANDOFF).await.map_err(|e| e.to_string())?;
-        ch.send(&Handoff::Start {
-            migration: id.to_string(),
-            spec: serde_json::to_vec(&target_spec).unwrap_or_default(),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        let answer =
-            tokio::time::timeout(START_TIMEOUT + Duration::from_secs(5), ch.recv::<Handoff>())
-                .await
-                .map_err(|_| "the target did not answer the hand-off".to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-        match answer {
-            Ok(Some(Handoff::Started { .. })) => {
+        // Decided: the frozen source must not run another instruction.
+        if let Err(e) = self.manager.kill(&req.service).await {
+            warn!(error = %e, "killing the frozen source");
+        }
+        match hand_off(peer, entry).await {
+            HandoffOutcome::Started => {
                 report.downtime_seconds = Some(frozen_at.elapsed().as_secs_f64());
-                self.manager
-                    .remove(&req.service)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = std::fs::remove_dir_all(&state_dir);
+                self.clean_source(entry).await;
                 peer.close("migrated");
                 Ok(())
             }
-            other => {
-                let why = match other {
-                    Ok(Some(Handoff::Failed { reason })) => reason,
-                    Ok(other) => format!("unexpected hand-off reply {other:?}"),
-                    Err(e) => e,
-                };
-                warn!(reason = %why, "the target did not start the service: starting it here again");
+            HandoffOutcome::GivenBack(why) => {
+                warn!(reason = %why, "the target gave the service back: starting it here again");
                 if let Err(e) = self.manager.start(&req.service).await {
                     warn!(error = %e, "and it did not start here either");
                 }
-                Err(format!("hand-off: {why}"))
+                Err(fail(format!(
+                    "hand-off: {why}; the service runs here again"
+                )))
             }
+            HandoffOutcome::Unknown(why) => {
+                warn!(reason = %why, "hand-off unanswered: resolving it in the background");
+                if let Some(me) = self.me.get().and_then(|w| w.upgrade()) {
+                    tokio::spawn(me.resolve(entry.clone()));
+                }
+                Err(MoveError::Pending(format!(
+                    "hand-off: {why}; unresolved, the service runs nowhere until the target answers"
+                )))
+            }
+        }
+    }
+
+    /// The target runs the service: the source forgets it and removes its copy of the state.
+    async fn clean_source(&self, entry: &SourceEntry) {
+        if self.manager.spec(&entry.service).is_some() {
+            if let Err(e) = self.manager.remove(&entry.service).await {
+                warn!(error = %e, "removing the migrated service here");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&entry.state_dir);
+    }
+
+    /// Hands migration `entry` (decided) off again until the target answers: it runs the
+    /// service (then the copy here goes), or it gave it back (then it starts here).
+    async fn resolve(self: Arc<Self>, entry: SourceEntry) {
+        let deadline = Instant::now() + RESOLVE_FOR;
+        loop {
+            let outcome = match self
+                .transport
+                .endpoint()
+                .connect(entry.addr, &entry.to)
+                .await
+            {
+                Ok(peer) => hand_off(&peer, &entry).await,
+                Err(e) => HandoffOutcome::Unknown(e.to_string()),
+            };
+            let result = match outcome {
+                HandoffOutcome::Started => {
+                    self.clean_source(&entry).await;
+                    "resolved: the service runs on the target".to_string()
+                }
+                HandoffOutcome::GivenBack(why) => {
+                    let started = if self.manager.spec(&entry.service).is_some() {
+                        self.manager.start(&entry.service).await.map(|_| ())
+                    } else {
+                        match serde_json::from_str::<ServiceSpec>(&entry.spec) {
+                            Ok(mut spec) => {
+                                spec.autostart = true;
+                                self.manager.add(spec).await.map(|_| ())
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "bad spec in the journal");
+                                Ok(())
+                            }
+                        }
+                    };
+                    if let Err(e) = started {
+                        warn!(error = %e, "the given-back service did not start here");
+                    }
+                    format!("resolved: given back ({why}); the service runs here")
+                }
+                HandoffOutcome::Unknown(why) if Instant::now() < deadline => {
+                    info!(migration = %entry.migration, reason = %why, "hand-off still unresolved");
+                    tokio::time::sleep(RESOLVE_EVERY).await;
+                    continue;
+                }
+                HandoffOutcome::Unknown(why) => {
+                    warn!(migration = %entry.migration, reason = %why, "hand-off unresolved: giving up; the journal keeps it for the next start");
+                    return;
+                }
+            };
+            info!(migration = %entry.migration, "{result}");
+            if let Some(j) = &self.journal {
+                let _ = j.remove_source(&entry.migration);
+            }
+            let _ = self.append_audit(&MigrationReport {
+                id: entry.migration.clone(),
+                service: entry.service.clone(),
+                from: self.node.clone(),
+                to: entry.to.clone(),
+                requested_by: "recovery".into(),
+                result,
+                started_unix_ms: entry.at_unix_ms,
+                finished_unix_ms: now_ms(),
+                ..MigrationReport::default()
+            });
+            return;
         }
     }
 
@@ -445,5 +874,132 @@ impl Migrator {
     /// Counters.
     pub fn stats(&self) -> MigrationStats {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Migrator {
+    /// Wraps the migrator in an `Arc` that its background tasks can reach.
+    pub fn into_arc(self) -> Arc<Migrator> {
+        let me = Arc::new(self);
+        let _ = me.me.set(Arc::downgrade(&me));
+        me
+    }
+}
+
+/// What a restarted source must do about the migrations its journal holds.
+#[derive(Debug, Default)]
+pub struct SourceRecovery {
+    /// Not decided when the agent stopped: the service runs here again (migration id, spec).
+    pub resume: Vec<(String, ServiceSpec)>,
+    /// Decided: the service is the target's; the hand-off is finished from here.
+    pub decided: Vec<SourceEntry>,
+}
+
+impl SourceRecovery {
+    /// Services that must not start here: their move was decided.
+    pub fn not_here(&self) -> std::collections::BTreeSet<String> {
+        self.decided.iter().map(|e| e.service.clone()).collect()
+    }
+}
+
+/// Reads the source side of the journal at start, before any service starts: every
+/// migration's leftover processes (the instance the crashed agent ran, maybe frozen) are
+/// killed and its VIP released, and the migration is sorted into resume or decided.
+pub fn recover_sources(journal: &Journal, vip_interface: Option<&str>) -> SourceRecovery {
+    let mut out = SourceRecovery::default();
+    for e in journal.sources() {
+        kill_leftovers(&e.cgroup);
+        let spec: Option<ServiceSpec> = serde_json::from_str(&e.spec).ok();
+        if let Some(vip) = spec.as_ref().and_then(|s| s.vip) {
+            let iface = vip_interface
+                .map(str::to_string)
+                .or_else(crate::service::vip::default_interface);
+            if let Some(iface) = iface {
+                if let Err(err) = crate::service::vip::remove(vip, &iface) {
+                    warn!(%vip, error = %err, "releasing a crashed migration's VIP");
+                }
+            }
+        }
+        info!(migration = %e.migration, service = %e.service, phase = ?e.phase, "source: migration to resolve after a restart");
+        match (e.phase, spec) {
+            (SourcePhase::Committed, _) => out.decided.push(e),
+            (_, Some(spec)) => out.resume.push((e.migration.clone(), spec)),
+            (_, None) => {
+                warn!(migration = %e.migration, "unreadable spec in the journal: dropped");
+                let _ = journal.remove_source(&e.migration);
+            }
+        }
+    }
+    out
+}
+
+/// Kills whatever still runs in the cgroup directory `cgroup` (frozen tasks included).
+fn kill_leftovers(cgroup: &Path) {
+    let procs = || {
+        std::fs::read_to_string(cgroup.join("cgroup.procs"))
+            .map(|s| !s.trim().is_empty())
+            .unwrap_or(false)
+    };
+    if !procs() {
+        return;
+    }
+    warn!(cgroup = %cgroup.display(), "killing a crashed agent's leftover service processes");
+    let _ = std::fs::write(cgroup.join("cgroup.kill"), "1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while procs() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Finishes a source recovery once the services and the transport run: resumed services
+/// start here (unless the configuration already started them), decided ones are handed off
+/// again in the background.
+pub async fn finish_recovery(
+    rec: SourceRecovery,
+    manager: &Manager,
+    journal: &Journal,
+    migrator: Option<&Arc<Migrator>>,
+) {
+    for (id, mut spec) in rec.resume {
+        let name = spec.name.clone();
+        let started = match manager.status(&name) {
+            Ok(s) if s.state == RunState::Running => Ok(()),
+            Ok(_) => manager.start(&name).await.map(|_| ()),
+            Err(_) => {
+                spec.autostart = true;
+                manager.add(spec).await.map(|_| ())
+            }
+        };
+        match &started {
+            Ok(()) => {
+                info!(migration = %id, service = %name, "not decided before the restart: the service runs here")
+            }
+            Err(e) => {
+                warn!(migration = %id, service = %name, error = %e, "not decided before the restart, and it did not start here")
+            }
+        }
+        let _ = journal.remove_source(&id);
+        if let Some(m) = migrator {
+            let _ = m.append_audit(&MigrationReport {
+                id: id.clone(),
+                service: name,
+                from: m.node.clone(),
+                requested_by: "recovery".into(),
+                result: "failed: the agent restarted before the decision; resumed on the source"
+                    .into(),
+                finished_unix_ms: now_ms(),
+                ..MigrationReport::default()
+            });
+        }
+    }
+    for e in rec.decided {
+        match migrator {
+            Some(m) => {
+                tokio::spawn(m.clone().resolve(e));
+            }
+            None => {
+                warn!(migration = %e.migration, "decided migration, but no transport to hand it off")
+            }
+        }
     }
 }

@@ -17,9 +17,11 @@
 //!   what was last sent (block digests; the scan sees every writer, `O_DIRECT` and mmap
 //!   included). The final round runs with the service frozen or stopped, so after it the
 //!   copy equals the source; [`StateSender::verify`] proves it with a hash of every file.
-//! - **Nothing is visible at the destination before the commit**, which is one rename of the
-//!   staging directory; any other end removes the staging copy and leaves the destination as
-//!   it was.
+//! - **Nothing is visible at the destination before the commit**, which is one exchange of the
+//!   fsynced staging directory with the destination; any other end removes the staging copy
+//!   and leaves the destination as it was.
+//! - **One place**: the end is a two-phase commit decided by the source and journalled on both
+//!   sides (`journal.rs`), so a crash of either agent is resolved when it starts again.
 //! - **Paths from the peer are checked**: relative, no `..`; names of services and migrations
 //!   are plain.
 

@@ -10,12 +10,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use godwit_tests::{
-    free_port, godwit_bin, http_get, http_request, require_root, unique, wait_for, Agent,
-    ServiceSlice,
+    cgroup_layout, free_port, godwit_bin, http_get, http_request, require_root, unique, wait_for,
+    Agent, ServiceSlice,
 };
 use serde_json::Value;
 
 const ECHO: &str = env!("CARGO_BIN_EXE_godwit-echo");
+const LOAD: &str = env!("CARGO_BIN_EXE_godwit-load");
 
 /// The `[services]` section of a test agent, with a cgroup parent of its own.
 fn section(slice: &ServiceSlice, state_root: &std::path::Path) -> String {
@@ -211,12 +212,19 @@ fn a_crash_is_restarted_with_growing_back_off_and_a_crash_loop_fails() {
 }
 
 #[test]
-fn the_probe_reports_each_services_cpu_from_its_cgroup() {
+fn the_probe_reports_each_services_cpu_and_memory_from_its_cgroup() {
     require_root();
     let svc = ServiceSlice::new();
     let state = std::env::temp_dir().join(unique("godwit-state"));
-    let agent = Agent::start(&format!(
-        "{}\n[[service]]\nname = \"burner\"\ncommand = [\"/bin/sh\", \"-c\", \"while :; do :; done\"]\n",
+    // `toucher` writes one byte in every page of 64 MiB of anonymous memory, then stays
+    // (godwit-load waits for stdin to close; `sleep` holds the pipe open).
+    const MIB: u64 = 1024 * 1024;
+    const TOUCHED: u64 = 64 * MIB;
+    let mut agent = Agent::start(&format!(
+        "{}
+[[service]]
+name = \"burner\"\ncommand = [\"/bin/sh\", \"-c\", \"while :; do :; done\"]\n\
+         [[service]]\nname = \"toucher\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 100000 | {LOAD} touch {TOUCHED}\"]\n",
         section(&svc, &state)
     ));
     // One busy loop: close to one core, as the service's cgroup accounts it.
@@ -225,8 +233,55 @@ fn the_probe_reports_each_services_cpu_from_its_cgroup() {
     });
     assert!(s["cpu_cores"].as_f64().unwrap() < 1.3, "{s}");
     assert!(s["node"].as_str().is_some_and(|n| !n.is_empty()), "{s}");
+
+    // The touched memory is charged to the service's cgroup, and the probe reports it.
+    let t = wait_service(&agent, "toucher", "charged its memory", |s| {
+        s["memory_bytes"].as_u64().is_some_and(|m| m >= TOUCHED)
+    });
+    let mem = t["memory_bytes"].as_u64().unwrap();
+    assert!(
+        mem < 2 * TOUCHED,
+        "64 MiB touched, {mem} bytes charged: {t}"
+    );
+    let layout = cgroup_layout();
+    let cgroup = PathBuf::from(t["cgroup"].as_str().unwrap());
+    let pid = t["pid"].as_u64().unwrap();
+    // Where the figure comes from: the v2 memory controller, or on a hybrid host the v1
+    // memory cgroup at the same path, which the service's processes joined before exec.
+    let memcg = if cgroup.join("memory.current").exists() {
+        cgroup.clone()
+    } else {
+        let v1 = layout
+            .memory_v1_root
+            .as_ref()
+            .expect("no memory controller in either hierarchy")
+            .join(cgroup.strip_prefix(&layout.v2_root).unwrap());
+        let procs = std::fs::read_to_string(v1.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|l| l.trim() == pid.to_string()),
+            "{pid} not in {}: {procs}",
+            v1.display()
+        );
+        v1
+    };
+    eprintln!("toucher: {mem} bytes charged, memcg {}", memcg.display());
+
     let (ok, table) = cli(&agent, &["services"]);
     assert!(ok && table.contains("burner"), "{table}");
+    // The MEM MiB column of the toucher's row.
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("toucher "))
+        .unwrap_or_else(|| panic!("{table}"))
+        .split_whitespace()
+        .collect();
+    let mib: f64 = row[6].parse().unwrap_or_else(|_| panic!("{table}"));
+    assert!(mib >= (TOUCHED / MIB) as f64, "{table}");
+
+    // Stopping the agent removes the service's cgroups, the v1 memory one included.
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
+    assert!(!cgroup.exists(), "{} left behind", cgroup.display());
+    assert!(!memcg.exists(), "{} left behind", memcg.display());
     std::fs::remove_dir_all(&state).ok();
 }
 

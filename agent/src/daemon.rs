@@ -467,6 +467,7 @@ async fn start_services(
         };
     let manager = crate::service::Manager::new(crate::service::Runtime {
         node: node.to_string(),
+        memory_v1_root: layout.memory_v1_root.filter(|_| layout.hybrid),
         v2_root: layout.v2_root,
         section: cfg.services.clone(),
         images,

@@ -567,6 +567,18 @@ impl Drop for ServiceSlice {
             }
         }
         let _ = std::fs::remove_dir(&self.parent);
+        // On a hybrid host the agent mirrors its services' cgroups in the v1 memory
+        // hierarchy: empty by now, they only need removing.
+        let layout = cgroup_layout();
+        if let Some(v1) = layout.memory_v1_root.filter(|_| layout.hybrid) {
+            let parent = v1.join(&self.name);
+            if let Ok(rd) = std::fs::read_dir(&parent) {
+                for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&parent);
+        }
     }
 }
 

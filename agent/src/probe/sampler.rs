@@ -601,6 +601,29 @@ impl Sampler {
             if reused {
                 self.procs.remove(&pid);
             }
+            // A process first seen between fork and exec (a managed service's child before it
+            // joined its cgroup) had its parent's names and cgroup. procfs has no exec event,
+            // but exec changes the comm: then read the cmdline and the cgroup again.
+            let execed = self.procs.get(&pid).is_some_and(|p| p.comm != st.comm);
+            if execed {
+                let cmdline = procfs::read_cmdline(&root, pid).unwrap_or_default();
+                let path = procfs::read_cgroup(&root, pid)
+                    .ok()
+                    .and_then(|m| m.v2_path)
+                    .unwrap_or_default();
+                let cgid = self
+                    .layout
+                    .as_ref()
+                    .and_then(|l| cgroup::cgroup_id(&l.dir(&path)).ok())
+                    .unwrap_or(0);
+                let named = Proc::from_stat(&st, cmdline, cgid, path, now, self.page_size);
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.comm = named.comm;
+                    p.cmdline = named.cmdline;
+                    p.cgroup_id = named.cgroup_id;
+                    p.cgroup_path = named.cgroup_path;
+                }
+            }
             if !self.procs.contains_key(&pid) {
                 let cmdline = procfs::read_cmdline(&root, pid).unwrap_or_default();
                 let membership = procfs::read_cgroup(&root, pid).ok();
@@ -1253,6 +1276,29 @@ mod tests {
             "and from the sampler's memory"
         );
         assert_eq!(third.probe.tracked_processes, 1);
+    }
+
+    #[test]
+    fn procfs_mode_names_a_process_again_after_exec() {
+        let fx = Fixture::new();
+        // Seen between fork and exec: the parent's comm, cmdline and cgroup.
+        fx.set_process(300, "godwit-rt", 1, 0, "/");
+        let mut sampler = fx.sampler(Duration::ZERO);
+        let first = sampler.sample();
+        assert_eq!(find(&first, 300).unwrap().cgroup_path, "/");
+        // It joined the service's cgroup and exec'd.
+        fx.set_process(300, "redis-server", 2, 0, "/system.slice/redis.service");
+        let second = sampler.sample();
+        let p = find(&second, 300).unwrap();
+        assert_eq!(p.comm, "redis-server");
+        assert_eq!(p.cmdline, "/usr/bin/redis-server --flag");
+        assert_eq!(p.cgroup_path, "/system.slice/redis.service");
+        let c = second
+            .containers
+            .iter()
+            .find(|c| c.cgroup_path == "/system.slice/redis.service")
+            .expect("its container is listed");
+        assert_eq!(c.processes, 1);
     }
 
     #[test]

@@ -1,10 +1,18 @@
 //! A service's cgroup v2 directory: create, place a child in it before it runs, freeze and
 //! thaw (waiting until the kernel reports the state), kill everything in it, remove it.
+//!
+//! Memory accounting: on a pure v2 host `create` enables `memory` (and `cpu`) in
+//! `cgroup.subtree_control` from the v2 root down to the services' parent, wherever the
+//! controller is offered (`cgroup.controllers`). On a v1/v2 hybrid host the memory controller
+//! lives in the v1 hierarchy: the service also gets `<v1 memory root>/<same relative path>`,
+//! and the child joins both before exec. Either way the probe reads the service's memory at
+//! its cgroup path.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use super::error::ServiceError;
@@ -12,18 +20,76 @@ use super::error::ServiceError;
 /// How long a freeze or thaw may take before it is an error.
 pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Controllers a service's cgroup gets when the host offers them.
+const CONTROLLERS: [&str; 2] = ["memory", "cpu"];
+
 /// A service's cgroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceCgroup {
     path: PathBuf,
+    /// The same cgroup in the v1 memory hierarchy (hybrid hosts).
+    memory_v1: Option<PathBuf>,
 }
 
+/// Said once per agent: where services' memory is accounted, or that it is not.
+static MEMORY_REPORT: Once = Once::new();
+
 impl ServiceCgroup {
-    /// `<v2 root>/<parent>/<name>.service`, created with its parent if missing.
-    pub fn create(v2_root: &Path, parent: &str, name: &str) -> Result<ServiceCgroup, ServiceError> {
-        let path = v2_root.join(parent).join(format!("{name}.service"));
+    /// `<v2 root>/<parent>/<name>.service`, created with its parent if missing, with the
+    /// memory and cpu controllers enabled down to it where the host offers them. When the v2
+    /// tree has no memory controller and `memory_v1_root` is given (a hybrid host), the same
+    /// relative path is created in that hierarchy too. A failure removes what this call made.
+    pub fn create(
+        v2_root: &Path,
+        memory_v1_root: Option<&Path>,
+        parent: &str,
+        name: &str,
+    ) -> Result<ServiceCgroup, ServiceError> {
+        let rel = Path::new(parent).join(format!("{name}.service"));
+        let path = v2_root.join(&rel);
+        let missing = enable_controllers(v2_root, parent);
         std::fs::create_dir_all(&path).map_err(|e| ServiceError::cgroup(&path, e))?;
-        Ok(ServiceCgroup { path })
+        let mut cg = ServiceCgroup {
+            path,
+            memory_v1: None,
+        };
+        if cg.path.join("memory.current").exists() {
+            MEMORY_REPORT.call_once(|| {
+                tracing::info!(
+                    unavailable = %missing.join("; "),
+                    "services' memory is accounted by the cgroup v2 memory controller"
+                )
+            });
+        } else if let Some(v1) = memory_v1_root {
+            let dir = v1.join(&rel);
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                let err = ServiceError::cgroup(&dir, e);
+                let _ = cg.remove();
+                return Err(err);
+            }
+            cg.memory_v1 = Some(dir);
+            MEMORY_REPORT.call_once(|| {
+                tracing::info!(
+                    v1_root = %v1.display(),
+                    unavailable = %missing.join("; "),
+                    "cgroup v2 has no memory controller here: services' memory is accounted in \
+                     the v1 memory hierarchy"
+                )
+            });
+        } else {
+            MEMORY_REPORT.call_once(|| {
+                tracing::warn!(
+                    missing = %missing.join("; "),
+                    "no memory controller for services' cgroups: their memory is not accounted"
+                )
+            });
+        }
+        Ok(cg)
+    }
+
+    /// The service's directory in the v1 memory hierarchy, on hybrid hosts.
+    pub fn memory_v1(&self) -> Option<&Path> {
+        self.memory_v1.as_deref()
     }
 
     /// The directory.
@@ -42,16 +108,36 @@ impl ServiceCgroup {
         Ok(OwnedFd::from(f))
     }
 
-    /// Makes `cmd`'s child join this cgroup before it execs, so nothing it runs escapes it.
+    /// Makes `cmd`'s child join this cgroup (and its v1 memory cgroup on hybrid hosts)
+    /// before it execs, so nothing it runs escapes it and its memory is charged to it.
     pub fn place(&self, cmd: &mut tokio::process::Command) -> Result<(), ServiceError> {
         let fd = self.procs_fd()?;
         let raw = fd.as_raw_fd();
+        let v1 = match &self.memory_v1 {
+            Some(dir) => {
+                let p = dir.join("cgroup.procs");
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .map_err(|e| ServiceError::cgroup(&p, e))?;
+                Some(OwnedFd::from(f))
+            }
+            None => None,
+        };
+        let raw_v1 = v1.as_ref().map(|f| f.as_raw_fd());
         // SAFETY: the closure runs in the child between fork and exec; it only calls write(2),
-        // which is async-signal-safe, on a descriptor that stays open (moved into the
+        // which is async-signal-safe, on descriptors that stay open (moved into the
         // closure, which the Command keeps alive until spawn returns).
         unsafe {
             cmd.pre_exec(move || {
-                let _keep = &fd;
+                let _keep = (&fd, &v1);
+                // The v1 memory cgroup first: the charge of everything the child touches
+                // from here on goes to the service.
+                if let Some(raw_v1) = raw_v1 {
+                    if libc::write(raw_v1, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if libc::write(raw, b"0".as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -158,10 +244,66 @@ impl ServiceCgroup {
         true
     }
 
-    /// Removes the (empty) cgroup.
+    /// Removes the (empty) cgroup, and its v1 memory cgroup.
     pub fn remove(&self) -> Result<(), ServiceError> {
-        std::fs::remove_dir(&self.path).map_err(|e| ServiceError::cgroup(&self.path, e))
+        let v1 = match &self.memory_v1 {
+            Some(dir) => match std::fs::remove_dir(dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(ServiceError::cgroup(dir, e)),
+            },
+            None => Ok(()),
+        };
+        std::fs::remove_dir(&self.path).map_err(|e| ServiceError::cgroup(&self.path, e))?;
+        v1
     }
+}
+
+/// Enables [`CONTROLLERS`] in `cgroup.subtree_control` of the v2 root and of each directory
+/// down to `<v2 root>/<parent>` (created as needed), top-down, wherever `cgroup.controllers`
+/// offers them. Returns the controllers the services' cgroups will not have, each with why.
+fn enable_controllers(v2_root: &Path, parent: &str) -> Vec<String> {
+    let mut dirs = vec![v2_root.to_path_buf()];
+    let mut dir = v2_root.to_path_buf();
+    for part in Path::new(parent).components() {
+        dir.push(part);
+        dirs.push(dir.clone());
+    }
+    let mut missing = Vec::new();
+    for c in CONTROLLERS {
+        for d in &dirs {
+            if let Err(e) = std::fs::create_dir_all(d) {
+                missing.push(format!("{c} ({}: {e})", d.display()));
+                break;
+            }
+            let offered = d.join("cgroup.controllers");
+            if !read_words(&offered).iter().any(|w| w == c) {
+                missing.push(format!("{c} (not in {})", offered.display()));
+                break;
+            }
+            let p = d.join("cgroup.subtree_control");
+            if read_words(&p).iter().any(|w| w == c) {
+                continue;
+            }
+            let r = OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .and_then(|mut f| f.write_all(format!("+{c}").as_bytes()));
+            if let Err(e) = r {
+                missing.push(format!("{c} (cannot enable in {}: {e})", p.display()));
+                break;
+            }
+        }
+    }
+    missing
+}
+
+fn read_words(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]
@@ -175,6 +317,7 @@ mod tests {
         std::fs::write(dir.path().join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
         let cg = ServiceCgroup {
             path: dir.path().to_path_buf(),
+            memory_v1: None,
         };
         (dir, cg)
     }

@@ -31,6 +31,9 @@ pub struct Runtime {
     pub node: String,
     /// The cgroup v2 root (the unified hierarchy on hybrid hosts).
     pub v2_root: PathBuf,
+    /// The v1 memory hierarchy's mount on a v1/v2 hybrid host, where services' memory is
+    /// accounted when the v2 tree has no memory controller.
+    pub memory_v1_root: Option<PathBuf>,
     /// `[services]`.
     pub section: ServicesSection,
     /// The image store, to identify images by content and hold them.
@@ -166,8 +169,12 @@ impl Manager {
         if self.lock().contains_key(&spec.name) {
             return Err(ServiceError::Duplicate(spec.name.clone()));
         }
-        let cgroup =
-            ServiceCgroup::create(&self.rt.v2_root, &self.rt.section.cgroup_parent, &spec.name)?;
+        let cgroup = ServiceCgroup::create(
+            &self.rt.v2_root,
+            self.rt.memory_v1_root.as_deref(),
+            &self.rt.section.cgroup_parent,
+            &spec.name,
+        )?;
         let image = prepare_image(&self.rt, &spec)?;
         let state_dir = spec.state_dir(&self.rt.section);
         std::fs::create_dir_all(&state_dir).map_err(|e| ServiceError::io(&state_dir, e))?;

@@ -158,6 +158,51 @@ fn a_service_starts_healthy_freezes_thaws_and_stops() {
 }
 
 #[test]
+fn freeze_thaw_and_stop_do_not_wait_for_a_slow_health_check() {
+    require_root();
+    let svc = ServiceSlice::new();
+    let state = std::env::temp_dir().join(unique("godwit-state"));
+    let port = free_port();
+    // Every check takes 4 s: one is always in flight.
+    let agent = Agent::start(&format!(
+        "{}\n[[service]]\nname = \"slow\"\ncommand = [\"{ECHO}\", \"--listen\", \"127.0.0.1:{port}\"]\n\
+         health = {{ command = [\"/bin/sleep\", \"4\"], interval_ms = 100, timeout_ms = 10000 }}\n",
+        section(&svc, &state)
+    ));
+    wait_service(&agent, "slow", "running", |s| s["state"] == "running");
+    std::thread::sleep(Duration::from_millis(500));
+    let timed = |action: &str| {
+        let t = Instant::now();
+        let (code, body) = http_request(
+            agent.addr,
+            "POST",
+            &format!("/v1/services/slow/{action}"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{action}: {body}");
+        (t.elapsed(), body)
+    };
+    let (took, body) = timed("freeze");
+    assert!(body.contains("frozen"), "{body}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "freeze took {took:?} behind the health check"
+    );
+    let (took, body) = timed("thaw");
+    assert!(body.contains("running"), "{body}");
+    assert!(took < Duration::from_millis(1500), "thaw took {took:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let (took, body) = timed("stop");
+    assert!(body.contains("stopped"), "{body}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "stop took {took:?} behind the health check"
+    );
+    std::fs::remove_dir_all(&state).ok();
+}
+
+#[test]
 fn a_crash_is_restarted_with_growing_back_off_and_a_crash_loop_fails() {
     require_root();
     let svc = ServiceSlice::new();

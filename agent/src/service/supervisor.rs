@@ -208,6 +208,7 @@ impl Manager {
             crashes: VecDeque::new(),
             backoff_until: None,
             tracker: None,
+            check: None,
         };
         let task = tokio::spawn(sup.run(rx));
         let autostart = spec.autostart;
@@ -461,6 +462,8 @@ struct Supervisor {
     crashes: VecDeque<Instant>,
     backoff_until: Option<tokio::time::Instant>,
     tracker: Option<HealthTracker>,
+    /// The health check in flight, if any.
+    check: Option<tokio::task::JoinHandle<bool>>,
 }
 
 impl Supervisor {
@@ -476,6 +479,14 @@ impl Supervisor {
 
     fn state(&self) -> RunState {
         self.status.borrow().state
+    }
+
+    /// Drops the health check in flight: its answer would be about a process or a state
+    /// that is gone.
+    fn cancel_check(&mut self) {
+        if let Some(c) = self.check.take() {
+            c.abort();
+        }
     }
 
     fn vip_iface(&self) -> Option<String> {
@@ -528,10 +539,18 @@ impl Supervisor {
                         });
                     }
                 }
-                _ = tick.tick(), if checking => {
-                    let passed = check(self.spec.health.as_ref().expect("checked")).await;
-                    if self.child.is_some() && self.state() == RunState::Running {
-                        self.health_result(passed);
+                // A check runs in its own task: commands (freeze, stop) never wait behind it.
+                _ = tick.tick(), if checking && self.check.is_none() => {
+                    let spec = self.spec.health.clone().expect("checked");
+                    self.check = Some(tokio::spawn(async move { check(&spec).await }));
+                }
+                done = async { self.check.as_mut().expect("checked").await }, if self.check.is_some() => {
+                    self.check = None;
+                    // A result that arrives after a freeze, stop or exit is stale.
+                    if let Ok(passed) = done {
+                        if self.child.is_some() && self.state() == RunState::Running {
+                            self.health_result(passed);
+                        }
                     }
                 }
             }
@@ -609,6 +628,7 @@ impl Supervisor {
                 let _ = reply.send(Ok(()));
             }
             Cmd::Kill(reply) => {
+                self.cancel_check();
                 self.backoff_until = None;
                 self.stopping = true;
                 self.cgroup.kill_all();
@@ -631,6 +651,7 @@ impl Supervisor {
                 let _ = reply.send(Ok(()));
             }
             Cmd::Freeze(reply) => {
+                self.cancel_check();
                 let r = match self.state() {
                     RunState::Running => match self.cgroup.freeze().await {
                         Ok(()) => {
@@ -740,6 +761,7 @@ impl Supervisor {
             }
         }
         let pid = child.id();
+        self.cancel_check();
         self.child = Some(child);
         self.stopping = false;
         self.tracker = Some(HealthTracker::new(
@@ -765,6 +787,7 @@ impl Supervisor {
     /// Stops the process: thaw if frozen, SIGTERM to everything in the cgroup, SIGKILL after
     /// the grace period.
     async fn stop(&mut self) {
+        self.cancel_check();
         self.backoff_until = None;
         self.vip_down();
         let Some(mut child) = self.child.take() else {
@@ -806,6 +829,7 @@ impl Supervisor {
 
     /// The process ended without being asked to: restart with back-off, or give up.
     async fn exited(&mut self, status: std::io::Result<std::process::ExitStatus>) {
+        self.cancel_check();
         self.vip_down();
         self.cgroup.kill_all();
         let how = match &status {

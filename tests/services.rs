@@ -257,6 +257,72 @@ fn a_crash_is_restarted_with_growing_back_off_and_a_crash_loop_fails() {
 }
 
 #[test]
+fn a_service_that_never_passes_its_check_turns_unhealthy_and_is_restarted_until_failed() {
+    require_root();
+    let svc = ServiceSlice::new();
+    let state = std::env::temp_dir().join(unique("godwit-state"));
+    let port = free_port();
+    let dead = free_port();
+    // It runs and listens, but its check asks a port nobody serves: it never passes.
+    let agent = Agent::start(&format!(
+        "{}\n[[service]]\nname = \"sick\"\ncommand = [\"{ECHO}\", \"--listen\", \"127.0.0.1:{port}\"]\n\
+         health = {{ tcp = \"127.0.0.1:{dead}\", interval_ms = 100, timeout_ms = 100, \
+         start_timeout_ms = 700, unhealthy_restart_ms = 600 }}\n\
+         restart = {{ backoff_ms = 100, backoff_max_ms = 1000, max_restarts = 2, window_s = 60 }}\n",
+        section(&svc, &state)
+    ));
+    let t0 = Instant::now();
+    let mut seen: Vec<(Duration, String, String, Option<u64>)> = Vec::new();
+    let last = loop {
+        let s = service(&agent, "sick");
+        let row = (
+            t0.elapsed(),
+            s["state"].as_str().unwrap_or("?").to_string(),
+            s["health"].as_str().unwrap_or("?").to_string(),
+            s["pid"].as_u64(),
+        );
+        if seen
+            .last()
+            .is_none_or(|l| (&l.1, &l.2, l.3) != (&row.1, &row.2, row.3))
+        {
+            seen.push(row);
+        }
+        if s["state"] == "failed" || t0.elapsed() > Duration::from_secs(20) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("{seen:#?}");
+    assert_eq!(last["state"], "failed", "{last}\n{seen:?}\n{}", agent.log());
+    assert_eq!(last["restarts"], 2, "{last}");
+    assert!(
+        last["last_exit"]
+            .as_str()
+            .is_some_and(|e| e.contains("unhealthy")),
+        "{last}"
+    );
+    // Starting, then unhealthy once the start timeout passed (not starting forever), then
+    // restarted: three processes in all.
+    let first_unhealthy = seen
+        .iter()
+        .find(|r| r.2 == "unhealthy")
+        .unwrap_or_else(|| panic!("never unhealthy: {seen:?}"));
+    assert!(
+        first_unhealthy.0 >= Duration::from_millis(600),
+        "unhealthy before the start timeout: {seen:?}"
+    );
+    let mut pids: Vec<u64> = seen.iter().filter_map(|r| r.3).collect();
+    pids.dedup();
+    assert_eq!(pids.len(), 3, "the first start and two restarts: {seen:?}");
+    assert!(
+        pids.iter().all(|p| !pid_alive(*p)),
+        "a restarted instance still runs: {pids:?}"
+    );
+    assert!(agent.log().contains("unhealthy past the limit"));
+    std::fs::remove_dir_all(&state).ok();
+}
+
+#[test]
 fn the_probe_reports_each_services_cpu_and_memory_from_its_cgroup() {
     require_root();
     let svc = ServiceSlice::new();

@@ -1,6 +1,6 @@
 //! Health checks and the health state machine.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,7 +15,8 @@ pub enum Health {
     Starting,
     /// The last check passed (or no check is configured and the process runs).
     Healthy,
-    /// `failures` consecutive checks failed after it was healthy.
+    /// `failures` consecutive checks failed after it was healthy, or it did not pass a check
+    /// within `start_timeout_ms` of its start.
     Unhealthy,
     /// Given up on: a crash loop, or it cannot be started.
     Failed,
@@ -24,21 +25,32 @@ pub enum Health {
 }
 
 /// Turns check results into [`Health`]: starting until the first pass; healthy on a pass;
-/// unhealthy after `failures` consecutive failures.
+/// unhealthy after `failures` consecutive failures, or when no check passed within the start
+/// timeout; and due for a restart once unhealthy for the restart limit. Time comes in as an
+/// argument.
 #[derive(Debug, Clone)]
 pub struct HealthTracker {
     failures_needed: u32,
     consecutive_failures: u32,
     health: Health,
+    started: Instant,
+    start_timeout: Duration,
+    /// Zero: never due for a restart.
+    restart_after: Duration,
+    unhealthy_since: Option<Instant>,
 }
 
 impl HealthTracker {
-    /// A tracker for a freshly started process.
-    pub fn new(failures_needed: u32) -> HealthTracker {
+    /// A tracker for a process started at `started`.
+    pub fn new(spec: &HealthSpec, started: Instant) -> HealthTracker {
         HealthTracker {
-            failures_needed: failures_needed.max(1),
+            failures_needed: spec.failures.max(1),
             consecutive_failures: 0,
             health: Health::Starting,
+            started,
+            start_timeout: Duration::from_millis(spec.start_timeout_ms),
+            restart_after: Duration::from_millis(spec.unhealthy_restart_ms),
+            unhealthy_since: None,
         }
     }
 
@@ -47,18 +59,44 @@ impl HealthTracker {
         self.health
     }
 
-    /// Records one check; returns the new health.
-    pub fn record(&mut self, passed: bool) -> Health {
+    /// Records one check that ended at `now`; returns the new health.
+    pub fn record(&mut self, passed: bool, now: Instant) -> Health {
         if passed {
             self.consecutive_failures = 0;
             self.health = Health::Healthy;
-        } else {
-            self.consecutive_failures += 1;
-            if self.health == Health::Healthy && self.consecutive_failures >= self.failures_needed {
-                self.health = Health::Unhealthy;
-            }
+            self.unhealthy_since = None;
+            return self.health;
+        }
+        self.consecutive_failures += 1;
+        let turns_unhealthy = match self.health {
+            Health::Healthy => self.consecutive_failures >= self.failures_needed,
+            Health::Starting => now.saturating_duration_since(self.started) >= self.start_timeout,
+            _ => false,
+        };
+        if turns_unhealthy {
+            self.health = Health::Unhealthy;
+            self.unhealthy_since = Some(now);
         }
         self.health
+    }
+
+    /// How long it has been unhealthy, when it is past the restart limit.
+    pub fn restart_due(&self, now: Instant) -> Option<Duration> {
+        let since = self.unhealthy_since?;
+        let for_ = now.saturating_duration_since(since);
+        (self.health == Health::Unhealthy
+            && !self.restart_after.is_zero()
+            && for_ >= self.restart_after)
+            .then_some(for_)
+    }
+
+    /// Moves the clocks on by `paused` (the time the service was frozen), so a freeze counts
+    /// neither towards the start timeout nor towards the restart limit.
+    pub fn pause(&mut self, paused: Duration) {
+        self.started += paused;
+        if let Some(t) = &mut self.unhealthy_since {
+            *t += paused;
+        }
     }
 }
 
@@ -114,19 +152,83 @@ async fn http_ok(url: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn spec(failures: u32, start_timeout_ms: u64, unhealthy_restart_ms: u64) -> HealthSpec {
+        HealthSpec {
+            tcp: None,
+            http: None,
+            command: Some(vec!["true".into()]),
+            interval_ms: 100,
+            timeout_ms: 100,
+            failures,
+            start_timeout_ms,
+            unhealthy_restart_ms,
+        }
+    }
+
     #[test]
     fn health_moves_as_the_checks_say() {
-        let mut t = HealthTracker::new(3);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut t = HealthTracker::new(&spec(3, 60_000, 0), t0);
         assert_eq!(
-            t.record(false),
+            t.record(false, at(100)),
             Health::Starting,
             "failures before the first pass"
         );
-        assert_eq!(t.record(true), Health::Healthy);
-        assert_eq!(t.record(false), Health::Healthy);
-        assert_eq!(t.record(false), Health::Healthy);
-        assert_eq!(t.record(false), Health::Unhealthy, "third failure in a row");
-        assert_eq!(t.record(true), Health::Healthy);
+        assert_eq!(t.record(true, at(200)), Health::Healthy);
+        assert_eq!(t.record(false, at(300)), Health::Healthy);
+        assert_eq!(t.record(false, at(400)), Health::Healthy);
+        assert_eq!(
+            t.record(false, at(500)),
+            Health::Unhealthy,
+            "third failure in a row"
+        );
+        assert_eq!(t.restart_due(at(1_000_000)), None, "0: never restarted");
+        assert_eq!(t.record(true, at(600)), Health::Healthy);
+    }
+
+    #[test]
+    fn a_start_that_never_passes_times_out_and_persisting_failures_are_due_a_restart() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut t = HealthTracker::new(&spec(3, 1000, 2000), t0);
+        assert_eq!(t.record(false, at(999)), Health::Starting);
+        assert_eq!(
+            t.record(false, at(1000)),
+            Health::Unhealthy,
+            "start timeout"
+        );
+        assert_eq!(t.restart_due(at(2999)), None);
+        assert_eq!(
+            t.restart_due(at(3000)),
+            Some(Duration::from_millis(2000)),
+            "unhealthy for the restart limit"
+        );
+        // A pass clears it.
+        assert_eq!(t.record(true, at(3100)), Health::Healthy);
+        assert_eq!(t.restart_due(at(10_000)), None);
+        // Unhealthy again after failures; a freeze of 5 s does not count.
+        for ms in [3200, 3300, 3400] {
+            t.record(false, at(ms));
+        }
+        assert_eq!(t.health(), Health::Unhealthy);
+        t.pause(Duration::from_secs(5));
+        assert_eq!(
+            t.restart_due(at(5400)),
+            None,
+            "the frozen time is not counted"
+        );
+        assert!(t.restart_due(at(10_400)).is_some());
+    }
+
+    #[test]
+    fn a_freeze_does_not_count_towards_the_start_timeout() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut t = HealthTracker::new(&spec(3, 1000, 2000), t0);
+        t.pause(Duration::from_secs(10));
+        assert_eq!(t.record(false, at(10_500)), Health::Starting);
+        assert_eq!(t.record(false, at(11_000)), Health::Unhealthy);
     }
 
     #[tokio::test]
@@ -140,6 +242,8 @@ mod tests {
             interval_ms: 100,
             timeout_ms: 500,
             failures: 1,
+            start_timeout_ms: 1000,
+            unhealthy_restart_ms: 0,
         };
         assert!(check(&spec(Some(addr), None)).await);
         drop(listener);

@@ -21,6 +21,8 @@
 //!   cgroup, directory or process is touched for it.
 //! - **A crash loop ends**: more than `max_restarts` crashes within `window_s` is `failed`;
 //!   delays double from `backoff_ms` up to `backoff_max_ms`.
+//! - **Unhealthy does not last**: no passing check within `start_timeout_ms` of a start is
+//!   unhealthy; unhealthy for `unhealthy_restart_ms` is a restart counted as a crash.
 //! - **The VIP follows health**: added once the service is healthy (at start when it has no
 //!   check), removed when it stops or crashes.
 

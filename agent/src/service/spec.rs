@@ -58,10 +58,25 @@ pub struct HealthSpec {
     /// Consecutive failures that make a healthy service unhealthy.
     #[serde(default = "default_failures")]
     pub failures: u32,
+    /// Time from a start to the first passing check: a service still not healthy after it is
+    /// unhealthy.
+    #[serde(default = "default_start_timeout_ms")]
+    pub start_timeout_ms: u64,
+    /// Time a service may stay unhealthy (checks still failing) before it is restarted, as if
+    /// it had crashed: the same back-off and crash-loop limit. 0 never restarts it for its
+    /// health; nor does the restart policy `never`.
+    #[serde(default = "default_unhealthy_restart_ms")]
+    pub unhealthy_restart_ms: u64,
 }
 
 fn default_interval_ms() -> u64 {
     1000
+}
+fn default_start_timeout_ms() -> u64 {
+    60_000
+}
+fn default_unhealthy_restart_ms() -> u64 {
+    30_000
 }
 fn default_timeout_ms() -> u64 {
     500
@@ -274,6 +289,12 @@ impl ServiceSpec {
             }
             if h.command.as_ref().is_some_and(|c| c.is_empty()) {
                 return Err(bad("health.command", "must name a program".into()));
+            }
+            if h.start_timeout_ms == 0 {
+                return Err(bad(
+                    "health.start_timeout_ms",
+                    "must be at least 1 (the time a start may take to pass its first check)".into(),
+                ));
             }
             if h.interval_ms < 50 || h.timeout_ms == 0 || h.failures == 0 {
                 return Err(bad(

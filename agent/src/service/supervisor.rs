@@ -208,6 +208,7 @@ impl Manager {
             crashes: VecDeque::new(),
             backoff_until: None,
             tracker: None,
+            frozen_at: None,
             check: None,
         };
         let task = tokio::spawn(sup.run(rx));
@@ -462,6 +463,8 @@ struct Supervisor {
     crashes: VecDeque<Instant>,
     backoff_until: Option<tokio::time::Instant>,
     tracker: Option<HealthTracker>,
+    /// When the service was frozen, while it is.
+    frozen_at: Option<Instant>,
     /// The health check in flight, if any.
     check: Option<tokio::task::JoinHandle<bool>>,
 }
@@ -549,7 +552,7 @@ impl Supervisor {
                     // A result that arrives after a freeze, stop or exit is stale.
                     if let Ok(passed) = done {
                         if self.child.is_some() && self.state() == RunState::Running {
-                            self.health_result(passed);
+                            self.health_result(passed).await;
                         }
                     }
                 }
@@ -557,13 +560,14 @@ impl Supervisor {
         }
     }
 
-    fn health_result(&mut self, passed: bool) {
-        let failures = self.spec.health.as_ref().map(|h| h.failures).unwrap_or(3);
-        let tracker = self
-            .tracker
-            .get_or_insert_with(|| HealthTracker::new(failures));
+    async fn health_result(&mut self, passed: bool) {
+        let Some(tracker) = self.tracker.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
         let before = tracker.health();
-        let health = tracker.record(passed);
+        let health = tracker.record(passed, now);
+        let due = tracker.restart_due(now);
         if health != before {
             info!(service = %self.spec.name, ?health, "health changed");
         }
@@ -571,6 +575,36 @@ impl Supervisor {
         if health == Health::Healthy && !self.status.borrow().vip_active {
             self.vip_up();
         }
+        if let Some(unhealthy_for) = due {
+            if self.spec.restart.policy != RestartPolicy::Never {
+                self.restart_unhealthy(unhealthy_for).await;
+            }
+        }
+    }
+
+    /// Stops a service that stayed unhealthy past `unhealthy_restart_ms` and restarts it as
+    /// after a crash: the same back-off and crash-loop limit.
+    async fn restart_unhealthy(&mut self, unhealthy_for: Duration) {
+        let Some(child) = self.child.take() else {
+            return;
+        };
+        warn!(
+            service = %self.spec.name,
+            ?unhealthy_for,
+            "unhealthy past the limit: restarting"
+        );
+        self.cancel_check();
+        self.vip_down();
+        self.stopping = true;
+        self.set(|s| s.state = RunState::Stopping);
+        let status = self.terminate(child).await;
+        self.stopping = false;
+        let how = format!(
+            "restarted: unhealthy for {} ms (then {})",
+            unhealthy_for.as_millis(),
+            status.map_or_else(|| "lost".to_string(), |s| s.to_string())
+        );
+        self.after_exit(how, false).await;
     }
 
     fn vip_up(&self) {
@@ -655,6 +689,7 @@ impl Supervisor {
                 let r = match self.state() {
                     RunState::Running => match self.cgroup.freeze().await {
                         Ok(()) => {
+                            self.frozen_at = Some(Instant::now());
                             self.set(|s| s.state = RunState::Frozen);
                             info!(service = %self.spec.name, "frozen");
                             Ok(())
@@ -670,6 +705,13 @@ impl Supervisor {
                 let r = match self.state() {
                     RunState::Frozen => match self.cgroup.thaw().await {
                         Ok(()) => {
+                            // The frozen time counts neither towards the start timeout
+                            // nor towards the unhealthy restart limit.
+                            if let (Some(t), Some(tracker)) =
+                                (self.frozen_at.take(), self.tracker.as_mut())
+                            {
+                                tracker.pause(t.elapsed());
+                            }
                             self.set(|s| s.state = RunState::Running);
                             info!(service = %self.spec.name, "thawed");
                             Ok(())
@@ -764,9 +806,12 @@ impl Supervisor {
         self.cancel_check();
         self.child = Some(child);
         self.stopping = false;
-        self.tracker = Some(HealthTracker::new(
-            self.spec.health.as_ref().map(|h| h.failures).unwrap_or(3),
-        ));
+        self.frozen_at = None;
+        self.tracker = self
+            .spec
+            .health
+            .as_ref()
+            .map(|h| HealthTracker::new(h, Instant::now()));
         let healthy_now = self.spec.health.is_none();
         self.set(|s| {
             s.state = RunState::Running;
@@ -790,7 +835,7 @@ impl Supervisor {
         self.cancel_check();
         self.backoff_until = None;
         self.vip_down();
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             if matches!(self.state(), RunState::Backoff | RunState::Failed) {
                 self.set(|s| {
                     s.state = RunState::Stopped;
@@ -801,9 +846,27 @@ impl Supervisor {
         };
         self.stopping = true;
         self.set(|s| s.state = RunState::Stopping);
+        let status = self.terminate(child).await;
+        info!(service = %self.spec.name, ?status, "stopped");
+        self.set(|s| {
+            s.state = RunState::Stopped;
+            s.health = Health::Stopped;
+            s.pid = None;
+            s.last_exit = status.map(|st| st.to_string());
+        });
+        self.stopping = false;
+    }
+
+    /// Ends the process and everything else in the cgroup: thaw if frozen, SIGTERM to all,
+    /// SIGKILL after the grace period; returns once the cgroup is empty (or 5 s passed).
+    async fn terminate(
+        &mut self,
+        mut child: tokio::process::Child,
+    ) -> Option<std::process::ExitStatus> {
         if self.cgroup.is_frozen() {
             let _ = self.cgroup.thaw().await;
         }
+        self.frozen_at = None;
         self.cgroup.signal_all(libc::SIGTERM);
         let grace = Duration::from_millis(self.rt.section.stop_grace_ms);
         let status = match tokio::time::timeout(grace, child.wait()).await {
@@ -817,14 +880,7 @@ impl Supervisor {
         // Whatever it left behind goes too.
         self.cgroup.kill_all();
         self.cgroup.wait_empty(Duration::from_secs(5)).await;
-        info!(service = %self.spec.name, ?status, "stopped");
-        self.set(|s| {
-            s.state = RunState::Stopped;
-            s.health = Health::Stopped;
-            s.pid = None;
-            s.last_exit = status.map(|st| st.to_string());
-        });
-        self.stopping = false;
+        status
     }
 
     /// The process ended without being asked to: restart with back-off, or give up.
@@ -837,6 +893,12 @@ impl Supervisor {
             Err(e) => e.to_string(),
         };
         let success = status.as_ref().is_ok_and(|s| s.success());
+        self.after_exit(how, success).await;
+    }
+
+    /// After an exit (`how`) that was not asked for: restart after the back-off, or give up
+    /// (restart policy, crash loop).
+    async fn after_exit(&mut self, how: String, success: bool) {
         let r = &self.spec.restart;
         let restart = match r.policy {
             RestartPolicy::Always => true,

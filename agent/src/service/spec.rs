@@ -159,7 +159,8 @@ pub struct ServiceSpec {
     /// instead of `image`, whose path means nothing on another node).
     #[serde(default)]
     pub image_id: Option<String>,
-    /// Program and arguments. A relative program is looked up in the image; `{state}` and
+    /// Program and arguments. A relative path (`bin/server`) is in the image; a bare name
+    /// (`server`) is looked up in the image directory first, then on `PATH`; `{state}` and
     /// `{image}` are replaced by the service's state and image directories.
     pub command: Vec<String>,
     /// Environment (besides `GODWIT_SERVICE`, `GODWIT_STATE_DIR`, `GODWIT_IMAGE_DIR`).

@@ -451,6 +451,18 @@ fn prepare_image(rt: &Runtime, spec: &ServiceSpec) -> Result<Option<PreparedImag
     result
 }
 
+/// The program to run for `argv0`: a relative path (`bin/server`) is in the image; a bare
+/// name (`server`) is the image's file of that name when there is one, else found on `PATH`
+/// (left for exec to look up); an absolute path is itself.
+fn resolve_program(argv0: &str, image: Option<&Path>) -> PathBuf {
+    let path = Path::new(argv0);
+    match image {
+        Some(dir) if path.is_relative() && argv0.contains('/') => dir.join(path),
+        Some(dir) if !argv0.contains('/') && dir.join(path).is_file() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
 struct Supervisor {
     rt: Arc<Runtime>,
     spec: ServiceSpec,
@@ -749,13 +761,7 @@ impl Supervisor {
                 )
         };
         let argv: Vec<String> = self.spec.command.iter().map(|a| subst(a)).collect();
-        let program = match (
-            &image,
-            Path::new(&argv[0]).is_relative() && argv[0].contains('/'),
-        ) {
-            (Some(dir), true) => dir.join(&argv[0]),
-            _ => PathBuf::from(&argv[0]),
-        };
+        let program = resolve_program(&argv[0], image.as_deref());
         let mut cmd = tokio::process::Command::new(&program);
         cmd.args(&argv[1..])
             .current_dir(image.as_deref().unwrap_or(&self.state_dir))
@@ -960,5 +966,36 @@ impl Supervisor {
             s.restarts += 1;
             s.last_exit = Some(how);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_looked_up_in_the_image_then_on_the_path() {
+        let image = tempfile::tempdir().unwrap();
+        std::fs::create_dir(image.path().join("bin")).unwrap();
+        std::fs::write(image.path().join("server"), "#!/bin/sh\n").unwrap();
+        std::fs::write(image.path().join("bin/tool"), "#!/bin/sh\n").unwrap();
+        let img = Some(image.path());
+        // A bare name the image has: the image's file.
+        assert_eq!(resolve_program("server", img), image.path().join("server"));
+        // A bare name it has not: left to PATH.
+        assert_eq!(resolve_program("sleep", img), PathBuf::from("sleep"));
+        // A directory of that name is not a program.
+        assert_eq!(resolve_program("bin", img), PathBuf::from("bin"));
+        // Relative paths are in the image, absolute ones are themselves.
+        assert_eq!(
+            resolve_program("bin/tool", img),
+            image.path().join("bin/tool")
+        );
+        assert_eq!(
+            resolve_program("/bin/sleep", img),
+            PathBuf::from("/bin/sleep")
+        );
+        // Without an image, every name is itself.
+        assert_eq!(resolve_program("server", None), PathBuf::from("server"));
     }
 }

@@ -389,10 +389,36 @@ fn kvstore_migrates_between_nodes_under_load_and_loses_nothing() {
     let audit = std::fs::read_to_string(c.node(1).dir.join("data/migrations.log")).unwrap();
     assert!(audit.contains("\"result\":\"committed\""), "{audit}");
     eprintln!(
-        "downtime {:?} s (agent), longest client gap {} ms, rounds {}",
+        "downtime {:?} s (agent), frozen {:?} s, longest client gap {} ms, rounds {}\ncut-over: {}",
         report["downtime_seconds"],
+        report["transfer"]["frozen_seconds"],
         check["longest_gap_ms"],
-        rounds.len()
+        rounds.len(),
+        report["transfer"]["cutover"]
+    );
+    // Every phase of the cut-over is accounted for, and they add up to the agent's downtime.
+    let cut = &report["transfer"]["cutover"];
+    let phases: f64 = [
+        "freeze_s",
+        "final_round_s",
+        "verify_s",
+        "commit_s",
+        "decide_s",
+        "decided_s",
+        "kill_s",
+        "handoff_s",
+    ]
+    .iter()
+    .map(|k| cut[*k].as_f64().unwrap_or_else(|| panic!("no {k}: {cut}")))
+    .sum();
+    let downtime = report["downtime_seconds"].as_f64().unwrap();
+    assert!(
+        phases <= downtime + 1e-3 && phases >= downtime * 0.9,
+        "phases add to {phases} s of {downtime} s: {cut}"
+    );
+    assert!(
+        cut["target_healthy_s"].as_f64() <= cut["handoff_s"].as_f64(),
+        "{cut}"
     );
 }
 

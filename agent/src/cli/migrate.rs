@@ -102,5 +102,34 @@ pub fn render(doc: &Value) -> String {
         t["bytes"],
         doc["total_seconds"].as_f64().unwrap_or(0.0),
     );
+    let c = &t["cutover"];
+    if c.is_object() {
+        let ms = |k: &str| {
+            c[k].as_f64()
+                .map(|s| format!("{:.0}", s * 1e3))
+                .unwrap_or_else(|| "-".into())
+        };
+        let _ = writeln!(
+            out,
+            "cut-over (ms): freeze {} | last round {} | verify {} (hash here {}, there {}) | \
+             commit {} (fsync {}, exchange {}) | decide {} | told {} | kill {} | hand-off {} \
+             (spawned {}, healthy {}, VIP {})",
+            ms("freeze_s"),
+            ms("final_round_s"),
+            ms("verify_s"),
+            ms("verify_source_hash_s"),
+            ms("verify_target_hash_s"),
+            ms("commit_s"),
+            ms("commit_sync_s"),
+            ms("commit_exchange_s"),
+            ms("decide_s"),
+            ms("decided_s"),
+            ms("kill_s"),
+            ms("handoff_s"),
+            ms("target_spawn_s"),
+            ms("target_healthy_s"),
+            ms("target_vip_s"),
+        );
+    }
     out
 }

@@ -61,6 +61,10 @@ enum Handoff {
     },
     Started {
         pid: Option<u32>,
+        /// The target's clock from the hand-off's arrival: spawned, healthy, VIP up (seconds).
+        spawn_s: f64,
+        healthy_s: f64,
+        vip_s: Option<f64>,
     },
     /// The target does not run the service and never will for this migration.
     Failed {
@@ -100,7 +104,7 @@ impl Target {
     /// Starts the service of migration `id` if its move was decided or is being decided now
     /// (`Prepared` or `Owned`); idempotent once started. On failure the service is removed
     /// here, the copy dropped and the migration marked `Returned`: the source may run it.
-    async fn start_owned(&self, id: &str, spec: Option<&[u8]>) -> Result<Option<u32>, String> {
+    async fn start_owned(&self, id: &str, spec: Option<&[u8]>) -> Result<Started, String> {
         let _s = self.starting.lock().await;
         let entry = {
             let _g = self.journal.lock().await;
@@ -112,7 +116,10 @@ impl Target {
                     e
                 }
                 Some(e) if e.phase == TargetPhase::Started => {
-                    return Ok(self.manager.status(&e.service).ok().and_then(|s| s.pid));
+                    return Ok(Started {
+                        pid: self.manager.status(&e.service).ok().and_then(|s| s.pid),
+                        ..Started::default()
+                    });
                 }
                 other => {
                     return Err(format!(
@@ -125,11 +132,11 @@ impl Target {
         let started = self.start_spec(id, &entry, spec).await;
         let _g = self.journal.lock().await;
         match (started, self.phase(id)) {
-            (Ok(pid), Some(TargetPhase::Owned)) => {
+            (Ok(started), Some(TargetPhase::Owned)) => {
                 self.journal
                     .set_target(id, TargetPhase::Started)
                     .map_err(|e| e.to_string())?;
-                Ok(pid)
+                Ok(started)
             }
             (result, phase) => {
                 let why = match result {
@@ -147,7 +154,8 @@ impl Target {
         id: &str,
         entry: &TargetEntry,
         spec: Option<&[u8]>,
-    ) -> Result<Option<u32>, String> {
+    ) -> Result<Started, String> {
+        let began = Instant::now();
         let bytes = entry
             .spec
             .as_ref()
@@ -164,7 +172,9 @@ impl Target {
                 .await
                 .map_err(|e| e.to_string())?;
         }
+        let has_vip = spec.vip.is_some();
         self.manager.add(spec).await.map_err(|e| e.to_string())?;
+        let spawn_s = began.elapsed().as_secs_f64();
         let given_back = async {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -179,8 +189,27 @@ impl Target {
             }) => s.map_err(|e| e.to_string())?,
             () = given_back => return Err("given back while starting".into()),
         };
+        let healthy_s = began.elapsed().as_secs_f64();
+        // The VIP follows the first passing check at once; clients reach it only then.
+        let vip_s = if has_vip && s.health == Health::Healthy {
+            let v = self
+                .manager
+                .wait_for(&name, Duration::from_secs(5), |s| {
+                    s.vip_active || s.health != Health::Healthy
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            v.vip_active.then(|| began.elapsed().as_secs_f64())
+        } else {
+            None
+        };
         if s.health == Health::Healthy {
-            Ok(s.pid)
+            Ok(Started {
+                pid: s.pid,
+                spawn_s,
+                healthy_s,
+                vip_s,
+            })
         } else {
             Err(format!(
                 "{name} is {} ({:?}) after the hand-off",
@@ -325,9 +354,14 @@ async fn handoff(peer: PeerInfo, mut ch: Channel, target: Arc<Target>) {
     let reply = match ch.recv::<Handoff>().await {
         Ok(Some(Handoff::Start { migration, spec })) => {
             match target.start_owned(&migration, Some(&spec)).await {
-                Ok(pid) => {
-                    info!(peer = %peer.node, migration, "migrated service started");
-                    Handoff::Started { pid }
+                Ok(st) => {
+                    info!(peer = %peer.node, migration, spawn_s = st.spawn_s, healthy_s = st.healthy_s, vip_s = ?st.vip_s, "migrated service started");
+                    Handoff::Started {
+                        pid: st.pid,
+                        spawn_s: st.spawn_s,
+                        healthy_s: st.healthy_s,
+                        vip_s: st.vip_s,
+                    }
                 }
                 Err(reason) => {
                     warn!(peer = %peer.node, migration, reason, "migrated service not started; given back");
@@ -346,10 +380,20 @@ async fn handoff(peer: PeerInfo, mut ch: Channel, target: Arc<Target>) {
     let _ = ch.finish();
 }
 
+/// A migrated service started on the target, with the target's timings (zero when it had
+/// been started before).
+#[derive(Debug, Clone, Default)]
+struct Started {
+    pid: Option<u32>,
+    spawn_s: f64,
+    healthy_s: f64,
+    vip_s: Option<f64>,
+}
+
 /// What a hand-off came to.
 enum HandoffOutcome {
     /// The target runs the service.
-    Started,
+    Started(Started),
     /// The target does not run it and never will: the source may.
     GivenBack(String),
     /// No answer: the target may or may not run it.
@@ -368,7 +412,19 @@ async fn hand_off(peer: &Peer, entry: &SourceEntry) -> HandoffOutcome {
         ch.recv::<Handoff>().await.map_err(|e| e.to_string())
     };
     let why = match tokio::time::timeout(START_TIMEOUT + Duration::from_secs(5), ask).await {
-        Ok(Ok(Some(Handoff::Started { .. }))) => return HandoffOutcome::Started,
+        Ok(Ok(Some(Handoff::Started {
+            pid,
+            spawn_s,
+            healthy_s,
+            vip_s,
+        }))) => {
+            return HandoffOutcome::Started(Started {
+                pid,
+                spawn_s,
+                healthy_s,
+                vip_s,
+            })
+        }
         Ok(Ok(Some(Handoff::Failed { reason }))) => return HandoffOutcome::GivenBack(reason),
         Ok(Ok(other)) => format!("unexpected hand-off reply {other:?}"),
         Ok(Err(e)) => e,
@@ -746,11 +802,24 @@ impl Migrator {
             );
         report.transfer = Some(drive_report);
         // Decided: the frozen source must not run another instruction.
+        let t = Instant::now();
         if let Err(e) = self.manager.kill(&req.service).await {
             warn!(error = %e, "killing the frozen source");
         }
-        match hand_off(peer, entry).await {
-            HandoffOutcome::Started => {
+        let kill_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let outcome = hand_off(peer, entry).await;
+        if let Some(c) = report.transfer.as_mut().map(|t| &mut t.cutover) {
+            c.kill_s = kill_s;
+            c.handoff_s = t.elapsed().as_secs_f64();
+            if let HandoffOutcome::Started(st) = &outcome {
+                c.target_spawn_s = Some(st.spawn_s);
+                c.target_healthy_s = Some(st.healthy_s);
+                c.target_vip_s = st.vip_s;
+            }
+        }
+        match outcome {
+            HandoffOutcome::Started(_) => {
                 report.downtime_seconds = Some(frozen_at.elapsed().as_secs_f64());
                 self.clean_source(entry).await;
                 peer.close("migrated");
@@ -802,7 +871,7 @@ impl Migrator {
                 Err(e) => HandoffOutcome::Unknown(e.to_string()),
             };
             let result = match outcome {
-                HandoffOutcome::Started => {
+                HandoffOutcome::Started(_) => {
                     self.clean_source(&entry).await;
                     "resolved: the service runs on the target".to_string()
                 }

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::error::MigrateError;
 use super::scan::BLOCK;
-use super::transfer::{RoundStats, StateSender};
+use super::transfer::{RoundStats, StateSender, Verified};
 use crate::policy::{self as precopy, PrecopyEstimate, PrecopyInput, StartDecision, StopReason};
 
 /// How a service is switched over.
@@ -74,6 +74,54 @@ pub struct DriveReport {
     /// (`None` while unknown): measured as the bytes dirtied between two rounds' starts over
     /// that time, the probe's distinct dirty pages or the changed blocks, whichever is more.
     pub dirty_rates: Vec<Option<f64>>,
+    /// Where the frozen time went, phase by phase.
+    pub cutover: Cutover,
+}
+
+/// The cut-over phase by phase, seconds: where the service's unavailability goes. The driver
+/// fills in the phases up to the decision; the migrator adds the source's kill and the
+/// hand-off (the target's figures come from the target's own clocks).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Cutover {
+    /// Freezing (or stopping) the service until the kernel says it is frozen.
+    pub freeze_s: f64,
+    /// The frozen round: listing, probe flush, write-back, read, send, written on the target.
+    pub final_round_s: f64,
+    /// The hash comparison, round trip.
+    pub verify_s: f64,
+    /// Of which hashing here.
+    pub verify_source_hash_s: f64,
+    /// Of which hashing on the target (its clock).
+    pub verify_target_hash_s: Option<f64>,
+    /// The commit on the target, round trip.
+    pub commit_s: f64,
+    /// Of which fsyncing the staging copy (the target's clock).
+    pub commit_sync_s: Option<f64>,
+    /// Of which the exchange into place, the parent's fsync and the journal's vote.
+    pub commit_exchange_s: Option<f64>,
+    /// Recording the decision in the journal here.
+    pub decide_s: f64,
+    /// Telling the target, round trip.
+    pub decided_s: f64,
+    /// Killing the frozen source and releasing its VIP.
+    pub kill_s: f64,
+    /// The hand-off, round trip: the target starts the service and answers once healthy.
+    pub handoff_s: f64,
+    /// On the target: from the hand-off's arrival until the process was spawned.
+    pub target_spawn_s: Option<f64>,
+    /// On the target: until the first health check passed.
+    pub target_healthy_s: Option<f64>,
+    /// On the target: until its VIP was up.
+    pub target_vip_s: Option<f64>,
+}
+
+impl DriveReport {
+    fn verify(&mut self, v: Verified, began: Instant) {
+        self.verified_files = v.files;
+        self.cutover.verify_s = began.elapsed().as_secs_f64();
+        self.cutover.verify_source_hash_s = v.source_hash_seconds;
+        self.cutover.verify_target_hash_s = v.target_hash_seconds;
+    }
 }
 
 /// The mode `Auto` resolves to for an estimate.
@@ -116,6 +164,7 @@ pub async fn drive<S: Source + Send>(
         committed_path: None,
         total_seconds: 0.0,
         dirty_rates: Vec::new(),
+        cutover: Cutover::default(),
     };
     macro_rules! fail {
         ($err:expr, $resume:expr) => {{
@@ -178,33 +227,41 @@ pub async fn drive<S: Source + Send>(
                     Err(e) => fail!(e, async { Ok::<(), String>(()) }),
                 }
             }
+            frozen_at = Instant::now();
             if let Err(e) = source.freeze().await {
                 fail!(
                     MigrateError::BadState(format!("freeze: {e}")),
                     source.thaw()
                 );
             }
-            frozen_at = Instant::now();
+            report.cutover.freeze_s = frozen_at.elapsed().as_secs_f64();
+            let t = Instant::now();
             match sender.round().await {
                 Ok(r) => record(&mut report, r),
                 Err(e) => fail!(e, source.thaw()),
             }
+            report.cutover.final_round_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
             match sender.verify().await {
-                Ok(n) => report.verified_files = n,
+                Ok(v) => report.verify(v, t),
                 Err(e) => fail!(e, source.thaw()),
             }
         }
         Mode::Intermittent => {
+            frozen_at = Instant::now();
             if let Err(e) = source.stop().await {
                 fail!(MigrateError::BadState(format!("stop: {e}")), source.start());
             }
-            frozen_at = Instant::now();
+            report.cutover.freeze_s = frozen_at.elapsed().as_secs_f64();
+            let t = Instant::now();
             match sender.round().await {
                 Ok(r) => record(&mut report, r),
                 Err(e) => fail!(e, source.start()),
             }
+            report.cutover.final_round_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
             match sender.verify().await {
-                Ok(n) => report.verified_files = n,
+                Ok(v) => report.verify(v, t),
                 Err(e) => fail!(e, source.start()),
             }
         }
@@ -213,8 +270,14 @@ pub async fn drive<S: Source + Send>(
     // the service back to the source: the target holds its copy as prepared and never runs it
     // without the decision (see `agent.rs`), so resuming here is safe whatever it did.
     let resume = mode == Mode::Intermittent;
+    let t = Instant::now();
     match sender.commit().await {
-        Ok(path) => report.committed_path = Some(path),
+        Ok(c) => {
+            report.cutover.commit_s = t.elapsed().as_secs_f64();
+            report.cutover.commit_sync_s = c.sync_seconds;
+            report.cutover.commit_exchange_s = c.exchange_seconds;
+            report.committed_path = Some(c.path);
+        }
         Err(e) => {
             if resume {
                 fail!(e, source.start())
@@ -223,6 +286,7 @@ pub async fn drive<S: Source + Send>(
             }
         }
     }
+    let t = Instant::now();
     if let Err(e) = source.decide().await {
         let e = MigrateError::BadState(format!("recording the decision: {e}"));
         if resume {
@@ -231,11 +295,14 @@ pub async fn drive<S: Source + Send>(
             fail!(e, source.thaw())
         }
     }
+    report.cutover.decide_s = t.elapsed().as_secs_f64();
     // Decided: the target owns the service now. Telling it is best effort; the hand-off that
     // follows tells it again.
+    let t = Instant::now();
     if let Err(e) = sender.decided().await {
         warn!(error = %e, "the target did not acknowledge the decision; the hand-off repeats it");
     }
+    report.cutover.decided_s = t.elapsed().as_secs_f64();
     report.frozen_seconds = frozen_at.elapsed().as_secs_f64();
     report.total_seconds = started.elapsed().as_secs_f64();
     info!(

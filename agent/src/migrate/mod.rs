@@ -35,7 +35,9 @@ mod transfer;
 #[cfg(test)]
 mod tests;
 
-pub use drive::{choose_mode, drive, DriveReport, Mode, Source};
+pub use drive::{choose_mode, drive, Cutover, DriveReport, Mode, Source};
 pub use error::MigrateError;
 pub use scan::{hash_tree, Extent, FileMeta, StateScan, BLOCK};
-pub use transfer::{register, register_with, RoundStats, StateSender, TargetHooks, SERVICE};
+pub use transfer::{
+    register, register_with, Committed, RoundStats, StateSender, TargetHooks, Verified, SERVICE,
+};

@@ -121,9 +121,9 @@ async fn state_changing_during_rounds_arrives_identical_after_the_final_round() 
     writer.join().unwrap();
     let last = tx.round().await.unwrap();
     rounds.push(last);
-    let files = tx.verify().await.unwrap();
+    let files = tx.verify().await.unwrap().files;
     assert_eq!(files, 3);
-    let path = tx.commit().await.unwrap();
+    let path = tx.commit().await.unwrap().path;
     assert_eq!(path, s.recv_root().join("kv").display().to_string());
     assert_eq!(
         contents(&src.join("data")),

@@ -65,10 +65,16 @@ enum Msg {
     },
     Verified {
         mismatches: Vec<String>,
+        /// Time the receiver took to hash its copy, seconds.
+        hash_seconds: f64,
     },
     Commit,
     Committed {
         path: String,
+        /// Time to fsync the staging copy, seconds.
+        sync_seconds: f64,
+        /// Time to put it in place (exchange, parent fsync) and record the vote, seconds.
+        exchange_seconds: f64,
     },
     Decided,
     Owned,
@@ -120,6 +126,28 @@ struct Tracking {
 struct ProbeReport {
     pages: BTreeMap<String, BTreeSet<u64>>,
     dirty_pages: u64,
+}
+
+/// A passed hash comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// Files compared.
+    pub files: usize,
+    /// Time spent hashing here, seconds.
+    pub source_hash_seconds: f64,
+    /// Time the receiver spent hashing, by its clock.
+    pub target_hash_seconds: Option<f64>,
+}
+
+/// A commit on the receiver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// Where the state now lives there.
+    pub path: String,
+    /// Time the receiver spent fsyncing the copy, by its clock.
+    pub sync_seconds: Option<f64>,
+    /// Time the receiver spent putting it in place and recording its vote.
+    pub exchange_seconds: Option<f64>,
 }
 
 /// The sending side of one state transfer.
@@ -337,13 +365,22 @@ impl StateSender {
 
     /// Compares the hash of every file here with the peer's staging copy; any difference is an
     /// error. Run it after the final round, with the service frozen or stopped.
-    pub async fn verify(&mut self) -> Result<usize, MigrateError> {
+    pub async fn verify(&mut self) -> Result<Verified, MigrateError> {
+        let t = Instant::now();
         let tree = hash_tree(self.scan.root(), &self.last_files)?;
+        let source_hash_seconds = t.elapsed().as_secs_f64();
         let n = tree.len();
         self.ch.send(&Msg::Verify { tree }).await?;
         match self.ch.recv::<Msg>().await? {
-            Some(Msg::Verified { mismatches }) if mismatches.is_empty() => Ok(n),
-            Some(Msg::Verified { mismatches }) => Err(MigrateError::Mismatch(mismatches)),
+            Some(Msg::Verified {
+                mismatches,
+                hash_seconds,
+            }) if mismatches.is_empty() => Ok(Verified {
+                files: n,
+                source_hash_seconds,
+                target_hash_seconds: Some(hash_seconds),
+            }),
+            Some(Msg::Verified { mismatches, .. }) => Err(MigrateError::Mismatch(mismatches)),
             Some(Msg::Failed { reason }) => Err(MigrateError::Peer(reason)),
             other => Err(MigrateError::Peer(format!("unexpected {other:?}"))),
         }
@@ -352,10 +389,18 @@ impl StateSender {
     /// Makes the peer's copy the service's state there (one rename); returns its path. The
     /// peer holds it as prepared: it runs the service only once told [`StateSender::decided`]
     /// (or by the hand-off).
-    pub async fn commit(&mut self) -> Result<String, MigrateError> {
+    pub async fn commit(&mut self) -> Result<Committed, MigrateError> {
         self.ch.send(&Msg::Commit).await?;
         match self.ch.recv::<Msg>().await? {
-            Some(Msg::Committed { path }) => Ok(path),
+            Some(Msg::Committed {
+                path,
+                sync_seconds,
+                exchange_seconds,
+            }) => Ok(Committed {
+                path,
+                sync_seconds: Some(sync_seconds),
+                exchange_seconds: Some(exchange_seconds),
+            }),
             Some(Msg::Failed { reason }) => Err(MigrateError::Peer(reason)),
             other => Err(MigrateError::Peer(format!("unexpected {other:?}"))),
         }
@@ -675,6 +720,7 @@ impl Receiver {
                     ch.send(&Msg::RoundDone { round, bytes }).await?;
                 }
                 Some(Msg::Verify { tree }) => {
+                    let t = Instant::now();
                     let staging = self.staging.clone();
                     let ours = {
                         let listed = listed.clone();
@@ -690,10 +736,14 @@ impl Receiver {
                         .filter(|n| ours.get(*n) != theirs.get(*n))
                         .cloned()
                         .collect();
-                    ch.send(&Msg::Verified { mismatches }).await?;
+                    ch.send(&Msg::Verified {
+                        mismatches,
+                        hash_seconds: t.elapsed().as_secs_f64(),
+                    })
+                    .await?;
                 }
                 Some(Msg::Commit) => {
-                    let path = match &self.hooks {
+                    let (path, sync_seconds, exchange_seconds) = match &self.hooks {
                         None => tokio::task::block_in_place(|| self.commit(dest))?,
                         Some(h) => {
                             let h = h.clone();
@@ -705,15 +755,19 @@ impl Receiver {
                                     "the migration was given up here".into(),
                                 ));
                             }
-                            let path = tokio::task::block_in_place(|| self.commit(dest))?;
+                            let (path, sync, exchange) =
+                                tokio::task::block_in_place(|| self.commit(dest))?;
                             // The vote: durable before the source hears "Committed".
+                            let t = Instant::now();
                             h.journal
                                 .set_target(&self.migration, TargetPhase::Prepared)?;
-                            path
+                            (path, sync, exchange + t.elapsed().as_secs_f64())
                         }
                     };
                     ch.send(&Msg::Committed {
                         path: path.display().to_string(),
+                        sync_seconds,
+                        exchange_seconds,
                     })
                     .await?;
                     if self.hooks.is_none() {
@@ -866,11 +920,15 @@ impl Receiver {
     /// previous state when there is one, which is removed after), and the parent directory is
     /// made durable, all before the caller answers "Committed" (the source deletes its own copy
     /// afterwards).
-    fn commit(&mut self, dest: &Path) -> Result<PathBuf, MigrateError> {
+    /// Returns the path and the seconds spent syncing and exchanging.
+    fn commit(&mut self, dest: &Path) -> Result<(PathBuf, f64, f64), MigrateError> {
+        let t = Instant::now();
         self.files.clear();
         sync_tree(&self.staging)?;
+        let synced = t.elapsed().as_secs_f64();
+        let t = Instant::now();
         swap_into_place(&self.staging, dest)?;
-        Ok(dest.to_path_buf())
+        Ok((dest.to_path_buf(), synced, t.elapsed().as_secs_f64()))
     }
 }
 

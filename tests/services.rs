@@ -435,6 +435,26 @@ fn bad_specs_are_refused_and_nothing_running_is_disturbed() {
         assert_eq!(got, code, "{body}: {text}");
         assert!(text.contains(field), "{body}: {text}");
     }
+    // An image that passes validation but cannot be unpacked: refused, and no cgroup is
+    // left behind for it.
+    std::fs::create_dir_all(&state).unwrap();
+    let broken = state.join("broken.tar");
+    std::fs::write(&broken, b"this is not a tar archive").unwrap();
+    let (got, text) = post(&format!(
+        r#"{{"name":"broken","command":["/bin/true"],"image":"{}"}}"#,
+        broken.display()
+    ));
+    assert_eq!(got, 400, "{text}");
+    assert!(text.contains("image"), "{text}");
+    let layout = cgroup_layout();
+    let rel = PathBuf::from(&svc.name).join("broken.service");
+    assert!(
+        !layout.v2_root.join(&rel).exists(),
+        "a cgroup was left for the refused service"
+    );
+    if let Some(v1) = &layout.memory_v1_root {
+        assert!(!v1.join(&rel).exists(), "a v1 memory cgroup was left");
+    }
     let after = service(&agent, "echo");
     assert_eq!(
         after["pid"], before["pid"],
@@ -444,7 +464,6 @@ fn bad_specs_are_refused_and_nothing_running_is_disturbed() {
     assert_eq!(services(&agent).len(), 1, "nothing was added");
     // A config file with a bad service is refused by `godwit validate`, naming the field.
     let bad = state.join("bad.toml");
-    std::fs::create_dir_all(&state).unwrap();
     std::fs::write(
         &bad,
         "[[service]]\nname = \"a\"\ncommand = [\"x\"]\nstate = [\"../../etc\"]\n",

@@ -18,7 +18,8 @@
 //! - **Frozen means the kernel says so**: freeze returns once `cgroup.events` reads
 //!   `frozen 1`.
 //! - **A refused spec changes nothing**: validation and the duplicate check happen before any
-//!   cgroup, directory or process is touched for it.
+//!   cgroup, directory or process is touched for it; an image that cannot be prepared
+//!   leaves no cgroup (it is prepared first, and a later failure removes the cgroup).
 //! - **A crash loop ends**: more than `max_restarts` crashes within `window_s` is `failed`;
 //!   delays double from `backoff_ms` up to `backoff_max_ms`.
 //! - **Unhealthy does not last**: no passing check within `start_timeout_ms` of a start is

@@ -169,15 +169,19 @@ impl Manager {
         if self.lock().contains_key(&spec.name) {
             return Err(ServiceError::Duplicate(spec.name.clone()));
         }
+        // The image first: one that cannot be prepared leaves no cgroup behind.
+        let image = prepare_image(&self.rt, &spec)?;
         let cgroup = ServiceCgroup::create(
             &self.rt.v2_root,
             self.rt.memory_v1_root.as_deref(),
             &self.rt.section.cgroup_parent,
             &spec.name,
         )?;
-        let image = prepare_image(&self.rt, &spec)?;
         let state_dir = spec.state_dir(&self.rt.section);
-        std::fs::create_dir_all(&state_dir).map_err(|e| ServiceError::io(&state_dir, e))?;
+        if let Err(e) = std::fs::create_dir_all(&state_dir) {
+            let _ = cgroup.remove();
+            return Err(ServiceError::io(&state_dir, e));
+        }
         let status = ServiceStatus {
             name: spec.name.clone(),
             node: self.rt.node.clone(),

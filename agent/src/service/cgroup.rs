@@ -232,10 +232,19 @@ impl ServiceCgroup {
         }
     }
 
-    /// Waits until the cgroup is empty.
+    /// True while any process lives in the cgroup or below it: `populated 1` in
+    /// `cgroup.events` (or, without that file, a non-empty `cgroup.procs`).
+    pub fn is_populated(&self) -> bool {
+        match std::fs::read_to_string(self.path.join("cgroup.events")) {
+            Ok(events) => events.lines().any(|l| l.trim() == "populated 1"),
+            Err(_) => !self.pids().is_empty(),
+        }
+    }
+
+    /// Waits until the cgroup is empty (`populated 0`); false if it is not within `timeout`.
     pub async fn wait_empty(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        while !self.pids().is_empty() {
+        while self.is_populated() {
             if Instant::now() > deadline {
                 return false;
             }
@@ -320,6 +329,27 @@ mod tests {
             memory_v1: None,
         };
         (dir, cg)
+    }
+
+    #[tokio::test]
+    async fn waiting_for_empty_reads_populated_and_is_bounded() {
+        let (_dir, cg) = stuck_cgroup();
+        let t = Instant::now();
+        assert!(!cg.wait_empty(Duration::from_millis(100)).await);
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        let events = cg.path().join("cgroup.events");
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            std::fs::write(events, "populated 0\nfrozen 0\n").unwrap();
+        });
+        let t = Instant::now();
+        assert!(cg.wait_empty(Duration::from_secs(5)).await);
+        let waited = t.elapsed();
+        assert!(
+            waited >= Duration::from_millis(140) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        writer.await.unwrap();
     }
 
     #[tokio::test]

@@ -109,6 +109,9 @@ fn now_ms() -> u64 {
 
 type Reply = oneshot::Sender<Result<(), ServiceError>>;
 
+/// How long a stop, a kill or an exit waits for the cgroup to empty.
+const EMPTY_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug)]
 enum Cmd {
     Start(Reply),
@@ -685,7 +688,7 @@ impl Supervisor {
                 if let Some(mut child) = self.child.take() {
                     let _ = child.wait().await;
                 }
-                self.cgroup.wait_empty(Duration::from_secs(5)).await;
+                self.cgroup.wait_empty(EMPTY_TIMEOUT).await;
                 // The VIP goes after the processes: their connections are reset from the
                 // VIP (clients learn at once), and new ones are refused until it moves.
                 self.vip_down();
@@ -889,7 +892,7 @@ impl Supervisor {
         };
         // Whatever it left behind goes too.
         self.cgroup.kill_all();
-        self.cgroup.wait_empty(Duration::from_secs(5)).await;
+        self.cgroup.wait_empty(EMPTY_TIMEOUT).await;
         status
     }
 
@@ -898,6 +901,17 @@ impl Supervisor {
         self.cancel_check();
         self.vip_down();
         self.cgroup.kill_all();
+        // Whatever the process left behind must be gone before another instance starts
+        // (it may hold the port, the state files or the memory). Bounded: a cgroup that does
+        // not empty is reported, and the restart goes ahead.
+        if !self.cgroup.wait_empty(EMPTY_TIMEOUT).await {
+            warn!(
+                service = %self.spec.name,
+                pids = ?self.cgroup.pids(),
+                timeout = ?EMPTY_TIMEOUT,
+                "the cgroup is still populated after the exit"
+            );
+        }
         let how = match &status {
             Ok(s) => s.to_string(),
             Err(e) => e.to_string(),

@@ -620,3 +620,185 @@ fn redis_answers_on_its_vip_and_the_vip_moves_with_the_service() {
     drop(c);
     drop(slices);
 }
+
+/// Runs `ip ARGS` (in the calling thread's network namespace); panics on failure.
+fn ip_cmd(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn an_ipv6_vip_is_usable_at_once_and_announced_by_an_unsolicited_neighbour_advertisement() {
+    require_root();
+    use std::net::{IpAddr, Ipv6Addr};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let vip: Ipv6Addr = "fd00:198:18::64".parse().unwrap();
+    // In a network namespace of this thread's own, gone when the thread ends: a veth pair,
+    // the VIP on one end and a packet socket on the other.
+    let frames = std::thread::spawn(move || {
+        // SAFETY: unshare(2) with CLONE_NEWNET moves only this thread (and the processes it
+        // starts) into a new network namespace.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        ip_cmd(&[
+            "link", "add", "gw-a", "type", "veth", "peer", "name", "gw-b",
+        ]);
+        ip_cmd(&["link", "set", "gw-a", "up"]);
+        ip_cmd(&["link", "set", "gw-b", "up"]);
+        let link = ip_cmd(&["-o", "link", "show", "gw-a"]);
+        let mac_text = link
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let mac: Vec<u8> = mac_text
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect();
+
+        const ETH_P_IPV6: u16 = 0x86dd;
+        // SAFETY: socket(2) with constant arguments; checked below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(ETH_P_IPV6.to_be()),
+            )
+        };
+        assert!(raw >= 0, "packet socket");
+        // SAFETY: a fresh descriptor owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let name = std::ffi::CString::new("gw-b").unwrap();
+        // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        // SAFETY: sockaddr_ll is plain data; zeroed is valid and then filled in.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = ETH_P_IPV6.to_be();
+        sll.sll_ifindex = index as i32;
+        // SAFETY: bind(2) with a correctly sized sockaddr_ll.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                std::ptr::from_ref(&sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "bind the packet socket");
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: setsockopt(2) with a timeval of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::from_ref(&tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+
+        godwit::service::vip::add(IpAddr::V6(vip), "gw-a").unwrap();
+        // Added without duplicate address detection: not tentative, usable at once.
+        let addrs = ip_cmd(&["-6", "-o", "addr", "show", "dev", "gw-a"]);
+        let line = addrs
+            .lines()
+            .find(|l| l.contains(&format!("{vip}/128")))
+            .unwrap_or_else(|| panic!("VIP not on gw-a: {addrs}"));
+        assert!(!line.contains("tentative"), "{line}");
+
+        let mut frames = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            let mut buf = [0u8; 2048];
+            // SAFETY: recv(2) into our buffer, at most its length.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 {
+                frames.push(buf[..n as usize].to_vec());
+            }
+        }
+        godwit::service::vip::remove(IpAddr::V6(vip), "gw-a").unwrap();
+        ip_cmd(&["link", "del", "gw-a"]);
+        (frames, mac)
+    })
+    .join()
+    .unwrap();
+    let (frames, mac) = frames;
+
+    // ICMPv6 messages in the frames: (Ethernet dst, Ethernet src, hop limit, IPv6 src,
+    // IPv6 dst, ICMPv6 message).
+    type Icmp<'a> = (&'a [u8], &'a [u8], u8, Ipv6Addr, Ipv6Addr, &'a [u8]);
+    let icmp: Vec<Icmp> = frames
+        .iter()
+        .filter(|f| f.len() >= 54 && f[12..14] == [0x86, 0xdd] && f[20] == 58)
+        .map(|f| {
+            let a =
+                |r: std::ops::Range<usize>| Ipv6Addr::from(<[u8; 16]>::try_from(&f[r]).unwrap());
+            (&f[0..6], &f[6..12], f[21], a(22..38), a(38..54), &f[54..])
+        })
+        .collect();
+    let target_of = |m: &[u8]| {
+        (m.len() >= 24).then(|| Ipv6Addr::from(<[u8; 16]>::try_from(&m[8..24]).unwrap()))
+    };
+    let na = icmp
+        .iter()
+        .find(|(.., m)| m[0] == 136 && target_of(m) == Some(vip))
+        .unwrap_or_else(|| {
+            panic!(
+                "no neighbour advertisement for {vip} in {} frames",
+                frames.len()
+            )
+        });
+    let (eth_dst, eth_src, hops, src, dst, m) = na;
+    assert_eq!(
+        *eth_dst,
+        [0x33, 0x33, 0, 0, 0, 1],
+        "to all nodes' multicast MAC"
+    );
+    assert_eq!(*eth_src, mac.as_slice(), "from gw-a");
+    assert_eq!(*hops, 255, "neighbour discovery needs hop limit 255");
+    assert_eq!(*src, vip);
+    assert_eq!(*dst, "ff02::1".parse::<Ipv6Addr>().unwrap());
+    assert_eq!(m[1], 0, "code");
+    assert_eq!(
+        m[4] & 0xe0,
+        0x20,
+        "override only: not router, not solicited"
+    );
+    assert!(
+        m.len() >= 32 && m[24] == 2 && m[25] == 1,
+        "target link-layer option: {m:?}"
+    );
+    assert_eq!(&m[26..32], mac.as_slice(), "the option carries gw-a's MAC");
+    // A valid ICMPv6 checksum (over the pseudo-header and the message): receivers drop others.
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&src.octets());
+    add(&dst.octets());
+    add(&(m.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    add(m);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    assert_eq!(sum, 0xffff, "bad ICMPv6 checksum");
+    // No duplicate address detection for the VIP: no solicitation for it.
+    assert!(
+        !icmp
+            .iter()
+            .any(|(.., m)| m[0] == 135 && target_of(m) == Some(vip)),
+        "a DAD neighbour solicitation was sent for the VIP"
+    );
+}

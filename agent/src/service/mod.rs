@@ -9,7 +9,7 @@
 //! | `cgroup.rs` | [`ServiceCgroup`]: create, join before exec, freeze/thaw, kill, remove |
 //! | `health.rs` | TCP, HTTP and command checks; [`HealthTracker`] |
 //! | `supervisor.rs` | [`Manager`] and the per-service supervisor task |
-//! | `vip.rs` | add/remove the VIP, gratuitous ARP |
+//! | `vip.rs` | add/remove the VIP, gratuitous ARP (IPv4), unsolicited neighbour advertisement (IPv6) |
 //!
 //! # Invariants
 //!

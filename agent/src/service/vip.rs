@@ -1,9 +1,12 @@
 //! Virtual IPs: the address is added to the node's interface while the service is healthy
 //! and removed when it stops; for IPv4 a gratuitous ARP tells the segment where it now lives.
 //!
-//! IPv6: the kernel runs duplicate address detection when the address is added, and sends an
-//! unsolicited neighbour advertisement when `net.ipv6.conf.<if>.ndisc_notify` is 1; the agent
-//! relies on that rather than forging its own.
+//! IPv6: the address is added with `nodad`, so it is usable at once rather than tentative
+//! for the duplicate address detection (the VIP moves between nodes on purpose, and the
+//! previous holder has dropped it). Then an unsolicited neighbour advertisement (ICMPv6 136,
+//! override flag, target and target link-layer address option) goes to all nodes (`ff02::1`)
+//! with hop limit 255 from the VIP itself, so neighbours replace the old holder's MAC address
+//! in their caches.
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -108,20 +111,27 @@ pub fn present(vip: IpAddr, iface: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Adds `vip` to `iface` (if missing) and announces it.
+/// Adds `vip` to `iface` (if missing; IPv6 without duplicate address detection) and
+/// announces it.
 pub fn add(vip: IpAddr, iface: &str) -> Result<(), ServiceError> {
     if !present(vip, iface) {
-        ip(&[
-            "addr",
-            "add",
-            &format!("{vip}/{}", prefix(vip)),
-            "dev",
-            iface,
-        ])?;
+        let addr = format!("{vip}/{}", prefix(vip));
+        let mut args = vec!["addr", "add", &addr, "dev", iface];
+        if vip.is_ipv6() {
+            args.push("nodad");
+        }
+        ip(&args)?;
     }
-    if let IpAddr::V4(v4) = vip {
-        if let Err(e) = gratuitous_arp(v4, iface) {
-            tracing::warn!(%vip, iface, error = %e, "gratuitous ARP not sent");
+    match vip {
+        IpAddr::V4(v4) => {
+            if let Err(e) = gratuitous_arp(v4, iface) {
+                tracing::warn!(%vip, iface, error = %e, "gratuitous ARP not sent");
+            }
+        }
+        IpAddr::V6(v6) => {
+            if let Err(e) = unsolicited_na(v6, iface) {
+                tracing::warn!(%vip, iface, error = %e, "unsolicited neighbour advertisement not sent");
+            }
         }
     }
     Ok(())
@@ -204,6 +214,106 @@ pub fn gratuitous_arp(vip: std::net::Ipv4Addr, iface: &str) -> std::io::Result<(
     Ok(())
 }
 
+/// Sends an unsolicited neighbour advertisement for `vip` (RFC 4861 7.2.6) from `iface`:
+/// ICMPv6 type 136 with the override flag, target `vip` and this interface's MAC address as
+/// the target link-layer address, from `vip` to `ff02::1`, hop limit 255. The kernel fills in
+/// the IPv6 header and the ICMPv6 checksum of a raw ICMPv6 socket.
+pub fn unsolicited_na(vip: std::net::Ipv6Addr, iface: &str) -> std::io::Result<()> {
+    let mac = hardware_address(iface)?;
+    let c = std::ffi::CString::new(iface).map_err(std::io::Error::other)?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: socket(2) with constant arguments; checked below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_INET6,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_ICMPV6,
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let set = |level: i32, name: i32, value: i32| -> std::io::Result<()> {
+        // SAFETY: setsockopt(2) with an int of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                std::ptr::from_ref(&value).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // Neighbour discovery packets must arrive with hop limit 255 (RFC 4861 7.1.2).
+    set(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, 255)?;
+    set(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, index as i32)?;
+    set(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, 0)?;
+    // From the VIP itself (usable at once: it was added with nodad).
+    // SAFETY: sockaddr_in6 is plain data; zeroed is valid and then filled in.
+    let mut src: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    src.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    src.sin6_addr.s6_addr = vip.octets();
+    if vip.is_unicast_link_local() {
+        src.sin6_scope_id = index;
+    }
+    // SAFETY: bind(2) on our descriptor with a correctly sized sockaddr_in6.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&src).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let packet = neighbour_advertisement(vip, mac);
+    // SAFETY: sockaddr_in6 is plain data; zeroed is valid and then filled in.
+    let mut dst: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    dst.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    dst.sin6_addr.s6_addr = std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets();
+    dst.sin6_scope_id = index;
+    // SAFETY: sendto(2) with our buffer and a correctly sized sockaddr_in6.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            std::ptr::from_ref(&dst).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The ICMPv6 message of an unsolicited neighbour advertisement (checksum left 0 for the
+/// kernel): type 136, code 0, flags with only override (0x20), the target, and the target
+/// link-layer address option (type 2, length 1 = 8 bytes).
+fn neighbour_advertisement(target: std::net::Ipv6Addr, mac: [u8; 6]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(32);
+    p.extend_from_slice(&[136, 0, 0, 0]);
+    p.extend_from_slice(&[0x20, 0, 0, 0]);
+    p.extend_from_slice(&target.octets());
+    p.extend_from_slice(&[2, 1]);
+    p.extend_from_slice(&mac);
+    p
+}
+
 /// The interface's MAC address, asked of the kernel in this process's network namespace
 /// (`SIOCGIFHWADDR`). `/sys/class/net` shows the namespace sysfs was mounted in, which for an
 /// agent started by `setns` is not its own.
@@ -216,4 +326,26 @@ fn hardware_address(iface: &str) -> std::io::Result<[u8; 6]> {
         *m = *d as u8;
     }
     Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_neighbour_advertisement_has_the_override_flag_target_and_mac() {
+        let target: std::net::Ipv6Addr = "fd00:18::64".parse().unwrap();
+        let mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+        let p = neighbour_advertisement(target, mac);
+        assert_eq!(p.len(), 32);
+        assert_eq!(
+            &p[..4],
+            &[136, 0, 0, 0],
+            "type, code, checksum for the kernel"
+        );
+        assert_eq!(p[4], 0x20, "override, not router, not solicited");
+        assert_eq!(&p[8..24], &target.octets());
+        assert_eq!(&p[24..26], &[2, 1], "target link-layer address, 8 bytes");
+        assert_eq!(&p[26..], &mac);
+    }
 }

@@ -123,6 +123,16 @@ pub struct PolicyConfig {
     /// first-state sites instead of reporting the service unplaced.
     #[serde(default)]
     pub cross_site_when_full: bool,
+    /// When no target passes the rules above (every candidate is over its own threshold, or
+    /// no site is in the first state), still move the service to the node that ends least
+    /// loaded, provided it fits `capacity * (1 - headroom)` and ends at least `relief_margin`
+    /// below the source's projected `u_max`: the pair's peak strictly falls, so such moves
+    /// cannot ping-pong. Protects capacity when thresholds are low cluster-wide (energy).
+    #[serde(default = "default_true")]
+    pub relief_moves: bool,
+    /// The least drop in `u_max` from source to target that a relief move needs.
+    #[serde(default = "default_relief_margin")]
+    pub relief_margin: f64,
     /// Bandwidth assumed for a path with no measurement, in bytes per second (pre-staging only;
     /// the pre-copy model never guesses).
     #[serde(default = "default_fallback_bandwidth")]
@@ -225,6 +235,9 @@ fn default_select_search_budget() -> usize {
 fn default_headroom() -> f64 {
     0.1
 }
+fn default_relief_margin() -> f64 {
+    0.1
+}
 fn default_fallback_bandwidth() -> f64 {
     12.5e6
 }
@@ -281,6 +294,8 @@ impl Default for PolicyConfig {
             headroom: default_headroom(),
             respect_target_threshold: true,
             cross_site_when_full: false,
+            relief_moves: true,
+            relief_margin: default_relief_margin(),
             fallback_bandwidth_bytes_per_s: default_fallback_bandwidth(),
             latency_max_s: default_latency_max_s(),
             downtime_target_s: default_downtime_target_s(),
@@ -323,6 +338,7 @@ impl PolicyConfig {
         range("select_margin", self.select_margin, 0.0, 1.0)?;
         range("min_correlation", self.min_correlation, -1.0, 1.0)?;
         range("headroom", self.headroom, 0.0, 0.999)?;
+        range("relief_margin", self.relief_margin, 0.0, 1.0)?;
         range(
             "fallback_bandwidth_bytes_per_s",
             self.fallback_bandwidth_bytes_per_s,

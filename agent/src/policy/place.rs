@@ -66,6 +66,9 @@ pub enum SiteRule {
     OtherFirstState,
     /// The healthy source site was full; other first-state sites (`cross_site_when_full`).
     CrossSiteFallback,
+    /// No target passed the site and threshold rules: any site, the least loaded node that
+    /// ends at least `relief_margin` below the source (`relief_moves`).
+    Relief,
 }
 
 /// Why no target was found.
@@ -122,6 +125,12 @@ fn prefer(a: &TargetKey, b: &TargetKey) -> Ordering {
         .then_with(|| rtt(a).total_cmp(&rtt(b)))
         .then_with(|| u(a).total_cmp(&u(b)))
         .then_with(|| a.node.cmp(&b.node))
+}
+
+/// Relief moves spread load: the lowest `u_max` after the move first, then [`prefer`].
+fn prefer_relief(a: &TargetKey, b: &TargetKey) -> Ordering {
+    let u = |k: &TargetKey| k.u_max_after.unwrap_or(f64::INFINITY);
+    u(a).total_cmp(&u(b)).then_with(|| prefer(a, b))
 }
 
 impl<'a> Targets<'a> {
@@ -190,14 +199,12 @@ impl<'a> Targets<'a> {
             rejected: Rejections::default(),
             failure: None,
         };
-        if src_state == SiteState::Second
+        let no_first_state = src_state == SiteState::Second
             && !(0..self.site_state.len())
-                .any(|s| s != src_site && self.site_state[s] == SiteState::First)
-        {
-            why.failure = Some(PlaceFailure::NoFirstStateSite);
-            return why;
+                .any(|s| s != src_site && self.site_state[s] == SiteState::First);
+        if !no_first_state {
+            self.scan(service, source, moved, why.site_rule, cfg, &mut why);
         }
-        self.scan(service, source, moved, why.site_rule, cfg, &mut why);
         if why.chosen.is_none() && src_state == SiteState::First && cfg.cross_site_when_full {
             let mut other = why.clone();
             other.rejected = Rejections::default();
@@ -214,8 +221,21 @@ impl<'a> Targets<'a> {
                 why = other;
             }
         }
+        if why.chosen.is_none() && cfg.relief_moves {
+            let mut relief = why.clone();
+            relief.rejected = Rejections::default();
+            relief.site_rule = SiteRule::Relief;
+            self.scan(service, source, moved, SiteRule::Relief, cfg, &mut relief);
+            if relief.chosen.is_some() {
+                why = relief;
+            }
+        }
         if why.chosen.is_none() {
-            why.failure = Some(PlaceFailure::NoFeasibleTarget);
+            why.failure = Some(if no_first_state {
+                PlaceFailure::NoFirstStateSite
+            } else {
+                PlaceFailure::NoFeasibleTarget
+            });
         }
         why
     }
@@ -240,6 +260,7 @@ impl<'a> Targets<'a> {
             }
             let site_ok = match rule {
                 SiteRule::SameSite => self.site[t] == src_site,
+                SiteRule::Relief => true,
                 SiteRule::OtherFirstState | SiteRule::CrossSiteFallback => {
                     self.site[t] != src_site && self.site_state[self.site[t]] == SiteState::First
                 }
@@ -253,7 +274,14 @@ impl<'a> Targets<'a> {
                 continue;
             }
             let after = self.u_max_with(t, moved);
-            if cfg.respect_target_threshold
+            if rule == SiteRule::Relief {
+                let ceiling = u_max_of(&self.projected[source], &self.capacity[source])
+                    .map_or(f64::NEG_INFINITY, |u| u - cfg.relief_margin);
+                if after.is_none_or(|u| u > ceiling + 1e-12) {
+                    why.rejected.threshold += 1;
+                    continue;
+                }
+            } else if cfg.respect_target_threshold
                 && after.is_some_and(|u| u > self.threshold[t] - cfg.select_margin + 1e-12)
             {
                 why.rejected.threshold += 1;
@@ -271,11 +299,16 @@ impl<'a> Targets<'a> {
                 u_max_before: u_max_of(&self.projected[t], &self.capacity[t]),
                 u_max_after: after,
             };
+            let order = if rule == SiteRule::Relief {
+                prefer_relief
+            } else {
+                prefer
+            };
             match &best {
-                Some(b) if prefer(&key, b) != Ordering::Less => {
+                Some(b) if order(&key, b) != Ordering::Less => {
                     if second
                         .as_ref()
-                        .is_none_or(|s| prefer(&key, s) == Ordering::Less)
+                        .is_none_or(|s| order(&key, s) == Ordering::Less)
                     {
                         second = Some(key);
                     }
@@ -387,7 +420,11 @@ mod tests {
 
     #[test]
     fn never_dead_fenced_overfull_or_other_site() {
-        let cfg = PolicyConfig::default(); // headroom 0.1, T 0.8, margin 0.05
+        // headroom 0.1, T 0.8, margin 0.05; relief moves are tested on their own
+        let cfg = PolicyConfig {
+            relief_moves: false,
+            ..PolicyConfig::default()
+        };
         let mut dead = node("d", "a", 0.0);
         dead.alive = false;
         let mut fenced = node("f", "a", 0.0);
@@ -431,7 +468,10 @@ mod tests {
 
     #[test]
     fn strained_site_moves_to_another_first_state_site() {
-        let cfg = PolicyConfig::default();
+        let cfg = PolicyConfig {
+            relief_moves: false,
+            ..PolicyConfig::default()
+        };
         let nodes = vec![
             node("src", "a", 0.9),
             node("same", "a", 0.0),
@@ -456,6 +496,52 @@ mod tests {
         ];
         let t = targets(&nodes, &sites);
         let w = t.choose(&svc(), s, &[2.0], &cfg);
+        assert_eq!(w.failure, Some(PlaceFailure::NoFirstStateSite));
+    }
+
+    #[test]
+    fn relief_moves_lower_the_peak_when_no_target_passes_the_rules() {
+        let cfg = PolicyConfig::default(); // relief on, margin 0.1, headroom 0.1
+        // Every other node is over T - margin (0.75) once it takes 2.0: the strict rules fail.
+        let nodes = vec![
+            node("src", "a", 0.95),
+            node("warm", "a", 0.6),  // ends at 0.8: 0.15 below the source, fits 0.9
+            node("cool", "b", 0.58), // ends at 0.78, but in another site
+            node("hot", "a", 0.8),   // ends at 1.0: over capacity * (1 - headroom)
+        ];
+        let t = targets(&nodes, &[("a", SiteState::First), ("b", SiteState::First)]);
+        let s = t.index("src").unwrap();
+        let w = t.choose(&svc(), s, &[2.0], &cfg);
+        assert_eq!(w.site_rule, SiteRule::Relief);
+        assert_eq!(w.failure, None);
+        // the lowest load after the move wins, whatever the site
+        assert_eq!(w.chosen.as_ref().unwrap().node, "cool");
+        assert_eq!(w.runner_up.as_ref().unwrap().node, "warm");
+        assert_eq!(w.feasible, 2);
+        assert_eq!(w.rejected.capacity, 1);
+
+        // A source only a little above its targets moves nothing: the peak must fall by the
+        // margin, so two nodes cannot hand a service back and forth.
+        let nodes = vec![node("src", "a", 0.85), node("warm", "a", 0.6)];
+        let t = targets(&nodes, &[("a", SiteState::First)]);
+        let s = t.index("src").unwrap();
+        let w = t.choose(&svc(), s, &[2.0], &cfg); // warm would end at 0.8 > 0.85 - 0.1
+        assert_eq!(w.chosen, None);
+        assert_eq!(w.failure, Some(PlaceFailure::NoFeasibleTarget));
+        assert_eq!(w.rejected.threshold, 1);
+
+        // No first-state site anywhere: relief still protects capacity, and says why it acted.
+        let nodes = vec![node("src", "a", 0.95), node("same", "a", 0.2)];
+        let t = targets(&nodes, &[("a", SiteState::Second)]);
+        let s = t.index("src").unwrap();
+        let w = t.choose(&svc(), s, &[2.0], &cfg);
+        assert_eq!(w.chosen.unwrap().node, "same");
+        assert_eq!(w.site_rule, SiteRule::Relief);
+        let off = PolicyConfig {
+            relief_moves: false,
+            ..cfg
+        };
+        let w = t.choose(&svc(), s, &[2.0], &off);
         assert_eq!(w.failure, Some(PlaceFailure::NoFirstStateSite));
     }
 

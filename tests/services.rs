@@ -4,14 +4,14 @@
 //! Needs root; one test at a time (`cargo xtask test`).
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use godwit_tests::{
-    cgroup_layout, free_port, godwit_bin, http_get, http_request, require_root, unique, wait_for,
-    Agent, ServiceSlice,
+    cgroup_layout, example_bin, free_port, godwit_bin, http_get, http_request, require_root,
+    unique, wait_for, Agent, ServiceSlice,
 };
 use serde_json::Value;
 
@@ -95,13 +95,17 @@ fn a_service_starts_healthy_freezes_thaws_and_stops() {
     let svc = ServiceSlice::new();
     let state = std::env::temp_dir().join(unique("godwit-state"));
     let port = free_port();
+    let kvstore = example_bin("kvstore");
+    let kvcheck = example_bin("kvcheck");
+    // The example stateful service, its state file in its state directory.
     let agent = Agent::start(&format!(
-        "{}\n[[service]]\nname = \"echo\"\ncommand = [\"{ECHO}\", \"--listen\", \"127.0.0.1:{port}\", \
-         \"--log\", \"{{state}}/lines\"]\nstate = [\"lines\"]\n\
+        "{}\n[[service]]\nname = \"kv\"\ncommand = [\"{}\", \"--listen\", \"127.0.0.1:{port}\", \
+         \"--state\", \"{{state}}/data/kv.state\", \"--size\", \"8388608\"]\nstate = [\"data\"]\n\
          health = {{ tcp = \"127.0.0.1:{port}\", interval_ms = 100, timeout_ms = 200 }}\n",
-        section(&svc, &state)
+        section(&svc, &state),
+        kvstore.display()
     ));
-    let s = wait_service(&agent, "echo", "healthy", |s| s["health"] == "healthy");
+    let s = wait_service(&agent, "kv", "healthy", |s| s["health"] == "healthy");
     let pid = s["pid"].as_u64().unwrap();
     let cgroup = PathBuf::from(s["cgroup"].as_str().unwrap());
     // The process runs in the service's cgroup.
@@ -112,39 +116,119 @@ fn a_service_starts_healthy_freezes_thaws_and_stops() {
     );
     let (ok, table) = cli(&agent, &["services"]);
     assert!(
-        ok && table.contains("echo") && table.contains("healthy"),
+        ok && table.contains("kv ") && table.contains("healthy"),
         "{table}"
     );
 
-    let mut conn =
-        BufReader::new(TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap());
-    assert!(ask(&mut conn, "one", Duration::from_secs(2)).is_some_and(|r| r.ends_with("one")));
+    // The checking client writes a numbered, acknowledged sequence across the freeze.
+    let addr = format!("127.0.0.1:{port}");
+    let checker = Command::new(&kvcheck)
+        .args(["--addr", &addr, "--timeout", "10", "run"])
+        .args(["--duration", "4", "--rate", "100", "--prefix", "c"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // And a stream of numbered requests of the test's own on one connection.
+    let mut conn = BufReader::new(TcpStream::connect(&addr).unwrap());
+    for i in 1..=5 {
+        let r = ask(
+            &mut conn,
+            &format!("SET t-{i:03} v-{i}"),
+            Duration::from_secs(2),
+        );
+        assert!(r.as_deref().is_some_and(|r| r.starts_with("OK ")), "{r:?}");
+    }
+    std::thread::sleep(Duration::from_millis(800));
 
-    // Frozen: no reply at all; thawed: the reply to the request sent while frozen arrives.
-    let (ok, out) = cli(&agent, &["service", "freeze", "echo"]);
+    // Frozen: no reply at all to 20 numbered requests sent over a second.
+    let freeze_asked = Instant::now();
+    let (ok, out) = cli(&agent, &["service", "freeze", "kv"]);
     assert!(ok && out.contains("frozen"), "{out}");
+    let frozen = Instant::now();
     assert!(std::fs::read_to_string(cgroup.join("cgroup.events"))
         .unwrap()
         .contains("frozen 1"));
-    assert_eq!(
-        ask(&mut conn, "two", Duration::from_millis(800)),
-        None,
-        "a frozen service answered"
-    );
-    let (ok, out) = cli(&agent, &["service", "thaw", "echo"]);
-    assert!(ok && out.contains("running"), "{out}");
     conn.get_mut()
-        .set_read_timeout(Some(Duration::from_secs(2)))
+        .set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
-    let mut late = String::new();
-    conn.read_line(&mut late).unwrap();
-    assert!(late.trim().ends_with("two"), "reply after thaw: {late:?}");
-    assert!(ask(&mut conn, "three", Duration::from_secs(2)).is_some_and(|r| r.ends_with("three")));
-    // Its state went to its state directory.
-    let lines = std::fs::read_to_string(state.join("echo/lines")).unwrap();
-    assert_eq!(lines, "one\ntwo\nthree\n");
+    for i in 6..=25 {
+        conn.get_mut()
+            .write_all(format!("SET t-{i:03} v-{i}\n").as_bytes())
+            .unwrap();
+        let mut reply = String::new();
+        let got = conn.read_line(&mut reply);
+        assert!(
+            !matches!(got, Ok(n) if n > 0),
+            "a frozen service answered request {i}: {reply:?}"
+        );
+    }
+    conn.get_mut()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut reply = String::new();
+    assert!(
+        !matches!(conn.read_line(&mut reply), Ok(n) if n > 0),
+        "a frozen service answered: {reply:?}"
+    );
+    assert_eq!(service(&agent, "kv")["state"], "frozen");
+    let thaw_asked = Instant::now();
+    let frozen_for = thaw_asked - frozen;
+    let (ok, out) = cli(&agent, &["service", "thaw", "kv"]);
+    assert!(ok && out.contains("running"), "{out}");
 
-    let (ok, out) = cli(&agent, &["service", "stop", "echo"]);
+    // Thawed: all 20 answers arrive, in order, each write acknowledged once.
+    conn.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut seqs = Vec::new();
+    for i in 6..=25 {
+        let mut reply = String::new();
+        conn.read_line(&mut reply)
+            .unwrap_or_else(|e| panic!("no reply to request {i} after thaw: {e}"));
+        let seq: u64 = reply
+            .trim()
+            .strip_prefix("OK ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("request {i}: {reply:?}"));
+        seqs.push(seq);
+    }
+    assert!(
+        seqs.windows(2).all(|w| w[1] > w[0]),
+        "acknowledged out of order: {seqs:?}"
+    );
+    for i in 1..=25 {
+        let r = ask(&mut conn, &format!("GET t-{i:03}"), Duration::from_secs(2));
+        assert_eq!(
+            r.as_deref(),
+            Some(format!("VAL v-{i}").as_str()),
+            "t-{i:03}"
+        );
+    }
+
+    // The checking client lost nothing it had acknowledged, and its longest time without a
+    // reply covers the freeze.
+    let out = checker.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("kvcheck: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    eprintln!("kvcheck: {report}; frozen for {frozen_for:?}");
+    assert!(out.status.success(), "{report}");
+    assert_eq!(report["missing_acknowledged"], 0, "{report}");
+    assert_eq!(report["corrupt"], 0, "{report}");
+    assert!(report["acknowledged"].as_u64().unwrap() > 100, "{report}");
+    let gap = Duration::from_millis(report["longest_gap_ms"].as_u64().unwrap());
+    // (kvcheck's milliseconds are whole; a reply it read just after the freeze was sent
+    // before it.)
+    assert!(
+        gap + Duration::from_millis(20) >= frozen_for
+            && gap < thaw_asked.elapsed() + (thaw_asked - freeze_asked),
+        "longest gap {gap:?}, frozen for {frozen_for:?}: {report}"
+    );
+    // Its state lives in its state directory.
+    let file = state.join("kv/data/kv.state");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 8 << 20);
+
+    let (ok, out) = cli(&agent, &["service", "stop", "kv"]);
     assert!(ok && out.contains("stopped"), "{out}");
     assert!(!pid_alive(pid), "process {pid} still alive after stop");
     assert!(std::fs::read_to_string(cgroup.join("cgroup.procs"))
@@ -152,7 +236,7 @@ fn a_service_starts_healthy_freezes_thaws_and_stops() {
         .trim()
         .is_empty());
     // Thawing a stopped service is refused, with a reason.
-    let (ok, out) = cli(&agent, &["service", "thaw", "echo"]);
+    let (ok, out) = cli(&agent, &["service", "thaw", "kv"]);
     assert!(!ok && out.contains("stopped"), "{out}");
     std::fs::remove_dir_all(&state).ok();
 }
@@ -736,7 +820,7 @@ fn an_ipv6_vip_is_usable_at_once_and_announced_by_an_unsolicited_neighbour_adver
     // ICMPv6 messages in the frames: (Ethernet dst, Ethernet src, hop limit, IPv6 src,
     // IPv6 dst, ICMPv6 message).
     type Icmp<'a> = (&'a [u8], &'a [u8], u8, Ipv6Addr, Ipv6Addr, &'a [u8]);
-    let icmp: Vec<Icmp> = frames
+    let icmp: Vec<Icmp<'_>> = frames
         .iter()
         .filter(|f| f.len() >= 54 && f[12..14] == [0x86, 0xdd] && f[20] == 58)
         .map(|f| {

@@ -331,6 +331,64 @@ mod tests {
         (dir, cg)
     }
 
+    /// A v2 root and `<root>/godwit.slice` as plain files: the root offers `offered` and
+    /// already delegates `delegated`.
+    fn fake_v2(offered: &str, delegated: &str, slice_offers: &str) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), offered).unwrap();
+        std::fs::write(root.path().join("cgroup.subtree_control"), delegated).unwrap();
+        let slice = root.path().join("godwit.slice");
+        std::fs::create_dir(&slice).unwrap();
+        std::fs::write(slice.join("cgroup.controllers"), slice_offers).unwrap();
+        std::fs::write(slice.join("cgroup.subtree_control"), "").unwrap();
+        root
+    }
+
+    #[test]
+    fn controllers_are_enabled_down_the_chain_where_offered() {
+        // Pure v2: the root offers and delegates both; the slice offers only memory, and
+        // gets it enabled for its children.
+        let root = fake_v2("cpuset cpu io memory pids", "cpu memory", "memory pids");
+        let missing = enable_controllers(root.path(), "godwit.slice");
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(missing[0].starts_with("cpu (not in"), "{missing:?}");
+        let root_sc = std::fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap();
+        assert_eq!(root_sc, "cpu memory", "already delegated: not written");
+        let slice_sc =
+            std::fs::read_to_string(root.path().join("godwit.slice/cgroup.subtree_control"))
+                .unwrap();
+        assert_eq!(slice_sc, "+memory");
+
+        // Hybrid: the v2 root offers neither (they are bound to v1): nothing is written.
+        let root = fake_v2("hugetlb", "", "");
+        let missing = enable_controllers(root.path(), "godwit.slice");
+        assert_eq!(missing.len(), 2, "{missing:?}");
+        assert!(missing[0].starts_with("memory (not in"), "{missing:?}");
+        let root_sc = std::fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap();
+        assert_eq!(root_sc, "");
+    }
+
+    #[test]
+    fn without_a_v2_memory_controller_the_cgroup_is_mirrored_in_v1_and_removed_with_it() {
+        let root = fake_v2("hugetlb", "", "");
+        let v1 = tempfile::tempdir().unwrap();
+        let cg = ServiceCgroup::create(root.path(), Some(v1.path()), "godwit.slice", "kv").unwrap();
+        let mirror = v1.path().join("godwit.slice/kv.service");
+        assert_eq!(cg.path(), root.path().join("godwit.slice/kv.service"));
+        assert_eq!(cg.memory_v1(), Some(mirror.as_path()));
+        assert!(mirror.is_dir());
+        cg.remove().unwrap();
+        assert!(!mirror.exists() && !cg.path().exists());
+
+        // With memory in v2 (memory.current present), no mirror.
+        let root = fake_v2("cpu memory", "cpu memory", "cpu memory");
+        let dir = root.path().join("godwit.slice/kv.service");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.current"), "0").unwrap();
+        let cg = ServiceCgroup::create(root.path(), Some(v1.path()), "godwit.slice", "kv").unwrap();
+        assert_eq!(cg.memory_v1(), None);
+    }
+
     #[tokio::test]
     async fn waiting_for_empty_reads_populated_and_is_bounded() {
         let (_dir, cg) = stuck_cgroup();

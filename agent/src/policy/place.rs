@@ -501,13 +501,16 @@ mod tests {
 
     #[test]
     fn relief_moves_lower_the_peak_when_no_target_passes_the_rules() {
-        let cfg = PolicyConfig::default(); // relief on, margin 0.1, headroom 0.1
-        // Every other node is over T - margin (0.75) once it takes 2.0: the strict rules fail.
+        // Relief on, margin 0.1, headroom 0.1. Every other node is over T - margin (0.75) once
+        // it takes 2.0, so the strict rules fail. "warm" ends at 0.8, 0.15 below the source and
+        // within 0.9; "cool" ends at 0.78 in another site; "hot" ends at 1.0, over
+        // capacity * (1 - headroom).
+        let cfg = PolicyConfig::default();
         let nodes = vec![
             node("src", "a", 0.95),
-            node("warm", "a", 0.6),  // ends at 0.8: 0.15 below the source, fits 0.9
-            node("cool", "b", 0.58), // ends at 0.78, but in another site
-            node("hot", "a", 0.8),   // ends at 1.0: over capacity * (1 - headroom)
+            node("warm", "a", 0.6),
+            node("cool", "b", 0.58),
+            node("hot", "a", 0.8),
         ];
         let t = targets(&nodes, &[("a", SiteState::First), ("b", SiteState::First)]);
         let s = t.index("src").unwrap();

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -407,7 +407,7 @@ fn a_service_that_never_passes_its_check_turns_unhealthy_and_is_restarted_until_
 }
 
 #[test]
-fn the_probe_reports_each_services_cpu_and_memory_from_its_cgroup() {
+fn the_probe_reports_each_services_cpu_memory_and_dirty_rate_from_its_cgroup() {
     require_root();
     let svc = ServiceSlice::new();
     let state = std::env::temp_dir().join(unique("godwit-state"));
@@ -415,12 +415,19 @@ fn the_probe_reports_each_services_cpu_and_memory_from_its_cgroup() {
     // (godwit-load waits for stdin to close; `sleep` holds the pipe open).
     const MIB: u64 = 1024 * 1024;
     const TOUCHED: u64 = 64 * MIB;
+    // `writer` dirties 16 MiB of a file on a disk filesystem (tmpfs pages raise no dirty
+    // event), has `sync` clean them, and does it again, so its cgroup dirties pages steadily.
+    const WRITTEN: u64 = 16 * MIB;
+    let scratch = Scratch(Path::new("/var/tmp").join(unique("godwit-writer")));
+    std::fs::create_dir_all(&scratch.0).unwrap();
     let mut agent = Agent::start(&format!(
         "{}
 [[service]]
 name = \"burner\"\ncommand = [\"/bin/sh\", \"-c\", \"while :; do :; done\"]\n\
-         [[service]]\nname = \"toucher\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 100000 | {LOAD} touch {TOUCHED}\"]\n",
-        section(&svc, &state)
+         [[service]]\nname = \"toucher\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 100000 | {LOAD} touch {TOUCHED}\"]\n\
+         [[service]]\nname = \"writer\"\ncommand = [\"/bin/sh\", \"-c\", \"touch {file}; while :; do {LOAD} write {file} {WRITTEN} 1048576 </dev/null >/dev/null; sync; sleep 0.2; done\"]\n",
+        section(&svc, &state),
+        file = scratch.0.join("f").display(),
     ));
     // One busy loop: close to one core, as the service's cgroup accounts it.
     let s = wait_service(&agent, "burner", "measured", |s| {
@@ -461,6 +468,24 @@ name = \"burner\"\ncommand = [\"/bin/sh\", \"-c\", \"while :; do :; done\"]\n\
     };
     eprintln!("toucher: {mem} bytes charged, memcg {}", memcg.display());
 
+    // Pages dirtied by the writer are charged to its cgroup by the probe, not to the others.
+    let w = wait_service(&agent, "writer", "dirtied pages", |s| {
+        s["dirty_bytes_per_second"]
+            .as_f64()
+            .is_some_and(|d| d > MIB as f64)
+    });
+    let burner = service(&agent, "burner");
+    assert!(
+        burner["dirty_bytes_per_second"]
+            .as_f64()
+            .is_some_and(|d| d < 0.1 * MIB as f64),
+        "the busy loop writes nothing: {burner}"
+    );
+    eprintln!(
+        "writer: {:.1} MiB/s dirtied",
+        w["dirty_bytes_per_second"].as_f64().unwrap() / MIB as f64
+    );
+
     let (ok, table) = cli(&agent, &["services"]);
     assert!(ok && table.contains("burner"), "{table}");
     // The MEM MiB column of the toucher's row.
@@ -478,6 +503,15 @@ name = \"burner\"\ncommand = [\"/bin/sh\", \"-c\", \"while :; do :; done\"]\n\
     assert!(!cgroup.exists(), "{} left behind", cgroup.display());
     assert!(!memcg.exists(), "{} left behind", memcg.display());
     std::fs::remove_dir_all(&state).ok();
+}
+
+/// A directory removed when the test ends, also when it fails.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
 }
 
 #[test]

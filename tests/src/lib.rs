@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub mod bench;
 pub mod cluster;
+pub mod migrate_rig;
 pub mod sim;
 
 pub use godwit;

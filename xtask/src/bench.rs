@@ -1004,6 +1004,59 @@ pub fn gossip(args: &GossipArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// Replace the benchmark's section of docs/BENCHMARKS.md with the new figures.
+    #[arg(long)]
+    write: bool,
+    /// State of the example service, MiB (a small `kv.state` plus an incompressible ballast).
+    #[arg(long, default_value_t = 1024)]
+    state_mib: u64,
+    /// Dirty rates, MB/s (10^6 bytes) of distinct pages, comma-separated.
+    #[arg(long, default_value = "0,5,20,50")]
+    rates: String,
+    /// Links: `none` (unshaped) or a tbf rate such as `1gbit`, `100mbit`; `LINK@MIB` gives
+    /// that link its own state size, `LINK:RUNS` its own number of runs.
+    #[arg(long, default_value = "none,1gbit,100mbit")]
+    links: String,
+    /// Runs of each method per link and rate.
+    #[arg(long, default_value_t = 3)]
+    runs: u32,
+    /// godwit's downtime target, ms.
+    #[arg(long, default_value_t = 100)]
+    downtime_ms: u64,
+}
+
+/// `cargo xtask bench migrate`: builds the agent and the example service in release, makes sure
+/// rsync and the test network's tools are installed, and runs `godwit-bench-migrate` (root).
+pub fn migrate(args: &MigrateArgs) -> Result<()> {
+    if !crate::is_root() {
+        bail!("the migration benchmark makes network namespaces and cgroups: run it as root");
+    }
+    crate::step("system packages needed to build and test (rsync among them)");
+    packages::ensure(packages::TEST)?;
+    crate::step("cargo build --release -p godwit -p godwit-kvstore");
+    crate::run_checked(
+        crate::cargo().args(["build", "--release", "-p", "godwit", "-p", "godwit-kvstore"]),
+        "release build of the agent and the example service",
+    )?;
+    crate::step("cargo run --release -p godwit-tests --bin godwit-bench-migrate");
+    let mut cmd = crate::cargo_run_test_bin("godwit-bench-migrate");
+    cmd.args(["--state-mib", &args.state_mib.to_string()])
+        .args(["--rates", &args.rates])
+        .args(["--links", &args.links])
+        .args(["--runs", &args.runs.to_string()])
+        .args(["--downtime-ms", &args.downtime_ms.to_string()]);
+    if args.write {
+        cmd.arg("--write");
+    }
+    let status = cmd.status().context("cannot start cargo")?;
+    if !status.success() {
+        bail!("godwit-bench-migrate failed ({status})");
+    }
+    Ok(())
+}
+
 /// Runs `cargo run --release -p godwit-tests --bin NAME [-- --write]` (after making sure the
 /// build packages are there): the benchmarks of pure modules live beside the tests, so xtask
 /// itself never depends on the agent crate.

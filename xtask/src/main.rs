@@ -9,6 +9,9 @@
 //! - `cargo xtask bench probe`: measure the probe overhead of an eBPF agent and a procfs agent side
 //!   by side under a context-switch storm and many idle processes.
 //! - `cargo xtask bench gossip [--quick] [--write]`: the mesh at 20, 100 and 500 nodes.
+//! - `cargo xtask bench migrate [--state-mib N] [--rates MB,..] [--links L,..] [--runs N]
+//!   [--write]`: live migration of the example service between two namespaced agents against
+//!   stop-rsync-start and two-pass rsync on the same links.
 //! - `cargo xtask bench predict [--write]`, `cargo xtask bench policy [--write]`: forecast
 //!   accuracy and fit cost; the cost of a policy pass.
 //! - `cargo xtask sim [--write] [ARGS]`: the cluster simulator (`godwit-sim ARGS`, by default
@@ -107,6 +110,8 @@ enum BenchCmd {
     Policy(bench::BinArgs),
     /// Gossip at 20, 100 and 500 nodes, sealed and clear, with and without loss.
     Gossip(bench::GossipArgs),
+    /// Live migration of the example service against rsync baselines, links shaped with tbf.
+    Migrate(bench::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -127,6 +132,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             which: BenchCmd::Gossip(args),
         } => bench::gossip(&args),
+        Cmd::Bench {
+            which: BenchCmd::Migrate(args),
+        } => bench::migrate(&args),
         Cmd::Sim(args) => sim::sim(&args),
         Cmd::Cluster { cmd } => cluster::cluster(&cmd),
         Cmd::PingPong => load::pingpong(),

@@ -15,7 +15,8 @@ pub const BUILD: &[&str] = &["clang-19", "llvm-19", "libbpf-dev", "bpftool"];
 
 /// Needed to build and test: `BUILD` plus what the integration tests drive (promtool checks the
 /// metrics text, redis is a real stateful workload, nftables and iproute2 shape the test network,
-/// stress-ng makes load, util-linux gives `losetup` and friends).
+/// stress-ng makes load, util-linux gives `losetup` and friends, rsync is the migration
+/// benchmark's baseline).
 pub const TEST: &[&str] = &[
     "clang-19",
     "llvm-19",
@@ -27,6 +28,7 @@ pub const TEST: &[&str] = &[
     "iproute2",
     "stress-ng",
     "util-linux",
+    "rsync",
 ];
 
 /// Makes sure every package in `wanted` is installed, installing the missing ones when root.

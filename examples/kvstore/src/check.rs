@@ -276,6 +276,10 @@ impl Acks {
     }
 }
 
+/// Set to end every write phase early: the writes stop and the read-back still runs.
+/// `kvcheck` sets it on SIGINT or SIGTERM, so a caller can stop a run when it has seen enough.
+pub static STOP_WRITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Runs a write phase. Stops early (and returns what it has) if the server stays unreachable
 /// past the retry deadline; `gave_up` then holds the reason.
 pub fn write(client: &mut Client, plan: &WritePlan) -> (Acks, Option<CheckError>) {
@@ -288,7 +292,9 @@ pub fn write(client: &mut Client, plan: &WritePlan) -> (Acks, Option<CheckError>
     let period = plan.rate.map(|r| Duration::from_secs_f64(1.0 / r));
     let mut next = start;
     for i in 1.. {
-        if plan.count.is_some_and(|c| i > c) || plan.duration.is_some_and(|d| start.elapsed() >= d)
+        if plan.count.is_some_and(|c| i > c)
+            || plan.duration.is_some_and(|d| start.elapsed() >= d)
+            || STOP_WRITING.load(std::sync::atomic::Ordering::Relaxed)
         {
             break;
         }

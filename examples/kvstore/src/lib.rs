@@ -4,10 +4,12 @@
 //! - [`store`]: the state file, a hash table in a `MAP_SHARED` mapping (layout in its doc);
 //! - [`protocol`]: the line protocol;
 //! - [`server`]: the TCP server over a store;
-//! - [`check`]: the checking client.
+//! - [`check`]: the checking client;
+//! - [`ballast`]: optional extra state dirtied at a set rate (for benchmarks).
 //!
 //! The binaries in `src/bin/` only parse arguments and call into these modules.
 
+pub mod ballast;
 pub mod check;
 pub mod protocol;
 pub mod server;

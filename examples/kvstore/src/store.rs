@@ -293,7 +293,7 @@ fn put(b: &mut [u8], at: usize, bytes: &[u8]) {
 }
 
 /// A shared, writable mapping of a whole file.
-struct Mapping {
+pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -305,7 +305,7 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    fn new(file: &File, len: usize) -> io::Result<Self> {
+    pub(crate) fn new(file: &File, len: usize) -> io::Result<Self> {
         // SAFETY: a fresh mapping at an address the kernel chooses; the fd is valid for the call
         // and the length is the file's length, checked non-zero by the caller.
         let ptr = unsafe {
@@ -331,13 +331,13 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
-    fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: `ptr` maps `len` writable bytes for the lifetime of `self`, and `&mut self`
         // makes this the only reference into it.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
-    fn sync(&self) -> io::Result<()> {
+    pub(crate) fn sync(&self) -> io::Result<()> {
         // SAFETY: msync over exactly the range this value mapped.
         let rc = unsafe { libc::msync(self.ptr.as_ptr().cast(), self.len, libc::MS_SYNC) };
         if rc == 0 {

@@ -580,13 +580,23 @@ impl Cluster {
     /// Limits the rate at which node `i` sends to `kbit` kbit/s (a `tbf` qdisc on its
     /// interface).
     pub fn set_bandwidth(&self, i: usize, kbit: u32) {
+        self.set_bandwidth_with(i, kbit, 4000, 400);
+    }
+
+    /// As [`Cluster::set_bandwidth`] with the bucket's size (`burst_bytes`) and the longest a
+    /// packet may queue (`latency_ms`, which sets the queue's length) chosen: at 1 Gbit/s the
+    /// default 4000-byte bucket needs a timer every 32 µs, and a 400 ms queue makes every reply
+    /// wait behind a bulk transfer.
+    pub fn set_bandwidth_with(&self, i: usize, kbit: u32, burst_bytes: u32, latency_ms: u32) {
         let ns = &self.node(i).netns;
         let rate = format!("{kbit}kbit");
+        let burst = burst_bytes.to_string();
+        let latency = format!("{latency_ms}ms");
         net::run(
             "tc",
             &[
                 "-n", ns, "qdisc", "replace", "dev", NODE_IF, "root", "tbf", "rate", &rate,
-                "burst", "32kbit", "latency", "400ms",
+                "burst", &burst, "latency", &latency,
             ],
         )
         .unwrap_or_else(|e| panic!("set bandwidth on n{i}: {e:#}"));

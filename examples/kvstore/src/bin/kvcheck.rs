@@ -1,6 +1,9 @@
 //! `kvcheck`: writes verifiable keys to a `kvstore`, reads them back, and reports as one JSON
 //! object on stdout.
 //!
+//! SIGINT or SIGTERM during a write phase ends the writes early; the read-back and the report
+//! follow as after `--duration`.
+//!
 //! Exit codes: 0 when nothing acknowledged is missing or corrupt (for `write`, when every write
 //! was acknowledged), 1 otherwise, 2 on bad usage or an unreadable ack file.
 
@@ -86,7 +89,15 @@ fn seconds(field: &'static str, secs: f64) -> Result<Duration, check::CheckError
         })
 }
 
+extern "C" fn stop_writing(_: libc::c_int) {
+    check::STOP_WRITING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn main() -> ExitCode {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, stop_writing as *const () as libc::sighandler_t) };
+    }
     match run(Args::parse()) {
         Ok(report) => {
             println!(

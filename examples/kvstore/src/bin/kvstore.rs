@@ -1,4 +1,6 @@
-//! `kvstore --listen ADDR --state FILE [--size BYTES]`: the example stateful service.
+//! `kvstore --listen ADDR --state FILE [--size BYTES] [--ballast FILE --ballast-size BYTES
+//! --dirty-rate BYTES_PER_S]`: the example stateful service. The ballast (for benchmarks, see
+//! `godwit_kvstore::ballast`) is a second file dirtied at a set rate by a thread of its own.
 //!
 //! Exit codes: 0 after a clean shutdown (SIGTERM or SIGINT), 1 on a runtime failure (the
 //! address in use, the state file locked or unreadable), 2 on bad usage or a foreign, corrupt or
@@ -7,9 +9,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use clap::Parser;
+use godwit_kvstore::ballast::Ballast;
 use godwit_kvstore::server;
 use godwit_kvstore::store::{Store, DEFAULT_FILE_LEN};
 use tokio::signal::unix::{signal, SignalKind};
@@ -27,6 +31,16 @@ struct Args {
     /// Size in bytes of a state file this run creates (an existing file keeps its size).
     #[arg(long, default_value_t = DEFAULT_FILE_LEN)]
     size: u64,
+    /// A second file, filled with incompressible bytes, whose pages a thread rewrites at
+    /// `--dirty-rate` (a dirty rate for benchmarks, independent of the requests).
+    #[arg(long, requires = "ballast_size")]
+    ballast: Option<PathBuf>,
+    /// Size in bytes of the ballast; a file of another size is re-created.
+    #[arg(long, requires = "ballast")]
+    ballast_size: Option<u64>,
+    /// Bytes of distinct ballast pages dirtied per second (whole random pages, every 10 ms).
+    #[arg(long, default_value_t = 0.0, requires = "ballast")]
+    dirty_rate: f64,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +64,29 @@ fn main() -> ExitCode {
         stats.slots,
         stats.file_len
     );
+    // The ballast is ready before the server listens, so a health check means ready.
+    let ballast_stop = Arc::new(AtomicBool::new(false));
+    let dirtier = match (&args.ballast, args.ballast_size) {
+        (Some(path), Some(size)) => match Ballast::open(path, size) {
+            Ok((ballast, written)) => {
+                eprintln!(
+                    "kvstore: ballast opened path={} pages={} written={written} dirty_rate={}",
+                    path.display(),
+                    ballast.pages(),
+                    args.dirty_rate
+                );
+                Some(ballast.spawn(args.dirty_rate, Arc::clone(&ballast_stop)))
+            }
+            Err(e) => {
+                eprintln!(
+                    "kvstore: cannot open ballast path={} error=\"{e}\"",
+                    path.display()
+                );
+                return ExitCode::from(1);
+            }
+        },
+        _ => None,
+    };
     let store = Arc::new(Mutex::new(store));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -91,6 +128,14 @@ fn main() -> ExitCode {
         };
         Some(server::serve(listener, Arc::clone(&store), shutdown).await)
     });
+    ballast_stop.store(true, Ordering::Relaxed);
+    if let Some((ballast, pages)) = dirtier.and_then(|t| t.join().ok()) {
+        if let Err(e) = ballast.sync() {
+            eprintln!("kvstore: msync of the ballast failed error=\"{e}\"");
+            return ExitCode::from(1);
+        }
+        eprintln!("kvstore: ballast stopped pages_dirtied={pages} synced=true");
+    }
     let Some(served) = served else {
         return ExitCode::from(1);
     };

@@ -1,0 +1,328 @@
+//! Two namespaced agents that can migrate the example `kvstore` between them: certificates of
+//! one CA, gossip so that n1 knows n2's transport address, managed services with their state on
+//! a disk filesystem (so the probe sees the pages dirtied) and a VIP on each node's `eth0`.
+//!
+//! Used by the migration benchmark (`godwit-bench-migrate`); the integration tests of
+//! `tests/migrate.rs` can use it in place of their own copy.
+//!
+//! ```no_run
+//! use godwit_tests::migrate_rig::{KvOptions, MigrateRig};
+//!
+//! let rig = MigrateRig::start(); // kv (256 MiB) running on n1 behind its VIP
+//! let client = rig.client(10);
+//! let (code, report) = rig.migrate("kv", 2, "mode=transitional&downtime_ms=200");
+//! ```
+//!
+//! Everything is removed on drop: the cluster (agents, namespaces, cgroups), the services'
+//! cgroups, and the directory holding the CA and both nodes' state.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use godwit::transport::{init_ca, issue_node};
+use serde_json::Value;
+
+use crate::cluster::Cluster;
+use crate::{example_bin, http_request, http_request_within, unique, wait_for, ServiceSlice};
+
+/// The port every kvstore of the rig listens on (one runs per node at a time).
+pub const KV_PORT: u16 = 7379;
+
+/// How the rig's agents run.
+#[derive(Debug, Clone)]
+pub struct RigOptions {
+    /// The `godwit` binary; default [`crate::godwit_bin`] (built by cargo, debug).
+    pub agent_bin: Option<PathBuf>,
+    /// Where `kvstore` and `kvcheck` are; default [`crate::example_bin`]'s (the test
+    /// binaries' profile directory).
+    pub bin_dir: Option<PathBuf>,
+    /// `[probe] interval_ms`.
+    pub probe_interval_ms: u64,
+    /// `[services] stop_grace_ms`.
+    pub stop_grace_ms: u64,
+    /// Where the CA and the state live (a disk filesystem: tmpfs pages are never written back,
+    /// so the probe would never report them).
+    pub base: PathBuf,
+}
+
+impl Default for RigOptions {
+    fn default() -> Self {
+        RigOptions {
+            agent_bin: None,
+            bin_dir: None,
+            probe_interval_ms: 500,
+            stop_grace_ms: 3000,
+            base: PathBuf::from("/var/tmp"),
+        }
+    }
+}
+
+/// A kvstore service to add.
+#[derive(Debug, Clone)]
+pub struct KvOptions {
+    /// Size of `data/kv.state`.
+    pub size: u64,
+    /// `data/ballast` of this many bytes, dirtied at `dirty_rate` bytes a second.
+    pub ballast: Option<u64>,
+    /// Bytes of ballast pages dirtied a second.
+    pub dirty_rate: f64,
+}
+
+impl Default for KvOptions {
+    fn default() -> Self {
+        KvOptions {
+            size: 256 << 20,
+            ballast: None,
+            dirty_rate: 0.0,
+        }
+    }
+}
+
+/// Two agents, n1 and n2, ready to move services between them.
+pub struct MigrateRig {
+    /// The cluster (its agents, namespaces and network).
+    pub c: Cluster,
+    _slices: [ServiceSlice; 2],
+    /// Holds `ca/` and `state/n1`, `state/n2` (each node's `state_root`).
+    pub pki: PathBuf,
+    /// The services' virtual address (host 100 of the cluster's /24).
+    pub vip: Ipv4Addr,
+    /// The example service's binaries.
+    pub kvstore: PathBuf,
+    pub kvcheck: PathBuf,
+}
+
+impl MigrateRig {
+    /// The rig of the migration tests: default options, and `kv` (256 MiB of state) running on
+    /// n1 behind the VIP.
+    pub fn start() -> MigrateRig {
+        let rig = MigrateRig::new(RigOptions::default());
+        let spec = rig.kv_spec("kv", &KvOptions::default());
+        rig.add(1, &spec, Duration::from_secs(15));
+        rig
+    }
+
+    /// Two agents with no service yet; returns once n1 knows n2's transport address.
+    pub fn new(opts: RigOptions) -> MigrateRig {
+        let bin = |name: &str| match &opts.bin_dir {
+            Some(dir) => dir.join(name),
+            None => example_bin(name),
+        };
+        let (kvstore, kvcheck) = (bin("kvstore"), bin("kvcheck"));
+        let pki = opts.base.join(unique("godwit-mig-pki"));
+        let ca = pki.join("ca");
+        init_ca(&ca, "test").unwrap();
+        let slices = [ServiceSlice::new(), ServiceSlice::new()];
+        let names: Vec<String> = slices.iter().map(|s| s.name.clone()).collect();
+        const KEY: &str = "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a7988";
+        let ca_dir = ca.clone();
+        let state_base = pki.join("state");
+        let (probe_ms, grace_ms) = (opts.probe_interval_ms, opts.stop_grace_ms);
+        let mut builder = Cluster::builder(2).extra_toml(move |n| {
+            let tls = n.dir.join("tls");
+            issue_node(&ca_dir, n.name, &tls).unwrap();
+            format!(
+                "[probe]\ninterval_ms = {probe_ms}\n\
+                 [gossip]\nlisten = \"{a}:9747\"\nseeds = [\"{s}:9747\"]\nkeys = [\"{KEY}\"]\ninterval_ms = 100\n\
+                 [transport]\nlisten = \"{a}:9748\"\ntls_dir = \"{}\"\n\
+                 [services]\ncgroup_parent = \"{}\"\nstate_root = \"{}\"\nvip_interface = \"eth0\"\nstop_grace_ms = {grace_ms}\n",
+                tls.display(),
+                names[n.index - 1],
+                state_base.join(n.name).display(),
+                a = n.addr,
+                s = n.all_addrs[0],
+            )
+        });
+        if let Some(bin) = &opts.agent_bin {
+            builder = builder.agent_bin(bin.clone());
+        }
+        let c = builder.start();
+        let o = c.node(1).addr.octets();
+        let vip = Ipv4Addr::new(o[0], o[1], o[2], 100);
+        wait_for(Duration::from_secs(15), || {
+            let doc = c.json(1, "/v1/nodes");
+            doc["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| {
+                    m["id"]["node_id"] == "n2" && m["summary"]["addresses"]["quic"].is_string()
+                })
+                .then_some(())
+        })
+        .expect("n1 knows n2's transport address");
+        MigrateRig {
+            c,
+            _slices: slices,
+            pki,
+            vip,
+            kvstore,
+            kvcheck,
+        }
+    }
+
+    /// The spec of a kvstore service `name` behind the rig's VIP, its state in `data/`.
+    pub fn kv_spec(&self, name: &str, kv: &KvOptions) -> Value {
+        let mut command = vec![
+            self.kvstore.display().to_string(),
+            "--listen".into(),
+            format!("0.0.0.0:{KV_PORT}"),
+            "--state".into(),
+            "{state}/data/kv.state".into(),
+            "--size".into(),
+            kv.size.to_string(),
+        ];
+        if let Some(bytes) = kv.ballast {
+            command.extend([
+                "--ballast".into(),
+                "{state}/data/ballast".into(),
+                "--ballast-size".into(),
+                bytes.to_string(),
+                "--dirty-rate".into(),
+                kv.dirty_rate.to_string(),
+            ]);
+        }
+        serde_json::json!({
+            "name": name,
+            "command": command,
+            "state": ["data"],
+            "health": {"tcp": format!("127.0.0.1:{KV_PORT}"), "interval_ms": 100},
+            "vip": self.vip.to_string(),
+        })
+    }
+
+    /// POSTs `spec` to node `i` and waits (up to `within`) until it is healthy with its VIP
+    /// up. A state directory already there (copied from elsewhere) is used as it is.
+    pub fn add(&self, i: usize, spec: &Value, within: Duration) {
+        let name = spec["name"]
+            .as_str()
+            .expect("a spec has a name")
+            .to_string();
+        let (code, body) = http_request(
+            self.c.api(i),
+            "POST",
+            "/v1/services",
+            Some(&spec.to_string()),
+        )
+        .unwrap_or_else(|e| panic!("POST /v1/services to n{i}: {e}"));
+        assert_eq!(code, 201, "{body}\n{}", self.c.log(i));
+        self.wait_serving(i, &name, within)
+            .unwrap_or_else(|| panic!("{name} not up on n{i}: {}", self.service(i, &name)));
+    }
+
+    /// Waits until `name` on node `i` is healthy with its VIP up.
+    pub fn wait_serving(&self, i: usize, name: &str, within: Duration) -> Option<()> {
+        wait_for(within, || {
+            let s = self.service(i, name);
+            (s["health"] == "healthy" && s["vip_active"] == true).then_some(())
+        })
+    }
+
+    /// Node `i`'s first service's status (`null` without one).
+    pub fn status(&self, i: usize) -> Value {
+        self.c.json(i, "/v1/services")["services"]
+            .as_array()
+            .and_then(|a| a.first().cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Service `name`'s status on node `i` (`null` if it has none).
+    pub fn service(&self, i: usize, name: &str) -> Value {
+        self.c.json(i, "/v1/services")["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    /// `POST /v1/services/NAME/ACTION` on node `i` (`start`, `stop`, `freeze`, `thaw`).
+    pub fn action(&self, i: usize, name: &str, action: &str) -> (u16, String) {
+        http_request_within(
+            self.c.api(i),
+            "POST",
+            &format!("/v1/services/{name}/{action}"),
+            None,
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{action} {name} on n{i}: {e}"))
+    }
+
+    /// Migrates `name` from node 1 to node `to` with `query` (such as
+    /// `mode=transitional&downtime_ms=200`); returns the status code and the report.
+    pub fn migrate(&self, name: &str, to: usize, query: &str) -> (u16, Value) {
+        self.migrate_from(1, name, to, query, Duration::from_secs(600))
+    }
+
+    /// As [`MigrateRig::migrate`] from node `from`, waiting at most `within` for the answer.
+    pub fn migrate_from(
+        &self,
+        from: usize,
+        name: &str,
+        to: usize,
+        query: &str,
+        within: Duration,
+    ) -> (u16, Value) {
+        let (code, body) = http_request_within(
+            self.c.api(from),
+            "POST",
+            &format!("/v1/services/{name}/migrate?to=n{to}&{query}"),
+            None,
+            within,
+        )
+        .unwrap_or_else(|e| panic!("migrate {name} n{from} -> n{to}: {e}"));
+        (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    /// `state_root` of node `i`.
+    pub fn state_root(&self, i: usize) -> PathBuf {
+        self.pki.join(format!("state/n{i}"))
+    }
+
+    /// Service `name`'s state directory on node `i`.
+    pub fn state_dir(&self, i: usize, name: &str) -> PathBuf {
+        self.state_root(i).join(name)
+    }
+
+    /// `kvcheck run` against the VIP for `secs` seconds at 400 writes a second, in the
+    /// background (stdout piped: its JSON report).
+    pub fn client(&self, secs: u32) -> Child {
+        self.client_with(secs, 400.0, "m")
+    }
+
+    /// `kvcheck run` against the VIP for `secs` seconds at `rate` writes a second with keys
+    /// `PREFIX-…`. SIGINT (see [`stop_client`]) ends the writes early.
+    pub fn client_with(&self, secs: u32, rate: f64, prefix: &str) -> Child {
+        Command::new(&self.kvcheck)
+            .args([
+                "--addr",
+                &format!("{}:{KV_PORT}", self.vip),
+                "run",
+                "--duration",
+                &secs.to_string(),
+            ])
+            .args(["--rate", &rate.to_string(), "--prefix", prefix])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn kvcheck")
+    }
+}
+
+/// Ends a `kvcheck` client's writes (SIGINT), waits for its read-back and returns its report
+/// and whether it passed.
+pub fn stop_client(client: Child) -> (Value, bool) {
+    // SAFETY: kill(2) on our own unreaped child.
+    unsafe { libc::kill(client.id() as i32, libc::SIGINT) };
+    let out = client.wait_with_output().expect("wait for kvcheck");
+    (
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        out.status.success(),
+    )
+}
+
+impl Drop for MigrateRig {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.pki).ok();
+    }
+}

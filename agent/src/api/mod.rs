@@ -17,7 +17,7 @@
 //! | `/v1/images` | images in this node's store: id, entries, bytes, chunks |
 //! | `/v1/inventory` | the patterns of `[inventory]` resolved to processes, containers, devices, interfaces, and the managed services |
 //! | `/v1/services` | GET: managed services with state, health, cgroup and rates; POST: a spec |
-//! | `/v1/services/{name}/{action}` | POST: `start`, `stop`, `freeze` or `thaw`; `migrate?to=NODE[&mode=auto&downtime_ms=N]` |
+//! | `/v1/services/{name}/{action}` | POST: `start`, `stop`, `freeze` or `thaw`; `migrate?to=NODE[&mode=auto&downtime_ms=N&verify=full]` |
 //! | `/v1/migrations` | migration counts and the last report |
 //! | `/v1/images/{id}/push` | POST (`?to=NODE`): push an image; only missing chunks move |
 //! | `/healthz` | `ok` once the first sample exists |
@@ -436,6 +436,9 @@ struct MigrateQuery {
     mode: crate::migrate::Mode,
     #[serde(default = "default_downtime_ms")]
     downtime_ms: u64,
+    /// `full`: re-hash the whole state on both sides at the cut-over.
+    #[serde(default)]
+    verify: Option<String>,
 }
 
 fn default_mode() -> crate::migrate::Mode {
@@ -480,6 +483,7 @@ async fn migrate(
             mode: query.mode,
             downtime_target: std::time::Duration::from_millis(query.downtime_ms),
             requested_by: format!("api {caller}"),
+            full_verify: query.verify.as_deref() == Some("full"),
         })
         .await;
     let code = if report.result == "committed" {

@@ -30,12 +30,20 @@ pub struct MigrateArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Re-hash the whole state on both sides at the cut-over (slower) instead of comparing
+    /// the hash tree the rounds kept.
+    #[arg(long)]
+    full_verify: bool,
 }
 
 pub fn run(args: MigrateArgs) -> ExitCode {
     let path = format!(
-        "/v1/services/{}/migrate?to={}&mode={}&downtime_ms={}",
-        args.service, args.to, args.mode, args.downtime_target
+        "/v1/services/{}/migrate?to={}&mode={}&downtime_ms={}{}",
+        args.service,
+        args.to,
+        args.mode,
+        args.downtime_target,
+        if args.full_verify { "&verify=full" } else { "" }
     );
     super::request(
         "migrate",

@@ -40,6 +40,12 @@ use crate::transport::{open, Channel, Peer, PeerInfo, Services};
 pub const HANDOFF: &str = "handoff";
 /// How long the target may take to report the service healthy.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Test hook: milliseconds the source waits between its decision and the hand-off.
+pub const HANDOFF_DELAY_ENV: &str = "GODWIT_TEST_HANDOFF_DELAY_MS";
+/// How often the target checks a migrated service's health until it first passes.
+const CUTOVER_POLL: Duration = Duration::from_millis(10);
+/// How long a VIP added at the cut-over waits for the service's supervisor to take it over.
+const VIP_ADOPT_WITHIN: Duration = Duration::from_secs(30);
 /// How long the source waits for the target to confirm it gave the service back.
 const ABANDON_TIMEOUT: Duration = Duration::from_secs(10);
 /// A target that knows the decision starts the service itself when no hand-off came by then
@@ -172,7 +178,8 @@ impl Target {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let has_vip = spec.vip.is_some();
+        let health = spec.health.clone();
+        let vip = spec.vip;
         self.manager.add(spec).await.map_err(|e| e.to_string())?;
         let spawn_s = began.elapsed().as_secs_f64();
         let given_back = async {
@@ -183,39 +190,78 @@ impl Target {
                 }
             }
         };
+        // The service's own check, every few milliseconds until it first passes: the
+        // supervisor checks at the service's interval, and clients wait for this.
+        let first_pass = async {
+            loop {
+                let st = self.manager.status(&name).map_err(|e| e.to_string())?;
+                if st.health == Health::Healthy {
+                    return Ok(st);
+                }
+                if st.state == RunState::Failed {
+                    return Err(format!("{name} is {} after the hand-off", st.state));
+                }
+                if st.state == RunState::Running {
+                    if let Some(h) = &health {
+                        if crate::service::check(h).await {
+                            return Ok(st);
+                        }
+                    }
+                }
+                tokio::time::sleep(CUTOVER_POLL).await;
+            }
+        };
         let s = tokio::select! {
-            s = self.manager.wait_for(&name, START_TIMEOUT, |s| {
-                s.health == Health::Healthy || matches!(s.state, RunState::Failed)
-            }) => s.map_err(|e| e.to_string())?,
+            s = tokio::time::timeout(START_TIMEOUT, first_pass) => match s {
+                Ok(s) => s?,
+                Err(_) => return Err(format!("{name} did not pass its health check within {START_TIMEOUT:?}")),
+            },
             () = given_back => return Err("given back while starting".into()),
         };
         let healthy_s = began.elapsed().as_secs_f64();
-        // The VIP follows the first passing check at once; clients reach it only then.
-        let vip_s = if has_vip && s.health == Health::Healthy {
-            let v = self
-                .manager
-                .wait_for(&name, Duration::from_secs(5), |s| {
-                    s.vip_active || s.health != Health::Healthy
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            v.vip_active.then(|| began.elapsed().as_secs_f64())
-        } else {
-            None
+        // The VIP at once (the supervisor adds it at its own first pass, and takes this one
+        // over then).
+        let vip_s = match vip {
+            Some(addr) if !s.vip_active => {
+                let iface = self
+                    .manager
+                    .runtime()
+                    .section
+                    .vip_interface
+                    .clone()
+                    .or_else(crate::service::vip::default_interface)
+                    .ok_or("no interface for the VIP")?;
+                // The supervisor may be adding it at the same moment: present is enough. Not
+                // added at all, it comes with the supervisor's own first pass.
+                let added = tokio::task::block_in_place(|| {
+                    crate::service::vip::add(addr, &iface).or_else(|e| {
+                        if crate::service::vip::present(addr, &iface) {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                });
+                match added {
+                    Ok(()) => {
+                        release_unless_adopted(self.manager.clone(), name.clone(), addr, iface);
+                        Some(began.elapsed().as_secs_f64())
+                    }
+                    Err(e) => {
+                        warn!(service = %name, vip = %addr, error = %e, "the cut-over could not add the VIP; the supervisor will");
+                        None
+                    }
+                }
+            }
+            Some(_) => Some(healthy_s),
+            None => None,
         };
-        if s.health == Health::Healthy {
-            Ok(Started {
-                pid: s.pid,
-                spawn_s,
-                healthy_s,
-                vip_s,
-            })
-        } else {
-            Err(format!(
-                "{name} is {} ({:?}) after the hand-off",
-                s.state, s.health
-            ))
-        }
+        Ok(Started {
+            pid: s.pid,
+            spawn_s,
+            healthy_s,
+            vip_s,
+        })
     }
 
     /// Removes the service and the copy of migration `entry` and marks it `Returned`. The
@@ -328,6 +374,36 @@ impl Target {
         }
         remove_stale_staging(state_root);
     }
+}
+
+/// The VIP a cut-over added for service `name` stays only if its supervisor takes it over
+/// (its own first passing check): if the service stops, is removed or given back first, the
+/// address is released here.
+fn release_unless_adopted(
+    manager: Arc<Manager>,
+    name: String,
+    addr: std::net::IpAddr,
+    iface: String,
+) {
+    tokio::spawn(async move {
+        let held = manager
+            .wait_for(&name, VIP_ADOPT_WITHIN, |s| {
+                s.vip_active || s.state != RunState::Running
+            })
+            .await
+            .is_ok_and(|s| s.vip_active);
+        if !held {
+            warn!(service = %name, vip = %addr, "the cut-over's VIP was not taken over: released");
+            if let Err(e) =
+                tokio::task::spawn_blocking(move || crate::service::vip::remove(addr, &iface))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            {
+                warn!(error = %e, "releasing the cut-over's VIP");
+            }
+        }
+    });
 }
 
 /// Removes every `*.staging-*` directory under `state_root`.
@@ -463,6 +539,9 @@ pub struct MigrateRequest {
     pub downtime_target: Duration,
     /// Who asked (for the audit log).
     pub requested_by: String,
+    /// Verify by re-hashing every file of the state on both sides with the service frozen,
+    /// rather than by the hash tree the rounds kept (slower: it reads the whole state).
+    pub full_verify: bool,
 }
 
 /// A migration as reported and audited: predicted against actual.
@@ -553,6 +632,11 @@ struct ManagedSource<'a> {
     manager: &'a Manager,
     name: String,
     journal: Option<(&'a Journal, SourceEntry)>,
+    /// Where the service goes once decided, and the migration.
+    peer: &'a Peer,
+    entry: SourceEntry,
+    /// What the hand-off came to, and its times (seconds): the hand-off, then the kill.
+    handed: Option<(HandoffOutcome, f64, f64)>,
 }
 
 impl ManagedSource<'_> {
@@ -599,6 +683,37 @@ impl Source for ManagedSource<'_> {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+    /// The hand-off first, the kill after: the frozen instance runs no other instruction
+    /// either way, and keeping it (and its VIP) until the target's VIP is up means a client
+    /// never sends into a void. Its connections are reset when it dies (the VIP is still
+    /// here), new ones were accepted by its kernel and are reset too, and clients reconnect
+    /// to the target, which their neighbour caches already name (gratuitous ARP).
+    async fn hand_over(&mut self) {
+        let t = Instant::now();
+        // Fault injection for the tests: a source that dies between its decision and the
+        // hand-off (the target must then start the service on its own).
+        if let Some(ms) = std::env::var(HANDOFF_DELAY_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            warn!(ms, "{HANDOFF_DELAY_ENV}: the hand-off waits");
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let outcome = hand_off(self.peer, &self.entry).await;
+        let handoff_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        match &outcome {
+            // The target runs it, or may: this instance must never run again.
+            HandoffOutcome::Started(_) | HandoffOutcome::Unknown(_) => {
+                if let Err(e) = self.manager.kill(&self.name).await {
+                    warn!(error = %e, "killing the frozen source");
+                }
+            }
+            // Never ran there: the caller thaws this one.
+            HandoffOutcome::GivenBack(_) => {}
+        }
+        self.handed = Some((outcome, handoff_s, t.elapsed().as_secs_f64()));
     }
 }
 
@@ -777,10 +892,14 @@ impl Migrator {
         if let Some(t) = &self.tracker {
             sender.track_with(t.clone());
         }
+        sender.full_verify(req.full_verify);
         let mut source = ManagedSource {
             manager: &self.manager,
             name: req.service.clone(),
             journal: self.journal.as_deref().map(|j| (j, entry.clone())),
+            peer,
+            entry: entry.clone(),
+            handed: None,
         };
         let frozen_from = Instant::now();
         let outcome = drive(sender, &mut source, input, req.mode).await;
@@ -801,17 +920,12 @@ impl Migrator {
                 (drive_report.total_seconds - drive_report.frozen_seconds).max(0.0),
             );
         report.transfer = Some(drive_report);
-        // Decided: the frozen source must not run another instruction.
-        let t = Instant::now();
-        if let Err(e) = self.manager.kill(&req.service).await {
-            warn!(error = %e, "killing the frozen source");
-        }
-        let kill_s = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let outcome = hand_off(peer, entry).await;
+        let Some((outcome, handoff_s, kill_s)) = source.handed.take() else {
+            return Err(fail("decided, but no hand-off was made".into()));
+        };
         if let Some(c) = report.transfer.as_mut().map(|t| &mut t.cutover) {
+            c.handoff_s = handoff_s;
             c.kill_s = kill_s;
-            c.handoff_s = t.elapsed().as_secs_f64();
             if let HandoffOutcome::Started(st) = &outcome {
                 c.target_spawn_s = Some(st.spawn_s);
                 c.target_healthy_s = Some(st.healthy_s);
@@ -826,9 +940,15 @@ impl Migrator {
                 Ok(())
             }
             HandoffOutcome::GivenBack(why) => {
-                warn!(reason = %why, "the target gave the service back: starting it here again");
-                if let Err(e) = self.manager.start(&req.service).await {
-                    warn!(error = %e, "and it did not start here either");
+                // It never ran there, and the frozen instance here ran nothing since the
+                // freeze: it carries on as if the move had not been tried.
+                warn!(reason = %why, "the target gave the service back: thawing it here");
+                if let Err(e) = self.manager.thaw(&req.service).await {
+                    warn!(error = %e, "thaw failed: restarting it here");
+                    let _ = self.manager.kill(&req.service).await;
+                    if let Err(e) = self.manager.start(&req.service).await {
+                        warn!(error = %e, "and it did not start here either");
+                    }
                 }
                 Err(fail(format!(
                     "hand-off: {why}; the service runs here again"

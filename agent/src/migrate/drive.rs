@@ -43,6 +43,12 @@ pub trait Source {
     fn decide(&mut self) -> impl Future<Output = Result<(), String>> + Send {
         std::future::ready(Ok(()))
     }
+    /// Decided: hands the service over to the target (which starts it) and ends the frozen
+    /// instance here, while the driver tells the target of the decision on the state channel.
+    /// Returns once the cut-over is over either way; the outcome is the source's to keep.
+    fn hand_over(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// What happened, predicted against actual.
@@ -56,9 +62,8 @@ pub struct DriveReport {
     pub rounds: Vec<RoundStats>,
     /// Why the live rounds ended (transitional mode).
     pub stop: Option<StopReason>,
-    /// From freezing (or stopping) the service to the commit on the target, seconds: the
-    /// agent's view of the service's unavailability so far (the target still has to start
-    /// it).
+    /// From freezing (or stopping) the service to the end of the cut-over (the target runs
+    /// it, or the hand-off failed), seconds: the agent's view of the service's unavailability.
     pub frozen_seconds: f64,
     /// Bytes of state sent in all rounds.
     pub bytes: u64,
@@ -101,12 +106,14 @@ pub struct Cutover {
     pub commit_exchange_s: Option<f64>,
     /// Recording the decision in the journal here.
     pub decide_s: f64,
-    /// Telling the target, round trip.
+    /// Telling the target on the state channel, round trip (at the same time as the hand-off).
     pub decided_s: f64,
-    /// Killing the frozen source and releasing its VIP.
-    pub kill_s: f64,
-    /// The hand-off, round trip: the target starts the service and answers once healthy.
+    /// The hand-off, round trip: the target starts the service and answers once it passes its
+    /// health check and its VIP is up there.
     pub handoff_s: f64,
+    /// Then killing the frozen source: its connections are reset from the VIP, which it
+    /// releases after, so clients reconnect at once and reach the target.
+    pub kill_s: f64,
     /// On the target: from the hand-off's arrival until the process was spawned.
     pub target_spawn_s: Option<f64>,
     /// On the target: until the first health check passed.
@@ -236,7 +243,7 @@ pub async fn drive<S: Source + Send>(
             }
             report.cutover.freeze_s = frozen_at.elapsed().as_secs_f64();
             let t = Instant::now();
-            match sender.round().await {
+            match sender.final_round().await {
                 Ok(r) => record(&mut report, r),
                 Err(e) => fail!(e, source.thaw()),
             }
@@ -254,7 +261,7 @@ pub async fn drive<S: Source + Send>(
             }
             report.cutover.freeze_s = frozen_at.elapsed().as_secs_f64();
             let t = Instant::now();
-            match sender.round().await {
+            match sender.final_round().await {
                 Ok(r) => record(&mut report, r),
                 Err(e) => fail!(e, source.start()),
             }
@@ -296,13 +303,18 @@ pub async fn drive<S: Source + Send>(
         }
     }
     report.cutover.decide_s = t.elapsed().as_secs_f64();
-    // Decided: the target owns the service now. Telling it is best effort; the hand-off that
-    // follows tells it again.
+    // Decided: the target owns the service now. Telling it is best effort, and the hand-off,
+    // sent at the same time (no round trip in between), tells it again.
     let t = Instant::now();
-    if let Err(e) = sender.decided().await {
+    let told = async {
+        let r = sender.decided().await;
+        (r, t.elapsed().as_secs_f64())
+    };
+    let ((told, told_s), ()) = tokio::join!(told, source.hand_over());
+    if let Err(e) = told {
         warn!(error = %e, "the target did not acknowledge the decision; the hand-off repeats it");
     }
-    report.cutover.decided_s = t.elapsed().as_secs_f64();
+    report.cutover.decided_s = told_s;
     report.frozen_seconds = frozen_at.elapsed().as_secs_f64();
     report.total_seconds = started.elapsed().as_secs_f64();
     info!(

@@ -1,5 +1,5 @@
 //! Live state migration: a service's declared state moves to a peer in rounds (everything,
-//! then what changed), is verified file by file and committed there in one rename.
+//! then what changed), is verified by a hash tree and committed there in one rename.
 //!
 //! # Code map
 //!
@@ -16,7 +16,8 @@
 //! - **Nothing is lost between rounds.** A block is resent whenever its content differs from
 //!   what was last sent (block digests; the scan sees every writer, `O_DIRECT` and mmap
 //!   included). The final round runs with the service frozen or stopped, so after it the
-//!   copy equals the source; [`StateSender::verify`] proves it with a hash of every file.
+//!   copy equals the source; [`StateSender::verify`] compares the hash tree each side kept
+//!   from the blocks it read or wrote (or, with the full check, re-hashes every file).
 //! - **Nothing is visible at the destination before the commit**, which is one exchange of the
 //!   fsynced staging directory with the destination; any other end removes the staging copy
 //!   and leaves the destination as it was.
@@ -37,7 +38,7 @@ mod tests;
 
 pub use drive::{choose_mode, drive, Cutover, DriveReport, Mode, Source};
 pub use error::MigrateError;
-pub use scan::{hash_tree, Extent, FileMeta, StateScan, BLOCK};
+pub use scan::{file_node, hash_tree, tree_root, Extent, FileMeta, StateScan, BLOCK};
 pub use transfer::{
     register, register_with, Committed, RoundStats, StateSender, TargetHooks, Verified, SERVICE,
 };

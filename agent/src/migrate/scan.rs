@@ -43,13 +43,44 @@ pub struct Extent {
 }
 
 /// Digest of a block: the first 16 bytes of its SHA-256.
-type BlockDigest = [u8; 16];
+pub type BlockDigest = [u8; 16];
 
-fn block_digest(data: &[u8]) -> BlockDigest {
+/// The digest a block has before anything was recorded for it (never a real one in practice:
+/// a SHA-256 prefix of zeros).
+pub const UNKNOWN: BlockDigest = [0u8; 16];
+
+/// The digest of one block's bytes.
+pub fn block_digest(data: &[u8]) -> BlockDigest {
     let d = digest(&SHA256, data);
     let mut out = [0u8; 16];
     out.copy_from_slice(&d.as_ref()[..16]);
     out
+}
+
+/// A file's node in the state's hash tree: the SHA-256 of its size and of its blocks' digests,
+/// in order, hex. Its leaves are the block digests the rounds keep, so both sides get it
+/// without reading the file again.
+pub fn file_node(size: u64, digests: &[BlockDigest]) -> String {
+    let mut ctx = ring::digest::Context::new(&SHA256);
+    ctx.update(&size.to_le_bytes());
+    ctx.update(&(digests.len() as u64).to_le_bytes());
+    ctx.update(digests.as_flattened());
+    hex(ctx.finish().as_ref())
+}
+
+/// The root of the tree over `nodes` (path and node of every file, sorted by path), hex.
+pub fn tree_root(nodes: &[(String, String)]) -> String {
+    let mut ctx = ring::digest::Context::new(&SHA256);
+    for (rel, node) in nodes {
+        ctx.update(&(rel.len() as u64).to_le_bytes());
+        ctx.update(rel.as_bytes());
+        ctx.update(node.as_bytes());
+    }
+    hex(ctx.finish().as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The state of one service and the block digests last sent.
@@ -193,8 +224,9 @@ impl StateScan {
             // Only up to the listed size: what the round sends (a file growing meanwhile is
             // compared again at its new size next round; a block read past the listing would
             // be recorded as sent without being sent).
+            let size = f.size.unwrap_or(0);
             let mut file = match File::open(&path) {
-                Ok(file) => std::io::Read::take(file, f.size.unwrap_or(0)),
+                Ok(file) => std::io::BufReader::with_capacity(1 << 20, file.take(size)),
                 // Removed since it was listed: the next round's listing says so.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(MigrateError::io(&path, e)),
@@ -202,13 +234,14 @@ impl StateScan {
             let old = self.sent.remove(&f.rel).unwrap_or_default();
             let mut new = Vec::with_capacity(old.len());
             let mut run: Option<(u64, u64)> = None;
-            let mut index = 0u64;
-            loop {
-                let n = read_full(&mut file, &mut buf).map_err(|e| MigrateError::io(&path, e))?;
-                if n == 0 {
-                    break;
-                }
-                let d = block_digest(&buf[..n]);
+            for index in 0..size.div_ceil(BLOCK) {
+                // A file that shrank since the listing reads as zeros up to its listed size,
+                // as the round sends it.
+                let len = (size - index * BLOCK).min(BLOCK) as usize;
+                let n = read_full(&mut file, &mut buf[..len])
+                    .map_err(|e| MigrateError::io(&path, e))?;
+                buf[n..len].fill(0);
+                let d = block_digest(&buf[..len]);
                 let differs = old.get(index as usize) != Some(&d);
                 new.push(d);
                 match (&mut run, differs) {
@@ -224,7 +257,6 @@ impl StateScan {
                     }
                     (None, false) => {}
                 }
-                index += 1;
             }
             if let Some((first, blocks)) = run {
                 extents.push(Extent {
@@ -252,7 +284,6 @@ impl StateScan {
                 f.size.is_none() || !pages.contains_key(&f.rel) || !self.sent.contains_key(&f.rel)
             });
         let mut extents = self.compare_full(&full)?;
-        let mut buf = vec![0u8; BLOCK as usize];
         for f in &partial {
             let path = self.root.join(&f.rel);
             let size = f.size.unwrap_or(0);
@@ -262,22 +293,17 @@ impl StateScan {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(MigrateError::io(&path, e)),
             };
+            let list: Vec<u64> = pages[&f.rel]
+                .iter()
+                .copied()
+                .filter(|&p| p < blocks)
+                .collect();
+            let fresh = digest_pages_parallel(&file, &list, size)
+                .map_err(|e| MigrateError::io(&path, e))?;
             let digests = self.sent.entry(f.rel.clone()).or_default();
-            digests.resize(blocks as usize, [0u8; 16]);
+            digests.resize(blocks as usize, UNKNOWN);
             let mut run: Option<(u64, u64)> = None;
-            for &page in pages[&f.rel].iter().filter(|&&p| p < blocks) {
-                let len = (size - page * BLOCK).min(BLOCK) as usize;
-                use std::os::unix::fs::FileExt;
-                let mut filled = 0;
-                while filled < len {
-                    match file.read_at(&mut buf[filled..len], page * BLOCK + filled as u64) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(MigrateError::io(&path, e)),
-                    }
-                }
-                let d = block_digest(&buf[..filled]);
+            for (&page, d) in list.iter().zip(fresh) {
                 if digests[page as usize] == d {
                     continue;
                 }
@@ -308,6 +334,88 @@ impl StateScan {
     }
 }
 
+impl StateScan {
+    /// The hash tree of the state as last sent, from the block digests the rounds recorded
+    /// (nothing is read): the node of every regular file of `files`, by path. A file with no
+    /// digests yet (never read) has the node of an empty digest list, which matches no copy
+    /// of a non-empty file.
+    pub fn tree(&self, files: &[FileMeta]) -> Vec<(String, String)> {
+        files
+            .iter()
+            .filter_map(|f| {
+                let size = f.size?;
+                let digests = self.sent.get(&f.rel).map(Vec::as_slice).unwrap_or(&[]);
+                Some((f.rel.clone(), file_node(size, digests)))
+            })
+            .collect()
+    }
+}
+
+/// The digests of `pages` (sorted) of `file`, listed as `size` bytes long, in order: runs of
+/// consecutive pages (a large folio is one) are read with one call each, and past the end of
+/// a file that shrank since the listing, a page reads as zeros, as the round sends it.
+fn digest_pages(file: &File, pages: &[u64], size: u64) -> std::io::Result<Vec<BlockDigest>> {
+    use std::os::unix::fs::FileExt;
+    const RUN: u64 = 256;
+    let mut buf = vec![0u8; (RUN * BLOCK) as usize];
+    let mut out = Vec::with_capacity(pages.len());
+    let mut i = 0;
+    while i < pages.len() {
+        let start = pages[i];
+        let mut end = start + 1;
+        while end - start < RUN && pages.get(i + (end - start) as usize) == Some(&end) {
+            end += 1;
+        }
+        i += (end - start) as usize;
+        let len = ((end * BLOCK).min(size) - start * BLOCK) as usize;
+        let mut filled = 0;
+        while filled < len {
+            match file.read_at(&mut buf[filled..len], start * BLOCK + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf[filled..len].fill(0);
+        for at in (0..len).step_by(BLOCK as usize) {
+            out.push(block_digest(&buf[at..len.min(at + BLOCK as usize)]));
+        }
+    }
+    Ok(out)
+}
+
+/// [`digest_pages`] on every core for a long list: the frozen round's reading is mostly
+/// hashing (the probe reports whole folios, so many more pages than were written).
+fn digest_pages_parallel(
+    file: &File,
+    pages: &[u64],
+    size: u64,
+) -> std::io::Result<Vec<BlockDigest>> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    if threads < 2 || pages.len() < 1024 {
+        return digest_pages(file, pages, size);
+    }
+    let chunk = pages.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = pages
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || digest_pages(file, part, size)))
+            .collect();
+        let mut out = Vec::with_capacity(pages.len());
+        for part in parts {
+            out.extend(
+                part.join()
+                    .map_err(|_| std::io::Error::other("digest thread panicked"))??,
+            );
+        }
+        Ok(out)
+    })
+}
+
 /// Reads until `buf` is full or the file ends.
 fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -322,14 +430,33 @@ fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// The SHA-256 of every file of the state, by path (the cut-over's hash tree, flattened).
+/// The hash tree of the state under `root` as it is on disk: every regular file of `files`
+/// read in full and its node computed from its blocks (the full re-hash; the same nodes as
+/// [`StateScan::tree`] when the copy is exact). A file is read up to its listed size; one that
+/// is shorter or missing gets a node that matches nothing listed.
 pub fn hash_tree(root: &Path, files: &[FileMeta]) -> Result<Vec<(String, String)>, MigrateError> {
     let mut out = Vec::new();
+    let mut buf = vec![0u8; BLOCK as usize];
     for f in files.iter().filter(|f| f.size.is_some()) {
+        let size = f.size.unwrap_or(0);
         let path = root.join(&f.rel);
-        let d = crate::image::ImageStore::file_digest(&path)
-            .map_err(|e| MigrateError::BadState(e.to_string()))?;
-        out.push((f.rel.clone(), d.to_string()));
+        let mut digests = Vec::with_capacity(size.div_ceil(BLOCK) as usize);
+        match File::open(&path) {
+            Ok(file) => {
+                let mut file = std::io::BufReader::with_capacity(1 << 20, file.take(size));
+                loop {
+                    let n =
+                        read_full(&mut file, &mut buf).map_err(|e| MigrateError::io(&path, e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    digests.push(block_digest(&buf[..n]));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(MigrateError::io(&path, e)),
+        }
+        out.push((f.rel.clone(), file_node(size, &digests)));
     }
     Ok(out)
 }

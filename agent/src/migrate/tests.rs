@@ -153,6 +153,43 @@ async fn state_changing_during_rounds_arrives_identical_after_the_final_round() 
     );
 }
 
+/// The hash tree the rounds keep (no file read at the cut-over) catches a block that arrived
+/// other than it was read: corrupted on the way, after the sender digested it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rounds_hash_tree_catches_a_block_corrupted_on_the_way() {
+    let s = setup().await;
+    let src = s.src();
+    std::fs::create_dir_all(src.join("data")).unwrap();
+    std::fs::write(src.join("data/db"), noise(3 << 20, 7)).unwrap();
+    std::fs::write(src.join("data/small"), b"a short file, one partial block").unwrap();
+    let scan = StateScan::new(&src, &["data".into()]).unwrap();
+    let mut tx = StateSender::begin(&s.peer, "m5", "kv", scan, Some(1))
+        .await
+        .unwrap();
+    tx.round().await.unwrap();
+    // A second round with changes (a grown file, a rewritten block) keeps both trees equal.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(src.join("data/db"))
+        .unwrap();
+    f.write_all_at(&noise(5000, 8), 4096 * 100 + 17).unwrap();
+    std::fs::write(src.join("data/small"), noise(9000, 9)).unwrap();
+    tx.round().await.unwrap();
+    let v = tx.verify().await.expect("trees agree after clean rounds");
+    assert_eq!(v.files, 2);
+    // Now a round whose data is damaged after it was digested here.
+    f.write_all_at(&noise(4096, 10), 4096 * 300).unwrap();
+    tx.corrupt_next = true;
+    tx.final_round().await.unwrap();
+    let err = tx.verify().await.unwrap_err();
+    assert!(
+        matches!(&err, MigrateError::Mismatch(m) if m == &["data/db".to_string()]),
+        "{err}"
+    );
+    tx.abort("verify failed").await;
+}
+
+/// The full re-hash reads the files on both sides: it catches what the rounds never saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_difference_found_at_verify_prevents_the_commit() {
     let s = setup().await;
@@ -173,6 +210,10 @@ async fn a_difference_found_at_verify_prevents_the_commit() {
         .open(s.recv_root().join("kv.staging-m2/data/db"))
         .unwrap();
     f.write_all_at(b"corrupt", 4096).unwrap();
+    // The rounds' tree cannot see it (nothing was sent wrong) ...
+    tx.verify().await.expect("the rounds' trees agree");
+    // ... the full re-hash does.
+    tx.full_verify(true);
     let err = tx.verify().await.unwrap_err();
     assert!(
         matches!(&err, MigrateError::Mismatch(m) if m == &["data/db".to_string()]),

@@ -7,8 +7,8 @@
 //!   Round { files, extents } + data  ─────────►   metadata pass (create, truncate, remove),
 //!                                    ◄─────────   then the blocks written in place; RoundDone
 //!   ... more rounds (what changed since) ...
-//!   Verify { hash of every file }    ─────────►   hashes the staging copy
-//!                                    ◄─────────   Verified { mismatches }
+//!   Verify { hash tree, root }       ─────────►   its own tree (digests of the blocks it
+//!                                    ◄─────────   wrote); Verified { root, mismatches }
 //!   Commit                           ─────────►   staging renamed into place; Committed
 //!   (or Abort at any point           ─────────►   staging removed; Aborted)
 //! ```
@@ -29,7 +29,10 @@ use tracing::{info, warn};
 
 use super::error::MigrateError;
 use super::journal::{now_ms, Journal, TargetEntry, TargetPhase};
-use super::scan::{hash_tree, Extent, FileMeta, StateScan, BLOCK};
+use super::scan::{
+    block_digest, file_node, hash_tree, tree_root, BlockDigest, Extent, FileMeta, StateScan, BLOCK,
+    UNKNOWN,
+};
 use crate::probe::bpf::InodeKey;
 use crate::probe::{DirtyTracker, Tracked};
 use crate::transport::{
@@ -60,10 +63,16 @@ enum Msg {
         round: u32,
         bytes: u64,
     },
+    /// The hash tree: every file's node (from the block digests the rounds kept, or from a
+    /// full re-hash of the files when `full`) and the root over them.
     Verify {
         tree: Vec<(String, String)>,
+        root: String,
+        full: bool,
     },
     Verified {
+        /// The receiver's root; equal to the sender's when nothing differs.
+        root: String,
         mismatches: Vec<String>,
         /// Time the receiver took to hash its copy, seconds.
         hash_seconds: f64,
@@ -109,6 +118,12 @@ pub struct RoundStats {
     /// Files compared in full (round 0, no probe, new or replaced files, lost events, or a
     /// size or mtime change the probe cannot vouch for).
     pub scanned_files: usize,
+    /// Of the round's time: listing, the probe's flush and the write-back, seconds.
+    pub prepare_seconds: f64,
+    /// Reading and digesting the blocks to compare, seconds.
+    pub read_seconds: f64,
+    /// Sending the changed blocks until the receiver said it wrote (and synced) them, seconds.
+    pub send_seconds: f64,
 }
 
 /// Dirty-page tracking of the state's files by the probe.
@@ -159,6 +174,14 @@ pub struct StateSender {
     round: u32,
     last_files: Vec<FileMeta>,
     tracking: Option<Tracking>,
+    /// The next round runs with the service frozen or stopped: nothing writes any more, so
+    /// the write-back that makes later writes visible is skipped.
+    frozen: bool,
+    /// Verify by re-hashing every file on both sides rather than from the rounds' digests.
+    full_verify: bool,
+    /// Test hook: flip a byte of the next round's data after it was digested.
+    #[cfg(test)]
+    pub(crate) corrupt_next: bool,
 }
 
 impl StateSender {
@@ -196,6 +219,10 @@ impl StateSender {
             round: 0,
             last_files: Vec::new(),
             tracking: None,
+            frozen: false,
+            full_verify: false,
+            #[cfg(test)]
+            corrupt_next: false,
         })
     }
 
@@ -210,6 +237,20 @@ impl StateSender {
             by_key: HashMap::new(),
             last: HashMap::new(),
         });
+    }
+
+    /// Makes [`StateSender::verify`] re-hash every file on both sides (the full check: it also
+    /// catches a write the rounds missed) instead of comparing the hash tree the rounds kept
+    /// (which proves the copy equals what was read, block for block).
+    pub fn full_verify(&mut self, full: bool) {
+        self.full_verify = full;
+    }
+
+    /// Sends the last round, with the service frozen or stopped: as [`StateSender::round`],
+    /// without writing the files back first (no later write is left to catch).
+    pub async fn final_round(&mut self) -> Result<RoundStats, MigrateError> {
+        self.frozen = true;
+        self.round().await
     }
 
     /// Tracks files not tracked yet, flushes the dirtied pages, writes every file back, and
@@ -272,10 +313,13 @@ impl StateSender {
                 Err(_) => lost = true,
             }
         }
-        // Write back: from here on, a write to any page raises a new event.
-        for (rel, ..) in &now {
-            if let Ok(f) = File::open(root.join(rel)) {
-                let _ = f.sync_data();
+        // Write back: from here on, a write to any page raises a new event. Not needed in
+        // the frozen round: nothing writes after it.
+        if !self.frozen {
+            for (rel, ..) in &now {
+                if let Ok(f) = File::open(root.join(rel)) {
+                    let _ = f.sync_data();
+                }
             }
         }
         let mut report = ProbeReport {
@@ -311,15 +355,23 @@ impl StateSender {
         let started = Instant::now();
         let files = self.scan.list()?;
         let probe = self.probe_round(&files);
+        let prepare_seconds = started.elapsed().as_secs_f64();
+        let t = Instant::now();
         let regular = files.iter().filter(|f| f.size.is_some()).count();
         let (extents, tracked_files, dirty_pages) = match &probe {
             Some(p) => (
-                self.scan.changed_pages(&files, &p.pages)?,
+                tokio::task::block_in_place(|| self.scan.changed_pages(&files, &p.pages))?,
                 p.pages.len(),
                 p.dirty_pages,
             ),
-            None => (self.scan.changed(&files)?, 0, 0),
+            None => (
+                tokio::task::block_in_place(|| self.scan.changed(&files))?,
+                0,
+                0,
+            ),
         };
+        let read_seconds = t.elapsed().as_secs_f64();
+        let t = Instant::now();
         let round = self.round;
         self.ch
             .send(&Msg::Round {
@@ -335,7 +387,12 @@ impl StateSender {
             .iter()
             .filter_map(|f| Some((f.rel.as_str(), f.size?)))
             .collect();
-        let reader = ExtentReader::new(self.scan.root(), &extents, &sizes);
+        #[allow(unused_mut)]
+        let mut reader = ExtentReader::new(self.scan.root(), &extents, &sizes);
+        #[cfg(test)]
+        {
+            reader.corrupt = std::mem::take(&mut self.corrupt_next);
+        }
         let stats = write_blocks(&mut self.ch.send, reader, self.level).await?;
         let bytes = match self.ch.recv::<Msg>().await? {
             Some(Msg::RoundDone { round: r, bytes }) if r == round => bytes,
@@ -360,6 +417,9 @@ impl StateSender {
             tracked_files,
             dirty_pages,
             scanned_files: regular - tracked_files,
+            prepare_seconds,
+            read_seconds,
+            send_seconds: t.elapsed().as_secs_f64(),
         })
     }
 
@@ -367,20 +427,39 @@ impl StateSender {
     /// error. Run it after the final round, with the service frozen or stopped.
     pub async fn verify(&mut self) -> Result<Verified, MigrateError> {
         let t = Instant::now();
-        let tree = hash_tree(self.scan.root(), &self.last_files)?;
+        let full = self.full_verify;
+        let tree = if full {
+            let (root, files) = (self.scan.root().to_path_buf(), self.last_files.clone());
+            tokio::task::spawn_blocking(move || hash_tree(&root, &files))
+                .await
+                .map_err(|e| MigrateError::BadState(e.to_string()))??
+        } else {
+            self.scan.tree(&self.last_files)
+        };
+        let root = tree_root(&tree);
         let source_hash_seconds = t.elapsed().as_secs_f64();
         let n = tree.len();
-        self.ch.send(&Msg::Verify { tree }).await?;
+        self.ch
+            .send(&Msg::Verify {
+                tree,
+                root: root.clone(),
+                full,
+            })
+            .await?;
         match self.ch.recv::<Msg>().await? {
             Some(Msg::Verified {
+                root: theirs,
                 mismatches,
                 hash_seconds,
-            }) if mismatches.is_empty() => Ok(Verified {
+            }) if mismatches.is_empty() && theirs == root => Ok(Verified {
                 files: n,
                 source_hash_seconds,
                 target_hash_seconds: Some(hash_seconds),
             }),
-            Some(Msg::Verified { mismatches, .. }) => Err(MigrateError::Mismatch(mismatches)),
+            Some(Msg::Verified { mismatches, .. }) if !mismatches.is_empty() => {
+                Err(MigrateError::Mismatch(mismatches))
+            }
+            Some(Msg::Verified { .. }) => Err(MigrateError::Mismatch(vec!["(root)".into()])),
             Some(Msg::Failed { reason }) => Err(MigrateError::Peer(reason)),
             other => Err(MigrateError::Peer(format!("unexpected {other:?}"))),
         }
@@ -442,6 +521,9 @@ struct ExtentReader<'a> {
     index: usize,
     offset: u64,
     file: Option<(String, File)>,
+    /// Test hook: flip the first byte of the next block read.
+    #[cfg(test)]
+    corrupt: bool,
 }
 
 impl<'a> ExtentReader<'a> {
@@ -453,6 +535,8 @@ impl<'a> ExtentReader<'a> {
             index: 0,
             offset: 0,
             file: None,
+            #[cfg(test)]
+            corrupt: false,
         }
     }
 
@@ -508,6 +592,11 @@ impl Iterator for ExtentReader<'_> {
             self.offset += want as u64;
         }
         debug_assert!(out.len() <= MAX_BLOCK);
+        #[cfg(test)]
+        if self.corrupt && !out.is_empty() {
+            self.corrupt = false;
+            out[0] ^= 0xff;
+        }
         (!out.is_empty()).then_some(Ok(out))
     }
 }
@@ -605,6 +694,7 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
     let mut rx = Receiver {
         staging: staging.clone(),
         files: BTreeMap::new(),
+        digests: BTreeMap::new(),
         migration: migration.clone(),
         hooks: hooks.clone(),
     };
@@ -658,6 +748,9 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
 struct Receiver {
     staging: PathBuf,
     files: BTreeMap<String, File>,
+    /// The digest of every block of every file as written here (`UNKNOWN` where nothing was
+    /// written since the listing sized it): the leaves of this side's hash tree.
+    digests: BTreeMap<String, Vec<BlockDigest>>,
     migration: String,
     hooks: Option<TargetHooks>,
 }
@@ -678,9 +771,11 @@ impl Receiver {
                         if let Some(h) = &self.hooks {
                             let _g = h.journal.lock().await;
                             match h.journal.target(&self.migration).map(|e| e.phase) {
-                                Some(TargetPhase::Prepared | TargetPhase::Owned) => {
+                                Some(TargetPhase::Prepared) => {
                                     h.journal.set_target(&self.migration, TargetPhase::Owned)?;
                                 }
+                                // The hand-off, sent at the same time, got here first.
+                                Some(TargetPhase::Owned | TargetPhase::Started) => {}
                                 other => {
                                     return Err(MigrateError::Peer(format!(
                                         "decision for a migration that is {other:?} here"
@@ -719,15 +814,22 @@ impl Receiver {
                     listed = files;
                     ch.send(&Msg::RoundDone { round, bytes }).await?;
                 }
-                Some(Msg::Verify { tree }) => {
+                Some(Msg::Verify {
+                    tree,
+                    root: _,
+                    full,
+                }) => {
                     let t = Instant::now();
                     let staging = self.staging.clone();
-                    let ours = {
+                    let ours = if full {
                         let listed = listed.clone();
                         tokio::task::spawn_blocking(move || hash_tree(&staging, &listed))
                             .await
                             .map_err(|e| MigrateError::BadState(e.to_string()))??
+                    } else {
+                        self.tree(&listed)
                     };
+                    let root = tree_root(&ours);
                     let ours: BTreeMap<String, String> = ours.into_iter().collect();
                     let theirs: BTreeMap<String, String> = tree.into_iter().collect();
                     let names: BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
@@ -737,6 +839,7 @@ impl Receiver {
                         .cloned()
                         .collect();
                     ch.send(&Msg::Verified {
+                        root,
                         mismatches,
                         hash_seconds: t.elapsed().as_secs_f64(),
                     })
@@ -800,6 +903,11 @@ impl Receiver {
                 return Err(MigrateError::BadState(format!("bad path {:?}", f.rel)));
             }
         }
+        self.digests.retain(|rel, _| {
+            files
+                .iter()
+                .any(|f| f.size.is_some() && f.rel == rel.as_str())
+        });
         // Remove what is gone, deepest first.
         let mut present = Vec::new();
         collect(&self.staging, "", &mut present)?;
@@ -829,7 +937,18 @@ impl Receiver {
                         std::fs::create_dir_all(parent).map_err(|e| MigrateError::io(parent, e))?;
                     }
                     let file = self.file(&f.rel)?;
-                    file.set_len(size).map_err(|e| MigrateError::io(&p, e))?;
+                    let old = file.metadata().map_err(|e| MigrateError::io(&p, e))?.len();
+                    if old != size {
+                        file.set_len(size).map_err(|e| MigrateError::io(&p, e))?;
+                    }
+                    // Digests follow the size: the blocks both sizes hold whole keep theirs;
+                    // the others are unknown until written (the sender sends them all, as
+                    // their digests changed or are new on its side too).
+                    let d = self.digests.entry(f.rel.clone()).or_default();
+                    if old != size || d.len() as u64 != size.div_ceil(BLOCK) {
+                        d.truncate((old.min(size) / BLOCK) as usize);
+                        d.resize(size.div_ceil(BLOCK) as usize, UNKNOWN);
+                    }
                 }
             }
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode | 0o200))
@@ -851,6 +970,19 @@ impl Receiver {
             self.files.insert(rel.to_string(), f);
         }
         Ok(&self.files[rel])
+    }
+
+    /// This side's hash tree: the node of every listed file from the digests of what was
+    /// written here.
+    fn tree(&self, listed: &[FileMeta]) -> Vec<(String, String)> {
+        listed
+            .iter()
+            .filter_map(|f| {
+                let size = f.size?;
+                let d = self.digests.get(&f.rel).map(Vec::as_slice).unwrap_or(&[]);
+                Some((f.rel.clone(), file_node(size, d)))
+            })
+            .collect()
     }
 
     /// Writes the bulk data that follows a round header at the extents' offsets.
@@ -880,6 +1012,8 @@ impl Receiver {
         let mut failure: Option<MigrateError> = None;
         let files = &self.files;
         let staging = &self.staging;
+        let digests = &mut self.digests;
+        let mut partial = Vec::with_capacity(BLOCK as usize);
         let stats = read_bulk_with(&mut ch.recv, |mut data: &[u8]| {
             while !data.is_empty() && failure.is_none() {
                 let Some((rel, at, room)) = cursor.next_span() else {
@@ -890,6 +1024,14 @@ impl Receiver {
                 if let Err(e) = files[rel].write_all_at(&data[..n], at) {
                     failure = Some(MigrateError::io(&staging.join(rel), e));
                     return;
+                }
+                let size = sizes.get(rel).copied().unwrap_or(0);
+                match digests.get_mut(rel) {
+                    Some(d) => digest_span(d, &mut partial, size, at, &data[..n]),
+                    None => {
+                        failure = Some(MigrateError::Peer(format!("data for {rel:?}, not listed")));
+                        return;
+                    }
                 }
                 cursor.offset += n as u64;
                 written += n as u64;
@@ -929,6 +1071,42 @@ impl Receiver {
         let t = Instant::now();
         swap_into_place(&self.staging, dest)?;
         Ok((dest.to_path_buf(), synced, t.elapsed().as_secs_f64()))
+    }
+}
+
+/// Records the digests of the blocks that `data`, written at offset `at` of a file of `size`
+/// bytes, completes. A block's bytes arrive in order from its start (extents start on block
+/// boundaries); one split across spans is gathered in `partial`.
+fn digest_span(d: &mut [BlockDigest], partial: &mut Vec<u8>, size: u64, at: u64, data: &[u8]) {
+    let mut done = 0usize;
+    while done < data.len() {
+        let pos = at + done as u64;
+        let index = (pos / BLOCK) as usize;
+        let within = (pos % BLOCK) as usize;
+        let len = (size.saturating_sub(index as u64 * BLOCK)).min(BLOCK) as usize;
+        if len <= within {
+            return; // past the listed size: the cursor never goes there
+        }
+        let take = (len - within).min(data.len() - done);
+        let piece = &data[done..done + take];
+        let digest = if within == 0 && take == len {
+            Some(block_digest(piece))
+        } else {
+            if within == 0 {
+                partial.clear();
+            }
+            if partial.len() == within {
+                partial.extend_from_slice(piece);
+            } else {
+                partial.clear(); // out of order: leave the block unknown
+            }
+            (within + take == len && partial.len() == len).then(|| block_digest(partial))
+        };
+        if let Some(slot) = d.get_mut(index) {
+            // Unknown while the block is partly written.
+            *slot = digest.unwrap_or(UNKNOWN);
+        }
+        done += take;
     }
 }
 

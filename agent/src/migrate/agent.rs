@@ -19,6 +19,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,7 @@ pub const HANDOFF_DELAY_ENV: &str = "GODWIT_TEST_HANDOFF_DELAY_MS";
 /// How often the target checks a migrated service's health until it first passes.
 const CUTOVER_POLL: Duration = Duration::from_millis(10);
 /// How long a VIP added at the cut-over waits for the service's supervisor to take it over.
-const VIP_ADOPT_WITHIN: Duration = Duration::from_secs(30);
+const VIP_ADOPT_WITHIN: Duration = Duration::from_secs(60);
 /// How long the source waits for the target to confirm it gave the service back.
 const ABANDON_TIMEOUT: Duration = Duration::from_secs(10);
 /// A target that knows the decision starts the service itself when no hand-off came by then
@@ -179,8 +180,36 @@ impl Target {
                 .map_err(|e| e.to_string())?;
         }
         let health = spec.health.clone();
-        let vip = spec.vip;
-        self.manager.add(spec).await.map_err(|e| e.to_string())?;
+        let vip = spec.vip.and_then(|addr| {
+            let iface = self
+                .manager
+                .runtime()
+                .section
+                .vip_interface
+                .clone()
+                .or_else(crate::service::vip::default_interface)?;
+            Some((addr, iface))
+        });
+        // The address goes on the interface while the service starts (an `ip` run takes a
+        // few to tens of milliseconds), unannounced: clients keep going to the frozen source
+        // until the gratuitous ARP at the first passing check.
+        let assigning = vip
+            .clone()
+            .map(|(addr, iface)| tokio::task::spawn_blocking(move || assign_address(addr, &iface)));
+        if let Err(e) = self.manager.add(spec).await {
+            if let (Some(t), Some((addr, iface))) = (assigning, vip) {
+                if matches!(t.await, Ok(Ok(()))) {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        crate::service::vip::remove(addr, &iface)
+                    })
+                    .await;
+                }
+            }
+            return Err(e.to_string());
+        }
+        let released = vip.as_ref().map(|(addr, iface)| {
+            release_unless_adopted(self.manager.clone(), name.clone(), *addr, iface.clone())
+        });
         let spawn_s = began.elapsed().as_secs_f64();
         let given_back = async {
             loop {
@@ -219,42 +248,45 @@ impl Target {
             () = given_back => return Err("given back while starting".into()),
         };
         let healthy_s = began.elapsed().as_secs_f64();
-        // The VIP at once (the supervisor adds it at its own first pass, and takes this one
-        // over then).
-        let vip_s = match vip {
-            Some(addr) if !s.vip_active => {
-                let iface = self
-                    .manager
-                    .runtime()
-                    .section
-                    .vip_interface
-                    .clone()
-                    .or_else(crate::service::vip::default_interface)
-                    .ok_or("no interface for the VIP")?;
-                // The supervisor may be adding it at the same moment: present is enough. Not
-                // added at all, it comes with the supervisor's own first pass.
-                let added = tokio::task::block_in_place(|| {
-                    crate::service::vip::add(addr, &iface).or_else(|e| {
+        // Announced at once (the supervisor adds and announces it at its own first pass, and
+        // takes this one over then).
+        let vip_s = match (vip, assigning) {
+            (Some(_), _) if s.vip_active => Some(healthy_s),
+            (Some((addr, iface)), Some(assigning)) => {
+                let assigned = match assigning.await {
+                    // Released meanwhile (the first instance stopped): added again below.
+                    Ok(Ok(())) if released.as_ref().is_some_and(|r| r.load(Ordering::SeqCst)) => {
+                        Err("released".to_string())
+                    }
+                    Ok(r) => r,
+                    Err(e) => Err(e.to_string()),
+                };
+                let announced = tokio::task::block_in_place(|| match assigned {
+                    Ok(()) => match addr {
+                        std::net::IpAddr::V4(v4) => crate::service::vip::gratuitous_arp(v4, &iface)
+                            .map_err(|e| e.to_string()),
+                        // The kernel announces an IPv6 address itself.
+                        std::net::IpAddr::V6(_) => Ok(()),
+                    },
+                    // The supervisor may be adding it at the same moment: present is enough.
+                    Err(_) => crate::service::vip::add(addr, &iface).or_else(|e| {
                         if crate::service::vip::present(addr, &iface) {
                             Ok(())
                         } else {
-                            Err(e)
+                            Err(e.to_string())
                         }
-                    })
+                    }),
                 });
-                match added {
-                    Ok(()) => {
-                        release_unless_adopted(self.manager.clone(), name.clone(), addr, iface);
-                        Some(began.elapsed().as_secs_f64())
-                    }
+                match announced {
+                    Ok(()) => Some(began.elapsed().as_secs_f64()),
                     Err(e) => {
-                        warn!(service = %name, vip = %addr, error = %e, "the cut-over could not add the VIP; the supervisor will");
+                        // Not there at all: it comes with the supervisor's own first pass.
+                        warn!(service = %name, vip = %addr, error = %e, "the cut-over could not bring up the VIP; the supervisor will");
                         None
                     }
                 }
             }
-            Some(_) => Some(healthy_s),
-            None => None,
+            _ => None,
         };
         Ok(Started {
             pid: s.pid,
@@ -376,15 +408,37 @@ impl Target {
     }
 }
 
+/// Puts `addr` on `iface` (if it is not there) without announcing it.
+fn assign_address(addr: std::net::IpAddr, iface: &str) -> Result<(), String> {
+    if crate::service::vip::present(addr, iface) {
+        return Ok(());
+    }
+    let prefix = if addr.is_ipv4() { 32 } else { 128 };
+    let out = std::process::Command::new("ip")
+        .args(["addr", "add", &format!("{addr}/{prefix}"), "dev", iface])
+        .output()
+        .map_err(|e| format!("cannot run ip (iproute2): {e}"))?;
+    if out.status.success() || crate::service::vip::present(addr, iface) {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip addr add {addr}/{prefix} dev {iface}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// The VIP a cut-over added for service `name` stays only if its supervisor takes it over
 /// (its own first passing check): if the service stops, is removed or given back first, the
-/// address is released here.
+/// address is released here, and the flag returned is set.
 fn release_unless_adopted(
     manager: Arc<Manager>,
     name: String,
     addr: std::net::IpAddr,
     iface: String,
-) {
+) -> Arc<AtomicBool> {
+    let released = Arc::new(AtomicBool::new(false));
+    let flag = released.clone();
     tokio::spawn(async move {
         let held = manager
             .wait_for(&name, VIP_ADOPT_WITHIN, |s| {
@@ -393,6 +447,7 @@ fn release_unless_adopted(
             .await
             .is_ok_and(|s| s.vip_active);
         if !held {
+            flag.store(true, Ordering::SeqCst);
             warn!(service = %name, vip = %addr, "the cut-over's VIP was not taken over: released");
             if let Err(e) =
                 tokio::task::spawn_blocking(move || crate::service::vip::remove(addr, &iface))
@@ -404,6 +459,7 @@ fn release_unless_adopted(
             }
         }
     });
+    released
 }
 
 /// Removes every `*.staging-*` directory under `state_root`.

@@ -335,13 +335,21 @@ impl StateSender {
                 .collect();
             report.dirty_pages += pages.len() as u64;
             let same_file = t.by_key.get(key) == Some(rel);
-            let vouched = match t.last.get(rel) {
-                Some(&(s, ms, mns)) => {
-                    s == *size && ((ms, mns) == (*sec, *nsec) || !pages.is_empty())
+            // Same size: the dirty pages, unless the mtime moved with none (`O_DIRECT`).
+            // Grown (an append-only file, a log): the dirty pages and everything from the old
+            // end on (the old last block included). Shrunk: not vouched for.
+            let (vouched, appended) = match t.last.get(rel) {
+                Some(&(s, ms, mns)) if s == *size => {
+                    ((ms, mns) == (*sec, *nsec) || !pages.is_empty(), None)
                 }
-                None => false,
+                Some(&(s, ..)) if s < *size => (!pages.is_empty(), Some(s / BLOCK)),
+                _ => (false, None),
             };
             if round > 0 && !lost && same_file && vouched {
+                let mut pages = pages;
+                if let Some(from) = appended {
+                    pages.extend(from..size.div_ceil(BLOCK));
+                }
                 report.pages.insert(rel.clone(), pages);
             }
             t.last.insert(rel.clone(), (*size, *sec, *nsec));

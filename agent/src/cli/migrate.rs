@@ -77,6 +77,19 @@ pub fn render(doc: &Value) -> String {
         doc["dirty_bytes_per_second"].as_f64().unwrap_or(0.0) / 1e6,
         t["mode"].as_str().unwrap_or("-"),
     );
+    let z = &doc["compression"];
+    if z.is_object() {
+        let _ = writeln!(
+            out,
+            "compression: {}; {:.1} MB/s of state expected against {:.1} MB/s raw",
+            z["level"]
+                .as_i64()
+                .map(|l| format!("zstd level {l}"))
+                .unwrap_or_else(|| "none".into()),
+            z["expected_bytes_per_second"].as_f64().unwrap_or(0.0) / 1e6,
+            z["path_bytes_per_second"].as_f64().unwrap_or(0.0) / 1e6,
+        );
+    }
     let _ = writeln!(
         out,
         "{:>5} {:>12} {:>12} {:>10} {:>9}",

@@ -41,6 +41,57 @@ use crate::transport::{open, Channel, Peer, PeerInfo, Services};
 pub const HANDOFF: &str = "handoff";
 /// How long the target may take to report the service healthy.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The sample of the state that the zstd level is chosen on: chunks of this size ...
+const SAMPLE_CHUNK: usize = 1 << 20;
+/// ... this many, spread evenly over the state's bytes.
+const SAMPLE_CHUNKS: usize = 8;
+
+/// Up to `chunks` pieces of `chunk` bytes of the state's files (`files` under `root`), taken
+/// at even steps through their bytes in listing order; what cannot be read is skipped.
+fn sample_state(
+    root: &Path,
+    files: &[super::FileMeta],
+    chunks: usize,
+    chunk: usize,
+) -> Vec<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let sized: Vec<(&str, u64)> = files
+        .iter()
+        .filter_map(|f| Some((f.rel.as_str(), f.size?)))
+        .filter(|(_, size)| *size > 0)
+        .collect();
+    let total: u64 = sized.iter().map(|(_, s)| s).sum();
+    if total == 0 || chunks == 0 {
+        return Vec::new();
+    }
+    let step = (total / chunks as u64).max(1);
+    let mut out = Vec::new();
+    let (mut base, mut index) = (0u64, 0usize);
+    for k in 0..chunks as u64 {
+        let at = k * step;
+        while index < sized.len() && base + sized[index].1 <= at {
+            base += sized[index].1;
+            index += 1;
+        }
+        let Some(&(rel, size)) = sized.get(index) else {
+            break;
+        };
+        let offset = at - base;
+        let len = (size - offset).min(chunk as u64) as usize;
+        let Ok(file) = std::fs::File::open(root.join(rel)) else {
+            continue;
+        };
+        let mut buf = vec![0u8; len];
+        if let Ok(n) = file.read_at(&mut buf, offset) {
+            buf.truncate(n);
+            if n > 0 {
+                out.push(buf);
+            }
+        }
+    }
+    out
+}
+
 /// Test hook: milliseconds the source waits between its decision and the hand-off.
 pub const HANDOFF_DELAY_ENV: &str = "GODWIT_TEST_HANDOFF_DELAY_MS";
 /// How often the target checks a migrated service's health until it first passes.
@@ -623,8 +674,13 @@ pub struct MigrationReport {
     pub image_chunks_sent: u64,
     /// Path measured before the move: RTT, milliseconds.
     pub rtt_ms: f64,
-    /// Path measured before the move: bytes per second.
+    /// Path measured before the move: bytes per second (incompressible data).
     pub bandwidth_bytes_per_second: f64,
+    /// The bandwidth after compression the model used: what the chosen zstd level is
+    /// expected to move, bytes of state per second.
+    pub effective_bandwidth_bytes_per_second: f64,
+    /// The zstd level and the measurements it was chosen from.
+    pub compression: Option<crate::transport::LevelChoice>,
     /// Dirty rate the probe reported for the service, bytes per second.
     pub dirty_bytes_per_second: f64,
     /// State size, bytes.
@@ -878,16 +934,28 @@ impl Migrator {
         let state_dir = spec.state_dir(section);
         let scan =
             StateScan::new(&state_dir, &spec.state_relative(section)).map_err(|e| e.to_string())?;
-        report.state_bytes = scan
-            .list()
+        let files = scan.list().map_err(|e| e.to_string())?;
+        report.state_bytes = files.iter().filter_map(|f| f.size).sum();
+        // The zstd level from this machine's speed on a sample of the state and the path's:
+        // the bandwidth after compression is what the model takes.
+        let choice = {
+            let (root, path_bps) = (state_dir.clone(), path.bandwidth_bytes_per_second);
+            tokio::task::spawn_blocking(move || {
+                let sample = sample_state(&root, &files, SAMPLE_CHUNKS, SAMPLE_CHUNK);
+                let parts: Vec<&[u8]> = sample.iter().map(Vec::as_slice).collect();
+                crate::transport::choose_level(&parts, path_bps)
+            })
+            .await
             .map_err(|e| e.to_string())?
-            .iter()
-            .filter_map(|f| f.size)
-            .sum();
+        };
+        info!(level = ?choice.level, expected_mb_s = choice.expected_bytes_per_second / 1e6, path_mb_s = choice.path_bytes_per_second / 1e6, "compression chosen");
+        report.effective_bandwidth_bytes_per_second = choice.expected_bytes_per_second;
+        let level = choice.level;
+        report.compression = Some(choice);
         let input = PrecopyInput {
             state_bytes: report.state_bytes as f64,
             dirty_bytes_per_s: report.dirty_bytes_per_second,
-            bandwidth_bytes_per_s: report.bandwidth_bytes_per_second,
+            bandwidth_bytes_per_s: report.effective_bandwidth_bytes_per_second,
             rtt_s: report.rtt_ms / 1e3,
             downtime_target_s: req.downtime_target.as_secs_f64(),
             max_rounds: 10,
@@ -908,7 +976,7 @@ impl Migrator {
             j.put_source(&entry).map_err(|e| format!("journal: {e}"))?;
         }
         let result = self
-            .move_and_hand_off(req, id, report, &peer, &mut entry, scan, input)
+            .move_and_hand_off(req, id, report, &peer, &mut entry, scan, input, level)
             .await;
         if let Some(j) = &self.journal {
             // Left in place only while the hand-off is unresolved (a background task owns it).
@@ -933,6 +1001,7 @@ impl Migrator {
         entry: &mut SourceEntry,
         scan: StateScan,
         input: PrecopyInput,
+        level: Option<i32>,
     ) -> Result<(), MoveError> {
         let fail = MoveError::Failed;
         let mut sender = StateSender::begin_with_spec(
@@ -941,7 +1010,7 @@ impl Migrator {
             &req.service,
             Some(entry.target_spec.clone()),
             scan,
-            Some(1),
+            level,
         )
         .await
         .map_err(|e| fail(e.to_string()))?;

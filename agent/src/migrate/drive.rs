@@ -79,6 +79,10 @@ pub struct DriveReport {
     /// (`None` while unknown): measured as the bytes dirtied between two rounds' starts over
     /// that time, the probe's distinct dirty pages or the changed blocks, whichever is more.
     pub dirty_rates: Vec<Option<f64>>,
+    /// The bandwidth the termination check used after each live round, bytes per second: what
+    /// the round got through (the same bytes as the dirty rate) over its time, at most the
+    /// path's after compression (`None`: the path's, nothing measured).
+    pub round_bandwidths: Vec<Option<f64>>,
     /// Where the frozen time went, phase by phase.
     pub cutover: Cutover,
 }
@@ -171,6 +175,7 @@ pub async fn drive<S: Source + Send>(
         committed_path: None,
         total_seconds: 0.0,
         dirty_rates: Vec::new(),
+        round_bandwidths: Vec::new(),
         cutover: Cutover::default(),
     };
     macro_rules! fail {
@@ -211,11 +216,21 @@ pub async fn drive<S: Source + Send>(
                     report.dirty_rates.push(rate);
                     // What the next round would copy: what is dirtied while the last one ran.
                     // With no rate yet (round 0 and no probe figure) another round measures it.
+                    // The rate the rounds get through what was dirtied (read, compared, sent and
+                    // written), in the units of the dirty rate: the bandwidth the check takes
+                    // once measured, never above the path's after compression.
+                    let processed = (p.dirty_pages * BLOCK).max(p.bytes) as f64;
+                    let measured = (p.seconds > 0.0 && processed > 0.0)
+                        .then(|| (processed / p.seconds).min(input.bandwidth_bytes_per_s));
+                    report.round_bandwidths.push(measured);
+                    let now = PrecopyInput {
+                        bandwidth_bytes_per_s: measured.unwrap_or(input.bandwidth_bytes_per_s),
+                        ..input
+                    };
                     if let Some(rate) = rate {
                         let remaining = rate * p.seconds;
                         let prev = Some(p.bytes as f64);
-                        if let Some(reason) = precopy::should_freeze(round, remaining, prev, &input)
-                        {
+                        if let Some(reason) = precopy::should_freeze(round, remaining, prev, &now) {
                             report.stop = Some(reason);
                             break;
                         }

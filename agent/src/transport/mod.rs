@@ -13,6 +13,7 @@
 //! | `endpoint.rs` | [`Endpoint`]: connect and accept with the handshake; [`Peer`], [`Channel`] |
 //! | `service.rs` | [`Services`]: streams name a service; handlers registered by name |
 //! | `path.rs` | the `"path"` service: RTT and throughput of the path to a peer |
+//! | `level.rs` | [`choose_level`]: the zstd level from measured compression speed, ratio and path |
 //!
 //! # Invariants
 //!
@@ -27,6 +28,7 @@ pub mod agent;
 mod ca;
 mod endpoint;
 mod error;
+mod level;
 pub(crate) mod path;
 mod service;
 mod tls;
@@ -40,6 +42,7 @@ mod tests;
 pub use ca::{init_ca, issue_node, node_dns_name, validate_node_name, IdentityFiles, CA_CERT};
 pub use endpoint::{Channel, Endpoint, Peer, TransportStats};
 pub use error::TransportError;
+pub use level::{choose_level, LevelChoice, LevelTrial, CANDIDATES};
 pub use path::{measure, PathMeasurement, MAX_PROBE_BYTES};
 pub use service::{open, PeerInfo, Services};
 pub use tls::{Identity, ALPN};

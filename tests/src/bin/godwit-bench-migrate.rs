@@ -404,11 +404,31 @@ fn one_move(
                 .flatten()
                 .filter_map(Value::as_f64)
                 .reduce(f64::max);
+            let rounds: Vec<String> = t["rounds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    format!(
+                        "{:.1} MB in {:.2} s",
+                        r["wire_bytes"].as_f64().unwrap_or(0.0) / MB,
+                        r["seconds"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect();
             eprintln!(
-                "    report: result {} rounds {:?}/{:?} downtime {:?} s cutover {}",
+                "    report: result {} rounds {:?}/{:?} [{}] stop {} path {:.0} MB/s rtt {} ms \
+                 dirty input {:.1} MB/s measured {} estimate {}\n    downtime {:?} s cutover {}",
                 report["result"],
                 s.predicted_rounds,
                 s.actual_rounds,
+                rounds.join(", "),
+                t["stop"],
+                s.path_bytes_per_s.unwrap_or(0.0) / MB,
+                report["rtt_ms"],
+                report["dirty_bytes_per_second"].as_f64().unwrap_or(0.0) / MB,
+                t["dirty_rates"],
+                t["estimate"],
                 s.mover_downtime_s,
                 t["cutover"]
             );

@@ -555,11 +555,12 @@ impl Cell {
 fn render(opts: &Opts, cells: &[Cell], elapsed: Duration) -> String {
     let mut md = String::from("### Live migration of the example service against rsync\n\n");
     md.push_str(&format!(
-        "- command: `{}`\n- date: {} (UTC); {:.0} min of runs\n- machine: {}\n",
+        "- command: `{}`\n- date: {} (UTC); {:.0} min of runs\n- machine: {}\n- source: {}\n",
         opts.command,
         today(),
         elapsed.as_secs_f64() / 60.0,
-        machine()
+        machine(),
+        source()
     ));
     md.push_str(&format!(
         "- two nodes in network namespaces on one bridge (`godwit_tests::migrate_rig`), real \
@@ -760,6 +761,37 @@ fn targets(opts: &Opts, cells: &[Cell]) -> String {
         verdict(share >= 0.9)
     ));
     md
+}
+
+/// The commit the source tree is at, and whether the agent's sources differ from it (the
+/// agent binary is built from the tree as it was when xtask ran).
+fn source() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) => {
+            let dirty =
+                git(&["status", "--porcelain", "--", "agent"]).is_some_and(|s| !s.is_empty());
+            format!(
+                "commit {commit}{}",
+                if dirty {
+                    " with uncommitted changes in `agent/`"
+                } else {
+                    ""
+                }
+            )
+        }
+        None => "unknown (no git)".into(),
+    }
 }
 
 fn today() -> String {

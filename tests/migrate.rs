@@ -14,6 +14,7 @@ use godwit::config::{Config, ProbeMode};
 use godwit::migrate::{self, StateScan, StateSender};
 use godwit::probe::{self, DirtyTracker, Sampler, SamplerConfig};
 use godwit::transport::{init_ca, issue_node, Endpoint, Identity, Services};
+use godwit_tests::migrate_rig::{KvOptions, MigrateRig, RigOptions};
 use godwit_tests::{require_root, unique};
 
 const STATE: usize = 16 << 20;
@@ -255,128 +256,25 @@ fn kvstore_bin(debug: std::path::PathBuf) -> std::path::PathBuf {
     chosen
 }
 
-/// Two namespaced agents with certificates of one CA, gossiping, and the example `kvstore`
-/// (256 MiB of state) running on n1 behind a VIP.
-struct Rig {
-    c: godwit_tests::cluster::Cluster,
-    _slices: [godwit_tests::ServiceSlice; 2],
-    pki: std::path::PathBuf,
-    vip: std::net::Ipv4Addr,
-    kvcheck: std::path::PathBuf,
+/// Two namespaced agents with certificates of one CA, gossiping (the tests library's
+/// [`MigrateRig`]), and the service `spec(vip)` running on n1 behind the VIP.
+fn rig_with(spec: impl FnOnce(std::net::Ipv4Addr) -> serde_json::Value) -> MigrateRig {
+    let mut rig = MigrateRig::new(RigOptions::default());
+    rig.kvstore = kvstore_bin(rig.kvstore.clone());
+    rig.add(1, &spec(rig.vip), Duration::from_secs(15));
+    rig
 }
 
-impl Rig {
-    /// The rig with the example `kvstore` (256 MiB of state) on n1.
-    fn start() -> Rig {
-        let kvstore = kvstore_bin(godwit_tests::example_bin("kvstore"));
-        Rig::start_service("kv", |vip| {
-            serde_json::json!({
-                "name": "kv",
-                "command": [kvstore, "--listen", "0.0.0.0:7379", "--state", "{state}/data/kv.state",
-                            "--size", (256u64 << 20).to_string()],
-                "state": ["data"],
-                "health": {"tcp": "127.0.0.1:7379", "interval_ms": 100},
-                "vip": vip.to_string(),
-            })
-        })
-    }
-
-    /// The rig with the service `spec(vip)` on n1.
-    fn start_service(
-        name: &str,
-        spec: impl FnOnce(std::net::Ipv4Addr) -> serde_json::Value,
-    ) -> Rig {
-        use godwit_tests::cluster::Cluster;
-        use godwit_tests::{example_bin, http_request, wait_for, ServiceSlice};
-
-        let kvcheck = example_bin("kvcheck");
-        let pki = Path::new("/var/tmp").join(unique("godwit-mig-pki"));
-        let ca = pki.join("ca");
-        init_ca(&ca, "test").unwrap();
-        let slices = [ServiceSlice::new(), ServiceSlice::new()];
-        let names: Vec<String> = slices.iter().map(|s| s.name.clone()).collect();
-        const KEY: &str = "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a7988";
-        let ca_dir = ca.clone();
-        let state_base = pki.join("state");
-        let c = Cluster::builder(2)
-            .extra_toml(move |n| {
-                let tls = n.dir.join("tls");
-                issue_node(&ca_dir, n.name, &tls).unwrap();
-                format!(
-                    "[probe]\ninterval_ms = 500\n\
-                     [gossip]\nlisten = \"{a}:9747\"\nseeds = [\"{s}:9747\"]\nkeys = [\"{KEY}\"]\ninterval_ms = 100\n\
-                     [transport]\nlisten = \"{a}:9748\"\ntls_dir = \"{}\"\n\
-                     [services]\ncgroup_parent = \"{}\"\nstate_root = \"{}\"\nvip_interface = \"eth0\"\nstop_grace_ms = 3000\n",
-                    tls.display(),
-                    names[n.index - 1],
-                    // State on a disk filesystem, so the probe sees its pages dirtied.
-                    state_base.join(n.name).display(),
-                    a = n.addr,
-                    s = n.all_addrs[0],
-                )
-            })
-            .start();
-        let o = c.node(1).addr.octets();
-        let vip = std::net::Ipv4Addr::new(o[0], o[1], o[2], 100);
-        let spec = spec(vip).to_string();
-        // n1 sees n2's transport address.
-        wait_for(Duration::from_secs(15), || {
-            let doc = c.json(1, "/v1/nodes");
-            doc["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|m| {
-                    m["id"]["node_id"] == "n2" && m["summary"]["addresses"]["quic"].is_string()
-                })
-                .then_some(())
-        })
-        .expect("n1 knows n2's transport address");
-        let (code, body) = http_request(c.api(1), "POST", "/v1/services", Some(&spec)).unwrap();
-        assert_eq!(code, 201, "{body}\n{}", c.log(1));
-        let rig = Rig {
-            c,
-            _slices: slices,
-            pki,
-            vip,
-            kvcheck,
-        };
-        wait_for(Duration::from_secs(15), || {
-            (rig.status(1)["vip_active"] == true).then_some(())
-        })
-        .unwrap_or_else(|| panic!("{name} not up on n1: {}\n{}", rig.status(1), rig.c.log(1)));
-        rig
-    }
-
-    fn status(&self, i: usize) -> serde_json::Value {
-        self.c.json(i, "/v1/services")["services"]
-            .as_array()
-            .and_then(|a| a.first().cloned())
-            .unwrap_or(serde_json::Value::Null)
-    }
-
-    /// `kvcheck run` against the VIP for `secs` seconds, in the background.
-    fn client(&self, secs: u32) -> std::process::Child {
-        std::process::Command::new(&self.kvcheck)
-            .args([
-                "--addr",
-                &format!("{}:7379", self.vip),
-                "run",
-                "--duration",
-                &secs.to_string(),
-            ])
-            .args(["--rate", "400", "--prefix", "m"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.pki).ok();
-    }
+/// The rig with the example `kvstore` (256 MiB of state) on n1.
+fn rig_with_kv() -> MigrateRig {
+    let mut rig = MigrateRig::new(RigOptions::default());
+    rig.kvstore = kvstore_bin(rig.kvstore.clone());
+    rig.add(
+        1,
+        &rig.kv_spec("kv", &KvOptions::default()),
+        Duration::from_secs(15),
+    );
+    rig
 }
 
 /// The example service moves between two namespaced nodes while a checking client writes to
@@ -387,7 +285,7 @@ fn kvstore_migrates_between_nodes_under_load_and_loses_nothing() {
     use serde_json::Value;
 
     require_root();
-    let rig = Rig::start();
+    let rig = rig_with_kv();
     let c = &rig.c;
     let status = |i: usize| rig.status(i);
     // The checking client writes through the VIP for the whole move.
@@ -521,7 +419,7 @@ fn a_target_killed_mid_transfer_leaves_the_service_on_the_source() {
     use godwit_tests::http_request_within;
 
     require_root();
-    let mut rig = Rig::start();
+    let mut rig = rig_with_kv();
     let client = rig.client(6);
     std::thread::sleep(Duration::from_secs(1));
     let api = rig.c.api(1);
@@ -592,7 +490,7 @@ fn a_source_killed_after_the_commit_leaves_the_service_on_the_target_only() {
     require_root();
     // The agents inherit it; tests run one at a time.
     std::env::set_var(godwit::migrate::agent::HANDOFF_DELAY_ENV, "20000");
-    let mut rig = Rig::start();
+    let mut rig = rig_with_kv();
     std::env::remove_var(godwit::migrate::agent::HANDOFF_DELAY_ENV);
     let client = rig.client(20);
     std::thread::sleep(Duration::from_secs(1));
@@ -856,7 +754,7 @@ fn redis_migrates_between_nodes_under_writes_and_loses_no_acknowledged_write() {
     use serde_json::Value;
 
     require_root();
-    let rig = Rig::start_service("redis", |vip| {
+    let rig = rig_with(|vip| {
         serde_json::json!({
             "name": "redis",
             "command": ["/usr/bin/redis-server", "--port", REDIS_PORT.to_string(),

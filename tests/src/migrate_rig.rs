@@ -2,8 +2,8 @@
 //! one CA, gossip so that n1 knows n2's transport address, managed services with their state on
 //! a disk filesystem (so the probe sees the pages dirtied) and a VIP on each node's `eth0`.
 //!
-//! Used by the migration benchmark (`godwit-bench-migrate`); the integration tests of
-//! `tests/migrate.rs` can use it in place of their own copy.
+//! Used by the migration benchmark (`godwit-bench-migrate`) and the integration tests of
+//! `tests/migrate.rs`.
 //!
 //! ```no_run
 //! use godwit_tests::migrate_rig::{KvOptions, MigrateRig};

@@ -754,8 +754,9 @@ fn ip_cmd(args: &[&str]) -> String {
 #[test]
 fn an_ipv6_vip_is_usable_at_once_and_announced_by_an_unsolicited_neighbour_advertisement() {
     require_root();
+    use godwit_tests::cluster::capture::packet_socket;
     use std::net::{IpAddr, Ipv6Addr};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
     let vip: Ipv6Addr = "fd00:198:18::64".parse().unwrap();
     // In a network namespace of this thread's own, gone when the thread ends: a veth pair,
     // the VIP on one end and a packet socket on the other.
@@ -781,48 +782,7 @@ fn an_ipv6_vip_is_usable_at_once_and_announced_by_an_unsolicited_neighbour_adver
             .collect();
 
         const ETH_P_IPV6: u16 = 0x86dd;
-        // SAFETY: socket(2) with constant arguments; checked below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(ETH_P_IPV6.to_be()),
-            )
-        };
-        assert!(raw >= 0, "packet socket");
-        // SAFETY: a fresh descriptor owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let name = std::ffi::CString::new("gw-b").unwrap();
-        // SAFETY: if_nametoindex reads a NUL-terminated string we own.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        // SAFETY: sockaddr_ll is plain data; zeroed is valid and then filled in.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETH_P_IPV6.to_be();
-        sll.sll_ifindex = index as i32;
-        // SAFETY: bind(2) with a correctly sized sockaddr_ll.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                std::ptr::from_ref(&sll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "bind the packet socket");
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        // SAFETY: setsockopt(2) with a timeval of the right size.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                std::ptr::from_ref(&tv).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
+        let fd = packet_socket("gw-b", libc::SOCK_RAW, ETH_P_IPV6).expect("packet socket on gw-b");
 
         godwit::service::vip::add(IpAddr::V6(vip), "gw-a").unwrap();
         // Added without duplicate address detection: not tentative, usable at once.

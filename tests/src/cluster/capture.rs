@@ -20,13 +20,35 @@ pub fn capture_udp(
     timeout: Duration,
     want: impl Fn(&[u8]) -> bool,
 ) -> Result<Vec<u8>> {
+    let fd = packet_socket(iface, libc::SOCK_DGRAM, ETH_P_IP)?;
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 65_536];
+    while Instant::now() < deadline {
+        // SAFETY: recv(2) into our buffer, bounded by its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            continue;
+        }
+        if let Some(payload) = udp_payload_to(&buf[..n as usize], dst) {
+            if want(payload) {
+                return Ok(payload.to_vec());
+            }
+        }
+    }
+    bail!("no matching datagram to {dst} on {iface} within {timeout:?}")
+}
+
+/// A packet socket (`AF_PACKET`) of `kind` (`SOCK_DGRAM`: link header removed; `SOCK_RAW`:
+/// whole frames) bound to interface `iface` for ethertype `protocol`, whose reads time out
+/// after 100 ms. Runs in the caller's network namespace.
+pub fn packet_socket(iface: &str, kind: i32, protocol: u16) -> Result<OwnedFd> {
     let ifindex = interface_index(iface)?;
-    // SAFETY: socket(2) with constant arguments; the result is checked before use.
+    // SAFETY: socket(2) with plain integer arguments; the result is checked before use.
     let raw = unsafe {
         libc::socket(
             libc::AF_PACKET,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            i32::from(ETH_P_IP.to_be()),
+            kind | libc::SOCK_CLOEXEC,
+            i32::from(protocol.to_be()),
         )
     };
     if raw < 0 {
@@ -37,7 +59,7 @@ pub fn capture_udp(
     // SAFETY: sockaddr_ll is plain data; all-zero is a valid value that we then fill in.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_IP.to_be();
+    sll.sll_protocol = protocol.to_be();
     sll.sll_ifindex = ifindex;
     // SAFETY: bind(2) on our descriptor with a correctly sized sockaddr_ll.
     let rc = unsafe {
@@ -64,21 +86,7 @@ pub fn capture_udp(
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         );
     }
-    let deadline = Instant::now() + timeout;
-    let mut buf = vec![0u8; 65_536];
-    while Instant::now() < deadline {
-        // SAFETY: recv(2) into our buffer, bounded by its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n <= 0 {
-            continue;
-        }
-        if let Some(payload) = udp_payload_to(&buf[..n as usize], dst) {
-            if want(payload) {
-                return Ok(payload.to_vec());
-            }
-        }
-    }
-    bail!("no matching datagram to {dst} on {iface} within {timeout:?}")
+    Ok(fd)
 }
 
 /// The payload of an IPv4 UDP packet addressed to `dst`.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use godwit::config::{Config, ProbeMode};
 use godwit::migrate::{self, StateScan, StateSender};
+use godwit::predict::testdata::noise;
 use godwit::probe::{self, DirtyTracker, Sampler, SamplerConfig};
 use godwit::transport::{init_ca, issue_node, Endpoint, Identity, Services};
 use godwit_tests::migrate_rig::{KvOptions, MigrateRig, RigOptions};
@@ -26,18 +27,6 @@ fn endpoint(ca: &Path, dir: &Path, node: &str) -> Endpoint {
         Identity::load(node, &files).unwrap(),
     )
     .unwrap()
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A writer that changes the state four ways until `stop`: `pwrite` to `db`, stores through
@@ -277,6 +266,23 @@ fn rig_with_kv() -> MigrateRig {
     rig
 }
 
+/// `kv` moved from n1 to n2 (transitional, 200 ms target) on a thread of its own, so the test
+/// can strike while it runs; the answer is the status code and the report.
+fn migrate_kv_in_background(
+    rig: &MigrateRig,
+) -> std::thread::JoinHandle<std::io::Result<(u16, String)>> {
+    let api = rig.c.api(1);
+    std::thread::spawn(move || {
+        godwit_tests::http_request_within(
+            api,
+            "POST",
+            "/v1/services/kv/migrate?to=n2&mode=transitional&downtime_ms=200",
+            None,
+            Duration::from_secs(120),
+        )
+    })
+}
+
 /// The example service moves between two namespaced nodes while a checking client writes to
 /// it through its VIP: nothing acknowledged is lost, and the report has the figures.
 #[test]
@@ -416,22 +422,11 @@ fn kvstore_migrates_between_nodes_under_load_and_loses_nothing() {
 /// running on the source behind its VIP, and the client loses nothing.
 #[test]
 fn a_target_killed_mid_transfer_leaves_the_service_on_the_source() {
-    use godwit_tests::http_request_within;
-
     require_root();
     let mut rig = rig_with_kv();
     let client = rig.client(6);
     std::thread::sleep(Duration::from_secs(1));
-    let api = rig.c.api(1);
-    let mover = std::thread::spawn(move || {
-        http_request_within(
-            api,
-            "POST",
-            "/v1/services/kv/migrate?to=n2&mode=transitional&downtime_ms=200",
-            None,
-            Duration::from_secs(120),
-        )
-    });
+    let mover = migrate_kv_in_background(&rig);
     // Kill n2's agent once its staging copy exists (round 0 under way).
     let staging_parent = rig.pki.join("state/n2");
     let started = std::time::Instant::now();
@@ -485,7 +480,7 @@ fn a_target_killed_mid_transfer_leaves_the_service_on_the_source() {
 /// service, hands it off again and removes its copy. The client loses nothing acknowledged.
 #[test]
 fn a_source_killed_after_the_commit_leaves_the_service_on_the_target_only() {
-    use godwit_tests::{http_request_within, wait_for};
+    use godwit_tests::wait_for;
 
     require_root();
     // The agents inherit it; tests run one at a time.
@@ -494,16 +489,7 @@ fn a_source_killed_after_the_commit_leaves_the_service_on_the_target_only() {
     std::env::remove_var(godwit::migrate::agent::HANDOFF_DELAY_ENV);
     let client = rig.client(20);
     std::thread::sleep(Duration::from_secs(1));
-    let api = rig.c.api(1);
-    let mover = std::thread::spawn(move || {
-        http_request_within(
-            api,
-            "POST",
-            "/v1/services/kv/migrate?to=n2&mode=transitional&downtime_ms=200",
-            None,
-            Duration::from_secs(120),
-        )
-    });
+    let mover = migrate_kv_in_background(&rig);
     let target_journal = rig.c.node(2).dir.join("data/migrations");
     let owned = || {
         std::fs::read_dir(&target_journal)

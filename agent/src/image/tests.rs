@@ -6,21 +6,9 @@ use std::sync::Arc;
 
 use super::push::{push_with, register};
 use super::*;
+use crate::predict::testdata::noise;
 use crate::transport::testing::{node, pki, serve};
 use crate::transport::Services;
-
-/// Pseudo-random bytes from `seed`.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// A small program tree: a 4 MiB binary, a config, a link, an empty directory.
 fn tree(dir: &Path) {

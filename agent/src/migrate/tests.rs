@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::*;
+use crate::predict::testdata::noise;
 use crate::transport::testing::{node, pki, serve};
 use crate::transport::{Peer, Services};
 
@@ -40,18 +41,6 @@ async fn setup() -> Setup {
         peer,
         _server: server,
     }
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Every file under `root` with its bytes.

@@ -1,5 +1,6 @@
-//! Deterministic simulated series for tests and benchmarks: a SplitMix64 generator, normal
-//! draws by Box-Muller, and ARMA / random-walk simulators. Not a general-purpose RNG.
+//! Deterministic simulated data for tests and benchmarks: a SplitMix64 generator, normal
+//! draws by Box-Muller, ARMA / random-walk simulators, and incompressible bytes ([`noise`]).
+//! Not a general-purpose RNG.
 
 /// SplitMix64 (Steele, Lea and Flood 2014) with a Box-Muller normal sampler.
 #[derive(Debug, Clone)]
@@ -79,6 +80,20 @@ pub fn random_walk(n: usize, seed: u64) -> Vec<f64> {
         .map(|_| {
             x += rng.normal();
             x
+        })
+        .collect()
+}
+
+/// `len` pseudo-random (incompressible) bytes from `seed` by xorshift64; the same seed gives
+/// the same bytes (an even seed is made odd, as xorshift needs a non-zero state).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
         })
         .collect()
 }

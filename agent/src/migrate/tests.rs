@@ -24,6 +24,37 @@ impl Setup {
     fn recv_root(&self) -> std::path::PathBuf {
         self.dir.path().join("recv")
     }
+
+    /// A `len`-byte `data/db` of noise from `seed` with a writer changing it, and a sender
+    /// of migration `id` (zstd `level`) that has begun on it.
+    async fn writer_and_sender(
+        &self,
+        id: &str,
+        len: usize,
+        seed: u64,
+        level: Option<i32>,
+    ) -> (WriterService, StateSender) {
+        std::fs::create_dir_all(self.src().join("data")).unwrap();
+        std::fs::write(self.src().join("data/db"), noise(len, seed)).unwrap();
+        let svc = WriterService::start(self.src().join("data/db"));
+        let scan = StateScan::new(&self.src(), &["data".into()]).unwrap();
+        let tx = StateSender::begin(&self.peer, id, "kv", scan, level)
+            .await
+            .unwrap();
+        (svc, tx)
+    }
+
+    /// After a migration failed before its commit: the writer still gets its writes through
+    /// and the target kept no copy.
+    fn assert_source_serves_on(&self, writes: &AtomicU64) {
+        let before = writes.load(Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            writes.load(Ordering::SeqCst) > before,
+            "the source serves on"
+        );
+        assert!(!self.recv_root().join("kv").exists());
+    }
 }
 
 async fn setup() -> Setup {
@@ -348,13 +379,7 @@ fn input(state: f64, dirty: f64) -> crate::policy::PrecopyInput {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_driver_freezes_after_converging_rounds_and_commits_an_exact_copy() {
     let s = setup().await;
-    std::fs::create_dir_all(s.src().join("data")).unwrap();
-    std::fs::write(s.src().join("data/db"), noise(4 << 20, 9)).unwrap();
-    let mut svc = WriterService::start(s.src().join("data/db"));
-    let scan = StateScan::new(&s.src(), &["data".into()]).unwrap();
-    let tx = StateSender::begin(&s.peer, "d1", "kv", scan, Some(1))
-        .await
-        .unwrap();
+    let (mut svc, tx) = s.writer_and_sender("d1", 4 << 20, 9, Some(1)).await;
     let report = drive(tx, &mut svc, input(4e6, 1e6), Mode::Auto)
         .await
         .unwrap_or_else(|(e, r)| panic!("{e}: {r:?}"));
@@ -382,39 +407,21 @@ async fn the_driver_freezes_after_converging_rounds_and_commits_an_exact_copy() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_freeze_leaves_the_service_running_on_the_source() {
     let s = setup().await;
-    std::fs::create_dir_all(s.src().join("data")).unwrap();
-    std::fs::write(s.src().join("data/db"), noise(1 << 20, 4)).unwrap();
-    let mut svc = WriterService::start(s.src().join("data/db"));
+    let (mut svc, tx) = s.writer_and_sender("d2", 1 << 20, 4, None).await;
     svc.fail_freeze = true;
-    let scan = StateScan::new(&s.src(), &["data".into()]).unwrap();
-    let tx = StateSender::begin(&s.peer, "d2", "kv", scan, None)
-        .await
-        .unwrap();
     let (err, report) = drive(tx, &mut svc, input(1e6, 1e6), Mode::Transitional)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("freeze"), "{err}");
     assert_eq!(svc.calls, vec!["freeze", "thaw"]);
     assert!(report.committed_path.is_none());
-    let before = svc.writes.load(Ordering::SeqCst);
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    assert!(
-        svc.writes.load(Ordering::SeqCst) > before,
-        "the source serves on"
-    );
-    assert!(!s.recv_root().join("kv").exists());
+    s.assert_source_serves_on(&svc.writes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intermittent_mode_stops_copies_once_and_commits() {
     let s = setup().await;
-    std::fs::create_dir_all(s.src().join("data")).unwrap();
-    std::fs::write(s.src().join("data/db"), noise(1 << 20, 6)).unwrap();
-    let mut svc = WriterService::start(s.src().join("data/db"));
-    let scan = StateScan::new(&s.src(), &["data".into()]).unwrap();
-    let tx = StateSender::begin(&s.peer, "d3", "kv", scan, None)
-        .await
-        .unwrap();
+    let (mut svc, tx) = s.writer_and_sender("d3", 1 << 20, 6, None).await;
     // A dirty rate above the bandwidth: iterating never converges, so Auto stops and copies.
     let report = drive(tx, &mut svc, input(1e6, 80e6), Mode::Auto)
         .await
@@ -513,16 +520,11 @@ impl Source for GiveUpAtFreeze {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_thaws_the_source() {
     let (s, j) = setup_with_journal().await;
-    std::fs::create_dir_all(s.src().join("data")).unwrap();
-    std::fs::write(s.src().join("data/db"), noise(1 << 20, 8)).unwrap();
+    let (inner, tx) = s.writer_and_sender("c1", 1 << 20, 8, None).await;
     let mut svc = GiveUpAtFreeze {
-        inner: WriterService::start(s.src().join("data/db")),
+        inner,
         journal: j.clone(),
     };
-    let scan = StateScan::new(&s.src(), &["data".into()]).unwrap();
-    let tx = StateSender::begin(&s.peer, "c1", "kv", scan, None)
-        .await
-        .unwrap();
     let (err, report) = drive(tx, &mut svc, input(1e6, 1e6), Mode::Transitional)
         .await
         .unwrap_err();
@@ -533,13 +535,7 @@ async fn a_failed_commit_thaws_the_source() {
         "thawed after the failed commit"
     );
     assert!(report.committed_path.is_none());
-    let before = svc.inner.writes.load(Ordering::SeqCst);
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    assert!(
-        svc.inner.writes.load(Ordering::SeqCst) > before,
-        "the source serves on"
-    );
-    assert!(!s.recv_root().join("kv").exists());
+    s.assert_source_serves_on(&svc.inner.writes);
 }
 
 /// With no dirty rate from the probe, the first live round must not pass for the dirty rate
@@ -548,13 +544,7 @@ async fn a_failed_commit_thaws_the_source() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_dirty_rate_is_measured_by_the_rounds() {
     let s = setup().await;
-    std::fs::create_dir_all(s.src().join("data")).unwrap();
-    std::fs::write(s.src().join("data/db"), noise(8 << 20, 10)).unwrap();
-    let mut svc = WriterService::start(s.src().join("data/db"));
-    let scan = StateScan::new(&s.src(), &["data".into()]).unwrap();
-    let tx = StateSender::begin(&s.peer, "r1", "kv", scan, None)
-        .await
-        .unwrap();
+    let (mut svc, tx) = s.writer_and_sender("r1", 8 << 20, 10, None).await;
     let mut inp = input(8e6, 0.0);
     inp.downtime_target_s = 0.02;
     let report = drive(tx, &mut svc, inp, Mode::Auto)

@@ -1,5 +1,5 @@
-//! `godwit ca init` and `godwit cert issue`: the cluster CA and node certificates for the
-//! agent-to-agent transport (mutual TLS).
+//! `godwit ca init` and `godwit cert issue`: the cluster CA, and the node and operator
+//! certificates of the agent-to-agent transport (mutual TLS).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,7 +27,7 @@ enum CaCommand {
     },
 }
 
-/// Node certificates.
+/// Node and operator certificates.
 #[derive(Debug, clap::Args)]
 pub struct CertArgs {
     #[command(subcommand)]
@@ -37,11 +37,16 @@ pub struct CertArgs {
 #[derive(Debug, clap::Subcommand)]
 enum CertCommand {
     /// Issue a node's certificate (<node>.pem, <node>.key, and a copy of ca.pem) into a
-    /// directory; copy it to the node's /etc/godwit/tls.
+    /// directory; copy it to the node's /etc/godwit/tls. With --operator, an operator's
+    /// (<name>.operator.pem, .key): client only, for `godwit migrate --operator NAME`.
+    #[command(group(clap::ArgGroup::new("who").required(true).args(["node", "operator"])))]
     Issue {
         /// The node's name (`[node] name`): 1 to 63 of a-z, 0-9 and '-'.
         #[arg(long)]
-        node: String,
+        node: Option<String>,
+        /// An operator's name (`<name>.operator.godwit`): 1 to 63 of a-z, 0-9 and '-'.
+        #[arg(long)]
+        operator: Option<String>,
         /// Directory of the CA.
         #[arg(long, default_value = "/etc/godwit/ca")]
         ca_dir: PathBuf,
@@ -62,11 +67,29 @@ pub fn ca(args: CaArgs) -> ExitCode {
 
 pub fn cert(args: CertArgs) -> ExitCode {
     match args.command {
-        CertCommand::Issue { node, ca_dir, out } => {
-            report(transport::issue_node(&ca_dir, &node, &out).map(|f| {
-                format!(
-                    "certificate for {node} ({}): {}, key {}, CA {}",
+        CertCommand::Issue {
+            node,
+            operator,
+            ca_dir,
+            out,
+        } => {
+            let (issued, name, dns) = match (node, operator) {
+                (_, Some(op)) => (
+                    transport::issue_operator(&ca_dir, &op, &out),
+                    format!("operator {op}"),
+                    transport::operator_dns_name(&op),
+                ),
+                (Some(node), None) => (
+                    transport::issue_node(&ca_dir, &node, &out),
+                    node.clone(),
                     transport::node_dns_name(&node),
+                ),
+                // clap requires one of them.
+                (None, None) => return ExitCode::from(exit::USAGE),
+            };
+            report(issued.map(|f| {
+                format!(
+                    "certificate for {name} ({dns}): {}, key {}, CA {}",
                     f.cert.display(),
                     f.key.display(),
                     f.ca.display()

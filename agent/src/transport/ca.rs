@@ -2,8 +2,10 @@
 //!
 //! One CA per cluster signs one certificate per node. A node's certificate names it with a
 //! single DNS subject alternative name, [`node_dns_name`] (`<node>.node.godwit`), and is valid
-//! for both TLS server and client authentication, since every agent is both. Keys are ECDSA
-//! P-256, written with mode 0600; an existing file is never overwritten.
+//! for both TLS server and client authentication, since every agent is both. An operator's
+//! certificate (`godwit cert issue --operator NAME`) names `<name>.operator.godwit` and is
+//! valid for client authentication only: it can call an agent, never serve as one. Keys are
+//! ECDSA P-256, written with mode 0600; an existing file is never overwritten.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -26,10 +28,18 @@ pub const CA_KEY: &str = "ca.key";
 const CA_YEARS: i32 = 10;
 /// Years a node certificate is valid.
 const NODE_YEARS: i32 = 2;
+/// Years an operator's certificate is valid.
+const OPERATOR_YEARS: i32 = 1;
 
 /// The DNS name a node's certificate carries, and that peers verify.
 pub fn node_dns_name(node: &str) -> String {
     format!("{node}.node.godwit")
+}
+
+/// The DNS name an operator's certificate carries (`<name>.operator.godwit`): a name no node
+/// certificate can carry, so an operator is never taken for a node nor the reverse.
+pub fn operator_dns_name(name: &str) -> String {
+    format!("{name}.operator.godwit")
 }
 
 /// Checks that `node` can be a DNS label: 1 to 63 of `a-z`, `0-9` and `-`, not starting or
@@ -70,6 +80,16 @@ impl IdentityFiles {
             key: dir.join(format!("{node}.key")),
         }
     }
+
+    /// The layout of a directory written by [`issue_operator`]: `ca.pem`,
+    /// `<name>.operator.pem`, `<name>.operator.key` (never a node's file names).
+    pub fn operator_in_dir(dir: &Path, name: &str) -> IdentityFiles {
+        IdentityFiles {
+            ca: dir.join(CA_CERT),
+            cert: dir.join(format!("{name}.operator.pem")),
+            key: dir.join(format!("{name}.operator.key")),
+        }
+    }
 }
 
 /// Creates a new cluster CA in `dir` (`ca.pem`, `ca.key`); refuses to overwrite one.
@@ -97,31 +117,70 @@ pub fn issue_node(
     out_dir: &Path,
 ) -> Result<IdentityFiles, TransportError> {
     validate_node_name(node)?;
+    issue(
+        ca_dir,
+        node,
+        &node_dns_name(node),
+        // Every agent is client and server.
+        &[
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        NODE_YEARS,
+        IdentityFiles::in_dir(out_dir, node),
+    )
+}
+
+/// Issues an operator's certificate for `name`, signed by the CA in `ca_dir`, into `out_dir`
+/// (`ca.pem`, `<name>.operator.pem`, `<name>.operator.key`): client authentication only, with
+/// the name [`operator_dns_name`]. An operator can call an agent (`godwit migrate`) but never
+/// serve as one. Refuses to overwrite files.
+pub fn issue_operator(
+    ca_dir: &Path,
+    name: &str,
+    out_dir: &Path,
+) -> Result<IdentityFiles, TransportError> {
+    validate_node_name(name)?;
+    issue(
+        ca_dir,
+        name,
+        &operator_dns_name(name),
+        &[ExtendedKeyUsagePurpose::ClientAuth],
+        OPERATOR_YEARS,
+        IdentityFiles::operator_in_dir(out_dir, name),
+    )
+}
+
+/// Issues one certificate with the common name `cn` and the single DNS name `dns` into `files`.
+fn issue(
+    ca_dir: &Path,
+    cn: &str,
+    dns: &str,
+    usages: &[ExtendedKeyUsagePurpose],
+    years: i32,
+    files: IdentityFiles,
+) -> Result<IdentityFiles, TransportError> {
     let ca_pem = read(&ca_dir.join(CA_CERT))?;
     let ca_key = KeyPair::from_pem(&read(&ca_dir.join(CA_KEY))?).map_err(TransportError::cert)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(TransportError::cert)?;
     let key = KeyPair::generate().map_err(TransportError::cert)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, node);
+    dn.push(DnType::CommonName, cn);
     params.distinguished_name = dn;
     params.subject_alt_names = vec![SanType::DnsName(
-        node_dns_name(node)
-            .try_into()
-            .map_err(TransportError::cert)?,
+        dns.to_string().try_into().map_err(TransportError::cert)?,
     )];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = usages.to_vec();
     params.use_authority_key_identifier_extension = true;
-    validity(&mut params, NODE_YEARS);
+    validity(&mut params, years);
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(TransportError::cert)?;
-    std::fs::create_dir_all(out_dir).map_err(|e| TransportError::io(out_dir, e))?;
-    let files = IdentityFiles::in_dir(out_dir, node);
+    if let Some(out_dir) = files.cert.parent() {
+        std::fs::create_dir_all(out_dir).map_err(|e| TransportError::io(out_dir, e))?;
+    }
     write_new(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
     write_new(&files.cert, cert.pem().as_bytes(), 0o644)?;
     if files.ca != ca_dir.join(CA_CERT) {

@@ -3,10 +3,11 @@
 //! A connection starts with a handshake on its first bidirectional stream, which then stays
 //! open as the connection's control channel:
 //!
-//! 1. the client sends `Hello { node }` (who it is);
-//! 2. the server checks that the client's certificate names that node and is signed by the
-//!    cluster CA ([`Identity::verify_peer`]) and answers `Welcome { node }` or
-//!    `Refused { reason }`;
+//! 1. the client sends `Hello { node }` (who it is), or `HelloOperator { name }` when it is an
+//!    operator ([`Principal::Operator`], a client only);
+//! 2. the server checks that the client's certificate names that node (or operator) and is
+//!    signed by the cluster CA ([`Identity::verify_principal`]) and answers `Welcome { node }`
+//!    or `Refused { reason }`;
 //! 3. the client checks the welcome names the node it dialled (rustls already checked the
 //!    server's certificate for that name).
 //!
@@ -26,7 +27,7 @@ use tracing::{debug, warn};
 
 use super::ca::node_dns_name;
 use super::error::TransportError;
-use super::tls::Identity;
+use super::tls::{Identity, Principal};
 use super::wire::{read_msg, write_msg};
 
 /// How long a peer has to complete the handshake.
@@ -38,9 +39,19 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Handshake {
-    Hello { node: String },
-    Welcome { node: String },
-    Refused { reason: String },
+    Hello {
+        node: String,
+    },
+    Welcome {
+        node: String,
+    },
+    Refused {
+        reason: String,
+    },
+    /// Appended after the others, so their encoding is unchanged.
+    HelloOperator {
+        name: String,
+    },
 }
 
 /// Counts of connections since the endpoint opened.
@@ -95,15 +106,20 @@ impl Channel {
 #[derive(Debug)]
 pub struct Peer {
     conn: quinn::Connection,
-    node: String,
+    principal: Principal,
     /// The handshake stream, kept open for control messages.
     pub control: Channel,
 }
 
 impl Peer {
-    /// The peer's node name, as proven by its certificate.
+    /// The peer's node name (or, for an operator, its name), as proven by its certificate.
     pub fn node(&self) -> &str {
-        &self.node
+        self.principal.name()
+    }
+
+    /// Who the peer is, as proven by its certificate: a node or an operator.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
     }
 
     /// Its address.
@@ -187,6 +203,33 @@ impl Endpoint {
         })
     }
 
+    /// Binds `addr` (UDP, usually port 0) as a client only, with `identity`: what a command
+    /// such as `godwit migrate` needs to call an agent. It accepts nothing, so an operator's
+    /// identity (client authentication only) does for it.
+    pub fn client(addr: SocketAddr, identity: Identity) -> Result<Endpoint, TransportError> {
+        let client_crypto = QuicClientConfig::try_from(identity.client_config()?)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(KEEP_ALIVE));
+        transport.max_idle_timeout(Some(
+            IDLE_TIMEOUT
+                .try_into()
+                .map_err(|e: quinn::VarIntBoundsExceeded| TransportError::Tls(e.to_string()))?,
+        ));
+        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client.transport_config(Arc::new(transport));
+        let mut inner = quinn::Endpoint::client(addr).map_err(|e| TransportError::Bind {
+            addr,
+            reason: e.to_string(),
+        })?;
+        inner.set_default_client_config(client);
+        Ok(Endpoint {
+            inner,
+            identity: Arc::new(identity),
+            counters: Arc::default(),
+        })
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
         self.inner.local_addr().map_err(TransportError::connection)
@@ -245,16 +288,18 @@ impl Endpoint {
             .map_err(|e| fail(e.to_string()))?;
         let (send, recv) = conn.open_bi().await.map_err(|e| fail(e.to_string()))?;
         let mut control = Channel { send, recv };
+        let hello = match self.identity.principal() {
+            Principal::Node(n) => Handshake::Hello { node: n.clone() },
+            Principal::Operator(n) => Handshake::HelloOperator { name: n.clone() },
+        };
         control
-            .send(&Handshake::Hello {
-                node: self.identity.node().to_string(),
-            })
+            .send(&hello)
             .await
             .map_err(|e| fail(e.to_string()))?;
         match control.recv::<Handshake>().await {
             Ok(Some(Handshake::Welcome { node: theirs })) if theirs == node => Ok(Peer {
                 conn,
-                node: theirs,
+                principal: Principal::Node(theirs),
                 control,
             }),
             Ok(Some(Handshake::Welcome { node: theirs })) => {
@@ -300,8 +345,9 @@ impl Endpoint {
             .map_err(|e| TransportError::Refused(e.to_string()))?;
         let (send, recv) = conn.accept_bi().await.map_err(TransportError::connection)?;
         let mut control = Channel { send, recv };
-        let node = match control.recv::<Handshake>().await? {
-            Some(Handshake::Hello { node }) => node,
+        let principal = match control.recv::<Handshake>().await? {
+            Some(Handshake::Hello { node }) => Principal::Node(node),
+            Some(Handshake::HelloOperator { name }) => Principal::Operator(name),
             other => {
                 return Err(TransportError::Refused(format!(
                     "expected a hello, got {other:?}"
@@ -312,7 +358,7 @@ impl Endpoint {
             .peer_identity()
             .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
             .ok_or_else(|| TransportError::Refused("no client certificate".into()))?;
-        if let Err(e) = self.identity.verify_peer(&node, &chain) {
+        if let Err(e) = self.identity.verify_principal(&principal, &chain) {
             let reason = e.to_string();
             let _ = control
                 .send(&Handshake::Refused {
@@ -332,7 +378,7 @@ impl Endpoint {
             .await?;
         Ok(Peer {
             conn,
-            node,
+            principal,
             control,
         })
     }

@@ -7,8 +7,8 @@
 //! | file | what |
 //! | --- | --- |
 //! | `agent.rs` | the `[transport]` table as a running endpoint; measured paths |
-//! | `ca.rs` | the cluster CA and node certificates (`godwit ca init`, `godwit cert issue`) |
-//! | `tls.rs` | [`Identity`]: a node's certificate and key; rustls configs; peer checks |
+//! | `ca.rs` | the cluster CA, node and operator certificates (`godwit ca init`, `godwit cert issue`) |
+//! | `tls.rs` | [`Identity`]: a node's (or operator's) certificate and key; [`Principal`]; rustls configs; peer checks |
 //! | `wire.rs` | message frames (bincode 2, versioned, bounded) and bulk blocks (zstd) |
 //! | `endpoint.rs` | [`Endpoint`]: connect and accept with the handshake; [`Peer`], [`Channel`] |
 //! | `service.rs` | [`Services`]: streams name a service; handlers registered by name |
@@ -20,6 +20,9 @@
 //! - **Only the cluster CA is trusted**, on both sides, and a peer is who its certificate
 //!   says: the client verifies the server's name (`<node>.node.godwit`), the server verifies
 //!   the name the client claims against the client's certificate. Failures are counted.
+//! - **An operator is a client of the control service only**: its certificate
+//!   (`<name>.operator.godwit`, client authentication only) never names a node, and
+//!   [`Services`] refuses it every service not registered for operators.
 //! - **TLS 1.3 only**, provider ring set explicitly (never the process default).
 //! - **Frames are bounded and versioned**: another wire version is refused, not guessed at.
 //! - **Keys are written 0600 and never overwritten.**
@@ -39,13 +42,16 @@ pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
-pub use ca::{init_ca, issue_node, node_dns_name, validate_node_name, IdentityFiles, CA_CERT};
+pub use ca::{
+    init_ca, issue_node, issue_operator, node_dns_name, operator_dns_name, validate_node_name,
+    IdentityFiles, CA_CERT,
+};
 pub use endpoint::{Channel, Endpoint, Peer, TransportStats};
 pub use error::TransportError;
 pub use level::{choose_level, LevelChoice, LevelTrial, CANDIDATES};
 pub use path::{measure, PathMeasurement, MAX_PROBE_BYTES};
 pub use service::{open, PeerInfo, Services};
-pub use tls::{Identity, ALPN};
+pub use tls::{Identity, Principal, ALPN};
 pub use wire::{
     drain_bulk, read_bulk, read_bulk_with, read_msg, write_blocks, write_bulk, write_msg,
     BulkStats, MAX_BLOCK, WIRE_VERSION,

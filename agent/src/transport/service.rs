@@ -1,5 +1,10 @@
 //! Services on a connection: each exchange opens its own stream whose first frame names the
-//! service (`"path"`, `"image"`, later `"migrate"`); the agent registers a handler per name.
+//! service (`"path"`, `"image"`, `"state"`, `"handoff"`, `"control"`); the agent registers a
+//! handler per name.
+//!
+//! Nodes may open every service. Operators ([`Principal::Operator`]) may open only those
+//! registered with [`Services::register_for_operators`] (`"control"`); anything else is refused
+//! as if it did not exist for them.
 //!
 //! The transport knows nothing of what a service does, so modules above it (image, migrate)
 //! plug in without the transport depending on them.
@@ -14,15 +19,25 @@ use serde::{Deserialize, Serialize};
 
 use super::endpoint::{Channel, Peer};
 use super::error::TransportError;
+use super::tls::Principal;
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-type Handler = Arc<dyn Fn(PeerInfo, Channel) -> BoxFuture + Send + Sync>;
+type HandlerFn = Arc<dyn Fn(PeerInfo, Channel) -> BoxFuture + Send + Sync>;
+
+#[derive(Clone)]
+struct Handler {
+    run: HandlerFn,
+    /// Operators may open it too (not only nodes).
+    operators: bool,
+}
 
 /// Who is on the other end of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
-    /// The peer's node name, proven by its certificate.
+    /// The peer's name (a node's, or an operator's), proven by its certificate.
     pub node: String,
+    /// Whether it is a node or an operator, proven by its certificate.
+    pub principal: Principal,
     /// Its address.
     pub addr: SocketAddr,
 }
@@ -36,6 +51,12 @@ enum Open {
 enum Opened {
     Ok,
     Unknown { name: String },
+}
+
+/// What an operator is told when it opens a service of nodes only: the same as for a service
+/// that does not exist, so nothing is learnt from it.
+fn unknown_to(principal: &Principal, handler: Option<Handler>) -> Option<Handler> {
+    handler.filter(|h| h.operators || matches!(principal, Principal::Node(_)))
 }
 
 /// The handlers of this agent, by service name.
@@ -58,23 +79,42 @@ impl std::fmt::Debug for Services {
 }
 
 impl Services {
-    /// Registers (or replaces) the handler of service `name`.
+    /// Registers (or replaces) the handler of service `name`, which only nodes may open.
     pub fn register<F, Fut>(&self, name: &str, handler: F)
     where
         F: Fn(PeerInfo, Channel) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let handler: Handler = Arc::new(move |peer, ch| Box::pin(handler(peer, ch)));
+        self.insert(name, false, handler);
+    }
+
+    /// Registers (or replaces) the handler of service `name`, which operators may open too;
+    /// the handler decides what each caller ([`PeerInfo::principal`]) may do.
+    pub fn register_for_operators<F, Fut>(&self, name: &str, handler: F)
+    where
+        F: Fn(PeerInfo, Channel) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.insert(name, true, handler);
+    }
+
+    fn insert<F, Fut>(&self, name: &str, operators: bool, handler: F)
+    where
+        F: Fn(PeerInfo, Channel) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let run: HandlerFn = Arc::new(move |peer, ch| Box::pin(handler(peer, ch)));
         self.handlers
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), handler);
+            .insert(name.to_string(), Handler { run, operators });
     }
 
     /// Serves the streams `peer` opens until the connection ends, each on its own task.
     pub async fn serve(self, peer: Peer) {
         let info = PeerInfo {
             node: peer.node().to_string(),
+            principal: peer.principal().clone(),
             addr: peer.addr(),
         };
         while let Ok(mut ch) = peer.accept().await {
@@ -91,14 +131,14 @@ impl Services {
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&name)
                     .cloned();
-                match handler {
+                match unknown_to(&info.principal, handler) {
                     Some(h) => {
                         if ch.send(&Opened::Ok).await.is_ok() {
-                            h(info, ch).await;
+                            (h.run)(info, ch).await;
                         }
                     }
                     None => {
-                        tracing::debug!(peer = %info.node, service = %name, "unknown service");
+                        tracing::debug!(peer = %info.principal, service = %name, "unknown service (or not for this caller)");
                         let _ = ch.send(&Opened::Unknown { name }).await;
                         let _ = ch.finish();
                     }

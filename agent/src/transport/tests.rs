@@ -219,3 +219,81 @@ async fn an_unknown_service_is_refused_and_the_connection_lives_on() {
 async fn b_peer(a: &Endpoint, b: &Endpoint) -> Peer {
     a.connect(b.local_addr().unwrap(), "b").await.unwrap()
 }
+
+/// An operator's client endpoint, signed by the CA in `ca_dir`.
+fn operator(ca_dir: &std::path::Path, name: &str, out: &std::path::Path) -> Endpoint {
+    let files = issue_operator(ca_dir, name, out).unwrap();
+    let id = Identity::load_operator(name, &files).unwrap();
+    assert_eq!(id.principal(), &Principal::Operator(name.into()));
+    Endpoint::client(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), id).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_opens_only_the_services_for_operators() {
+    let p = pki();
+    let b = node(&p, "b");
+    let services = Services::default();
+    path::register(&services);
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    services.register_for_operators("control", move |peer, mut ch| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let _ = seen_tx.send(peer.principal.clone());
+            let _ = ch.send(&peer.principal.to_string()).await;
+            let _ = ch.finish();
+        }
+    });
+    let _server = serve(&b, services);
+    let alice = operator(&p.ca, "alice", &p.root.join("ops"));
+    let peer = alice.connect(b.local_addr().unwrap(), "b").await.unwrap();
+    // A service of nodes only looks like no service at all.
+    let err = open(&peer, path::SERVICE).await.unwrap_err();
+    assert!(err.to_string().contains("no service"), "{err}");
+    let mut ch = open(&peer, "control").await.unwrap();
+    assert_eq!(
+        ch.recv::<String>().await.unwrap().as_deref(),
+        Some("operator alice")
+    );
+    assert_eq!(seen.recv().await, Some(Principal::Operator("alice".into())));
+    // A node opens both.
+    let a = node(&p, "a");
+    let peer = b_peer(&a, &b).await;
+    assert!(open(&peer, path::SERVICE).await.is_ok());
+    let mut ch = open(&peer, "control").await.unwrap();
+    assert_eq!(
+        ch.recv::<String>().await.unwrap().as_deref(),
+        Some("node a")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_certificate_never_passes_for_a_node_nor_one_of_another_ca() {
+    let p = pki();
+    let c = node(&p, "c");
+    let server = serve_echo(&c);
+    // alice's operator certificate, saying hello as the node "alice".
+    let files = issue_operator(&p.ca, "alice", &p.root.join("ops")).unwrap();
+    let liar = bind(Identity::load_unchecked_for_tests("alice", &files));
+    let err = liar
+        .connect(c.local_addr().unwrap(), "c")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Refused(_)), "{err}");
+    // An operator of another CA (trusting ours) is refused by the TLS handshake.
+    let files = issue_operator(&p.other_ca, "mallory", &p.root.join("other-ops")).unwrap();
+    let mut mixed = files.clone();
+    mixed.ca = p.ca.join(CA_CERT);
+    assert!(
+        Identity::load_operator("mallory", &mixed).is_err(),
+        "not loadable against our CA"
+    );
+    let counted = tokio::time::timeout(Duration::from_secs(3), async {
+        while c.stats().refused_in == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(counted.is_ok(), "{:?}", c.stats());
+    assert_eq!(c.stats().accepted, 0);
+    assert!(server.await.unwrap().is_empty());
+}

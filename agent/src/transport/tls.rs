@@ -3,8 +3,9 @@
 //! Both sides present a certificate of the cluster CA and nothing else is trusted: the CA is
 //! the only root. The client checks the server's name against the node it meant to reach
 //! (rustls does, with the name [`node_dns_name`]); the server learns who the client claims to
-//! be from its first frame and checks that claim against the client's certificate
-//! ([`verify_peer_name`]). The crypto provider is ring, set explicitly.
+//! be from its first frame, a node or an operator ([`Principal`]), and checks that claim
+//! against the client's certificate ([`Identity::verify_principal`]). The crypto provider is
+//! ring, set explicitly.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,16 +17,54 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use super::ca::{node_dns_name, validate_node_name, IdentityFiles};
+use super::ca::{node_dns_name, operator_dns_name, validate_node_name, IdentityFiles};
 use super::error::TransportError;
 
 /// ALPN protocol of agent-to-agent connections.
 pub const ALPN: &[u8] = b"godwit/1";
 
-/// A node's certificate and key, and the cluster CA it trusts.
+/// Who is on one end of a connection, as its certificate proves: a node (an agent, later the
+/// coordinator) or an operator (`godwit cert issue --operator`, used by `godwit migrate`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Principal {
+    /// A node of the cluster: `<name>.node.godwit`.
+    Node(String),
+    /// A person or tool: `<name>.operator.godwit`. A client only, and only of the services
+    /// registered for operators.
+    Operator(String),
+}
+
+impl Principal {
+    /// The name without its kind.
+    pub fn name(&self) -> &str {
+        match self {
+            Principal::Node(n) | Principal::Operator(n) => n,
+        }
+    }
+
+    /// The DNS name its certificate must carry.
+    pub fn dns_name(&self) -> String {
+        match self {
+            Principal::Node(n) => node_dns_name(n),
+            Principal::Operator(n) => operator_dns_name(n),
+        }
+    }
+}
+
+impl std::fmt::Display for Principal {
+    /// `node n1`, `operator alice`: how the audit log names a caller.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Principal::Node(n) => write!(f, "node {n}"),
+            Principal::Operator(n) => write!(f, "operator {n}"),
+        }
+    }
+}
+
+/// A node's (or an operator's) certificate and key, and the cluster CA it trusts.
 #[derive(Debug)]
 pub struct Identity {
-    node: String,
+    principal: Principal,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     roots: Arc<RootCertStore>,
@@ -34,7 +73,7 @@ pub struct Identity {
 impl Clone for Identity {
     fn clone(&self) -> Self {
         Identity {
-            node: self.node.clone(),
+            principal: self.principal.clone(),
             chain: self.chain.clone(),
             key: self.key.clone_key(),
             roots: self.roots.clone(),
@@ -50,10 +89,20 @@ impl Identity {
     /// Loads `files` for node `node`, and checks that the certificate names that node and is
     /// signed by the CA.
     pub fn load(node: &str, files: &IdentityFiles) -> Result<Identity, TransportError> {
-        let identity = Identity::read(node, files)?;
+        Identity::load_as(Principal::Node(node.to_string()), files)
+    }
+
+    /// Loads an operator's `files` (see [`super::issue_operator`]), checked as
+    /// [`Identity::load`] checks a node's.
+    pub fn load_operator(name: &str, files: &IdentityFiles) -> Result<Identity, TransportError> {
+        Identity::load_as(Principal::Operator(name.to_string()), files)
+    }
+
+    fn load_as(principal: Principal, files: &IdentityFiles) -> Result<Identity, TransportError> {
+        let identity = Identity::read(principal, files)?;
         // Our own certificate must pass the checks peers will make.
         identity
-            .verify_peer(node, &identity.chain)
+            .verify_principal(&identity.principal, &identity.chain)
             .map_err(|e| TransportError::Cert(format!("{}: {e}", files.cert.display())))?;
         Ok(identity)
     }
@@ -62,11 +111,11 @@ impl Identity {
     /// them.
     #[cfg(test)]
     pub(crate) fn load_unchecked_for_tests(node: &str, files: &IdentityFiles) -> Identity {
-        Identity::read(node, files).unwrap()
+        Identity::read(Principal::Node(node.to_string()), files).unwrap()
     }
 
-    fn read(node: &str, files: &IdentityFiles) -> Result<Identity, TransportError> {
-        validate_node_name(node)?;
+    fn read(principal: Principal, files: &IdentityFiles) -> Result<Identity, TransportError> {
+        validate_node_name(principal.name())?;
         let pem_err = |path: &Path| {
             let path = path.to_path_buf();
             move |e: rustls::pki_types::pem::Error| {
@@ -97,16 +146,21 @@ impl Identity {
             )));
         }
         Ok(Identity {
-            node: node.to_string(),
+            principal,
             chain,
             key,
             roots: Arc::new(roots),
         })
     }
 
-    /// The node this identity names.
+    /// The name this identity carries (a node's, or an operator's).
     pub fn node(&self) -> &str {
-        &self.node
+        self.principal.name()
+    }
+
+    /// Who this identity is.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
     }
 
     /// Server side: TLS 1.3 only, client certificates of the cluster CA required.
@@ -146,26 +200,37 @@ impl Identity {
         node: &str,
         chain: &[CertificateDer<'static>],
     ) -> Result<(), TransportError> {
-        validate_node_name(node)?;
+        self.verify_principal(&Principal::Node(node.to_string()), chain)
+    }
+
+    /// Checks that `chain` (a client's certificates, end entity first) is signed by the cluster
+    /// CA, valid now for client authentication, and carries `principal`'s DNS name
+    /// (`<name>.node.godwit` or `<name>.operator.godwit`).
+    pub fn verify_principal(
+        &self,
+        principal: &Principal,
+        chain: &[CertificateDer<'static>],
+    ) -> Result<(), TransportError> {
+        validate_node_name(principal.name())?;
         let (end, intermediates) = chain
             .split_first()
             .ok_or_else(|| TransportError::Refused("no client certificate".into()))?;
-        let verifier = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
-            .build()
-            .map_err(|e| TransportError::Tls(e.to_string()))?;
-        let name = ServerName::try_from(node_dns_name(node))
-            .map_err(|e| TransportError::Refused(e.to_string()))?;
-        // The server-certificate check is the same chain and name check a client certificate
-        // needs; our node certificates carry both usages.
-        rustls::client::danger::ServerCertVerifier::verify_server_cert(
-            verifier.as_ref(),
-            end,
+        let refused = |e: &dyn std::fmt::Display| {
+            TransportError::Refused(format!("certificate for {principal}: {e}"))
+        };
+        let cert = webpki::EndEntityCert::try_from(end).map_err(|e| refused(&e))?;
+        cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &self.roots.roots,
             intermediates,
-            &name,
-            &[],
             UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
         )
-        .map(|_| ())
-        .map_err(|e| TransportError::Refused(format!("certificate for {node}: {e}")))
+        .map_err(|e| refused(&e))?;
+        let name = ServerName::try_from(principal.dns_name()).map_err(|e| refused(&e))?;
+        cert.verify_is_valid_for_subject_name(&name)
+            .map_err(|e| refused(&e))
     }
 }

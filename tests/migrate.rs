@@ -15,7 +15,7 @@ use godwit::migrate::{self, StateScan, StateSender};
 use godwit::predict::testdata::noise;
 use godwit::probe::{self, DirtyTracker, Sampler, SamplerConfig};
 use godwit::transport::{init_ca, issue_node, Endpoint, Identity, Services};
-use godwit_tests::migrate_rig::{KvOptions, MigrateRig, RigOptions};
+use godwit_tests::migrate_rig::{run_migrate, KvOptions, MigrateRig, Migration, RigOptions};
 use godwit_tests::{require_root, unique};
 
 const STATE: usize = 16 << 20;
@@ -266,28 +266,20 @@ fn rig_with_kv() -> MigrateRig {
     rig
 }
 
-/// `kv` moved from n1 to n2 (transitional, 200 ms target) on a thread of its own, so the test
-/// can strike while it runs; the answer is the status code and the report.
-fn migrate_kv_in_background(
-    rig: &MigrateRig,
-) -> std::thread::JoinHandle<std::io::Result<(u16, String)>> {
-    let api = rig.c.api(1);
-    std::thread::spawn(move || {
-        godwit_tests::http_request_within(
-            api,
-            "POST",
-            "/v1/services/kv/migrate?to=n2&mode=transitional&downtime_ms=200",
-            None,
-            Duration::from_secs(120),
-        )
-    })
+/// The arguments of the tests' migrations: transitional, 200 ms target.
+const TRANSITIONAL: &[&str] = &["--mode", "transitional", "--downtime-target", "200"];
+
+/// `kv` moved from n1 to n2 (transitional, 200 ms target) by `godwit migrate` on a thread of
+/// its own, so the test can strike while it runs.
+fn migrate_kv_in_background(rig: &MigrateRig) -> std::thread::JoinHandle<Migration> {
+    let cmd = rig.migrate_command(1, "kv", 2, TRANSITIONAL);
+    std::thread::spawn(move || run_migrate(cmd, Duration::from_secs(120)))
 }
 
 /// The example service moves between two namespaced nodes while a checking client writes to
 /// it through its VIP: nothing acknowledged is lost, and the report has the figures.
 #[test]
 fn kvstore_migrates_between_nodes_under_load_and_loses_nothing() {
-    use godwit_tests::http_request;
     use serde_json::Value;
 
     require_root();
@@ -296,17 +288,41 @@ fn kvstore_migrates_between_nodes_under_load_and_loses_nothing() {
     let status = |i: usize| rig.status(i);
     // The checking client writes through the VIP for the whole move.
     let client = rig.client(10);
+    // An operator's certificate (`godwit cert issue --operator`), presented by `godwit migrate`.
+    let ops = rig.pki.join("ops");
+    let issued = c
+        .cli(1)
+        .args(["cert", "issue", "--operator", "alice", "--ca-dir"])
+        .arg(rig.pki.join("ca"))
+        .arg("--out")
+        .arg(&ops)
+        .output()
+        .unwrap();
+    assert!(issued.status.success(), "{issued:?}");
     std::thread::sleep(Duration::from_secs(2));
-    let (code, body) = http_request(
-        c.api(1),
-        "POST",
-        "/v1/services/kv/migrate?to=n2&mode=transitional&downtime_ms=200",
-        None,
-    )
-    .unwrap();
-    let report: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let mut cmd = rig.migrate_command(1, "kv", 2, TRANSITIONAL);
+    cmd.args(["--operator", "alice", "--cert-dir"]).arg(&ops);
+    let m = run_migrate(cmd, Duration::from_secs(600));
+    let report = m.report.clone();
 
-    assert_eq!(code, 200, "{body}\n{}", c.log(1));
+    assert_eq!(m.exit, Some(0), "{}\n{}", m.progress, c.log(1));
+    // The progress came as it ran, a line per update with the round, before the report.
+    eprintln!("progress:\n{}", m.progress);
+    let round_lines: Vec<&str> = m
+        .progress
+        .lines()
+        .filter(|l| l.contains("] round") && l.contains("sent"))
+        .collect();
+    assert!(!round_lines.is_empty(), "no round in {}", m.progress);
+    for phase in ["freeze", "verify", "commit", "hand-off"] {
+        assert!(
+            m.progress
+                .lines()
+                .any(|l| l.contains(&format!("] {phase}"))),
+            "no {phase} in {}",
+            m.progress
+        );
+    }
     let out = client.wait_with_output().unwrap();
     let check: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     eprintln!("report: {report:#}");
@@ -364,6 +380,11 @@ fn kvstore_migrates_between_nodes_under_load_and_loses_nothing() {
     );
     let audit = std::fs::read_to_string(c.node(1).dir.join("data/migrations.log")).unwrap();
     assert!(audit.contains("\"result\":\"committed\""), "{audit}");
+    // Under the name its certificate proves.
+    assert!(
+        audit.contains("\"requested_by\":\"operator alice\""),
+        "{audit}"
+    );
     eprintln!(
         "downtime {:?} s (agent), frozen {:?} s, longest client gap {} ms, rounds {}\ncut-over: {}",
         report["downtime_seconds"],
@@ -446,9 +467,9 @@ fn a_target_killed_mid_transfer_leaves_the_service_on_the_source() {
         std::thread::sleep(Duration::from_millis(5));
     }
     rig.c.kill(2);
-    let (code, body) = mover.join().unwrap().expect("the migrate request answers");
-    let report: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    assert_eq!(code, 409, "{body}");
+    let m = mover.join().unwrap();
+    let report = m.report.clone();
+    assert_eq!(m.exit, Some(1), "{m:?}");
     assert!(
         report["result"]
             .as_str()
@@ -471,6 +492,93 @@ fn a_target_killed_mid_transfer_leaves_the_service_on_the_source() {
     let audit = std::fs::read_to_string(rig.c.node(1).dir.join("data/migrations.log")).unwrap();
     assert!(audit.contains("\"result\":\"failed"), "{audit}");
     eprintln!("failed as expected: {}; client {check}", report["result"]);
+}
+
+/// Only a caller with a certificate of the cluster CA starts a migration: the HTTP API's
+/// `migrate` is refused (403) and so is a fencing token nobody can check, both audited and
+/// counted as refused; a caller with a certificate of another CA never gets past the
+/// handshake. The service stays where it was throughout.
+#[test]
+fn only_a_caller_with_a_certificate_of_the_cluster_ca_starts_a_migration() {
+    use godwit::transport::{init_ca, issue_node};
+    use godwit_tests::http_request;
+
+    require_root();
+    let mut rig = MigrateRig::new(RigOptions::default());
+    rig.kvstore = kvstore_bin(rig.kvstore.clone());
+    let kv = KvOptions {
+        size: 4 << 20,
+        ..KvOptions::default()
+    };
+    rig.add(1, &rig.kv_spec("kv", &kv), Duration::from_secs(15));
+    let c = &rig.c;
+    let audit =
+        || std::fs::read_to_string(c.node(1).dir.join("data/migrations.log")).unwrap_or_default();
+    let refused_metric = || {
+        let (_, body) = c.get(1, "/metrics").unwrap();
+        body.lines()
+            .find(|l| l.starts_with("godwit_migrations_total{result=\"refused\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+
+    // The HTTP API cannot say who calls it.
+    let (code, body) = http_request(
+        c.api(1),
+        "POST",
+        "/v1/services/kv/migrate?to=n2&mode=transitional",
+        None,
+    )
+    .unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("godwit migrate"), "{body}");
+    let log = audit();
+    assert!(
+        log.contains("\"result\":\"refused: ") && log.contains("\"requested_by\":\"api "),
+        "{log}"
+    );
+    assert_eq!(refused_metric(), Some(1.0));
+
+    // A node of the cluster with a fencing token: no coordinator can check it.
+    let m = rig.migrate_from(
+        1,
+        "kv",
+        2,
+        &["--fencing-token", "7"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(m.exit, Some(77), "{m:?}");
+    assert!(m.progress.contains("no coordinator"), "{m:?}");
+    let log = audit();
+    assert!(log.contains("\"requested_by\":\"node n1\""), "{log}");
+    assert_eq!(refused_metric(), Some(2.0));
+
+    // A certificate of another CA, presented as n1's: the TLS handshake fails, nothing runs.
+    let other = rig.pki.join("other-ca");
+    init_ca(&other, "other").unwrap();
+    let foreign = rig.pki.join("foreign");
+    issue_node(&other, "n1", &foreign).unwrap();
+    let refused_in = || c.json(1, "/v1/transport")["stats"]["refused_in"].as_u64();
+    let before = refused_in();
+    let mut cmd = rig.migrate_command(1, "kv", 2, TRANSITIONAL);
+    cmd.arg("--cert-dir").arg(&foreign);
+    let m = run_migrate(cmd, Duration::from_secs(30));
+    assert_eq!(m.exit, Some(69), "{m:?}");
+    assert_eq!(m.report, serde_json::Value::Null, "{m:?}");
+    godwit_tests::wait_for(Duration::from_secs(5), || {
+        (refused_in() > before).then_some(())
+    })
+    .unwrap_or_else(|| panic!("n1 did not count the refused peer: {:?}", refused_in()));
+    // Nothing moved: no migration ran, kv is on n1.
+    let log = audit();
+    assert_eq!(log.lines().count(), 2, "only the refusals: {log}");
+    assert_eq!(c.json(1, "/v1/migrations")["refused"], 2);
+    let s = rig.status(1);
+    assert_eq!(
+        (s["name"].as_str(), s["health"].as_str()),
+        (Some("kv"), Some("healthy")),
+        "{s}"
+    );
+    assert!(rig.status(2).is_null(), "{}", rig.status(2));
 }
 
 /// The source agent is killed (SIGKILL) right after the target learnt the decision (its
@@ -736,7 +844,7 @@ fn redis_writer(
 /// carries, and "acknowledged" would not mean "in the state").
 #[test]
 fn redis_migrates_between_nodes_under_writes_and_loses_no_acknowledged_write() {
-    use godwit_tests::{http_request, wait_for};
+    use godwit_tests::wait_for;
     use serde_json::Value;
 
     require_root();
@@ -768,22 +876,15 @@ fn redis_migrates_between_nodes_under_writes_and_loses_no_acknowledged_write() {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = redis_writer(addr, 500.0, stop.clone());
     std::thread::sleep(Duration::from_secs(2));
-    let (code, body) = http_request(
-        c.api(1),
-        "POST",
-        "/v1/services/redis/migrate?to=n2&mode=transitional&downtime_ms=200",
-        None,
-    )
-    .unwrap();
-    let report: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let m = rig.migrate("redis", 2, TRANSITIONAL);
+    let report: Value = m.report.clone();
     // Writes go on through the cut-over, then a while on the target.
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
     let w = writer.join().unwrap();
     eprintln!("report: {report:#}");
     eprintln!("writer: {w:?}");
-    assert_eq!(code, 200, "{body}\n{}", c.log(1));
-    assert_eq!(report["result"], "committed");
+    assert!(m.committed(), "{m:?}\n{}", c.log(1));
     // On n2 only, and the VIP leads there.
     wait_for(Duration::from_secs(10), || {
         let s = rig.status(2);

@@ -53,11 +53,16 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
     runtime.block_on(run_async(cfg, config_path))
 }
 
-async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
-    let node_name = cfg.node.name.clone().unwrap_or_else(|| {
+/// This node's name: `[node] name`, else the host name (`localhost` when unreadable).
+pub fn node_name(cfg: &Config) -> String {
+    cfg.node.name.clone().unwrap_or_else(|| {
         crate::probe::node::read_hostname(&cfg.probe.proc_root)
             .unwrap_or_else(|_| "localhost".into())
-    });
+    })
+}
+
+async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
+    let node_name = node_name(&cfg);
     let gossip_cfg = match cfg
         .gossip
         .enabled
@@ -177,21 +182,29 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
                 }),
             );
             crate::migrate::agent::register_handoff(t.services(), target);
-            Some(
-                crate::migrate::agent::Migrator {
-                    node: node_name.clone(),
-                    manager: m.clone(),
-                    transport: t.clone(),
-                    images: images.clone(),
-                    tracker: (source == crate::probe::model::Source::Ebpf).then(|| tracker.clone()),
-                    snapshot: shared.clone(),
-                    audit: cfg.node.data_dir.join("migrations.log"),
-                    journal: Some(j.clone()),
-                    stats: Default::default(),
-                    me: Default::default(),
-                }
-                .into_arc(),
-            )
+            let migrator = crate::migrate::agent::Migrator {
+                node: node_name.clone(),
+                manager: m.clone(),
+                transport: t.clone(),
+                images: images.clone(),
+                tracker: (source == crate::probe::model::Source::Ebpf).then(|| tracker.clone()),
+                snapshot: shared.clone(),
+                audit: cfg.node.data_dir.join("migrations.log"),
+                journal: Some(j.clone()),
+                stats: Default::default(),
+                me: Default::default(),
+            }
+            .into_arc();
+            // Migrations start only here: a caller with a certificate, over the transport.
+            let mesh = mesh.clone();
+            crate::migrate::control::register(
+                t.services(),
+                migrator.clone(),
+                Arc::new(move |node: &str| {
+                    crate::migrate::control::transport_addr(mesh.as_deref(), node)
+                }),
+            );
+            Some(migrator)
         }
         (Some(t), _, _) => {
             crate::migrate::register(t.services(), cfg.services.state_root.clone());

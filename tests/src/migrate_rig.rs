@@ -10,16 +10,18 @@
 //!
 //! let rig = MigrateRig::start(); // kv (256 MiB) running on n1 behind its VIP
 //! let client = rig.client(10);
-//! let (code, report) = rig.migrate("kv", 2, "mode=transitional&downtime_ms=200");
+//! let m = rig.migrate("kv", 2, &["--mode", "transitional", "--downtime-target", "200"]);
+//! assert!(m.committed(), "{}", m.progress);
 //! ```
 //!
 //! Everything is removed on drop: the cluster (agents, namespaces, cgroups), the services'
 //! cgroups, and the directory holding the CA and both nodes' state.
 
+use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use godwit::transport::{init_ca, issue_node};
 use serde_json::Value;
@@ -248,30 +250,36 @@ impl MigrateRig {
         .unwrap_or_else(|e| panic!("{action} {name} on n{i}: {e}"))
     }
 
-    /// Migrates `name` from node 1 to node `to` with `query` (such as
-    /// `mode=transitional&downtime_ms=200`); returns the status code and the report.
-    pub fn migrate(&self, name: &str, to: usize, query: &str) -> (u16, Value) {
-        self.migrate_from(1, name, to, query, Duration::from_secs(600))
+    /// Migrates `name` from node 1 to node `to` with `godwit migrate` and `args` (such as
+    /// `--mode transitional --downtime-target 200`), run in n1's namespace with n1's
+    /// configuration, so with n1's own certificate.
+    pub fn migrate(&self, name: &str, to: usize, args: &[&str]) -> Migration {
+        self.migrate_from(1, name, to, args, Duration::from_secs(600))
     }
 
-    /// As [`MigrateRig::migrate`] from node `from`, waiting at most `within` for the answer.
+    /// As [`MigrateRig::migrate`] from node `from`, waiting at most `within` for it to end.
     pub fn migrate_from(
         &self,
         from: usize,
         name: &str,
         to: usize,
-        query: &str,
+        args: &[&str],
         within: Duration,
-    ) -> (u16, Value) {
-        let (code, body) = http_request_within(
-            self.c.api(from),
-            "POST",
-            &format!("/v1/services/{name}/migrate?to=n{to}&{query}"),
-            None,
-            within,
-        )
-        .unwrap_or_else(|e| panic!("migrate {name} n{from} -> n{to}: {e}"));
-        (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+    ) -> Migration {
+        run_migrate(self.migrate_command(from, name, to, args), within)
+    }
+
+    /// The `godwit migrate --json` command [`MigrateRig::migrate_from`] runs, to run
+    /// elsewhere (on a thread of its own, see [`run_migrate`]) or with more arguments (another
+    /// identity: `--operator NAME --cert-dir DIR`).
+    pub fn migrate_command(&self, from: usize, name: &str, to: usize, args: &[&str]) -> Command {
+        let mut cmd = self.c.cli(from);
+        cmd.arg("migrate")
+            .arg(name)
+            .args(["--to", &format!("n{to}"), "--json", "--config"])
+            .arg(&self.c.node(from).config)
+            .args(args);
+        cmd
     }
 
     /// `state_root` of node `i`.
@@ -306,6 +314,63 @@ impl MigrateRig {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn kvcheck")
+    }
+}
+
+/// What a `godwit migrate --json` run said.
+#[derive(Debug)]
+pub struct Migration {
+    /// Its exit code (`None`: killed, or still running at the deadline).
+    pub exit: Option<i32>,
+    /// The report (`null` without one: refused, or no answer).
+    pub report: Value,
+    /// What it wrote on stderr: a line per progress update, and why it failed.
+    pub progress: String,
+}
+
+impl Migration {
+    /// The service runs on the target.
+    pub fn committed(&self) -> bool {
+        self.exit == Some(0) && self.report["result"] == "committed"
+    }
+}
+
+/// Runs a `godwit migrate` command (see [`MigrateRig::migrate_command`]) to its end, killed
+/// after `within`.
+pub fn run_migrate(mut cmd: Command, within: Duration) -> Migration {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn godwit migrate");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + within;
+    let status = loop {
+        match child.try_wait().expect("wait for godwit migrate") {
+            Some(status) => break Some(status),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let stdout = out.join().unwrap_or_default();
+    let progress = err.join().unwrap_or_default();
+    Migration {
+        exit: status.and_then(|s| s.code()),
+        report: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        progress,
     }
 }
 

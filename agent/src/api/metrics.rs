@@ -102,10 +102,14 @@ impl Collector for MigrationCollector {
         family(
             &mut enc,
             "godwit_migrations",
-            "Migrations started from this node, by result",
+            "Migrations asked of this node, by result (refused: the caller may not start one)",
             Counter,
-            [("committed", st.committed), ("failed", st.failed)]
-                .map(|(r, v)| (vec![("result", r.to_string())], v as f64)),
+            [
+                ("committed", st.committed),
+                ("failed", st.failed),
+                ("refused", st.refused),
+            ]
+            .map(|(r, v)| (vec![("result", r.to_string())], v as f64)),
         )?;
         if let Some(last) = &st.last {
             let labels = || vec![("service", last.service.clone())];

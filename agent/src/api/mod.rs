@@ -1,5 +1,6 @@
 //! The agent's HTTP face: `/metrics` (OpenMetrics) and the JSON API under `/v1/`. Read-only but
-//! for the operator's risk level.
+//! for the operator's risk level and local service actions. It cannot prove who calls it, so
+//! it starts no migration (see `crate::migrate::control`).
 //!
 //! | path | body |
 //! | --- | --- |
@@ -17,8 +18,8 @@
 //! | `/v1/images` | images in this node's store: id, entries, bytes, chunks |
 //! | `/v1/inventory` | the patterns of `[inventory]` resolved to processes, containers, devices, interfaces, and the managed services |
 //! | `/v1/services` | GET: managed services with state, health, cgroup and rates; POST: a spec |
-//! | `/v1/services/{name}/{action}` | POST: `start`, `stop`, `freeze` or `thaw`; `migrate?to=NODE[&mode=auto&downtime_ms=N&verify=full]` |
-//! | `/v1/migrations` | migration counts and the last report |
+//! | `/v1/services/{name}/{action}` | POST: `start`, `stop`, `freeze` or `thaw`; `migrate` is refused (403), audited and counted: migrations start over the transport with a certificate (`godwit migrate`, the `"control"` service) |
+//! | `/v1/migrations` | migration counts (committed, failed, refused) and the last report |
 //! | `/v1/images/{id}/push` | POST (`?to=NODE`): push an image; only missing chunks move |
 //! | `/healthz` | `ok` once the first sample exists |
 
@@ -335,18 +336,7 @@ async fn probe_handler(
 
 /// The transport address `node` publishes in its summary, or why there is none.
 fn peer_addr(state: &AppState, node: &str) -> Result<SocketAddr, String> {
-    let Some(mesh) = &state.shared.mesh else {
-        return Err("gossip is disabled: peers' addresses are unknown".into());
-    };
-    let view = mesh.view();
-    let Some(member) = view.member(node) else {
-        return Err(format!("{node} is not a member of the mesh"));
-    };
-    member
-        .summary
-        .as_ref()
-        .and_then(|s| s.addresses.quic)
-        .ok_or_else(|| format!("{node} publishes no transport address (no certificate there?)"))
+    crate::migrate::control::transport_addr(state.shared.mesh.as_deref(), node)
 }
 
 async fn inventory_handler(State(state): State<AppState>) -> Response {
@@ -429,24 +419,10 @@ async fn service_add_handler(
     }
 }
 
+/// The query of a refused `migrate` action: only the target, for the audit log.
 #[derive(serde::Deserialize)]
 struct MigrateQuery {
     to: Option<String>,
-    #[serde(default = "default_mode")]
-    mode: crate::migrate::Mode,
-    #[serde(default = "default_downtime_ms")]
-    downtime_ms: u64,
-    /// `full`: re-hash the whole state on both sides at the cut-over.
-    #[serde(default)]
-    verify: Option<String>,
-}
-
-fn default_mode() -> crate::migrate::Mode {
-    crate::migrate::Mode::Auto
-}
-
-fn default_downtime_ms() -> u64 {
-    300
 }
 
 async fn migrations_handler(State(state): State<AppState>) -> Response {
@@ -459,39 +435,23 @@ async fn migrations_handler(State(state): State<AppState>) -> Response {
 const MIGRATE_OFF: &str =
     "migration is off on this node: it needs managed services and the transport (a certificate)";
 
-async fn migrate(
-    state: &AppState,
-    name: &str,
-    query: MigrateQuery,
-    caller: SocketAddr,
-) -> Response {
-    let Some(migrator) = &state.shared.migrator else {
-        return error(StatusCode::NOT_FOUND, MIGRATE_OFF);
-    };
-    let Some(to) = query.to else {
-        return error(StatusCode::BAD_REQUEST, "to: the target node is required");
-    };
-    let addr = match peer_addr(state, &to) {
-        Ok(a) => a,
-        Err(why) => return error(StatusCode::NOT_FOUND, why),
-    };
-    let report = migrator
-        .migrate(crate::migrate::agent::MigrateRequest {
-            service: name.to_string(),
-            to,
-            addr,
-            mode: query.mode,
-            downtime_target: std::time::Duration::from_millis(query.downtime_ms),
-            requested_by: format!("api {caller}"),
-            full_verify: query.verify.as_deref() == Some("full"),
-        })
-        .await;
-    let code = if report.result == "committed" {
-        StatusCode::OK
-    } else {
-        StatusCode::CONFLICT
-    };
-    (code, Json(report)).into_response()
+/// Why `POST /v1/services/{name}/migrate` is refused.
+pub const MIGRATE_NEEDS_A_CERTIFICATE: &str = "migrations are started over the transport by a \
+     caller with a certificate of the cluster CA, not over HTTP: run `godwit migrate SERVICE \
+     --to NODE` (it presents this node's certificate, or an operator's with --operator)";
+
+/// The HTTP API cannot prove who calls it, so it starts no migration: the request is refused
+/// (403), audited with the caller's address and counted as refused.
+fn migrate(state: &AppState, name: &str, to: Option<&str>, caller: SocketAddr) -> Response {
+    if let Some(migrator) = &state.shared.migrator {
+        migrator.refuse(
+            name,
+            to.unwrap_or("-"),
+            &format!("api {caller}"),
+            "the HTTP API presents no certificate",
+        );
+    }
+    error(StatusCode::FORBIDDEN, MIGRATE_NEEDS_A_CERTIFICATE)
 }
 
 async fn service_action_handler(
@@ -504,10 +464,8 @@ async fn service_action_handler(
         return error(StatusCode::NOT_FOUND, SERVICES_OFF);
     };
     if action == "migrate" {
-        return match query {
-            Ok(q) => migrate(&state, &name, q.0, caller).await,
-            Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
-        };
+        let to = query.ok().and_then(|q| q.0.to);
+        return migrate(&state, &name, to.as_deref(), caller);
     }
     let result = match action.as_str() {
         "start" => manager.start(&name).await,

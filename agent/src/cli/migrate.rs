@@ -1,14 +1,30 @@
-//! `godwit migrate SERVICE --to NODE`: the local agent moves a managed service to another node
-//! and reports predicted against actual rounds, bytes, time and downtime.
+//! `godwit migrate SERVICE --to NODE`: the local agent moves a managed service to another node;
+//! its progress shows as it runs (stderr), and the report ends it: predicted against actual
+//! rounds, bytes, time and downtime.
+//!
+//! The command is a client of the agent's transport (QUIC, mutual TLS under the cluster CA,
+//! the `"control"` service): the agent starts a migration only for a caller whose certificate
+//! it verified, and audits it under that name. By default the command presents this node's own
+//! certificate (`<tls_dir>/<node>.pem` from the agent's configuration, which needs read access
+//! to the node's key); `--operator NAME` presents an operator's (`godwit cert issue --operator`).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::config::DEFAULT_API_PORT;
+use super::exit;
+use crate::migrate::control::{self, Answer, MigrateCall};
+use crate::migrate::{Mode, Progress};
+use crate::transport::{Endpoint, Identity, IdentityFiles};
+
+/// Where the agent's configuration usually is (the systemd unit's).
+const DEFAULT_CONFIG: &str = "/etc/godwit/godwit.toml";
+/// At most this often a progress line, unless the phase changes.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
@@ -24,36 +40,158 @@ pub struct MigrateArgs {
     /// Downtime target, milliseconds.
     #[arg(long, default_value_t = 300)]
     downtime_target: u64,
-    /// Address of the local agent's API.
-    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
-    addr: SocketAddr,
-    /// Print the report as JSON.
+    /// The agent's configuration: its node name, transport address and tls_dir. Default
+    /// /etc/godwit/godwit.toml when it exists, else the embedded default.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Where the certificates are (ca.pem and the identity's files); default the
+    /// configuration's `[transport] tls_dir`.
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+    /// Present this node's certificate (`<node>.pem`, `<node>.key`); default the local
+    /// agent's own node.
+    #[arg(long, conflicts_with = "operator")]
+    node: Option<String>,
+    /// Present this operator's certificate (`<name>.operator.pem`, `<name>.operator.key`).
+    #[arg(long)]
+    operator: Option<String>,
+    /// The local agent's transport address (QUIC); default the configuration's
+    /// `[transport] advertise`, else its `listen`.
+    #[arg(long)]
+    transport_addr: Option<SocketAddr>,
+    /// Print the report as JSON (progress still goes to stderr).
     #[arg(long)]
     json: bool,
     /// Re-hash the whole state on both sides at the cut-over (slower) instead of comparing
     /// the hash tree the rounds kept.
     #[arg(long)]
     full_verify: bool,
+    /// The coordinator's fencing token. No coordinator exists yet: the agent refuses a token
+    /// it cannot check.
+    #[arg(long, hide = true)]
+    fencing_token: Option<u64>,
 }
 
 pub fn run(args: MigrateArgs) -> ExitCode {
-    let path = format!(
-        "/v1/services/{}/migrate?to={}&mode={}&downtime_ms={}{}",
-        args.service,
-        args.to,
-        args.mode,
-        args.downtime_target,
-        if args.full_verify { "&verify=full" } else { "" }
+    let config = args.config.clone().or_else(|| {
+        let p = PathBuf::from(DEFAULT_CONFIG);
+        p.exists().then_some(p)
+    });
+    let cfg = match super::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let agent = crate::daemon::node_name(&cfg);
+    let dir = args
+        .cert_dir
+        .clone()
+        .unwrap_or_else(|| cfg.transport.tls_dir.clone());
+    let identity = match &args.operator {
+        Some(name) => Identity::load_operator(name, &IdentityFiles::operator_in_dir(&dir, name)),
+        None => {
+            let node = args.node.as_deref().unwrap_or(&agent);
+            Identity::load(node, &IdentityFiles::in_dir(&dir, node))
+        }
+    };
+    let identity = match identity {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("godwit migrate: no identity to present: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let addr = args.transport_addr.unwrap_or_else(|| {
+        let a = cfg.transport.advertise.unwrap_or(cfg.transport.listen);
+        if a.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        } else {
+            a
+        }
+    });
+    let mode = match args.mode.as_str() {
+        "transitional" => Mode::Transitional,
+        "intermittent" => Mode::Intermittent,
+        _ => Mode::Auto,
+    };
+    let call = MigrateCall {
+        service: args.service.clone(),
+        to: args.to.clone(),
+        mode,
+        downtime_ms: args.downtime_target,
+        full_verify: args.full_verify,
+        fencing_token: args.fencing_token,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("godwit migrate: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let who = identity.principal().to_string();
+    eprintln!(
+        "godwit migrate: {} -> {} through {agent} at {addr}, as {who}",
+        args.service, args.to
     );
-    super::request(
-        "migrate",
-        args.addr,
-        hyper::Method::POST,
-        &path,
-        Duration::from_secs(3600),
-        args.json,
-        render,
-    )
+    let answer = rt.block_on(async {
+        let bind = if addr.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let endpoint = Endpoint::client(bind, identity)?;
+        let mut shown = Shown::default();
+        control::migrate(&endpoint, addr, &agent, call, |p| shown.show(p)).await
+    });
+    match answer {
+        Ok(Answer::Report { report, committed }) => {
+            if args.json {
+                println!("{report}");
+            } else {
+                print!("{}", render(&report));
+            }
+            if committed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(exit::FAILURE)
+            }
+        }
+        Ok(Answer::Refused(why)) => {
+            eprintln!("godwit migrate: refused by {agent}: {why}");
+            ExitCode::from(exit::NOPERM)
+        }
+        Ok(Answer::Error(why)) => {
+            eprintln!("godwit migrate: {agent}: {why}");
+            ExitCode::from(exit::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("godwit migrate: {e}");
+            ExitCode::from(exit::UNAVAILABLE)
+        }
+    }
+}
+
+/// Progress lines on stderr: at each phase change, and otherwise at most every
+/// [`PROGRESS_EVERY`].
+#[derive(Default)]
+struct Shown {
+    last: Option<(Instant, crate::migrate::Phase)>,
+}
+
+impl Shown {
+    fn show(&mut self, p: &Progress) {
+        let due = match self.last {
+            None => true,
+            Some((at, phase)) => phase != p.phase || at.elapsed() >= PROGRESS_EVERY,
+        };
+        if due {
+            eprintln!("{}", p.line());
+            self.last = Some((Instant::now(), p.phase));
+        }
+    }
 }
 
 /// The report: the rounds, then predicted against actual.

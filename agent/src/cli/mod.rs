@@ -28,6 +28,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// A required capability is missing (BPF required but unavailable, address in use).
     pub const UNAVAILABLE: u8 = 69;
+    /// The caller may not do this (a migration refused to this caller).
+    pub const NOPERM: u8 = 77;
     /// The configuration is invalid or unreadable.
     pub const CONFIG: u8 = 78;
 }
@@ -78,7 +80,7 @@ enum Command {
     Path(path::PathArgs),
     /// The cluster certificate authority of the agent-to-agent transport.
     Ca(pki::CaArgs),
-    /// Node certificates signed by the cluster CA.
+    /// Node and operator certificates signed by the cluster CA.
     Cert(pki::CertArgs),
 }
 

@@ -28,6 +28,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use super::drive::{drive, DriveReport, Mode, Source};
 use super::journal::{now_ms, Journal, SourceEntry, SourcePhase, TargetEntry, TargetPhase};
+use super::progress::{Phase, Progress, Reporter};
 use super::scan::StateScan;
 use super::transfer::StateSender;
 use crate::image::ImageStore;
@@ -644,11 +645,14 @@ pub struct MigrateRequest {
     pub mode: Mode,
     /// The downtime target.
     pub downtime_target: Duration,
-    /// Who asked (for the audit log).
+    /// Who asked (for the audit log): the caller's verified certificate name, such as
+    /// `operator alice` or `node n1` (see [`super::control`]).
     pub requested_by: String,
     /// Verify by re-hashing every file of the state on both sides with the service frozen,
     /// rather than by the hash tree the rounds kept (slower: it reads the whole state).
     pub full_verify: bool,
+    /// Where the migration's progress goes as it runs (`godwit migrate` shows it).
+    pub progress: Option<tokio::sync::mpsc::UnboundedSender<Progress>>,
 }
 
 /// A migration as reported and audited: predicted against actual.
@@ -664,7 +668,8 @@ pub struct MigrationReport {
     pub to: String,
     /// Who asked.
     pub requested_by: String,
-    /// `committed` or `failed: ...`.
+    /// `committed`, `failed: ...`, or `refused: ...` (the caller may not start migrations:
+    /// nothing was tried).
     pub result: String,
     /// Start and end, milliseconds since the Unix epoch.
     pub started_unix_ms: u64,
@@ -704,6 +709,9 @@ pub struct MigrationStats {
     pub committed: u64,
     /// Migrations that failed.
     pub failed: u64,
+    /// Requests refused before anything was tried (no certificate: the HTTP API; a caller or
+    /// fencing token not allowed).
+    pub refused: u64,
     /// The last one.
     pub last: Option<MigrationReport>,
 }
@@ -749,6 +757,8 @@ struct ManagedSource<'a> {
     entry: SourceEntry,
     /// What the hand-off came to, and its times (seconds): the hand-off, then the kill.
     handed: Option<(HandoffOutcome, f64, f64)>,
+    /// Where the progress goes.
+    progress: Reporter,
 }
 
 impl ManagedSource<'_> {
@@ -802,6 +812,7 @@ impl Source for ManagedSource<'_> {
     /// here), new ones were accepted by its kernel and are reset too, and clients reconnect
     /// to the target, which their neighbour caches already name (gratuitous ARP).
     async fn hand_over(&mut self) {
+        self.progress.phase(Phase::Handoff);
         let t = Instant::now();
         // Fault injection for the tests: a source that dies between its decision and the
         // hand-off (the target must then start the service on its own).
@@ -826,6 +837,9 @@ impl Source for ManagedSource<'_> {
             HandoffOutcome::GivenBack(_) => {}
         }
         self.handed = Some((outcome, handoff_s, t.elapsed().as_secs_f64()));
+    }
+    fn progress(&mut self, progress: Progress) {
+        self.progress.send(progress);
     }
 }
 
@@ -873,6 +887,36 @@ impl Migrator {
         report
     }
 
+    /// Refuses a request to move `service` to `to` from `requested_by` without trying
+    /// anything: the refusal is appended to the audit log (result `refused: why`) and
+    /// counted, like a migration.
+    pub fn refuse(
+        &self,
+        service: &str,
+        to: &str,
+        requested_by: &str,
+        why: &str,
+    ) -> MigrationReport {
+        let now = now_ms();
+        let report = MigrationReport {
+            id: format!("{service}-{now}-refused"),
+            service: service.to_string(),
+            from: self.node.clone(),
+            to: to.to_string(),
+            requested_by: requested_by.to_string(),
+            result: format!("refused: {why}"),
+            started_unix_ms: now,
+            finished_unix_ms: now,
+            ..MigrationReport::default()
+        };
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).refused += 1;
+        if let Err(e) = self.append_audit(&report) {
+            warn!(file = %self.audit.display(), error = %e, "cannot append to the audit log");
+        }
+        warn!(service, to, requested_by, why, "migration request refused");
+        report
+    }
+
     fn append_audit(&self, report: &MigrationReport) -> std::io::Result<()> {
         if let Some(dir) = self.audit.parent() {
             std::fs::create_dir_all(dir)?;
@@ -904,6 +948,8 @@ impl Migrator {
         if req.to == self.node {
             return Err("the target is this node".into());
         }
+        let mut progress = Reporter::new(req.progress.clone());
+        progress.phase(Phase::Image);
         let peer = self
             .transport
             .endpoint()
@@ -922,6 +968,7 @@ impl Migrator {
             target_spec.image_id = Some(image_id.clone());
         }
         // The model's inputs.
+        progress.phase(Phase::Measure);
         let path = self
             .transport
             .measure(&req.to, req.addr, 4 << 20)
@@ -976,7 +1023,9 @@ impl Migrator {
             j.put_source(&entry).map_err(|e| format!("journal: {e}"))?;
         }
         let result = self
-            .move_and_hand_off(req, id, report, &peer, &mut entry, scan, input, level)
+            .move_and_hand_off(
+                req, id, report, &peer, &mut entry, scan, input, level, progress,
+            )
             .await;
         if let Some(j) = &self.journal {
             // Left in place only while the hand-off is unresolved (a background task owns it).
@@ -1002,6 +1051,7 @@ impl Migrator {
         scan: StateScan,
         input: PrecopyInput,
         level: Option<i32>,
+        progress: Reporter,
     ) -> Result<(), MoveError> {
         let fail = MoveError::Failed;
         let mut sender = StateSender::begin_with_spec(
@@ -1025,6 +1075,7 @@ impl Migrator {
             peer,
             entry: entry.clone(),
             handed: None,
+            progress,
         };
         let frozen_from = Instant::now();
         let outcome = drive(sender, &mut source, input, req.mode).await;

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::error::MigrateError;
+use super::progress::{Phase, Progress};
 use super::scan::BLOCK;
 use super::transfer::{RoundStats, StateSender, Verified};
 use crate::policy::{self as precopy, PrecopyEstimate, PrecopyInput, StartDecision, StopReason};
@@ -49,6 +50,9 @@ pub trait Source {
     fn hand_over(&mut self) -> impl Future<Output = ()> + Send {
         std::future::ready(())
     }
+    /// Where the transfer is: at each phase and before each round (after the previous one's
+    /// figures are in). For `godwit migrate` to show; ignored by default.
+    fn progress(&mut self, _progress: Progress) {}
 }
 
 /// What happened, predicted against actual.
@@ -240,6 +244,7 @@ pub async fn drive<S: Source + Send>(
                     }
                     before = Some(*began);
                 }
+                source.progress(Progress::of(&report, Phase::Round));
                 let began = Instant::now();
                 match sender.round().await {
                     Ok(r) => {
@@ -249,6 +254,7 @@ pub async fn drive<S: Source + Send>(
                     Err(e) => fail!(e, async { Ok::<(), String>(()) }),
                 }
             }
+            source.progress(Progress::of(&report, Phase::Freeze));
             frozen_at = Instant::now();
             if let Err(e) = source.freeze().await {
                 fail!(
@@ -257,12 +263,14 @@ pub async fn drive<S: Source + Send>(
                 );
             }
             report.cutover.freeze_s = frozen_at.elapsed().as_secs_f64();
+            source.progress(Progress::of(&report, Phase::FinalRound));
             let t = Instant::now();
             match sender.final_round().await {
                 Ok(r) => record(&mut report, r),
                 Err(e) => fail!(e, source.thaw()),
             }
             report.cutover.final_round_s = t.elapsed().as_secs_f64();
+            source.progress(Progress::of(&report, Phase::Verify));
             let t = Instant::now();
             match sender.verify().await {
                 Ok(v) => report.verify(v, t),
@@ -270,17 +278,20 @@ pub async fn drive<S: Source + Send>(
             }
         }
         Mode::Intermittent => {
+            source.progress(Progress::of(&report, Phase::Freeze));
             frozen_at = Instant::now();
             if let Err(e) = source.stop().await {
                 fail!(MigrateError::BadState(format!("stop: {e}")), source.start());
             }
             report.cutover.freeze_s = frozen_at.elapsed().as_secs_f64();
+            source.progress(Progress::of(&report, Phase::FinalRound));
             let t = Instant::now();
             match sender.final_round().await {
                 Ok(r) => record(&mut report, r),
                 Err(e) => fail!(e, source.start()),
             }
             report.cutover.final_round_s = t.elapsed().as_secs_f64();
+            source.progress(Progress::of(&report, Phase::Verify));
             let t = Instant::now();
             match sender.verify().await {
                 Ok(v) => report.verify(v, t),
@@ -292,6 +303,7 @@ pub async fn drive<S: Source + Send>(
     // the service back to the source: the target holds its copy as prepared and never runs it
     // without the decision (see `agent.rs`), so resuming here is safe whatever it did.
     let resume = mode == Mode::Intermittent;
+    source.progress(Progress::of(&report, Phase::Commit));
     let t = Instant::now();
     match sender.commit().await {
         Ok(c) => {

@@ -10,6 +10,8 @@
 //! | `agent.rs` | [`agent::Migrator`]: a managed service to another node, end to end; the hand-off |
 //! | `journal.rs` | [`journal::Journal`]: each side's durable record of a migration, for crash recovery |
 //! | `drive.rs` | [`drive`]: mode from the pre-copy model, live rounds, freeze, verify, commit |
+//! | `progress.rs` | [`Progress`]: where a running migration is, for `godwit migrate` to show |
+//! | `control.rs` | the `"control"` transport service: a caller with a certificate starts a migration and follows it |
 //!
 //! # Invariants
 //!
@@ -25,11 +27,16 @@
 //!   sides (`journal.rs`), so a crash of either agent is resolved when it starts again.
 //! - **Paths from the peer are checked**: relative, no `..`; names of services and migrations
 //!   are plain.
+//! - **Only a caller with a certificate starts a migration**: the `"control"` service over
+//!   mutual TLS (a node or an operator of the cluster CA, and the fencing check), never the
+//!   HTTP API. Every refusal is audited and counted like a migration.
 
 pub mod agent;
+pub mod control;
 mod drive;
 mod error;
 pub mod journal;
+mod progress;
 mod scan;
 mod transfer;
 
@@ -38,6 +45,7 @@ mod tests;
 
 pub use drive::{choose_mode, drive, Cutover, DriveReport, Mode, Source};
 pub use error::MigrateError;
+pub use progress::{eta_live, Phase, Progress};
 pub use scan::{file_node, hash_tree, tree_root, Extent, FileMeta, StateScan, BLOCK};
 pub use transfer::{
     register, register_with, Committed, RoundStats, StateSender, TargetHooks, Verified, SERVICE,

@@ -10,7 +10,7 @@
 //! distinct pages, dirtied by `kvstore --ballast`) and every run, three moves of a fresh
 //! service from n1 to n2, each under a `kvcheck` client writing through the VIP:
 //!
-//! - `godwit`: `POST /v1/services/NAME/migrate?to=n2&mode=transitional&downtime_ms=D`;
+//! - `godwit`: `godwit migrate NAME --to n2 --mode transitional --downtime-target D` (n1's certificate);
 //! - `stop+rsync`: stop on n1, `rsync -a --inplace` to an rsync daemon in n2's namespace
 //!   whose module is n2's state root, start on n2 (the same spec POSTed to n2);
 //! - `rsync×2`: rsync while it runs, stop, rsync again (the delta), start on n2.
@@ -382,11 +382,13 @@ fn one_move(
     let result: Result<(), String> = match method {
         Method::Godwit => {
             let cpu0 = proc_cpu_s(agent_pid);
-            let (code, report) = rig.migrate(
+            let downtime_ms = downtime_ms.to_string();
+            let m = rig.migrate(
                 name,
                 2,
-                &format!("mode=transitional&downtime_ms={downtime_ms}"),
+                &["--mode", "transitional", "--downtime-target", &downtime_ms],
             );
+            let report = &m.report;
             s.cpu_s = proc_cpu_s(agent_pid) - cpu0;
             s.total_s = started.elapsed().as_secs_f64();
             let t = &report["transfer"];
@@ -432,11 +434,16 @@ fn one_move(
                 s.mover_downtime_s,
                 t["cutover"]
             );
-            if code == 200 && report["result"] == "committed" {
+            if m.committed() {
                 rig.wait_serving(2, name, serve_timeout)
                     .ok_or_else(|| format!("{name} not serving on n2 after the migration"))
             } else {
-                Err(format!("migration answered {code}: {}", report["result"]))
+                Err(format!(
+                    "godwit migrate exited {:?}: {} {}",
+                    m.exit,
+                    report["result"],
+                    m.progress.lines().last().unwrap_or("")
+                ))
             }
         }
         Method::RsyncCold | Method::RsyncWarm => (|| {

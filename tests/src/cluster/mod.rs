@@ -406,6 +406,16 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("GET {path} from n{i}: bad JSON ({e}): {body}"))
     }
 
+    /// A `godwit` command (the agents' binary) that runs in node `i`'s network namespace, such
+    /// as `godwit migrate --config <node's config>`: it reaches the node's addresses as the
+    /// node's own tools would.
+    pub fn cli(&self, i: usize) -> Command {
+        let mut cmd = Command::new(&self.agent_bin);
+        let ns = &self.node(i).netns;
+        net::enter_netns_on_exec(&mut cmd, ns).unwrap_or_else(|e| panic!("enter {ns}: {e:#}"));
+        cmd
+    }
+
     /// Runs `f` on a thread inside node `i`'s network namespace (sockets it opens are the
     /// node's). A panic in `f` propagates.
     pub fn in_node<T: Send>(&self, i: usize, f: impl FnOnce() -> T + Send) -> T {

@@ -117,6 +117,21 @@ impl StateScan {
         &self.root
     }
 
+    /// This scan with its digests moved out, for a round's reading thread; give it back with
+    /// [`StateScan::restore`].
+    pub(crate) fn take_for_round(&mut self) -> StateScan {
+        StateScan {
+            root: self.root.clone(),
+            paths: self.paths.clone(),
+            sent: std::mem::take(&mut self.sent),
+        }
+    }
+
+    /// Takes back the digests of a scan from [`StateScan::take_for_round`].
+    pub(crate) fn restore(&mut self, from: StateScan) {
+        self.sent = from.sent;
+    }
+
     /// Lists the state now: directories and regular files, sorted by path. A declared path
     /// that does not exist is simply absent; links and special files are refused.
     pub fn list(&self) -> Result<Vec<FileMeta>, MigrateError> {
@@ -211,63 +226,7 @@ impl StateScan {
     /// last sent (all of them the first time), recording the new digests as sent. Also
     /// forgets files that are gone.
     pub fn changed(&mut self, files: &[FileMeta]) -> Result<Vec<Extent>, MigrateError> {
-        self.forget_missing(files);
-        self.compare_full(files)
-    }
-
-    /// Compares every file of `files` in full against the digests last sent.
-    fn compare_full(&mut self, files: &[FileMeta]) -> Result<Vec<Extent>, MigrateError> {
-        let mut extents = Vec::new();
-        let mut buf = vec![0u8; BLOCK as usize];
-        for f in files.iter().filter(|f| f.size.is_some()) {
-            let path = self.root.join(&f.rel);
-            // Only up to the listed size: what the round sends (a file growing meanwhile is
-            // compared again at its new size next round; a block read past the listing would
-            // be recorded as sent without being sent).
-            let size = f.size.unwrap_or(0);
-            let mut file = match File::open(&path) {
-                Ok(file) => std::io::BufReader::with_capacity(1 << 20, file.take(size)),
-                // Removed since it was listed: the next round's listing says so.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(MigrateError::io(&path, e)),
-            };
-            let old = self.sent.remove(&f.rel).unwrap_or_default();
-            let mut new = Vec::with_capacity(old.len());
-            let mut run: Option<(u64, u64)> = None;
-            for index in 0..size.div_ceil(BLOCK) {
-                // A file that shrank since the listing reads as zeros up to its listed size,
-                // as the round sends it.
-                let len = (size - index * BLOCK).min(BLOCK) as usize;
-                let n = read_full(&mut file, &mut buf[..len])
-                    .map_err(|e| MigrateError::io(&path, e))?;
-                buf[n..len].fill(0);
-                let d = block_digest(&buf[..len]);
-                let differs = old.get(index as usize) != Some(&d);
-                new.push(d);
-                match (&mut run, differs) {
-                    (Some((_, len)), true) => *len += 1,
-                    (None, true) => run = Some((index, 1)),
-                    (Some((first, len)), false) => {
-                        extents.push(Extent {
-                            rel: f.rel.clone(),
-                            first: *first,
-                            blocks: *len,
-                        });
-                        run = None;
-                    }
-                    (None, false) => {}
-                }
-            }
-            if let Some((first, blocks)) = run {
-                extents.push(Extent {
-                    rel: f.rel.clone(),
-                    first,
-                    blocks,
-                });
-            }
-            self.sent.insert(f.rel.clone(), new);
-        }
-        Ok(extents)
+        self.changed_pages(files, &BTreeMap::new())
     }
 
     /// As [`StateScan::changed`], but for the files in `pages` reads only the listed blocks
@@ -278,60 +237,156 @@ impl StateScan {
         files: &[FileMeta],
         pages: &BTreeMap<String, BTreeSet<u64>>,
     ) -> Result<Vec<Extent>, MigrateError> {
+        let mut extents: Vec<Extent> = Vec::new();
+        self.stream_changed(files, Some(pages), &mut |run| {
+            let rel = &files[run.file as usize].rel;
+            let (first, blocks) = (run.offset / BLOCK, (run.data.len() as u64).div_ceil(BLOCK));
+            match extents.last_mut() {
+                Some(e) if &e.rel == rel && e.first + e.blocks == first => e.blocks += blocks,
+                _ => extents.push(Extent {
+                    rel: rel.clone(),
+                    first,
+                    blocks,
+                }),
+            }
+            true
+        })?;
+        Ok(extents)
+    }
+
+    /// The pass a round makes: reads the candidate blocks of every regular file of `files`
+    /// (for a file in `pages` that was sent before, only the listed blocks: the pages the probe
+    /// saw dirtied; for any other, every block), compares each block's digest with the one
+    /// last sent, records the new digests, and hands every run of changed blocks to `emit` as
+    /// soon as it is read, so the caller can send it while the pass goes on. A run holds at
+    /// most [`RUN_BLOCKS`] blocks of one file; its data is cut at the file's listed size (a
+    /// file that shrank since the listing reads as zeros up to it). `emit` returns false to
+    /// stop early (the pass then ends with what it recorded so far). Forgets the digests of
+    /// files that are gone.
+    pub fn stream_changed(
+        &mut self,
+        files: &[FileMeta],
+        pages: Option<&BTreeMap<String, BTreeSet<u64>>>,
+        emit: &mut dyn FnMut(ChangedRun) -> bool,
+    ) -> Result<PassStats, MigrateError> {
+        use std::os::unix::fs::FileExt;
         self.forget_missing(files);
-        let (full, partial): (Vec<FileMeta>, Vec<FileMeta>) =
-            files.iter().cloned().partition(|f| {
-                f.size.is_none() || !pages.contains_key(&f.rel) || !self.sent.contains_key(&f.rel)
-            });
-        let mut extents = self.compare_full(&full)?;
-        for f in &partial {
+        let mut stats = PassStats::default();
+        let mut buf = vec![0u8; (RUN_BLOCKS * BLOCK) as usize];
+        for (index, f) in files.iter().enumerate() {
+            let Some(size) = f.size else { continue };
             let path = self.root.join(&f.rel);
-            let size = f.size.unwrap_or(0);
-            let blocks = size.div_ceil(BLOCK);
             let file = match File::open(&path) {
                 Ok(file) => file,
+                // Removed since it was listed: the next round's listing says so.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(MigrateError::io(&path, e)),
             };
-            let list: Vec<u64> = pages[&f.rel]
-                .iter()
-                .copied()
-                .filter(|&p| p < blocks)
-                .collect();
-            let fresh = digest_pages_parallel(&file, &list, size)
-                .map_err(|e| MigrateError::io(&path, e))?;
+            let blocks = size.div_ceil(BLOCK);
+            let listed = pages
+                .and_then(|p| p.get(&f.rel))
+                .filter(|_| self.sent.contains_key(&f.rel));
+            let runs: Vec<(u64, u64)> = match listed {
+                Some(list) => page_runs(list.range(..blocks).copied()),
+                None => (0..blocks)
+                    .step_by(RUN_BLOCKS as usize)
+                    .map(|first| (first, RUN_BLOCKS.min(blocks - first)))
+                    .collect(),
+            };
+            stats.scanned_files += usize::from(listed.is_none());
             let digests = self.sent.entry(f.rel.clone()).or_default();
+            // A block past the old end has no digest yet (`UNKNOWN`), so it is sent.
             digests.resize(blocks as usize, UNKNOWN);
-            let mut run: Option<(u64, u64)> = None;
-            for (&page, d) in list.iter().zip(fresh) {
-                if digests[page as usize] == d {
-                    continue;
+            for (first, n) in runs {
+                let start = first * BLOCK;
+                let len = ((first + n) * BLOCK).min(size) - start;
+                let data = &mut buf[..len as usize];
+                let mut filled = 0;
+                while filled < data.len() {
+                    match file.read_at(&mut data[filled..], start + filled as u64) {
+                        Ok(0) => break,
+                        Ok(k) => filled += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(MigrateError::io(&path, e)),
+                    }
                 }
-                digests[page as usize] = d;
-                match &mut run {
-                    Some((first, n)) if *first + *n == page => *n += 1,
-                    _ => {
-                        if let Some((first, blocks)) = run.take() {
-                            extents.push(Extent {
-                                rel: f.rel.clone(),
-                                first,
-                                blocks,
-                            });
+                data[filled..].fill(0);
+                stats.read_bytes += len;
+                // Runs of changed blocks within what was read.
+                let mut changed: Option<u64> = None;
+                for b in first..=first + n {
+                    let differs = b < first + n && {
+                        let at = ((b - first) * BLOCK) as usize;
+                        let d = block_digest(&data[at..(at + BLOCK as usize).min(data.len())]);
+                        let slot = &mut digests[b as usize];
+                        let differs = *slot != d;
+                        *slot = d;
+                        differs
+                    };
+                    match (changed, differs) {
+                        (None, true) => changed = Some(b),
+                        (Some(from), false) => {
+                            changed = None;
+                            let lo = ((from - first) * BLOCK) as usize;
+                            let hi = (((b - first) * BLOCK) as usize).min(data.len());
+                            stats.sent_blocks += b - from;
+                            stats.sent_bytes += (hi - lo) as u64;
+                            let run = ChangedRun {
+                                file: index as u32,
+                                offset: from * BLOCK,
+                                data: data[lo..hi].to_vec(),
+                            };
+                            if !emit(run) {
+                                return Ok(stats);
+                            }
                         }
-                        run = Some((page, 1));
+                        _ => {}
                     }
                 }
             }
-            if let Some((first, blocks)) = run {
-                extents.push(Extent {
-                    rel: f.rel.clone(),
-                    first,
-                    blocks,
-                });
-            }
         }
-        Ok(extents)
+        Ok(stats)
     }
+}
+
+/// Blocks read at most at once, and sent at most in one run: 1 MiB.
+pub const RUN_BLOCKS: u64 = 256;
+
+/// A run of changed blocks of one file, as read: what a round sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedRun {
+    /// The file's index in the round's listing.
+    pub file: u32,
+    /// Byte offset in the file (a multiple of [`BLOCK`]).
+    pub offset: u64,
+    /// The blocks' bytes (the last block cut at the file's listed size).
+    pub data: Vec<u8>,
+}
+
+/// What a pass read and found changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassStats {
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Blocks found changed (sent).
+    pub sent_blocks: u64,
+    /// Their bytes.
+    pub sent_bytes: u64,
+    /// Regular files compared in full (not from a list of pages).
+    pub scanned_files: usize,
+}
+
+/// Sorted page numbers as runs (first, count) of consecutive pages, at most [`RUN_BLOCKS`]
+/// each: a large folio the probe reports whole is one read.
+fn page_runs(pages: impl Iterator<Item = u64>) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for p in pages {
+        match runs.last_mut() {
+            Some((first, n)) if *first + *n == p && *n < RUN_BLOCKS => *n += 1,
+            _ => runs.push((p, 1)),
+        }
+    }
+    runs
 }
 
 impl StateScan {
@@ -349,71 +404,6 @@ impl StateScan {
             })
             .collect()
     }
-}
-
-/// The digests of `pages` (sorted) of `file`, listed as `size` bytes long, in order: runs of
-/// consecutive pages (a large folio is one) are read with one call each, and past the end of
-/// a file that shrank since the listing, a page reads as zeros, as the round sends it.
-fn digest_pages(file: &File, pages: &[u64], size: u64) -> std::io::Result<Vec<BlockDigest>> {
-    use std::os::unix::fs::FileExt;
-    const RUN: u64 = 256;
-    let mut buf = vec![0u8; (RUN * BLOCK) as usize];
-    let mut out = Vec::with_capacity(pages.len());
-    let mut i = 0;
-    while i < pages.len() {
-        let start = pages[i];
-        let mut end = start + 1;
-        while end - start < RUN && pages.get(i + (end - start) as usize) == Some(&end) {
-            end += 1;
-        }
-        i += (end - start) as usize;
-        let len = ((end * BLOCK).min(size) - start * BLOCK) as usize;
-        let mut filled = 0;
-        while filled < len {
-            match file.read_at(&mut buf[filled..len], start * BLOCK + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        buf[filled..len].fill(0);
-        for at in (0..len).step_by(BLOCK as usize) {
-            out.push(block_digest(&buf[at..len.min(at + BLOCK as usize)]));
-        }
-    }
-    Ok(out)
-}
-
-/// [`digest_pages`] on every core for a long list: the frozen round's reading is mostly
-/// hashing (the probe reports whole folios, so many more pages than were written).
-fn digest_pages_parallel(
-    file: &File,
-    pages: &[u64],
-    size: u64,
-) -> std::io::Result<Vec<BlockDigest>> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
-    if threads < 2 || pages.len() < 1024 {
-        return digest_pages(file, pages, size);
-    }
-    let chunk = pages.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = pages
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || digest_pages(file, part, size)))
-            .collect();
-        let mut out = Vec::with_capacity(pages.len());
-        for part in parts {
-            out.extend(
-                part.join()
-                    .map_err(|_| std::io::Error::other("digest thread panicked"))??,
-            );
-        }
-        Ok(out)
-    })
 }
 
 /// Reads until `buf` is full or the file ends.

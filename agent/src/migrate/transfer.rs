@@ -4,8 +4,8 @@
 //! ```text
 //! sender                                          receiver
 //!   Begin { migration, service }     ─────────►   fresh staging directory
-//!   Round { files, extents } + data  ─────────►   metadata pass (create, truncate, remove),
-//!                                    ◄─────────   then the blocks written in place; RoundDone
+//!   Round { files } + pieces         ─────────►   metadata pass (create, truncate, remove),
+//!                                    ◄─────────   then the pieces written in place; RoundDone
 //!   ... more rounds (what changed since) ...
 //!   Verify { hash tree, root }       ─────────►   its own tree (digests of the blocks it
 //!                                    ◄─────────   wrote); Verified { root, mismatches }
@@ -16,6 +16,13 @@
 //! Nothing is visible at the destination until the commit, which is one rename; a transfer
 //! that ends any other way (abort, error, lost connection) leaves the destination as it was
 //! and removes the staging copy.
+//!
+//! A round is a pipeline on each side. The sender reads, digests and compresses on a blocking
+//! thread ([`StateScan::stream_changed`]) while the async side writes the pieces already made
+//! to the stream; the receiver reads pieces from the stream while a blocking thread
+//! decompresses, writes and digests the ones already read. Each piece says where it goes
+//! (file and offset), so nothing waits for a list of extents computed up front, and the state
+//! is read once per round.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
@@ -30,19 +37,16 @@ use tracing::{info, warn};
 use super::error::MigrateError;
 use super::journal::{now_ms, Journal, TargetEntry, TargetPhase};
 use super::scan::{
-    block_digest, file_node, hash_tree, tree_root, BlockDigest, Extent, FileMeta, StateScan, BLOCK,
-    UNKNOWN,
+    block_digest, file_node, hash_tree, tree_root, BlockDigest, FileMeta, StateScan, BLOCK, UNKNOWN,
 };
 use crate::probe::bpf::InodeKey;
 use crate::probe::{DirtyTracker, Tracked};
 use crate::transport::{
-    open, read_bulk_with, write_blocks, Channel, Peer, PeerInfo, Services, MAX_BLOCK,
+    open, read_piece, write_piece, write_pieces_end, Channel, Peer, PeerInfo, Piece, Services,
 };
 
 /// Name of the state service.
 pub const SERVICE: &str = "state";
-/// Bytes read from the state per block on the wire.
-const READ_BLOCK: usize = 1 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Msg {
@@ -53,11 +57,11 @@ enum Msg {
         /// it, so it can start the service once the move is decided even without the source.
         spec: Option<String>,
     },
+    /// The listing; the changed blocks follow as placed pieces (file = index in `files`),
+    /// in any order, up to the end marker.
     Round {
         round: u32,
         files: Vec<FileMeta>,
-        /// (file, first block, blocks), in the order their data follows.
-        extents: Vec<(String, u64, u64)>,
     },
     RoundDone {
         round: u32,
@@ -120,9 +124,11 @@ pub struct RoundStats {
     pub scanned_files: usize,
     /// Of the round's time: listing, the probe's flush and the write-back, seconds.
     pub prepare_seconds: f64,
-    /// Reading and digesting the blocks to compare, seconds.
+    /// Reading, digesting and compressing the blocks to compare (overlapped with sending),
+    /// seconds.
     pub read_seconds: f64,
-    /// Sending the changed blocks until the receiver said it wrote (and synced) them, seconds.
+    /// From the listing sent until the receiver said it wrote (and synced) every piece,
+    /// seconds.
     pub send_seconds: f64,
 }
 
@@ -358,59 +364,81 @@ impl StateSender {
     }
 
     /// Sends one round: the listing, then every block that changed since the last round
-    /// (everything in round 0).
+    /// (everything in round 0), each as soon as it is read.
     pub async fn round(&mut self) -> Result<RoundStats, MigrateError> {
         let started = Instant::now();
         let files = self.scan.list()?;
         let probe = self.probe_round(&files);
         let prepare_seconds = started.elapsed().as_secs_f64();
         let t = Instant::now();
-        let regular = files.iter().filter(|f| f.size.is_some()).count();
-        let (extents, tracked_files, dirty_pages) = match &probe {
-            Some(p) => (
-                tokio::task::block_in_place(|| self.scan.changed_pages(&files, &p.pages))?,
-                p.pages.len(),
-                p.dirty_pages,
-            ),
-            None => (
-                tokio::task::block_in_place(|| self.scan.changed(&files))?,
-                0,
-                0,
-            ),
-        };
-        let read_seconds = t.elapsed().as_secs_f64();
-        let t = Instant::now();
         let round = self.round;
         self.ch
             .send(&Msg::Round {
                 round,
                 files: files.clone(),
-                extents: extents
-                    .iter()
-                    .map(|e| (e.rel.clone(), e.first, e.blocks))
-                    .collect(),
             })
             .await?;
-        let sizes: BTreeMap<&str, u64> = files
-            .iter()
-            .filter_map(|f| Some((f.rel.as_str(), f.size?)))
-            .collect();
-        #[allow(unused_mut)]
-        let mut reader = ExtentReader::new(self.scan.root(), &extents, &sizes);
+        let (tracked_files, dirty_pages) = probe
+            .as_ref()
+            .map(|p| (p.pages.len(), p.dirty_pages))
+            .unwrap_or((0, 0));
+        // The reading side: a blocking thread that owns the scan for the round and hands over
+        // compressed pieces through a bounded queue.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(PIPELINE_PIECES);
+        let mut scan = self.scan.take_for_round();
+        let level = self.level;
         #[cfg(test)]
-        {
-            reader.corrupt = std::mem::take(&mut self.corrupt_next);
+        let corrupt = std::mem::take(&mut self.corrupt_next);
+        #[cfg(not(test))]
+        let corrupt = false;
+        let listing = files.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            let began = Instant::now();
+            let mut waited = std::time::Duration::ZERO;
+            let mut z = level.and_then(|l| zstd::bulk::Compressor::new(l).ok());
+            let mut corrupt = corrupt;
+            let pages = probe.map(|p| p.pages);
+            let result = scan.stream_changed(&listing, pages.as_ref(), &mut |run| {
+                let mut data = run.data;
+                if corrupt && !data.is_empty() {
+                    // Test hook: damaged after it was digested here.
+                    corrupt = false;
+                    data[0] ^= 0xff;
+                }
+                let piece = Piece::pack(run.file, run.offset, data, z.as_mut());
+                let w = Instant::now();
+                let sent = tx.blocking_send(piece).is_ok();
+                waited += w.elapsed();
+                sent
+            });
+            (scan, result, began.elapsed().saturating_sub(waited))
+        });
+        let mut wire_bytes = 0u64;
+        let mut sending: Result<(), MigrateError> = Ok(());
+        while let Some(piece) = rx.recv().await {
+            wire_bytes += piece.wire_len();
+            if let Err(e) = write_piece(&mut self.ch.send, &piece).await {
+                sending = Err(e.into());
+                break;
+            }
         }
-        let stats = write_blocks(&mut self.ch.send, reader, self.level).await?;
+        drop(rx);
+        let (scan, pass, read_time) = reader
+            .await
+            .map_err(|e| MigrateError::BadState(format!("the reading thread: {e}")))?;
+        self.scan.restore(scan);
+        sending?;
+        let pass = pass?;
+        write_pieces_end(&mut self.ch.send).await?;
         let bytes = match self.ch.recv::<Msg>().await? {
             Some(Msg::RoundDone { round: r, bytes }) if r == round => bytes,
             Some(Msg::Failed { reason }) => return Err(MigrateError::Peer(reason)),
             other => return Err(MigrateError::Peer(format!("unexpected {other:?}"))),
         };
-        if bytes != stats.raw_bytes {
+        if bytes != pass.sent_bytes {
             return Err(MigrateError::Peer(format!(
                 "round {round}: sent {} bytes, the peer wrote {bytes}",
-                stats.raw_bytes
+                pass.sent_bytes
             )));
         }
         self.round += 1;
@@ -418,15 +446,15 @@ impl StateSender {
         Ok(RoundStats {
             round,
             entries: self.last_files.len(),
-            blocks: extents.iter().map(|e| e.blocks).sum(),
+            blocks: pass.sent_blocks,
             bytes,
-            wire_bytes: stats.wire_bytes,
+            wire_bytes: wire_bytes + 21,
             seconds: started.elapsed().as_secs_f64(),
             tracked_files,
             dirty_pages,
-            scanned_files: regular - tracked_files,
+            scanned_files: pass.scanned_files,
             prepare_seconds,
-            read_seconds,
+            read_seconds: read_time.as_secs_f64(),
             send_seconds: t.elapsed().as_secs_f64(),
         })
     }
@@ -516,96 +544,6 @@ impl StateSender {
         {
             let _ = self.ch.recv::<Msg>().await;
         }
-    }
-}
-
-/// Reads the data of `extents` from the files under `root`, in blocks of at most 1 MiB. The
-/// last block of a file may be short; a file that shrank since it was listed reads as zeros up
-/// to its listed size (the next round's listing truncates it).
-struct ExtentReader<'a> {
-    root: &'a Path,
-    extents: &'a [Extent],
-    sizes: &'a BTreeMap<&'a str, u64>,
-    index: usize,
-    offset: u64,
-    file: Option<(String, File)>,
-    /// Test hook: flip the first byte of the next block read.
-    #[cfg(test)]
-    corrupt: bool,
-}
-
-impl<'a> ExtentReader<'a> {
-    fn new(root: &'a Path, extents: &'a [Extent], sizes: &'a BTreeMap<&'a str, u64>) -> Self {
-        ExtentReader {
-            root,
-            extents,
-            sizes,
-            index: 0,
-            offset: 0,
-            file: None,
-            #[cfg(test)]
-            corrupt: false,
-        }
-    }
-
-    /// Bytes of extent `e` (its last block is cut at the file's listed size).
-    fn len_of(&self, e: &Extent) -> u64 {
-        let size = self.sizes.get(e.rel.as_str()).copied().unwrap_or(0);
-        let start = e.first * BLOCK;
-        ((e.first + e.blocks) * BLOCK)
-            .min(size)
-            .saturating_sub(start)
-    }
-}
-
-impl Iterator for ExtentReader<'_> {
-    type Item = std::io::Result<Vec<u8>>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let mut out = Vec::with_capacity(READ_BLOCK);
-        while out.len() < READ_BLOCK && self.index < self.extents.len() {
-            let e = &self.extents[self.index];
-            let len = self.len_of(e);
-            if self.offset >= len {
-                self.index += 1;
-                self.offset = 0;
-                continue;
-            }
-            if self
-                .file
-                .as_ref()
-                .map(|(rel, _)| rel != &e.rel)
-                .unwrap_or(true)
-            {
-                match File::open(self.root.join(&e.rel)) {
-                    Ok(f) => self.file = Some((e.rel.clone(), f)),
-                    Err(err) => return Some(Err(err)),
-                }
-            }
-            let want = ((READ_BLOCK - out.len()) as u64).min(len - self.offset) as usize;
-            let at = e.first * BLOCK + self.offset;
-            let start = out.len();
-            out.resize(start + want, 0);
-            if let Some((_, f)) = &self.file {
-                let mut filled = 0;
-                while filled < want {
-                    match f.read_at(&mut out[start + filled..start + want], at + filled as u64) {
-                        Ok(0) => break, // shrank: the rest stays zero
-                        Ok(n) => filled += n,
-                        Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(err) => return Some(Err(err)),
-                    }
-                }
-            }
-            self.offset += want as u64;
-        }
-        debug_assert!(out.len() <= MAX_BLOCK);
-        #[cfg(test)]
-        if self.corrupt && !out.is_empty() {
-            self.corrupt = false;
-            out[0] ^= 0xff;
-        }
-        (!out.is_empty()).then_some(Ok(out))
     }
 }
 
@@ -812,13 +750,9 @@ impl Receiver {
                 };
             }
             match msg? {
-                Some(Msg::Round {
-                    round,
-                    files,
-                    extents,
-                }) => {
+                Some(Msg::Round { round, files }) => {
                     self.apply_listing(&files)?;
-                    let bytes = self.write_extents(ch, &extents).await?;
+                    let bytes = self.write_pieces(ch, &files).await?;
                     listed = files;
                     ch.send(&Msg::RoundDone { round, bytes }).await?;
                 }
@@ -993,76 +927,65 @@ impl Receiver {
             .collect()
     }
 
-    /// Writes the bulk data that follows a round header at the extents' offsets.
-    async fn write_extents(
+    /// Writes the pieces that follow a round's listing where they go, digesting each block, on
+    /// a blocking thread while this task reads the next pieces from the stream; then writes the
+    /// touched files back. Returns the bytes written.
+    async fn write_pieces(
         &mut self,
         ch: &mut Channel,
-        extents: &[(String, u64, u64)],
+        listed: &[FileMeta],
     ) -> Result<u64, MigrateError> {
-        // Open every file first, so the sink only writes.
-        for (rel, _, _) in extents {
-            self.file(rel)?;
-        }
-        let sizes: BTreeMap<String, u64> = extents
-            .iter()
-            .map(|(rel, _, _)| {
-                let len = self.files[rel].metadata().map(|m| m.len()).unwrap_or(0);
-                (rel.clone(), len)
-            })
-            .collect();
-        let mut cursor = Cursor {
-            extents,
-            sizes: &sizes,
-            index: 0,
-            offset: 0,
-        };
-        let mut written = 0u64;
-        let mut failure: Option<MigrateError> = None;
-        let files = &self.files;
-        let staging = &self.staging;
-        let digests = &mut self.digests;
-        let mut partial = Vec::with_capacity(BLOCK as usize);
-        let stats = read_bulk_with(&mut ch.recv, |mut data: &[u8]| {
-            while !data.is_empty() && failure.is_none() {
-                let Some((rel, at, room)) = cursor.next_span() else {
-                    failure = Some(MigrateError::Peer("more data than extents".into()));
-                    return;
-                };
-                let n = room.min(data.len() as u64) as usize;
-                if let Err(e) = files[rel].write_all_at(&data[..n], at) {
-                    failure = Some(MigrateError::io(&staging.join(rel), e));
-                    return;
+        // Per index of the listing: the file (a duplicate handle), its size and its digests.
+        let mut targets: Vec<Option<Target>> = Vec::with_capacity(listed.len());
+        for f in listed {
+            targets.push(match f.size {
+                Some(size) => {
+                    let file = self
+                        .file(&f.rel)?
+                        .try_clone()
+                        .map_err(|e| MigrateError::io(&self.staging.join(&f.rel), e))?;
+                    let digests = self.digests.remove(&f.rel).unwrap_or_default();
+                    Some(Target {
+                        rel: f.rel.clone(),
+                        file,
+                        size,
+                        digests,
+                        touched: false,
+                    })
                 }
-                let size = sizes.get(rel).copied().unwrap_or(0);
-                match digests.get_mut(rel) {
-                    Some(d) => digest_span(d, &mut partial, size, at, &data[..n]),
-                    None => {
-                        failure = Some(MigrateError::Peer(format!("data for {rel:?}, not listed")));
-                        return;
+                None => None,
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(PIPELINE_PIECES);
+        let staging = self.staging.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let result = write_all_pieces(&staging, &mut targets, rx);
+            (targets, result)
+        });
+        let mut reading: Result<(), MigrateError> = Ok(());
+        loop {
+            match read_piece(&mut ch.recv).await {
+                Ok(Some(piece)) => {
+                    if tx.send(piece).is_err() {
+                        break; // the writer failed: its error says why
                     }
                 }
-                cursor.offset += n as u64;
-                written += n as u64;
-                data = &data[n..];
+                Ok(None) => break,
+                Err(e) => {
+                    reading = Err(e.into());
+                    break;
+                }
             }
-        })
-        .await?;
-        if let Some(e) = failure {
-            return Err(e);
         }
-        debug_assert_eq!(stats.raw_bytes, written);
-        // Written back now, while the source still runs, so that the commit's fsync (with the
-        // source frozen) has only the last round's pages left to write.
-        tokio::task::block_in_place(|| -> Result<(), MigrateError> {
-            let touched: BTreeSet<&str> = extents.iter().map(|(rel, _, _)| rel.as_str()).collect();
-            for rel in touched {
-                self.files[rel]
-                    .sync_data()
-                    .map_err(|e| MigrateError::io(&self.staging.join(rel), e))?;
-            }
-            Ok(())
-        })?;
-        Ok(written)
+        drop(tx);
+        let (targets, written) = writer
+            .await
+            .map_err(|e| MigrateError::BadState(format!("the writing thread: {e}")))?;
+        for t in targets.into_iter().flatten() {
+            self.digests.insert(t.rel, t.digests);
+        }
+        reading?;
+        written
     }
 
     /// Replaces `dest` with the staging copy: every file and directory of the copy is made
@@ -1079,42 +1002,6 @@ impl Receiver {
         let t = Instant::now();
         swap_into_place(&self.staging, dest)?;
         Ok((dest.to_path_buf(), synced, t.elapsed().as_secs_f64()))
-    }
-}
-
-/// Records the digests of the blocks that `data`, written at offset `at` of a file of `size`
-/// bytes, completes. A block's bytes arrive in order from its start (extents start on block
-/// boundaries); one split across spans is gathered in `partial`.
-fn digest_span(d: &mut [BlockDigest], partial: &mut Vec<u8>, size: u64, at: u64, data: &[u8]) {
-    let mut done = 0usize;
-    while done < data.len() {
-        let pos = at + done as u64;
-        let index = (pos / BLOCK) as usize;
-        let within = (pos % BLOCK) as usize;
-        let len = (size.saturating_sub(index as u64 * BLOCK)).min(BLOCK) as usize;
-        if len <= within {
-            return; // past the listed size: the cursor never goes there
-        }
-        let take = (len - within).min(data.len() - done);
-        let piece = &data[done..done + take];
-        let digest = if within == 0 && take == len {
-            Some(block_digest(piece))
-        } else {
-            if within == 0 {
-                partial.clear();
-            }
-            if partial.len() == within {
-                partial.extend_from_slice(piece);
-            } else {
-                partial.clear(); // out of order: leave the block unknown
-            }
-            (within + take == len && partial.len() == len).then(|| block_digest(partial))
-        };
-        if let Some(slot) = d.get_mut(index) {
-            // Unknown while the block is partly written.
-            *slot = digest.unwrap_or(UNKNOWN);
-        }
-        done += take;
     }
 }
 
@@ -1196,29 +1083,66 @@ pub(crate) fn swap_into_place(staging: &Path, dest: &Path) -> Result<(), Migrate
     Ok(())
 }
 
-/// Where the next bytes of a round's data go.
-struct Cursor<'a> {
-    extents: &'a [(String, u64, u64)],
-    sizes: &'a BTreeMap<String, u64>,
-    index: usize,
-    offset: u64,
+/// Pieces queued between reading and writing (at most 1 MiB each) on either side.
+const PIPELINE_PIECES: usize = 16;
+
+/// A regular file of a round's listing, on the receiving side.
+struct Target {
+    rel: String,
+    file: File,
+    size: u64,
+    /// Its block digests as written here.
+    digests: Vec<BlockDigest>,
+    /// Written in this round (written back at its end).
+    touched: bool,
 }
 
-impl<'a> Cursor<'a> {
-    /// The current extent's file, the file offset of the next byte and the bytes left in it.
-    fn next_span(&mut self) -> Option<(&'a str, u64, u64)> {
-        loop {
-            let (rel, first, blocks) = self.extents.get(self.index)?;
-            let size = self.sizes.get(rel).copied().unwrap_or(0);
-            let start = first * BLOCK;
-            let len = ((first + blocks) * BLOCK).min(size).saturating_sub(start);
-            if self.offset < len {
-                return Some((rel.as_str(), start + self.offset, len - self.offset));
-            }
-            self.index += 1;
-            self.offset = 0;
+/// The receiving side's writing thread: each piece is checked against the listing (whole
+/// blocks from a block boundary, the last cut at the listed size), decompressed, written at
+/// its offset and digested block by block; then every touched file is written back, so the
+/// commit's fsync (with the source frozen) has only the last round's pages left.
+fn write_all_pieces(
+    staging: &Path,
+    targets: &mut [Option<Target>],
+    rx: std::sync::mpsc::Receiver<Piece>,
+) -> Result<u64, MigrateError> {
+    let mut z = zstd::bulk::Decompressor::new()
+        .map_err(|e| MigrateError::BadState(format!("zstd: {e}")))?;
+    let mut buf = Vec::new();
+    let mut written = 0u64;
+    for piece in rx {
+        let Some(Some(t)) = targets.get_mut(piece.file as usize) else {
+            return Err(MigrateError::Peer(format!(
+                "a piece for entry {}, not a listed file",
+                piece.file
+            )));
+        };
+        let (at, len) = (piece.offset, u64::from(piece.raw_len));
+        let whole =
+            at % BLOCK == 0 && at + len <= t.size && (len % BLOCK == 0 || at + len == t.size);
+        if !whole || len == 0 {
+            return Err(MigrateError::Peer(format!(
+                "a piece of {len} bytes at {at} of {:?} ({} bytes): not whole blocks",
+                t.rel, t.size
+            )));
         }
+        let data = piece.data(&mut z, &mut buf)?;
+        t.file
+            .write_all_at(data, at)
+            .map_err(|e| MigrateError::io(&staging.join(&t.rel), e))?;
+        let first = (at / BLOCK) as usize;
+        for (i, block) in data.chunks(BLOCK as usize).enumerate() {
+            t.digests[first + i] = block_digest(block);
+        }
+        t.touched = true;
+        written += len;
     }
+    for t in targets.iter().flatten().filter(|t| t.touched) {
+        t.file
+            .sync_data()
+            .map_err(|e| MigrateError::io(&staging.join(&t.rel), e))?;
+    }
+    Ok(written)
 }
 
 /// Every path under `dir`, relative, `/`-separated.

@@ -4,7 +4,12 @@
 //! ```text
 //! message frame: u32 length (big endian, of what follows) | u16 wire version | bincode bytes
 //! bulk block:    u8 kind (0 raw, 1 zstd, 2 end) | u32 raw length | u32 payload length | payload
+//! placed piece:  u8 kind (0 raw, 1 zstd, 2 end) | u32 file | u64 offset | u32 raw length |
+//!                u32 payload length | payload
 //! ```
+//!
+//! A placed piece says where its data goes (a file of the sender's listing, a byte offset), so
+//! pieces can be produced, sent and written in any order and by several workers.
 //!
 //! A frame of another wire version is refused, not guessed at. Lengths are bounded
 //! ([`MAX_FRAME`], [`MAX_BLOCK`]) so a peer cannot make us allocate without limit. A zstd block
@@ -18,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::error::TransportError;
 
 /// Version of the frame format and of the messages; both ends must agree.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 /// Largest message frame.
 pub const MAX_FRAME: usize = 16 << 20;
 /// Largest bulk block (raw or compressed).
@@ -284,6 +289,170 @@ async fn read_blocks<R: AsyncRead + Unpin>(
     }
 }
 
+/// A piece of a file's data with where it goes: `file` (an index the two sides agreed on)
+/// and the byte `offset` in it. The payload is the raw data or its zstd compression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Which file.
+    pub file: u32,
+    /// Byte offset of the data in the file.
+    pub offset: u64,
+    /// Length of the data.
+    pub raw_len: u32,
+    /// The payload is zstd-compressed.
+    pub zstd: bool,
+    /// Raw data, or its compression.
+    pub payload: Vec<u8>,
+}
+
+impl Piece {
+    /// The piece for `data` (at most [`MAX_BLOCK`] bytes), compressed with `compressor` when
+    /// that makes it smaller.
+    pub fn pack(
+        file: u32,
+        offset: u64,
+        data: Vec<u8>,
+        compressor: Option<&mut zstd::bulk::Compressor<'_>>,
+    ) -> Piece {
+        debug_assert!(data.len() <= MAX_BLOCK);
+        let raw_len = data.len() as u32;
+        let compressed = compressor
+            .and_then(|c| c.compress(&data).ok())
+            .filter(|c| c.len() < data.len());
+        match compressed {
+            Some(payload) => Piece {
+                file,
+                offset,
+                raw_len,
+                zstd: true,
+                payload,
+            },
+            None => Piece {
+                file,
+                offset,
+                raw_len,
+                zstd: false,
+                payload: data,
+            },
+        }
+    }
+
+    /// Bytes this piece takes on the stream.
+    pub fn wire_len(&self) -> u64 {
+        PIECE_HEADER as u64 + self.payload.len() as u64
+    }
+
+    /// The data: the payload, or its decompression (which must give `raw_len` bytes).
+    pub fn data<'a>(
+        &'a self,
+        decompressor: &mut zstd::bulk::Decompressor<'_>,
+        buf: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], TransportError> {
+        if !self.zstd {
+            return Ok(&self.payload);
+        }
+        buf.clear();
+        buf.reserve(self.raw_len as usize);
+        let n = decompressor
+            .decompress_to_buffer(&self.payload, buf)
+            .map_err(|e| TransportError::Frame(format!("zstd piece: {e}")))?;
+        if n != self.raw_len as usize {
+            return Err(TransportError::Frame(format!(
+                "zstd piece gave {n} bytes, header said {}",
+                self.raw_len
+            )));
+        }
+        Ok(&buf[..n])
+    }
+}
+
+const PIECE_HEADER: usize = 21;
+
+/// Writes one placed piece.
+pub async fn write_piece<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    piece: &Piece,
+) -> Result<(), TransportError> {
+    let kind = if piece.zstd { BLOCK_ZSTD } else { BLOCK_RAW };
+    write_piece_header(
+        w,
+        kind,
+        piece.file,
+        piece.offset,
+        piece.raw_len,
+        piece.payload.len(),
+    )
+    .await?;
+    w.write_all(&piece.payload)
+        .await
+        .map_err(TransportError::connection)
+}
+
+/// Writes the end of a run of placed pieces.
+pub async fn write_pieces_end<W: AsyncWrite + Unpin>(w: &mut W) -> Result<(), TransportError> {
+    write_piece_header(w, BLOCK_END, 0, 0, 0, 0).await
+}
+
+async fn write_piece_header<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: u8,
+    file: u32,
+    offset: u64,
+    raw_len: u32,
+    len: usize,
+) -> Result<(), TransportError> {
+    let mut header = [0u8; PIECE_HEADER];
+    header[0] = kind;
+    header[1..5].copy_from_slice(&file.to_be_bytes());
+    header[5..13].copy_from_slice(&offset.to_be_bytes());
+    header[13..17].copy_from_slice(&raw_len.to_be_bytes());
+    header[17..21].copy_from_slice(&(len as u32).to_be_bytes());
+    w.write_all(&header)
+        .await
+        .map_err(TransportError::connection)
+}
+
+/// Reads one placed piece; `Ok(None)` at the end marker. Lengths are checked against
+/// [`MAX_BLOCK`], and a raw piece's payload must be its raw length.
+pub async fn read_piece<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Piece>, TransportError> {
+    let mut header = [0u8; PIECE_HEADER];
+    r.read_exact(&mut header)
+        .await
+        .map_err(TransportError::connection)?;
+    let kind = header[0];
+    let be32 = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let file = be32(1);
+    let mut offset = [0u8; 8];
+    offset.copy_from_slice(&header[5..13]);
+    let offset = u64::from_be_bytes(offset);
+    let raw_len = be32(13);
+    let len = be32(17) as usize;
+    let ok = match kind {
+        BLOCK_END => return Ok(None),
+        BLOCK_RAW => len == raw_len as usize,
+        BLOCK_ZSTD => true,
+        _ => false,
+    };
+    if !ok || raw_len as usize > MAX_BLOCK || len > MAX_BLOCK {
+        return Err(TransportError::Frame(format!(
+            "bad piece (kind {kind}, raw {raw_len}, payload {len})"
+        )));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)
+        .await
+        .map_err(TransportError::connection)?;
+    Ok(Some(Piece {
+        file,
+        offset,
+        raw_len,
+        zstd: kind == BLOCK_ZSTD,
+        payload,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,6 +523,49 @@ mod tests {
         );
         assert_eq!(recv, sent_stats);
         assert!(sent_stats.wire_bytes < data.len() as u64 * 6 / 10);
+    }
+
+    #[tokio::test]
+    async fn placed_pieces_round_trip_compressed_where_it_pays() {
+        let mut z = zstd::bulk::Compressor::new(1).unwrap();
+        let zeros = Piece::pack(3, 8192, vec![0u8; 65536], Some(&mut z));
+        let mut noise = vec![0u8; 4096];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for b in noise.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let raw = Piece::pack(1, 0, noise.clone(), Some(&mut z));
+        assert!(zeros.zstd && zeros.payload.len() < 1000);
+        assert!(!raw.zstd, "incompressible data goes raw");
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let sent = (zeros.clone(), raw.clone());
+        let writer = tokio::spawn(async move {
+            write_piece(&mut a, &sent.0).await.unwrap();
+            write_piece(&mut a, &sent.1).await.unwrap();
+            write_pieces_end(&mut a).await.unwrap();
+        });
+        let mut d = zstd::bulk::Decompressor::new().unwrap();
+        let mut buf = Vec::new();
+        let got = read_piece(&mut b).await.unwrap().unwrap();
+        assert_eq!((got.file, got.offset, got.raw_len), (3, 8192, 65536));
+        assert_eq!(got.data(&mut d, &mut buf).unwrap(), &[0u8; 65536][..]);
+        let got = read_piece(&mut b).await.unwrap().unwrap();
+        assert_eq!(got, raw);
+        assert_eq!(got.data(&mut d, &mut buf).unwrap(), &noise[..]);
+        assert_eq!(read_piece(&mut b).await.unwrap(), None);
+        writer.await.unwrap();
+        // A piece that lies about its length is refused.
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        write_piece_header(&mut a, BLOCK_RAW, 0, 0, 10, 20)
+            .await
+            .unwrap();
+        assert!(matches!(
+            read_piece(&mut b).await,
+            Err(TransportError::Frame(_))
+        ));
     }
 
     #[tokio::test]

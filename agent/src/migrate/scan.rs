@@ -127,6 +127,12 @@ impl StateScan {
         }
     }
 
+    /// Records `digests` as what the peer holds of `rel` (after a failed comparison), so the
+    /// next full comparison of the file sends every block that differs from them.
+    pub(crate) fn set_sent(&mut self, rel: &str, digests: Vec<BlockDigest>) {
+        self.sent.insert(rel.to_string(), digests);
+    }
+
     /// Takes back the digests of a scan from [`StateScan::take_for_round`].
     pub(crate) fn restore(&mut self, from: StateScan) {
         self.sent = from.sent;
@@ -420,32 +426,37 @@ fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// The digest of every block of the file at `path`, read up to `size` bytes (a missing file
+/// has none, a shorter one fewer).
+pub fn file_digests(path: &Path, size: u64) -> Result<Vec<BlockDigest>, MigrateError> {
+    let mut buf = vec![0u8; BLOCK as usize];
+    let mut digests = Vec::with_capacity(size.div_ceil(BLOCK) as usize);
+    match File::open(path) {
+        Ok(file) => {
+            let mut file = std::io::BufReader::with_capacity(1 << 20, file.take(size));
+            loop {
+                let n = read_full(&mut file, &mut buf).map_err(|e| MigrateError::io(path, e))?;
+                if n == 0 {
+                    break;
+                }
+                digests.push(block_digest(&buf[..n]));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(MigrateError::io(path, e)),
+    }
+    Ok(digests)
+}
+
 /// The hash tree of the state under `root` as it is on disk: every regular file of `files`
 /// read in full and its node computed from its blocks (the full re-hash; the same nodes as
 /// [`StateScan::tree`] when the copy is exact). A file is read up to its listed size; one that
 /// is shorter or missing gets a node that matches nothing listed.
 pub fn hash_tree(root: &Path, files: &[FileMeta]) -> Result<Vec<(String, String)>, MigrateError> {
     let mut out = Vec::new();
-    let mut buf = vec![0u8; BLOCK as usize];
     for f in files.iter().filter(|f| f.size.is_some()) {
         let size = f.size.unwrap_or(0);
-        let path = root.join(&f.rel);
-        let mut digests = Vec::with_capacity(size.div_ceil(BLOCK) as usize);
-        match File::open(&path) {
-            Ok(file) => {
-                let mut file = std::io::BufReader::with_capacity(1 << 20, file.take(size));
-                loop {
-                    let n =
-                        read_full(&mut file, &mut buf).map_err(|e| MigrateError::io(&path, e))?;
-                    if n == 0 {
-                        break;
-                    }
-                    digests.push(block_digest(&buf[..n]));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(MigrateError::io(&path, e)),
-        }
+        let digests = file_digests(&root.join(&f.rel), size)?;
         out.push((f.rel.clone(), file_node(size, &digests)));
     }
     Ok(out)

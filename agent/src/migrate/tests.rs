@@ -174,9 +174,10 @@ async fn state_changing_during_rounds_arrives_identical_after_the_final_round() 
 }
 
 /// The hash tree the rounds keep (no file read at the cut-over) catches a block that arrived
-/// other than it was read: corrupted on the way, after the sender digested it.
+/// other than it was read: corrupted on the way, after the sender digested it. That block is
+/// sent again; a difference that lasts fails the verification.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rounds_hash_tree_catches_a_block_corrupted_on_the_way() {
+async fn a_block_corrupted_on_the_way_is_caught_by_the_rounds_tree_and_resent() {
     let s = setup().await;
     let src = s.src();
     std::fs::create_dir_all(src.join("data")).unwrap();
@@ -197,9 +198,26 @@ async fn the_rounds_hash_tree_catches_a_block_corrupted_on_the_way() {
     tx.round().await.unwrap();
     let v = tx.verify().await.expect("trees agree after clean rounds");
     assert_eq!(v.files, 2);
-    // Now a round whose data is damaged after it was digested here.
+    // Now a round whose data is damaged after it was digested here: the comparison finds
+    // the file, and the block that differs is sent again.
     f.write_all_at(&noise(4096, 10), 4096 * 300).unwrap();
-    tx.corrupt_next = true;
+    tx.corrupt_rounds = 1;
+    tx.final_round().await.unwrap();
+    let v = tx.verify().await.expect("repaired");
+    assert_eq!(v.repaired, vec!["data/db".to_string()]);
+    let repair = v.repair.expect("a repair round");
+    assert_eq!(
+        (repair.blocks, repair.bytes),
+        (1, 4096),
+        "only the damaged block"
+    );
+    assert_eq!(
+        std::fs::read(s.recv_root().join("kv.staging-m5/data/db")).unwrap(),
+        std::fs::read(src.join("data/db")).unwrap()
+    );
+    // Damaged again in the repair round too: the difference stands, and is an error.
+    f.write_all_at(&noise(4096, 11), 4096 * 301).unwrap();
+    tx.corrupt_rounds = 2;
     tx.final_round().await.unwrap();
     let err = tx.verify().await.unwrap_err();
     assert!(
@@ -209,9 +227,10 @@ async fn the_rounds_hash_tree_catches_a_block_corrupted_on_the_way() {
     tx.abort("verify failed").await;
 }
 
-/// The full re-hash reads the files on both sides: it catches what the rounds never saw.
+/// The full re-hash reads the files on both sides: it catches what the rounds never saw, and
+/// the block is resent; a difference that lasts prevents the commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_difference_found_at_verify_prevents_the_commit() {
+async fn a_difference_found_by_the_full_check_is_resent_and_a_lasting_one_prevents_the_commit() {
     let s = setup().await;
     let src = s.src();
     std::fs::create_dir_all(src.join("data")).unwrap();
@@ -232,8 +251,18 @@ async fn a_difference_found_at_verify_prevents_the_commit() {
     f.write_all_at(b"corrupt", 4096).unwrap();
     // The rounds' tree cannot see it (nothing was sent wrong) ...
     tx.verify().await.expect("the rounds' trees agree");
-    // ... the full re-hash does.
+    // ... the full re-hash does, and the block is sent again.
     tx.full_verify(true);
+    let v = tx.verify().await.expect("repaired");
+    assert_eq!(v.repaired, vec!["data/db".to_string()]);
+    assert_eq!(v.repair.map(|r| (r.blocks, r.bytes)), Some((1, 4096)));
+    assert_eq!(
+        std::fs::read(s.recv_root().join("kv.staging-m2/data/db")).unwrap(),
+        std::fs::read(src.join("data/db")).unwrap()
+    );
+    // Once more, and the resent block is damaged too: the difference lasts.
+    f.write_all_at(b"corrupt", 4096).unwrap();
+    tx.corrupt_rounds = 1;
     let err = tx.verify().await.unwrap_err();
     assert!(
         matches!(&err, MigrateError::Mismatch(m) if m == &["data/db".to_string()]),

@@ -37,7 +37,8 @@ use tracing::{info, warn};
 use super::error::MigrateError;
 use super::journal::{now_ms, Journal, TargetEntry, TargetPhase};
 use super::scan::{
-    block_digest, file_node, hash_tree, tree_root, BlockDigest, FileMeta, StateScan, BLOCK, UNKNOWN,
+    block_digest, file_digests, file_node, hash_tree, tree_root, BlockDigest, FileMeta, StateScan,
+    BLOCK, UNKNOWN,
 };
 use crate::probe::bpf::InodeKey;
 use crate::probe::{DirtyTracker, Tracked};
@@ -73,6 +74,15 @@ enum Msg {
         tree: Vec<(String, String)>,
         root: String,
         full: bool,
+    },
+    /// After a failed comparison: the receiver's block digests of these files (re-hashed from
+    /// its copy when `full`), so the sender can resend what differs.
+    Digests {
+        files: Vec<String>,
+        full: bool,
+    },
+    DigestsAre {
+        files: Vec<(String, Vec<BlockDigest>)>,
     },
     Verified {
         /// The receiver's root; equal to the sender's when nothing differs.
@@ -158,6 +168,11 @@ pub struct Verified {
     pub source_hash_seconds: f64,
     /// Time the receiver spent hashing, by its clock.
     pub target_hash_seconds: Option<f64>,
+    /// Files that differed at the first comparison and were repaired: the blocks that differ
+    /// from the receiver's copy resent (in `repair`), then compared again.
+    pub repaired: Vec<String>,
+    /// The repair round, when there was one.
+    pub repair: Option<RoundStats>,
 }
 
 /// A commit on the receiver.
@@ -185,9 +200,12 @@ pub struct StateSender {
     frozen: bool,
     /// Verify by re-hashing every file on both sides rather than from the rounds' digests.
     full_verify: bool,
-    /// Test hook: flip a byte of the next round's data after it was digested.
+    /// Files to compare in full next round, whatever the probe says (after a repair request).
+    recompare: BTreeSet<String>,
+    /// Test hook: in this many of the next rounds, flip a byte of the data after it was
+    /// digested.
     #[cfg(test)]
-    pub(crate) corrupt_next: bool,
+    pub(crate) corrupt_rounds: u32,
 }
 
 impl StateSender {
@@ -227,8 +245,9 @@ impl StateSender {
             tracking: None,
             frozen: false,
             full_verify: false,
+            recompare: BTreeSet::new(),
             #[cfg(test)]
-            corrupt_next: false,
+            corrupt_rounds: 0,
         })
     }
 
@@ -368,7 +387,13 @@ impl StateSender {
     pub async fn round(&mut self) -> Result<RoundStats, MigrateError> {
         let started = Instant::now();
         let files = self.scan.list()?;
-        let probe = self.probe_round(&files);
+        let mut probe = self.probe_round(&files);
+        if let Some(p) = probe.as_mut() {
+            for rel in &self.recompare {
+                p.pages.remove(rel);
+            }
+        }
+        self.recompare.clear();
         let prepare_seconds = started.elapsed().as_secs_f64();
         let t = Instant::now();
         let round = self.round;
@@ -388,7 +413,11 @@ impl StateSender {
         let mut scan = self.scan.take_for_round();
         let level = self.level;
         #[cfg(test)]
-        let corrupt = std::mem::take(&mut self.corrupt_next);
+        let corrupt = self.corrupt_rounds > 0;
+        #[cfg(test)]
+        {
+            self.corrupt_rounds = self.corrupt_rounds.saturating_sub(1);
+        }
         #[cfg(not(test))]
         let corrupt = false;
         let listing = files.clone();
@@ -459,9 +488,54 @@ impl StateSender {
         })
     }
 
-    /// Compares the hash of every file here with the peer's staging copy; any difference is an
-    /// error. Run it after the final round, with the service frozen or stopped.
+    /// Compares the hash of every file here with the peer's staging copy. Run it after the
+    /// final round, with the service frozen or stopped. Files that differ are repaired once:
+    /// the peer's block digests of them are fetched, the blocks that differ from the source
+    /// are resent, and everything is compared again; a difference left after that is an
+    /// error.
     pub async fn verify(&mut self) -> Result<Verified, MigrateError> {
+        match self.compare().await {
+            Err(MigrateError::Mismatch(files)) if !files.iter().any(|f| f == "(root)") => {
+                warn!(
+                    ?files,
+                    "the copy differs from the source: resending what differs"
+                );
+                let repair = self.repair(&files).await?;
+                let mut v = self.compare().await?;
+                v.repaired = files;
+                v.repair = Some(repair);
+                Ok(v)
+            }
+            other => other,
+        }
+    }
+
+    /// Resends the blocks of `files` that differ between the source and the peer's copy.
+    async fn repair(&mut self, files: &[String]) -> Result<RoundStats, MigrateError> {
+        self.ch
+            .send(&Msg::Digests {
+                files: files.to_vec(),
+                full: self.full_verify,
+            })
+            .await?;
+        let theirs = match self.ch.recv::<Msg>().await? {
+            Some(Msg::DigestsAre { files }) => files,
+            Some(Msg::Failed { reason }) => return Err(MigrateError::Peer(reason)),
+            other => return Err(MigrateError::Peer(format!("unexpected {other:?}"))),
+        };
+        for (rel, digests) in theirs {
+            if files.contains(&rel) {
+                self.scan.set_sent(&rel, digests);
+                self.recompare.insert(rel);
+            }
+        }
+        // Nothing writes now (the service is frozen or stopped): no write-back needed.
+        self.frozen = true;
+        self.round().await
+    }
+
+    /// One comparison of the hash trees; any difference is an error.
+    async fn compare(&mut self) -> Result<Verified, MigrateError> {
         let t = Instant::now();
         let full = self.full_verify;
         let tree = if full {
@@ -491,6 +565,8 @@ impl StateSender {
                 files: n,
                 source_hash_seconds,
                 target_hash_seconds: Some(hash_seconds),
+                repaired: Vec::new(),
+                repair: None,
             }),
             Some(Msg::Verified { mismatches, .. }) if !mismatches.is_empty() => {
                 Err(MigrateError::Mismatch(mismatches))
@@ -786,6 +862,23 @@ impl Receiver {
                         hash_seconds: t.elapsed().as_secs_f64(),
                     })
                     .await?;
+                }
+                Some(Msg::Digests { files, full }) => {
+                    let mut out = Vec::new();
+                    for rel in files {
+                        let Some(size) = listed.iter().find(|f| f.rel == rel).and_then(|f| f.size)
+                        else {
+                            continue;
+                        };
+                        let digests = if full {
+                            let path = self.staging.join(&rel);
+                            tokio::task::block_in_place(|| file_digests(&path, size))?
+                        } else {
+                            self.digests.get(&rel).cloned().unwrap_or_default()
+                        };
+                        out.push((rel, digests));
+                    }
+                    ch.send(&Msg::DigestsAre { files: out }).await?;
                 }
                 Some(Msg::Commit) => {
                     let (path, sync_seconds, exchange_seconds) = match &self.hooks {

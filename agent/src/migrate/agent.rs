@@ -1202,9 +1202,8 @@ impl Migrator {
                 }
             };
             info!(migration = %entry.migration, "{result}");
-            if let Some(j) = &self.journal {
-                let _ = j.remove_source(&entry.migration);
-            }
+            // Audited before the journal entry goes: whoever sees the migration closed also
+            // finds it in the audit log (a crash between the two audits it twice, never not).
             let _ = self.append_audit(&MigrationReport {
                 id: entry.migration.clone(),
                 service: entry.service.clone(),
@@ -1216,6 +1215,9 @@ impl Migrator {
                 finished_unix_ms: now_ms(),
                 ..MigrationReport::default()
             });
+            if let Some(j) = &self.journal {
+                let _ = j.remove_source(&entry.migration);
+            }
             return;
         }
     }
@@ -1343,7 +1345,7 @@ pub async fn finish_recovery(
                 warn!(migration = %id, service = %name, error = %e, "not decided before the restart, and it did not start here")
             }
         }
-        let _ = journal.remove_source(&id);
+        // Audited first, as in `Migrator::resolve`.
         if let Some(m) = migrator {
             let _ = m.append_audit(&MigrationReport {
                 id: id.clone(),
@@ -1356,6 +1358,7 @@ pub async fn finish_recovery(
                 ..MigrationReport::default()
             });
         }
+        let _ = journal.remove_source(&id);
     }
     for e in rec.decided {
         match migrator {

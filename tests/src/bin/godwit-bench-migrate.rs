@@ -411,10 +411,14 @@ fn one_move(
                 .into_iter()
                 .flatten()
                 .map(|r| {
+                    let sec = |k: &str| r[k].as_f64().unwrap_or(0.0);
                     format!(
-                        "{:.1} MB in {:.2} s",
+                        "{:.1} MB in {:.2} s (prepare {:.2}, read {:.2}, send {:.2})",
                         r["wire_bytes"].as_f64().unwrap_or(0.0) / MB,
-                        r["seconds"].as_f64().unwrap_or(0.0)
+                        sec("seconds"),
+                        sec("prepare_seconds"),
+                        sec("read_seconds"),
+                        sec("send_seconds"),
                     )
                 })
                 .collect();

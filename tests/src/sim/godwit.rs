@@ -40,6 +40,8 @@ pub struct Godwit {
     pub fired: BTreeMap<String, u64>,
     /// Services the plans could not place, by stage and reason.
     pub unplaced: BTreeMap<String, u64>,
+    /// Migrations planned, by placement rule (and whether they stood in for an unplaced one).
+    pub moves: BTreeMap<String, u64>,
     /// Where the overload-seconds fall, when asked for ([`Godwit::diagnose`]).
     pub diagnosis: Option<Diagnosis>,
 }
@@ -52,6 +54,9 @@ pub struct Diagnosis {
     prev_over: Vec<bool>,
     fc_over_since: Vec<Option<usize>>,
     last_fired: Vec<Option<usize>>,
+    /// Per node, the last step a move or restart landed on it.
+    last_landed: Vec<Option<usize>>,
+    prev_state: Vec<ServiceState>,
     /// Overloaded node-steps by category.
     pub categories: BTreeMap<String, u64>,
     /// Overload episodes by the forecast's lead (steps the node forecast had been at or over
@@ -83,6 +88,7 @@ impl Godwit {
             forecast_fallbacks: 0,
             fired: BTreeMap::new(),
             unplaced: BTreeMap::new(),
+            moves: BTreeMap::new(),
             diagnosis: None,
         }
     }
@@ -94,6 +100,7 @@ impl Godwit {
             prev_over: vec![false; sc.nodes.len()],
             fc_over_since: vec![None; sc.nodes.len()],
             last_fired: vec![None; sc.nodes.len()],
+            last_landed: vec![None; sc.nodes.len()],
             ..Diagnosis::default()
         });
     }
@@ -126,6 +133,21 @@ impl Godwit {
         let sc = sim.scenario();
         let t = sim.now();
         let mut lb_left = usize::from(d.unavoidable.get(t).copied().unwrap_or(false));
+        for s in 0..sc.services.len() {
+            let st = sim.state(s);
+            if let (Some(ServiceState::Migrating { to, .. }), ServiceState::Running { node }) =
+                (d.prev_state.get(s), st)
+            {
+                if *to == node {
+                    d.last_landed[node] = Some(t);
+                }
+            }
+            if s < d.prev_state.len() {
+                d.prev_state[s] = st;
+            } else {
+                d.prev_state.push(st);
+            }
+        }
         for (n, spec) in sc.nodes.iter().enumerate() {
             let id = node_id(n);
             let report = p.nodes.iter().find(|r| r.node == id);
@@ -151,8 +173,17 @@ impl Godwit {
                 };
                 *d.leads.entry(bucket.into()).or_default() += 1;
                 let before = d.last_fired[n].is_some_and(|f| t - f <= horizon);
-                let key = if before { "fired" } else { "did not fire" };
-                *d.fired_before.entry(key.into()).or_default() += 1;
+                let landed = d.last_landed[n].is_some_and(|l| t - l <= horizon);
+                let key = format!(
+                    "{}, {}",
+                    if before { "fired" } else { "did not fire" },
+                    if landed {
+                        "a move landed on it"
+                    } else {
+                        "no move landed on it"
+                    }
+                );
+                *d.fired_before.entry(key).or_default() += 1;
             }
             d.prev_over[n] = over;
             if fired {
@@ -164,10 +195,18 @@ impl Godwit {
             let cause = if lb_left > 0 {
                 lb_left -= 1;
                 "unavoidable (cluster demand above live capacity)".to_string()
-            } else if (0..sc.services.len()).any(|s| {
-                matches!(sim.state(s), ServiceState::Migrating { from, .. } if from == n)
+            } else if let Some(to) = (0..sc.services.len()).find_map(|s| match sim.state(s) {
+                ServiceState::Migrating { from, to, .. } if from == n => Some(to),
+                _ => None,
             }) {
-                "a move out is still copying (its load stays on the source)".to_string()
+                format!(
+                    "a move out is still copying (its load stays on the source), {}",
+                    if sc.nodes[to].site == spec.site {
+                        "same site"
+                    } else {
+                        "to another site"
+                    }
+                )
             } else if let Some(u) = p.unplaced.iter().find(|u| u.from == id) {
                 format!("fired, no target: {}", u.reason)
             } else if p.migrations.iter().any(|m| m.from == id) {
@@ -237,8 +276,10 @@ impl SimPolicy for Godwit {
                 .join("; ")
         };
         Some(format!(
-            "triggers fired: {}; not placed (node-samples): {}; forecasts unavailable: {}",
+            "triggers fired: {}; moves planned by rule: {}; not placed (node-samples): {}; \
+             forecasts unavailable: {}",
             list(&self.fired),
+            list(&self.moves),
             list(&self.unplaced),
             self.forecast_fallbacks
         ))
@@ -326,11 +367,11 @@ impl SimPolicy for Godwit {
                 let d = sim.demand(s);
                 let spec = &sc.services[s];
                 // In flight: pinned where its load counts now (source) or will (target).
-                let (node, pinned) = match sim.state(s) {
-                    ServiceState::Running { node } => (node, false),
-                    ServiceState::Migrating { from, .. } => (from, true),
-                    ServiceState::Starting { node, .. } => (node, true),
-                    ServiceState::Down { from } => (from, false),
+                let (node, pinned, leaving) = match sim.state(s) {
+                    ServiceState::Running { node } => (node, false, false),
+                    ServiceState::Migrating { from, .. } => (from, true, true),
+                    ServiceState::Starting { node, .. } => (node, true, false),
+                    ServiceState::Down { from } => (from, false, false),
                 };
                 ServiceView {
                     id: service_id(s),
@@ -343,6 +384,7 @@ impl SimPolicy for Godwit {
                     dirty_bytes_per_s: d.dirty,
                     dirty_curve: Vec::new(),
                     pinned,
+                    leaving,
                     move_probability: None,
                 }
             })
@@ -378,6 +420,17 @@ impl SimPolicy for Godwit {
             }
         }
         for m in &p.migrations {
+            let substitute = p.nodes.iter().any(|n| {
+                n.selection
+                    .as_ref()
+                    .is_some_and(|sel| sel.substitutes.contains(&m.service))
+            });
+            let key = format!(
+                "{:?}{}",
+                m.placement.site_rule,
+                if substitute { " (substitute)" } else { "" }
+            );
+            *self.moves.entry(key).or_default() += 1;
             if let (Some(service), Some(to)) =
                 (parse_index(&m.service, "s"), parse_index(&m.to, "n"))
             {

@@ -338,8 +338,14 @@ mod tests {
             ..c.clone()
         };
         let mut st = TriggerState::default();
-        assert!(st.advance_settled(0, Some(0.9), None, 0.8, Some(true), &off).fired);
-        assert!(!st.advance_settled(5, Some(0.9), None, 0.8, Some(true), &off).fired);
+        assert!(
+            st.advance_settled(0, Some(0.9), None, 0.8, Some(true), &off)
+                .fired
+        );
+        assert!(
+            !st.advance_settled(5, Some(0.9), None, 0.8, Some(true), &off)
+                .fired
+        );
     }
 
     #[test]

@@ -96,8 +96,7 @@ impl Flags {
 
 fn cmd_compare(f: &Flags) -> Result<()> {
     f.check(&[
-        "traces", "nodes", "services", "steps", "seed", "failures", "util", "policy",
-        "diagnose",
+        "traces", "nodes", "services", "steps", "seed", "failures", "util", "policy", "diagnose",
     ])?;
     let d = GenParams::default();
     let p = GenParams {

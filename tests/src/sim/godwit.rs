@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 
 use godwit::policy::{
-    plan, ClusterView, Link, NodeView, Plan, PolicyConfig, ServiceView, SiteView, SwitchMode as Mode,
-    TriggerState,
+    plan, ClusterView, Link, NodeView, Plan, PolicyConfig, ServiceView, SiteView,
+    SwitchMode as Mode, TriggerState,
 };
 use godwit::predict::{FitOptions, Forecaster};
 

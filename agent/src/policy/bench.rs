@@ -145,6 +145,7 @@ pub fn bench_view(nodes: usize, services: usize, seed: u64) -> ClusterView {
                 dirty_bytes_per_s: rng.range(0.0, 40e6),
                 dirty_curve: Vec::new(),
                 pinned: s % 97 == 0,
+                leaving: false,
                 move_probability: None,
             }
         })

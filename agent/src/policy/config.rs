@@ -73,7 +73,9 @@ pub struct PolicyConfig {
     /// `T_n - hysteresis`.
     #[serde(default = "default_hysteresis")]
     pub hysteresis: f64,
-    /// No new trigger for this many samples after one.
+    /// No new trigger for this many samples after one. This bounds the moves per node: with
+    /// `settle_rearm` a node still above `T_n` fires again as soon as this has passed and its
+    /// moves have landed.
     #[serde(default = "default_cooldown_samples")]
     pub cooldown_samples: u64,
     /// A trigger that fired re-arms by itself after this many samples even if the load never
@@ -81,6 +83,12 @@ pub struct PolicyConfig {
     /// nothing, or too little) is tried again. 0 disables the retry.
     #[serde(default = "default_rearm_after_samples")]
     pub rearm_after_samples: u64,
+    /// A trigger that fired also re-arms as soon as its moves have landed (no service is
+    /// leaving the node, see `ServiceView::leaving`) and the cool-down has elapsed, so a node
+    /// still above `T_n` after its last moves is tried again without waiting for
+    /// `rearm_after_samples`. Moves in flight already count as leaving, so nothing is shed twice.
+    #[serde(default = "default_true")]
+    pub settle_rearm: bool,
 
     // --- load projection ------------------------------------------------------------------------
     /// When true a node's projected utilisation per resource is `max(now, forecast)`, so a
@@ -105,6 +113,23 @@ pub struct PolicyConfig {
     /// Services whose load correlation is below this never leave (-1 keeps every service).
     #[serde(default = "default_min_correlation")]
     pub min_correlation: f64,
+    /// When a selected service finds no target and the node is still above its target
+    /// utilisation, try the other eligible services in LE order in its place (each needs a
+    /// target under the same rules), while the node's projected `u_max` stays at or above
+    /// `substitute_min_util`.
+    #[serde(default = "default_true")]
+    pub substitute_unplaced: bool,
+    /// Substitutes leave only while the node's projected `u_max` is at least this (by default
+    /// the placement ceiling `1 - headroom`: the node risks its capacity, not only its
+    /// threshold), so that a node merely above a low threshold does not shed many small
+    /// services.
+    #[serde(default = "default_urgent_util")]
+    pub substitute_min_util: f64,
+    /// At most this many substitutes per node and plan: a node still at risk fires again once
+    /// they have landed (`settle_rearm`), which spends fewer moves than shedding many small
+    /// services at once on one forecast.
+    #[serde(default = "default_max_substitutes")]
+    pub max_substitutes: usize,
     /// Subsets examined by the exact fewest-services search per node before falling back to
     /// the greedy choice.
     #[serde(default = "default_select_search_budget")]
@@ -133,6 +158,16 @@ pub struct PolicyConfig {
     /// The least drop in `u_max` from source to target that a relief move needs.
     #[serde(default = "default_relief_margin")]
     pub relief_margin: f64,
+    /// Relief moves are made only from a node whose projected `u_max` is at least this (0:
+    /// always): relief protects capacity, and below it a low threshold alone does not justify
+    /// a move the site rule refuses.
+    #[serde(default)]
+    pub relief_min_util: f64,
+    /// Rank relief targets like the others (image held, then bandwidth, RTT, load) rather
+    /// than by the lowest load after the move: the source keeps the load until the copy ends,
+    /// so the target that holds the image or has the faster link relieves it sooner.
+    #[serde(default = "default_true")]
+    pub relief_prefer_fast: bool,
     /// Bandwidth assumed for a path with no measurement, in bytes per second (pre-staging only;
     /// the pre-copy model never guesses).
     #[serde(default = "default_fallback_bandwidth")]
@@ -212,7 +247,7 @@ fn default_hysteresis() -> f64 {
     0.05
 }
 fn default_cooldown_samples() -> u64 {
-    30
+    60
 }
 fn default_rearm_after_samples() -> u64 {
     60
@@ -234,6 +269,12 @@ fn default_select_search_budget() -> usize {
 }
 fn default_headroom() -> f64 {
     0.1
+}
+fn default_max_substitutes() -> usize {
+    1
+}
+fn default_urgent_util() -> f64 {
+    0.9
 }
 fn default_relief_margin() -> f64 {
     0.1
@@ -284,18 +325,24 @@ impl Default for PolicyConfig {
             hysteresis: default_hysteresis(),
             cooldown_samples: default_cooldown_samples(),
             rearm_after_samples: default_rearm_after_samples(),
+            settle_rearm: true,
             current_floor: true,
             corr_window: default_corr_window(),
             resource_weights: default_resource_weights(),
             default_resource_weight: 0.0,
             select_margin: default_select_margin(),
             min_correlation: default_min_correlation(),
+            substitute_unplaced: true,
+            substitute_min_util: default_urgent_util(),
+            max_substitutes: default_max_substitutes(),
             select_search_budget: default_select_search_budget(),
             headroom: default_headroom(),
             respect_target_threshold: true,
             cross_site_when_full: false,
             relief_moves: true,
             relief_margin: default_relief_margin(),
+            relief_prefer_fast: true,
+            relief_min_util: 0.0,
             fallback_bandwidth_bytes_per_s: default_fallback_bandwidth(),
             latency_max_s: default_latency_max_s(),
             downtime_target_s: default_downtime_target_s(),
@@ -339,6 +386,8 @@ impl PolicyConfig {
         range("min_correlation", self.min_correlation, -1.0, 1.0)?;
         range("headroom", self.headroom, 0.0, 0.999)?;
         range("relief_margin", self.relief_margin, 0.0, 1.0)?;
+        range("relief_min_util", self.relief_min_util, 0.0, inf)?;
+        range("substitute_min_util", self.substitute_min_util, 0.0, inf)?;
         range(
             "fallback_bandwidth_bytes_per_s",
             self.fallback_bandwidth_bytes_per_s,

@@ -221,7 +221,9 @@ impl<'a> Targets<'a> {
                 why = other;
             }
         }
-        if why.chosen.is_none() && cfg.relief_moves {
+        let urgent = u_max_of(&self.projected[source], &self.capacity[source])
+            .is_some_and(|u| u >= cfg.relief_min_util);
+        if why.chosen.is_none() && cfg.relief_moves && urgent {
             let mut relief = why.clone();
             relief.rejected = Rejections::default();
             relief.site_rule = SiteRule::Relief;
@@ -299,7 +301,7 @@ impl<'a> Targets<'a> {
                 u_max_before: u_max_of(&self.projected[t], &self.capacity[t]),
                 u_max_after: after,
             };
-            let order = if rule == SiteRule::Relief {
+            let order = if rule == SiteRule::Relief && !cfg.relief_prefer_fast {
                 prefer_relief
             } else {
                 prefer

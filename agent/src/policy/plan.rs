@@ -3,12 +3,14 @@
 //!
 //! Order of work, all deterministic (nodes, services and sites by id; ties broken by id):
 //! 1. evaluate every site; `T_n` for every node;
-//! 2. advance the trigger of every usable node (alive, not fenced) with `u_max` now and forecast;
+//! 2. advance the trigger of every usable node (alive, not fenced) with `u_max` now and forecast,
+//!    and whether a move is still leaving it;
 //! 3. fail over the services of dead or fenced nodes (and of nodes missing from the view) onto
 //!    the usable nodes, within `capacity * (1 - headroom)`;
 //! 4. for the nodes that fired, most over their threshold first: select the services that
-//!    leave, place each in turn (later moves see earlier ones), pick the switch mode. Nodes that
-//!    fired are not targets in the same plan;
+//!    leave, place each in turn (later moves see earlier ones), pick the switch mode; when a
+//!    selected service finds no target, other eligible ones may take its place
+//!    (`substitute_unplaced`). Nodes that fired are not targets in the same plan;
 //! 5. pre-stage images for services likely to move next.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::PolicyConfig;
 use super::failover::{failover_plan, Bin, FailoverItem, FailoverMethod, FailoverPlacement};
-use super::load::NodeLoad;
+use super::load::{u_max_of, NodeLoad};
 use super::mode::{class_label, decide_mode, ModeWhy, SwitchMode};
 use super::place::{PlaceWhy, Targets};
 use super::precopy::{estimate_with_curve, PrecopyInput};
@@ -208,12 +210,14 @@ pub fn plan(view: &ClusterView, cfg: &PolicyConfig, now: u64) -> Plan {
             NodeStatus::Usable
         };
         let mut state = view.triggers.get(&n.id).cloned().unwrap_or_default();
+        let settled = !hosted[i].iter().any(|s| s.leaving);
         let trigger = (status == NodeStatus::Usable).then(|| {
-            state.advance(
+            state.advance_settled(
                 now,
                 max_util(&n.util_now, &n.capacity),
                 max_util(&n.util_forecast, &n.capacity),
                 thresholds[i].threshold,
+                Some(settled),
                 cfg,
             )
         });
@@ -295,7 +299,31 @@ pub fn plan(view: &ClusterView, cfg: &PolicyConfig, now: u64) -> Plan {
             &view.resources,
             cfg,
         );
-        for id in &sel.selected {
+        // The selected services first; then, when some of them found no target and the node
+        // is still above its target and at or over `substitute_min_util`, the other eligible
+        // candidates in LE order that do find one (`substitute_unplaced`), until it is not.
+        let mut order: Vec<(String, bool)> =
+            sel.selected.iter().map(|id| (id.clone(), false)).collect();
+        if cfg.substitute_unplaced {
+            order.extend(
+                sel.candidates
+                    .iter()
+                    .filter(|c| c.eligible && !sel.selected.contains(&c.service))
+                    .map(|c| (c.service.clone(), true)),
+            );
+        }
+        let mut substitutes = Vec::new();
+        let mut failed = false;
+        for (id, substitute) in &order {
+            if *substitute {
+                // Still above its target, and still at risk of its capacity.
+                let now = u_max_of(&targets.projected[i], &targets.capacity[i]);
+                let above = now.is_some_and(|u| u > sel.target_util + 1e-9);
+                let urgent = now.is_some_and(|u| u >= cfg.substitute_min_util);
+                if !failed || !above || !urgent || substitutes.len() >= cfg.max_substitutes {
+                    break;
+                }
+            }
             let Some(svc) = hosted[i].iter().find(|s| &s.id == id) else {
                 continue;
             };
@@ -303,6 +331,10 @@ pub fn plan(view: &ClusterView, cfg: &PolicyConfig, now: u64) -> Plan {
             let moved = loads[i].share(svc);
             let why = targets.choose(svc, i, &moved, cfg);
             let Some(chosen) = why.chosen.clone() else {
+                if *substitute {
+                    continue;
+                }
+                failed = true;
                 unplaced.push(Unplaced {
                     service: svc.id.clone(),
                     from: nodes[i].id.clone(),
@@ -315,6 +347,9 @@ pub fn plan(view: &ClusterView, cfg: &PolicyConfig, now: u64) -> Plan {
                 });
                 continue;
             };
+            if *substitute {
+                substitutes.push(svc.id.clone());
+            }
             let Some(t) = targets.index(&chosen.node) else {
                 continue;
             };
@@ -346,6 +381,8 @@ pub fn plan(view: &ClusterView, cfg: &PolicyConfig, now: u64) -> Plan {
                 switch,
             });
         }
+        let mut sel = sel;
+        sel.substitutes = substitutes;
         reports[i].selection = Some(sel);
     }
 
@@ -423,7 +460,7 @@ fn likely_movers<'a>(
     for s in hosted {
         if let Some(p) = s.move_probability.filter(|p| p.is_finite()) {
             out.push((*s, p.clamp(0.0, 1.0)));
-        } else if at_risk && !s.pinned {
+        } else if at_risk && !s.pinned && !s.leaving {
             let rho = pearson(&node.load_history, &s.load_history, cfg.corr_window);
             if rho >= cfg.min_correlation {
                 let le =

@@ -89,7 +89,7 @@ pub struct CandidateWhy {
     pub le: f64,
     /// Share of the node's projected load per resource, absolute units.
     pub share: Vec<f64>,
-    /// May leave: not pinned and `rho_i >= min_correlation`.
+    /// May leave: not pinned, not already leaving and `rho_i >= min_correlation`.
     pub eligible: bool,
 }
 
@@ -126,6 +126,10 @@ pub struct SelectWhy {
     pub reaches_target: bool,
     /// Projected `u_max` once the selected services leave.
     pub residual_u_max: Option<f64>,
+    /// Filled by `plan`: eligible services that left in place of selected ones that found no
+    /// target (`substitute_unplaced`), in LE order.
+    #[serde(default)]
+    pub substitutes: Vec<String>,
 }
 
 /// Chooses the services that leave `node`, whose projected load is `load`, for threshold `T_n`.
@@ -148,7 +152,7 @@ pub fn select_services(
                 rho,
                 le,
                 share: load.share(s),
-                eligible: !s.pinned && rho >= cfg.min_correlation,
+                eligible: !s.pinned && !s.leaving && rho >= cfg.min_correlation,
             }
         })
         .collect();
@@ -246,6 +250,7 @@ pub fn select_services(
         method,
         reaches_target,
         residual_u_max,
+        substitutes: Vec::new(),
     }
 }
 

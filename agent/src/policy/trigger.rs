@@ -6,7 +6,10 @@
 //!
 //! fires the trigger, provided that the trigger is *armed* and not *cooling down*:
 //! - after firing it is disarmed until `u_max` (and its forecast, when known) fall below
-//!   `T_n - hysteresis` (hysteresis), and the confirmation window restarts then;
+//!   `T_n - hysteresis` (hysteresis), and the confirmation window restarts then; or until
+//!   `rearm_after_samples` have passed; or, with `settle_rearm`, until the moves of the last
+//!   firing have landed (the caller says the node is *settled*: nothing is leaving it) and the
+//!   cool-down has passed;
 //! - no trigger fires while `sample - last_fired <= cooldown` (cool-down).
 //!
 //! A sample missing from the sequence counts as "not above". A sample index not newer than the
@@ -79,18 +82,35 @@ pub struct TriggerWhy {
     pub armed: bool,
     /// `T_n - hysteresis`: both figures must fall below this to re-arm.
     pub rearm_below: f64,
+    /// Whether no move was leaving the node at this sample (`None`: not known).
+    #[serde(default)]
+    pub settled: Option<bool>,
     /// First sample at which a new trigger may fire.
     pub next_allowed: Option<u64>,
 }
 
 impl TriggerState {
-    /// Advances the state by one sample and says whether the trigger fires.
+    /// Advances the state by one sample and says whether the trigger fires (whether moves are
+    /// in flight from the node is not known).
     pub fn advance(
         &mut self,
         sample: u64,
         u_max: Option<f64>,
         u_max_forecast: Option<f64>,
         threshold: f64,
+        cfg: &PolicyConfig,
+    ) -> TriggerWhy {
+        self.advance_settled(sample, u_max, u_max_forecast, threshold, None, cfg)
+    }
+
+    /// [`TriggerState::advance`], knowing whether the node is `settled`: no move is leaving it.
+    pub fn advance_settled(
+        &mut self,
+        sample: u64,
+        u_max: Option<f64>,
+        u_max_forecast: Option<f64>,
+        threshold: f64,
+        settled: Option<bool>,
         cfg: &PolicyConfig,
     ) -> TriggerWhy {
         let u_max = u_max.filter(|v| v.is_finite());
@@ -113,6 +133,7 @@ impl TriggerState {
             n,
             armed: self.armed,
             rearm_below,
+            settled,
             next_allowed,
         };
         if self.last_sample.is_some_and(|last| sample <= last) {
@@ -136,10 +157,15 @@ impl TriggerState {
                 && self
                     .last_fired
                     .is_some_and(|f| sample >= f.saturating_add(cfg.rearm_after_samples));
+            // With `settle_rearm`, the moves of the last firing have landed and the cool-down
+            // is over: if the node is still above `T_n`, that firing was not enough.
+            let settled_retry = cfg.settle_rearm
+                && settled == Some(true)
+                && next_allowed.is_none_or(|first| sample >= first);
             if now_low && forecast_low {
                 self.armed = true;
                 self.window.clear();
-            } else if retry {
+            } else if retry || settled_retry {
                 self.armed = true;
             }
         }
@@ -281,6 +307,45 @@ mod tests {
             ..c.clone()
         };
         assert_eq!(fires(&[0.9; 10], &off, 0.8), vec![0]);
+    }
+
+    #[test]
+    fn settled_node_rearms_after_the_cooldown() {
+        let c = PolicyConfig {
+            rearm_after_samples: 100,
+            ..cfg(1, 1, 0.1, 2)
+        };
+        let mut st = TriggerState::default();
+        let fired = |st: &mut TriggerState, i: u64, settled: bool| {
+            st.advance_settled(i, Some(0.9), None, 0.8, Some(settled), &c)
+                .fired
+        };
+        assert!(fired(&mut st, 0, true));
+        // moves in flight (not settled): stays disarmed past the cool-down
+        assert!(!fired(&mut st, 1, false));
+        assert!(!fired(&mut st, 4, false));
+        // landed, but still cooling down (samples 1..=2), then fires again
+        let mut st2 = st.clone();
+        assert!(fired(&mut st2, 5, true));
+        let mut st = TriggerState::default();
+        assert!(fired(&mut st, 0, true));
+        let w = st.advance_settled(2, Some(0.9), None, 0.8, Some(true), &c);
+        assert_eq!(w.reason, TriggerReason::Disarmed);
+        assert!(fired(&mut st, 3, true));
+        // with settle_rearm off, only rearm_after_samples re-arms
+        let off = PolicyConfig {
+            settle_rearm: false,
+            ..c.clone()
+        };
+        let mut st = TriggerState::default();
+        assert!(
+            st.advance_settled(0, Some(0.9), None, 0.8, Some(true), &off)
+                .fired
+        );
+        assert!(
+            !st.advance_settled(5, Some(0.9), None, 0.8, Some(true), &off)
+                .fired
+        );
     }
 
     #[test]

@@ -93,6 +93,10 @@ pub struct ServiceView {
     pub dirty_curve: Vec<[f64; 2]>,
     /// Never moved by the policy (failover still restarts it elsewhere).
     pub pinned: bool,
+    /// A move of it away from `node` is in flight: its load still counts on `node` until the
+    /// copy ends. Such a service is never selected again, and its node's trigger re-arms only
+    /// once nothing is leaving it (`settle_rearm`).
+    pub leaving: bool,
     /// Likelihood of moving soon, computed elsewhere; when absent `plan` derives one.
     pub move_probability: Option<f64>,
 }

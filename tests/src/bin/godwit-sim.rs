@@ -1,14 +1,15 @@
 //! `godwit-sim`: the cluster simulator's front end.
 //!
 //! ```text
-//! godwit-sim compare [--traces DIR] [--nodes N] [--services M] [--steps S] [--seed K] [--failures F] [--util U] [--policy JSON]
+//! godwit-sim compare [--traces DIR] [--nodes N] [--services M] [--steps S] [--seed K] [--failures F] [--util U] [--policy JSON] [--diagnose 1]
 //! godwit-sim record --addr 127.0.0.1:PORT --seconds N --out FILE [--match SUBSTRING]
 //! ```
 //!
 //! `compare` runs every policy on the same seeded scenario (synthetic traces, plus the CSV
 //! traces of `--traces`) and prints a markdown table. `record` polls a running agent's
 //! `/v1/containers` once a second and writes the containers' CPU, memory and dirty rate as a
-//! trace CSV.
+//! trace CSV. `--diagnose 1` runs godwit once more and says where its overload-seconds fall
+//! (against the lower bound of `sim::bound`, moves in flight, trigger reasons, forecast lead).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,11 +20,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use godwit_tests::sim::compare::{compare, markdown};
 use godwit_tests::sim::godwit::Godwit;
 use godwit_tests::sim::scenario::{self, GenParams};
-use godwit_tests::sim::{policies, trace};
+use godwit_tests::sim::{bound, engine, policies, trace};
 
 const USAGE: &str = "usage:
   godwit-sim compare [--traces DIR] [--nodes N] [--services M] [--steps S] [--seed K] [--failures F] [--util U]
-                     [--policy JSON]
+                     [--policy JSON] [--diagnose 1]
   godwit-sim record --addr HOST:PORT --seconds N --out FILE [--match SUBSTRING]";
 
 fn main() -> ExitCode {
@@ -95,7 +96,7 @@ impl Flags {
 
 fn cmd_compare(f: &Flags) -> Result<()> {
     f.check(&[
-        "traces", "nodes", "services", "steps", "seed", "failures", "util", "policy",
+        "traces", "nodes", "services", "steps", "seed", "failures", "util", "policy", "diagnose",
     ])?;
     let d = GenParams::default();
     let p = GenParams {
@@ -115,19 +116,24 @@ fn cmd_compare(f: &Flags) -> Result<()> {
     };
     let sc = scenario::generate(&recorded, &p);
     let mut pols = policies(&sc);
-    if let Some(json) = f.get("policy") {
+    let make_godwit = || -> Result<Godwit> {
         let mut g = Godwit::new(&sc);
-        let mut cfg = serde_json::to_value(&g.cfg)?;
-        let patch: serde_json::Value = serde_json::from_str(json).context("--policy")?;
-        let patch = patch
-            .as_object()
-            .ok_or_else(|| anyhow!("--policy must be a JSON object of [policy] keys"))?;
-        for (k, v) in patch {
-            cfg[k] = v.clone();
+        if let Some(json) = f.get("policy") {
+            let mut cfg = serde_json::to_value(&g.cfg)?;
+            let patch: serde_json::Value = serde_json::from_str(json).context("--policy")?;
+            let patch = patch
+                .as_object()
+                .ok_or_else(|| anyhow!("--policy must be a JSON object of [policy] keys"))?;
+            for (k, v) in patch {
+                cfg[k] = v.clone();
+            }
+            g.cfg = serde_json::from_value(cfg).context("--policy")?;
+            g.cfg.validate().map_err(|e| anyhow!("--policy: {e}"))?;
         }
-        g.cfg = serde_json::from_value(cfg).context("--policy")?;
-        g.cfg.validate().map_err(|e| anyhow!("--policy: {e}"))?;
-        *pols.last_mut().expect("godwit is last") = Box::new(g);
+        Ok(g)
+    };
+    if let Some(json) = f.get("policy") {
+        *pols.last_mut().expect("godwit is last") = Box::new(make_godwit()?);
         println!("godwit policy overrides: {json}\n");
     }
     let started = Instant::now();
@@ -149,7 +155,17 @@ fn cmd_compare(f: &Flags) -> Result<()> {
         sc.failures.len(),
         sc.failures.iter().map(|x| x.step).collect::<Vec<_>>(),
     );
-    print!("{}", markdown(&outcomes, "godwit", "reactive-static"));
+    let bound = bound::unavoidable_overload_seconds(&sc);
+    print!(
+        "{}",
+        markdown(&outcomes, "godwit", "reactive-static", Some(bound))
+    );
+    if f.num("diagnose", 0u8)? > 0 {
+        let mut g = make_godwit()?;
+        g.diagnose(&sc);
+        engine::run(&sc, &mut g).map_err(|e| anyhow!("bad scenario: {e}"))?;
+        println!("\ngodwit diagnosis:\n\n{}", g.diagnosis_report());
+    }
     eprintln!("(simulated in {:.1} s)", started.elapsed().as_secs_f64());
     Ok(())
 }

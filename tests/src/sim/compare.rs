@@ -31,7 +31,9 @@ pub fn compare(sc: &Scenario, policies: &mut [Box<dyn SimPolicy>]) -> Result<Vec
 }
 
 /// The markdown table, then the ratio of `num`'s overload-seconds to `den`'s when both ran.
-pub fn markdown(outcomes: &[Outcome], num: &str, den: &str) -> String {
+/// `bound`, when given, is the overload-seconds no placement avoids ([`super::bound`]): a row
+/// of its own, and each policy's avoidable overload beside it.
+pub fn markdown(outcomes: &[Outcome], num: &str, den: &str, bound: Option<f64>) -> String {
     let mut s = String::new();
     s.push_str(
         "| policy | overload-seconds | migrations | energy-over-tolerance s | unplaceable | \
@@ -68,6 +70,18 @@ pub fn markdown(outcomes: &[Outcome], num: &str, den: &str) -> String {
             s,
             "\n{num}/{den} overload-seconds: {ratio} ({x:.0} / {y:.0}); migrations {} vs {}",
             a.report.migrations, b.report.migrations
+        );
+    }
+    if let Some(lb) = bound {
+        let _ = writeln!(
+            s,
+            "\nlower bound (cluster demand above live capacity, any placement): {lb:.0} \
+             overload-seconds; above it: {}",
+            outcomes
+                .iter()
+                .map(|o| format!("{} {:.0}", o.policy, o.report.overload_seconds - lb))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     for o in outcomes {

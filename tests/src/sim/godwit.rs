@@ -13,11 +13,12 @@
 use std::collections::BTreeMap;
 
 use godwit::policy::{
-    plan, ClusterView, Link, NodeView, PolicyConfig, ServiceView, SiteView, SwitchMode as Mode,
-    TriggerState,
+    plan, ClusterView, Link, NodeView, Plan, PolicyConfig, ServiceView, SiteView,
+    SwitchMode as Mode, TriggerState,
 };
 use godwit::predict::{FitOptions, Forecaster};
 
+use super::bound;
 use super::engine::{Action, ServiceState, Sim, SwitchMode};
 use super::policy::SimPolicy;
 use super::scenario::Scenario;
@@ -39,6 +40,30 @@ pub struct Godwit {
     pub fired: BTreeMap<String, u64>,
     /// Services the plans could not place, by stage and reason.
     pub unplaced: BTreeMap<String, u64>,
+    /// Migrations planned, by placement rule (and whether they stood in for an unplaced one).
+    pub moves: BTreeMap<String, u64>,
+    /// Where the overload-seconds fall, when asked for ([`Godwit::diagnose`]).
+    pub diagnosis: Option<Diagnosis>,
+}
+
+/// Where godwit's overload-seconds fall: each overloaded node-step in one category, and each
+/// overload episode (a node going over capacity) with the lead its forecast gave.
+#[derive(Debug, Clone, Default)]
+pub struct Diagnosis {
+    unavoidable: Vec<bool>,
+    prev_over: Vec<bool>,
+    fc_over_since: Vec<Option<usize>>,
+    last_fired: Vec<Option<usize>>,
+    /// Per node, the last step a move or restart landed on it.
+    last_landed: Vec<Option<usize>>,
+    prev_state: Vec<ServiceState>,
+    /// Overloaded node-steps by category.
+    pub categories: BTreeMap<String, u64>,
+    /// Overload episodes by the forecast's lead (steps the node forecast had been at or over
+    /// capacity before the episode started).
+    pub leads: BTreeMap<String, u64>,
+    /// Overload episodes by whether the node's trigger fired in the `horizon` steps before.
+    pub fired_before: BTreeMap<String, u64>,
 }
 
 impl Godwit {
@@ -63,6 +88,137 @@ impl Godwit {
             forecast_fallbacks: 0,
             fired: BTreeMap::new(),
             unplaced: BTreeMap::new(),
+            moves: BTreeMap::new(),
+            diagnosis: None,
+        }
+    }
+
+    /// Turns on the overload diagnosis for a run of `sc` (see [`Diagnosis`]).
+    pub fn diagnose(&mut self, sc: &Scenario) {
+        self.diagnosis = Some(Diagnosis {
+            unavoidable: bound::unavoidable_steps(sc),
+            prev_over: vec![false; sc.nodes.len()],
+            fc_over_since: vec![None; sc.nodes.len()],
+            last_fired: vec![None; sc.nodes.len()],
+            last_landed: vec![None; sc.nodes.len()],
+            ..Diagnosis::default()
+        });
+    }
+
+    /// The diagnosis as markdown lines (empty when it was off).
+    pub fn diagnosis_report(&self) -> String {
+        let Some(d) = &self.diagnosis else {
+            return String::new();
+        };
+        let list = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, v)| format!("- {k}: {v}\n"))
+                .collect::<String>()
+        };
+        format!(
+            "overloaded node-seconds by cause:\n{}\noverload episodes by forecast lead:\n{}\n\
+             overload episodes by trigger in the {} steps before:\n{}",
+            list(&d.categories),
+            list(&d.leads),
+            self.horizon,
+            list(&d.fired_before)
+        )
+    }
+
+    fn record(&mut self, sim: &Sim<'_>, fc_load: &[[f64; 2]], p: &Plan) {
+        let horizon = self.horizon;
+        let Some(d) = self.diagnosis.as_mut() else {
+            return;
+        };
+        let sc = sim.scenario();
+        let t = sim.now();
+        let mut lb_left = usize::from(d.unavoidable.get(t).copied().unwrap_or(false));
+        for s in 0..sc.services.len() {
+            let st = sim.state(s);
+            if let (Some(ServiceState::Migrating { to, .. }), ServiceState::Running { node }) =
+                (d.prev_state.get(s), st)
+            {
+                if *to == node {
+                    d.last_landed[node] = Some(t);
+                }
+            }
+            if s < d.prev_state.len() {
+                d.prev_state[s] = st;
+            } else {
+                d.prev_state.push(st);
+            }
+        }
+        for (n, spec) in sc.nodes.iter().enumerate() {
+            let id = node_id(n);
+            let report = p.nodes.iter().find(|r| r.node == id);
+            let fired = report
+                .and_then(|r| r.trigger.as_ref())
+                .is_some_and(|tr| tr.fired);
+            let fc_over = fc_load[n][0] >= spec.cpu_cores || fc_load[n][1] >= spec.mem_bytes;
+            if !fc_over {
+                d.fc_over_since[n] = None;
+            } else if d.fc_over_since[n].is_none() {
+                d.fc_over_since[n] = Some(t);
+            }
+            let load = sim.node_load(n);
+            let over = sim.alive(n)
+                && (load.cpu > spec.cpu_cores + 1e-9 || load.mem > spec.mem_bytes + 1e-9);
+            if over && !d.prev_over[n] {
+                let lead = d.fc_over_since[n].map_or(0, |s| t - s);
+                let bucket = match lead {
+                    0 => "none (0 steps)",
+                    1..=9 => "1-9 steps",
+                    10..=29 => "10-29 steps",
+                    _ => "30+ steps",
+                };
+                *d.leads.entry(bucket.into()).or_default() += 1;
+                let before = d.last_fired[n].is_some_and(|f| t - f <= horizon);
+                let landed = d.last_landed[n].is_some_and(|l| t - l <= horizon);
+                let key = format!(
+                    "{}, {}",
+                    if before { "fired" } else { "did not fire" },
+                    if landed {
+                        "a move landed on it"
+                    } else {
+                        "no move landed on it"
+                    }
+                );
+                *d.fired_before.entry(key).or_default() += 1;
+            }
+            d.prev_over[n] = over;
+            if fired {
+                d.last_fired[n] = Some(t);
+            }
+            if !over {
+                continue;
+            }
+            let cause = if lb_left > 0 {
+                lb_left -= 1;
+                "unavoidable (cluster demand above live capacity)".to_string()
+            } else if let Some(to) = (0..sc.services.len()).find_map(|s| match sim.state(s) {
+                ServiceState::Migrating { from, to, .. } if from == n => Some(to),
+                _ => None,
+            }) {
+                format!(
+                    "a move out is still copying (its load stays on the source), {}",
+                    if sc.nodes[to].site == spec.site {
+                        "same site"
+                    } else {
+                        "to another site"
+                    }
+                )
+            } else if let Some(u) = p.unplaced.iter().find(|u| u.from == id) {
+                format!("fired, no target: {}", u.reason)
+            } else if p.migrations.iter().any(|m| m.from == id) {
+                "fired now, move starts (none was in flight)".to_string()
+            } else {
+                match report.and_then(|r| r.trigger.as_ref()) {
+                    Some(tr) if tr.fired => "fired, selected nothing".to_string(),
+                    Some(tr) => format!("trigger did not fire: {:?}", tr.reason),
+                    None => "not usable".to_string(),
+                }
+            };
+            *d.categories.entry(cause).or_default() += 1;
         }
     }
 
@@ -120,8 +276,10 @@ impl SimPolicy for Godwit {
                 .join("; ")
         };
         Some(format!(
-            "triggers fired: {}; not placed (node-samples): {}; forecasts unavailable: {}",
+            "triggers fired: {}; moves planned by rule: {}; not placed (node-samples): {}; \
+             forecasts unavailable: {}",
             list(&self.fired),
+            list(&self.moves),
             list(&self.unplaced),
             self.forecast_fallbacks
         ))
@@ -209,11 +367,11 @@ impl SimPolicy for Godwit {
                 let d = sim.demand(s);
                 let spec = &sc.services[s];
                 // In flight: pinned where its load counts now (source) or will (target).
-                let (node, pinned) = match sim.state(s) {
-                    ServiceState::Running { node } => (node, false),
-                    ServiceState::Migrating { from, .. } => (from, true),
-                    ServiceState::Starting { node, .. } => (node, true),
-                    ServiceState::Down { from } => (from, false),
+                let (node, pinned, leaving) = match sim.state(s) {
+                    ServiceState::Running { node } => (node, false, false),
+                    ServiceState::Migrating { from, .. } => (from, true, true),
+                    ServiceState::Starting { node, .. } => (node, true, false),
+                    ServiceState::Down { from } => (from, false, false),
                 };
                 ServiceView {
                     id: service_id(s),
@@ -226,6 +384,7 @@ impl SimPolicy for Godwit {
                     dirty_bytes_per_s: d.dirty,
                     dirty_curve: Vec::new(),
                     pinned,
+                    leaving,
                     move_probability: None,
                 }
             })
@@ -250,6 +409,7 @@ impl SimPolicy for Godwit {
                 .entry(format!("{:?}: {}", u.stage, u.reason))
                 .or_default() += 1;
         }
+        self.record(sim, &fc_load, &p);
         self.triggers = p.triggers;
         let mut actions = Vec::new();
         for f in &p.failover {
@@ -260,6 +420,17 @@ impl SimPolicy for Godwit {
             }
         }
         for m in &p.migrations {
+            let substitute = p.nodes.iter().any(|n| {
+                n.selection
+                    .as_ref()
+                    .is_some_and(|sel| sel.substitutes.contains(&m.service))
+            });
+            let key = format!(
+                "{:?}{}",
+                m.placement.site_rule,
+                if substitute { " (substitute)" } else { "" }
+            );
+            *self.moves.entry(key).or_default() += 1;
             if let (Some(service), Some(to)) =
                 (parse_index(&m.service, "s"), parse_index(&m.to, "n"))
             {

@@ -14,8 +14,10 @@
 //! | `engine` | the step loop, transfers and the report |
 //! | `policy` | the `SimPolicy` trait, `NoAction`, `ReactiveStatic` |
 //! | `godwit` | the `Godwit` policy: `godwit::policy::plan` fed with `godwit::predict` forecasts |
+//! | `bound` | a lower bound of the overload no placement avoids |
 //! | `compare` | several policies on one scenario, as a markdown table |
 
+pub mod bound;
 pub mod compare;
 pub mod engine;
 pub mod godwit;

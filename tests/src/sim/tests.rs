@@ -364,3 +364,20 @@ fn godwit_places_the_services_of_a_failed_node() {
         .iter()
         .any(|(t, a)| *t == 25 && matches!(a, Action::Place { .. })));
 }
+
+#[test]
+fn lower_bound_counts_steps_whose_demand_exceeds_live_capacity() {
+    // Two 1-core nodes: 2.5 cores of demand at steps 0-1 cannot fit anywhere (one
+    // node-second each), 1.5 cores fit once split.
+    let a: &[f64] = &[1.5, 1.5, 0.9, 0.9];
+    let b: &[f64] = &[1.0, 1.0, 0.6, 0.6];
+    let sc = tiny(2, &[(a, 0), (b, 0)], 4);
+    assert_eq!(
+        super::bound::unavoidable_steps(&sc),
+        vec![true, true, false, false]
+    );
+    assert_eq!(super::bound::unavoidable_overload_seconds(&sc), 2.0);
+    // No policy does better.
+    let r = run(&sc, &mut ReactiveStatic::new(0.8)).unwrap();
+    assert!(r.overload_seconds >= 2.0);
+}

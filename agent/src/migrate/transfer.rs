@@ -421,6 +421,12 @@ impl StateSender {
         #[cfg(not(test))]
         let corrupt = false;
         let listing = files.clone();
+        // With the probe on, the next round starts by writing back what was dirtied meanwhile
+        // (so later writes raise events again): started here, as soon as this round has read
+        // everything, it runs while the data is still on its way, and the next round's
+        // write-back waits only for what is left. Writing back early or often never hides a
+        // write from the probe (a page cleaned and written again raises another event).
+        let kick = self.tracking.is_some() && !self.frozen;
         let reader = tokio::task::spawn_blocking(move || {
             let began = Instant::now();
             let mut waited = std::time::Duration::ZERO;
@@ -440,6 +446,13 @@ impl StateSender {
                 waited += w.elapsed();
                 sent
             });
+            if kick {
+                for f in listing.iter().filter(|f| f.size.is_some()) {
+                    if let Ok(file) = File::open(scan.root().join(&f.rel)) {
+                        start_writeback(&file, 0, 0);
+                    }
+                }
+            }
             (scan, result, began.elapsed().saturating_sub(waited))
         });
         let mut wire_bytes = 0u64;
@@ -1043,7 +1056,6 @@ impl Receiver {
                         file,
                         size,
                         digests,
-                        touched: false,
                     })
                 }
                 None => None,
@@ -1098,10 +1110,9 @@ impl Receiver {
     }
 }
 
-/// Starts writing `len` bytes at `at` of `file` back to disk without waiting for it
-/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): the round's closing `fdatasync` then waits only
-/// for what is still in flight, instead of writing the whole round at its end. Best effort: a
-/// failure here leaves the work to that `fdatasync`.
+/// Starts writing `len` bytes at `at` of `file` (`len` 0: to its end) back to disk without
+/// waiting for it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Best effort: what it does not
+/// start, a later `fsync` writes.
 fn start_writeback(file: &File, at: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain syscall on a descriptor this function borrows; no memory is passed.
@@ -1203,15 +1214,13 @@ struct Target {
     size: u64,
     /// Its block digests as written here.
     digests: Vec<BlockDigest>,
-    /// Written in this round (written back at its end).
-    touched: bool,
 }
 
 /// The receiving side's writing thread: each piece is checked against the listing (whole
 /// blocks from a block boundary, the last cut at the listed size), decompressed, written at
-/// its offset (its write-back to disk started at once, so the disk works while the network
-/// does) and digested block by block; then every touched file is written back in full, so
-/// the commit's fsync (with the source frozen) has only the last round's pages left.
+/// its offset and digested block by block. Its write-back to disk starts at once, so the disk
+/// works while the network does and the commit's fsync (with the source frozen) finds little
+/// left to write; no round waits for the disk (only the commit must be durable).
 fn write_all_pieces(
     staging: &Path,
     targets: &mut [Option<Target>],
@@ -1246,13 +1255,7 @@ fn write_all_pieces(
         for (i, block) in data.chunks(BLOCK as usize).enumerate() {
             t.digests[first + i] = block_digest(block);
         }
-        t.touched = true;
         written += len;
-    }
-    for t in targets.iter().flatten().filter(|t| t.touched) {
-        t.file
-            .sync_data()
-            .map_err(|e| MigrateError::io(&staging.join(&t.rel), e))?;
     }
     Ok(written)
 }

@@ -250,8 +250,11 @@ pub fn render(doc: &Value) -> String {
         "rounds: predicted {} actual {}; downtime: predicted {} actual {}; bytes {}; total {:.2} s",
         doc["predicted_rounds"],
         doc["actual_rounds"],
+        // The frozen round's copy as the model saw it, plus the rest of the cut-over as the
+        // last move measured it.
         est["predicted_downtime_s"]
             .as_f64()
+            .map(|d| d + doc["cutover_estimate_s"].as_f64().unwrap_or(0.0))
             .map(|d| format!("{:.0} ms", d * 1e3))
             .unwrap_or("-".into()),
         doc["downtime_seconds"]

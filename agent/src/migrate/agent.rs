@@ -42,6 +42,18 @@ use crate::transport::{open, Channel, Peer, PeerInfo, Services};
 pub const HANDOFF: &str = "handoff";
 /// How long the target may take to report the service healthy.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The cut-over's cost outside the frozen round's copy (freeze, hash check, commit, decision,
+/// hand-off) assumed before this node has measured one, seconds.
+const DEFAULT_CUTOVER_S: f64 = 0.05;
+/// The least share of the downtime target left to the frozen round's copy, however long the
+/// rest of the cut-over took last time: a target below the cut-over's own cost then still
+/// gets the shortest frozen round the live rounds reach (transitional), not a stop-and-copy
+/// that would be far longer.
+const MIN_FROZEN_SHARE: f64 = 0.5;
+/// A round's own cost beyond moving its bytes (listing, the probe's flush, write-back, round
+/// trips) assumed before this node has measured one, seconds: the model's latency term adds
+/// it to the path's RTT.
+const DEFAULT_ROUND_OVERHEAD_S: f64 = 0.02;
 /// The sample of the state that the zstd level is chosen on: chunks of this size ...
 const SAMPLE_CHUNK: usize = 1 << 20;
 /// ... this many, spread evenly over the state's bytes.
@@ -698,6 +710,16 @@ pub struct MigrationReport {
     pub actual_rounds: usize,
     /// From the freeze (or stop) to the service healthy on the target, seconds.
     pub downtime_seconds: Option<f64>,
+    /// The cut-over's cost outside the frozen round's copy, as expected before the move (the
+    /// last committed move from this node, or a default), seconds.
+    pub cutover_estimate_s: f64,
+    /// The downtime target less that cost (at least half the target): the budget the
+    /// pre-copy model gives the frozen round, seconds.
+    pub frozen_round_target_s: f64,
+    /// A round's own cost beyond moving its bytes, as expected before the move (the last
+    /// committed move from this node, or a default); the model's latency term is the path's
+    /// RTT plus this, seconds.
+    pub round_overhead_estimate_s: f64,
     /// Wall time of the whole migration, seconds.
     pub total_seconds: f64,
 }
@@ -999,12 +1021,20 @@ impl Migrator {
         report.effective_bandwidth_bytes_per_second = choice.expected_bytes_per_second;
         let level = choice.level;
         report.compression = Some(choice);
+        // The downtime target covers the whole cut-over; the model's budget is what is left of
+        // it for the frozen round's copy once the rest (as the last move from here measured it)
+        // is paid.
+        let target_s = req.downtime_target.as_secs_f64();
+        report.cutover_estimate_s = self.expected_cutover_s();
+        report.round_overhead_estimate_s = self.expected_round_overhead_s();
+        report.frozen_round_target_s =
+            (target_s - report.cutover_estimate_s).max(target_s * MIN_FROZEN_SHARE);
         let input = PrecopyInput {
             state_bytes: report.state_bytes as f64,
             dirty_bytes_per_s: report.dirty_bytes_per_second,
             bandwidth_bytes_per_s: report.effective_bandwidth_bytes_per_second,
-            rtt_s: report.rtt_ms / 1e3,
-            downtime_target_s: req.downtime_target.as_secs_f64(),
+            rtt_s: report.rtt_ms / 1e3 + report.round_overhead_estimate_s,
+            downtime_target_s: report.frozen_round_target_s,
             max_rounds: 10,
         };
         let mut entry = SourceEntry {
@@ -1236,6 +1266,31 @@ impl Migrator {
                 .map(|c| c.dirty_bytes_per_second)
         })
         .unwrap_or(0.0)
+    }
+
+    /// The cut-over's cost outside the frozen round's copy: what the last committed migration
+    /// from this node spent frozen beyond its frozen round, or [`DEFAULT_CUTOVER_S`].
+    fn expected_cutover_s(&self) -> f64 {
+        self.stats()
+            .last
+            .filter(|r| r.result == "committed")
+            .and_then(|r| r.transfer)
+            .map(|t| (t.frozen_seconds - t.cutover.final_round_s).clamp(0.0, 1.0))
+            .unwrap_or(DEFAULT_CUTOVER_S)
+    }
+
+    /// A round's own cost beyond moving its bytes: what the last live round of the last
+    /// committed migration from this node measured (less the path's RTT then), or
+    /// [`DEFAULT_ROUND_OVERHEAD_S`].
+    fn expected_round_overhead_s(&self) -> f64 {
+        self.stats()
+            .last
+            .filter(|r| r.result == "committed")
+            .and_then(|r| {
+                let last = r.transfer?.round_overheads_s.last().copied()?;
+                Some((last - r.rtt_ms / 1e3).clamp(0.0, 1.0))
+            })
+            .unwrap_or(DEFAULT_ROUND_OVERHEAD_S)
     }
 
     /// Counters.

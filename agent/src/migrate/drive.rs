@@ -87,6 +87,10 @@ pub struct DriveReport {
     /// the round got through (the same bytes as the dirty rate) over its time, at most the
     /// path's after compression (`None`: the path's, nothing measured).
     pub round_bandwidths: Vec<Option<f64>>,
+    /// The latency term the termination check used after each live round, seconds: the
+    /// round's time beyond moving what it processed at the path's bandwidth (listing, the
+    /// probe's flush, write-back, round trips), at least the RTT.
+    pub round_overheads_s: Vec<f64>,
     /// Where the frozen time went, phase by phase.
     pub cutover: Cutover,
 }
@@ -180,6 +184,7 @@ pub async fn drive<S: Source + Send>(
         total_seconds: 0.0,
         dirty_rates: Vec::new(),
         round_bandwidths: Vec::new(),
+        round_overheads_s: Vec::new(),
         cutover: Cutover::default(),
     };
     macro_rules! fail {
@@ -227,8 +232,16 @@ pub async fn drive<S: Source + Send>(
                     let measured = (p.seconds > 0.0 && processed > 0.0)
                         .then(|| (processed / p.seconds).min(input.bandwidth_bytes_per_s));
                     report.round_bandwidths.push(measured);
+                    // The model's round is `V/B + RTT`; a real round also lists the state,
+                    // flushes the probe, writes back and waits for the receiver, a cost that
+                    // does not shrink with the round. Its latency term is therefore what the
+                    // round took beyond moving its bytes at the path's rate (at least the RTT),
+                    // and the bandwidth stays the path's, as in the estimate.
+                    let overhead =
+                        (p.seconds - processed / input.bandwidth_bytes_per_s).max(input.rtt_s);
+                    report.round_overheads_s.push(overhead);
                     let now = PrecopyInput {
-                        bandwidth_bytes_per_s: measured.unwrap_or(input.bandwidth_bytes_per_s),
+                        rtt_s: overhead,
                         ..input
                     };
                     if let Some(rate) = rate {

@@ -605,7 +605,13 @@ async fn an_unknown_dirty_rate_is_measured_by_the_rounds() {
         measured > 0.0 && measured <= 9e6 && measured < copy_rate / 2.0,
         "dirty rate {measured} B/s, copy rate {copy_rate} B/s"
     );
-    assert_ne!(report.stop, Some(crate::policy::StopReason::NotConverging));
+    // Not stopped as not converging on the first measured rate (a later plateau may stop it:
+    // rounds cannot shrink below what their own fixed cost lets the writer dirty).
+    assert!(
+        report.stop != Some(crate::policy::StopReason::NotConverging)
+            || report.dirty_rates.iter().flatten().count() >= 2,
+        "{report:?}"
+    );
 }
 
 /// A file that grows between the listing and the read (an append-only log) is sent up to its

@@ -96,14 +96,22 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
     let (tx, rx) = std::sync::mpsc::sync_channel(4);
     let decisions = forecast::SharedDecisions::default();
     let risk = forecast::SharedRisk::new(cfg.site.risk.0);
-    let forecast_thread =
-        match forecast::spawn(&cfg, rx, forecasts.clone(), decisions.clone(), risk.clone()) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the forecast thread");
-                return ExitCode::from(exit::FAILURE);
-            }
-        };
+    // Filled once the migration journal is open: the policy sees the moves in flight as leaving.
+    let journal_slot = forecast::SharedJournal::default();
+    let forecast_thread = match forecast::spawn(
+        &cfg,
+        rx,
+        forecasts.clone(),
+        decisions.clone(),
+        risk.clone(),
+        journal_slot.clone(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the forecast thread");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
     let (tracker, track_rx) = probe::DirtyTracker::channel();
     let sampler_thread = match probe::spawn(
         sampler,
@@ -156,6 +164,9 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
                 None
             }
         };
+    if let Some(j) = &journal {
+        let _ = journal_slot.set(j.clone());
+    }
     let recovery = journal
         .as_ref()
         .map(|j| crate::migrate::agent::recover_sources(j, cfg.services.vip_interface.as_deref()));

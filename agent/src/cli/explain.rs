@@ -118,13 +118,40 @@ fn render_plan(plan: &Value, out: &mut String) {
                     "does not reach it"
                 },
             );
-            for c in sel["candidates"].as_array().into_iter().flatten() {
+            let substitutes: Vec<&str> = sel["substitutes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if !substitutes.is_empty() {
                 let _ = writeln!(
                     out,
-                    "    {:<40} rho {:>7}  LE {:>7}{}",
+                    "  in place of selected services that found no target: {}",
+                    substitutes.join(", ")
+                );
+            }
+            for c in sel["candidates"].as_array().into_iter().flatten() {
+                // With the copy time weighed, the rank is LE per second of copy.
+                let copy = if c["copy_s"].is_number() {
+                    format!(
+                        "  copy {:>8} s  rank LE/copy {:>9}",
+                        num(&c["copy_s"]),
+                        c["rank"]
+                            .as_f64()
+                            .map(|x| format!("{x:.5}"))
+                            .unwrap_or_else(|| "-".into())
+                    )
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    out,
+                    "    {:<40} rho {:>7}  LE {:>7}{}{}",
                     c["service"].as_str().unwrap_or("?"),
                     num(&c["rho"]),
                     num(&c["le"]),
+                    copy,
                     if c["eligible"].as_bool() == Some(false) {
                         "  (not eligible)"
                     } else {
@@ -137,9 +164,10 @@ fn render_plan(plan: &Value, out: &mut String) {
     let migrations = plan["migrations"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(out, "\nmigrations planned: {}", migrations.len());
     for m in &migrations {
+        let chosen = &m["placement"]["chosen"];
         let _ = writeln!(
             out,
-            "  {} {} -> {} ({}{})",
+            "  {} {} -> {} ({}{}; rule {}{})",
             m["service"].as_str().unwrap_or("?"),
             m["from"].as_str().unwrap_or("?"),
             m["to"].as_str().unwrap_or("?"),
@@ -149,6 +177,12 @@ fn render_plan(plan: &Value, out: &mut String) {
             } else {
                 ""
             },
+            m["placement"]["site_rule"].as_str().unwrap_or("?"),
+            if chosen["copy_s"].is_number() {
+                format!(", expected copy {} s", num(&chosen["copy_s"]))
+            } else {
+                String::new()
+            },
         );
     }
     for u in plan["unplaced"].as_array().into_iter().flatten() {
@@ -156,5 +190,49 @@ fn render_plan(plan: &Value, out: &mut String) {
     }
     for w in plan["warnings"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "warning: {}", w.as_str().unwrap_or(""));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prints_substitutes_and_copy_times() {
+        let doc = serde_json::json!({
+            "taken_at_unix_ms": 0,
+            "plan": {
+                "nodes": [{
+                    "node": "n1",
+                    "selection": {
+                        "projected_u_max": 0.97,
+                        "target_util": 0.75,
+                        "selected": ["a"],
+                        "reaches_target": false,
+                        "substitutes": ["b"],
+                        "candidates": [
+                            {"service": "a", "rho": 0.9, "le": 0.4, "copy_s": 40.0,
+                             "rank": 0.01, "eligible": true},
+                            {"service": "b", "rho": 0.8, "le": 0.2, "eligible": true}
+                        ]
+                    }
+                }],
+                "migrations": [{
+                    "service": "b", "from": "n1", "to": "n2", "mode": "transitional",
+                    "sends_image": false,
+                    "placement": {"site_rule": "relief", "chosen": {"copy_s": 2.5}}
+                }]
+            }
+        });
+        let out = render(&doc);
+        assert!(
+            out.contains("in place of selected services that found no target: b"),
+            "{out}"
+        );
+        assert!(
+            out.contains("copy   40.000 s  rank LE/copy   0.01000"),
+            "{out}"
+        );
+        assert!(out.contains("rule relief, expected copy 2.500 s"), "{out}");
     }
 }

@@ -2,8 +2,9 @@
 //! [`ClusterView`] of one node, run through [`policy::plan`] every sample.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::Serialize;
 
@@ -55,6 +56,29 @@ pub struct TriggeredPlan {
 
 pub type SharedDecisions = Arc<RwLock<Option<Arc<Decisions>>>>;
 
+/// The migration journal, once the daemon has opened it: its source entries are the moves in
+/// flight away from this node, which the policy must see as `leaving`.
+pub type SharedJournal = Arc<OnceLock<Arc<crate::migrate::journal::Journal>>>;
+
+/// The cgroup directories of the services the journal records as moving away from this node
+/// (every phase: until the source is done with it, the service's load is still here).
+pub(super) fn leaving_cgroups(journal: &SharedJournal) -> Vec<PathBuf> {
+    journal
+        .get()
+        .map(|j| j.sources().into_iter().map(|e| e.cgroup).collect())
+        .unwrap_or_default()
+}
+
+/// Whether the container of `cgroup_path` (as the probe names it) is one of `leaving`, the
+/// services' cgroup directories: the same match as the migrator's, the directory ends with
+/// the probe's path.
+fn is_leaving(cgroup_path: &str, leaving: &[PathBuf]) -> bool {
+    cgroup_path.len() > 1
+        && leaving
+            .iter()
+            .any(|dir| dir.to_string_lossy().ends_with(cgroup_path))
+}
+
 const RESOURCES: [&str; 2] = ["cpu", "memory"];
 
 /// Keeps what `plan` needs across samples: histories and the trigger state.
@@ -97,8 +121,14 @@ impl LocalPolicy {
         }
     }
 
-    /// Builds this node's view from a snapshot and its forecasts, and plans.
-    pub(super) fn decide(&mut self, snap: &Snapshot, forecasts: &Forecasts) -> Decisions {
+    /// Builds this node's view from a snapshot and its forecasts, and plans. `leaving`: the
+    /// cgroup directories of the services moving away from this node ([`leaving_cgroups`]).
+    pub(super) fn decide(
+        &mut self,
+        snap: &Snapshot,
+        forecasts: &Forecasts,
+        leaving: &[PathBuf],
+    ) -> Decisions {
         self.index += 1;
         let i = self.index;
         let n = &snap.node;
@@ -149,6 +179,7 @@ impl LocalPolicy {
                     .unwrap_or_default(),
                 image: String::new(),
                 dirty_bytes_per_s: c.dirty_bytes_per_second,
+                leaving: is_leaving(&c.cgroup_path, leaving),
                 ..ServiceView::default()
             })
             .collect();
@@ -192,5 +223,23 @@ impl LocalPolicy {
             plan,
             last_trigger: self.last_trigger.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaving_matches_the_cgroup_directory_by_its_end() {
+        let leaving = vec![PathBuf::from("/sys/fs/cgroup/godwit.slice/kv-1")];
+        assert!(is_leaving("/godwit.slice/kv-1", &leaving));
+        assert!(!is_leaving("/godwit.slice/kv-2", &leaving));
+        // the root cgroup and an empty path match nothing
+        assert!(!is_leaving("/", &leaving));
+        assert!(!is_leaving("", &leaving));
+        assert!(!is_leaving("/godwit.slice/kv-1", &[]));
+        // no journal yet: nothing is leaving
+        assert!(leaving_cgroups(&SharedJournal::default()).is_empty());
     }
 }

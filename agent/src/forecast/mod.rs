@@ -12,7 +12,7 @@
 
 mod decide;
 
-pub use decide::{Decisions, SharedDecisions, SharedRisk};
+pub use decide::{Decisions, SharedDecisions, SharedJournal, SharedRisk};
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::Receiver;
@@ -243,6 +243,7 @@ pub fn spawn(
     forecasts: SharedForecasts,
     decisions: SharedDecisions,
     risk: SharedRisk,
+    journal: SharedJournal,
 ) -> std::io::Result<JoinHandle<()>> {
     let mut engine = ForecastEngine::new(cfg.predict.clone());
     let mut local = decide::LocalPolicy::new(cfg, risk);
@@ -252,7 +253,8 @@ pub fn spawn(
             while let Ok(snap) = snapshots.recv() {
                 engine.observe_snapshot(&snap);
                 let f = Arc::new(engine.forecasts(&snap));
-                let d = Arc::new(local.decide(&snap, &f));
+                let leaving = decide::leaving_cgroups(&journal);
+                let d = Arc::new(local.decide(&snap, &f, &leaving));
                 *forecasts.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
                 *decisions.write().unwrap_or_else(|e| e.into_inner()) = Some(d);
             }

@@ -102,6 +102,10 @@ pub struct PolicyConfig {
     #[serde(default = "default_corr_window")]
     pub corr_window: usize,
     /// `w_r` per resource name in `LE_i = rho_i * sum_r w_r * load_i,r / capacity_n,r`.
+    /// Default: CPU 1, memory 0. Memory is what a move copies: with `select_by_copy_time` it
+    /// already ranks a service down through its copy time, and a memory weight would rank the
+    /// slow copy up again (with cpu 0.5 and memory 0.5 the simulator's overload was higher,
+    /// docs/BENCHMARKS.md). Memory still counts in the load that must leave.
     #[serde(default = "default_resource_weights")]
     pub resource_weights: BTreeMap<String, f64>,
     /// Weight of a resource absent from `resource_weights`.
@@ -114,7 +118,7 @@ pub struct PolicyConfig {
     #[serde(default = "default_min_correlation")]
     pub min_correlation: f64,
     /// When a selected service finds no target and the node is still above its target
-    /// utilisation, try the other eligible services in LE order in its place (each needs a
+    /// utilisation, try the other eligible services in rank order in its place (each needs a
     /// target under the same rules), while the node's projected `u_max` stays at or above
     /// `substitute_min_util`.
     #[serde(default = "default_true")]
@@ -130,6 +134,14 @@ pub struct PolicyConfig {
     /// services at once on one forecast.
     #[serde(default = "default_max_substitutes")]
     pub max_substitutes: usize,
+    /// Rank the services that may leave by the load they relieve per second of copy,
+    /// `LE_i / t_copy_i`, rather than by `LE_i` alone. `t_copy_i` is the bytes the move would
+    /// send (state, plus the image when the likely target lacks it) over the path to that
+    /// target, plus its RTT: a service's load stays on the source until its copy ends, so of
+    /// two services that relieve the node alike the faster copy relieves it sooner. The fewest
+    /// services still leave; the ranking orders equally small sets and the substitutes.
+    #[serde(default = "default_true")]
+    pub select_by_copy_time: bool,
     /// Subsets examined by the exact fewest-services search per node before falling back to
     /// the greedy choice.
     #[serde(default = "default_select_search_budget")]
@@ -168,6 +180,11 @@ pub struct PolicyConfig {
     /// so the target that holds the image or has the faster link relieves it sooner.
     #[serde(default = "default_true")]
     pub relief_prefer_fast: bool,
+    /// Rank targets by the expected copy time first (state, plus the image when the target
+    /// lacks it, over the measured path, plus the RTT), then as without it (image held,
+    /// bandwidth, RTT, load): the source keeps the service's load until the copy ends.
+    #[serde(default = "default_true")]
+    pub place_by_copy_time: bool,
     /// Bandwidth assumed for a path with no measurement, in bytes per second (pre-staging only;
     /// the pre-copy model never guesses).
     #[serde(default = "default_fallback_bandwidth")]
@@ -256,7 +273,7 @@ fn default_corr_window() -> usize {
     60
 }
 fn default_resource_weights() -> BTreeMap<String, f64> {
-    BTreeMap::from([("cpu".to_string(), 0.5), ("memory".to_string(), 0.5)])
+    BTreeMap::from([("cpu".to_string(), 1.0), ("memory".to_string(), 0.0)])
 }
 fn default_select_margin() -> f64 {
     0.05
@@ -335,6 +352,7 @@ impl Default for PolicyConfig {
             substitute_unplaced: true,
             substitute_min_util: default_urgent_util(),
             max_substitutes: default_max_substitutes(),
+            select_by_copy_time: true,
             select_search_budget: default_select_search_budget(),
             headroom: default_headroom(),
             respect_target_threshold: true,
@@ -343,6 +361,7 @@ impl Default for PolicyConfig {
             relief_margin: default_relief_margin(),
             relief_prefer_fast: true,
             relief_min_util: 0.0,
+            place_by_copy_time: true,
             fallback_bandwidth_bytes_per_s: default_fallback_bandwidth(),
             latency_max_s: default_latency_max_s(),
             downtime_target_s: default_downtime_target_s(),
@@ -452,7 +471,8 @@ mod tests {
         assert_eq!(cfg.threshold_base, 0.7);
         assert_eq!(cfg.confirm_k, 2);
         assert_eq!(cfg.confirm_n, 5);
-        assert_eq!(cfg.resource_weight("cpu"), 0.5);
+        assert_eq!(cfg.resource_weight("cpu"), 1.0);
+        assert_eq!(cfg.resource_weight("memory"), 0.0);
         assert_eq!(cfg.resource_weight("disk"), 0.0);
         assert!(serde_json::from_str::<PolicyConfig>(r#"{"threshold":0.7}"#).is_err());
     }

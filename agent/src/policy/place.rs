@@ -9,7 +9,10 @@
 //!   and (with `respect_target_threshold`) the target's `u_max` after the move at most
 //!   `T_t - select_margin`, so the move does not trigger the target in turn.
 //! - Preference: holds the service's image, then more bandwidth from the source, then lower
-//!   RTT, then lower projected `u_max`, then node id.
+//!   RTT, then lower projected `u_max`, then node id. With `place_by_copy_time`, the shortest
+//!   expected copy comes first (state, plus the image when the target lacks it, over the
+//!   path's bandwidth, plus the RTT): a same-site target that lacks the image may beat a
+//!   distant one that holds it.
 //!
 //! [`Targets`] carries the projected loads; planning moves in sequence commits each move so the
 //! next choice sees it.
@@ -89,6 +92,10 @@ pub struct TargetKey {
     /// From the source, bytes/s (`None`: no measurement).
     pub bandwidth_bytes_per_s: Option<f64>,
     pub rtt_s: Option<f64>,
+    /// Expected copy time, seconds, when weighed (`place_by_copy_time`) and the path is
+    /// measured.
+    #[serde(default)]
+    pub copy_s: Option<f64>,
     /// Projected `u_max` before the move.
     pub u_max_before: Option<f64>,
     /// Projected `u_max` after the move.
@@ -119,8 +126,10 @@ fn prefer(a: &TargetKey, b: &TargetKey) -> Ordering {
     let bw = |k: &TargetKey| k.bandwidth_bytes_per_s.unwrap_or(0.0);
     let rtt = |k: &TargetKey| k.rtt_s.unwrap_or(f64::INFINITY);
     let u = |k: &TargetKey| k.u_max_before.unwrap_or(f64::INFINITY);
-    b.holds_image
-        .cmp(&a.holds_image)
+    let copy = |k: &TargetKey| k.copy_s.unwrap_or(f64::INFINITY);
+    copy(a)
+        .total_cmp(&copy(b))
+        .then_with(|| b.holds_image.cmp(&a.holds_image))
         .then_with(|| bw(b).total_cmp(&bw(a)))
         .then_with(|| rtt(a).total_cmp(&rtt(b)))
         .then_with(|| u(a).total_cmp(&u(b)))
@@ -291,13 +300,23 @@ impl<'a> Targets<'a> {
             }
             why.feasible += 1;
             let link = src.link_to(node);
+            let holds_image = node.images.contains(&service.image);
+            let bandwidth_bytes_per_s = link
+                .map(|l| l.bytes_per_s)
+                .filter(|b| b.is_finite() && *b >= 0.0);
+            let rtt_s = link.map(|l| l.rtt_s).filter(|r| r.is_finite() && *r >= 0.0);
+            let copy_s = bandwidth_bytes_per_s
+                .filter(|b| cfg.place_by_copy_time && *b > 0.0)
+                .map(|b| {
+                    let image = if holds_image { 0 } else { service.image_bytes };
+                    (service.state_bytes as f64 + image as f64) / b + rtt_s.unwrap_or(0.0)
+                });
             let key = TargetKey {
                 node: node.id.clone(),
-                holds_image: node.images.contains(&service.image),
-                bandwidth_bytes_per_s: link
-                    .map(|l| l.bytes_per_s)
-                    .filter(|b| b.is_finite() && *b >= 0.0),
-                rtt_s: link.map(|l| l.rtt_s).filter(|r| r.is_finite() && *r >= 0.0),
+                holds_image,
+                bandwidth_bytes_per_s,
+                rtt_s,
+                copy_s,
                 u_max_before: u_max_of(&self.projected[t], &self.capacity[t]),
                 u_max_after: after,
             };
@@ -382,7 +401,10 @@ mod tests {
 
     #[test]
     fn prefers_image_holders_then_bandwidth_then_rtt_then_load() {
-        let cfg = PolicyConfig::default();
+        let cfg = PolicyConfig {
+            place_by_copy_time: false,
+            ..PolicyConfig::default()
+        };
         let mut src = node("src", "a", 0.9);
         src.links = BTreeMap::from([
             ("n1".to_string(), link(100.0, 0.01)),
@@ -418,6 +440,35 @@ mod tests {
         let t = targets(&nodes3, &[("a", SiteState::First)]);
         let w = t.choose(&svc(), s, &[2.0], &cfg);
         assert_eq!(w.chosen.unwrap().node, "n1"); // n1 and n2 both at 0.1: id
+    }
+
+    #[test]
+    fn prefers_the_shortest_copy() {
+        let cfg = PolicyConfig::default();
+        let mut src = node("src", "a", 0.9);
+        src.links = BTreeMap::from([
+            ("n1".to_string(), link(100.0, 0.01)),
+            ("n4".to_string(), link(10.0, 0.5)),
+        ]);
+        let mut n4 = node("n4", "a", 0.5);
+        n4.images = BTreeSet::from(["img".to_string()]);
+        let nodes = vec![src, node("n1", "a", 0.1), n4];
+        let t = targets(&nodes, &[("a", SiteState::First)]);
+        let s = t.index("src").unwrap();
+        // 100 bytes of state, 100 of image: n1 sends both at 100/s (2.01 s), n4 the state at
+        // 10/s (10.5 s)
+        let mut v = svc();
+        v.state_bytes = 100;
+        v.image_bytes = 100;
+        let w = t.choose(&v, s, &[2.0], &cfg);
+        let chosen = w.chosen.unwrap();
+        assert_eq!(chosen.node, "n1");
+        assert!((chosen.copy_s.unwrap() - 2.01).abs() < 1e-12);
+        assert!((w.runner_up.unwrap().copy_s.unwrap() - 10.5).abs() < 1e-12);
+        // a large image: the holder's slow link is faster (10.5 s against 101.01 s)
+        v.image_bytes = 10_000;
+        let w = t.choose(&v, s, &[2.0], &cfg);
+        assert_eq!(w.chosen.unwrap().node, "n4");
     }
 
     #[test]

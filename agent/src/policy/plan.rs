@@ -24,7 +24,7 @@ use super::mode::{class_label, decide_mode, ModeWhy, SwitchMode};
 use super::place::{PlaceWhy, Targets};
 use super::precopy::{estimate_with_curve, PrecopyInput};
 use super::prestage::{prestage_plan, PrestageCandidate, PrestagePlan};
-use super::select::{load_evaluation_index, pearson, select_services, SelectWhy};
+use super::select::{load_evaluation_index, pearson, select_services_timed, SelectWhy};
 use super::site::{evaluate_site, SiteEval, SiteState};
 use super::threshold::{node_threshold, ThresholdWhy};
 use super::trigger::{TriggerState, TriggerWhy};
@@ -291,17 +291,27 @@ pub fn plan(view: &ClusterView, cfg: &PolicyConfig, now: u64) -> Plan {
     });
     let mut migrations = Vec::new();
     for &i in &fired {
-        let sel = select_services(
+        // Expected copy time of each service to the target it would get now.
+        let copy_s: Vec<Option<f64>> = if cfg.select_by_copy_time {
+            hosted[i]
+                .iter()
+                .map(|s| expected_copy_s(s, i, &loads[i], &targets, cfg))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let sel = select_services_timed(
             nodes[i],
             &loads[i],
             &hosted[i],
             thresholds[i].threshold,
             &view.resources,
+            &copy_s,
             cfg,
         );
         // The selected services first; then, when some of them found no target and the node
         // is still above its target and at or over `substitute_min_util`, the other eligible
-        // candidates in LE order that do find one (`substitute_unplaced`), until it is not.
+        // candidates in rank order that do find one (`substitute_unplaced`), until it is not.
         let mut order: Vec<(String, bool)> =
             sel.selected.iter().map(|id| (id.clone(), false)).collect();
         if cfg.substitute_unplaced {
@@ -428,6 +438,41 @@ pub fn plan(view: &ClusterView, cfg: &PolicyConfig, now: u64) -> Plan {
         triggers,
         warnings,
     }
+}
+
+/// Seconds to copy `svc` from node `source` to the target it would get now: its state, plus
+/// its image when that target lacks it, over the path's bandwidth (the fallback bandwidth when
+/// unmeasured), plus the RTT. With no target, the state and image over the fallback bandwidth.
+fn expected_copy_s(
+    svc: &ServiceView,
+    source: usize,
+    load: &NodeLoad,
+    targets: &Targets<'_>,
+    cfg: &PolicyConfig,
+) -> Option<f64> {
+    let why = targets.choose(svc, source, &load.share(svc), cfg);
+    let fallback = cfg.fallback_bandwidth_bytes_per_s;
+    let (bytes, bw, rtt) = match why.chosen {
+        Some(k) => (
+            svc.state_bytes as f64
+                + if k.holds_image {
+                    0.0
+                } else {
+                    svc.image_bytes as f64
+                },
+            k.bandwidth_bytes_per_s
+                .filter(|b| *b > 0.0)
+                .unwrap_or(fallback),
+            k.rtt_s.unwrap_or(0.0),
+        ),
+        None => (
+            svc.state_bytes as f64 + svc.image_bytes as f64,
+            fallback,
+            0.0,
+        ),
+    };
+    let t = bytes / bw + rtt;
+    (t.is_finite() && t > 0.0).then_some(t)
 }
 
 fn failover_item(s: &ServiceView, nres: usize) -> FailoverItem {

@@ -5,9 +5,12 @@
 //!   value are dropped; fewer than two pairs or a constant series give `rho = 0`).
 //! - Load evaluation index `LE_i = rho_i * sum_r w_r * load_i,r / capacity_n,r` (resources with
 //!   no capacity are skipped).
-//! - Services are ordered by descending `LE_i` (ties by id). The policy takes the **fewest**
+//! - Services are ordered by descending rank (ties by id): `LE_i`, or with `select_by_copy_time`
+//!   the load relieved per second of copy, `LE_i / t_copy_i` (`LE_i * t_copy_i` when `LE_i < 0`,
+//!   so a slower copy never ranks higher), where `t_copy_i` is the expected copy time to the
+//!   service's likely target (given by the caller). The policy takes the **fewest**
 //!   services whose shares of the projected load bring every resource to
-//!   `u_r <= T_n - margin`; among equally small sets, the one first in LE order. The fewest are
+//!   `u_r <= T_n - margin`; among equally small sets, the one first in rank order. The fewest are
 //!   found exactly (combinations by increasing size, bounded by `select_search_budget`); when the
 //!   budget runs out, a greedy choice (largest cover of the remaining need first) stands.
 //! - When even all eligible services cannot bring the node under, all of those that help leave
@@ -87,6 +90,12 @@ pub struct CandidateWhy {
     pub rho: f64,
     /// `LE_i`.
     pub le: f64,
+    /// Expected copy time to the likely target, seconds (`None`: not weighed).
+    #[serde(default)]
+    pub copy_s: Option<f64>,
+    /// The ranking key: `LE_i`, or `LE_i / t_copy_i` when the copy time is weighed.
+    #[serde(default)]
+    pub rank: f64,
     /// Share of the node's projected load per resource, absolute units.
     pub share: Vec<f64>,
     /// May leave: not pinned, not already leaving and `rho_i >= min_correlation`.
@@ -117,9 +126,9 @@ pub struct SelectWhy {
     pub projected_u_max: Option<f64>,
     /// Load that must leave per resource, absolute units (0 where none).
     pub need: Vec<f64>,
-    /// Every hosted service, in descending LE order (ties by id).
+    /// Every hosted service, in descending rank order (ties by id).
     pub candidates: Vec<CandidateWhy>,
-    /// Services that leave, in leaving order (descending LE).
+    /// Services that leave, in leaving order (descending rank).
     pub selected: Vec<String>,
     pub method: SelectMethod,
     /// The node ends at or under `target_util` once the selected services leave.
@@ -127,12 +136,23 @@ pub struct SelectWhy {
     /// Projected `u_max` once the selected services leave.
     pub residual_u_max: Option<f64>,
     /// Filled by `plan`: eligible services that left in place of selected ones that found no
-    /// target (`substitute_unplaced`), in LE order.
+    /// target (`substitute_unplaced`), in rank order.
     #[serde(default)]
     pub substitutes: Vec<String>,
 }
 
-/// Chooses the services that leave `node`, whose projected load is `load`, for threshold `T_n`.
+/// The ranking key of a service: `LE_i`, or with a known positive copy time `t`, `LE_i / t`
+/// (`LE_i * t` for a negative `LE_i`, so that a slower copy never ranks higher).
+pub fn relief_rank(le: f64, copy_s: Option<f64>) -> f64 {
+    match copy_s.filter(|t| t.is_finite() && *t > 0.0) {
+        Some(t) if le >= 0.0 => le / t,
+        Some(t) => le * t,
+        None => le,
+    }
+}
+
+/// Chooses the services that leave `node`, whose projected load is `load`, for threshold `T_n`,
+/// ranked by `LE_i` (no copy times known).
 pub fn select_services(
     node: &NodeView,
     load: &NodeLoad,
@@ -141,23 +161,46 @@ pub fn select_services(
     resources: &[String],
     cfg: &PolicyConfig,
 ) -> SelectWhy {
+    select_services_timed(node, load, hosted, threshold, resources, &[], cfg)
+}
+
+/// [`select_services`] with `copy_s[i]`, the expected copy time of `hosted[i]` to its likely
+/// target, weighed when `select_by_copy_time` is on (a missing entry is not weighed).
+pub fn select_services_timed(
+    node: &NodeView,
+    load: &NodeLoad,
+    hosted: &[&ServiceView],
+    threshold: f64,
+    resources: &[String],
+    copy_s: &[Option<f64>],
+    cfg: &PolicyConfig,
+) -> SelectWhy {
     let target_util = threshold - cfg.select_margin;
     let mut candidates: Vec<CandidateWhy> = hosted
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             let rho = pearson(&node.load_history, &s.load_history, cfg.corr_window);
             let le = load_evaluation_index(rho, &s.demand, &load.capacity, resources, cfg);
+            let copy_s = copy_s
+                .get(i)
+                .copied()
+                .flatten()
+                .filter(|t| cfg.select_by_copy_time && t.is_finite() && *t > 0.0);
             CandidateWhy {
                 service: s.id.clone(),
                 rho,
                 le,
+                copy_s,
+                rank: relief_rank(le, copy_s),
                 share: load.share(s),
                 eligible: !s.pinned && !s.leaving && rho >= cfg.min_correlation,
             }
         })
         .collect();
     candidates.sort_by(|a, b| {
-        b.le.total_cmp(&a.le)
+        b.rank
+            .total_cmp(&a.rank)
             .then_with(|| a.service.cmp(&b.service))
     });
 
@@ -176,7 +219,7 @@ pub fn select_services(
     let tol: Vec<f64> = need.iter().map(|n| 1e-9 * n.max(1.0)).collect();
     let needed: Vec<usize> = (0..need.len()).filter(|r| need[*r] > tol[*r]).collect();
 
-    // services that reduce some needed resource, in LE order
+    // services that reduce some needed resource, in rank order
     let helpful: Vec<usize> = (0..candidates.len())
         .filter(|i| {
             let c = &candidates[*i];
@@ -227,7 +270,7 @@ pub fn select_services(
         }
     };
     let mut chosen = chosen;
-    chosen.sort_unstable(); // indices are in LE order already
+    chosen.sort_unstable(); // indices are in rank order already
     let mut residual = load.projected.clone();
     for &i in &chosen {
         for (r, v) in residual.iter_mut().enumerate() {
@@ -254,7 +297,7 @@ pub fn select_services(
     }
 }
 
-/// Repeatedly takes the service covering the largest fraction of the remaining need (ties: LE
+/// Repeatedly takes the service covering the largest fraction of the remaining need (ties: rank
 /// order) until the need is met.
 fn greedy_cover(
     helpful: &[usize],
@@ -326,7 +369,7 @@ struct Search<'a> {
 }
 
 impl Search<'_> {
-    /// Enumerates `k`-subsets of `helpful` in lexicographic (LE) order. `Some(true)`: `chosen`
+    /// Enumerates `k`-subsets of `helpful` in lexicographic (rank) order. `Some(true)`: `chosen`
     /// covers the need; `Some(false)`: no `k`-subset does; `None`: the budget ran out.
     fn combos(
         &self,
@@ -406,7 +449,10 @@ mod tests {
 
     #[test]
     fn le_table() {
-        let cfg = PolicyConfig::default(); // cpu 0.5, memory 0.5, others 0
+        let cfg = PolicyConfig {
+            resource_weights: [("cpu".to_string(), 0.5), ("memory".to_string(), 0.5)].into(),
+            ..PolicyConfig::default()
+        }; // cpu 0.5, memory 0.5, others 0
         let res = vec!["cpu".to_string(), "memory".to_string(), "disk".to_string()];
         // 0.8 * (0.5*2/4 + 0.5*50/100 + 0*...) = 0.8 * 0.5 = 0.4
         let le = load_evaluation_index(0.8, &[2.0, 50.0, 7.0], &[4.0, 100.0, 10.0], &res, &cfg);
@@ -518,6 +564,35 @@ mod tests {
         // no services at all
         let why = select_services(&node(0.99, &[]), &load, &[], 0.8, &res, &cfg);
         assert!(why.selected.is_empty());
+    }
+
+    #[test]
+    fn copy_time_orders_equally_small_sets() {
+        let cfg = PolicyConfig::default();
+        let res = vec!["cpu".to_string()];
+        let h = [1.0, 2.0, 3.0, 4.0];
+        let n = node(0.9, &h);
+        // either alone covers the 1.5 that must leave; b relieves more but copies 10x longer
+        let a = svc("a", 2.0, &h);
+        let b = svc("b", 3.0, &h);
+        let hosted = [&a, &b];
+        let load = NodeLoad::project(&n, &hosted, 1, &cfg);
+        let copy = [Some(5.0), Some(50.0)];
+        let why = select_services_timed(&n, &load, &hosted, 0.8, &res, &copy, &cfg);
+        assert_eq!(why.selected, vec!["a"]);
+        assert_eq!(why.candidates[0].copy_s, Some(5.0));
+        assert!((why.candidates[0].rank - why.candidates[0].le / 5.0).abs() < 1e-12);
+        // off: LE alone ranks, b first
+        let off = PolicyConfig {
+            select_by_copy_time: false,
+            ..PolicyConfig::default()
+        };
+        let why = select_services_timed(&n, &load, &hosted, 0.8, &res, &copy, &off);
+        assert_eq!(why.selected, vec!["b"]);
+        assert_eq!(why.candidates[0].copy_s, None);
+        // a negative LE never ranks higher for a slower copy
+        assert!(relief_rank(-0.1, Some(10.0)) < relief_rank(-0.1, Some(1.0)));
+        assert_eq!(relief_rank(0.3, None), 0.3);
     }
 
     #[test]

@@ -83,7 +83,11 @@ fn small_view() -> ClusterView {
 
 #[test]
 fn proactive_trigger_moves_the_fewest_services_to_the_image_holder() {
-    let cfg = PolicyConfig::default();
+    // Targets ranked by image held, then bandwidth (not by expected copy time).
+    let cfg = PolicyConfig {
+        place_by_copy_time: false,
+        ..PolicyConfig::default()
+    };
     let p = plan(&small_view(), &cfg, 100);
     let hot = p.nodes.iter().find(|n| n.node == "hot").unwrap();
     let trig = hot.trigger.as_ref().unwrap();
@@ -208,8 +212,37 @@ fn dead_node_fails_over_to_usable_nodes_only() {
 }
 
 #[test]
+fn moves_go_where_the_copy_is_shortest() {
+    // big sends 1 GB of state: to warm, which holds its image, over 10 MB/s (100 s); to
+    // cold, which lacks it (100 MB more), over 100 MB/s (11 s). The faster copy wins.
+    let p = plan(&small_view(), &PolicyConfig::default(), 100);
+    assert_eq!(p.migrations.len(), 1);
+    let m = &p.migrations[0];
+    assert_eq!(
+        (m.service.as_str(), m.from.as_str(), m.to.as_str()),
+        ("big", "hot", "cold")
+    );
+    assert!(m.sends_image);
+    let chosen = m.placement.chosen.as_ref().unwrap();
+    assert!((chosen.copy_s.unwrap() - (1.1e9 / 100e6 + 0.1)).abs() < 1e-9);
+    let runner_up = m.placement.runner_up.as_ref().unwrap();
+    assert_eq!(runner_up.node, "warm");
+    assert!((runner_up.copy_s.unwrap() - (1e9 / 10e6 + 0.1)).abs() < 1e-9);
+    // the selection weighed each service's copy time to its likely target
+    let hot = p.nodes.iter().find(|n| n.node == "hot").unwrap();
+    let sel = hot.selection.as_ref().unwrap();
+    assert!(sel.candidates.iter().all(|c| c.copy_s.is_some()));
+    for c in &sel.candidates {
+        assert!((c.rank - c.le / c.copy_s.unwrap()).abs() < 1e-12, "{c:?}");
+    }
+}
+
+#[test]
 fn prestages_images_for_likely_movers() {
-    let cfg = PolicyConfig::default();
+    let cfg = PolicyConfig {
+        place_by_copy_time: false,
+        ..PolicyConfig::default()
+    };
     let mut view = small_view();
     // hot is close to its threshold but below it: at risk, not firing
     view.nodes[0].util_now = vec![0.6];

@@ -1,7 +1,7 @@
 //! `godwit-sim`: the cluster simulator's front end.
 //!
 //! ```text
-//! godwit-sim compare [--traces DIR] [--nodes N] [--services M] [--steps S] [--seed K] [--failures F] [--util U] [--policy JSON] [--diagnose 1]
+//! godwit-sim compare [--traces DIR] [--nodes N] [--services M] [--steps S] [--seed K] [--failures F] [--util U] [--policy JSON] [--horizon H] [--diagnose 1]
 //! godwit-sim record --addr 127.0.0.1:PORT --seconds N --out FILE [--match SUBSTRING]
 //! ```
 //!
@@ -24,7 +24,7 @@ use godwit_tests::sim::{bound, engine, policies, trace};
 
 const USAGE: &str = "usage:
   godwit-sim compare [--traces DIR] [--nodes N] [--services M] [--steps S] [--seed K] [--failures F] [--util U]
-                     [--policy JSON] [--diagnose 1]
+                     [--policy JSON] [--horizon H] [--diagnose 1]
   godwit-sim record --addr HOST:PORT --seconds N --out FILE [--match SUBSTRING]";
 
 fn main() -> ExitCode {
@@ -96,7 +96,8 @@ impl Flags {
 
 fn cmd_compare(f: &Flags) -> Result<()> {
     f.check(&[
-        "traces", "nodes", "services", "steps", "seed", "failures", "util", "policy", "diagnose",
+        "traces", "nodes", "services", "steps", "seed", "failures", "util", "policy", "horizon",
+        "diagnose",
     ])?;
     let d = GenParams::default();
     let p = GenParams {
@@ -118,6 +119,7 @@ fn cmd_compare(f: &Flags) -> Result<()> {
     let mut pols = policies(&sc);
     let make_godwit = || -> Result<Godwit> {
         let mut g = Godwit::new(&sc);
+        g.horizon = f.num("horizon", g.horizon)?;
         if let Some(json) = f.get("policy") {
             let mut cfg = serde_json::to_value(&g.cfg)?;
             let patch: serde_json::Value = serde_json::from_str(json).context("--policy")?;
@@ -132,9 +134,14 @@ fn cmd_compare(f: &Flags) -> Result<()> {
         }
         Ok(g)
     };
-    if let Some(json) = f.get("policy") {
+    if f.get("policy").is_some() || f.get("horizon").is_some() {
         *pols.last_mut().expect("godwit is last") = Box::new(make_godwit()?);
+    }
+    if let Some(json) = f.get("policy") {
         println!("godwit policy overrides: {json}\n");
+    }
+    if let Some(h) = f.get("horizon") {
+        println!("godwit forecast horizon: {h} steps\n");
     }
     let started = Instant::now();
     let outcomes = compare(&sc, &mut pols).map_err(|e| anyhow!("bad scenario: {e}"))?;

@@ -171,6 +171,18 @@ pub struct Endpoint {
     counters: Arc<Counters>,
 }
 
+/// The QUIC transport settings of every endpoint: keep-alives and the idle timeout.
+fn transport_config() -> Result<Arc<quinn::TransportConfig>, TransportError> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .map_err(|e: quinn::VarIntBoundsExceeded| TransportError::Tls(e.to_string()))?,
+    ));
+    Ok(Arc::new(transport))
+}
+
 impl Endpoint {
     /// Binds `addr` (UDP) as both server and client with `identity`.
     pub fn bind(addr: SocketAddr, identity: Identity) -> Result<Endpoint, TransportError> {
@@ -178,14 +190,7 @@ impl Endpoint {
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         let client_crypto = QuicClientConfig::try_from(identity.client_config()?)
             .map_err(|e| TransportError::Tls(e.to_string()))?;
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(KEEP_ALIVE));
-        transport.max_idle_timeout(Some(
-            IDLE_TIMEOUT
-                .try_into()
-                .map_err(|e: quinn::VarIntBoundsExceeded| TransportError::Tls(e.to_string()))?,
-        ));
-        let transport = Arc::new(transport);
+        let transport = transport_config()?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server.transport_config(transport.clone());
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
@@ -209,15 +214,8 @@ impl Endpoint {
     pub fn client(addr: SocketAddr, identity: Identity) -> Result<Endpoint, TransportError> {
         let client_crypto = QuicClientConfig::try_from(identity.client_config()?)
             .map_err(|e| TransportError::Tls(e.to_string()))?;
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(KEEP_ALIVE));
-        transport.max_idle_timeout(Some(
-            IDLE_TIMEOUT
-                .try_into()
-                .map_err(|e: quinn::VarIntBoundsExceeded| TransportError::Tls(e.to_string()))?,
-        ));
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client.transport_config(Arc::new(transport));
+        client.transport_config(transport_config()?);
         let mut inner = quinn::Endpoint::client(addr).map_err(|e| TransportError::Bind {
             addr,
             reason: e.to_string(),

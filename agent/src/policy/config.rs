@@ -78,6 +78,11 @@ pub struct PolicyConfig {
     /// moves have landed.
     #[serde(default = "default_cooldown_samples")]
     pub cooldown_samples: u64,
+    /// A node whose moves have landed (settled) and whose `u_max` now is at least this may
+    /// fire again before the cool-down ends: it is over capacity, not only over `T_n`.
+    /// 0 (the default) turns it off.
+    #[serde(default)]
+    pub urgent_util: f64,
     /// A trigger that fired re-arms by itself after this many samples even if the load never
     /// fell below `T_n - hysteresis`, so a node that stays overloaded (its first firing moved
     /// nothing, or too little) is tried again. 0 disables the retry.
@@ -343,6 +348,7 @@ impl Default for PolicyConfig {
             cooldown_samples: default_cooldown_samples(),
             rearm_after_samples: default_rearm_after_samples(),
             settle_rearm: true,
+            urgent_util: 0.0,
             current_floor: true,
             corr_window: default_corr_window(),
             resource_weights: default_resource_weights(),
@@ -406,6 +412,7 @@ impl PolicyConfig {
         range("headroom", self.headroom, 0.0, 0.999)?;
         range("relief_margin", self.relief_margin, 0.0, 1.0)?;
         range("relief_min_util", self.relief_min_util, 0.0, inf)?;
+        range("urgent_util", self.urgent_util, 0.0, inf)?;
         range("substitute_min_util", self.substitute_min_util, 0.0, inf)?;
         range(
             "fallback_bandwidth_bytes_per_s",

@@ -10,7 +10,8 @@
 //!   `rearm_after_samples` have passed; or, with `settle_rearm`, until the moves of the last
 //!   firing have landed (the caller says the node is *settled*: nothing is leaving it) and the
 //!   cool-down has passed;
-//! - no trigger fires while `sample - last_fired <= cooldown` (cool-down).
+//! - no trigger fires while `sample - last_fired <= cooldown` (cool-down), unless the node is
+//!   settled and its `u_max` now is at least `urgent_util` (when set): it is over capacity.
 //!
 //! A sample missing from the sequence counts as "not above". A sample index not newer than the
 //! last one seen leaves the state unchanged, so replaying the same view is harmless.
@@ -159,9 +160,12 @@ impl TriggerState {
                     .is_some_and(|f| sample >= f.saturating_add(cfg.rearm_after_samples));
             // With `settle_rearm`, the moves of the last firing have landed and the cool-down
             // is over: if the node is still above `T_n`, that firing was not enough.
+            // With `urgent_util`, a settled node at or over it now re-arms (and may fire) before
+            // the cool-down ends: it is over capacity, not only over `T_n`.
+            let urgent = cfg.urgent_util > 0.0 && u_max.is_some_and(|u| u >= cfg.urgent_util);
             let settled_retry = cfg.settle_rearm
                 && settled == Some(true)
-                && next_allowed.is_none_or(|first| sample >= first);
+                && (urgent || next_allowed.is_none_or(|first| sample >= first));
             if now_low && forecast_low {
                 self.armed = true;
                 self.window.clear();
@@ -174,7 +178,10 @@ impl TriggerState {
         let count = self.window.iter().filter(|a| **a).count();
         let confirmed = count >= k;
         let proactive = cfg.proactive && u_max_forecast.is_some_and(|f| f >= threshold);
-        let cooling = next_allowed.is_some_and(|first| sample < first);
+        let cooling = next_allowed.is_some_and(|first| sample < first)
+            && !(settled == Some(true)
+                && cfg.urgent_util > 0.0
+                && u_max.is_some_and(|u| u >= cfg.urgent_util));
 
         why.reason = if !(confirmed || proactive) {
             if above {
@@ -346,6 +353,39 @@ mod tests {
             !st.advance_settled(5, Some(0.9), None, 0.8, Some(true), &off)
                 .fired
         );
+    }
+
+    #[test]
+    fn urgent_node_fires_again_within_the_cooldown() {
+        let c = PolicyConfig {
+            rearm_after_samples: 100,
+            urgent_util: 1.0,
+            ..cfg(1, 1, 0.1, 50)
+        };
+        let adv = |st: &mut TriggerState, i: u64, u: f64, settled: bool| {
+            st.advance_settled(i, Some(u), None, 0.8, Some(settled), &c)
+        };
+        let mut st = TriggerState::default();
+        assert!(adv(&mut st, 0, 0.9, true).fired);
+        // above T_n but under capacity: waits for the cool-down
+        assert!(!adv(&mut st, 1, 0.95, true).fired);
+        // over capacity but its moves are still in flight: waits
+        assert!(!adv(&mut st, 2, 1.1, false).fired);
+        // over capacity and settled: fires within the cool-down
+        let w = adv(&mut st, 3, 1.1, true);
+        assert!(w.fired, "{w:?}");
+        // off (0): the cool-down holds
+        let off = PolicyConfig {
+            urgent_util: 0.0,
+            ..c.clone()
+        };
+        let mut st = TriggerState::default();
+        assert!(
+            st.advance_settled(0, Some(0.9), None, 0.8, Some(true), &off)
+                .fired
+        );
+        let w = st.advance_settled(3, Some(1.1), None, 0.8, Some(true), &off);
+        assert!(!w.fired);
     }
 
     #[test]

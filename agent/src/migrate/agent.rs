@@ -49,7 +49,7 @@ const DEFAULT_CUTOVER_S: f64 = 0.05;
 /// rest of the cut-over took last time: a target below the cut-over's own cost then still
 /// gets the shortest frozen round the live rounds reach (transitional), not a stop-and-copy
 /// that would be far longer.
-const MIN_FROZEN_SHARE: f64 = 0.5;
+const MIN_FROZEN_SHARE: f64 = 0.25;
 /// A round's own cost beyond moving its bytes (listing, the probe's flush, write-back, round
 /// trips) assumed before this node has measured one, seconds: the model's latency term adds
 /// it to the path's RTT.
@@ -713,7 +713,7 @@ pub struct MigrationReport {
     /// The cut-over's cost outside the frozen round's copy, as expected before the move (the
     /// last committed move from this node, or a default), seconds.
     pub cutover_estimate_s: f64,
-    /// The downtime target less that cost (at least half the target): the budget the
+    /// The downtime target less that cost (at least a quarter of the target): the budget the
     /// pre-copy model gives the frozen round, seconds.
     pub frozen_round_target_s: f64,
     /// A round's own cost beyond moving its bytes, as expected before the move (the last
@@ -1033,7 +1033,13 @@ impl Migrator {
             state_bytes: report.state_bytes as f64,
             dirty_bytes_per_s: report.dirty_bytes_per_second,
             bandwidth_bytes_per_s: report.effective_bandwidth_bytes_per_second,
-            rtt_s: report.rtt_ms / 1e3 + report.round_overhead_estimate_s,
+            // A round's fixed cost above half the frozen round's budget is taken as half:
+            // with a larger one no frozen round fits the target in either mode, and iterating
+            // still gives the shortest.
+            rtt_s: report.rtt_ms / 1e3
+                + report
+                    .round_overhead_estimate_s
+                    .min(report.frozen_round_target_s / 2.0),
             downtime_target_s: report.frozen_round_target_s,
             max_rounds: 10,
         };
@@ -1279,16 +1285,25 @@ impl Migrator {
             .unwrap_or(DEFAULT_CUTOVER_S)
     }
 
-    /// A round's own cost beyond moving its bytes: what the last live round of the last
-    /// committed migration from this node measured (less the path's RTT then), or
-    /// [`DEFAULT_ROUND_OVERHEAD_S`].
+    /// A round's own cost beyond moving its bytes: the median of what the live rounds after
+    /// round 0 of the last committed migration from this node measured (less the path's RTT
+    /// then), or [`DEFAULT_ROUND_OVERHEAD_S`]. Round 0's includes the first write-back of the
+    /// whole state, which no later round has.
     fn expected_round_overhead_s(&self) -> f64 {
         self.stats()
             .last
             .filter(|r| r.result == "committed")
             .and_then(|r| {
-                let last = r.transfer?.round_overheads_s.last().copied()?;
-                Some((last - r.rtt_ms / 1e3).clamp(0.0, 1.0))
+                let mut later: Vec<f64> = r
+                    .transfer?
+                    .round_overheads_s
+                    .iter()
+                    .skip(1)
+                    .copied()
+                    .collect();
+                later.sort_by(f64::total_cmp);
+                let median = *later.get(later.len() / 2)?;
+                Some((median - r.rtt_ms / 1e3).clamp(0.0, 1.0))
             })
             .unwrap_or(DEFAULT_ROUND_OVERHEAD_S)
     }

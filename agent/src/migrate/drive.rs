@@ -89,7 +89,7 @@ pub struct DriveReport {
     pub round_bandwidths: Vec<Option<f64>>,
     /// The latency term the termination check used after each live round, seconds: the
     /// round's time beyond moving what it processed at the path's bandwidth (listing, the
-    /// probe's flush, write-back, round trips), at least the RTT.
+    /// probe's flush, write-back, round trips; measured, so the RTT is in it).
     pub round_overheads_s: Vec<f64>,
     /// Where the frozen time went, phase by phase.
     pub cutover: Cutover,
@@ -235,10 +235,9 @@ pub async fn drive<S: Source + Send>(
                     // The model's round is `V/B + RTT`; a real round also lists the state,
                     // flushes the probe, writes back and waits for the receiver, a cost that
                     // does not shrink with the round. Its latency term is therefore what the
-                    // round took beyond moving its bytes at the path's rate (at least the RTT),
+                    // round took beyond moving its bytes at the path's rate (round trips in it),
                     // and the bandwidth stays the path's, as in the estimate.
-                    let overhead =
-                        (p.seconds - processed / input.bandwidth_bytes_per_s).max(input.rtt_s);
+                    let overhead = (p.seconds - processed / input.bandwidth_bytes_per_s).max(0.0);
                     report.round_overheads_s.push(overhead);
                     let now = PrecopyInput {
                         rtt_s: overhead,

@@ -73,15 +73,19 @@ pub struct PolicyConfig {
     /// `T_n - hysteresis`.
     #[serde(default = "default_hysteresis")]
     pub hysteresis: f64,
-    /// No new trigger for this many samples after one. This bounds the moves per node: with
-    /// `settle_rearm` a node still above `T_n` fires again as soon as this has passed and its
-    /// moves have landed.
+    /// No new trigger for this many samples after one, unless the node is over capacity
+    /// (`urgent_util`). This bounds the moves per node: with `settle_rearm` a node still above
+    /// `T_n` fires again as soon as this has passed and its moves have landed. Default 400
+    /// with `urgent_util` 1: inside the cool-down only a node at or over its capacity fires
+    /// again, so a node merely above `T_n` spends no more moves while one that overflows is
+    /// relieved at once (docs/BENCHMARKS.md, the simulator: 60 without `urgent_util` gave
+    /// more overload, 300 more overload for as many moves).
     #[serde(default = "default_cooldown_samples")]
     pub cooldown_samples: u64,
     /// A node whose moves have landed (settled) and whose `u_max` now is at least this may
     /// fire again before the cool-down ends: it is over capacity, not only over `T_n`.
-    /// 0 (the default) turns it off.
-    #[serde(default)]
+    /// Default 1 (at or over capacity); 0 turns it off.
+    #[serde(default = "default_urgent_rearm_util")]
     pub urgent_util: f64,
     /// A trigger that fired re-arms by itself after this many samples even if the load never
     /// fell below `T_n - hysteresis`, so a node that stays overloaded (its first firing moved
@@ -269,7 +273,10 @@ fn default_hysteresis() -> f64 {
     0.05
 }
 fn default_cooldown_samples() -> u64 {
-    60
+    400
+}
+fn default_urgent_rearm_util() -> f64 {
+    1.0
 }
 fn default_rearm_after_samples() -> u64 {
     60
@@ -348,7 +355,7 @@ impl Default for PolicyConfig {
             cooldown_samples: default_cooldown_samples(),
             rearm_after_samples: default_rearm_after_samples(),
             settle_rearm: true,
-            urgent_util: 0.0,
+            urgent_util: default_urgent_rearm_util(),
             current_floor: true,
             corr_window: default_corr_window(),
             resource_weights: default_resource_weights(),

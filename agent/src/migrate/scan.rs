@@ -401,15 +401,24 @@ impl StateScan {
     /// digests yet (never read) has the node of an empty digest list, which matches no copy
     /// of a non-empty file.
     pub fn tree(&self, files: &[FileMeta]) -> Vec<(String, String)> {
-        files
-            .iter()
-            .filter_map(|f| {
-                let size = f.size?;
-                let digests = self.sent.get(&f.rel).map(Vec::as_slice).unwrap_or(&[]);
-                Some((f.rel.clone(), file_node(size, digests)))
-            })
-            .collect()
+        tree_of(files, &self.sent)
     }
+}
+
+/// The hash tree of `files` from recorded block digests (by path; none recorded: an empty
+/// list): the node of every regular file, in order.
+pub(crate) fn tree_of(
+    files: &[FileMeta],
+    digests: &BTreeMap<String, Vec<BlockDigest>>,
+) -> Vec<(String, String)> {
+    files
+        .iter()
+        .filter_map(|f| {
+            let size = f.size?;
+            let d = digests.get(&f.rel).map(Vec::as_slice).unwrap_or(&[]);
+            Some((f.rel.clone(), file_node(size, d)))
+        })
+        .collect()
 }
 
 /// Reads until `buf` is full or the file ends.

@@ -37,7 +37,7 @@ use tracing::{info, warn};
 use super::error::MigrateError;
 use super::journal::{now_ms, Journal, TargetEntry, TargetPhase};
 use super::scan::{
-    block_digest, file_digests, file_node, hash_tree, tree_root, BlockDigest, FileMeta, StateScan,
+    block_digest, file_digests, hash_tree, tree_of, tree_root, BlockDigest, FileMeta, StateScan,
     BLOCK, UNKNOWN,
 };
 use crate::probe::bpf::InodeKey;
@@ -1023,14 +1023,7 @@ impl Receiver {
     /// This side's hash tree: the node of every listed file from the digests of what was
     /// written here.
     fn tree(&self, listed: &[FileMeta]) -> Vec<(String, String)> {
-        listed
-            .iter()
-            .filter_map(|f| {
-                let size = f.size?;
-                let d = self.digests.get(&f.rel).map(Vec::as_slice).unwrap_or(&[]);
-                Some((f.rel.clone(), file_node(size, d)))
-            })
-            .collect()
+        tree_of(listed, &self.digests)
     }
 
     /// Writes the pieces that follow a round's listing where they go, digesting each block, on

@@ -1042,6 +1042,7 @@ impl Migrator {
                     .min(report.frozen_round_target_s / 2.0),
             downtime_target_s: report.frozen_round_target_s,
             max_rounds: 10,
+            scan_share: self.expected_scan_share(),
         };
         let mut entry = SourceEntry {
             migration: id.to_string(),
@@ -1306,6 +1307,18 @@ impl Migrator {
                 Some((median - r.rtt_ms / 1e3).clamp(0.0, 1.0))
             })
             .unwrap_or(DEFAULT_ROUND_OVERHEAD_S)
+    }
+
+    /// The model's `s` (the share of round 0's dirtied pages that round 1 sends): as the last
+    /// committed migration from this node measured it, or the uniform-writes value.
+    fn expected_scan_share(&self) -> f64 {
+        self.stats()
+            .last
+            .filter(|r| r.result == "committed")
+            .and_then(|r| r.transfer?.scan_share)
+            .filter(|s| s.is_finite())
+            .map(|s| s.clamp(0.05, 1.0))
+            .unwrap_or(crate::policy::UNIFORM_SCAN_SHARE)
     }
 
     /// Counters.

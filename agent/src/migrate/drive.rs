@@ -93,6 +93,10 @@ pub struct DriveReport {
     pub round_overheads_s: Vec<f64>,
     /// Where the frozen time went, phase by phase.
     pub cutover: Cutover,
+    /// The model's `s` as this move measured it: of the pages dirtied while round 0 ran, the
+    /// share round 1 sent (the others changed before round 0 read them). `None` without the
+    /// probe's tracking or a round 1.
+    pub scan_share: Option<f64>,
 }
 
 /// The cut-over phase by phase, seconds: where the service's unavailability goes. The driver
@@ -186,6 +190,7 @@ pub async fn drive<S: Source + Send>(
         round_bandwidths: Vec::new(),
         round_overheads_s: Vec::new(),
         cutover: Cutover::default(),
+        scan_share: None,
     };
     macro_rules! fail {
         ($err:expr, $resume:expr) => {{
@@ -215,6 +220,12 @@ pub async fn drive<S: Source + Send>(
             loop {
                 let round = report.rounds.len() as u32;
                 if let Some((p, began)) = &previous {
+                    if p.round == 1 && p.dirty_pages > 0 {
+                        // Of the pages dirtied while round 0 ran, the share that changed after
+                        // round 0 read them: the model's `s`, measured.
+                        let dirtied = (p.dirty_pages * BLOCK).max(p.bytes) as f64;
+                        report.scan_share = Some(p.bytes as f64 / dirtied);
+                    }
                     if let Some(b) = before {
                         // Round p re-sent what was dirtied since round p-1 read it: the
                         // distinct pages the probe reported, or the blocks that changed (what
@@ -244,7 +255,13 @@ pub async fn drive<S: Source + Send>(
                         ..input
                     };
                     if let Some(rate) = rate {
-                        let remaining = rate * p.seconds;
+                        // After round 0, what it sent in its new state is not sent again.
+                        let share = if p.round == 0 {
+                            precopy::scan_share(&input)
+                        } else {
+                            1.0
+                        };
+                        let remaining = share * rate * p.seconds;
                         let prev = Some(p.bytes as f64);
                         if let Some(reason) = precopy::should_freeze(round, remaining, prev, &now) {
                             report.stop = Some(reason);

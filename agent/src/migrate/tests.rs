@@ -402,6 +402,7 @@ fn input(state: f64, dirty: f64) -> crate::policy::PrecopyInput {
         rtt_s: 0.001,
         downtime_target_s: 0.05,
         max_rounds: 8,
+        scan_share: 1.0,
     }
 }
 

@@ -139,6 +139,7 @@ mod tests {
             rtt_s: 0.1,
             downtime_target_s: 0.5,
             max_rounds: 30,
+            scan_share: 1.0,
         });
         let small = estimate(PrecopyInput {
             state_bytes: 1e6,

@@ -374,6 +374,7 @@ pub fn plan(view: &ClusterView, cfg: &PolicyConfig, now: u64) -> Plan {
                 rtt_s: link.map_or(f64::NAN, |l| l.rtt_s),
                 downtime_target_s: cfg.downtime_target_s,
                 max_rounds: cfg.max_rounds,
+                scan_share: super::precopy::UNIFORM_SCAN_SHARE,
             };
             let switch = decide_mode(
                 class_label(&target.switch_latencies_s, cfg),

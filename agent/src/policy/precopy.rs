@@ -14,6 +14,16 @@
 //! - **rounds**: `n = ceil( ln((B*(T_down - RTT) - V*) / (V0 - V*)) / ln q )` live rounds (0 to
 //!   n-1), then round `n` with the service frozen; predicted downtime `V_n/B + RTT`.
 //!
+//! **Round 0 reads while the service writes.** A page dirtied during round 0 before the
+//! sequential read reaches it goes out in its new state in round 0 itself, so round 1 has only
+//! a share `s` of round 0's dirtied pages to send: `V_1 = s * D * (V0/B + RTT)` (later rounds
+//! read a small part of the state, so their overlap is negligible). Under writes spread
+//! uniformly over the state, a write lands behind the read with probability 1/2 on average
+//! over the file ([`UNIFORM_SCAN_SHARE`]); a workload writing a hot set or appending at the end
+//! keeps it nearer 1. With `s = 1` the formulas are MISSION's as written. From round 1 on:
+//! `V_i = V* + (V_1 - V*) q^(i-1)` and the live rounds are `n = 1 + ceil( ln((B*(T_down - RTT)
+//! - V*) / (V_1 - V*)) / ln q )` (`n = 1` when `V_1` fits).
+//!
 //! Where the probe measured a writable-working-set curve (distinct bytes dirtied against window
 //! length), [`estimate_with_curve`] iterates `V_{i+1} = W(t_i)` instead of the constant rate, and
 //! the estimate says which model it used.
@@ -35,6 +45,34 @@ pub struct PrecopyInput {
     pub downtime_target_s: f64,
     /// `n_max`: live rounds at most.
     pub max_rounds: u32,
+    /// `s`: the share of what round 0 lasts long enough to see dirtied that round 1 must send
+    /// (the rest was dirtied before round 0's read reached it). In `(0, 1]`; 1 without overlap.
+    #[serde(default = "no_overlap")]
+    pub scan_share: f64,
+}
+
+/// `s` under writes spread uniformly over the state: on average over the file, a write during
+/// round 0 lands behind the read half the time.
+pub const UNIFORM_SCAN_SHARE: f64 = 0.5;
+
+fn no_overlap() -> f64 {
+    1.0
+}
+
+/// `s`, made valid: outside `(0, 1]` (or not finite) it counts as 1.
+pub fn scan_share(input: &PrecopyInput) -> f64 {
+    if input.scan_share.is_finite() && input.scan_share > 0.0 && input.scan_share <= 1.0 {
+        input.scan_share
+    } else {
+        1.0
+    }
+}
+
+/// `V_1 = s * D * (V0/B + RTT)`: what round 1 sends.
+pub fn first_round_dirtied(input: &PrecopyInput) -> f64 {
+    scan_share(input)
+        * input.dirty_bytes_per_s
+        * (input.state_bytes / input.bandwidth_bytes_per_s + input.rtt_s)
 }
 
 /// The start condition's verdict.
@@ -239,15 +277,30 @@ pub fn estimate(input: PrecopyInput) -> PrecopyEstimate {
     let q = input.dirty_bytes_per_s / b;
     let v_floor = input.dirty_bytes_per_s * input.rtt_s / (1.0 - q);
     let budget = frozen_budget(&input);
-    let (n, raw) = estimated_rounds(input.state_bytes, v_floor, q, budget)
-        .unwrap_or((input.max_rounds, f64::NAN));
+    // Round 0 copies V0; from round 1 on the geometric series starts at V_1.
+    let v1 = first_round_dirtied(&input);
+    let (n, raw) = if v1 <= budget {
+        let raw = if q > 0.0 && v1 > v_floor {
+            1.0 + ((budget - v_floor) / (v1 - v_floor)).ln() / q.ln()
+        } else {
+            1.0
+        };
+        (1, raw)
+    } else {
+        estimated_rounds(v1, v_floor, q, budget)
+            .map(|(n, raw)| (n + 1, raw + 1.0))
+            .unwrap_or((input.max_rounds, f64::NAN))
+    };
     let (n, stop) = if n > input.max_rounds {
         (input.max_rounds, StopReason::MaxRounds)
     } else {
         (n, StopReason::FitsDowntime)
     };
     let vs: Vec<f64> = (0..=n)
-        .map(|i| remaining_after(input.state_bytes, v_floor, q, i))
+        .map(|i| match i {
+            0 => input.state_bytes,
+            i => remaining_after(v1, v_floor, q, i - 1),
+        })
         .collect();
     finish(
         input,
@@ -347,7 +400,12 @@ pub fn estimate_with_curve(input: PrecopyInput, curve: &[[f64; 2]]) -> PrecopyEs
         if let Some(reason) = should_freeze(i as u32, vs[i], prev, &input) {
             break reason;
         }
-        vs.push(working_set_bytes(curve, vs[i] / b + input.rtt_s));
+        let dirtied = working_set_bytes(curve, vs[i] / b + input.rtt_s);
+        vs.push(if i == 0 {
+            scan_share(&input) * dirtied
+        } else {
+            dirtied
+        });
     };
     if stop == StopReason::NotConverging && vs.len() == 2 {
         // the very first round does not shrink: iterating is pointless
@@ -375,6 +433,7 @@ mod tests {
             rtt_s: rtt,
             downtime_target_s: t,
             max_rounds: 30,
+            scan_share: 1.0,
         }
     }
 
@@ -426,6 +485,61 @@ mod tests {
             i += 1;
         }
         assert_eq!(i, e.live_rounds);
+    }
+
+    #[test]
+    fn round_zero_sends_what_was_dirtied_before_its_read() {
+        // s = 1/2: V_1 = 0.5 * 10 MB/s * 10.1 s = 50.5 MB.
+        let half = |t| PrecopyInput {
+            scan_share: 0.5,
+            ..input(1000.0 * MB, 10.0 * MB, 100.0 * MB, 0.1, t)
+        };
+        assert!((first_round_dirtied(&half(0.5)) - 50.5 * MB).abs() < 1e-3);
+        // T_down = 0.61 s: budget 51 MB >= 50.5 MB, so one live round (s = 1: 101 MB, two).
+        let e = estimate(half(0.61));
+        assert_eq!((e.start, e.live_rounds), (StartDecision::Iterate, 1));
+        assert!((e.frozen_bytes.unwrap() - 50.5 * MB).abs() < 1e-3);
+        assert!((e.predicted_downtime_s.unwrap() - 0.605).abs() < 1e-9);
+        assert_eq!(
+            estimate(input(1000.0 * MB, 10.0 * MB, 100.0 * MB, 0.1, 0.61)).live_rounds,
+            2
+        );
+        // T_down = 0.2 s: budget 10 MB; V_2 = V* + (V_1 - V*) q = 1.111 + 4.939 = 6.05 MB.
+        // Closed form: 1 + ln((10 - 1.111)/(50.5 - 1.111)) / ln 0.1 = 1.7447 -> 2.
+        let e = estimate(half(0.2));
+        assert_eq!(e.live_rounds, 2);
+        assert!((e.rounds_closed_form.unwrap() - 1.7447).abs() < 1e-3);
+        assert!((e.frozen_bytes.unwrap() - 6.05 * MB).abs() < 1e-2 * MB);
+        assert!((e.total_bytes.unwrap() - (1000.0 + 50.5 + 6.05) * MB).abs() < 1e-2 * MB);
+        // The estimate agrees with the termination check run round by round, as the driver
+        // runs it: round 0's dirtied bytes times s, later rounds' in full.
+        for t in [0.15, 0.2, 0.3, 0.61, 1.0, 5.0] {
+            let inp = half(t);
+            let e = estimate(inp);
+            if e.start != StartDecision::Iterate {
+                continue;
+            }
+            let (mut i, mut v) = (0u32, inp.state_bytes);
+            loop {
+                let share = if i == 0 { 0.5 } else { 1.0 };
+                let next =
+                    share * inp.dirty_bytes_per_s * (v / inp.bandwidth_bytes_per_s + inp.rtt_s);
+                i += 1;
+                if should_freeze(i, next, Some(v), &inp).is_some() {
+                    break;
+                }
+                v = next;
+            }
+            assert_eq!(i, e.live_rounds, "T_down {t}");
+        }
+        // Out of range: as without overlap.
+        for bad in [0.0, -1.0, 2.0, f64::NAN] {
+            let e = estimate(PrecopyInput {
+                scan_share: bad,
+                ..input(1000.0 * MB, 10.0 * MB, 100.0 * MB, 0.1, 0.5)
+            });
+            assert_eq!(e.live_rounds, 2);
+        }
     }
 
     #[test]

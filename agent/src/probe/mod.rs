@@ -19,11 +19,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use sampler::{Sampler, SamplerConfig, SamplerError, SharedSnapshot, Snapshot};
-pub use track::{DirtyTracker, Flushed, TrackCommand, Tracked};
+pub use track::{DirtyTracker, Flushed, TrackCommand, TrackReceiver, Tracked};
 
 /// Longest pause between two looks at the stop flag and the event rings.
 const MAX_WAIT: Duration = Duration::from_millis(100);
-/// Longest pause when dirty-page tracking requests may arrive (they wait at most this long).
+/// Longest pause while a migration tracks files (its requests wake the thread at once through
+/// the tracker's eventfd; this bounds the wait where there is none).
 const TRACK_WAIT: Duration = Duration::from_millis(20);
 /// Shortest pause between two event-driven republications of the process list.
 const REPUBLISH_EVERY: Duration = Duration::from_millis(50);
@@ -38,7 +39,7 @@ pub fn spawn(
     shared: SharedSnapshot,
     stop: Arc<AtomicBool>,
     subscriber: Option<SyncSender<Arc<Snapshot>>>,
-    tracking: Option<std::sync::mpsc::Receiver<TrackCommand>>,
+    tracking: Option<TrackReceiver>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("godwit-sampler".into())
@@ -70,7 +71,9 @@ pub fn spawn(
                 } else {
                     TRACK_WAIT
                 };
-                wait_readable(&sampler.event_fds(), (next - now).min(wait));
+                let mut fds = sampler.event_fds();
+                fds.extend(tracking.as_ref().and_then(|t| t.wake_fd()));
+                wait_readable(&fds, (next - now).min(wait));
                 pending_events |= sampler.drain_events();
                 if let Some(rx) = &tracking {
                     while let Ok(cmd) = rx.try_recv() {

@@ -10,8 +10,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::bpf::InodeKey;
@@ -138,16 +140,80 @@ pub(crate) fn handle(sampler: &mut Sampler, cmd: TrackCommand) {
 }
 
 /// A handle to ask the sampler thread for dirty-page tracking. Cheap to clone.
+///
+/// Every request also signals an eventfd that the sampler thread polls with its ring buffers,
+/// so a flush is answered at once rather than at the thread's next timed wake-up (a flush of
+/// the frozen round is on the service's downtime).
 #[derive(Debug, Clone)]
 pub struct DirtyTracker {
     tx: Sender<TrackCommand>,
+    wake: Option<Arc<OwnedFd>>,
+}
+
+/// The sampler thread's end of a [`DirtyTracker`]: the requests, and the descriptor that
+/// becomes readable when one is sent.
+#[derive(Debug)]
+pub struct TrackReceiver {
+    rx: Receiver<TrackCommand>,
+    wake: Option<Arc<OwnedFd>>,
+}
+
+impl TrackReceiver {
+    /// The descriptor to poll with the others (`None`: no eventfd; poll on a timer).
+    pub fn wake_fd(&self) -> Option<RawFd> {
+        self.wake.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    /// The next request, if any; clears the wake-up signal first, so a request sent after
+    /// this call signals again.
+    pub fn try_recv(&self) -> Result<TrackCommand, TryRecvError> {
+        if let Some(fd) = &self.wake {
+            let mut n = 0u64;
+            // SAFETY: reads 8 bytes into a u64 owned here from a non-blocking eventfd that
+            // `self` keeps open; EAGAIN (nothing signalled) is the expected failure.
+            unsafe {
+                libc::read(fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8);
+            }
+        }
+        self.rx.try_recv()
+    }
 }
 
 impl DirtyTracker {
     /// A tracker and the receiver to pass to [`super::spawn`].
-    pub fn channel() -> (DirtyTracker, Receiver<TrackCommand>) {
+    pub fn channel() -> (DirtyTracker, TrackReceiver) {
         let (tx, rx) = channel();
-        (DirtyTracker { tx }, rx)
+        // SAFETY: eventfd takes no pointers; a negative result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        let wake = if fd >= 0 {
+            // SAFETY: `fd` is a fresh descriptor owned by nothing else.
+            Some(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }))
+        } else {
+            tracing::warn!(
+                error = %io::Error::last_os_error(),
+                "no eventfd: tracking requests wait for the sampler's next wake-up"
+            );
+            None
+        };
+        (
+            DirtyTracker {
+                tx,
+                wake: wake.clone(),
+            },
+            TrackReceiver { rx, wake },
+        )
+    }
+
+    fn send(&self, cmd: TrackCommand) -> io::Result<()> {
+        self.tx.send(cmd).map_err(|_| Self::gone())?;
+        if let Some(fd) = &self.wake {
+            let one = 1u64;
+            // SAFETY: writes 8 bytes from a u64 on the stack to an eventfd kept open by `self`.
+            unsafe {
+                libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8);
+            }
+        }
+        Ok(())
     }
 
     fn gone() -> io::Error {
@@ -160,12 +226,10 @@ impl DirtyTracker {
     /// Starts tracking `paths` (regular files). Blocks up to a few seconds.
     pub fn track(&self, paths: Vec<PathBuf>) -> io::Result<Tracked> {
         let (reply, rx) = channel();
-        self.tx
-            .send(TrackCommand::Track {
-                paths: paths.clone(),
-                reply,
-            })
-            .map_err(|_| Self::gone())?;
+        self.send(TrackCommand::Track {
+            paths: paths.clone(),
+            reply,
+        })?;
         let keys = rx.recv_timeout(REPLY_TIMEOUT).map_err(|_| Self::gone())??;
         Ok(Tracked {
             tracker: self.clone(),
@@ -191,13 +255,10 @@ impl Tracked {
     /// sampler drained the ring. Blocks up to a few seconds.
     pub fn flush(&self) -> io::Result<Flushed> {
         let (reply, rx) = channel();
-        self.tracker
-            .tx
-            .send(TrackCommand::Flush {
-                keys: self.files.iter().map(|(_, k)| *k).collect(),
-                reply,
-            })
-            .map_err(|_| DirtyTracker::gone())?;
+        self.tracker.send(TrackCommand::Flush {
+            keys: self.files.iter().map(|(_, k)| *k).collect(),
+            reply,
+        })?;
         rx.recv_timeout(REPLY_TIMEOUT)
             .map_err(|_| DirtyTracker::gone())
     }
@@ -205,7 +266,7 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        let _ = self.tracker.tx.send(TrackCommand::Untrack {
+        let _ = self.tracker.send(TrackCommand::Untrack {
             keys: self.files.iter().map(|(_, k)| *k).collect(),
         });
     }

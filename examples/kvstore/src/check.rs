@@ -5,8 +5,9 @@
 //! Keys are `<prefix>-000001`, `<prefix>-000002`, ...; the value of a key is
 //! [`value_for`]`(key, size)`, so a read can be checked without remembering what was sent.
 //! The client is synchronous: one request in flight, on one connection. When the connection
-//! fails or a reply does not come within the request timeout, it reconnects with a short
-//! back-off and sends the same request again (writes are idempotent), until the retry deadline.
+//! fails or a reply does not come within the request timeout, it reconnects (at once the first
+//! time, then with a short back-off) and sends the same request again (writes are idempotent),
+//! until the retry deadline.
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Write};
@@ -160,6 +161,7 @@ impl Client {
     pub fn call(&mut self, request: &str) -> Result<Reply, CheckError> {
         let mut first_failure: Option<Instant> = None;
         let mut backoff = Duration::from_millis(10);
+        let mut retried = false;
         loop {
             match self.attempt(request) {
                 Ok(reply) => {
@@ -184,8 +186,14 @@ impl Client {
                             last: e.to_string(),
                         });
                     }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_millis(250));
+                    // The first failure is retried at once (a reset connection usually means
+                    // the server moved or restarted: reconnecting is the quickest way to know);
+                    // the back-off starts with the second.
+                    if retried {
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_millis(250));
+                    }
+                    retried = true;
                 }
             }
         }

@@ -732,6 +732,7 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
         digests: BTreeMap::new(),
         migration: migration.clone(),
         hooks: hooks.clone(),
+        syncing: None,
     };
     let outcome = rx.run(&mut ch, &dest).await;
     match &outcome {
@@ -788,6 +789,9 @@ struct Receiver {
     digests: BTreeMap<String, Vec<BlockDigest>>,
     migration: String,
     hooks: Option<TargetHooks>,
+    /// The staging copy's fsync, started when the hash check is asked for (the frozen round is
+    /// in by then), so the commit waits only for what is left of it.
+    syncing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Receiver {
@@ -851,6 +855,13 @@ impl Receiver {
                     full,
                 }) => {
                     let t = Instant::now();
+                    if self.syncing.is_none() {
+                        // Best effort: the commit syncs everything again, and finds it clean.
+                        let staging = self.staging.clone();
+                        self.syncing = Some(tokio::task::spawn_blocking(move || {
+                            let _ = sync_tree(&staging);
+                        }));
+                    }
                     let staging = self.staging.clone();
                     let ours = if full {
                         let listed = listed.clone();
@@ -894,6 +905,11 @@ impl Receiver {
                     ch.send(&Msg::DigestsAre { files: out }).await?;
                 }
                 Some(Msg::Commit) => {
+                    let t = Instant::now();
+                    if let Some(early) = self.syncing.take() {
+                        let _ = early.await;
+                    }
+                    let waited = t.elapsed().as_secs_f64();
                     let (path, sync_seconds, exchange_seconds) = match &self.hooks {
                         None => tokio::task::block_in_place(|| self.commit(dest))?,
                         Some(h) => {
@@ -917,7 +933,7 @@ impl Receiver {
                     };
                     ch.send(&Msg::Committed {
                         path: path.display().to_string(),
-                        sync_seconds,
+                        sync_seconds: sync_seconds + waited,
                         exchange_seconds,
                     })
                     .await?;

@@ -43,7 +43,8 @@ use super::scan::{
 use crate::probe::bpf::InodeKey;
 use crate::probe::{DirtyTracker, Tracked};
 use crate::transport::{
-    open, read_piece, write_piece, write_pieces_end, Channel, Peer, PeerInfo, Piece, Services,
+    encode_piece, open, read_piece, write_piece, write_pieces_end, Channel, Peer, PeerInfo, Piece,
+    Services,
 };
 
 /// Name of the state service.
@@ -409,7 +410,7 @@ impl StateSender {
             .unwrap_or((0, 0));
         // The reading side: a blocking thread that owns the scan for the round and hands over
         // compressed pieces through a bounded queue.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(PIPELINE_PIECES);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Piece>>(PIPELINE_PIECES);
         let mut scan = self.scan.take_for_round();
         let level = self.level;
         #[cfg(test)]
@@ -433,6 +434,8 @@ impl StateSender {
             let mut z = level.and_then(|l| zstd::bulk::Compressor::new(l).ok());
             let mut corrupt = corrupt;
             let pages = probe.map(|p| p.pages);
+            // Pieces go to the sending side in batches of about BATCH_BYTES.
+            let (mut batch, mut batch_bytes) = (Vec::new(), 0usize);
             let result = scan.stream_changed(&listing, pages.as_ref(), &mut |run| {
                 let mut data = run.data;
                 if corrupt && !data.is_empty() {
@@ -441,11 +444,20 @@ impl StateSender {
                     data[0] ^= 0xff;
                 }
                 let piece = Piece::pack(run.file, run.offset, data, z.as_mut());
+                batch_bytes += piece.payload.len();
+                batch.push(piece);
+                if batch_bytes < BATCH_BYTES {
+                    return true;
+                }
+                batch_bytes = 0;
                 let w = Instant::now();
-                let sent = tx.blocking_send(piece).is_ok();
+                let sent = tx.blocking_send(std::mem::take(&mut batch)).is_ok();
                 waited += w.elapsed();
                 sent
             });
+            if !batch.is_empty() {
+                let _ = tx.blocking_send(batch);
+            }
             if kick {
                 for f in listing.iter().filter(|f| f.size.is_some()) {
                     if let Ok(file) = File::open(scan.root().join(&f.rel)) {
@@ -457,10 +469,27 @@ impl StateSender {
         });
         let mut wire_bytes = 0u64;
         let mut sending: Result<(), MigrateError> = Ok(());
-        while let Some(piece) = rx.recv().await {
-            wire_bytes += piece.wire_len();
-            if let Err(e) = write_piece(&mut self.ch.send, &piece).await {
-                sending = Err(e.into());
+        // Small pieces (scattered dirty pages) go out in one stream write per batch; a large
+        // one on its own.
+        let mut encoded: Vec<u8> = Vec::with_capacity(2 * BATCH_BYTES);
+        'batches: while let Some(batch) = rx.recv().await {
+            for piece in batch {
+                wire_bytes += piece.wire_len();
+                if piece.payload.len() <= SMALL_PIECE {
+                    encode_piece(&piece, &mut encoded);
+                    continue;
+                }
+                if let Err(e) = self.send_encoded(&mut encoded).await {
+                    sending = Err(e);
+                    break 'batches;
+                }
+                if let Err(e) = write_piece(&mut self.ch.send, &piece).await {
+                    sending = Err(e.into());
+                    break 'batches;
+                }
+            }
+            if let Err(e) = self.send_encoded(&mut encoded).await {
+                sending = Err(e);
                 break;
             }
         }
@@ -499,6 +528,16 @@ impl StateSender {
             read_seconds: read_time.as_secs_f64(),
             send_seconds: t.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Writes the encoded small pieces collected so far, if any, and empties `encoded`.
+    async fn send_encoded(&mut self, encoded: &mut Vec<u8>) -> Result<(), MigrateError> {
+        if encoded.is_empty() {
+            return Ok(());
+        }
+        let r = self.ch.send.write_all(encoded).await;
+        encoded.clear();
+        r.map_err(|e| crate::transport::TransportError::connection(e).into())
     }
 
     /// Compares the hash of every file here with the peer's staging copy. Run it after the
@@ -1065,6 +1104,8 @@ impl Receiver {
                         file,
                         size,
                         digests,
+                        unsynced: None,
+                        unsynced_bytes: 0,
                     })
                 }
                 None => None,
@@ -1077,14 +1118,25 @@ impl Receiver {
             (targets, result)
         });
         let mut reading: Result<(), MigrateError> = Ok(());
+        // Buffered: small pieces come in batches, and a read on a QUIC stream has a fixed cost.
+        // The sender sends nothing after the end marker until it has the round's answer, so
+        // the buffer holds nothing beyond it (checked).
+        let mut stream = tokio::io::BufReader::with_capacity(BATCH_BYTES, &mut ch.recv);
         loop {
-            match read_piece(&mut ch.recv).await {
+            match read_piece(&mut stream).await {
                 Ok(Some(piece)) => {
                     if tx.send(piece).await.is_err() {
                         break; // the writer failed: its error says why
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    if !stream.buffer().is_empty() {
+                        reading = Err(MigrateError::Peer(
+                            "data after the end of a round's pieces".into(),
+                        ));
+                    }
+                    break;
+                }
                 Err(e) => {
                     reading = Err(e.into());
                     break;
@@ -1213,8 +1265,16 @@ pub(crate) fn swap_into_place(staging: &Path, dest: &Path) -> Result<(), Migrate
     Ok(())
 }
 
-/// Pieces queued between reading and writing (at most 1 MiB each) on either side.
+/// Batches of pieces (sending side) or pieces (receiving side) queued between reading and
+/// writing: at most about 1 MiB each.
 const PIPELINE_PIECES: usize = 16;
+/// The sending side hands pieces over in batches of about this many bytes ...
+const BATCH_BYTES: usize = 256 << 10;
+/// ... and writes the pieces up to this size in one stream write per batch (larger ones on
+/// their own, without a copy).
+const SMALL_PIECE: usize = 64 << 10;
+/// The receiving side starts a file's write-back each time this many bytes were written to it.
+const WRITEBACK_BATCH: u64 = 1 << 20;
 
 /// A regular file of a round's listing, on the receiving side.
 struct Target {
@@ -1223,11 +1283,25 @@ struct Target {
     size: u64,
     /// Its block digests as written here.
     digests: Vec<BlockDigest>,
+    /// Written since its write-back was last started: the span and the bytes in it.
+    unsynced: Option<(u64, u64)>,
+    unsynced_bytes: u64,
+}
+
+impl Target {
+    /// Starts the write-back of what was written since the last call.
+    fn kick(&mut self) {
+        if let Some((from, to)) = self.unsynced.take() {
+            start_writeback(&self.file, from, to - from);
+        }
+        self.unsynced_bytes = 0;
+    }
 }
 
 /// The receiving side's writing thread: each piece is checked against the listing (whole
 /// blocks from a block boundary, the last cut at the listed size), decompressed, written at
-/// its offset and digested block by block. Its write-back to disk starts at once, so the disk
+/// its offset and digested block by block. Its write-back to disk starts soon (every
+/// [`WRITEBACK_BATCH`] bytes of a file, and at the end of the round), so the disk
 /// works while the network does and the commit's fsync (with the source frozen) finds little
 /// left to write; no round waits for the disk (only the commit must be durable).
 fn write_all_pieces(
@@ -1259,12 +1333,25 @@ fn write_all_pieces(
         t.file
             .write_all_at(data, at)
             .map_err(|e| MigrateError::io(&staging.join(&t.rel), e))?;
-        start_writeback(&t.file, at, len);
+        // The write-back starts once a file has a writeback batch's worth written since the
+        // last start (one call for a span of scattered pages, not one per page), and for the
+        // rest at the end of the round.
+        t.unsynced = Some(match t.unsynced {
+            Some((from, to)) => (from.min(at), to.max(at + len)),
+            None => (at, at + len),
+        });
+        t.unsynced_bytes += len;
+        if t.unsynced_bytes >= WRITEBACK_BATCH {
+            t.kick();
+        }
         let first = (at / BLOCK) as usize;
         for (i, block) in data.chunks(BLOCK as usize).enumerate() {
             t.digests[first + i] = block_digest(block);
         }
         written += len;
+    }
+    for t in targets.iter_mut().flatten() {
+        t.kick();
     }
     Ok(written)
 }

@@ -53,6 +53,7 @@ pub use path::{measure, PathMeasurement, MAX_PROBE_BYTES};
 pub use service::{open, PeerInfo, Services};
 pub use tls::{Identity, Principal, ALPN};
 pub use wire::{
-    drain_bulk, read_bulk, read_bulk_with, read_msg, read_piece, write_blocks, write_bulk,
-    write_msg, write_piece, write_pieces_end, BulkStats, Piece, MAX_BLOCK, WIRE_VERSION,
+    drain_bulk, encode_piece, read_bulk, read_bulk_with, read_msg, read_piece, write_blocks,
+    write_bulk, write_msg, write_piece, write_pieces_end, BulkStats, Piece, MAX_BLOCK,
+    WIRE_VERSION,
 };

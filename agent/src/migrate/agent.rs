@@ -736,6 +736,47 @@ pub struct MigrationStats {
     pub refused: u64,
     /// The last one.
     pub last: Option<MigrationReport>,
+    /// What the last few committed moves showed of the model's own figures, oldest first.
+    pub learned: std::collections::VecDeque<Observed>,
+}
+
+/// What the pre-copy model takes from one committed move from this node: the next moves use
+/// the medians over the last [`LEARN_FROM`].
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Observed {
+    /// The cut-over's cost outside the frozen round's copy, seconds.
+    pub cutover_s: f64,
+    /// The fixed cost of a round after round 0 (the RTT in it), seconds.
+    pub round_overhead_s: Option<f64>,
+    /// The rate of the rounds after round 0, bytes per second.
+    pub round_bytes_per_s: Option<f64>,
+    /// The share of round 0's dirtied pages that round 1 sent.
+    pub scan_share: Option<f64>,
+}
+
+/// Committed moves the model learns from.
+const LEARN_FROM: usize = 5;
+
+impl Observed {
+    fn of(t: &DriveReport) -> Observed {
+        Observed {
+            cutover_s: (t.frozen_seconds - t.cutover.final_round_s).clamp(0.0, 1.0),
+            round_overhead_s: t.round_fit.map(|f| f.overhead_s),
+            round_bytes_per_s: t.round_fit.map(|f| f.bytes_per_s),
+            scan_share: t.scan_share,
+        }
+    }
+}
+
+/// The median of the values present, if any.
+fn median(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let mut v: Vec<f64> = values.flatten().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }
 
 /// Runs migrations from this node.
@@ -892,6 +933,12 @@ impl Migrator {
             let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
             if result.is_ok() {
                 st.committed += 1;
+                if let Some(t) = &report.transfer {
+                    st.learned.push_back(Observed::of(t));
+                    while st.learned.len() > LEARN_FROM {
+                        st.learned.pop_front();
+                    }
+                }
             } else {
                 st.failed += 1;
             }
@@ -1026,7 +1073,7 @@ impl Migrator {
         // is paid.
         let target_s = req.downtime_target.as_secs_f64();
         report.cutover_estimate_s = self.expected_cutover_s();
-        report.round_overhead_estimate_s = self.expected_round_overhead_s();
+        report.round_overhead_estimate_s = self.expected_round_overhead_s(report.rtt_ms / 1e3);
         report.frozen_round_target_s =
             (target_s - report.cutover_estimate_s).max(target_s * MIN_FROZEN_SHARE);
         let input = PrecopyInput {
@@ -1043,6 +1090,7 @@ impl Migrator {
             downtime_target_s: report.frozen_round_target_s,
             max_rounds: 10,
             scan_share: self.expected_scan_share(),
+            round_bandwidth_bytes_per_s: self.expected_round_bandwidth(),
         };
         let mut entry = SourceEntry {
             migration: id.to_string(),
@@ -1275,48 +1323,33 @@ impl Migrator {
         .unwrap_or(0.0)
     }
 
-    /// The cut-over's cost outside the frozen round's copy: what the last committed migration
-    /// from this node spent frozen beyond its frozen round, or [`DEFAULT_CUTOVER_S`].
+    /// The cut-over's cost outside the frozen round's copy: the median over the last committed
+    /// migrations from this node of what they spent frozen beyond their frozen round, or
+    /// [`DEFAULT_CUTOVER_S`].
     fn expected_cutover_s(&self) -> f64 {
-        self.stats()
-            .last
-            .filter(|r| r.result == "committed")
-            .and_then(|r| r.transfer)
-            .map(|t| (t.frozen_seconds - t.cutover.final_round_s).clamp(0.0, 1.0))
-            .unwrap_or(DEFAULT_CUTOVER_S)
+        median(self.stats().learned.iter().map(|o| Some(o.cutover_s))).unwrap_or(DEFAULT_CUTOVER_S)
     }
 
-    /// A round's own cost beyond moving its bytes: the median of what the live rounds after
-    /// round 0 of the last committed migration from this node measured (less the path's RTT
-    /// then), or [`DEFAULT_ROUND_OVERHEAD_S`]. Round 0's includes the first write-back of the
-    /// whole state, which no later round has.
-    fn expected_round_overhead_s(&self) -> f64 {
-        self.stats()
-            .last
-            .filter(|r| r.result == "committed")
-            .and_then(|r| {
-                let mut later: Vec<f64> = r
-                    .transfer?
-                    .round_overheads_s
-                    .iter()
-                    .skip(1)
-                    .copied()
-                    .collect();
-                later.sort_by(f64::total_cmp);
-                let median = *later.get(later.len() / 2)?;
-                Some((median - r.rtt_ms / 1e3).clamp(0.0, 1.0))
-            })
+    /// A round's own cost beyond moving its bytes (less the path's RTT now, which the model
+    /// adds): the median of the last committed migrations' fits of their rounds after round 0
+    /// (round 0's includes the first write-back of the whole state), or
+    /// [`DEFAULT_ROUND_OVERHEAD_S`].
+    fn expected_round_overhead_s(&self, rtt_s: f64) -> f64 {
+        median(self.stats().learned.iter().map(|o| o.round_overhead_s))
+            .map(|o| (o - rtt_s).clamp(0.0, 1.0))
             .unwrap_or(DEFAULT_ROUND_OVERHEAD_S)
     }
 
-    /// The model's `s` (the share of round 0's dirtied pages that round 1 sends): as the last
-    /// committed migration from this node measured it, or the uniform-writes value.
+    /// The rate of the rounds after round 0 (scattered pages): the median of the last committed
+    /// migrations' fits, or 0 (the model then takes the path's).
+    fn expected_round_bandwidth(&self) -> f64 {
+        median(self.stats().learned.iter().map(|o| o.round_bytes_per_s)).unwrap_or(0.0)
+    }
+
+    /// The model's `s` (the share of round 0's dirtied pages that round 1 sends): the median of
+    /// what the last committed migrations measured, or the uniform-writes value.
     fn expected_scan_share(&self) -> f64 {
-        self.stats()
-            .last
-            .filter(|r| r.result == "committed")
-            .and_then(|r| r.transfer?.scan_share)
-            .filter(|s| s.is_finite())
+        median(self.stats().learned.iter().map(|o| o.scan_share))
             .map(|s| s.clamp(0.05, 1.0))
             .unwrap_or(crate::policy::UNIFORM_SCAN_SHARE)
     }

@@ -83,20 +83,31 @@ pub struct DriveReport {
     /// (`None` while unknown): measured as the bytes dirtied between two rounds' starts over
     /// that time, the probe's distinct dirty pages or the changed blocks, whichever is more.
     pub dirty_rates: Vec<Option<f64>>,
-    /// The bandwidth the termination check used after each live round, bytes per second: what
-    /// the round got through (the same bytes as the dirty rate) over its time, at most the
-    /// path's after compression (`None`: the path's, nothing measured).
+    /// The rate `B_r` the termination check used after each live round, bytes per second: the
+    /// fit of this move's rounds after round 0 once there are two, else the model's input.
     pub round_bandwidths: Vec<Option<f64>>,
-    /// The latency term the termination check used after each live round, seconds: the
-    /// round's time beyond moving what it processed at the path's bandwidth (listing, the
-    /// probe's flush, write-back, round trips; measured, so the RTT is in it).
+    /// The latency term the termination check used after each live round, seconds: the same
+    /// fit's fixed cost per round (listing, the probe's flush, write-back, round trips), else
+    /// the model's input.
     pub round_overheads_s: Vec<f64>,
+    /// The last fit of the live rounds after round 0: `t = overhead + bytes/rate`. What the
+    /// next moves from this node take as their model's `B_r` and latency term.
+    pub round_fit: Option<RoundFit>,
     /// Where the frozen time went, phase by phase.
     pub cutover: Cutover,
     /// The model's `s` as this move measured it: of the pages dirtied while round 0 ran, the
     /// share round 1 sent (the others changed before round 0 read them). `None` without the
     /// probe's tracking or a round 1.
     pub scan_share: Option<f64>,
+}
+
+/// A line `t = overhead_s + bytes/bytes_per_s` fitted on rounds' sizes and times.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RoundFit {
+    /// Seconds per round whatever its size.
+    pub overhead_s: f64,
+    /// Bytes per second.
+    pub bytes_per_s: f64,
 }
 
 /// The cut-over phase by phase, seconds: where the service's unavailability goes. The driver
@@ -189,6 +200,7 @@ pub async fn drive<S: Source + Send>(
         dirty_rates: Vec::new(),
         round_bandwidths: Vec::new(),
         round_overheads_s: Vec::new(),
+        round_fit: None,
         cutover: Cutover::default(),
         scan_share: None,
     };
@@ -234,26 +246,32 @@ pub async fn drive<S: Source + Send>(
                         rate = Some(dirtied / began.duration_since(b).as_secs_f64().max(1e-3));
                     }
                     report.dirty_rates.push(rate);
-                    // What the next round would copy: what is dirtied while the last one ran.
-                    // With no rate yet (round 0 and no probe figure) another round measures it.
-                    // The rate the rounds get through what was dirtied (read, compared, sent and
-                    // written), in the units of the dirty rate: the bandwidth the check takes
-                    // once measured, never above the path's after compression.
-                    let processed = (p.dirty_pages * BLOCK).max(p.bytes) as f64;
-                    let measured = (p.seconds > 0.0 && processed > 0.0)
-                        .then(|| (processed / p.seconds).min(input.bandwidth_bytes_per_s));
-                    report.round_bandwidths.push(measured);
-                    // The model's round is `V/B + RTT`; a real round also lists the state,
-                    // flushes the probe, writes back and waits for the receiver, a cost that
-                    // does not shrink with the round. Its latency term is therefore what the
-                    // round took beyond moving its bytes at the path's rate (round trips in it),
-                    // and the bandwidth stays the path's, as in the estimate.
-                    let overhead = (p.seconds - processed / input.bandwidth_bytes_per_s).max(0.0);
-                    report.round_overheads_s.push(overhead);
-                    let now = PrecopyInput {
-                        rtt_s: overhead,
-                        ..input
+                    // The rounds after round 0 take `V/B_r + o`: fitted on this move's own
+                    // rounds once there are two, else as the model was given (the last moves'
+                    // figures, or the path's rate and RTT). What the next round would copy is
+                    // what was dirtied while the last one ran.
+                    let points: Vec<(f64, f64)> = report.rounds[1..]
+                        .iter()
+                        .map(|r| (r.bytes as f64, r.seconds))
+                        .collect();
+                    let now = match precopy::fit_rounds(&points) {
+                        Some((o, br)) => {
+                            report.round_fit = Some(RoundFit {
+                                overhead_s: o,
+                                bytes_per_s: br,
+                            });
+                            PrecopyInput {
+                                rtt_s: o,
+                                round_bandwidth_bytes_per_s: br,
+                                ..input
+                            }
+                        }
+                        None => input,
                     };
+                    report
+                        .round_bandwidths
+                        .push(Some(precopy::round_bandwidth(&now)));
+                    report.round_overheads_s.push(now.rtt_s);
                     if let Some(rate) = rate {
                         // After round 0, what it sent in its new state is not sent again.
                         let share = if p.round == 0 {

@@ -403,6 +403,7 @@ fn input(state: f64, dirty: f64) -> crate::policy::PrecopyInput {
         downtime_target_s: 0.05,
         max_rounds: 8,
         scan_share: 1.0,
+        round_bandwidth_bytes_per_s: 0.0,
     }
 }
 

@@ -140,6 +140,7 @@ mod tests {
             downtime_target_s: 0.5,
             max_rounds: 30,
             scan_share: 1.0,
+            round_bandwidth_bytes_per_s: 0.0,
         });
         let small = estimate(PrecopyInput {
             state_bytes: 1e6,

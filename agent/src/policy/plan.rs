@@ -375,6 +375,7 @@ pub fn plan(view: &ClusterView, cfg: &PolicyConfig, now: u64) -> Plan {
                 downtime_target_s: cfg.downtime_target_s,
                 max_rounds: cfg.max_rounds,
                 scan_share: super::precopy::UNIFORM_SCAN_SHARE,
+                round_bandwidth_bytes_per_s: 0.0,
             };
             let switch = decide_mode(
                 class_label(&target.switch_latencies_s, cfg),

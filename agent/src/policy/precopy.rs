@@ -24,6 +24,13 @@
 //! `V_i = V* + (V_1 - V*) q^(i-1)` and the live rounds are `n = 1 + ceil( ln((B*(T_down - RTT)
 //! - V*) / (V_1 - V*)) / ln q )` (`n = 1` when `V_1` fits).
 //!
+//! **Rounds after round 0 move scattered pages.** Round 0 streams the state in order at the
+//! path's `B`; a later round sends pages spread over it (one piece per run of dirty pages, one
+//! write each on both sides), which goes slower. Those rounds take `t_i = V_i/B_r + RTT` with
+//! their own rate `B_r <= B` (measured; `B` until then): `q = D/B_r`, `V* = D*RTT/(1-q)` and the
+//! frozen round's budget `B_r*(T_down - RTT)`; round 0 keeps `t_0 = V0/B + RTT`, and so does a
+//! stop-and-copy.
+//!
 //! Where the probe measured a writable-working-set curve (distinct bytes dirtied against window
 //! length), [`estimate_with_curve`] iterates `V_{i+1} = W(t_i)` instead of the constant rate, and
 //! the estimate says which model it used.
@@ -49,6 +56,50 @@ pub struct PrecopyInput {
     /// (the rest was dirtied before round 0's read reached it). In `(0, 1]`; 1 without overlap.
     #[serde(default = "no_overlap")]
     pub scan_share: f64,
+    /// `B_r`: the rate of the rounds after round 0, bytes per second (0 or invalid: `B`).
+    #[serde(default)]
+    pub round_bandwidth_bytes_per_s: f64,
+}
+
+/// `B_r`, made valid: the rounds' own rate when it is positive and at most `B`, else `B`.
+pub fn round_bandwidth(input: &PrecopyInput) -> f64 {
+    let b = input.bandwidth_bytes_per_s;
+    let r = input.round_bandwidth_bytes_per_s;
+    if r.is_finite() && r > 0.0 && r < b {
+        r
+    } else {
+        b
+    }
+}
+
+/// The least-squares line `t = o + V/B_r` through rounds' `(bytes, seconds)`: `(o, B_r)`.
+/// `None` with fewer than two rounds of different sizes or no positive rate; `o` is at least 0
+/// (the line through the origin when the fit's `o` would be negative).
+pub fn fit_rounds(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let pts: Vec<(f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|(v, t)| v.is_finite() && t.is_finite() && *v >= 0.0 && *t >= 0.0)
+        .collect();
+    if pts.len() < 2 {
+        return None;
+    }
+    let n = pts.len() as f64;
+    let (mv, mt) = (
+        pts.iter().map(|p| p.0).sum::<f64>() / n,
+        pts.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxx: f64 = pts.iter().map(|p| (p.0 - mv).powi(2)).sum();
+    let sxy: f64 = pts.iter().map(|p| (p.0 - mv) * (p.1 - mt)).sum();
+    if sxx <= 0.0 {
+        return None;
+    }
+    let (mut o, mut k) = (mt - mv * sxy / sxx, sxy / sxx);
+    if o < 0.0 {
+        let vv: f64 = pts.iter().map(|p| p.0 * p.0).sum();
+        (o, k) = (0.0, pts.iter().map(|p| p.0 * p.1).sum::<f64>() / vv);
+    }
+    (k > 0.0 && k.is_finite()).then(|| (o, 1.0 / k))
 }
 
 /// `s` under writes spread uniformly over the state: on average over the file, a write during
@@ -162,9 +213,9 @@ pub fn remaining_after(v0: f64, v_floor: f64, q: f64, round: u32) -> f64 {
     v_floor + (v0 - v_floor) * q.powi(round.min(i32::MAX as u32) as i32)
 }
 
-/// `B*(T_down - RTT)`.
+/// `B_r*(T_down - RTT)`.
 pub fn frozen_budget(input: &PrecopyInput) -> f64 {
-    input.bandwidth_bytes_per_s * (input.downtime_target_s - input.rtt_s)
+    round_bandwidth(input) * (input.downtime_target_s - input.rtt_s)
 }
 
 fn inputs_valid(i: &PrecopyInput) -> bool {
@@ -189,7 +240,7 @@ pub fn start_condition(input: &PrecopyInput) -> StartDecision {
     if input.state_bytes / b + input.rtt_s <= input.downtime_target_s {
         return StartDecision::StopAndCopy;
     }
-    match latency_floor(input.dirty_bytes_per_s, b, input.rtt_s) {
+    match latency_floor(input.dirty_bytes_per_s, round_bandwidth(input), input.rtt_s) {
         None => StartDecision::NotConverging,
         Some(v) if v >= frozen_budget(input) => StartDecision::FloorTooHigh,
         Some(_) => StartDecision::Iterate,
@@ -206,7 +257,7 @@ pub fn should_freeze(
     input: &PrecopyInput,
 ) -> Option<StopReason> {
     if input.bandwidth_bytes_per_s > 0.0
-        && remaining / input.bandwidth_bytes_per_s + input.rtt_s <= input.downtime_target_s
+        && remaining / round_bandwidth(input) + input.rtt_s <= input.downtime_target_s
     {
         Some(StopReason::FitsDowntime)
     } else if previous.is_some_and(|p| remaining >= p) {
@@ -273,8 +324,7 @@ pub fn estimate(input: PrecopyInput) -> PrecopyEstimate {
     if start != StartDecision::Iterate {
         return no_iteration(input, DirtyModel::ConstantRate, start);
     }
-    let b = input.bandwidth_bytes_per_s;
-    let q = input.dirty_bytes_per_s / b;
+    let q = input.dirty_bytes_per_s / round_bandwidth(&input);
     let v_floor = input.dirty_bytes_per_s * input.rtt_s / (1.0 - q);
     let budget = frozen_budget(&input);
     // Round 0 copies V0; from round 1 on the geometric series starts at V_1.
@@ -322,10 +372,10 @@ fn finish(
     vs: &[f64],
     stop: StopReason,
 ) -> PrecopyEstimate {
-    let b = input.bandwidth_bytes_per_s;
+    let (b, br) = (input.bandwidth_bytes_per_s, round_bandwidth(&input));
     let n = vs.len().saturating_sub(1);
     let frozen = vs[n];
-    let downtime = frozen / b + input.rtt_s;
+    let downtime = frozen / br + input.rtt_s;
     PrecopyEstimate {
         input,
         model,
@@ -339,7 +389,12 @@ fn finish(
         frozen_bytes: Some(frozen),
         predicted_downtime_s: Some(downtime),
         total_bytes: Some(vs.iter().sum()),
-        total_duration_s: Some(vs.iter().map(|v| v / b + input.rtt_s).sum()),
+        total_duration_s: Some(
+            vs.iter()
+                .enumerate()
+                .map(|(i, v)| v / if i == 0 { b } else { br } + input.rtt_s)
+                .sum(),
+        ),
         meets_target: downtime <= input.downtime_target_s,
     }
 }
@@ -400,7 +455,8 @@ pub fn estimate_with_curve(input: PrecopyInput, curve: &[[f64; 2]]) -> PrecopyEs
         if let Some(reason) = should_freeze(i as u32, vs[i], prev, &input) {
             break reason;
         }
-        let dirtied = working_set_bytes(curve, vs[i] / b + input.rtt_s);
+        let rate = if i == 0 { b } else { round_bandwidth(&input) };
+        let dirtied = working_set_bytes(curve, vs[i] / rate + input.rtt_s);
         vs.push(if i == 0 {
             scan_share(&input) * dirtied
         } else {
@@ -434,6 +490,7 @@ mod tests {
             downtime_target_s: t,
             max_rounds: 30,
             scan_share: 1.0,
+            round_bandwidth_bytes_per_s: 0.0,
         }
     }
 
@@ -540,6 +597,56 @@ mod tests {
             });
             assert_eq!(e.live_rounds, 2);
         }
+    }
+
+    #[test]
+    fn later_rounds_at_their_own_rate() {
+        // B = 100 MB/s for round 0, B_r = 50 MB/s after: q = 0.2, V* = 10 * 0.1 / 0.8 = 1.25 MB.
+        let inp = PrecopyInput {
+            round_bandwidth_bytes_per_s: 50.0 * MB,
+            ..input(1000.0 * MB, 10.0 * MB, 100.0 * MB, 0.1, 0.5)
+        };
+        assert_eq!(round_bandwidth(&inp), 50.0 * MB);
+        // V_1 = 10 * 10.1 = 101 MB (round 0 at B); V_2 = 10 * (101/50 + 0.1) = 21.2 MB;
+        // budget 50 * 0.4 = 20 MB < 21.2: V_3 = 10 * (0.424 + 0.1) = 5.24 MB.
+        let e = estimate(inp);
+        assert_eq!(e.live_rounds, 3);
+        assert!((e.frozen_bytes.unwrap() - 5.24 * MB).abs() < 1e-3 * MB);
+        assert!((e.predicted_downtime_s.unwrap() - (5.24 / 50.0 + 0.1)).abs() < 1e-6);
+        assert!((e.frozen_budget_bytes.unwrap() - 20.0 * MB).abs() < 1.0);
+        // Round 0 at B, the others at B_r.
+        let want = 10.1 + (101.0 / 50.0 + 0.1) + (21.2 / 50.0 + 0.1) + (5.24 / 50.0 + 0.1);
+        assert!((e.total_duration_s.unwrap() - want).abs() < 1e-3);
+        // A B_r above B, or none, is B.
+        for r in [0.0, -1.0, 200.0 * MB, f64::NAN] {
+            let i = PrecopyInput {
+                round_bandwidth_bytes_per_s: r,
+                ..inp
+            };
+            assert_eq!(round_bandwidth(&i), 100.0 * MB);
+        }
+    }
+
+    #[test]
+    fn rounds_fit_a_line() {
+        // t = 0.02 + V / 80 MB/s exactly.
+        let pts: Vec<(f64, f64)> = [100.0, 20.0, 4.0, 1.0]
+            .iter()
+            .map(|v| (v * MB, 0.02 + v / 80.0))
+            .collect();
+        let (o, b) = fit_rounds(&pts).unwrap();
+        assert!(
+            (o - 0.02).abs() < 1e-9 && (b - 80.0 * MB).abs() < 1.0,
+            "{o} {b}"
+        );
+        // A negative intercept: the line through the origin.
+        let (o, b) = fit_rounds(&[(10.0 * MB, 0.05), (20.0 * MB, 0.2)]).unwrap();
+        assert_eq!(o, 0.0);
+        assert!(b > 0.0);
+        // Too few points, or all the same size, or times falling with size: no fit.
+        assert_eq!(fit_rounds(&[(1.0, 1.0)]), None);
+        assert_eq!(fit_rounds(&[(1.0, 1.0), (1.0, 2.0)]), None);
+        assert_eq!(fit_rounds(&[(1.0, 2.0), (2.0, 1.0)]), None);
     }
 
     #[test]

@@ -840,7 +840,9 @@ impl Source for ManagedSource<'_> {
         self.record(SourcePhase::Committed)
     }
     async fn freeze(&mut self) -> Result<(), String> {
-        self.record(SourcePhase::Frozen)?;
+        // Not journalled first (an fsync on the downtime): a restart after a crash treats a
+        // migration still `Copying` as one that may have frozen the service, and kills and
+        // restarts it from its own state (`recover_sources`), exactly as for `Frozen`.
         self.manager
             .freeze(&self.name)
             .await

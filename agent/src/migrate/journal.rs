@@ -25,9 +25,10 @@ use super::error::MigrateError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourcePhase {
-    /// Live rounds: the service runs here.
+    /// Live rounds, or the last one with the service frozen (not journalled apart: a restart
+    /// treats both the same).
     Copying,
-    /// The service is frozen or stopped for the last round.
+    /// The service is stopped for the last round (intermittent mode).
     Frozen,
     /// The target confirmed its commit and the decision is made: the service is the target's.
     Committed,

@@ -171,9 +171,21 @@ pub struct Endpoint {
     counters: Arc<Counters>,
 }
 
-/// The QUIC transport settings of every endpoint: keep-alives and the idle timeout.
+/// Flow-control window of one stream, bytes: a state round is one stream, and it must cover
+/// the path's bandwidth times its RTT *under load* (a shaped link's queue adds tens of
+/// milliseconds: 1 Gbit/s x 20 ms is 2.5 MB, above quinn's default of 1.25 MB, which then
+/// caps a round below the link's rate).
+const STREAM_WINDOW: u32 = 8 << 20;
+/// Flow-control window of a connection (all its streams), and what a sender may buffer.
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// The QUIC transport settings of every endpoint: keep-alives, the idle timeout, and
+/// flow-control windows sized for bulk state.
 fn transport_config() -> Result<Arc<quinn::TransportConfig>, TransportError> {
     let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(STREAM_WINDOW.into());
+    transport.receive_window(CONNECTION_WINDOW.into());
+    transport.send_window(u64::from(CONNECTION_WINDOW));
     transport.keep_alive_interval(Some(KEEP_ALIVE));
     transport.max_idle_timeout(Some(
         IDLE_TIMEOUT

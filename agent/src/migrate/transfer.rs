@@ -839,6 +839,8 @@ impl Receiver {
         let _ = std::fs::remove_dir_all(&self.staging);
         std::fs::create_dir_all(&self.staging).map_err(|e| MigrateError::io(&self.staging, e))?;
         let mut listed: Vec<FileMeta> = Vec::new();
+        // The tree of what was written, as of the last round.
+        let mut our_tree: Option<Vec<(String, String)>> = None;
         let mut committed: Option<PathBuf> = None;
         loop {
             let msg = ch.recv::<Msg>().await;
@@ -887,6 +889,9 @@ impl Receiver {
                     let bytes = self.write_pieces(ch, &files).await?;
                     listed = files;
                     ch.send(&Msg::RoundDone { round, bytes }).await?;
+                    // This copy's hash tree, while the sender decides whether the round was
+                    // the last: a hash check right after it then waits only for the sender's.
+                    our_tree = Some(self.tree(&listed));
                 }
                 Some(Msg::Verify {
                     tree,
@@ -908,7 +913,10 @@ impl Receiver {
                             .await
                             .map_err(|e| MigrateError::BadState(e.to_string()))??
                     } else {
-                        self.tree(&listed)
+                        match our_tree.take() {
+                            Some(t) => t,
+                            None => self.tree(&listed),
+                        }
                     };
                     let root = tree_root(&ours);
                     let ours: BTreeMap<String, String> = ours.into_iter().collect();

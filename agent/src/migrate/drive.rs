@@ -17,6 +17,9 @@ use super::scan::BLOCK;
 use super::transfer::{RoundStats, StateSender, Verified};
 use crate::policy::{self as precopy, PrecopyEstimate, PrecopyInput, StartDecision, StopReason};
 
+/// How often a live round reports its progress while it runs.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How a service is switched over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -150,6 +153,28 @@ pub struct Cutover {
 }
 
 impl DriveReport {
+    /// A report with nothing done yet.
+    pub fn new(estimate: PrecopyEstimate, mode: Mode) -> DriveReport {
+        DriveReport {
+            estimate,
+            mode,
+            rounds: Vec::new(),
+            stop: None,
+            frozen_seconds: 0.0,
+            bytes: 0,
+            wire_bytes: 0,
+            verified_files: 0,
+            committed_path: None,
+            total_seconds: 0.0,
+            dirty_rates: Vec::new(),
+            round_bandwidths: Vec::new(),
+            round_overheads_s: Vec::new(),
+            round_fit: None,
+            cutover: Cutover::default(),
+            scan_share: None,
+        }
+    }
+
     fn verify(&mut self, v: Verified, began: Instant) {
         self.verified_files = v.files;
         self.cutover.verify_s = began.elapsed().as_secs_f64();
@@ -186,24 +211,7 @@ pub async fn drive<S: Source + Send>(
         predicted_downtime_s = ?estimate.predicted_downtime_s,
         "state migration starts"
     );
-    let mut report = DriveReport {
-        estimate,
-        mode,
-        rounds: Vec::new(),
-        stop: None,
-        frozen_seconds: 0.0,
-        bytes: 0,
-        wire_bytes: 0,
-        verified_files: 0,
-        committed_path: None,
-        total_seconds: 0.0,
-        dirty_rates: Vec::new(),
-        round_bandwidths: Vec::new(),
-        round_overheads_s: Vec::new(),
-        round_fit: None,
-        cutover: Cutover::default(),
-        scan_share: None,
-    };
+    let mut report = DriveReport::new(estimate, mode);
     macro_rules! fail {
         ($err:expr, $resume:expr) => {{
             let err: MigrateError = $err;
@@ -293,7 +301,31 @@ pub async fn drive<S: Source + Send>(
                 }
                 source.progress(Progress::of(&report, Phase::Round));
                 let began = Instant::now();
-                match sender.round().await {
+                // Progress within the round too (round 0 of a large state takes a while).
+                let counters = sender.round_counters();
+                let result = {
+                    let running = sender.round();
+                    tokio::pin!(running);
+                    let mut tick = tokio::time::interval_at(
+                        tokio::time::Instant::now() + PROGRESS_EVERY,
+                        PROGRESS_EVERY,
+                    );
+                    loop {
+                        tokio::select! {
+                            r = &mut running => break r,
+                            _ = tick.tick() => {
+                                use std::sync::atomic::Ordering::Relaxed;
+                                source.progress(Progress::during(
+                                    &report,
+                                    counters.bytes.load(Relaxed),
+                                    counters.wire_bytes.load(Relaxed),
+                                    began.elapsed().as_secs_f64(),
+                                ));
+                            }
+                        }
+                    }
+                };
+                match result {
                     Ok(r) => {
                         previous = Some((r.clone(), began));
                         record(&mut report, r);

@@ -118,6 +118,28 @@ impl Progress {
         }
     }
 
+    /// An update during a live round, `seconds` after it started, with what it sent so far
+    /// (`bytes`, `wire_bytes`) added to the figures of the rounds before it; the time left
+    /// counts down from the round's start (round 0: the rest of its copy at the bandwidth, then
+    /// the model's later rounds).
+    pub fn during(report: &DriveReport, bytes: u64, wire_bytes: u64, seconds: f64) -> Progress {
+        let mut p = Progress::of(report, Phase::Round);
+        p.bytes += bytes;
+        p.wire_bytes += wire_bytes;
+        p.eta_seconds = match (report.rounds.is_empty(), p.bandwidth_bytes_per_second) {
+            (true, Some(b)) => {
+                let e = &report.estimate;
+                let left = (e.input.state_bytes - bytes as f64).max(0.0) / b;
+                let later = e
+                    .total_duration_s
+                    .map(|t| t - e.input.state_bytes / b - e.input.rtt_s);
+                Some(left + later.unwrap_or(0.0).max(0.0))
+            }
+            _ => p.eta_seconds.map(|t| (t - seconds).max(0.0)),
+        };
+        p
+    }
+
     /// One line for a terminal.
     pub fn line(&self) -> String {
         let mb = |b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.1}", b / 1e6));
@@ -201,6 +223,33 @@ mod tests {
         );
         assert_eq!(eta_live(None, Some(100e6), 2.0), None);
         assert_eq!(eta_live(Some(0.0), Some(100e6), 2.0), Some(0.0));
+    }
+
+    #[test]
+    fn during_a_round_the_bytes_grow_and_the_time_left_falls() {
+        use crate::policy::{estimate, PrecopyInput};
+        let input = PrecopyInput {
+            state_bytes: 1e9,
+            dirty_bytes_per_s: 1e7,
+            bandwidth_bytes_per_s: 1e8,
+            rtt_s: 0.0,
+            downtime_target_s: 0.1,
+            max_rounds: 10,
+            scan_share: 1.0,
+            round_bandwidth_bytes_per_s: 0.0,
+        };
+        let report = DriveReport::new(estimate(input), super::super::drive::Mode::Transitional);
+        // Round 0, 400 MB of 1000 sent: 6 s of it left, plus the later rounds' 1.11 s.
+        let p = Progress::during(&report, 400_000_000, 410_000_000, 4.0);
+        assert_eq!((p.phase, p.round, p.bytes), (Phase::Round, 0, 400_000_000));
+        assert_eq!(p.wire_bytes, 410_000_000);
+        let later = report.estimate.total_duration_s.unwrap() - 10.0;
+        assert!(
+            (p.eta_seconds.unwrap() - (6.0 + later)).abs() < 1e-9,
+            "{p:?}"
+        );
+        let q = Progress::during(&report, 900_000_000, 910_000_000, 9.0);
+        assert!(q.eta_seconds.unwrap() < p.eta_seconds.unwrap());
     }
 
     #[test]

@@ -127,8 +127,13 @@ async fn state_changing_during_rounds_arrives_identical_after_the_final_round() 
     let mut tx = StateSender::begin(&s.peer, "m1", "kv", scan, Some(1))
         .await
         .unwrap();
+    let counters = tx.round_counters();
     let r0 = tx.round().await.unwrap();
     assert!(r0.bytes >= 8 << 20, "{r0:?}");
+    // What progress within the round reads: at its end, the round's own figures.
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!(load(&counters.bytes), r0.bytes, "{r0:?}");
+    assert_eq!(load(&counters.wire_bytes) + 21, r0.wire_bytes, "{r0:?}");
     let mut rounds = vec![r0.clone()];
     for _ in 0..3 {
         rounds.push(tx.round().await.unwrap());

@@ -203,13 +203,29 @@ pub struct StateSender {
     full_verify: bool,
     /// Files to compare in full next round, whatever the probe says (after a repair request).
     recompare: BTreeSet<String>,
+    /// The current round's bytes and wire bytes sent so far, for progress within a round.
+    in_round: Arc<RoundCounters>,
     /// Test hook: in this many of the next rounds, flip a byte of the data after it was
     /// digested.
     #[cfg(test)]
     pub(crate) corrupt_rounds: u32,
 }
 
+/// What the round running now has sent so far (reset when a round starts).
+#[derive(Debug, Default)]
+pub struct RoundCounters {
+    /// Bytes of state.
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// On the wire.
+    pub wire_bytes: std::sync::atomic::AtomicU64,
+}
+
 impl StateSender {
+    /// The running round's figures, readable while [`StateSender::round`] runs.
+    pub fn round_counters(&self) -> Arc<RoundCounters> {
+        self.in_round.clone()
+    }
+
     /// Opens the transfer of `service`'s state (`scan`) to `peer`.
     pub async fn begin(
         peer: &Peer,
@@ -247,6 +263,7 @@ impl StateSender {
             frozen: false,
             full_verify: false,
             recompare: BTreeSet::new(),
+            in_round: Arc::default(),
             #[cfg(test)]
             corrupt_rounds: 0,
         })
@@ -472,9 +489,18 @@ impl StateSender {
         // Small pieces (scattered dirty pages) go out in one stream write per batch; a large
         // one on its own.
         let mut encoded: Vec<u8> = Vec::with_capacity(2 * BATCH_BYTES);
+        use std::sync::atomic::Ordering::Relaxed;
+        self.in_round.bytes.store(0, Relaxed);
+        self.in_round.wire_bytes.store(0, Relaxed);
         'batches: while let Some(batch) = rx.recv().await {
             for piece in batch {
                 wire_bytes += piece.wire_len();
+                self.in_round
+                    .wire_bytes
+                    .fetch_add(piece.wire_len(), Relaxed);
+                self.in_round
+                    .bytes
+                    .fetch_add(u64::from(piece.raw_len), Relaxed);
                 if piece.payload.len() <= SMALL_PIECE {
                     encode_piece(&piece, &mut encoded);
                     continue;

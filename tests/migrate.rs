@@ -764,6 +764,8 @@ struct WriterReport {
     acknowledged: u64,
     /// Failed attempts (connects, sends, reads, timeouts) and error replies.
     errors: u64,
+    /// Of which `-LOADING` replies: a redis reached before it finished reading its data.
+    loading: u64,
     last_error: Option<String>,
     /// The longest time without an acknowledgement, the time since the last one included.
     longest_gap: Duration,
@@ -815,6 +817,9 @@ fn redis_writer(
                     }
                     // Not acknowledged (LOADING while the target reads its AOF, say): again.
                     Ok(other) => {
+                        if matches!(&other, Reply::Error(e) if e.starts_with("LOADING")) {
+                            report.loading += 1;
+                        }
                         report.errors += 1;
                         report.last_error = Some(format!("{other:?}"));
                     }
@@ -855,7 +860,9 @@ fn redis_migrates_between_nodes_under_writes_and_loses_no_acknowledged_write() {
                         "--bind", "0.0.0.0", "--protected-mode", "no", "--dir", "{state}",
                         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
             "state": ["appendonlydir"],
-            "health": {"tcp": format!("127.0.0.1:{REDIS_PORT}"), "interval_ms": 100},
+            // Healthy once redis answers PING: a redis still loading its append-only file answers
+            // -LOADING, and the cut-over waits for it rather than sending clients there.
+            "health": {"tcp": format!("127.0.0.1:{REDIS_PORT}"), "send": "PING\r\n", "expect": "+PONG", "interval_ms": 100},
             "vip": vip.to_string(),
         })
     });
@@ -926,6 +933,8 @@ fn redis_migrates_between_nodes_under_writes_and_loses_no_acknowledged_write() {
     );
     let rounds = report["transfer"]["rounds"].as_array().map_or(0, Vec::len);
     assert!(rounds >= 2, "live rounds then the frozen one: {report}");
+    // The cut-over hands clients over only once redis answers PING, not while it loads.
+    assert_eq!(w.loading, 0, "clients reached a loading redis: {w:?}");
     // A generous bound: the cut-over is milliseconds to a few hundred of them.
     assert!(w.longest_gap < Duration::from_secs(10), "{w:?}");
     eprintln!(

@@ -105,7 +105,10 @@ pub async fn check(spec: &HealthSpec) -> bool {
     let timeout = Duration::from_millis(spec.timeout_ms);
     let run = async {
         if let Some(addr) = spec.tcp {
-            return tokio::net::TcpStream::connect(addr).await.is_ok();
+            let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                return false;
+            };
+            return tcp_answers(stream, spec.send.as_deref(), spec.expect.as_deref()).await;
         }
         if let Some(url) = &spec.http {
             return http_ok(url).await;
@@ -124,6 +127,24 @@ pub async fn check(spec: &HealthSpec) -> bool {
         false
     };
     tokio::time::timeout(timeout, run).await.unwrap_or(false)
+}
+
+/// Sends `send` (if any) on `stream`; with `expect`, true only when the reply starts with it.
+async fn tcp_answers(
+    mut stream: tokio::net::TcpStream,
+    send: Option<&str>,
+    expect: Option<&str>,
+) -> bool {
+    if let Some(send) = send {
+        if stream.write_all(send.as_bytes()).await.is_err() {
+            return false;
+        }
+    }
+    let Some(expect) = expect else {
+        return true;
+    };
+    let mut got = vec![0u8; expect.len()];
+    stream.read_exact(&mut got).await.is_ok() && got == expect.as_bytes()
 }
 
 /// `GET http://host:port/path` answers 2xx.
@@ -155,6 +176,8 @@ mod tests {
     fn spec(failures: u32, start_timeout_ms: u64, unhealthy_restart_ms: u64) -> HealthSpec {
         HealthSpec {
             tcp: None,
+            send: None,
+            expect: None,
             http: None,
             command: Some(vec!["true".into()]),
             interval_ms: 100,
@@ -237,6 +260,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let spec = |tcp, command| HealthSpec {
             tcp,
+            send: None,
+            expect: None,
             http: None,
             command,
             interval_ms: 100,
@@ -250,5 +275,47 @@ mod tests {
         assert!(!check(&spec(Some(addr), None)).await);
         assert!(check(&spec(None, Some(vec!["true".into()]))).await);
         assert!(!check(&spec(None, Some(vec!["false".into()]))).await);
+    }
+
+    /// A server that answers every line with `reply`.
+    async fn answering(reply: &'static str) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(reply.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_tcp_check_with_expect_passes_only_on_the_expected_reply() {
+        let spec = |addr, expect: &str| HealthSpec {
+            tcp: Some(addr),
+            send: Some("PING\r\n".into()),
+            expect: Some(expect.into()),
+            http: None,
+            command: None,
+            interval_ms: 100,
+            timeout_ms: 500,
+            failures: 1,
+            start_timeout_ms: 1000,
+            unhealthy_restart_ms: 0,
+        };
+        let ready = answering("+PONG\r\n").await;
+        let loading = answering("-LOADING Redis is loading the dataset in memory\r\n").await;
+        assert!(check(&spec(ready, "+PONG")).await);
+        assert!(!check(&spec(loading, "+PONG")).await);
+        // A server that never answers fails within the timeout.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        assert!(!check(&spec(silent.local_addr().unwrap(), "+PONG")).await);
     }
 }

@@ -40,9 +40,16 @@ impl Default for ServicesSection {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSpec {
-    /// Healthy when a TCP connection to this address opens.
+    /// Healthy when a TCP connection to this address opens (and, with `expect`, answers).
     #[serde(default)]
     pub tcp: Option<SocketAddr>,
+    /// With `tcp`: sent once the connection opens (e.g. `"PING\r\n"` for redis).
+    #[serde(default)]
+    pub send: Option<String>,
+    /// With `tcp`: healthy only when the reply starts with this (e.g. `"+PONG"`: a redis still
+    /// loading its data answers `-LOADING`, and is not healthy yet).
+    #[serde(default)]
+    pub expect: Option<String>,
     /// Healthy when `GET http://<this>` answers 2xx (`host:port/path`).
     #[serde(default)]
     pub http: Option<String>,
@@ -288,6 +295,12 @@ impl ServiceSpec {
                     "set exactly one of tcp, http or command".into(),
                 ));
             }
+            if h.tcp.is_none() && (h.send.is_some() || h.expect.is_some()) {
+                return Err(bad("health", "send and expect go with tcp".into()));
+            }
+            if h.expect.as_ref().is_some_and(String::is_empty) {
+                return Err(bad("health.expect", "must not be empty".into()));
+            }
             if h.command.as_ref().is_some_and(|c| c.is_empty()) {
                 return Err(bad("health.command", "must name a program".into()));
             }
@@ -365,6 +378,10 @@ mod tests {
             ("name = \"a\"\ncommand = [\"x\"]\nstate = [\"../b/data\"]", "state"),
             (
                 "name = \"a\"\ncommand = [\"x\"]\nhealth = { tcp = \"127.0.0.1:1\", command = [\"true\"] }",
+                "health",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\nhealth = { command = [\"true\"], expect = \"+OK\" }",
                 "health",
             ),
             ("name = \"a\"\ncommand = [\"x\"]\nvip = \"127.0.0.1\"", "vip"),

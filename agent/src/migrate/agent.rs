@@ -1153,6 +1153,7 @@ impl Migrator {
         .map_err(|e| fail(e.to_string()))?;
         if let Some(t) = &self.tracker {
             sender.track_with(t.clone());
+            sender.watch_direct_io(entry.cgroup.clone());
         }
         sender.full_verify(req.full_verify);
         let mut source = ManagedSource {

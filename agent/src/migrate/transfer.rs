@@ -24,7 +24,7 @@
 //! (file and offset), so nothing waits for a list of extents computed up front, and the state
 //! is read once per round.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -152,6 +152,11 @@ struct Tracking {
     by_key: HashMap<InodeKey, String>,
     /// Size and mtime of each file when it was last listed.
     last: HashMap<String, (u64, i64, i64)>,
+    /// The service's cgroup, whose processes are looked at for `O_DIRECT` descriptors.
+    cgroup: Option<PathBuf>,
+    /// Files the service had open with `O_DIRECT` at some round: the probe cannot see those
+    /// writes, so they are compared in full from then on.
+    direct: HashSet<InodeKey>,
 }
 
 /// What a round learned from the probe: the pages to read per trusted file.
@@ -279,7 +284,20 @@ impl StateSender {
             handles: Vec::new(),
             by_key: HashMap::new(),
             last: HashMap::new(),
+            cgroup: None,
+            direct: HashSet::new(),
         });
+    }
+
+    /// With tracking on: every round, the processes of `cgroup` (the service's) are looked at
+    /// for descriptors open with `O_DIRECT` on a state file. Such a file's writes bypass the
+    /// page cache, which is all the probe sees; it is compared in full every round from then
+    /// on. (The size-and-mtime test catches the rest, unless a file also got buffered writes
+    /// in the same round from a descriptor opened and closed between two rounds.)
+    pub fn watch_direct_io(&mut self, cgroup: PathBuf) {
+        if let Some(t) = self.tracking.as_mut() {
+            t.cgroup = Some(cgroup);
+        }
     }
 
     /// Makes [`StateSender::verify`] re-hash every file on both sides (the full check: it also
@@ -343,6 +361,15 @@ impl StateSender {
                 }
             }
         }
+        if let Some(cg) = &t.cgroup {
+            let found = direct_io_files(cg);
+            for key in found.difference(&t.direct) {
+                if let Some(rel) = t.by_key.get(key) {
+                    info!(file = %rel, "the service writes this state file with O_DIRECT: compared in full from now on");
+                }
+            }
+            t.direct.extend(found);
+        }
         let mut lost = false;
         let mut ranges: HashMap<InodeKey, Vec<(u64, u32)>> = HashMap::new();
         for h in &t.handles {
@@ -388,7 +415,8 @@ impl StateSender {
                 Some(&(s, ..)) if s < *size => (!pages.is_empty(), Some(s / BLOCK)),
                 _ => (false, None),
             };
-            if round > 0 && !lost && same_file && vouched {
+            let direct = t.direct.contains(key);
+            if round > 0 && !lost && same_file && vouched && !direct {
                 let mut pages = pages;
                 if let Some(from) = appended {
                     pages.extend(from..size.div_ceil(BLOCK));
@@ -1205,6 +1233,49 @@ impl Receiver {
     }
 }
 
+/// The files (as the probe keys them) that a process in `cgroup` or below has open with
+/// `O_DIRECT`, from `/proc/<pid>/fdinfo`. Best effort: a process or descriptor that goes away
+/// meanwhile is skipped.
+fn direct_io_files(cgroup: &Path) -> HashSet<InodeKey> {
+    let mut out = HashSet::new();
+    let mut dirs = vec![cgroup.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+            continue;
+        };
+        for pid in procs.lines().filter(|l| !l.is_empty()) {
+            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                let Ok(info) = std::fs::read_to_string(fd.path()) else {
+                    continue;
+                };
+                let direct = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("flags:"))
+                    .and_then(|f| u64::from_str_radix(f.trim(), 8).ok())
+                    .is_some_and(|f| f & libc::O_DIRECT as u64 != 0);
+                if direct {
+                    let link = Path::new("/proc").join(pid).join("fd").join(fd.file_name());
+                    if let Ok(key) = InodeKey::of_path(&link) {
+                        out.insert(key);
+                    }
+                }
+            }
+        }
+        if let Ok(children) = std::fs::read_dir(&dir) {
+            dirs.extend(
+                children
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
+}
+
 /// Starts writing `len` bytes at `at` of `file` (`len` 0: to its end) back to disk without
 /// waiting for it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Best effort: what it does not
 /// start, a later `fsync` writes.
@@ -1411,4 +1482,51 @@ fn collect(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), Migrat
         out.push(rel);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod direct_io_tests {
+    use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    /// This process's cgroup directory (cgroup v2, mounted alone or beside v1 as `unified`).
+    fn own_cgroup() -> Option<PathBuf> {
+        let line = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let rel = line.lines().find_map(|l| l.strip_prefix("0::"))?;
+        ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .iter()
+            .map(|m| Path::new(m).join(rel.trim_start_matches('/')))
+            .find(|d| d.join("cgroup.procs").exists())
+    }
+
+    #[test]
+    fn a_file_open_with_o_direct_is_found_through_the_cgroup() {
+        let Some(cg) = own_cgroup() else {
+            eprintln!("no cgroup v2 here: skipped");
+            return;
+        };
+        // On a disk filesystem: tmpfs refuses O_DIRECT.
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let (direct, buffered) = (dir.path().join("direct"), dir.path().join("buffered"));
+        std::fs::write(&direct, vec![0u8; 8192]).unwrap();
+        std::fs::write(&buffered, vec![0u8; 8192]).unwrap();
+        let open_direct = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&direct);
+        let Ok(_d) = open_direct else {
+            eprintln!("no O_DIRECT on /var/tmp: skipped");
+            return;
+        };
+        let _b = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&buffered)
+            .unwrap();
+        let found = direct_io_files(&cg);
+        assert!(
+            found.contains(&InodeKey::of_path(&direct).unwrap()),
+            "{found:?}"
+        );
+        assert!(!found.contains(&InodeKey::of_path(&buffered).unwrap()));
+    }
 }

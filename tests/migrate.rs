@@ -31,7 +31,9 @@ fn endpoint(ca: &Path, dir: &Path, node: &str) -> Endpoint {
 
 /// A writer that changes the state four ways until `stop`: `pwrite` to `db`, stores through
 /// a shared mapping of `mapped`, `O_DIRECT` writes to `direct` (which the page cache, and so
-/// the probe, never sees) and appends to `log`.
+/// the probe, never sees) mixed with buffered ones to the same file (which the probe sees, so
+/// the file's size and mtime alone would not give the `O_DIRECT` ones away), and appends to
+/// `log`.
 fn writer(
     dir: &Path,
     stop: Arc<AtomicBool>,
@@ -46,6 +48,10 @@ fn writer(
         let direct = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_DIRECT)
+            .open(dir.join("direct"))
+            .unwrap();
+        let direct_buffered = std::fs::OpenOptions::new()
+            .write(true)
             .open(dir.join("direct"))
             .unwrap();
         let mapped = std::fs::OpenOptions::new()
@@ -91,6 +97,10 @@ fn writer(
                 // SAFETY: the buffer is valid for 4096 bytes.
                 let buf = unsafe { std::slice::from_raw_parts(aligned, 4096) };
                 direct.write_all_at(buf, (x % 256) * 4096).unwrap();
+            } else if x % 8 == 1 {
+                direct_buffered
+                    .write_all_at(&noise(4096, x), (x % 256) * 4096)
+                    .unwrap();
             }
             std::io::Write::write_all(&mut log, format!("entry {x:x}\n").as_bytes()).unwrap();
             writes.fetch_add(1, Ordering::Relaxed);
@@ -103,6 +113,17 @@ fn writer(
             std::alloc::dealloc(aligned, layout);
         }
     })
+}
+
+/// This process's cgroup directory (cgroup v2, mounted alone or beside v1 as `unified`).
+fn own_cgroup() -> std::path::PathBuf {
+    let line = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let rel = line.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(|m| Path::new(m).join(rel.trim_start_matches('/')))
+        .find(|d| d.join("cgroup.procs").exists())
+        .expect("cgroup v2")
 }
 
 #[test]
@@ -156,6 +177,8 @@ fn tracked_dirty_pages_drive_the_rounds_and_the_copy_is_exact() {
             .await
             .unwrap();
         tx.track_with(tracker.clone());
+        // The writer is a thread of this process: its cgroup is this test's.
+        tx.watch_direct_io(own_cgroup());
         let mut rounds = Vec::new();
         for _ in 0..4 {
             rounds.push(tx.round().await.unwrap());
@@ -191,7 +214,8 @@ fn tracked_dirty_pages_drive_the_rounds_and_the_copy_is_exact() {
             .all(|r| r.tracked_files >= 2 && r.dirty_pages > 0),
         "{later:?}"
     );
-    // ... so only the O_DIRECT file (whose mtime moved without dirty pages) was read in full;
+    // ... so only the O_DIRECT file (found open with O_DIRECT in the writer's cgroup) was read
+    // in full;
     // the growing log was vouched for up to its old end, and only its new part read.
     assert!(later.iter().all(|r| r.scanned_files <= 1), "{later:?}");
     // Each round moves what changed during the previous one: the first follows the long full

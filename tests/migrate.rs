@@ -18,7 +18,8 @@ use godwit::transport::{init_ca, issue_node, Endpoint, Identity, Services};
 use godwit_tests::migrate_rig::{run_migrate, KvOptions, MigrateRig, Migration, RigOptions};
 use godwit_tests::{require_root, unique};
 
-const STATE: usize = 16 << 20;
+// Larger than two of the scan's 16 MiB cleaning windows, so round 0 cleans and reads window by window.
+const STATE: usize = 40 << 20;
 
 fn endpoint(ca: &Path, dir: &Path, node: &str) -> Endpoint {
     let files = issue_node(ca, node, &dir.join(node)).unwrap();

@@ -89,6 +89,9 @@ pub struct StateScan {
     root: PathBuf,
     paths: Vec<String>,
     sent: BTreeMap<String, Vec<BlockDigest>>,
+    /// Write back (clean) every range of a file read in full just before reading it: see
+    /// [`StateScan::clean_before_read`].
+    clean_before_read: bool,
 }
 
 impl StateScan {
@@ -109,7 +112,16 @@ impl StateScan {
             root: root.to_path_buf(),
             paths: paths.to_vec(),
             sent: BTreeMap::new(),
+            clean_before_read: false,
         })
+    }
+
+    /// For the next passes: every file read in full is written back (cleaned) window by window
+    /// just ahead of the read, the next window's write-back started while this one is read.
+    /// Dirty-page tracking needs a page clean before it is read, so that a later write raises an
+    /// event; cleaning the whole state first (round 0) would keep the link idle meanwhile.
+    pub fn clean_before_read(&mut self, on: bool) {
+        self.clean_before_read = on;
     }
 
     /// The root.
@@ -124,6 +136,7 @@ impl StateScan {
             root: self.root.clone(),
             paths: self.paths.clone(),
             sent: std::mem::take(&mut self.sent),
+            clean_before_read: self.clean_before_read,
         }
     }
 
@@ -300,12 +313,29 @@ impl StateScan {
                     .collect(),
             };
             stats.scanned_files += usize::from(listed.is_none());
+            // Cleaned up to here (with `clean_before_read`, files read in full).
+            let mut cleaned = if self.clean_before_read && listed.is_none() {
+                Some(0u64)
+            } else {
+                None
+            };
             let digests = self.sent.entry(f.rel.clone()).or_default();
             // A block past the old end has no digest yet (`UNKNOWN`), so it is sent.
             digests.resize(blocks as usize, UNKNOWN);
             for (first, n) in runs {
                 let start = first * BLOCK;
                 let len = ((first + n) * BLOCK).min(size) - start;
+                if let Some(upto) = cleaned.as_mut() {
+                    if start + len > *upto {
+                        let end = (start + len).next_multiple_of(CLEAN_WINDOW).min(size);
+                        clean_range(&file, *upto, end - *upto)
+                            .map_err(|e| MigrateError::io(&path, e))?;
+                        *upto = end;
+                        if end < size {
+                            start_write_back(&file, end, CLEAN_WINDOW);
+                        }
+                    }
+                }
                 let data = &mut buf[..len as usize];
                 let mut filled = 0;
                 while filled < data.len() {
@@ -357,6 +387,46 @@ impl StateScan {
 
 /// Blocks read at most at once, and sent at most in one run: 1 MiB.
 pub const RUN_BLOCKS: u64 = 256;
+
+/// With `clean_before_read`, a file is cleaned this much at a time ahead of the read.
+const CLEAN_WINDOW: u64 = 16 << 20;
+
+/// Writes back every dirty page of `len` bytes at `at` of `file` and waits for it
+/// (`SYNC_FILE_RANGE_WAIT_BEFORE | WRITE | WAIT_AFTER`: also pages already under write-back and
+/// dirtied again). Where the call is not supported, the whole file's `fdatasync`.
+fn clean_range(file: &File, at: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor this function borrows; no memory is passed.
+    let r = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            at as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        file.sync_data()
+    }
+}
+
+/// Starts the write-back of `len` bytes at `at` of `file` without waiting. Best effort.
+fn start_write_back(file: &File, at: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: as in `clean_range`.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            at as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
 
 /// A run of changed blocks of one file, as read: what a round sends.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -384,8 +384,11 @@ impl StateSender {
             }
         }
         // Write back: from here on, a write to any page raises a new event. Not needed in
-        // the frozen round: nothing writes after it.
-        if !self.frozen {
+        // the frozen round: nothing writes after it. In round 0, which reads every file in full,
+        // the scan cleans each window just before it reads it instead, so the copy starts at
+        // once (`clean_before_read`).
+        self.scan.clean_before_read(round == 0);
+        if !self.frozen && round > 0 {
             for (rel, ..) in &now {
                 if let Ok(f) = File::open(root.join(rel)) {
                     let _ = f.sync_data();

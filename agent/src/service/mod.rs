@@ -10,6 +10,7 @@
 //! | `health.rs` | TCP, HTTP and command checks; [`HealthTracker`] |
 //! | `supervisor.rs` | [`Manager`] and the per-service supervisor task |
 //! | `vip.rs` | add/remove the VIP, gratuitous ARP (IPv4), unsolicited neighbour advertisement (IPv6) |
+//! | `netlink.rs` | rtnetlink requests: add, delete and list an interface's addresses (no `ip` process) |
 //!
 //! # Invariants
 //!
@@ -30,6 +31,7 @@
 mod cgroup;
 mod error;
 mod health;
+pub mod netlink;
 mod spec;
 mod supervisor;
 pub mod vip;

@@ -12,6 +12,7 @@
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{mpsc, OnceLock};
 
 use super::error::ServiceError;
 use super::netlink;
@@ -153,19 +154,15 @@ pub fn gratuitous_arp(vip: std::net::Ipv4Addr, iface: &str) -> std::io::Result<(
         return Err(std::io::Error::last_os_error());
     }
     const ETH_P_ARP: u16 = 0x0806;
+    // Protocol 0: a socket that only sends (the frames' protocol is in the address), so it
+    // takes no copy of the ARP traffic while it is open.
     // SAFETY: socket(2) with constant arguments; checked below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(ETH_P_ARP.to_be()),
-        )
-    };
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = PacketSocket(Some(unsafe { OwnedFd::from_raw_fd(raw) }));
     // Both forms, as keepalived does: some hosts act on the request, some on the reply.
     let frame = |op: u8| {
         let mut f = Vec::with_capacity(42);
@@ -190,7 +187,7 @@ pub fn gratuitous_arp(vip: std::net::Ipv4Addr, iface: &str) -> std::io::Result<(
         // SAFETY: sendto(2) with our buffer and a correctly sized sockaddr_ll.
         let sent = unsafe {
             libc::sendto(
-                fd.as_raw_fd(),
+                fd.raw(),
                 f.as_ptr().cast(),
                 f.len(),
                 0,
@@ -203,6 +200,36 @@ pub fn gratuitous_arp(vip: std::net::Ipv4Addr, iface: &str) -> std::io::Result<(
         }
     }
     Ok(())
+}
+
+/// A packet socket that is closed on a thread of its own: the kernel waits for an RCU grace
+/// period when one closes (`synchronize_net` in `packet_release`: 6 to 14 ms measured here),
+/// which would delay the cut-over's announcement, or the supervisor, by that much.
+struct PacketSocket(Option<OwnedFd>);
+
+impl PacketSocket {
+    fn raw(&self) -> std::os::fd::RawFd {
+        self.0.as_ref().map_or(-1, AsRawFd::as_raw_fd)
+    }
+}
+
+impl Drop for PacketSocket {
+    fn drop(&mut self) {
+        static CLOSER: OnceLock<Option<mpsc::Sender<OwnedFd>>> = OnceLock::new();
+        let Some(fd) = self.0.take() else { return };
+        let closer = CLOSER.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<OwnedFd>();
+            std::thread::Builder::new()
+                .name("godwit-close".into())
+                .spawn(move || rx.into_iter().for_each(drop))
+                .ok()
+                .map(|_| tx)
+        });
+        // Without the thread (or with it gone) it is closed here, late but closed.
+        if let Some(tx) = closer {
+            let _ = tx.send(fd);
+        }
+    }
 }
 
 /// Sends an unsolicited neighbour advertisement for `vip` (RFC 4861 7.2.6) from `iface`:

@@ -254,12 +254,14 @@ impl Target {
                 .or_else(crate::service::vip::default_interface)?;
             Some((addr, iface))
         });
-        // The address goes on the interface while the service starts (an `ip` run takes a
-        // few to tens of milliseconds), unannounced: clients keep going to the frozen source
-        // until the gratuitous ARP at the first passing check.
-        let assigning = vip
-            .clone()
-            .map(|(addr, iface)| tokio::task::spawn_blocking(move || assign_address(addr, &iface)));
+        // The address goes on the interface while the service starts, unannounced: clients
+        // keep going to the frozen source until the gratuitous ARP (or, for IPv6, the
+        // unsolicited neighbour advertisement) at the first passing check.
+        let assigning = vip.clone().map(|(addr, iface)| {
+            tokio::task::spawn_blocking(move || {
+                crate::service::vip::assign(addr, &iface).map_err(|e| e.to_string())
+            })
+        });
         if let Err(e) = self.manager.add(spec).await {
             if let (Some(t), Some((addr, iface))) = (assigning, vip) {
                 if matches!(t.await, Ok(Ok(()))) {
@@ -326,12 +328,9 @@ impl Target {
                     Err(e) => Err(e.to_string()),
                 };
                 let announced = tokio::task::block_in_place(|| match assigned {
-                    Ok(()) => match addr {
-                        std::net::IpAddr::V4(v4) => crate::service::vip::gratuitous_arp(v4, &iface)
-                            .map_err(|e| e.to_string()),
-                        // The kernel announces an IPv6 address itself.
-                        std::net::IpAddr::V6(_) => Ok(()),
-                    },
+                    Ok(()) => {
+                        crate::service::vip::announce(addr, &iface).map_err(|e| e.to_string())
+                    }
                     // The supervisor may be adding it at the same moment: present is enough.
                     Err(_) => crate::service::vip::add(addr, &iface).or_else(|e| {
                         if crate::service::vip::present(addr, &iface) {
@@ -469,26 +468,6 @@ impl Target {
             }
         }
         remove_stale_staging(state_root);
-    }
-}
-
-/// Puts `addr` on `iface` (if it is not there) without announcing it.
-fn assign_address(addr: std::net::IpAddr, iface: &str) -> Result<(), String> {
-    if crate::service::vip::present(addr, iface) {
-        return Ok(());
-    }
-    let prefix = if addr.is_ipv4() { 32 } else { 128 };
-    let out = std::process::Command::new("ip")
-        .args(["addr", "add", &format!("{addr}/{prefix}"), "dev", iface])
-        .output()
-        .map_err(|e| format!("cannot run ip (iproute2): {e}"))?;
-    if out.status.success() || crate::service::vip::present(addr, iface) {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip addr add {addr}/{prefix} dev {iface}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
     }
 }
 

@@ -185,9 +185,13 @@ impl Target {
             let _g = self.journal.lock().await;
             match self.journal.target(id) {
                 Some(e) if matches!(e.phase, TargetPhase::Prepared | TargetPhase::Owned) => {
-                    self.journal
-                        .set_target(id, TargetPhase::Owned)
-                        .map_err(|e| e.to_string())?;
+                    // The decision on the state channel, sent with the hand-off, may have
+                    // recorded it already: no second fsync on the way to the start.
+                    if e.phase == TargetPhase::Prepared {
+                        self.journal
+                            .set_target(id, TargetPhase::Owned)
+                            .map_err(|e| e.to_string())?;
+                    }
                     e
                 }
                 Some(e) if e.phase == TargetPhase::Started => {

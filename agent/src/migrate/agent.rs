@@ -159,7 +159,7 @@ pub struct Target {
     journal: Arc<Journal>,
     manager: Arc<Manager>,
     /// One start at a time, so a hand-off and an adoption never start a service twice.
-    starting: tokio::sync::Mutex<()>,
+    starting: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Target {
@@ -168,7 +168,7 @@ impl Target {
         Arc::new(Target {
             journal,
             manager,
-            starting: tokio::sync::Mutex::new(()),
+            starting: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -180,7 +180,7 @@ impl Target {
     /// (`Prepared` or `Owned`); idempotent once started. On failure the service is removed
     /// here, the copy dropped and the migration marked `Returned`: the source may run it.
     async fn start_owned(&self, id: &str, spec: Option<&[u8]>) -> Result<Started, String> {
-        let _s = self.starting.lock().await;
+        let start_lock = self.starting.clone().lock_owned().await;
         let entry = {
             let _g = self.journal.lock().await;
             match self.journal.target(id) {
@@ -212,9 +212,21 @@ impl Target {
         let _g = self.journal.lock().await;
         match (started, self.phase(id)) {
             (Ok(started), Some(TargetPhase::Owned)) => {
-                self.journal
-                    .set_target(id, TargetPhase::Started)
-                    .map_err(|e| e.to_string())?;
+                // `Started` is recorded once the answer is on its way (an fsync off the
+                // source's path, which waits for the answer to kill its frozen instance).
+                // Until then the start lock stays held, so no other start finds `Owned`
+                // meanwhile; an abandon first makes it `Returned`, and a crash first leaves
+                // `Owned`, which starts the service here again: either way, one place.
+                let (journal, id) = (self.journal.clone(), id.to_string());
+                tokio::spawn(async move {
+                    let _held = start_lock;
+                    let _g = journal.lock().await;
+                    if journal.target(&id).map(|e| e.phase) == Some(TargetPhase::Owned) {
+                        if let Err(e) = journal.set_target(&id, TargetPhase::Started) {
+                            warn!(migration = %id, error = %e, "recording the start");
+                        }
+                    }
+                });
                 Ok(started)
             }
             (result, phase) => {

@@ -54,6 +54,9 @@ const MIN_FROZEN_SHARE: f64 = 0.25;
 /// trips) assumed before this node has measured one, seconds: the model's latency term adds
 /// it to the path's RTT.
 const DEFAULT_ROUND_OVERHEAD_S: f64 = 0.02;
+/// What a live round costs beyond the frozen one (writing the dirty pages back, a running
+/// service beside it) assumed before this node has measured one, seconds.
+const DEFAULT_LIVE_OVERHEAD_S: f64 = 0.015;
 /// The sample of the state that the zstd level is chosen on: chunks of this size ...
 const SAMPLE_CHUNK: usize = 1 << 20;
 /// ... this many, spread evenly over the state's bytes.
@@ -714,15 +717,18 @@ pub struct MigrationReport {
     /// From the freeze (or stop) to the service healthy on the target, seconds.
     pub downtime_seconds: Option<f64>,
     /// The cut-over's cost outside the frozen round's copy, as expected before the move (the
-    /// last committed move from this node, or a default), seconds.
+    /// median of the last committed moves from this node, or a default), seconds.
     pub cutover_estimate_s: f64,
     /// The downtime target less that cost (at least a quarter of the target): the budget the
     /// pre-copy model gives the frozen round, seconds.
     pub frozen_round_target_s: f64,
-    /// A round's own cost beyond moving its bytes, as expected before the move (the last
-    /// committed move from this node, or a default); the model's latency term is the path's
-    /// RTT plus this, seconds.
+    /// The frozen round's own cost beyond moving its bytes, as expected before the move (the
+    /// median of the last committed moves from this node, or a default); the model's `RTT` is
+    /// the path's plus this, seconds.
     pub round_overhead_estimate_s: f64,
+    /// What a live round costs beyond that (the model's `o_l`), as expected before the move,
+    /// seconds.
+    pub live_overhead_estimate_s: f64,
     /// Wall time of the whole migration, seconds.
     pub total_seconds: f64,
 }
@@ -749,8 +755,11 @@ pub struct MigrationStats {
 pub struct Observed {
     /// The cut-over's cost outside the frozen round's copy, seconds.
     pub cutover_s: f64,
-    /// The fixed cost of a round after round 0 (the RTT in it), seconds.
-    pub round_overhead_s: Option<f64>,
+    /// The frozen round's fixed cost (the RTT in it): its time beyond its bytes at `B_r`.
+    pub frozen_overhead_s: Option<f64>,
+    /// What a live round after round 0 costs beyond that (the fit's fixed cost less the
+    /// frozen round's), seconds.
+    pub live_overhead_s: Option<f64>,
     /// The rate of the rounds after round 0, bytes per second.
     pub round_bytes_per_s: Option<f64>,
     /// The share of round 0's dirtied pages that round 1 sent.
@@ -762,9 +771,22 @@ const LEARN_FROM: usize = 5;
 
 impl Observed {
     fn of(t: &DriveReport) -> Observed {
+        let rate = t
+            .round_fit
+            .map(|f| f.bytes_per_s)
+            .unwrap_or(t.estimate.input.bandwidth_bytes_per_s);
+        let frozen = t
+            .rounds
+            .last()
+            .filter(|_| rate > 0.0)
+            .map(|r| (t.cutover.final_round_s - r.bytes as f64 / rate).clamp(0.0, 1.0));
         Observed {
             cutover_s: (t.frozen_seconds - t.cutover.final_round_s).clamp(0.0, 1.0),
-            round_overhead_s: t.round_fit.map(|f| f.overhead_s),
+            frozen_overhead_s: frozen,
+            live_overhead_s: t
+                .round_fit
+                .zip(frozen)
+                .map(|(f, o)| (f.overhead_s - o).clamp(0.0, 1.0)),
             round_bytes_per_s: t.round_fit.map(|f| f.bytes_per_s),
             scan_share: t.scan_share,
         }
@@ -1079,6 +1101,7 @@ impl Migrator {
         let target_s = req.downtime_target.as_secs_f64();
         report.cutover_estimate_s = self.expected_cutover_s();
         report.round_overhead_estimate_s = self.expected_round_overhead_s(report.rtt_ms / 1e3);
+        report.live_overhead_estimate_s = self.expected_live_overhead_s();
         report.frozen_round_target_s =
             (target_s - report.cutover_estimate_s).max(target_s * MIN_FROZEN_SHARE);
         let input = PrecopyInput {
@@ -1096,6 +1119,7 @@ impl Migrator {
             max_rounds: 10,
             scan_share: self.expected_scan_share(),
             round_bandwidth_bytes_per_s: self.expected_round_bandwidth(),
+            live_overhead_s: report.live_overhead_estimate_s,
         };
         let mut entry = SourceEntry {
             migration: id.to_string(),
@@ -1336,14 +1360,20 @@ impl Migrator {
         median(self.stats().learned.iter().map(|o| Some(o.cutover_s))).unwrap_or(DEFAULT_CUTOVER_S)
     }
 
-    /// A round's own cost beyond moving its bytes (less the path's RTT now, which the model
-    /// adds): the median of the last committed migrations' fits of their rounds after round 0
-    /// (round 0's includes the first write-back of the whole state), or
+    /// The frozen round's own cost beyond moving its bytes (less the path's RTT now, which
+    /// the model adds): the median over the last committed migrations from this node, or
     /// [`DEFAULT_ROUND_OVERHEAD_S`].
     fn expected_round_overhead_s(&self, rtt_s: f64) -> f64 {
-        median(self.stats().learned.iter().map(|o| o.round_overhead_s))
+        median(self.stats().learned.iter().map(|o| o.frozen_overhead_s))
             .map(|o| (o - rtt_s).clamp(0.0, 1.0))
             .unwrap_or(DEFAULT_ROUND_OVERHEAD_S)
+    }
+
+    /// What a live round costs beyond the frozen one: the median over the last committed
+    /// migrations from this node, or [`DEFAULT_LIVE_OVERHEAD_S`].
+    fn expected_live_overhead_s(&self) -> f64 {
+        median(self.stats().learned.iter().map(|o| o.live_overhead_s))
+            .unwrap_or(DEFAULT_LIVE_OVERHEAD_S)
     }
 
     /// The rate of the rounds after round 0 (scattered pages): the median of the last committed

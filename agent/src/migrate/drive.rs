@@ -86,15 +86,15 @@ pub struct DriveReport {
     /// (`None` while unknown): measured as the bytes dirtied between two rounds' starts over
     /// that time, the probe's distinct dirty pages or the changed blocks, whichever is more.
     pub dirty_rates: Vec<Option<f64>>,
-    /// The rate `B_r` the termination check used after each live round, bytes per second: the
-    /// fit of this move's rounds after round 0 once there are two, else the model's input.
+    /// The rate `B_r` the termination check used after each live round, bytes per second (the
+    /// model's input).
     pub round_bandwidths: Vec<Option<f64>>,
-    /// The latency term the termination check used after each live round, seconds: the same
-    /// fit's fixed cost per round (listing, the probe's flush, write-back, round trips), else
-    /// the model's input.
+    /// The frozen round's latency term the termination check used after each live round,
+    /// seconds (the model's input `RTT`).
     pub round_overheads_s: Vec<f64>,
-    /// The last fit of the live rounds after round 0: `t = overhead + bytes/rate`. What the
-    /// next moves from this node take as their model's `B_r` and latency term.
+    /// The line `t = overhead + bytes/rate` through this move's live rounds after round 0
+    /// (least squares): the next moves from this node learn `B_r` and the live rounds' fixed
+    /// cost from it.
     pub round_fit: Option<RoundFit>,
     /// Where the frozen time went, phase by phase.
     pub cutover: Cutover,
@@ -254,28 +254,21 @@ pub async fn drive<S: Source + Send>(
                         rate = Some(dirtied / began.duration_since(b).as_secs_f64().max(1e-3));
                     }
                     report.dirty_rates.push(rate);
-                    // The rounds after round 0 take `V/B_r + o`: fitted on this move's own
-                    // rounds once there are two, else as the model was given (the last moves'
-                    // figures, or the path's rate and RTT). What the next round would copy is
-                    // what was dirtied while the last one ran.
+                    // The check takes the model's `B_r` and `RTT` (what the last moves
+                    // measured, the same as the estimate) with this move's dirty rate and round
+                    // times. The line `t = o + V/B_r` through this move's live rounds after
+                    // round 0 is recorded for the next moves to learn from.
                     let points: Vec<(f64, f64)> = report.rounds[1..]
                         .iter()
                         .map(|r| (r.bytes as f64, r.seconds))
                         .collect();
-                    let now = match precopy::fit_rounds(&points) {
-                        Some((o, br)) => {
-                            report.round_fit = Some(RoundFit {
-                                overhead_s: o,
-                                bytes_per_s: br,
-                            });
-                            PrecopyInput {
-                                rtt_s: o,
-                                round_bandwidth_bytes_per_s: br,
-                                ..input
-                            }
-                        }
-                        None => input,
-                    };
+                    if let Some((o, br)) = precopy::fit_rounds(&points) {
+                        report.round_fit = Some(RoundFit {
+                            overhead_s: o,
+                            bytes_per_s: br,
+                        });
+                    }
+                    let now = input;
                     report
                         .round_bandwidths
                         .push(Some(precopy::round_bandwidth(&now)));

@@ -237,6 +237,7 @@ mod tests {
             max_rounds: 10,
             scan_share: 1.0,
             round_bandwidth_bytes_per_s: 0.0,
+            live_overhead_s: 0.0,
         };
         let report = DriveReport::new(estimate(input), super::super::drive::Mode::Transitional);
         // Round 0, 400 MB of 1000 sent: 6 s of it left, plus the later rounds' 1.11 s.

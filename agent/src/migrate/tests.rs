@@ -409,6 +409,7 @@ fn input(state: f64, dirty: f64) -> crate::policy::PrecopyInput {
         max_rounds: 8,
         scan_share: 1.0,
         round_bandwidth_bytes_per_s: 0.0,
+        live_overhead_s: 0.0,
     }
 }
 

@@ -31,6 +31,12 @@
 //! frozen round's budget `B_r*(T_down - RTT)`; round 0 keeps `t_0 = V0/B + RTT`, and so does a
 //! stop-and-copy.
 //!
+//! **A live round costs more than the frozen one.** Besides the round trips, a live round
+//! writes the state's dirty pages back to re-arm the probe, beside a service still running: its
+//! latency term is `L = RTT + o_l`, the frozen round's `RTT`. `t_i = V_i/B_r + L` and `V* =
+//! D*L/(1-q)` for the live rounds; the termination check and the predicted downtime keep
+//! `V_i/B_r + RTT`. With `o_l = 0`, MISSION's model.
+//!
 //! Where the probe measured a writable-working-set curve (distinct bytes dirtied against window
 //! length), [`estimate_with_curve`] iterates `V_{i+1} = W(t_i)` instead of the constant rate, and
 //! the estimate says which model it used.
@@ -59,6 +65,16 @@ pub struct PrecopyInput {
     /// `B_r`: the rate of the rounds after round 0, bytes per second (0 or invalid: `B`).
     #[serde(default)]
     pub round_bandwidth_bytes_per_s: f64,
+    /// `o_l`: what a live round costs beyond the frozen one's latency term `RTT`, seconds (the
+    /// write-back that re-arms the probe, a service still running beside it); 0 by default.
+    #[serde(default)]
+    pub live_overhead_s: f64,
+}
+
+/// `L = RTT + o_l`: a live round's latency term (the frozen round's is `RTT`).
+pub fn live_latency(input: &PrecopyInput) -> f64 {
+    let o = input.live_overhead_s;
+    input.rtt_s + if o.is_finite() && o > 0.0 { o } else { 0.0 }
 }
 
 /// `B_r`, made valid: the rounds' own rate when it is positive and at most `B`, else `B`.
@@ -123,7 +139,7 @@ pub fn scan_share(input: &PrecopyInput) -> f64 {
 pub fn first_round_dirtied(input: &PrecopyInput) -> f64 {
     scan_share(input)
         * input.dirty_bytes_per_s
-        * (input.state_bytes / input.bandwidth_bytes_per_s + input.rtt_s)
+        * (input.state_bytes / input.bandwidth_bytes_per_s + live_latency(input))
 }
 
 /// The start condition's verdict.
@@ -240,7 +256,11 @@ pub fn start_condition(input: &PrecopyInput) -> StartDecision {
     if input.state_bytes / b + input.rtt_s <= input.downtime_target_s {
         return StartDecision::StopAndCopy;
     }
-    match latency_floor(input.dirty_bytes_per_s, round_bandwidth(input), input.rtt_s) {
+    match latency_floor(
+        input.dirty_bytes_per_s,
+        round_bandwidth(input),
+        live_latency(input),
+    ) {
         None => StartDecision::NotConverging,
         Some(v) if v >= frozen_budget(input) => StartDecision::FloorTooHigh,
         Some(_) => StartDecision::Iterate,
@@ -304,7 +324,7 @@ fn no_iteration(input: PrecopyInput, model: DirtyModel, start: StartDecision) ->
         input,
         model,
         q: dirty_ratio(input.dirty_bytes_per_s, b),
-        v_floor: latency_floor(input.dirty_bytes_per_s, b, input.rtt_s),
+        v_floor: latency_floor(input.dirty_bytes_per_s, b, live_latency(&input)),
         frozen_budget_bytes: valid.then(|| frozen_budget(&input)),
         start,
         rounds_closed_form: None,
@@ -325,7 +345,7 @@ pub fn estimate(input: PrecopyInput) -> PrecopyEstimate {
         return no_iteration(input, DirtyModel::ConstantRate, start);
     }
     let q = input.dirty_bytes_per_s / round_bandwidth(&input);
-    let v_floor = input.dirty_bytes_per_s * input.rtt_s / (1.0 - q);
+    let v_floor = input.dirty_bytes_per_s * live_latency(&input) / (1.0 - q);
     let budget = frozen_budget(&input);
     // Round 0 copies V0; from round 1 on the geometric series starts at V_1.
     let v1 = first_round_dirtied(&input);
@@ -392,7 +412,14 @@ fn finish(
         total_duration_s: Some(
             vs.iter()
                 .enumerate()
-                .map(|(i, v)| v / if i == 0 { b } else { br } + input.rtt_s)
+                .map(|(i, v)| {
+                    let latency = if i == n {
+                        input.rtt_s
+                    } else {
+                        live_latency(&input)
+                    };
+                    v / if i == 0 { b } else { br } + latency
+                })
                 .sum(),
         ),
         meets_target: downtime <= input.downtime_target_s,
@@ -456,7 +483,7 @@ pub fn estimate_with_curve(input: PrecopyInput, curve: &[[f64; 2]]) -> PrecopyEs
             break reason;
         }
         let rate = if i == 0 { b } else { round_bandwidth(&input) };
-        let dirtied = working_set_bytes(curve, vs[i] / rate + input.rtt_s);
+        let dirtied = working_set_bytes(curve, vs[i] / rate + live_latency(&input));
         vs.push(if i == 0 {
             scan_share(&input) * dirtied
         } else {
@@ -491,6 +518,7 @@ mod tests {
             max_rounds: 30,
             scan_share: 1.0,
             round_bandwidth_bytes_per_s: 0.0,
+            live_overhead_s: 0.0,
         }
     }
 
@@ -624,6 +652,33 @@ mod tests {
                 ..inp
             };
             assert_eq!(round_bandwidth(&i), 100.0 * MB);
+        }
+    }
+
+    #[test]
+    fn live_rounds_pay_their_own_overhead_and_the_frozen_one_only_the_rtt() {
+        // RTT 0.1 s, o_l 0.4 s: L = 0.5 s. V_1 = 10 * (10 + 0.5) = 105 MB; V* = 10 * 0.5 / 0.9.
+        let inp = PrecopyInput {
+            live_overhead_s: 0.4,
+            ..input(1000.0 * MB, 10.0 * MB, 100.0 * MB, 0.1, 0.5)
+        };
+        assert!((live_latency(&inp) - 0.5).abs() < 1e-12);
+        let e = estimate(inp);
+        // V_2 = 10 * (1.05 + 0.5) = 15.5 MB <= budget 100 * (0.5 - 0.1) = 40 MB: two live rounds.
+        assert_eq!(e.live_rounds, 2);
+        assert!((e.v_floor.unwrap() - 5.0 * MB / 0.9).abs() < 1.0);
+        assert!((e.frozen_bytes.unwrap() - 15.5 * MB).abs() < 1e-3 * MB);
+        // The frozen round: its bytes and the RTT only.
+        assert!((e.predicted_downtime_s.unwrap() - (0.155 + 0.1)).abs() < 1e-9);
+        let want = (10.0 + 0.5) + (1.05 + 0.5) + (0.155 + 0.1);
+        assert!((e.total_duration_s.unwrap() - want).abs() < 1e-9);
+        // Negative or invalid: none.
+        for bad in [-1.0, f64::NAN] {
+            let i = PrecopyInput {
+                live_overhead_s: bad,
+                ..inp
+            };
+            assert_eq!(live_latency(&i), 0.1);
         }
     }
 

@@ -507,11 +507,22 @@ impl StateSender {
                 let _ = tx.blocking_send(batch);
             }
             if kick {
-                for f in listing.iter().filter(|f| f.size.is_some()) {
-                    if let Ok(file) = File::open(scan.root().join(&f.rel)) {
-                        start_writeback(&file, 0, 0);
-                    }
-                }
+                // On a thread of its own: starting a write-back can block while the disk's
+                // queue is full, and the round's end must not wait for it.
+                let paths: Vec<PathBuf> = listing
+                    .iter()
+                    .filter(|f| f.size.is_some())
+                    .map(|f| scan.root().join(&f.rel))
+                    .collect();
+                let _ = std::thread::Builder::new()
+                    .name("godwit-writeback".into())
+                    .spawn(move || {
+                        for path in paths {
+                            if let Ok(file) = File::open(path) {
+                                start_writeback(&file, 0, 0);
+                            }
+                        }
+                    });
             }
             (scan, result, began.elapsed().saturating_sub(waited))
         });
@@ -1166,7 +1177,7 @@ impl Receiver {
                     let digests = self.digests.remove(&f.rel).unwrap_or_default();
                     Some(Target {
                         rel: f.rel.clone(),
-                        file,
+                        file: Arc::new(file),
                         size,
                         digests,
                         unsynced: None,
@@ -1387,7 +1398,7 @@ const WRITEBACK_BATCH: u64 = 1 << 20;
 /// A regular file of a round's listing, on the receiving side.
 struct Target {
     rel: String,
-    file: File,
+    file: Arc<File>,
     size: u64,
     /// Its block digests as written here.
     digests: Vec<BlockDigest>,
@@ -1397,13 +1408,28 @@ struct Target {
 }
 
 impl Target {
-    /// Starts the write-back of what was written since the last call.
-    fn kick(&mut self) {
+    /// Has the write-back of what was written since the last call started, by `flusher`.
+    fn kick(&mut self, flusher: &std::sync::mpsc::Sender<(Arc<File>, u64, u64)>) {
         if let Some((from, to)) = self.unsynced.take() {
-            start_writeback(&self.file, from, to - from);
+            let _ = flusher.send((self.file.clone(), from, to - from));
         }
         self.unsynced_bytes = 0;
     }
+}
+
+/// A thread that starts the write-backs it is sent until the sending side goes: starting one
+/// can block while the disk's queue is full, which must hold up neither the writing of the
+/// pieces nor the round's answer (the commit's fsync waits for whatever is left).
+fn spawn_flusher() -> std::sync::mpsc::Sender<(Arc<File>, u64, u64)> {
+    let (tx, rx) = std::sync::mpsc::channel::<(Arc<File>, u64, u64)>();
+    let _ = std::thread::Builder::new()
+        .name("godwit-writeback".into())
+        .spawn(move || {
+            for (file, at, len) in rx {
+                start_writeback(&file, at, len);
+            }
+        });
+    tx
 }
 
 /// The receiving side's writing thread: each piece is checked against the listing (whole
@@ -1421,6 +1447,7 @@ fn write_all_pieces(
         .map_err(|e| MigrateError::BadState(format!("zstd: {e}")))?;
     let mut buf = Vec::new();
     let mut written = 0u64;
+    let flusher = spawn_flusher();
     while let Some(piece) = rx.blocking_recv() {
         let Some(Some(t)) = targets.get_mut(piece.file as usize) else {
             return Err(MigrateError::Peer(format!(
@@ -1450,7 +1477,7 @@ fn write_all_pieces(
         });
         t.unsynced_bytes += len;
         if t.unsynced_bytes >= WRITEBACK_BATCH {
-            t.kick();
+            t.kick(&flusher);
         }
         let first = (at / BLOCK) as usize;
         for (i, block) in data.chunks(BLOCK as usize).enumerate() {
@@ -1459,7 +1486,7 @@ fn write_all_pieces(
         written += len;
     }
     for t in targets.iter_mut().flatten() {
-        t.kick();
+        t.kick(&flusher);
     }
     Ok(written)
 }

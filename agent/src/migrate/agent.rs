@@ -54,6 +54,8 @@ const MIN_FROZEN_SHARE: f64 = 0.25;
 /// trips) assumed before this node has measured one, seconds: the model's latency term adds
 /// it to the path's RTT.
 const DEFAULT_ROUND_OVERHEAD_S: f64 = 0.02;
+/// The bytes dirtied during rounds 0 of the last moves below which their `s` is not taken.
+const SCAN_SHARE_EVIDENCE: f64 = 64e6;
 /// What a live round costs beyond the frozen one (writing the dirty pages back, a running
 /// service beside it) assumed before this node has measured one, seconds.
 const DEFAULT_LIVE_OVERHEAD_S: f64 = 0.015;
@@ -762,15 +764,21 @@ pub struct Observed {
     pub live_overhead_s: Option<f64>,
     /// The rate of the rounds after round 0, bytes per second.
     pub round_bytes_per_s: Option<f64>,
-    /// The share of round 0's dirtied pages that round 1 sent.
-    pub scan_share: Option<f64>,
+    /// What round 1 sent and what the probe saw dirtied while round 0 ran, bytes: the model's
+    /// `s` is their ratio.
+    pub scan_bytes: Option<(f64, f64)>,
+    /// How much faster the rounds after round 1 saw pages dirtied than the probe's rate for
+    /// the service before the move (the median over them), bytes per second: pages a service
+    /// rewrites (a hot set) stay dirty between the kernel's write-backs, so the probe counts
+    /// them once per write-back, while every round cleans them and counts them again.
+    pub dirty_extra: Option<f64>,
 }
 
 /// Committed moves the model learns from.
 const LEARN_FROM: usize = 5;
 
 impl Observed {
-    fn of(t: &DriveReport) -> Observed {
+    fn of(t: &DriveReport, probe_rate: f64) -> Observed {
         let rate = t
             .round_fit
             .map(|f| f.bytes_per_s)
@@ -788,7 +796,14 @@ impl Observed {
                 .zip(frozen)
                 .map(|(f, o)| (f.overhead_s - o).clamp(0.0, 1.0)),
             round_bytes_per_s: t.round_fit.map(|f| f.bytes_per_s),
-            scan_share: t.scan_share,
+            dirty_extra: median(t.dirty_rates.iter().skip(2).copied())
+                .map(|m| m - probe_rate)
+                .filter(|_| probe_rate > 0.0),
+            scan_bytes: t.scan_share.and_then(|_| {
+                let r1 = t.rounds.get(1)?;
+                let dirtied = (r1.dirty_pages * super::scan::BLOCK).max(r1.bytes);
+                Some((r1.bytes as f64, dirtied as f64))
+            }),
         }
     }
 }
@@ -961,7 +976,8 @@ impl Migrator {
             if result.is_ok() {
                 st.committed += 1;
                 if let Some(t) = &report.transfer {
-                    st.learned.push_back(Observed::of(t));
+                    st.learned
+                        .push_back(Observed::of(t, report.dirty_bytes_per_second));
                     while st.learned.len() > LEARN_FROM {
                         st.learned.pop_front();
                     }
@@ -1106,7 +1122,13 @@ impl Migrator {
             (target_s - report.cutover_estimate_s).max(target_s * MIN_FROZEN_SHARE);
         let input = PrecopyInput {
             state_bytes: report.state_bytes as f64,
-            dirty_bytes_per_s: report.dirty_bytes_per_second,
+            // The probe's rate plus what the rounds of the last moves saw beyond it.
+            dirty_bytes_per_s: report.dirty_bytes_per_second
+                + if report.dirty_bytes_per_second > 0.0 {
+                    self.expected_dirty_extra()
+                } else {
+                    0.0
+                },
             bandwidth_bytes_per_s: report.effective_bandwidth_bytes_per_second,
             // A round's fixed cost above half the frozen round's budget is taken as half:
             // with a larger one no frozen round fits the target in either mode, and iterating
@@ -1382,12 +1404,31 @@ impl Migrator {
         median(self.stats().learned.iter().map(|o| o.round_bytes_per_s)).unwrap_or(0.0)
     }
 
-    /// The model's `s` (the share of round 0's dirtied pages that round 1 sends): the median of
-    /// what the last committed migrations measured, or the uniform-writes value.
+    /// The model's `s` (the share of round 0's dirtied pages that round 1 sends): over the
+    /// last committed migrations, what their rounds 1 sent over what their rounds 0 saw
+    /// dirtied (weighted by volume: a move that dirtied little says little, and a median of
+    /// ratios took a near-idle move's 0.09 for a 5 MB/s one), or the uniform-writes value
+    /// while they dirtied less than [`SCAN_SHARE_EVIDENCE`] in all.
     fn expected_scan_share(&self) -> f64 {
-        median(self.stats().learned.iter().map(|o| o.scan_share))
-            .map(|s| s.clamp(0.05, 1.0))
-            .unwrap_or(crate::policy::UNIFORM_SCAN_SHARE)
+        let (sent, dirtied) = self
+            .stats()
+            .learned
+            .iter()
+            .filter_map(|o| o.scan_bytes)
+            .fold((0.0, 0.0), |(a, b), (s, d)| (a + s, b + d));
+        if dirtied >= SCAN_SHARE_EVIDENCE {
+            (sent / dirtied).clamp(0.05, 1.0)
+        } else {
+            crate::policy::UNIFORM_SCAN_SHARE
+        }
+    }
+
+    /// How much faster the rounds see pages dirtied than the probe does: the median over the
+    /// last committed migrations from this node, at least 0 (0 before any).
+    fn expected_dirty_extra(&self) -> f64 {
+        median(self.stats().learned.iter().map(|o| o.dirty_extra))
+            .unwrap_or(0.0)
+            .max(0.0)
     }
 
     /// Counters.

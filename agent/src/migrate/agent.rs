@@ -771,6 +771,8 @@ pub struct Observed {
     /// the service before the move (the median over them), bytes per second: pages a service
     /// rewrites (a hot set) stay dirty between the kernel's write-backs, so the probe counts
     /// them once per write-back, while every round cleans them and counts them again.
+    /// Recorded, not used: added to `D` it also inflated round 1, where a long round 0 counts
+    /// a hot page once, and the estimate got worse.
     pub dirty_extra: Option<f64>,
 }
 
@@ -1122,13 +1124,7 @@ impl Migrator {
             (target_s - report.cutover_estimate_s).max(target_s * MIN_FROZEN_SHARE);
         let input = PrecopyInput {
             state_bytes: report.state_bytes as f64,
-            // The probe's rate plus what the rounds of the last moves saw beyond it.
-            dirty_bytes_per_s: report.dirty_bytes_per_second
-                + if report.dirty_bytes_per_second > 0.0 {
-                    self.expected_dirty_extra()
-                } else {
-                    0.0
-                },
+            dirty_bytes_per_s: report.dirty_bytes_per_second,
             bandwidth_bytes_per_s: report.effective_bandwidth_bytes_per_second,
             // A round's fixed cost above half the frozen round's budget is taken as half:
             // with a larger one no frozen round fits the target in either mode, and iterating
@@ -1226,7 +1222,18 @@ impl Migrator {
             }
         };
         entry.phase = SourcePhase::Committed;
-        report.predicted_rounds = Some(drive_report.estimate.live_rounds + 1);
+        // A transitional move asked for where the model would not iterate runs the rounds the
+        // termination check lets it: that is its prediction.
+        let e = &drive_report.estimate;
+        let live = match (drive_report.mode, e.start, e.forced_live_rounds) {
+            (Mode::Transitional, start, Some(n))
+                if start != crate::policy::StartDecision::Iterate =>
+            {
+                n
+            }
+            _ => e.live_rounds,
+        };
+        report.predicted_rounds = Some(live + 1);
         report.actual_rounds = drive_report.rounds.len();
         let frozen_at = frozen_from
             + Duration::from_secs_f64(
@@ -1421,14 +1428,6 @@ impl Migrator {
         } else {
             crate::policy::UNIFORM_SCAN_SHARE
         }
-    }
-
-    /// How much faster the rounds see pages dirtied than the probe does: the median over the
-    /// last committed migrations from this node, at least 0 (0 before any).
-    fn expected_dirty_extra(&self) -> f64 {
-        median(self.stats().learned.iter().map(|o| o.dirty_extra))
-            .unwrap_or(0.0)
-            .max(0.0)
     }
 
     /// Counters.

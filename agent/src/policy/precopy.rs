@@ -205,6 +205,31 @@ pub struct PrecopyEstimate {
     /// Wall time of all rounds, seconds.
     pub total_duration_s: Option<f64>,
     pub meets_target: bool,
+    /// Live rounds a transitional move runs when asked for although the start condition says
+    /// not to iterate: the model's rounds under the termination check (the target is met,
+    /// `n_max`, or a round that does not shrink). `None` where the estimate iterates anyway.
+    #[serde(default)]
+    pub forced_live_rounds: Option<u32>,
+}
+
+/// The live rounds the termination check lets the model's rounds run from `V0` (round 0),
+/// whatever the start condition says: what a transitional move asked for runs. `None` with
+/// invalid inputs.
+pub fn transitional_rounds(input: &PrecopyInput) -> Option<u32> {
+    if !inputs_valid(input) {
+        return None;
+    }
+    let br = round_bandwidth(input);
+    let (mut prev, mut v) = (input.state_bytes, first_round_dirtied(input));
+    let mut round = 1u32;
+    while should_freeze(round, v, Some(prev), input).is_none() {
+        (prev, v) = (v, input.dirty_bytes_per_s * (v / br + live_latency(input)));
+        round += 1;
+        if round > input.max_rounds.saturating_add(1) {
+            break;
+        }
+    }
+    Some(round)
 }
 
 /// `q = D/B` (`None` without bandwidth).
@@ -335,6 +360,7 @@ fn no_iteration(input: PrecopyInput, model: DirtyModel, start: StartDecision) ->
         total_bytes: valid.then_some(input.state_bytes),
         total_duration_s: downtime,
         meets_target: downtime.is_some_and(|d| d <= input.downtime_target_s),
+        forced_live_rounds: transitional_rounds(&input),
     }
 }
 
@@ -423,6 +449,7 @@ fn finish(
                 .sum(),
         ),
         meets_target: downtime <= input.downtime_target_s,
+        forced_live_rounds: None,
     }
 }
 
@@ -680,6 +707,23 @@ mod tests {
             };
             assert_eq!(live_latency(&i), 0.1);
         }
+    }
+
+    #[test]
+    fn a_forced_transitional_move_is_predicted_too() {
+        // V* = 40 MB >= the budget (10 MB): no iteration by the start condition, but a
+        // transitional move asked for runs until n_max (the rounds shrink towards V*, never
+        // under the budget).
+        let e = estimate(input(1000.0 * MB, 50.0 * MB, 100.0 * MB, 0.4, 0.5));
+        assert_eq!((e.start, e.live_rounds), (StartDecision::FloorTooHigh, 0));
+        assert_eq!(e.forced_live_rounds, Some(30));
+        // Stop-and-copy fits: a transitional move still runs round 0, then freezes.
+        let e = estimate(input(5.0 * MB, 10.0 * MB, 100.0 * MB, 0.1, 0.5));
+        assert_eq!(e.start, StartDecision::StopAndCopy);
+        assert_eq!(e.forced_live_rounds, Some(1));
+        // Iterating: none (the estimate is the transitional one).
+        let e = estimate(input(1000.0 * MB, 10.0 * MB, 100.0 * MB, 0.1, 0.5));
+        assert_eq!(e.forced_live_rounds, None);
     }
 
     #[test]

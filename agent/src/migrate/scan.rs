@@ -414,8 +414,10 @@ fn clean_range(file: &File, at: u64, len: u64) -> std::io::Result<()> {
     }
 }
 
-/// Starts the write-back of `len` bytes at `at` of `file` without waiting. Best effort.
-fn start_write_back(file: &File, at: u64, len: u64) {
+/// Starts writing `len` bytes at `at` of `file` (`len` 0: to its end) back to disk without
+/// waiting for it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Best effort: what it does not
+/// start, a later `fsync` writes.
+pub(crate) fn start_write_back(file: &File, at: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: as in `clean_range`.
     unsafe {

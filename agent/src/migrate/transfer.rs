@@ -37,8 +37,8 @@ use tracing::{info, warn};
 use super::error::MigrateError;
 use super::journal::{now_ms, Journal, TargetEntry, TargetPhase};
 use super::scan::{
-    block_digest, file_digests, hash_tree, tree_of, tree_root, BlockDigest, FileMeta, StateScan,
-    BLOCK, UNKNOWN,
+    block_digest, file_digests, hash_tree, start_write_back, tree_of, tree_root, BlockDigest,
+    FileMeta, StateScan, BLOCK, UNKNOWN,
 };
 use crate::probe::bpf::InodeKey;
 use crate::probe::{DirtyTracker, Tracked};
@@ -519,7 +519,7 @@ impl StateSender {
                     .spawn(move || {
                         for path in paths {
                             if let Ok(file) = File::open(path) {
-                                start_writeback(&file, 0, 0);
+                                start_write_back(&file, 0, 0);
                             }
                         }
                     });
@@ -1290,22 +1290,6 @@ fn direct_io_files(cgroup: &Path) -> HashSet<InodeKey> {
     out
 }
 
-/// Starts writing `len` bytes at `at` of `file` (`len` 0: to its end) back to disk without
-/// waiting for it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Best effort: what it does not
-/// start, a later `fsync` writes.
-fn start_writeback(file: &File, at: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain syscall on a descriptor this function borrows; no memory is passed.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            at as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
 /// `fsync`s every file and directory under `root`, and `root` itself.
 pub(crate) fn sync_tree(root: &Path) -> Result<(), MigrateError> {
     let mut rels = Vec::new();
@@ -1426,7 +1410,7 @@ fn spawn_flusher() -> std::sync::mpsc::Sender<(Arc<File>, u64, u64)> {
         .name("godwit-writeback".into())
         .spawn(move || {
             for (file, at, len) in rx {
-                start_writeback(&file, at, len);
+                start_write_back(&file, at, len);
             }
         });
     tx

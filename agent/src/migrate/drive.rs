@@ -268,11 +268,10 @@ pub async fn drive<S: Source + Send>(
                             bytes_per_s: br,
                         });
                     }
-                    let now = input;
                     report
                         .round_bandwidths
-                        .push(Some(precopy::round_bandwidth(&now)));
-                    report.round_overheads_s.push(now.rtt_s);
+                        .push(Some(precopy::round_bandwidth(&input)));
+                    report.round_overheads_s.push(input.rtt_s);
                     if let Some(rate) = rate {
                         // After round 0, what it sent in its new state is not sent again.
                         let share = if p.round == 0 {
@@ -282,7 +281,8 @@ pub async fn drive<S: Source + Send>(
                         };
                         let remaining = share * rate * p.seconds;
                         let prev = Some(p.bytes as f64);
-                        if let Some(reason) = precopy::should_freeze(round, remaining, prev, &now) {
+                        if let Some(reason) = precopy::should_freeze(round, remaining, prev, &input)
+                        {
                             report.stop = Some(reason);
                             break;
                         }

@@ -420,27 +420,36 @@ fn local_policy_explains_threshold_trigger_and_selection() {
     require_root();
     let agent = Agent::start(
         "[probe]\nmode = \"ebpf\"\ninterval_ms = 200\n\
-         [policy]\nthreshold_base = 0.3\nthreshold_min = 0.05\n",
+         [policy]\nthreshold_base = 0.3\nthreshold_min = 0.05\n\
+         cooldown_samples = 3\nrearm_after_samples = 3\n",
     );
-    // A quiet second of history first, then the load steps up: the node's load and the
-    // container's move together, which is what the load correlation measures.
-    std::thread::sleep(Duration::from_secs(1));
+    // Quiet history first (the agent's own start-up load settles), then the load steps up:
+    // the node's load and the container's move together, which is what the load
+    // correlation measures.
+    std::thread::sleep(Duration::from_secs(2));
     let cg = TestCgroup::new("godwit-agent-policy");
-    let _w = Workload::start(&["burn", "12000"], Some(&cg));
+    let _w = Workload::start(&["burn", "25000"], Some(&cg));
     // The burning container drives the node over T_n = 30%: the trigger fires and the
-    // container is the one picked to leave.
+    // container is the one picked to leave, its load stepping with the node's (rho > 0.5:
+    // its history before it appeared counts as idle). A busy host may fire the trigger on
+    // its own noise before the step; a short cool-down lets it fire again while the load
+    // stays up, and the trigger that saw the step is waited for.
+    let stepped = |node: &Value| {
+        node["selection"]["candidates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["service"] == cg.rel_path.as_str() && c["rho"].as_f64() > Some(0.5))
+    };
     let report = wait_for(Duration::from_secs(20), || {
         let doc = agent.json("/v1/decisions");
         let node = doc["last_trigger"]["plan"]["nodes"].get(0)?.clone();
         let selected = node["selection"]["selected"].as_array()?;
-        selected
-            .iter()
-            .any(|s| s == cg.rel_path.as_str())
-            .then_some(node)
+        (selected.iter().any(|s| s == cg.rel_path.as_str()) && stepped(&node)).then_some(node)
     })
     .unwrap_or_else(|| {
         panic!(
-            "the burning cgroup was never selected: {}",
+            "the burning cgroup was never selected with rho > 0.5: {}",
             agent.json("/v1/decisions")
         )
     });

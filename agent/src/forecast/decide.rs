@@ -95,7 +95,13 @@ pub(super) struct LocalPolicy {
     triggers: BTreeMap<String, policy::TriggerState>,
     last_trigger: Option<Arc<TriggeredPlan>>,
     index: u64,
+    window: usize,
 }
+
+/// Containers present in the first samples were there before the agent looked (the first
+/// sample may miss some while the probe warms up); only those that appear after this sample
+/// are known to be new.
+const NEW_CONTAINER_AFTER: u64 = 2;
 
 impl LocalPolicy {
     pub(super) fn new(cfg: &Config, risk: SharedRisk) -> LocalPolicy {
@@ -118,7 +124,32 @@ impl LocalPolicy {
             triggers: BTreeMap::new(),
             last_trigger: None,
             index: 0,
+            window,
         }
+    }
+
+    /// Records sample `i`'s CPU load of each container (cgroup path, cores).
+    ///
+    /// A container that appears while the agent watches had no load before: its history
+    /// starts with zeros back to the first sample after [`NEW_CONTAINER_AFTER`], so the
+    /// correlation with the node's load sees the step it caused. Without them a new
+    /// container's history is its busy lifetime only, and its `rho` is noise. A container
+    /// missing from a few snapshots keeps its history (as gaps) for a window, so it is not
+    /// taken for a new one when it shows again.
+    fn record_service_loads<'a>(&mut self, i: u64, loads: impl Iterator<Item = (&'a str, f64)>) {
+        for (path, cores) in loads {
+            let key = path.to_string();
+            if i > NEW_CONTAINER_AFTER && self.services.get(&key).is_none() {
+                let from = i
+                    .saturating_sub(self.window as u64 - 1)
+                    .max(NEW_CONTAINER_AFTER + 1);
+                for j in from..i {
+                    self.services.push(key.clone(), j, 0.0);
+                }
+            }
+            self.services.push(key, i, cores);
+        }
+        self.services.retain_recent(i, self.window as u64);
     }
 
     /// Builds this node's view from a snapshot and its forecasts, and plans. `leaving`: the
@@ -142,10 +173,12 @@ impl LocalPolicy {
         let cpu_capacity = f64::from(n.cpus.max(1));
         let mem_capacity = n.memory_total_bytes as f64;
         self.node_load.push(i, n.cpu_utilization * cpu_capacity);
-        for c in &snap.containers {
-            self.services.push(c.cgroup_path.clone(), i, c.cpu_cores);
-        }
-        self.services.retain_recent(i, 0);
+        self.record_service_loads(
+            i,
+            snap.containers
+                .iter()
+                .map(|c| (c.cgroup_path.as_str(), c.cpu_cores)),
+        );
 
         let at_horizon = |entity: &Entity, metric: Metric| {
             forecasts
@@ -241,5 +274,37 @@ mod tests {
         assert!(!is_leaving("/godwit.slice/kv-1", &[]));
         // no journal yet: nothing is leaving
         assert!(leaving_cgroups(&SharedJournal::default()).is_empty());
+    }
+    #[test]
+    fn a_new_container_history_starts_at_zero_and_steps_with_the_node() {
+        let mut p = LocalPolicy::new(&Config::default(), SharedRisk::new(0.0));
+        // "old" runs from the first sample: no zeros are invented for it.
+        p.record_service_loads(1, [("/old", 0.5)].into_iter());
+        for i in 2..=6 {
+            p.record_service_loads(i, [("/old", 0.5)].into_iter());
+        }
+        // "new" appears at sample 7 and burns: zeros from sample 3 to 6, then its load.
+        p.record_service_loads(7, [("/old", 0.5), ("/new", 1.0)].into_iter());
+        let values = |p: &LocalPolicy, k: &str| p.services.get(&k.to_string()).unwrap().values();
+        assert_eq!(values(&p, "/old"), vec![Some(0.5); 7]);
+        assert_eq!(
+            values(&p, "/new"),
+            vec![Some(0.0), Some(0.0), Some(0.0), Some(0.0), Some(1.0)]
+        );
+        // A node that stepped with it correlates fully; the new container's lifetime alone
+        // (a constant) would give no correlation at all.
+        let node = [0.2, 0.2, 0.2, 0.2, 1.2];
+        let new: Vec<f64> = values(&p, "/new").into_iter().map(Option::unwrap).collect();
+        assert!(policy::pearson(&node, &new, 0) > 0.99);
+        assert_eq!(policy::pearson(&node[4..], &new[4..], 0), 0.0);
+
+        // "old" missing from two snapshots keeps its history as gaps, without zeros.
+        p.record_service_loads(10, [("/old", 0.5)].into_iter());
+        let old = values(&p, "/old");
+        assert_eq!(&old[old.len() - 4..], &[Some(0.5), None, None, Some(0.5)]);
+        // a container gone for longer than the window is forgotten
+        let far = 10 + p.window as u64 + 1;
+        p.record_service_loads(far, std::iter::empty());
+        assert!(p.services.get(&"/old".to_string()).is_none());
     }
 }

@@ -880,3 +880,106 @@ fn an_ipv6_vip_is_usable_at_once_and_announced_by_an_unsolicited_neighbour_adver
         "a DAD neighbour solicitation was sent for the VIP"
     );
 }
+
+/// The executable a process runs now.
+fn exe(pid: u32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+#[test]
+fn a_process_forked_ahead_waits_in_the_cgroup_and_becomes_the_service_at_its_start() {
+    require_root();
+    let slice = ServiceSlice::new();
+    let state = std::env::temp_dir().join(unique("godwit-state"));
+    let layout = cgroup_layout();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sleep = std::fs::canonicalize("/bin/sleep").unwrap();
+    rt.block_on(async {
+        let manager = godwit::service::Manager::new(godwit::service::Runtime {
+            node: "n".into(),
+            memory_v1_root: layout.memory_v1_root.clone().filter(|_| layout.hybrid),
+            v2_root: layout.v2_root.clone(),
+            section: godwit::service::ServicesSection {
+                cgroup_parent: slice.name.clone(),
+                state_root: state.clone(),
+                ..Default::default()
+            },
+            images: None,
+            run_root: state.join("run"),
+        });
+        let spec = |arg: &str| -> godwit::service::ServiceSpec {
+            serde_json::from_value(serde_json::json!({
+                "name": "ahead",
+                "command": ["/bin/sleep", arg],
+                "autostart": true,
+            }))
+            .unwrap()
+        };
+        let procs = layout
+            .v2_root
+            .join(&slice.name)
+            .join("ahead.service/cgroup.procs");
+        let pids = || -> Vec<u32> {
+            std::fs::read_to_string(&procs)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.parse().ok())
+                .collect()
+        };
+
+        // Forked ahead: one process in the service's cgroup, still the agent's program.
+        manager.park(spec("30000")).await.unwrap();
+        let parked = wait_for(Duration::from_secs(5), || pids().first().copied())
+            .expect("the forked child joined the service's cgroup");
+        assert_eq!(pids(), vec![parked]);
+        assert_ne!(
+            exe(parked).as_deref(),
+            Some(sleep.as_path()),
+            "not exec'd yet"
+        );
+        if let Some(v1) = layout.memory_v1_root.as_ref().filter(|_| layout.hybrid) {
+            let v1_procs = v1.join(&slice.name).join("ahead.service/cgroup.procs");
+            let v1_pids = std::fs::read_to_string(v1_procs).unwrap();
+            assert!(
+                v1_pids.lines().any(|l| l == parked.to_string()),
+                "its memory is charged to the service"
+            );
+        }
+
+        // The start of the same spec is that process, exec'd.
+        let st = manager.add(spec("30000")).await.unwrap();
+        assert_eq!(st.pid, Some(parked));
+        let exec_d = wait_for(Duration::from_secs(5), || {
+            (exe(parked).as_deref() == Some(sleep.as_path())).then_some(())
+        });
+        assert!(
+            exec_d.is_some(),
+            "the service runs its program: {:?}",
+            exe(parked)
+        );
+        manager.remove("ahead").await.unwrap();
+        assert!(!pid_alive(u64::from(parked)));
+
+        // Forked for another spec: ended, and the start forks anew.
+        manager.park(spec("30000")).await.unwrap();
+        let stale = wait_for(Duration::from_secs(5), || pids().first().copied()).unwrap();
+        let st = manager.add(spec("20000")).await.unwrap();
+        assert_ne!(st.pid, Some(stale));
+        assert!(!pid_alive(u64::from(stale)));
+        assert_eq!(pids(), vec![st.pid.unwrap()]);
+        manager.remove("ahead").await.unwrap();
+
+        // Never started: unparking ends the child and removes the cgroup.
+        manager.park(spec("30000")).await.unwrap();
+        let gone = wait_for(Duration::from_secs(5), || pids().first().copied()).unwrap();
+        manager.unpark("ahead").await;
+        assert!(!pid_alive(u64::from(gone)));
+        assert!(!procs.parent().unwrap().exists(), "the cgroup is removed");
+        manager.shutdown().await;
+    });
+    std::fs::remove_dir_all(&state).ok();
+}

@@ -190,6 +190,7 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
                 Some(crate::migrate::TargetHooks {
                     journal: j.clone(),
                     pending,
+                    manager: Some(m.clone()),
                 }),
             );
             crate::migrate::agent::register_handoff(t.services(), target);

@@ -396,6 +396,7 @@ impl Target {
                 warn!(service = %entry.service, error = %e, "removing a given-back service");
             }
         }
+        self.manager.unpark(&entry.service).await;
         let _ = std::fs::remove_dir_all(&entry.dest);
         if let Err(e) = self
             .journal

@@ -514,6 +514,7 @@ async fn setup_with_journal() -> (Setup, Arc<journal::Journal>) {
         Some(TargetHooks {
             journal: j.clone(),
             pending,
+            manager: None,
         }),
     );
     std::fs::create_dir_all(dir.path().join("recv")).unwrap();

@@ -757,6 +757,11 @@ pub struct TargetHooks {
     pub journal: Arc<Journal>,
     /// Ids of migrations left `Prepared` or `Owned` when the transfer's channel ends.
     pub pending: tokio::sync::mpsc::UnboundedSender<String>,
+    /// This node's services: the service's process is forked ahead when the transfer
+    /// begins ([`Manager::park`]), so the cut-over's start only execs it.
+    ///
+    /// [`Manager::park`]: crate::service::Manager::park
+    pub manager: Option<Arc<crate::service::Manager>>,
 }
 
 /// [`register`] with the journal: the commit is a prepared vote until the source's decision.
@@ -765,6 +770,29 @@ pub fn register_with(services: &Services, root: PathBuf, hooks: Option<TargetHoo
     services.register(SERVICE, move |peer, ch| {
         receive(peer, ch, root.clone(), hooks.clone())
     });
+}
+
+/// Forks the service's process ahead of its start on this node ([`Manager::park`]), in the
+/// background: the spec as the target starts it (`autostart`), unless the service is defined
+/// here already. A failure only costs the cut-over the cgroup join it would have saved.
+///
+/// [`Manager::park`]: crate::service::Manager::park
+fn park_ahead(
+    hooks: Option<&TargetHooks>,
+    service: &str,
+    spec: Option<&str>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let manager = hooks?.manager.clone()?;
+    let mut spec: crate::service::ServiceSpec = serde_json::from_str(spec?).ok()?;
+    if spec.name != service || manager.spec(service).is_some() {
+        return None;
+    }
+    spec.autostart = true;
+    Some(tokio::spawn(async move {
+        if let Err(e) = manager.park(spec).await {
+            info!(error = %e, "no process forked ahead of the start");
+        }
+    }))
 }
 
 fn valid_name(s: &str) -> bool {
@@ -796,6 +824,7 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
         })) => (migration, service, spec),
         _ => return,
     };
+    let spec_json = spec.clone();
     if !valid_name(&migration) || !valid_name(&service) {
         let _ = ch
             .send(&Msg::Failed {
@@ -833,6 +862,7 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
             return;
         }
     }
+    let parking = park_ahead(hooks.as_ref(), &service, spec_json.as_deref());
     let mut rx = Receiver {
         staging: staging.clone(),
         files: BTreeMap::new(),
@@ -862,6 +892,14 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
                     reason: e.to_string(),
                 })
                 .await;
+        }
+    }
+    if !matches!(outcome, Ok(Outcome::Prepared(_) | Outcome::Owned(_))) {
+        // No start here for this migration: the child forked ahead goes.
+        if let (Some(parking), Some(m)) = (parking, hooks.as_ref().and_then(|h| h.manager.as_ref()))
+        {
+            let _ = parking.await;
+            m.unpark(&service).await;
         }
     }
     match (&outcome, &hooks) {

@@ -32,6 +32,7 @@ mod cgroup;
 mod error;
 mod health;
 pub mod netlink;
+mod park;
 mod spec;
 mod supervisor;
 pub mod vip;

@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 use super::cgroup::ServiceCgroup;
 use super::error::ServiceError;
 use super::health::{check, Health, HealthTracker};
+use super::park::Parked;
 use super::spec::{validate_all, Demand, RestartPolicy, ServiceSpec, ServicesSection};
 use super::vip;
 use crate::image::ImageStore;
@@ -132,6 +133,16 @@ struct Handle {
 pub struct Manager {
     rt: Arc<Runtime>,
     services: Mutex<BTreeMap<String, Handle>>,
+    /// Processes forked ahead of a service's definition and start ([`Manager::park`]).
+    parked: Mutex<BTreeMap<String, ParkedService>>,
+}
+
+/// A child forked ahead for a service not defined yet, with the spec it was forked for.
+#[derive(Debug)]
+struct ParkedService {
+    spec: ServiceSpec,
+    cgroup: ServiceCgroup,
+    child: Parked,
 }
 
 impl std::fmt::Debug for Manager {
@@ -148,6 +159,7 @@ impl Manager {
         Arc::new(Manager {
             rt: Arc::new(rt),
             services: Mutex::new(BTreeMap::new()),
+            parked: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -201,9 +213,19 @@ impl Manager {
             vip_active: false,
             demand: spec.demand.clone(),
         };
+        // A child forked ahead for this very spec starts it; one forked for another is ended.
+        let parked = match self.take_parked(&spec.name) {
+            Some(p) if p.spec == spec => Some(p.child),
+            Some(p) => {
+                p.child.cancel().await;
+                None
+            }
+            None => None,
+        };
         let (status_tx, status_rx) = watch::channel(status);
         let (tx, rx) = mpsc::channel(8);
         let sup = Supervisor {
+            parked,
             rt: self.rt.clone(),
             spec: spec.clone(),
             cgroup,
@@ -242,6 +264,89 @@ impl Manager {
             self.start(&name).await
         } else {
             self.status(&name)
+        }
+    }
+
+    fn take_parked(&self, name: &str) -> Option<ParkedService> {
+        self.parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+    }
+
+    /// Forks the process of a service that is not defined here yet, ahead of its [`add`]:
+    /// the child joins the service's cgroups now and waits before `exec` until an `add` of the
+    /// same spec starts it, so that start skips the cgroup join (an RCU grace period in the
+    /// kernel, most of a start's time; see `park.rs`). A migration's target calls this when
+    /// the transfer begins. Replaces an earlier child forked for the same name.
+    ///
+    /// [`add`]: Manager::add
+    pub async fn park(&self, spec: ServiceSpec) -> Result<(), ServiceError> {
+        validate_all(std::slice::from_ref(&spec), &self.rt.section)?;
+        if self.lock().contains_key(&spec.name) {
+            return Err(ServiceError::Duplicate(spec.name.clone()));
+        }
+        self.unpark(&spec.name).await;
+        let image = prepare_image(&self.rt, &spec)?;
+        let cgroup = ServiceCgroup::create(
+            &self.rt.v2_root,
+            self.rt.memory_v1_root.as_deref(),
+            &self.rt.section.cgroup_parent,
+            &spec.name,
+        )?;
+        let state_dir = spec.state_dir(&self.rt.section);
+        let forked = std::fs::create_dir_all(&state_dir)
+            .map_err(|e| ServiceError::io(&state_dir, e))
+            .and_then(|()| {
+                let image_dir = image.as_ref().map(|i| i.dir.as_path());
+                let (mut cmd, program, cwd) = command(&spec, image_dir, &state_dir);
+                cgroup.place(&mut cmd)?;
+                Parked::fork(cmd, &cwd).map_err(|e| ServiceError::Spec {
+                    service: spec.name.clone(),
+                    field: "command".into(),
+                    reason: format!("{}: {e}", program.display()),
+                })
+            });
+        let child = match forked {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e);
+            }
+        };
+        let name = spec.name.clone();
+        let earlier = self
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                name.clone(),
+                ParkedService {
+                    spec,
+                    cgroup,
+                    child,
+                },
+            );
+        if let Some(p) = earlier {
+            p.child.cancel().await;
+        }
+        if self.lock().contains_key(&name) {
+            // Defined (and started without it) meanwhile.
+            self.unpark(&name).await;
+            return Err(ServiceError::Duplicate(name));
+        }
+        info!(service = %name, "process forked ahead of the start");
+        Ok(())
+    }
+
+    /// Ends the child forked ahead for `name`, if any, and removes its cgroup unless the
+    /// service is defined here meanwhile.
+    pub async fn unpark(&self, name: &str) {
+        if let Some(p) = self.take_parked(name) {
+            p.child.cancel().await;
+            if !self.lock().contains_key(name) {
+                let _ = p.cgroup.remove();
+            }
         }
     }
 
@@ -343,6 +448,16 @@ impl Manager {
     /// Stops every service and ends the supervisors (the agent is stopping). Services are
     /// stopped rather than left behind: an agent that starts again starts them again.
     pub async fn shutdown(&self) {
+        let parked: Vec<String> = self
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for name in parked {
+            self.unpark(&name).await;
+        }
         for name in self.names() {
             if let Err(e) = self.stop(&name).await {
                 warn!(service = %name, error = %e, "stopping at shutdown");
@@ -354,6 +469,35 @@ impl Manager {
             let _ = h.task.await;
         }
     }
+}
+
+/// The service's process as every start runs it: program, arguments (`{state}` and
+/// `{image}` substituted), environment and pipes, in a process group of its own. Returns the
+/// command (without a current directory or cgroup), the program and the directory it runs in.
+fn command(
+    spec: &ServiceSpec,
+    image: Option<&Path>,
+    state_dir: &Path,
+) -> (tokio::process::Command, PathBuf, PathBuf) {
+    let image_dir = image.unwrap_or(Path::new("/"));
+    let subst = |a: &str| {
+        a.replace("{state}", &state_dir.display().to_string())
+            .replace("{image}", &image_dir.display().to_string())
+    };
+    let argv: Vec<String> = spec.command.iter().map(|a| subst(a)).collect();
+    let program = resolve_program(&argv[0], image);
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&argv[1..])
+        .envs(&spec.env)
+        .env("GODWIT_SERVICE", &spec.name)
+        .env("GODWIT_STATE_DIR", state_dir)
+        .env("GODWIT_IMAGE_DIR", image_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    let cwd = image.unwrap_or(state_dir).to_path_buf();
+    (cmd, program, cwd)
 }
 
 /// An image ready to run from.
@@ -474,6 +618,8 @@ struct Supervisor {
     rt: Arc<Runtime>,
     spec: ServiceSpec,
     cgroup: ServiceCgroup,
+    /// The child forked ahead of the first start, if any.
+    parked: Option<Parked>,
     image_dir: Option<PathBuf>,
     state_dir: PathBuf,
     status: watch::Sender<ServiceStatus>,
@@ -537,6 +683,9 @@ impl Supervisor {
                     Some(cmd) => self.handle(cmd).await,
                     None => {
                         self.stop().await;
+                        if let Some(p) = self.parked.take() {
+                            p.cancel().await;
+                        }
                         let _ = self.cgroup.remove();
                         return;
                     }
@@ -552,7 +701,7 @@ impl Supervisor {
                     }
                 } => {
                     self.backoff_until = None;
-                    if let Err(e) = self.spawn() {
+                    if let Err(e) = self.spawn().await {
                         error!(service = %self.spec.name, error = %e, "restart failed");
                         self.set(|s| {
                             s.state = RunState::Failed;
@@ -664,7 +813,7 @@ impl Supervisor {
                         self.crashes.clear();
                         self.backoff_until = None;
                         self.set(|s| s.restarts = 0);
-                        self.spawn()
+                        self.spawn().await
                     }
                 };
                 if let Err(e) = &r {
@@ -753,42 +902,34 @@ impl Supervisor {
         }
     }
 
-    /// Starts the process in the cgroup.
-    fn spawn(&mut self) -> Result<(), ServiceError> {
+    /// Starts the process in the cgroup: the child forked ahead of the start when there is
+    /// one ([`Manager::park`]), else a new one.
+    async fn spawn(&mut self) -> Result<(), ServiceError> {
         let image = self.image_dir.clone();
-        let subst = |a: &str| {
-            a.replace("{state}", &self.state_dir.display().to_string())
-                .replace(
-                    "{image}",
-                    &image
-                        .as_deref()
-                        .unwrap_or(Path::new("/"))
-                        .display()
-                        .to_string(),
-                )
+        let parked = match self.parked.take() {
+            Some(p) => match p.release().await {
+                Ok(child) => Some(child),
+                Err(e) => {
+                    warn!(service = %self.spec.name, error = %e, "the child forked ahead did not start: starting a new one");
+                    None
+                }
+            },
+            None => None,
         };
-        let argv: Vec<String> = self.spec.command.iter().map(|a| subst(a)).collect();
-        let program = resolve_program(&argv[0], image.as_deref());
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&argv[1..])
-            .current_dir(image.as_deref().unwrap_or(&self.state_dir))
-            .envs(&self.spec.env)
-            .env("GODWIT_SERVICE", &self.spec.name)
-            .env("GODWIT_STATE_DIR", &self.state_dir)
-            .env(
-                "GODWIT_IMAGE_DIR",
-                image.as_deref().unwrap_or(Path::new("/")),
-            )
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0);
-        self.cgroup.place(&mut cmd)?;
-        let mut child = cmd.spawn().map_err(|e| ServiceError::Spec {
-            service: self.spec.name.clone(),
-            field: "command".into(),
-            reason: format!("{}: {e}", program.display()),
-        })?;
+        let mut child = match parked {
+            Some(child) => child,
+            None => {
+                let (mut cmd, program, cwd) =
+                    command(&self.spec, image.as_deref(), &self.state_dir);
+                cmd.current_dir(cwd);
+                self.cgroup.place(&mut cmd)?;
+                cmd.spawn().map_err(|e| ServiceError::Spec {
+                    service: self.spec.name.clone(),
+                    field: "command".into(),
+                    reason: format!("{}: {e}", program.display()),
+                })?
+            }
+        };
         for (stream, pipe) in [
             (
                 "stdout",

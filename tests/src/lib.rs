@@ -564,10 +564,10 @@ impl Drop for ServiceSlice {
                 {
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                let _ = std::fs::remove_dir(e.path());
+                remove_cgroup_dir(&e.path());
             }
         }
-        let _ = std::fs::remove_dir(&self.parent);
+        remove_cgroup_dir(&self.parent);
         // On a hybrid host the agent mirrors its services' cgroups in the v1 memory
         // hierarchy: empty by now, they only need removing.
         let layout = cgroup_layout();
@@ -575,11 +575,23 @@ impl Drop for ServiceSlice {
             let parent = v1.join(&self.name);
             if let Ok(rd) = std::fs::read_dir(&parent) {
                 for e in rd.flatten().filter(|e| e.path().is_dir()) {
-                    let _ = std::fs::remove_dir(e.path());
+                    remove_cgroup_dir(&e.path());
                 }
             }
-            let _ = std::fs::remove_dir(&parent);
+            remove_cgroup_dir(&parent);
         }
+    }
+}
+
+/// Removes an empty cgroup directory. The kernel refuses (`EBUSY`) while tasks that left
+/// `cgroup.procs` are still exiting, so that is retried for a few seconds.
+fn remove_cgroup_dir(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = std::fs::remove_dir(dir) {
+        if e.raw_os_error() != Some(libc::EBUSY) || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

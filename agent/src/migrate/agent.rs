@@ -775,6 +775,9 @@ pub struct Observed {
     /// Recorded, not used: added to `D` it also inflated round 1, where a long round 0 counts
     /// a hot page once, and the estimate got worse.
     pub dirty_extra: Option<f64>,
+    /// The same rounds' rate over the probe's (the median over them): the model's `D'/D`,
+    /// the rate it takes from round 2 on (round 1 keeps `D`).
+    pub dirty_later_ratio: Option<f64>,
 }
 
 /// Committed moves the model learns from.
@@ -802,6 +805,9 @@ impl Observed {
             dirty_extra: median(t.dirty_rates.iter().skip(2).copied())
                 .map(|m| m - probe_rate)
                 .filter(|_| probe_rate > 0.0),
+            dirty_later_ratio: median(t.dirty_rates.iter().skip(2).copied())
+                .filter(|_| probe_rate > 0.0)
+                .map(|m| m / probe_rate),
             scan_bytes: t.scan_share.and_then(|_| {
                 let r1 = t.rounds.get(1)?;
                 let dirtied = (r1.dirty_pages * super::scan::BLOCK).max(r1.bytes);
@@ -1139,6 +1145,8 @@ impl Migrator {
             scan_share: self.expected_scan_share(),
             round_bandwidth_bytes_per_s: self.expected_round_bandwidth(),
             live_overhead_s: report.live_overhead_estimate_s,
+            later_dirty_bytes_per_s: report.dirty_bytes_per_second
+                * self.expected_later_dirty_ratio(),
         };
         let mut entry = SourceEntry {
             migration: id.to_string(),
@@ -1404,6 +1412,14 @@ impl Migrator {
     fn expected_live_overhead_s(&self) -> f64 {
         median(self.stats().learned.iter().map(|o| o.live_overhead_s))
             .unwrap_or(DEFAULT_LIVE_OVERHEAD_S)
+    }
+
+    /// `D'/D`, the dirty rate from round 2 on over the probe's: the median over the last
+    /// committed migrations from this node that ran rounds past round 2, within 0.5 to 2, or
+    /// 1 (the model's `D` throughout).
+    fn expected_later_dirty_ratio(&self) -> f64 {
+        median(self.stats().learned.iter().map(|o| o.dirty_later_ratio))
+            .map_or(1.0, |r| r.clamp(0.5, 2.0))
     }
 
     /// The rate of the rounds after round 0 (scattered pages): the median of the last committed

@@ -410,6 +410,7 @@ fn input(state: f64, dirty: f64) -> crate::policy::PrecopyInput {
         scan_share: 1.0,
         round_bandwidth_bytes_per_s: 0.0,
         live_overhead_s: 0.0,
+        later_dirty_bytes_per_s: 0.0,
     }
 }
 

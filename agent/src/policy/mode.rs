@@ -142,6 +142,7 @@ mod tests {
             scan_share: 1.0,
             round_bandwidth_bytes_per_s: 0.0,
             live_overhead_s: 0.0,
+            later_dirty_bytes_per_s: 0.0,
         });
         let small = estimate(PrecopyInput {
             state_bytes: 1e6,

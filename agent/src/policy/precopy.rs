@@ -69,6 +69,31 @@ pub struct PrecopyInput {
     /// write-back that re-arms the probe, a service still running beside it); 0 by default.
     #[serde(default)]
     pub live_overhead_s: f64,
+    /// `D'`: the distinct-page dirty rate from round 2 on, bytes per second (0 or invalid:
+    /// `D`). Short rounds see a page rewritten between two cleans counted again each time,
+    /// where the probe's longer window counted it once.
+    #[serde(default)]
+    pub later_dirty_bytes_per_s: f64,
+}
+
+/// `D'`, made valid: the later rounds' rate when positive and finite, else `D`.
+pub fn later_dirty_rate(input: &PrecopyInput) -> f64 {
+    let d = input.later_dirty_bytes_per_s;
+    if d.is_finite() && d > 0.0 {
+        d
+    } else {
+        input.dirty_bytes_per_s
+    }
+}
+
+/// What round `i + 1` sends after round `i` copied `v` bytes: `s*D*(V0/B + L)` after round
+/// 0, `D*(V_1/B_r + L)` after round 1, `D'*(V_i/B_r + L)` after the later ones.
+fn next_round_bytes(input: &PrecopyInput, i: u32, v: f64) -> f64 {
+    match i {
+        0 => first_round_dirtied(input),
+        1 => input.dirty_bytes_per_s * (v / round_bandwidth(input) + live_latency(input)),
+        _ => later_dirty_rate(input) * (v / round_bandwidth(input) + live_latency(input)),
+    }
 }
 
 /// `L = RTT + o_l`: a live round's latency term (the frozen round's is `RTT`).
@@ -219,11 +244,10 @@ pub fn transitional_rounds(input: &PrecopyInput) -> Option<u32> {
     if !inputs_valid(input) {
         return None;
     }
-    let br = round_bandwidth(input);
     let (mut prev, mut v) = (input.state_bytes, first_round_dirtied(input));
     let mut round = 1u32;
     while should_freeze(round, v, Some(prev), input).is_none() {
-        (prev, v) = (v, input.dirty_bytes_per_s * (v / br + live_latency(input)));
+        (prev, v) = (v, next_round_bytes(input, round, v));
         round += 1;
         if round > input.max_rounds.saturating_add(1) {
             break;
@@ -370,6 +394,9 @@ pub fn estimate(input: PrecopyInput) -> PrecopyEstimate {
     if start != StartDecision::Iterate {
         return no_iteration(input, DirtyModel::ConstantRate, start);
     }
+    if later_dirty_rate(&input) != input.dirty_bytes_per_s {
+        return estimate_later_rate(input);
+    }
     let q = input.dirty_bytes_per_s / round_bandwidth(&input);
     let v_floor = input.dirty_bytes_per_s * live_latency(&input) / (1.0 - q);
     let budget = frozen_budget(&input);
@@ -451,6 +478,39 @@ fn finish(
         meets_target: downtime <= input.downtime_target_s,
         forced_live_rounds: None,
     }
+}
+
+/// The constant-rate estimate with a rate `D'` of its own from round 2 on: the rounds
+/// simulated with [`should_freeze`] (`V_{i+1}` by [`next_round_bytes`]); `q` and `V*` are
+/// those of `D'`, which governs the later rounds. With `D' = D` it gives the closed form's
+/// rounds.
+fn estimate_later_rate(input: PrecopyInput) -> PrecopyEstimate {
+    let d = later_dirty_rate(&input);
+    let q = dirty_ratio(d, round_bandwidth(&input));
+    let v_floor = latency_floor(d, round_bandwidth(&input), live_latency(&input));
+    if v_floor.is_none_or(|v| v >= frozen_budget(&input)) {
+        let why = if v_floor.is_none() {
+            StartDecision::NotConverging
+        } else {
+            StartDecision::FloorTooHigh
+        };
+        return no_iteration(input, DirtyModel::ConstantRate, why);
+    }
+    let mut vs = vec![input.state_bytes];
+    let stop = loop {
+        let i = vs.len() - 1;
+        let prev = (i > 0).then(|| vs[i - 1]);
+        if i > 0 {
+            if let Some(reason) = should_freeze(i as u32, vs[i], prev, &input) {
+                break reason;
+            }
+        }
+        vs.push(next_round_bytes(&input, i as u32, vs[i]));
+    };
+    if stop == StopReason::NotConverging {
+        vs.pop();
+    }
+    finish(input, DirtyModel::ConstantRate, q, v_floor, None, &vs, stop)
 }
 
 /// Distinct bytes dirtied in a window of `t` seconds, by linear interpolation of the measured
@@ -546,7 +606,38 @@ mod tests {
             scan_share: 1.0,
             round_bandwidth_bytes_per_s: 0.0,
             live_overhead_s: 0.0,
+            later_dirty_bytes_per_s: 0.0,
         }
+    }
+
+    #[test]
+    fn a_later_rate_of_its_own_drives_the_rounds_from_round_2() {
+        // The 1 GiB move at 1 Gbit/s and 20 MB/s: s = 1/2, B_r = 98 MB/s, o_l = 13 ms.
+        let mut i = input(1073.7 * MB, 20.6 * MB, 113.0 * MB, 0.0115, 0.0628);
+        (
+            i.scan_share,
+            i.round_bandwidth_bytes_per_s,
+            i.live_overhead_s,
+        ) = (0.5, 98.0 * MB, 0.013);
+        let closed = estimate(i);
+        // D' = D through the simulation: the closed form's rounds and frozen round.
+        let same = estimate_later_rate(i);
+        assert_eq!(same.live_rounds, closed.live_rounds);
+        let rel = |a: f64, b: f64| (a - b).abs() / b;
+        assert!(rel(same.frozen_bytes.unwrap(), closed.frozen_bytes.unwrap()) < 1e-9);
+        // V_2 = D*(V_1/B_r + L), then V_3 = D'*(V_2/B_r + L): 16% faster later rounds
+        // push V_3 past the frozen budget, and one more round runs.
+        i.later_dirty_bytes_per_s = 23.9 * MB;
+        let later = estimate(i);
+        let v1 = first_round_dirtied(&i);
+        let v2 = 20.6 * MB * (v1 / (98.0 * MB) + 0.0115 + 0.013);
+        let v3 = 23.9 * MB * (v2 / (98.0 * MB) + 0.0115 + 0.013);
+        assert!(v3 > frozen_budget(&i), "{v3} {}", frozen_budget(&i));
+        assert_eq!(closed.live_rounds, 3, "{closed:?}");
+        assert_eq!(later.live_rounds, 4, "{later:?}");
+        assert!(later.q.unwrap() > closed.q.unwrap());
+        // What a forced transitional move runs follows the same rounds.
+        assert_eq!(transitional_rounds(&i), Some(4));
     }
 
     #[test]

@@ -778,6 +778,9 @@ pub struct Observed {
     /// The same rounds' rate over the probe's (the median over them): the model's `D'/D`,
     /// the rate it takes from round 2 on (round 1 keeps `D`).
     pub dirty_later_ratio: Option<f64>,
+    /// The frozen round: bytes and seconds. Across moves whose frozen rounds differ in size
+    /// they give the frozen round's own rate and fixed cost.
+    pub frozen_round: Option<(f64, f64)>,
 }
 
 /// Committed moves the model learns from.
@@ -805,6 +808,11 @@ impl Observed {
             dirty_extra: median(t.dirty_rates.iter().skip(2).copied())
                 .map(|m| m - probe_rate)
                 .filter(|_| probe_rate > 0.0),
+            frozen_round: t
+                .rounds
+                .last()
+                .filter(|_| t.rounds.len() > 1)
+                .map(|r| (r.bytes as f64, t.cutover.final_round_s)),
             dirty_later_ratio: median(t.dirty_rates.iter().skip(2).copied())
                 .filter(|_| probe_rate > 0.0)
                 .map(|m| m / probe_rate),
@@ -815,6 +823,25 @@ impl Observed {
             }),
         }
     }
+}
+
+/// The frozen rounds' line `t = o_f + V/B_f` through `(bytes, seconds)` points, when their
+/// sizes differ by half or more and the rate is positive and below the live rounds' `br`
+/// (0: unknown).
+fn frozen_fit(points: &[(f64, f64)], br: f64) -> Option<(f64, f64)> {
+    let points: Vec<(f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|(v, t)| *v > 0.0 && *t > 0.0)
+        .collect();
+    let (lo, hi) = points.iter().fold((f64::MAX, 0.0f64), |(lo, hi), (v, _)| {
+        (lo.min(*v), hi.max(*v))
+    });
+    if points.len() < 2 || hi < 1.5 * lo {
+        return None;
+    }
+    crate::policy::fit_rounds(&points)
+        .filter(|(_, b)| b.is_finite() && *b > 0.0 && (br <= 0.0 || *b < br))
 }
 
 /// The median of the values present, if any.
@@ -1125,7 +1152,11 @@ impl Migrator {
         // is paid.
         let target_s = req.downtime_target.as_secs_f64();
         report.cutover_estimate_s = self.expected_cutover_s();
-        report.round_overhead_estimate_s = self.expected_round_overhead_s(report.rtt_ms / 1e3);
+        let frozen_fit = self.expected_frozen_fit();
+        report.round_overhead_estimate_s = match frozen_fit {
+            Some((o, _)) => (o - report.rtt_ms / 1e3).clamp(0.0, 1.0),
+            None => self.expected_round_overhead_s(report.rtt_ms / 1e3),
+        };
         report.live_overhead_estimate_s = self.expected_live_overhead_s();
         report.frozen_round_target_s =
             (target_s - report.cutover_estimate_s).max(target_s * MIN_FROZEN_SHARE);
@@ -1147,6 +1178,7 @@ impl Migrator {
             live_overhead_s: report.live_overhead_estimate_s,
             later_dirty_bytes_per_s: report.dirty_bytes_per_second
                 * self.expected_later_dirty_ratio(),
+            frozen_bandwidth_bytes_per_s: frozen_fit.map_or(0.0, |(_, b)| b),
         };
         let mut entry = SourceEntry {
             migration: id.to_string(),
@@ -1414,6 +1446,20 @@ impl Migrator {
             .unwrap_or(DEFAULT_LIVE_OVERHEAD_S)
     }
 
+    /// The frozen round's fixed cost and rate `(o_f, B_f)`: the least-squares line through
+    /// the last committed migrations' frozen rounds when their sizes differ by half or more
+    /// (else a line through near-equal sizes is noise) and it gives a positive rate; `None`
+    /// otherwise (the fixed cost is then learned at the live rounds' `B_r`).
+    fn expected_frozen_fit(&self) -> Option<(f64, f64)> {
+        let points: Vec<(f64, f64)> = self
+            .stats()
+            .learned
+            .iter()
+            .filter_map(|o| o.frozen_round)
+            .collect();
+        frozen_fit(&points, self.expected_round_bandwidth())
+    }
+
     /// `D'/D`, the dirty rate from round 2 on over the probe's: the median over the last
     /// committed migrations from this node that ran rounds past round 2, within 0.5 to 2, or
     /// 1 (the model's `D` throughout).
@@ -1578,5 +1624,29 @@ pub async fn finish_recovery(
                 warn!(migration = %e.migration, "decided migration, but no transport to hand it off")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frozen_rounds_own_rate_comes_from_rounds_of_different_sizes() {
+        const MB: f64 = 1e6;
+        // Four moves at 5 MB/s froze 1.4 MB in 30 ms; one at 20 MB/s froze 4.5 MB in 65 ms.
+        let mut points = vec![(1.4 * MB, 0.030); 4];
+        points.push((4.5 * MB, 0.065));
+        let (o, b) = frozen_fit(&points, 117.5 * MB).unwrap();
+        assert!((b / MB - 88.6).abs() < 1.0, "{b}");
+        assert!((o - 0.0142).abs() < 0.001, "{o}");
+        // Rounds of about one size say nothing of a rate.
+        assert_eq!(
+            frozen_fit(&[(4.5 * MB, 0.065), (4.0 * MB, 0.06)], 0.0),
+            None
+        );
+        assert_eq!(frozen_fit(&points[..1], 0.0), None);
+        // A frozen round no slower than the live rounds: their rate stands.
+        assert_eq!(frozen_fit(&points, 80.0 * MB), None);
     }
 }

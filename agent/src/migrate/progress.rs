@@ -239,6 +239,7 @@ mod tests {
             round_bandwidth_bytes_per_s: 0.0,
             live_overhead_s: 0.0,
             later_dirty_bytes_per_s: 0.0,
+            frozen_bandwidth_bytes_per_s: 0.0,
         };
         let report = DriveReport::new(estimate(input), super::super::drive::Mode::Transitional);
         // Round 0, 400 MB of 1000 sent: 6 s of it left, plus the later rounds' 1.11 s.

@@ -411,6 +411,7 @@ fn input(state: f64, dirty: f64) -> crate::policy::PrecopyInput {
         round_bandwidth_bytes_per_s: 0.0,
         live_overhead_s: 0.0,
         later_dirty_bytes_per_s: 0.0,
+        frozen_bandwidth_bytes_per_s: 0.0,
     }
 }
 

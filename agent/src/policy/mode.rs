@@ -143,6 +143,7 @@ mod tests {
             round_bandwidth_bytes_per_s: 0.0,
             live_overhead_s: 0.0,
             later_dirty_bytes_per_s: 0.0,
+            frozen_bandwidth_bytes_per_s: 0.0,
         });
         let small = estimate(PrecopyInput {
             state_bytes: 1e6,

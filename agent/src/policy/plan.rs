@@ -378,6 +378,7 @@ pub fn plan(view: &ClusterView, cfg: &PolicyConfig, now: u64) -> Plan {
                 round_bandwidth_bytes_per_s: 0.0,
                 live_overhead_s: 0.0,
                 later_dirty_bytes_per_s: 0.0,
+                frozen_bandwidth_bytes_per_s: 0.0,
             };
             let switch = decide_mode(
                 class_label(&target.switch_latencies_s, cfg),

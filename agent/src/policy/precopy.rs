@@ -37,6 +37,13 @@
 //! D*L/(1-q)` for the live rounds; the termination check and the predicted downtime keep
 //! `V_i/B_r + RTT`. With `o_l = 0`, MISSION's model.
 //!
+//! **The frozen round has its own rate, and the later rounds their own dirty rate.** A frozen
+//! round of a few MB moves slower per byte than the live rounds' fit (`B_f <= B_r`, measured
+//! across the frozen rounds of the last moves; `B_r` until then): its time is `V_n/B_f + RTT`
+//! and its budget `B_f*(T_down - RTT)`. From round 2 on the rounds see pages dirtied at `D'`
+//! (a short round counts a rewritten page again after each clean): `V_{i+1} = D'*(V_i/B_r +
+//! L)`, simulated under the termination check when `D' != D` (`D` until measured).
+//!
 //! Where the probe measured a writable-working-set curve (distinct bytes dirtied against window
 //! length), [`estimate_with_curve`] iterates `V_{i+1} = W(t_i)` instead of the constant rate, and
 //! the estimate says which model it used.
@@ -74,6 +81,21 @@ pub struct PrecopyInput {
     /// where the probe's longer window counted it once.
     #[serde(default)]
     pub later_dirty_bytes_per_s: f64,
+    /// `B_f`: the frozen round's own rate, bytes per second (0 or invalid: `B_r`). A frozen
+    /// round of a few MB moves slower per byte than the live rounds' fit says.
+    #[serde(default)]
+    pub frozen_bandwidth_bytes_per_s: f64,
+}
+
+/// `B_f`, made valid: the frozen round's rate when positive and below `B_r`, else `B_r`.
+pub fn frozen_bandwidth(input: &PrecopyInput) -> f64 {
+    let br = round_bandwidth(input);
+    let f = input.frozen_bandwidth_bytes_per_s;
+    if f.is_finite() && f > 0.0 && f < br {
+        f
+    } else {
+        br
+    }
 }
 
 /// `D'`, made valid: the later rounds' rate when positive and finite, else `D`.
@@ -278,9 +300,9 @@ pub fn remaining_after(v0: f64, v_floor: f64, q: f64, round: u32) -> f64 {
     v_floor + (v0 - v_floor) * q.powi(round.min(i32::MAX as u32) as i32)
 }
 
-/// `B_r*(T_down - RTT)`.
+/// `B_f*(T_down - RTT)` (`B_f = B_r` unless measured).
 pub fn frozen_budget(input: &PrecopyInput) -> f64 {
-    round_bandwidth(input) * (input.downtime_target_s - input.rtt_s)
+    frozen_bandwidth(input) * (input.downtime_target_s - input.rtt_s)
 }
 
 fn inputs_valid(i: &PrecopyInput) -> bool {
@@ -326,7 +348,7 @@ pub fn should_freeze(
     input: &PrecopyInput,
 ) -> Option<StopReason> {
     if input.bandwidth_bytes_per_s > 0.0
-        && remaining / round_bandwidth(input) + input.rtt_s <= input.downtime_target_s
+        && remaining / frozen_bandwidth(input) + input.rtt_s <= input.downtime_target_s
     {
         Some(StopReason::FitsDowntime)
     } else if previous.is_some_and(|p| remaining >= p) {
@@ -448,7 +470,7 @@ fn finish(
     let (b, br) = (input.bandwidth_bytes_per_s, round_bandwidth(&input));
     let n = vs.len().saturating_sub(1);
     let frozen = vs[n];
-    let downtime = frozen / br + input.rtt_s;
+    let downtime = frozen / frozen_bandwidth(&input) + input.rtt_s;
     PrecopyEstimate {
         input,
         model,
@@ -465,13 +487,10 @@ fn finish(
         total_duration_s: Some(
             vs.iter()
                 .enumerate()
-                .map(|(i, v)| {
-                    let latency = if i == n {
-                        input.rtt_s
-                    } else {
-                        live_latency(&input)
-                    };
-                    v / if i == 0 { b } else { br } + latency
+                .map(|(i, v)| match i {
+                    0 => v / b + live_latency(&input),
+                    i if i == n => v / frozen_bandwidth(&input) + input.rtt_s,
+                    _ => v / br + live_latency(&input),
                 })
                 .sum(),
         ),
@@ -607,6 +626,7 @@ mod tests {
             round_bandwidth_bytes_per_s: 0.0,
             live_overhead_s: 0.0,
             later_dirty_bytes_per_s: 0.0,
+            frozen_bandwidth_bytes_per_s: 0.0,
         }
     }
 
@@ -638,6 +658,30 @@ mod tests {
         assert!(later.q.unwrap() > closed.q.unwrap());
         // What a forced transitional move runs follows the same rounds.
         assert_eq!(transitional_rounds(&i), Some(4));
+    }
+
+    #[test]
+    fn the_frozen_round_takes_its_own_rate() {
+        let mut i = input(1073.7 * MB, 20.6 * MB, 125.0 * MB, 0.0171, 0.0651);
+        (i.scan_share, i.round_bandwidth_bytes_per_s) = (0.5, 117.5 * MB);
+        // At B_r the 5.0 MB round fits 65 ms (42.6 + 17.1 ms); at B_f = 88.6 MB/s it does not.
+        assert_eq!(
+            should_freeze(3, 5.0 * MB, Some(18.4 * MB), &i),
+            Some(StopReason::FitsDowntime)
+        );
+        let at_br = estimate(i);
+        i.frozen_bandwidth_bytes_per_s = 88.6 * MB;
+        assert_eq!(should_freeze(3, 5.0 * MB, Some(18.4 * MB), &i), None);
+        assert!((frozen_budget(&i) - 88.6 * MB * (0.0651 - 0.0171)).abs() < 1.0);
+        let at_bf = estimate(i);
+        assert!(at_bf.live_rounds >= at_br.live_rounds);
+        let frozen = at_bf.frozen_bytes.unwrap();
+        assert!(
+            (at_bf.predicted_downtime_s.unwrap() - (frozen / (88.6 * MB) + 0.0171)).abs() < 1e-9
+        );
+        // A B_f above B_r is no slower: B_r stands.
+        i.frozen_bandwidth_bytes_per_s = 200.0 * MB;
+        assert_eq!(frozen_bandwidth(&i), 117.5 * MB);
     }
 
     #[test]

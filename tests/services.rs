@@ -983,3 +983,54 @@ fn a_process_forked_ahead_waits_in_the_cgroup_and_becomes_the_service_at_its_sta
     });
     std::fs::remove_dir_all(&state).ok();
 }
+
+#[test]
+fn a_kill_shuts_the_frozen_services_sockets_before_its_processes_die() {
+    require_root();
+    let slice = ServiceSlice::new();
+    let layout = cgroup_layout();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cg = godwit::service::ServiceCgroup::create(
+            &layout.v2_root,
+            layout.memory_v1_root.as_deref().filter(|_| layout.hybrid),
+            &slice.name,
+            "sock",
+        )
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // A client of ours inside the cgroup: it connects and holds the connection.
+        let mut cmd = tokio::process::Command::new("/bin/bash");
+        cmd.args([
+            "-c",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; exec sleep 30"),
+        ]);
+        cg.place(&mut cmd).unwrap();
+        let mut child = cmd.spawn().unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        cg.freeze().await.unwrap();
+
+        // Frozen, its socket shut from outside: our end sees the end of the stream at once,
+        // while the process is still there, frozen.
+        assert_eq!(cg.shut_sockets(), 1, "one socket held");
+        conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 16];
+        let got = std::io::Read::read(&mut conn, &mut buf);
+        assert!(matches!(got, Ok(0)), "end of stream, not {got:?}");
+        let pid = child.id().unwrap();
+        assert!(
+            pid_alive(u64::from(pid)) && cg.is_frozen(),
+            "still there, frozen"
+        );
+
+        cg.kill_all();
+        let _ = child.wait().await;
+        assert!(cg.wait_empty(Duration::from_secs(5)).await);
+        let _ = cg.thaw().await;
+        cg.remove().unwrap();
+    });
+}

@@ -10,7 +10,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -222,6 +222,54 @@ impl ServiceCgroup {
             // SAFETY: kill(2) has no memory-safety preconditions.
             unsafe { libc::kill(pid as i32, sig) };
         }
+    }
+
+    /// Shuts down (`SHUT_RDWR`) every socket the cgroup's processes hold, through a
+    /// duplicate taken with `pidfd_getfd`; returns how many. A killed process closes its
+    /// sockets only after the kernel has torn its memory down (`exit_mm` comes before
+    /// `exit_files`): 15-55 ms for a service mapping 1 GiB, during which its clients wait on
+    /// connections nobody will answer. Shut down first, they see the end at once. Frozen
+    /// processes need not run for this; processes that are gone or a kernel without
+    /// `pidfd_getfd` (before 5.6) are skipped, and the kill closes their sockets as before.
+    pub fn shut_sockets(&self) -> usize {
+        let mut n = 0;
+        for pid in self.pids() {
+            // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+            let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+            if pidfd < 0 {
+                continue;
+            }
+            // SAFETY: a descriptor just returned by pidfd_open, owned here.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
+            for e in fds.flatten() {
+                let is_socket = std::fs::read_link(e.path())
+                    .is_ok_and(|t| t.as_os_str().as_encoded_bytes().starts_with(b"socket:"));
+                let Some(target) = e.file_name().to_str().and_then(|f| f.parse::<i32>().ok())
+                else {
+                    continue;
+                };
+                if !is_socket {
+                    continue;
+                }
+                // SAFETY: pidfd_getfd with a valid pidfd, a descriptor number and no flags
+                // returns a new descriptor (close-on-exec) or -1.
+                let dup =
+                    unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
+                if dup < 0 {
+                    continue;
+                }
+                // SAFETY: a descriptor just returned by pidfd_getfd, owned here.
+                let dup = unsafe { OwnedFd::from_raw_fd(dup as i32) };
+                // SAFETY: shutdown on a valid descriptor; errors (not connected) are harmless.
+                if unsafe { libc::shutdown(dup.as_raw_fd(), libc::SHUT_RDWR) } == 0 {
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Kills everything in the cgroup (`cgroup.kill`, or SIGKILL to each process on kernels

@@ -833,7 +833,13 @@ impl Supervisor {
                 self.cancel_check();
                 self.backoff_until = None;
                 self.stopping = true;
+                // Its clients learn at once: the sockets are shut before the processes die
+                // (an exit closes them only after tearing the memory down).
+                let shut = self.cgroup.shut_sockets();
                 self.cgroup.kill_all();
+                if shut > 0 {
+                    info!(service = %self.spec.name, sockets = shut, "sockets shut down before the kill");
+                }
                 if let Some(mut child) = self.child.take() {
                     let _ = child.wait().await;
                 }

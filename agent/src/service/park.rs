@@ -5,8 +5,12 @@
 //! between cgroups just before: 10 to 25 ms on the hosts measured, most of a start. A
 //! migration's target knows the service long before the cut-over, so it forks the process
 //! then: the child joins the service's cgroups and blocks on a pipe. The start writes one byte
-//! to the pipe and the child only changes directory and execs. Closing the pipe instead makes
-//! the child fail before `exec` (the spawn reports an error and reaps it).
+//! to the pipe and the child only changes directory and execs. A cancel writes another byte
+//! (and closes the pipe): the child fails before `exec` (the spawn reports an error and reaps
+//! it). A byte, not only the end of the pipe: a child forked meanwhile (another one parked)
+//! holds a copy of the write end until it execs, so the end may never come. While parked the
+//! child has `PR_SET_PDEATHSIG` set, so it dies with the agent; it is cleared before `exec`
+//! (it would outlive the exec, and the thread that forked the child is the "parent").
 //!
 //! The child changes directory after the go byte, not before it blocks, so a state directory
 //! that a commit swaps in meanwhile is the one it runs in.
@@ -44,24 +48,31 @@ impl Parked {
         // SAFETY: both descriptors were just created by pipe2 and are owned by nobody else.
         let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let (raw_rd, raw_wr) = (rd.as_raw_fd(), wr.as_raw_fd());
+        let agent = std::process::id() as libc::pid_t;
         // SAFETY: the closure runs in the child between fork and exec and only calls close,
-        // read and chdir, which are async-signal-safe, on descriptors and a string that live
-        // in the child's copy of this process's memory.
+        // prctl, getppid, read and chdir, which are async-signal-safe, on descriptors and a
+        // string that live in the child's copy of this process's memory.
         unsafe {
             cmd.pre_exec(move || {
                 let _keep = (&rd, &cwd);
                 // The child's copy of the write end: without closing it the read below would
                 // never see the parent close its own.
                 libc::close(raw_wr);
+                // Dies with the agent while parked (and not if the agent is already gone).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                    || libc::getppid() != agent
+                {
+                    return Err(io::Error::from_raw_os_error(libc::ECANCELED));
+                }
                 let mut b = 0u8;
                 loop {
                     match libc::read(raw_rd, (&mut b as *mut u8).cast(), 1) {
-                        1 => break,
+                        1 if b == GO => break,
                         -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
                         _ => return Err(io::Error::from_raw_os_error(libc::ECANCELED)),
                     }
                 }
-                if libc::chdir(cwd.as_ptr()) != 0 {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, 0) != 0 || libc::chdir(cwd.as_ptr()) != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
@@ -77,9 +88,7 @@ impl Parked {
     /// Lets the child exec; returns it once it has (or the error that stopped it).
     pub async fn release(mut self) -> io::Result<Child> {
         if let Some(go) = self.go.take() {
-            // SAFETY: writes one byte from a valid buffer to a descriptor owned here.
-            let n = unsafe { libc::write(go.as_raw_fd(), b"g".as_ptr().cast(), 1) };
-            if n != 1 {
+            if !send(&go, GO) {
                 return Err(io::Error::last_os_error());
             }
         }
@@ -91,9 +100,21 @@ impl Parked {
 
     /// Cancels the child: it exits before `exec`; returns once it is reaped.
     pub async fn cancel(mut self) {
-        self.go.take();
+        if let Some(go) = self.go.take() {
+            send(&go, CANCEL);
+        }
         let _ = (&mut self.spawn).await;
     }
+}
+
+/// The byte that releases a parked child.
+const GO: u8 = b'g';
+/// The byte that cancels it.
+const CANCEL: u8 = b'c';
+
+fn send(fd: &OwnedFd, byte: u8) -> bool {
+    // SAFETY: writes one byte from a valid buffer to a descriptor owned by the caller.
+    unsafe { libc::write(fd.as_raw_fd(), (&byte as *const u8).cast(), 1) == 1 }
 }
 
 #[cfg(test)]
@@ -122,6 +143,27 @@ mod tests {
             String::from_utf8_lossy(&out.stdout).trim(),
             dir.path().canonicalize().unwrap().display().to_string()
         );
+    }
+
+    #[tokio::test]
+    async fn a_child_parked_beside_another_is_cancelled_and_released_independently() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Parked::fork(echo_cwd(), dir.path()).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // Forked while the first waits: it holds a copy of the first's write end.
+        let second = Parked::fork(echo_cwd(), dir.path()).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::timeout(std::time::Duration::from_secs(5), first.cancel())
+            .await
+            .expect("cancelled although another child holds its pipe");
+        let out = second
+            .release()
+            .await
+            .unwrap()
+            .wait_with_output()
+            .await
+            .unwrap();
+        assert!(out.status.success());
     }
 
     #[tokio::test]

@@ -62,6 +62,9 @@ pub fn node_name(cfg: &Config) -> String {
 }
 
 async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
+    // The handlers first: the API answers `/healthz` before the main loop waits, and a
+    // SIGTERM or SIGHUP that came in between would take the default action (terminate).
+    let signals = Signals::install();
     let node_name = node_name(&cfg);
     let gossip_cfg = match cfg
         .gossip
@@ -296,8 +299,14 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
         cfg.api.listen
     );
 
-    let reloader = tokio::spawn(reload_on_sighup(cfg.clone(), config_path, mesh.clone()));
-    let signal = wait_for_signal().await;
+    let Signals { term, int, hup } = signals;
+    let reloader = tokio::spawn(reload_on_sighup(
+        cfg.clone(),
+        config_path,
+        mesh.clone(),
+        hup,
+    ));
+    let signal = wait_for_signal(term, int).await;
     tracing::info!(signal, "shutting down");
     reloader.abort();
     if let Some(mesh) = &mesh {
@@ -350,12 +359,29 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
     code
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+/// The agent's signal handlers, installed before anything answers.
+struct Signals {
+    term: std::io::Result<tokio::signal::unix::Signal>,
+    int: std::io::Result<tokio::signal::unix::Signal>,
+    hup: std::io::Result<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()),
+            int: signal(SignalKind::interrupt()),
+            hup: signal(SignalKind::hangup()),
+        }
+    }
+}
+
+async fn wait_for_signal(
+    term: std::io::Result<tokio::signal::unix::Signal>,
+    int: std::io::Result<tokio::signal::unix::Signal>,
+) -> &'static str {
+    let (Ok(mut term), Ok(mut int)) = (term, int) else {
         tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
         std::future::pending::<()>().await;
         unreachable!()
@@ -410,9 +436,9 @@ async fn reload_on_sighup(
     mut current: Config,
     path: Option<PathBuf>,
     mesh: Option<Arc<gossip::Cluster>>,
+    hup: std::io::Result<tokio::signal::unix::Signal>,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+    let Ok(mut hup) = hup else {
         tracing::warn!("cannot install the SIGHUP handler: configuration reload is disabled");
         return;
     };

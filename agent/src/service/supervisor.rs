@@ -180,23 +180,7 @@ impl Manager {
     /// Adds a service (validated; its name must be new) and starts it if `autostart`.
     /// Nothing already running is touched when the spec is refused.
     pub async fn add(&self, spec: ServiceSpec) -> Result<ServiceStatus, ServiceError> {
-        validate_all(std::slice::from_ref(&spec), &self.rt.section)?;
-        if self.lock().contains_key(&spec.name) {
-            return Err(ServiceError::Duplicate(spec.name.clone()));
-        }
-        // The image first: one that cannot be prepared leaves no cgroup behind.
-        let image = prepare_image(&self.rt, &spec)?;
-        let cgroup = ServiceCgroup::create(
-            &self.rt.v2_root,
-            self.rt.memory_v1_root.as_deref(),
-            &self.rt.section.cgroup_parent,
-            &spec.name,
-        )?;
-        let state_dir = spec.state_dir(&self.rt.section);
-        if let Err(e) = std::fs::create_dir_all(&state_dir) {
-            let _ = cgroup.remove();
-            return Err(ServiceError::io(&state_dir, e));
-        }
+        let (image, cgroup, state_dir) = self.prepare(&spec)?;
         let status = ServiceStatus {
             name: spec.name.clone(),
             node: self.rt.node.clone(),
@@ -267,6 +251,33 @@ impl Manager {
         }
     }
 
+    /// What a service needs before its process: the spec validated, its name new here, its
+    /// image ready, its cgroup and its state directory. The image first: one that cannot be
+    /// prepared leaves no cgroup behind; a state directory that cannot be made removes the
+    /// cgroup again.
+    fn prepare(
+        &self,
+        spec: &ServiceSpec,
+    ) -> Result<(Option<PreparedImage>, ServiceCgroup, PathBuf), ServiceError> {
+        validate_all(std::slice::from_ref(spec), &self.rt.section)?;
+        if self.lock().contains_key(&spec.name) {
+            return Err(ServiceError::Duplicate(spec.name.clone()));
+        }
+        let image = prepare_image(&self.rt, spec)?;
+        let cgroup = ServiceCgroup::create(
+            &self.rt.v2_root,
+            self.rt.memory_v1_root.as_deref(),
+            &self.rt.section.cgroup_parent,
+            &spec.name,
+        )?;
+        let state_dir = spec.state_dir(&self.rt.section);
+        if let Err(e) = std::fs::create_dir_all(&state_dir) {
+            let _ = cgroup.remove();
+            return Err(ServiceError::io(&state_dir, e));
+        }
+        Ok((image, cgroup, state_dir))
+    }
+
     fn take_parked(&self, name: &str) -> Option<ParkedService> {
         self.parked
             .lock()
@@ -282,31 +293,19 @@ impl Manager {
     ///
     /// [`add`]: Manager::add
     pub async fn park(&self, spec: ServiceSpec) -> Result<(), ServiceError> {
-        validate_all(std::slice::from_ref(&spec), &self.rt.section)?;
-        if self.lock().contains_key(&spec.name) {
-            return Err(ServiceError::Duplicate(spec.name.clone()));
-        }
         self.unpark(&spec.name).await;
-        let image = prepare_image(&self.rt, &spec)?;
-        let cgroup = ServiceCgroup::create(
-            &self.rt.v2_root,
-            self.rt.memory_v1_root.as_deref(),
-            &self.rt.section.cgroup_parent,
-            &spec.name,
-        )?;
-        let state_dir = spec.state_dir(&self.rt.section);
-        let forked = std::fs::create_dir_all(&state_dir)
-            .map_err(|e| ServiceError::io(&state_dir, e))
-            .and_then(|()| {
-                let image_dir = image.as_ref().map(|i| i.dir.as_path());
-                let (mut cmd, program, cwd) = command(&spec, image_dir, &state_dir);
-                cgroup.place(&mut cmd)?;
+        let (image, cgroup, state_dir) = self.prepare(&spec)?;
+        let forked = {
+            let image_dir = image.as_ref().map(|i| i.dir.as_path());
+            let (mut cmd, program, cwd) = command(&spec, image_dir, &state_dir);
+            cgroup.place(&mut cmd).and_then(|()| {
                 Parked::fork(cmd, &cwd).map_err(|e| ServiceError::Spec {
                     service: spec.name.clone(),
                     field: "command".into(),
                     reason: format!("{}: {e}", program.display()),
                 })
-            });
+            })
+        };
         let child = match forked {
             Ok(child) => child,
             Err(e) => {

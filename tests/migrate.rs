@@ -13,7 +13,7 @@ use std::time::Duration;
 use godwit::config::{Config, ProbeMode};
 use godwit::migrate::{self, StateScan, StateSender};
 use godwit::predict::testdata::noise;
-use godwit::probe::{self, DirtyTracker, Sampler, SamplerConfig};
+use godwit::probe::{self, DirtyTracker, Sampler};
 use godwit::transport::{init_ca, issue_node, Endpoint, Identity, Services};
 use godwit_tests::migrate_rig::{run_migrate, KvOptions, MigrateRig, Migration, RigOptions};
 use godwit_tests::{require_root, unique};
@@ -132,7 +132,7 @@ fn tracked_dirty_pages_drive_the_rounds_and_the_copy_is_exact() {
     require_root();
     let mut cfg = Config::default();
     cfg.probe.mode = ProbeMode::Ebpf;
-    let sampler = Sampler::new(SamplerConfig::from_config(&cfg)).expect("BPF probe must load");
+    let sampler = Sampler::new(cfg.sampler()).expect("BPF probe must load");
     let shared = probe::SharedSnapshot::default();
     let stop_sampler = Arc::new(AtomicBool::new(false));
     let (tracker, rx) = DirtyTracker::channel();

@@ -1,0 +1,617 @@
+//! The agent's HTTP face: `/metrics` (OpenMetrics) and the JSON API under `/v1/`. Read-only but
+//! for the operator's risk level and local service actions. It cannot prove who calls it, so
+//! it starts no migration (see `crate::migrate::control`).
+//!
+//! | path | body |
+//! | --- | --- |
+//! | `/metrics` | OpenMetrics text |
+//! | `/v1/node` | node totals, energy, and the probe's report on itself |
+//! | `/v1/processes` | live processes, by CPU descending |
+//! | `/v1/containers` | containers and leaf cgroups, by CPU descending |
+//! | `/v1/snapshot` | all of the above in one document |
+//! | `/v1/forecast` | ARMA forecasts of the node's and each container's load, with intervals |
+//! | `/v1/nodes` | the mesh: members with liveness, heartbeat age, generation and summary |
+//! | `/v1/decisions` | this node's policy view and plan, with the numbers behind each step |
+//! | `/v1/risk` | GET or PUT `{"risk": 0.3}`: the operator's risk level of the site (0 to 1) |
+//! | `/v1/transport` | the QUIC endpoint: connection counts and the paths measured |
+//! | `/v1/transport/probe/{node}` | POST (`?bytes=N`): measure RTT and throughput to a member |
+//! | `/v1/images` | images in this node's store: id, entries, bytes, chunks |
+//! | `/v1/inventory` | the patterns of `[inventory]` resolved to processes, containers, devices, interfaces, and the managed services |
+//! | `/v1/services` | GET: managed services with state, health, cgroup and rates; POST: a spec |
+//! | `/v1/services/{name}/{action}` | POST: `start`, `stop`, `freeze` or `thaw`; `migrate` is refused (403), audited and counted: migrations start over the transport with a certificate (`godwit migrate`, the `"control"` service) |
+//! | `/v1/migrations` | migration counts (committed, failed, refused) and the last report |
+//! | `/v1/images/{id}/push` | POST (`?to=NODE`): push an image; only missing chunks move |
+//! | `/healthz` | `ok` once the first sample exists |
+
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::forecast::{SharedDecisions, SharedForecasts, SharedRisk};
+use crate::probe::{SharedSnapshot, Snapshot};
+
+/// What the API reads (and, for the operator's risk level, writes).
+#[derive(Clone)]
+pub struct Shared {
+    pub snapshot: SharedSnapshot,
+    pub forecasts: SharedForecasts,
+    pub decisions: SharedDecisions,
+    pub risk: SharedRisk,
+    /// The mesh membership, when gossip is enabled.
+    pub mesh: Option<Arc<crate::gossip::Cluster>>,
+    /// The agent-to-agent endpoint, when this node has a certificate.
+    pub transport: Option<Arc<crate::transport::agent::Transport>>,
+    /// The image store, when the data directory is usable.
+    pub images: Option<Arc<crate::image::ImageStore>>,
+    /// The managed services, when cgroup v2 is there.
+    pub services: Option<Arc<crate::service::Manager>>,
+    /// The resolved inventory, when patterns are configured.
+    pub inventory: Option<crate::inventory::watch::SharedInventory>,
+    /// Migrations from this node, when it has services and the transport.
+    pub migrator: Option<Arc<crate::migrate::agent::Migrator>>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    shared: Shared,
+    registry: Arc<Registry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("API server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// The router, for tests and for [`serve`].
+pub fn router(shared: Shared, registry: Registry) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/v1/node", get(node_handler))
+        .route("/v1/processes", get(processes_handler))
+        .route("/v1/containers", get(containers_handler))
+        .route("/v1/snapshot", get(snapshot_handler))
+        .route("/v1/forecast", get(forecast_handler))
+        .route("/v1/decisions", get(decisions_handler))
+        .route("/v1/nodes", get(nodes_handler))
+        .route("/v1/risk", get(risk_get_handler).put(risk_put_handler))
+        .route("/v1/transport", get(transport_handler))
+        .route("/v1/transport/probe/{node}", post(probe_handler))
+        .route("/v1/images", get(images_handler))
+        .route("/v1/inventory", get(inventory_handler))
+        .route("/v1/migrations", get(migrations_handler))
+        .route(
+            "/v1/services",
+            get(services_handler).post(service_add_handler),
+        )
+        .route("/v1/services/{name}/{action}", post(service_action_handler))
+        .route("/v1/images/{id}/push", post(image_push_handler))
+        .route("/healthz", get(health_handler))
+        .with_state(AppState {
+            shared,
+            registry: Arc::new(registry),
+        })
+}
+
+/// Binds `addr` (before anything else starts, so a taken port fails fast).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ApiError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiError::Bind { addr, source })
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> Result<(), ApiError> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+    .map_err(ApiError::Serve)
+}
+
+fn latest(state: &AppState) -> Option<Arc<Snapshot>> {
+    state
+        .shared
+        .snapshot
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+fn not_ready() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({"error": "no sample yet"})),
+    )
+        .into_response()
+}
+
+/// OpenMetrics for clients that ask for it (Prometheus does), the Prometheus text format
+/// otherwise (curl, promtool, older scrapers).
+async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Ok(body) = metrics::render(&state.registry) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            metrics::to_prometheus_text(&body),
+        )
+            .into_response()
+    }
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Serialize)]
+struct NodeView<'a> {
+    taken_at_unix_ms: u64,
+    interval_seconds: f64,
+    node: &'a crate::probe::model::NodeSample,
+    probe: &'a crate::probe::sampler::ProbeStatus,
+}
+
+async fn node_handler(State(state): State<AppState>) -> Response {
+    let Some(s) = latest(&state) else {
+        return not_ready();
+    };
+    Json(NodeView {
+        taken_at_unix_ms: s.taken_at_unix_ms,
+        interval_seconds: s.interval_seconds,
+        node: &s.node,
+        probe: &s.probe,
+    })
+    .into_response()
+}
+
+async fn processes_handler(State(state): State<AppState>) -> Response {
+    let Some(s) = latest(&state) else {
+        return not_ready();
+    };
+    Json(&s.processes).into_response()
+}
+
+async fn containers_handler(State(state): State<AppState>) -> Response {
+    let Some(s) = latest(&state) else {
+        return not_ready();
+    };
+    Json(&s.containers).into_response()
+}
+
+async fn snapshot_handler(State(state): State<AppState>) -> Response {
+    let Some(s) = latest(&state) else {
+        return not_ready();
+    };
+    Json(&*s).into_response()
+}
+
+async fn forecast_handler(State(state): State<AppState>) -> Response {
+    let latest = state
+        .shared
+        .forecasts
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    match latest {
+        Some(f) => Json(&*f).into_response(),
+        None => not_ready(),
+    }
+}
+
+async fn decisions_handler(State(state): State<AppState>) -> Response {
+    let latest = state
+        .shared
+        .decisions
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    match latest {
+        Some(d) => Json(&*d).into_response(),
+        None => not_ready(),
+    }
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct RiskBody {
+    risk: f64,
+}
+
+async fn risk_get_handler(State(state): State<AppState>) -> Response {
+    Json(RiskBody {
+        risk: state.shared.risk.get(),
+    })
+    .into_response()
+}
+
+/// Sets the operator's risk level of this node's site (0 to 1). Refused with 400 otherwise.
+async fn risk_put_handler(
+    State(state): State<AppState>,
+    body: Result<Json<RiskBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let bad = |msg: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": msg })),
+        )
+            .into_response()
+    };
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return bad(e.body_text()),
+    };
+    match state.shared.risk.set(body.risk) {
+        Ok(()) => {
+            tracing::info!(risk = body.risk, "operator risk level changed");
+            Json(body).into_response()
+        }
+        Err(e) => bad(e),
+    }
+}
+
+fn error(code: StatusCode, msg: impl std::fmt::Display) -> Response {
+    (code, Json(serde_json::json!({ "error": msg.to_string() }))).into_response()
+}
+
+const TRANSPORT_OFF: &str = "the transport is off on this node (transport.enabled = false, \
+                             or no certificate for it in transport.tls_dir)";
+
+async fn transport_handler(State(state): State<AppState>) -> Response {
+    match &state.shared.transport {
+        Some(t) => Json(t.view()).into_response(),
+        None => error(StatusCode::NOT_FOUND, TRANSPORT_OFF),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ProbeQuery {
+    /// Bytes of the throughput probe; 0 measures RTT only.
+    #[serde(default = "default_probe_bytes")]
+    bytes: u64,
+}
+
+fn default_probe_bytes() -> u64 {
+    16 << 20
+}
+
+async fn probe_handler(
+    State(state): State<AppState>,
+    axum::extract::Path(node): axum::extract::Path<String>,
+    query: Result<axum::extract::Query<ProbeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(transport) = &state.shared.transport else {
+        return error(StatusCode::NOT_FOUND, TRANSPORT_OFF);
+    };
+    let bytes = match query {
+        Ok(q) => q.bytes,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    if bytes > crate::transport::MAX_PROBE_BYTES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bytes: {bytes} is over the limit of {}",
+                crate::transport::MAX_PROBE_BYTES
+            ),
+        );
+    }
+    let addr = match peer_addr(&state, &node) {
+        Ok(a) => a,
+        Err(why) => return error(StatusCode::NOT_FOUND, why),
+    };
+    match transport.measure(&node, addr, bytes).await {
+        Ok(m) => Json(m).into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, e),
+    }
+}
+
+/// The transport address `node` publishes in its summary, or why there is none.
+fn peer_addr(state: &AppState, node: &str) -> Result<SocketAddr, String> {
+    crate::peers::transport_addr(state.shared.mesh.as_deref(), node)
+}
+
+async fn inventory_handler(State(state): State<AppState>) -> Response {
+    match &state.shared.inventory {
+        Some(inv) => {
+            let inv = inv.read().unwrap_or_else(|e| e.into_inner()).clone();
+            Json(inv).into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            "no [inventory] patterns are configured on this node",
+        ),
+    }
+}
+
+const SERVICES_OFF: &str = "this node runs no managed services (no cgroup v2 hierarchy)";
+
+/// A service's status with its CPU, memory and dirty rates from the probe.
+#[derive(Serialize)]
+struct ServiceView {
+    #[serde(flatten)]
+    status: crate::service::ServiceStatus,
+    cpu_cores: Option<f64>,
+    memory_bytes: Option<u64>,
+    dirty_bytes_per_second: Option<f64>,
+}
+
+fn service_error(e: crate::service::ServiceError) -> Response {
+    use crate::service::ServiceError as E;
+    let code = match &e {
+        E::Spec { .. } => StatusCode::BAD_REQUEST,
+        E::Duplicate(_) | E::State { .. } => StatusCode::CONFLICT,
+        E::Unknown(_) => StatusCode::NOT_FOUND,
+        E::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(code, e)
+}
+
+async fn services_handler(State(state): State<AppState>) -> Response {
+    let Some(manager) = &state.shared.services else {
+        return error(StatusCode::NOT_FOUND, SERVICES_OFF);
+    };
+    let snap = latest(&state);
+    let views: Vec<ServiceView> = manager
+        .list()
+        .into_iter()
+        .map(|status| {
+            let c = snap.as_ref().and_then(|s| {
+                // The probe names cgroups from the v2 root; the service knows the full path.
+                s.containers
+                    .iter()
+                    .find(|c| c.cgroup_path.len() > 1 && status.cgroup.ends_with(&c.cgroup_path))
+            });
+            ServiceView {
+                cpu_cores: c.map(|c| c.cpu_cores),
+                memory_bytes: c.and_then(|c| c.memory_bytes),
+                dirty_bytes_per_second: c.map(|c| c.dirty_bytes_per_second),
+                status,
+            }
+        })
+        .collect();
+    Json(serde_json::json!({ "services": views })).into_response()
+}
+
+async fn service_add_handler(
+    State(state): State<AppState>,
+    body: Result<Json<crate::service::ServiceSpec>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Some(manager) = &state.shared.services else {
+        return error(StatusCode::NOT_FOUND, SERVICES_OFF);
+    };
+    let spec = match body {
+        Ok(Json(s)) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match manager.add(spec).await {
+        Ok(status) => (StatusCode::CREATED, Json(status)).into_response(),
+        Err(e) => service_error(e),
+    }
+}
+
+/// The query of a refused `migrate` action: only the target, for the audit log.
+#[derive(serde::Deserialize)]
+struct MigrateQuery {
+    to: Option<String>,
+}
+
+async fn migrations_handler(State(state): State<AppState>) -> Response {
+    match &state.shared.migrator {
+        Some(m) => Json(m.stats()).into_response(),
+        None => error(StatusCode::NOT_FOUND, MIGRATE_OFF),
+    }
+}
+
+const MIGRATE_OFF: &str =
+    "migration is off on this node: it needs managed services and the transport (a certificate)";
+
+/// Why `POST /v1/services/{name}/migrate` is refused.
+pub const MIGRATE_NEEDS_A_CERTIFICATE: &str = "migrations are started over the transport by a \
+     caller with a certificate of the cluster CA, not over HTTP: run `godwit migrate SERVICE \
+     --to NODE` (it presents this node's certificate, or an operator's with --operator)";
+
+/// The HTTP API cannot prove who calls it, so it starts no migration: the request is refused
+/// (403), audited with the caller's address and counted as refused.
+fn migrate(state: &AppState, name: &str, to: Option<&str>, caller: SocketAddr) -> Response {
+    if let Some(migrator) = &state.shared.migrator {
+        migrator.refuse(
+            name,
+            to.unwrap_or("-"),
+            &format!("api {caller}"),
+            "the HTTP API presents no certificate",
+        );
+    }
+    error(StatusCode::FORBIDDEN, MIGRATE_NEEDS_A_CERTIFICATE)
+}
+
+async fn service_action_handler(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(caller): axum::extract::ConnectInfo<SocketAddr>,
+    axum::extract::Path((name, action)): axum::extract::Path<(String, String)>,
+    query: Result<axum::extract::Query<MigrateQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(manager) = &state.shared.services else {
+        return error(StatusCode::NOT_FOUND, SERVICES_OFF);
+    };
+    if action == "migrate" {
+        let to = query.ok().and_then(|q| q.0.to);
+        return migrate(&state, &name, to.as_deref(), caller);
+    }
+    let result = match action.as_str() {
+        "start" => manager.start(&name).await,
+        "stop" => manager.stop(&name).await,
+        "freeze" => manager.freeze(&name).await,
+        "thaw" => manager.thaw(&name).await,
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no action {other:?}: start, stop, freeze or thaw"),
+            )
+        }
+    };
+    match result {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => service_error(e),
+    }
+}
+
+const IMAGES_OFF: &str = "this node has no image store (see the agent's log)";
+
+#[derive(Serialize)]
+struct ImageInfo {
+    id: String,
+    entries: usize,
+    bytes: u64,
+    chunks: usize,
+}
+
+async fn images_handler(State(state): State<AppState>) -> Response {
+    let Some(store) = state.shared.images.clone() else {
+        return error(StatusCode::NOT_FOUND, IMAGES_OFF);
+    };
+    let listed = tokio::task::spawn_blocking(move || {
+        store
+            .list()
+            .into_iter()
+            .filter_map(|id| {
+                let m = store.manifest(&id).ok()?;
+                Some(ImageInfo {
+                    id: id.to_string(),
+                    entries: m.entries.len(),
+                    bytes: m.size(),
+                    chunks: m.chunks().count(),
+                })
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    Json(serde_json::json!({ "images": listed })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct PushQuery {
+    to: String,
+}
+
+async fn image_push_handler(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    query: Result<axum::extract::Query<PushQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(store) = &state.shared.images else {
+        return error(StatusCode::NOT_FOUND, IMAGES_OFF);
+    };
+    let Some(transport) = &state.shared.transport else {
+        return error(StatusCode::NOT_FOUND, TRANSPORT_OFF);
+    };
+    let to = match query {
+        Ok(q) => q.0.to,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let id = match crate::image::Digest::parse(&id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if !store.has_image(&id) {
+        return error(StatusCode::NOT_FOUND, format!("no image {id} here"));
+    }
+    let addr = match peer_addr(&state, &to) {
+        Ok(a) => a,
+        Err(why) => return error(StatusCode::NOT_FOUND, why),
+    };
+    let peer = match transport.endpoint().connect(addr, &to).await {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e),
+    };
+    let result = crate::image::push(&peer, store, &id).await;
+    peer.close("pushed");
+    match result {
+        Ok(stats) => {
+            tracing::info!(
+                image = %id,
+                to = %to,
+                chunks = stats.chunks_sent,
+                bytes = stats.bytes_sent,
+                "image pushed"
+            );
+            Json(stats).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_GATEWAY, e),
+    }
+}
+
+#[derive(Serialize)]
+struct NodesView {
+    #[serde(flatten)]
+    view: Arc<crate::gossip::ClusterView>,
+    /// Datagram counts of the sealed transport (dropped: bad key or tag, replay, stale,
+    /// malformed).
+    seal: Option<crate::gossip::SealStats>,
+    /// The ids of the cluster keys this node holds (never the keys).
+    keyring: Option<KeyringView>,
+}
+
+#[derive(Serialize)]
+struct KeyringView {
+    /// The key that seals what this node sends.
+    primary: String,
+    /// Every key this node accepts, the primary included.
+    keys: Vec<String>,
+}
+
+async fn nodes_handler(State(state): State<AppState>) -> Response {
+    match &state.shared.mesh {
+        Some(mesh) => Json(NodesView {
+            view: mesh.view(),
+            seal: mesh.seal_stats(),
+            keyring: mesh.keyring().map(|ring| KeyringView {
+                primary: ring.primary().to_string(),
+                keys: ring.key_ids().iter().map(ToString::to_string).collect(),
+            }),
+        })
+        .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "gossip is disabled (gossip.enabled = false)"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn health_handler(State(state): State<AppState>) -> Response {
+    match latest(&state) {
+        Some(_) => "ok\n".into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response(),
+    }
+}

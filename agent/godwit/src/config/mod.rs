@@ -1,0 +1,275 @@
+//! The agent's configuration: a TOML file whose every key has a default, validated while it is
+//! parsed so that an error names the line and the field.
+//!
+//! The embedded default is `packaging/godwit.toml`; `godwit agent` with no `--config` runs it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use godwit_core::config::{Bounded, Glob, Ratio, Watts};
+pub use godwit_core::policy::SiteConfig;
+pub use godwit_core::predict::PredictConfig;
+pub use godwit_gossip::GossipSection;
+pub use godwit_probe::{EnergyConfig, ProbeConfig, ProbeMode};
+pub use godwit_transport::TransportSection;
+
+/// The default configuration file, embedded in the binary.
+pub const DEFAULT_TOML: &str = include_str!("../../../../packaging/godwit.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The message carries the line, column and field, as the TOML parser reports them.
+    #[error("invalid config {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub probe: ProbeConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub energy: EnergyConfig,
+    #[serde(default)]
+    pub site: SiteConfig,
+    #[serde(default)]
+    pub gossip: GossipSection,
+    #[serde(default)]
+    pub transport: TransportSection,
+    #[serde(default)]
+    pub services: crate::service::ServicesSection,
+    #[serde(default)]
+    pub inventory: crate::inventory::InventoryConfig,
+    /// Managed services (`[[service]]`).
+    #[serde(default)]
+    pub service: Vec<crate::service::ServiceSpec>,
+    #[serde(default)]
+    pub predict: PredictConfig,
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse(DEFAULT_TOML, "<embedded default>").expect("embedded default config is valid")
+    }
+}
+
+impl Config {
+    /// Parses and validates a TOML document; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config
+            .check_cross_fields()
+            .map_err(|message| ConfigError::Invalid {
+                origin: origin.to_string(),
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Reads a file, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::parse(DEFAULT_TOML, "<embedded default>"),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Config::parse(&text, &path.display().to_string())
+            }
+        }
+    }
+
+    /// The sampler this configuration describes (`[probe]`, `[energy]`, the node's name and
+    /// `[metrics] select_processes`).
+    pub fn sampler(&self) -> godwit_probe::SamplerConfig {
+        godwit_probe::SamplerConfig::from_sections(
+            &self.probe,
+            &self.energy,
+            self.node.name.clone(),
+            self.metrics.select_processes.clone(),
+        )
+    }
+
+    /// Checks that involve more than one field (single fields are checked while parsing).
+    fn check_cross_fields(&self) -> Result<(), String> {
+        self.energy.validate()?;
+        self.policy.validate().map_err(|e| e.to_string())?;
+        crate::service::validate_all(&self.service, &self.services).map_err(|e| e.to_string())?;
+        self.inventory.validate()?;
+        self.gossip.validate()?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Node name in the cluster; the host name when absent.
+    pub name: Option<String>,
+    /// Directory for the agent's state.
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: None,
+            data_dir: PathBuf::from("/var/lib/godwit"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address of the HTTP API and `/metrics`.
+    pub listen: SocketAddr,
+}
+
+/// The documented default API port.
+pub const DEFAULT_API_PORT: u16 = 9746;
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Per-process series for the top N by CPU and the top N by dirty rate.
+    pub top_processes: Bounded<0, 1000>,
+    /// Globs on comm: matching processes always get per-process series.
+    pub select_processes: Vec<Glob>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            top_processes: Bounded(10),
+            select_processes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_equals_struct_defaults() {
+        let parsed = Config::parse(DEFAULT_TOML, "default").unwrap();
+        let from_empty = Config::parse("", "empty").unwrap();
+        assert_eq!(
+            parsed, from_empty,
+            "packaging/godwit.toml must state the code's defaults"
+        );
+        assert_eq!(parsed.api.listen.port(), DEFAULT_API_PORT);
+        assert_eq!(parsed.probe.interval_ms.0, 1000);
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "[probe]\ninterval_ms = 5\n",
+                &["line 2", "out of range", "100 to 60000"],
+            ),
+            (
+                "[probe]\nmode = \"kprobe\"\n",
+                &["line 2", "unknown variant", "kprobe"],
+            ),
+            ("[api]\nlisten = \"nowhere\"\n", &["line 2", "listen"]),
+            (
+                "[probe]\nintervl_ms = 1000\n",
+                &["line 2", "unknown field", "intervl_ms"],
+            ),
+            (
+                "[energy]\nidle_watts = -3.0\n",
+                &["line 2", "expected a number >= 0"],
+            ),
+            (
+                "[metrics]\nselect_processes = [\"a[\"]\n",
+                &["line 2", "bad glob"],
+            ),
+            ("[bogus]\n", &["line 1", "unknown field", "bogus"]),
+            (
+                "[energy]\nidle_watts = 90.0\nmax_watts = 50.0\n",
+                &["energy.max_watts"],
+            ),
+            (
+                "[gossip]\nseeds = [\"198.18.0.2:9747\"]\n",
+                &["gossip.keys is empty"],
+            ),
+            (
+                "[gossip]\nkeys = [\"abc\"]\n",
+                &["gossip.keys[0]", "64 hex digits"],
+            ),
+        ];
+        for (text, needles) in cases {
+            let err = Config::parse(text, "test.toml").unwrap_err().to_string();
+            for needle in *needles {
+                assert!(
+                    err.contains(needle),
+                    "error for {text:?} lacks {needle:?}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn globs_match_comm() {
+        let c = Config::parse("[metrics]\nselect_processes = [\"redis-*\"]\n", "t").unwrap();
+        assert!(c.metrics.select_processes[0].is_match("redis-server"));
+        assert!(!c.metrics.select_processes[0].is_match("postgres"));
+    }
+}

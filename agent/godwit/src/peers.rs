@@ -1,0 +1,23 @@
+//! Where peers are: the transport address each node publishes in the mesh, which migrations
+//! resolve a target's name through (the migrate crate cannot reach gossip).
+
+use std::net::SocketAddr;
+
+/// The transport address `node` publishes in the mesh.
+pub fn transport_addr(
+    mesh: Option<&crate::gossip::Cluster>,
+    node: &str,
+) -> Result<SocketAddr, String> {
+    let Some(mesh) = mesh else {
+        return Err("gossip is disabled: peers' addresses are unknown".into());
+    };
+    let view = mesh.view();
+    let Some(member) = view.member(node) else {
+        return Err(format!("{node} is not a member of the mesh"));
+    };
+    member
+        .summary
+        .as_ref()
+        .and_then(|s| s.addresses.quic)
+        .ok_or_else(|| format!("{node} publishes no transport address (no certificate there?)"))
+}

@@ -1,0 +1,244 @@
+//! The `"control"` transport service: the only way to start a migration.
+//!
+//! A caller connects to the agent's QUIC endpoint with a certificate of the cluster CA (mutual
+//! TLS: the handshake has proven who it is, [`Principal`]), opens this service and sends one
+//! [`Request::Migrate`]. The agent checks that the caller may start migrations
+//! ([`authorize`]: a node of the cluster, such as a peer and later the coordinator, or an
+//! operator; then the fencing token, [`check_fencing`]), then runs the migration and answers
+//! with a [`Reply::Progress`] at each phase and round, and the final [`Reply::Report`]. A
+//! refused request gets [`Reply::Refused`]; it is appended to the audit log and counted like a
+//! migration ([`Migrator::refuse`]). The audit log names the caller by its certificate
+//! (`requested_by`: `operator alice`, `node n1`).
+//!
+//! A peer whose certificate is not of the cluster CA never gets this far: the handshake
+//! refuses it (and counts it in the transport's statistics).
+//!
+//! [`migrate`] is the client (`godwit migrate`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::agent::{MigrateRequest, Migrator};
+use super::drive::Mode;
+use super::error::MigrateError;
+use super::progress::Progress;
+use godwit_transport::{open, Channel, Endpoint, PeerInfo, Principal, Services};
+
+/// Name of the service.
+pub const SERVICE: &str = "control";
+
+/// A request to the control service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Move a managed service of the called agent to another node.
+    Migrate(MigrateCall),
+}
+
+/// What to move where, and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrateCall {
+    /// The managed service.
+    pub service: String,
+    /// The node to move it to.
+    pub to: String,
+    /// How to switch over.
+    pub mode: Mode,
+    /// The downtime target, milliseconds.
+    pub downtime_ms: u64,
+    /// Re-hash the whole state on both sides at the cut-over.
+    pub full_verify: bool,
+    /// The coordinator's fencing token, once a coordinator exists (see [`check_fencing`]).
+    pub fencing_token: Option<u64>,
+}
+
+/// What the agent answers: progress updates, then one report or one refusal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    /// Where the migration is.
+    Progress(Progress),
+    /// The migration ended: its [`super::agent::MigrationReport`] as JSON (its serde shape is
+    /// not one bincode encodes), and whether it committed.
+    Report {
+        /// The report, JSON.
+        json: String,
+        /// The service now runs on the target.
+        committed: bool,
+    },
+    /// The caller may not start this migration (nothing was tried); audited.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// The request could not be served (no such target, migration off here): nothing was
+    /// tried.
+    Error {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Finds a node's transport address (from the mesh).
+pub type Resolver = Arc<dyn Fn(&str) -> Result<SocketAddr, String> + Send + Sync>;
+
+/// Who may start a migration from this node: any node of the cluster CA (a peer, later the
+/// coordinator) and any operator of it; the handshake has proven which. Then the fencing
+/// token must pass [`check_fencing`].
+pub fn authorize(caller: &Principal, fencing_token: Option<u64>) -> Result<(), String> {
+    match caller {
+        Principal::Node(_) | Principal::Operator(_) => {}
+    }
+    check_fencing(fencing_token)
+}
+
+/// The fencing hook. Once the coordinator exists, a migration it did not order under its
+/// current term must be refused, so that a deposed coordinator (or a caller replaying an old
+/// order) cannot move services: the request carries the token the coordinator issued, and
+/// this check compares it with the coordinator's current one.
+///
+/// Today no coordinator exists: a request without a token is accepted, and a request with one
+/// is refused, since nothing here can check it (a token is a claim of the coordinator's
+/// authority, and an unchecked claim is not trusted).
+pub fn check_fencing(token: Option<u64>) -> Result<(), String> {
+    match token {
+        None => Ok(()),
+        Some(t) => Err(format!(
+            "fencing token {t} cannot be checked: this cluster has no coordinator"
+        )),
+    }
+}
+
+/// Registers the service: migrations from this node by `migrator`, targets found by
+/// `resolve`. Operators may open it.
+pub fn register(services: &Services, migrator: Arc<Migrator>, resolve: Resolver) {
+    services.register_for_operators(SERVICE, move |peer, ch| {
+        serve(peer, ch, migrator.clone(), resolve.clone())
+    });
+}
+
+async fn serve(peer: PeerInfo, mut ch: Channel, migrator: Arc<Migrator>, resolve: Resolver) {
+    let call = match ch.recv::<Request>().await {
+        Ok(Some(Request::Migrate(call))) => call,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(caller = %peer.principal, error = %e, "bad control request");
+            return;
+        }
+    };
+    let caller = peer.principal.to_string();
+    let reply = match (
+        authorize(&peer.principal, call.fencing_token),
+        resolve(&call.to),
+    ) {
+        (Err(why), _) => {
+            migrator.refuse(&call.service, &call.to, &caller, &why);
+            Reply::Refused { reason: why }
+        }
+        (Ok(()), Err(why)) => Reply::Error { reason: why },
+        (Ok(()), Ok(addr)) => {
+            info!(caller, service = %call.service, to = %call.to, "migration requested");
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let req = MigrateRequest {
+                service: call.service,
+                to: call.to,
+                addr,
+                mode: call.mode,
+                downtime_target: Duration::from_millis(call.downtime_ms),
+                requested_by: caller,
+                full_verify: call.full_verify,
+                progress: Some(tx),
+            };
+            // Its own task: a caller that stops reading (or goes away) never holds it up.
+            let run = tokio::spawn(async move { migrator.migrate(req).await });
+            let mut gone = false;
+            // Ends when the migration drops its senders, that is when it is over.
+            while let Some(p) = rx.recv().await {
+                if !gone && ch.send(&Reply::Progress(p)).await.is_err() {
+                    gone = true;
+                }
+            }
+            match run.await {
+                Ok(report) => Reply::Report {
+                    committed: report.result == "committed",
+                    json: serde_json::to_string(&report).unwrap_or_default(),
+                },
+                Err(e) => Reply::Error {
+                    reason: format!("the migration task failed: {e}"),
+                },
+            }
+        }
+    };
+    let _ = ch.send(&reply).await;
+    let _ = ch.finish();
+    // Let the last frames reach the caller before the stream goes.
+    let _ = tokio::time::timeout(Duration::from_secs(2), ch.stopped()).await;
+}
+
+/// How a migration request ended, for the caller.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// It ran: the report (JSON), and whether it committed.
+    Report {
+        /// The [`super::agent::MigrationReport`].
+        report: serde_json::Value,
+        /// The service now runs on the target.
+        committed: bool,
+    },
+    /// The caller may not start it (audited on the agent).
+    Refused(String),
+    /// The agent could not serve it.
+    Error(String),
+}
+
+/// Asks the agent `node` at `addr` to run the migration `call`, from `endpoint` (whose
+/// identity is the caller's); `on_progress` sees each update as it comes. Returns how it
+/// ended.
+pub async fn migrate(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    node: &str,
+    call: MigrateCall,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<Answer, MigrateError> {
+    let peer = endpoint.connect(addr, node).await?;
+    let mut ch = open(&peer, SERVICE).await?;
+    ch.send(&Request::Migrate(call)).await?;
+    loop {
+        match ch.recv::<Reply>().await? {
+            Some(Reply::Progress(p)) => on_progress(&p),
+            Some(Reply::Report { json, committed }) => {
+                peer.close("done");
+                let report = serde_json::from_str(&json)
+                    .map_err(|e| MigrateError::Peer(format!("unreadable report: {e}")))?;
+                return Ok(Answer::Report { report, committed });
+            }
+            Some(Reply::Refused { reason }) => return Ok(Answer::Refused(reason)),
+            Some(Reply::Error { reason }) => return Ok(Answer::Error(reason)),
+            None => {
+                return Err(MigrateError::Peer(format!(
+                    "{node} closed the control stream before the report"
+                )))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_and_operators_may_start_migrations_without_a_token() {
+        for caller in [
+            Principal::Node("n1".into()),
+            Principal::Operator("alice".into()),
+        ] {
+            assert_eq!(authorize(&caller, None), Ok(()), "{caller}");
+            let refused = authorize(&caller, Some(7)).unwrap_err();
+            assert!(refused.contains("no coordinator"), "{refused}");
+        }
+    }
+}

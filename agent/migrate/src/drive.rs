@@ -1,0 +1,428 @@
+//! The pre-copy driver: chooses the mode from the latency-aware model, runs live rounds until
+//! the termination check says freeze, then the frozen round, the hash check and the commit.
+//! Any failure before the commit gives the service back to the source (thawed or restarted).
+//!
+//! The service side (freeze, thaw, stop, start) comes in through [`Source`], so the driver
+//! works the same for the exec driver's services and in tests.
+
+use std::future::Future;
+use std::time::Instant;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::error::MigrateError;
+use super::progress::{Phase, Progress};
+use super::scan::BLOCK;
+use super::transfer::{RoundStats, StateSender, Verified};
+use godwit_core::policy::{
+    self as precopy, PrecopyEstimate, PrecopyInput, StartDecision, StopReason,
+};
+
+/// How often a live round reports its progress while it runs.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How a service is switched over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Live rounds, then a short frozen round.
+    Transitional,
+    /// Stop, copy everything, start on the target.
+    Intermittent,
+    /// Transitional when the model says iterating meets the target, intermittent otherwise.
+    Auto,
+}
+
+/// What the driver needs from the service being moved, on the source node.
+pub trait Source {
+    /// Freezes the service (its cgroup) and returns once it is frozen.
+    fn freeze(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    /// Thaws it (after a failed transfer).
+    fn thaw(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    /// Stops it (intermittent mode).
+    fn stop(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    /// Starts it again (after a failed intermittent transfer).
+    fn start(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    /// The target holds the verified copy: make the decision to move durable (the migration
+    /// journal) before the target is told to own it. An error aborts: the source resumes.
+    fn decide(&mut self) -> impl Future<Output = Result<(), String>> + Send {
+        std::future::ready(Ok(()))
+    }
+    /// Decided: hands the service over to the target (which starts it) and ends the frozen
+    /// instance here, while the driver tells the target of the decision on the state channel.
+    /// Returns once the cut-over is over either way; the outcome is the source's to keep.
+    fn hand_over(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+    /// Where the transfer is: at each phase and before each round (after the previous one's
+    /// figures are in). For `godwit migrate` to show; ignored by default.
+    fn progress(&mut self, _progress: Progress) {}
+}
+
+/// What happened, predicted against actual.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriveReport {
+    /// The model's estimate before the move.
+    pub estimate: PrecopyEstimate,
+    /// The mode used.
+    pub mode: Mode,
+    /// Every round; the last ran with the service frozen or stopped.
+    pub rounds: Vec<RoundStats>,
+    /// Why the live rounds ended (transitional mode).
+    pub stop: Option<StopReason>,
+    /// From freezing (or stopping) the service to the end of the cut-over (the target runs
+    /// it, or the hand-off failed), seconds: the agent's view of the service's unavailability.
+    pub frozen_seconds: f64,
+    /// Bytes of state sent in all rounds.
+    pub bytes: u64,
+    /// Bytes on the wire in all rounds.
+    pub wire_bytes: u64,
+    /// Files compared by hash at the end.
+    pub verified_files: usize,
+    /// Where the state now lives on the target.
+    pub committed_path: Option<String>,
+    /// Wall time of the whole transfer, seconds.
+    pub total_seconds: f64,
+    /// The dirty rate the termination check used after each live round, bytes per second
+    /// (`None` while unknown): measured as the bytes dirtied between two rounds' starts over
+    /// that time, the probe's distinct dirty pages or the changed blocks, whichever is more.
+    pub dirty_rates: Vec<Option<f64>>,
+    /// The rate `B_r` the termination check used after each live round, bytes per second (the
+    /// model's input).
+    pub round_bandwidths: Vec<Option<f64>>,
+    /// The frozen round's latency term the termination check used after each live round,
+    /// seconds (the model's input `RTT`).
+    pub round_overheads_s: Vec<f64>,
+    /// The line `t = overhead + bytes/rate` through this move's live rounds after round 0
+    /// (least squares): the next moves from this node learn `B_r` and the live rounds' fixed
+    /// cost from it.
+    pub round_fit: Option<RoundFit>,
+    /// Where the frozen time went, phase by phase.
+    pub cutover: Cutover,
+    /// The model's `s` as this move measured it: of the pages dirtied while round 0 ran, the
+    /// share round 1 sent (the others changed before round 0 read them). `None` without the
+    /// probe's tracking or a round 1.
+    pub scan_share: Option<f64>,
+}
+
+/// A line `t = overhead_s + bytes/bytes_per_s` fitted on rounds' sizes and times.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RoundFit {
+    /// Seconds per round whatever its size.
+    pub overhead_s: f64,
+    /// Bytes per second.
+    pub bytes_per_s: f64,
+}
+
+/// The cut-over phase by phase, seconds: where the service's unavailability goes. The driver
+/// fills in the phases up to the decision; the migrator adds the source's kill and the
+/// hand-off (the target's figures come from the target's own clocks).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Cutover {
+    /// Freezing (or stopping) the service until the kernel says it is frozen.
+    pub freeze_s: f64,
+    /// The frozen round: listing, probe flush, write-back, read, send, written on the target.
+    pub final_round_s: f64,
+    /// The hash comparison, round trip.
+    pub verify_s: f64,
+    /// Of which hashing here.
+    pub verify_source_hash_s: f64,
+    /// Of which hashing on the target (its clock).
+    pub verify_target_hash_s: Option<f64>,
+    /// The commit on the target, round trip.
+    pub commit_s: f64,
+    /// Of which fsyncing the staging copy (the target's clock).
+    pub commit_sync_s: Option<f64>,
+    /// Of which the exchange into place, the parent's fsync and the journal's vote.
+    pub commit_exchange_s: Option<f64>,
+    /// Recording the decision in the journal here.
+    pub decide_s: f64,
+    /// Telling the target on the state channel, round trip (at the same time as the hand-off).
+    pub decided_s: f64,
+    /// The hand-off, round trip: the target starts the service and answers once it passes its
+    /// health check and its VIP is up there.
+    pub handoff_s: f64,
+    /// Then killing the frozen source: its connections are reset from the VIP, which it
+    /// releases after, so clients reconnect at once and reach the target.
+    pub kill_s: f64,
+    /// On the target: from the hand-off's arrival until the process was spawned.
+    pub target_spawn_s: Option<f64>,
+    /// On the target: until the first health check passed.
+    pub target_healthy_s: Option<f64>,
+    /// On the target: until its VIP was up.
+    pub target_vip_s: Option<f64>,
+}
+
+impl DriveReport {
+    /// A report with nothing done yet.
+    pub fn new(estimate: PrecopyEstimate, mode: Mode) -> DriveReport {
+        DriveReport {
+            estimate,
+            mode,
+            rounds: Vec::new(),
+            stop: None,
+            frozen_seconds: 0.0,
+            bytes: 0,
+            wire_bytes: 0,
+            verified_files: 0,
+            committed_path: None,
+            total_seconds: 0.0,
+            dirty_rates: Vec::new(),
+            round_bandwidths: Vec::new(),
+            round_overheads_s: Vec::new(),
+            round_fit: None,
+            cutover: Cutover::default(),
+            scan_share: None,
+        }
+    }
+
+    fn verify(&mut self, v: Verified, began: Instant) {
+        self.verified_files = v.files;
+        self.cutover.verify_s = began.elapsed().as_secs_f64();
+        self.cutover.verify_source_hash_s = v.source_hash_seconds;
+        self.cutover.verify_target_hash_s = v.target_hash_seconds;
+    }
+}
+
+/// The mode `Auto` resolves to for an estimate.
+pub fn choose_mode(requested: Mode, estimate: &PrecopyEstimate) -> Mode {
+    match requested {
+        Mode::Auto if estimate.start == StartDecision::Iterate => Mode::Transitional,
+        Mode::Auto => Mode::Intermittent,
+        m => m,
+    }
+}
+
+/// Moves the state with `sender` while `source` keeps serving, and commits it on the target.
+/// On failure before the commit the service is thawed (or restarted) on the source and the
+/// target's staging copy is dropped; the report so far comes with the error.
+pub async fn drive<S: Source + Send>(
+    mut sender: StateSender,
+    source: &mut S,
+    input: PrecopyInput,
+    requested: Mode,
+) -> Result<DriveReport, (MigrateError, DriveReport)> {
+    let started = Instant::now();
+    let estimate = precopy::estimate(input);
+    let mode = choose_mode(requested, &estimate);
+    info!(
+        ?mode,
+        start = ?estimate.start,
+        live_rounds = estimate.live_rounds,
+        predicted_downtime_s = ?estimate.predicted_downtime_s,
+        "state migration starts"
+    );
+    let mut report = DriveReport::new(estimate, mode);
+    macro_rules! fail {
+        ($err:expr, $resume:expr) => {{
+            let err: MigrateError = $err;
+            warn!(error = %err, "state migration failed before the commit; the source resumes");
+            sender.abort(&err.to_string()).await;
+            if let Err(e) = $resume.await {
+                warn!(error = %e, "the source did not resume");
+            }
+            report.total_seconds = started.elapsed().as_secs_f64();
+            return Err((err, report));
+        }};
+    }
+    let record = |report: &mut DriveReport, r: RoundStats| {
+        report.bytes += r.bytes;
+        report.wire_bytes += r.wire_bytes;
+        report.rounds.push(r);
+    };
+    let frozen_at;
+    match mode {
+        Mode::Transitional | Mode::Auto => {
+            // The last round and when it started; the start before it.
+            let mut previous: Option<(RoundStats, Instant)> = None;
+            let mut before: Option<Instant> = None;
+            // The probe's rate for the service until rounds measure one.
+            let mut rate = (input.dirty_bytes_per_s > 0.0).then_some(input.dirty_bytes_per_s);
+            loop {
+                let round = report.rounds.len() as u32;
+                if let Some((p, began)) = &previous {
+                    if p.round == 1 && p.dirty_pages > 0 {
+                        // Of the pages dirtied while round 0 ran, the share that changed after
+                        // round 0 read them: the model's `s`, measured.
+                        let dirtied = (p.dirty_pages * BLOCK).max(p.bytes) as f64;
+                        report.scan_share = Some(p.bytes as f64 / dirtied);
+                    }
+                    if let Some(b) = before {
+                        // Round p re-sent what was dirtied since round p-1 read it: the
+                        // distinct pages the probe reported, or the blocks that changed (what
+                        // the probe cannot see, O_DIRECT), over the time between their starts.
+                        let dirtied = (p.dirty_pages * BLOCK).max(p.bytes) as f64;
+                        rate = Some(dirtied / began.duration_since(b).as_secs_f64().max(1e-3));
+                    }
+                    report.dirty_rates.push(rate);
+                    // The check takes the model's `B_r` and `RTT` (what the last moves
+                    // measured, the same as the estimate) with this move's dirty rate and round
+                    // times. The line `t = o + V/B_r` through this move's live rounds after
+                    // round 0 is recorded for the next moves to learn from.
+                    let points: Vec<(f64, f64)> = report.rounds[1..]
+                        .iter()
+                        .map(|r| (r.bytes as f64, r.seconds))
+                        .collect();
+                    if let Some((o, br)) = precopy::fit_rounds(&points) {
+                        report.round_fit = Some(RoundFit {
+                            overhead_s: o,
+                            bytes_per_s: br,
+                        });
+                    }
+                    report
+                        .round_bandwidths
+                        .push(Some(precopy::round_bandwidth(&input)));
+                    report.round_overheads_s.push(input.rtt_s);
+                    if let Some(rate) = rate {
+                        // After round 0, what it sent in its new state is not sent again.
+                        let share = if p.round == 0 {
+                            precopy::scan_share(&input)
+                        } else {
+                            1.0
+                        };
+                        let remaining = share * rate * p.seconds;
+                        let prev = Some(p.bytes as f64);
+                        if let Some(reason) = precopy::should_freeze(round, remaining, prev, &input)
+                        {
+                            report.stop = Some(reason);
+                            break;
+                        }
+                    } else if round >= input.max_rounds {
+                        report.stop = Some(StopReason::MaxRounds);
+                        break;
+                    }
+                    before = Some(*began);
+                }
+                source.progress(Progress::of(&report, Phase::Round));
+                let began = Instant::now();
+                // Progress within the round too (round 0 of a large state takes a while).
+                let counters = sender.round_counters();
+                let result = {
+                    let running = sender.round();
+                    tokio::pin!(running);
+                    let mut tick = tokio::time::interval_at(
+                        tokio::time::Instant::now() + PROGRESS_EVERY,
+                        PROGRESS_EVERY,
+                    );
+                    loop {
+                        tokio::select! {
+                            r = &mut running => break r,
+                            _ = tick.tick() => {
+                                use std::sync::atomic::Ordering::Relaxed;
+                                source.progress(Progress::during(
+                                    &report,
+                                    counters.bytes.load(Relaxed),
+                                    counters.wire_bytes.load(Relaxed),
+                                    began.elapsed().as_secs_f64(),
+                                ));
+                            }
+                        }
+                    }
+                };
+                match result {
+                    Ok(r) => {
+                        previous = Some((r.clone(), began));
+                        record(&mut report, r);
+                    }
+                    Err(e) => fail!(e, async { Ok::<(), String>(()) }),
+                }
+            }
+            source.progress(Progress::of(&report, Phase::Freeze));
+            frozen_at = Instant::now();
+            if let Err(e) = source.freeze().await {
+                fail!(
+                    MigrateError::BadState(format!("freeze: {e}")),
+                    source.thaw()
+                );
+            }
+            report.cutover.freeze_s = frozen_at.elapsed().as_secs_f64();
+            source.progress(Progress::of(&report, Phase::FinalRound));
+            let t = Instant::now();
+            match sender.final_round().await {
+                Ok(r) => record(&mut report, r),
+                Err(e) => fail!(e, source.thaw()),
+            }
+            report.cutover.final_round_s = t.elapsed().as_secs_f64();
+            source.progress(Progress::of(&report, Phase::Verify));
+            let t = Instant::now();
+            match sender.verify().await {
+                Ok(v) => report.verify(v, t),
+                Err(e) => fail!(e, source.thaw()),
+            }
+        }
+        Mode::Intermittent => {
+            source.progress(Progress::of(&report, Phase::Freeze));
+            frozen_at = Instant::now();
+            if let Err(e) = source.stop().await {
+                fail!(MigrateError::BadState(format!("stop: {e}")), source.start());
+            }
+            report.cutover.freeze_s = frozen_at.elapsed().as_secs_f64();
+            source.progress(Progress::of(&report, Phase::FinalRound));
+            let t = Instant::now();
+            match sender.final_round().await {
+                Ok(r) => record(&mut report, r),
+                Err(e) => fail!(e, source.start()),
+            }
+            report.cutover.final_round_s = t.elapsed().as_secs_f64();
+            source.progress(Progress::of(&report, Phase::Verify));
+            let t = Instant::now();
+            match sender.verify().await {
+                Ok(v) => report.verify(v, t),
+                Err(e) => fail!(e, source.start()),
+            }
+        }
+    }
+    // Until the target confirms the commit and the decision is durable here, any failure gives
+    // the service back to the source: the target holds its copy as prepared and never runs it
+    // without the decision (see `agent.rs`), so resuming here is safe whatever it did.
+    let resume = mode == Mode::Intermittent;
+    source.progress(Progress::of(&report, Phase::Commit));
+    let t = Instant::now();
+    match sender.commit().await {
+        Ok(c) => {
+            report.cutover.commit_s = t.elapsed().as_secs_f64();
+            report.cutover.commit_sync_s = c.sync_seconds;
+            report.cutover.commit_exchange_s = c.exchange_seconds;
+            report.committed_path = Some(c.path);
+        }
+        Err(e) => {
+            if resume {
+                fail!(e, source.start())
+            } else {
+                fail!(e, source.thaw())
+            }
+        }
+    }
+    let t = Instant::now();
+    if let Err(e) = source.decide().await {
+        let e = MigrateError::BadState(format!("recording the decision: {e}"));
+        if resume {
+            fail!(e, source.start())
+        } else {
+            fail!(e, source.thaw())
+        }
+    }
+    report.cutover.decide_s = t.elapsed().as_secs_f64();
+    // Decided: the target owns the service now. Telling it is best effort, and the hand-off,
+    // sent at the same time (no round trip in between), tells it again.
+    let t = Instant::now();
+    let told = async {
+        let r = sender.decided().await;
+        (r, t.elapsed().as_secs_f64())
+    };
+    let ((told, told_s), ()) = tokio::join!(told, source.hand_over());
+    if let Err(e) = told {
+        warn!(error = %e, "the target did not acknowledge the decision; the hand-off repeats it");
+    }
+    report.cutover.decided_s = told_s;
+    report.frozen_seconds = frozen_at.elapsed().as_secs_f64();
+    report.total_seconds = started.elapsed().as_secs_f64();
+    info!(
+        rounds = report.rounds.len(),
+        bytes = report.bytes,
+        frozen_ms = (report.frozen_seconds * 1e3).round(),
+        "state committed on the target"
+    );
+    Ok(report)
+}

@@ -1,0 +1,1165 @@
+//! The exec driver: one supervisor task per service, and the [`Manager`] that owns them.
+//!
+//! A supervisor starts the service's command from its image directory inside the service's
+//! cgroup (joined before exec, so nothing escapes it), forwards its stdout and stderr lines to
+//! the agent's log, runs the health check, holds the VIP while healthy, restarts it after a
+//! crash with exponential back-off, and declares a crash loop failed. Commands (start, stop,
+//! freeze, thaw) reach it over a channel and are answered once done.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use super::cgroup::ServiceCgroup;
+use super::error::ServiceError;
+use super::health::{check, Health, HealthTracker};
+use super::park::Parked;
+use super::spec::{validate_all, Demand, RestartPolicy, ServiceSpec, ServicesSection};
+use super::vip;
+use godwit_image::ImageStore;
+
+/// Where and how services run on this node.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// This node's name.
+    pub node: String,
+    /// The cgroup v2 root (the unified hierarchy on hybrid hosts).
+    pub v2_root: PathBuf,
+    /// The v1 memory hierarchy's mount on a v1/v2 hybrid host, where services' memory is
+    /// accounted when the v2 tree has no memory controller.
+    pub memory_v1_root: Option<PathBuf>,
+    /// `[services]`.
+    pub section: ServicesSection,
+    /// The image store, to identify images by content and hold them.
+    pub images: Option<Arc<ImageStore>>,
+    /// Where images are written out to run from (`<data_dir>/images/run`).
+    pub run_root: PathBuf,
+}
+
+/// What a service's process is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Not running.
+    Stopped,
+    /// Running (see the health for whether it serves).
+    Running,
+    /// Running, every task frozen.
+    Frozen,
+    /// Being stopped.
+    Stopping,
+    /// Exited; waiting for the back-off delay before a restart.
+    Backoff,
+    /// Given up on (crash loop, or it cannot be started).
+    Failed,
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).ok();
+        write!(f, "{}", s.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
+    }
+}
+
+/// A service as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    /// Its name.
+    pub name: String,
+    /// The node it runs on.
+    pub node: String,
+    /// Process state.
+    pub state: RunState,
+    /// Health.
+    pub health: Health,
+    /// Main process.
+    pub pid: Option<u32>,
+    /// Its cgroup directory.
+    pub cgroup: String,
+    /// Restarts after crashes since it was last started by request.
+    pub restarts: u32,
+    /// How the last process ended.
+    pub last_exit: Option<String>,
+    /// When the state last changed, milliseconds since the Unix epoch.
+    pub since_unix_ms: u64,
+    /// Content hash of its image.
+    pub image_id: Option<String>,
+    /// Its state directory.
+    pub state_dir: String,
+    /// Its virtual IP.
+    pub vip: Option<IpAddr>,
+    /// The VIP is on this node now.
+    pub vip_active: bool,
+    /// Its resource demand.
+    pub demand: Demand,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+type Reply = oneshot::Sender<Result<(), ServiceError>>;
+
+/// How long a stop, a kill or an exit waits for the cgroup to empty.
+const EMPTY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+enum Cmd {
+    Start(Reply),
+    Stop(Reply),
+    Kill(Reply),
+    Freeze(Reply),
+    Thaw(Reply),
+}
+
+struct Handle {
+    spec: ServiceSpec,
+    status: watch::Receiver<ServiceStatus>,
+    tx: mpsc::Sender<Cmd>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Owns every managed service of this node.
+pub struct Manager {
+    rt: Arc<Runtime>,
+    services: Mutex<BTreeMap<String, Handle>>,
+    /// Processes forked ahead of a service's definition and start ([`Manager::park`]).
+    parked: Mutex<BTreeMap<String, ParkedService>>,
+}
+
+/// A child forked ahead for a service not defined yet, with the spec it was forked for.
+#[derive(Debug)]
+struct ParkedService {
+    spec: ServiceSpec,
+    cgroup: ServiceCgroup,
+    child: Parked,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("services", &self.names())
+            .finish()
+    }
+}
+
+impl Manager {
+    /// A manager with no services yet.
+    pub fn new(rt: Runtime) -> Arc<Manager> {
+        Arc::new(Manager {
+            rt: Arc::new(rt),
+            services: Mutex::new(BTreeMap::new()),
+            parked: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Handle>> {
+        self.services.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Names of the services.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// The runtime's settings.
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
+    /// Adds a service (validated; its name must be new) and starts it if `autostart`.
+    /// Nothing already running is touched when the spec is refused.
+    pub async fn add(&self, spec: ServiceSpec) -> Result<ServiceStatus, ServiceError> {
+        let (image, cgroup, state_dir) = self.prepare(&spec)?;
+        let status = ServiceStatus {
+            name: spec.name.clone(),
+            node: self.rt.node.clone(),
+            state: RunState::Stopped,
+            health: Health::Stopped,
+            pid: None,
+            cgroup: cgroup.path().display().to_string(),
+            restarts: 0,
+            last_exit: None,
+            since_unix_ms: now_ms(),
+            image_id: image.as_ref().and_then(|i| i.id.clone()),
+            state_dir: state_dir.display().to_string(),
+            vip: spec.vip,
+            vip_active: false,
+            demand: spec.demand.clone(),
+        };
+        // A child forked ahead for this very spec starts it; one forked for another is ended.
+        let parked = match self.take_parked(&spec.name) {
+            Some(p) if p.spec == spec => Some(p.child),
+            Some(p) => {
+                p.child.cancel().await;
+                None
+            }
+            None => None,
+        };
+        let (status_tx, status_rx) = watch::channel(status);
+        let (tx, rx) = mpsc::channel(8);
+        let sup = Supervisor {
+            parked,
+            rt: self.rt.clone(),
+            spec: spec.clone(),
+            cgroup,
+            image_dir: image.map(|i| i.dir),
+            state_dir,
+            status: status_tx,
+            child: None,
+            stopping: false,
+            crashes: VecDeque::new(),
+            backoff_until: None,
+            tracker: None,
+            frozen_at: None,
+            check: None,
+        };
+        let task = tokio::spawn(sup.run(rx));
+        let autostart = spec.autostart;
+        let name = spec.name.clone();
+        {
+            let mut services = self.lock();
+            if services.contains_key(&name) {
+                task.abort();
+                return Err(ServiceError::Duplicate(name));
+            }
+            services.insert(
+                name.clone(),
+                Handle {
+                    spec,
+                    status: status_rx,
+                    tx,
+                    task,
+                },
+            );
+        }
+        info!(service = %name, "service added");
+        if autostart {
+            self.start(&name).await
+        } else {
+            self.status(&name)
+        }
+    }
+
+    /// What a service needs before its process: the spec validated, its name new here, its
+    /// image ready, its cgroup and its state directory. The image first: one that cannot be
+    /// prepared leaves no cgroup behind; a state directory that cannot be made removes the
+    /// cgroup again.
+    fn prepare(
+        &self,
+        spec: &ServiceSpec,
+    ) -> Result<(Option<PreparedImage>, ServiceCgroup, PathBuf), ServiceError> {
+        validate_all(std::slice::from_ref(spec), &self.rt.section)?;
+        if self.lock().contains_key(&spec.name) {
+            return Err(ServiceError::Duplicate(spec.name.clone()));
+        }
+        let image = prepare_image(&self.rt, spec)?;
+        let cgroup = ServiceCgroup::create(
+            &self.rt.v2_root,
+            self.rt.memory_v1_root.as_deref(),
+            &self.rt.section.cgroup_parent,
+            &spec.name,
+        )?;
+        let state_dir = spec.state_dir(&self.rt.section);
+        if let Err(e) = std::fs::create_dir_all(&state_dir) {
+            let _ = cgroup.remove();
+            return Err(ServiceError::io(&state_dir, e));
+        }
+        Ok((image, cgroup, state_dir))
+    }
+
+    fn take_parked(&self, name: &str) -> Option<ParkedService> {
+        self.parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+    }
+
+    /// Forks the process of a service that is not defined here yet, ahead of its [`add`]:
+    /// the child joins the service's cgroups now and waits before `exec` until an `add` of the
+    /// same spec starts it, so that start skips the cgroup join (an RCU grace period in the
+    /// kernel, most of a start's time; see `park.rs`). A migration's target calls this when
+    /// the transfer begins. Replaces an earlier child forked for the same name.
+    ///
+    /// [`add`]: Manager::add
+    pub async fn park(&self, spec: ServiceSpec) -> Result<(), ServiceError> {
+        self.unpark(&spec.name).await;
+        let (image, cgroup, state_dir) = self.prepare(&spec)?;
+        let forked = {
+            let image_dir = image.as_ref().map(|i| i.dir.as_path());
+            let (mut cmd, program, cwd) = command(&spec, image_dir, &state_dir);
+            cgroup.place(&mut cmd).and_then(|()| {
+                Parked::fork(cmd, &cwd).map_err(|e| ServiceError::Spec {
+                    service: spec.name.clone(),
+                    field: "command".into(),
+                    reason: format!("{}: {e}", program.display()),
+                })
+            })
+        };
+        let child = match forked {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e);
+            }
+        };
+        let name = spec.name.clone();
+        let earlier = self
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                name.clone(),
+                ParkedService {
+                    spec,
+                    cgroup,
+                    child,
+                },
+            );
+        if let Some(p) = earlier {
+            p.child.cancel().await;
+        }
+        if self.lock().contains_key(&name) {
+            // Defined (and started without it) meanwhile.
+            self.unpark(&name).await;
+            return Err(ServiceError::Duplicate(name));
+        }
+        info!(service = %name, "process forked ahead of the start");
+        Ok(())
+    }
+
+    /// Ends the child forked ahead for `name`, if any, and removes its cgroup unless the
+    /// service is defined here meanwhile.
+    pub async fn unpark(&self, name: &str) {
+        if let Some(p) = self.take_parked(name) {
+            p.child.cancel().await;
+            if !self.lock().contains_key(name) {
+                let _ = p.cgroup.remove();
+            }
+        }
+    }
+
+    /// The service's status.
+    pub fn status(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.lock()
+            .get(name)
+            .map(|h| h.status.borrow().clone())
+            .ok_or_else(|| ServiceError::Unknown(name.to_string()))
+    }
+
+    /// The service's spec.
+    pub fn spec(&self, name: &str) -> Option<ServiceSpec> {
+        self.lock().get(name).map(|h| h.spec.clone())
+    }
+
+    /// Every service's status, by name.
+    pub fn list(&self) -> Vec<ServiceStatus> {
+        self.lock()
+            .values()
+            .map(|h| h.status.borrow().clone())
+            .collect()
+    }
+
+    /// Waits until `name`'s status satisfies `cond` or `timeout` passes; returns the last one.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        timeout: Duration,
+        cond: impl Fn(&ServiceStatus) -> bool,
+    ) -> Result<ServiceStatus, ServiceError> {
+        let mut rx = self
+            .lock()
+            .get(name)
+            .map(|h| h.status.clone())
+            .ok_or_else(|| ServiceError::Unknown(name.to_string()))?;
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|s| cond(s))).await;
+        let last = rx.borrow().clone();
+        Ok(last)
+    }
+
+    async fn command(
+        &self,
+        name: &str,
+        make: impl FnOnce(Reply) -> Cmd,
+    ) -> Result<ServiceStatus, ServiceError> {
+        let tx = self
+            .lock()
+            .get(name)
+            .map(|h| h.tx.clone())
+            .ok_or_else(|| ServiceError::Unknown(name.to_string()))?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(make(reply))
+            .await
+            .map_err(|_| ServiceError::Shutdown)?;
+        rx.await.map_err(|_| ServiceError::Shutdown)??;
+        self.status(name)
+    }
+
+    /// Starts the service (resets the crash count).
+    pub async fn start(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.command(name, Cmd::Start).await
+    }
+
+    /// Stops it: SIGTERM, then SIGKILL after the grace period.
+    pub async fn stop(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.command(name, Cmd::Stop).await
+    }
+
+    /// Kills it at once, frozen or not, without thawing it first (the end of a migration
+    /// whose state was committed elsewhere: the old instance must not run another instruction).
+    pub async fn kill(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.command(name, Cmd::Kill).await
+    }
+
+    /// Freezes every task of it; returns once the kernel reports it frozen.
+    pub async fn freeze(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.command(name, Cmd::Freeze).await
+    }
+
+    /// Thaws it.
+    pub async fn thaw(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.command(name, Cmd::Thaw).await
+    }
+
+    /// Stops the service and forgets it (its cgroup is removed; its state directory stays).
+    pub async fn remove(&self, name: &str) -> Result<(), ServiceError> {
+        self.stop(name).await?;
+        let handle = self
+            .lock()
+            .remove(name)
+            .ok_or_else(|| ServiceError::Unknown(name.to_string()))?;
+        drop(handle.tx);
+        let _ = handle.task.await;
+        info!(service = %name, "service removed");
+        Ok(())
+    }
+
+    /// Stops every service and ends the supervisors (the agent is stopping). Services are
+    /// stopped rather than left behind: an agent that starts again starts them again.
+    pub async fn shutdown(&self) {
+        let parked: Vec<String> = self
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for name in parked {
+            self.unpark(&name).await;
+        }
+        for name in self.names() {
+            if let Err(e) = self.stop(&name).await {
+                warn!(service = %name, error = %e, "stopping at shutdown");
+            }
+        }
+        let handles: Vec<Handle> = std::mem::take(&mut *self.lock()).into_values().collect();
+        for h in handles {
+            drop(h.tx);
+            let _ = h.task.await;
+        }
+    }
+}
+
+/// The service's process as every start runs it: program, arguments (`{state}` and
+/// `{image}` substituted), environment and pipes, in a process group of its own. Returns the
+/// command (without a current directory or cgroup), the program and the directory it runs in.
+fn command(
+    spec: &ServiceSpec,
+    image: Option<&Path>,
+    state_dir: &Path,
+) -> (tokio::process::Command, PathBuf, PathBuf) {
+    let image_dir = image.unwrap_or(Path::new("/"));
+    let subst = |a: &str| {
+        a.replace("{state}", &state_dir.display().to_string())
+            .replace("{image}", &image_dir.display().to_string())
+    };
+    let argv: Vec<String> = spec.command.iter().map(|a| subst(a)).collect();
+    let program = resolve_program(&argv[0], image);
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&argv[1..])
+        .envs(&spec.env)
+        .env("GODWIT_SERVICE", &spec.name)
+        .env("GODWIT_STATE_DIR", state_dir)
+        .env("GODWIT_IMAGE_DIR", image_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    let cwd = image.unwrap_or(state_dir).to_path_buf();
+    (cmd, program, cwd)
+}
+
+/// An image ready to run from.
+struct PreparedImage {
+    dir: PathBuf,
+    id: Option<String>,
+}
+
+/// Imports the spec's image into the store (content-addressed) and writes it out once per
+/// content to run from. Without a store, a directory image runs in place.
+fn prepare_image(rt: &Runtime, spec: &ServiceSpec) -> Result<Option<PreparedImage>, ServiceError> {
+    if let Some(id) = &spec.image_id {
+        let store = rt.images.as_ref().ok_or_else(|| {
+            ServiceError::Image("image_id needs the image store, which is off here".into())
+        })?;
+        let digest =
+            godwit_image::Digest::parse(id).map_err(|e| ServiceError::Image(e.to_string()))?;
+        if !store.has_image(&digest) {
+            return Err(ServiceError::Spec {
+                service: spec.name.clone(),
+                field: "image_id".into(),
+                reason: format!("no image {id} in this node's store (push it first)"),
+            });
+        }
+        let dir = rt.run_root.join(id);
+        if !dir.exists() {
+            std::fs::create_dir_all(&rt.run_root).map_err(|e| ServiceError::io(&rt.run_root, e))?;
+            match store.export(&digest, &dir) {
+                Ok(()) | Err(godwit_image::ImageError::Exists(_)) => {}
+                Err(e) => return Err(ServiceError::Image(e.to_string())),
+            }
+        }
+        return Ok(Some(PreparedImage {
+            dir,
+            id: Some(id.clone()),
+        }));
+    }
+    let Some(image) = &spec.image else {
+        return Ok(None);
+    };
+    let unpacked;
+    let src: &Path = if image.is_dir() {
+        image
+    } else {
+        // A tarball: unpack it next to the run directory first.
+        let tmp = rt
+            .run_root
+            .join(format!(".unpack-{}-{}", spec.name, std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| ServiceError::io(&tmp, e))?;
+        let out = std::process::Command::new("tar")
+            .arg("-xf")
+            .arg(image)
+            .arg("-C")
+            .arg(&tmp)
+            .output()
+            .map_err(|e| ServiceError::Image(format!("cannot run tar: {e}")))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(ServiceError::Spec {
+                service: spec.name.clone(),
+                field: "image".into(),
+                reason: format!(
+                    "{}: {}",
+                    image.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        unpacked = tmp;
+        &unpacked
+    };
+    let result = match &rt.images {
+        None => Ok(Some(PreparedImage {
+            dir: src.to_path_buf(),
+            id: None,
+        })),
+        Some(store) => {
+            let (id, _) = store
+                .import_dir(src)
+                .map_err(|e| ServiceError::Image(e.to_string()))?;
+            let dir = rt.run_root.join(id.as_str());
+            if !dir.exists() {
+                std::fs::create_dir_all(&rt.run_root)
+                    .map_err(|e| ServiceError::io(&rt.run_root, e))?;
+                match store.export(&id, &dir) {
+                    Ok(()) => {}
+                    // Written out meanwhile by another service of the same image.
+                    Err(godwit_image::ImageError::Exists(_)) => {}
+                    Err(e) => return Err(ServiceError::Image(e.to_string())),
+                }
+            }
+            Ok(Some(PreparedImage {
+                dir,
+                id: Some(id.to_string()),
+            }))
+        }
+    };
+    if !image.is_dir() {
+        let _ = std::fs::remove_dir_all(src);
+    }
+    result
+}
+
+/// The program to run for `argv0`: a relative path (`bin/server`) is in the image; a bare
+/// name (`server`) is the image's file of that name when there is one, else found on `PATH`
+/// (left for exec to look up); an absolute path is itself.
+fn resolve_program(argv0: &str, image: Option<&Path>) -> PathBuf {
+    let path = Path::new(argv0);
+    match image {
+        Some(dir) if path.is_relative() && argv0.contains('/') => dir.join(path),
+        Some(dir) if !argv0.contains('/') && dir.join(path).is_file() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+struct Supervisor {
+    rt: Arc<Runtime>,
+    spec: ServiceSpec,
+    cgroup: ServiceCgroup,
+    /// The child forked ahead of the first start, if any.
+    parked: Option<Parked>,
+    image_dir: Option<PathBuf>,
+    state_dir: PathBuf,
+    status: watch::Sender<ServiceStatus>,
+    child: Option<tokio::process::Child>,
+    stopping: bool,
+    crashes: VecDeque<Instant>,
+    backoff_until: Option<tokio::time::Instant>,
+    tracker: Option<HealthTracker>,
+    /// When the service was frozen, while it is.
+    frozen_at: Option<Instant>,
+    /// The health check in flight, if any.
+    check: Option<tokio::task::JoinHandle<bool>>,
+}
+
+impl Supervisor {
+    fn set(&self, f: impl FnOnce(&mut ServiceStatus)) {
+        self.status.send_modify(|s| {
+            let before = (s.state, s.health);
+            f(s);
+            if (s.state, s.health) != before {
+                s.since_unix_ms = now_ms();
+            }
+        });
+    }
+
+    fn state(&self) -> RunState {
+        self.status.borrow().state
+    }
+
+    /// Drops the health check in flight: its answer would be about a process or a state
+    /// that is gone.
+    fn cancel_check(&mut self) {
+        if let Some(c) = self.check.take() {
+            c.abort();
+        }
+    }
+
+    fn vip_iface(&self) -> Option<String> {
+        self.rt
+            .section
+            .vip_interface
+            .clone()
+            .or_else(vip::default_interface)
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let interval = self
+            .spec
+            .health
+            .as_ref()
+            .map(|h| Duration::from_millis(h.interval_ms))
+            .unwrap_or(Duration::from_secs(3600));
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let running = self.child.is_some();
+            let checking =
+                running && self.spec.health.is_some() && self.state() == RunState::Running;
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => {
+                        self.stop().await;
+                        if let Some(p) = self.parked.take() {
+                            p.cancel().await;
+                        }
+                        let _ = self.cgroup.remove();
+                        return;
+                    }
+                },
+                status = async { self.child.as_mut().expect("checked").wait().await }, if running => {
+                    self.child = None;
+                    self.exited(status).await;
+                }
+                _ = async {
+                    match self.backoff_until {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.backoff_until = None;
+                    if let Err(e) = self.spawn().await {
+                        error!(service = %self.spec.name, error = %e, "restart failed");
+                        self.set(|s| {
+                            s.state = RunState::Failed;
+                            s.health = Health::Failed;
+                            s.last_exit = Some(format!("cannot start: {e}"));
+                        });
+                    }
+                }
+                // A check runs in its own task: commands (freeze, stop) never wait behind it.
+                _ = tick.tick(), if checking && self.check.is_none() => {
+                    let spec = self.spec.health.clone().expect("checked");
+                    self.check = Some(tokio::spawn(async move { check(&spec).await }));
+                }
+                done = async { self.check.as_mut().expect("checked").await }, if self.check.is_some() => {
+                    self.check = None;
+                    // A result that arrives after a freeze, stop or exit is stale.
+                    if let Ok(passed) = done {
+                        if self.child.is_some() && self.state() == RunState::Running {
+                            self.health_result(passed).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn health_result(&mut self, passed: bool) {
+        let Some(tracker) = self.tracker.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let before = tracker.health();
+        let health = tracker.record(passed, now);
+        let due = tracker.restart_due(now);
+        if health != before {
+            info!(service = %self.spec.name, ?health, "health changed");
+        }
+        self.set(|s| s.health = health);
+        if health == Health::Healthy && !self.status.borrow().vip_active {
+            self.vip_up();
+        }
+        if let Some(unhealthy_for) = due {
+            if self.spec.restart.policy != RestartPolicy::Never {
+                self.restart_unhealthy(unhealthy_for).await;
+            }
+        }
+    }
+
+    /// Stops a service that stayed unhealthy past `unhealthy_restart_ms` and restarts it as
+    /// after a crash: the same back-off and crash-loop limit.
+    async fn restart_unhealthy(&mut self, unhealthy_for: Duration) {
+        let Some(child) = self.child.take() else {
+            return;
+        };
+        warn!(
+            service = %self.spec.name,
+            ?unhealthy_for,
+            "unhealthy past the limit: restarting"
+        );
+        self.cancel_check();
+        self.vip_down();
+        self.stopping = true;
+        self.set(|s| s.state = RunState::Stopping);
+        let status = self.terminate(child).await;
+        self.stopping = false;
+        let how = format!(
+            "restarted: unhealthy for {} ms (then {})",
+            unhealthy_for.as_millis(),
+            status.map_or_else(|| "lost".to_string(), |s| s.to_string())
+        );
+        self.after_exit(how, false).await;
+    }
+
+    fn vip_up(&self) {
+        let Some(addr) = self.spec.vip else { return };
+        let Some(iface) = self.vip_iface() else {
+            warn!(service = %self.spec.name, %addr, "no interface for the VIP");
+            return;
+        };
+        match vip::add(addr, &iface) {
+            Ok(()) => {
+                info!(service = %self.spec.name, vip = %addr, iface, "VIP added");
+                self.set(|s| s.vip_active = true);
+            }
+            Err(e) => warn!(service = %self.spec.name, error = %e, "VIP not added"),
+        }
+    }
+
+    fn vip_down(&self) {
+        let Some(addr) = self.spec.vip else { return };
+        if !self.status.borrow().vip_active {
+            return;
+        }
+        if let Some(iface) = self.vip_iface() {
+            match vip::remove(addr, &iface) {
+                Ok(()) => info!(service = %self.spec.name, vip = %addr, "VIP removed"),
+                Err(e) => warn!(service = %self.spec.name, error = %e, "VIP not removed"),
+            }
+        }
+        self.set(|s| s.vip_active = false);
+    }
+
+    async fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Start(reply) => {
+                let r = match self.state() {
+                    RunState::Running | RunState::Frozen => Ok(()),
+                    _ => {
+                        self.crashes.clear();
+                        self.backoff_until = None;
+                        self.set(|s| s.restarts = 0);
+                        self.spawn().await
+                    }
+                };
+                if let Err(e) = &r {
+                    self.set(|s| {
+                        s.state = RunState::Failed;
+                        s.health = Health::Failed;
+                        s.last_exit = Some(format!("cannot start: {e}"));
+                    });
+                }
+                let _ = reply.send(r);
+            }
+            Cmd::Stop(reply) => {
+                self.stop().await;
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::Kill(reply) => {
+                self.cancel_check();
+                self.backoff_until = None;
+                self.stopping = true;
+                // Its clients learn at once: the sockets are shut before the processes die
+                // (an exit closes them only after tearing the memory down).
+                let shut = self.cgroup.shut_sockets();
+                self.cgroup.kill_all();
+                if shut > 0 {
+                    info!(service = %self.spec.name, sockets = shut, "sockets shut down before the kill");
+                }
+                if let Some(mut child) = self.child.take() {
+                    let _ = child.wait().await;
+                }
+                self.cgroup.wait_empty(EMPTY_TIMEOUT).await;
+                // The VIP goes after the processes: their connections are reset from the
+                // VIP (clients learn at once), and new ones are refused until it moves.
+                self.vip_down();
+                let _ = self.cgroup.thaw().await;
+                info!(service = %self.spec.name, "killed");
+                self.set(|s| {
+                    s.state = RunState::Stopped;
+                    s.health = Health::Stopped;
+                    s.pid = None;
+                    s.last_exit = Some("killed".into());
+                });
+                self.stopping = false;
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::Freeze(reply) => {
+                self.cancel_check();
+                let r = match self.state() {
+                    RunState::Running => match self.cgroup.freeze().await {
+                        Ok(()) => {
+                            self.frozen_at = Some(Instant::now());
+                            self.set(|s| s.state = RunState::Frozen);
+                            info!(service = %self.spec.name, "frozen");
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                    RunState::Frozen => Ok(()),
+                    other => Err(self.refuse(other, "freeze")),
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Thaw(reply) => {
+                let r = match self.state() {
+                    RunState::Frozen => match self.cgroup.thaw().await {
+                        Ok(()) => {
+                            // The frozen time counts neither towards the start timeout
+                            // nor towards the unhealthy restart limit.
+                            if let (Some(t), Some(tracker)) =
+                                (self.frozen_at.take(), self.tracker.as_mut())
+                            {
+                                tracker.pause(t.elapsed());
+                            }
+                            self.set(|s| s.state = RunState::Running);
+                            info!(service = %self.spec.name, "thawed");
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                    RunState::Running => Ok(()),
+                    other => Err(self.refuse(other, "thaw")),
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn refuse(&self, state: RunState, action: &str) -> ServiceError {
+        ServiceError::State {
+            service: self.spec.name.clone(),
+            state: state.to_string(),
+            action: action.to_string(),
+        }
+    }
+
+    /// Starts the process in the cgroup: the child forked ahead of the start when there is
+    /// one ([`Manager::park`]), else a new one.
+    async fn spawn(&mut self) -> Result<(), ServiceError> {
+        let image = self.image_dir.clone();
+        let parked = match self.parked.take() {
+            Some(p) => match p.release().await {
+                Ok(child) => Some(child),
+                Err(e) => {
+                    warn!(service = %self.spec.name, error = %e, "the child forked ahead did not start: starting a new one");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut child = match parked {
+            Some(child) => child,
+            None => {
+                let (mut cmd, program, cwd) =
+                    command(&self.spec, image.as_deref(), &self.state_dir);
+                cmd.current_dir(cwd);
+                self.cgroup.place(&mut cmd)?;
+                cmd.spawn().map_err(|e| ServiceError::Spec {
+                    service: self.spec.name.clone(),
+                    field: "command".into(),
+                    reason: format!("{}: {e}", program.display()),
+                })?
+            }
+        };
+        for (stream, pipe) in [
+            (
+                "stdout",
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            ),
+            (
+                "stderr",
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            ),
+        ] {
+            if let Some(pipe) = pipe {
+                let name = self.spec.name.clone();
+                tokio::spawn(async move {
+                    let mut lines = BufReader::new(pipe).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        info!(service = %name, stream, "{line}");
+                    }
+                });
+            }
+        }
+        let pid = child.id();
+        self.cancel_check();
+        self.child = Some(child);
+        self.stopping = false;
+        self.frozen_at = None;
+        self.tracker = self
+            .spec
+            .health
+            .as_ref()
+            .map(|h| HealthTracker::new(h, Instant::now()));
+        let healthy_now = self.spec.health.is_none();
+        self.set(|s| {
+            s.state = RunState::Running;
+            s.pid = pid;
+            s.health = if healthy_now {
+                Health::Healthy
+            } else {
+                Health::Starting
+            };
+        });
+        info!(service = %self.spec.name, pid, "started");
+        if healthy_now {
+            self.vip_up();
+        }
+        Ok(())
+    }
+
+    /// Stops the process: thaw if frozen, SIGTERM to everything in the cgroup, SIGKILL after
+    /// the grace period.
+    async fn stop(&mut self) {
+        self.cancel_check();
+        self.backoff_until = None;
+        self.vip_down();
+        let Some(child) = self.child.take() else {
+            if matches!(self.state(), RunState::Backoff | RunState::Failed) {
+                self.set(|s| {
+                    s.state = RunState::Stopped;
+                    s.health = Health::Stopped;
+                });
+            }
+            return;
+        };
+        self.stopping = true;
+        self.set(|s| s.state = RunState::Stopping);
+        let status = self.terminate(child).await;
+        info!(service = %self.spec.name, ?status, "stopped");
+        self.set(|s| {
+            s.state = RunState::Stopped;
+            s.health = Health::Stopped;
+            s.pid = None;
+            s.last_exit = status.map(|st| st.to_string());
+        });
+        self.stopping = false;
+    }
+
+    /// Ends the process and everything else in the cgroup: thaw if frozen, SIGTERM to all,
+    /// SIGKILL after the grace period; returns once the cgroup is empty (or 5 s passed).
+    async fn terminate(
+        &mut self,
+        mut child: tokio::process::Child,
+    ) -> Option<std::process::ExitStatus> {
+        if self.cgroup.is_frozen() {
+            let _ = self.cgroup.thaw().await;
+        }
+        self.frozen_at = None;
+        self.cgroup.signal_all(libc::SIGTERM);
+        let grace = Duration::from_millis(self.rt.section.stop_grace_ms);
+        let status = match tokio::time::timeout(grace, child.wait()).await {
+            Ok(s) => s.ok(),
+            Err(_) => {
+                warn!(service = %self.spec.name, ?grace, "did not stop in time: killed");
+                self.cgroup.kill_all();
+                child.wait().await.ok()
+            }
+        };
+        // Whatever it left behind goes too.
+        self.cgroup.kill_all();
+        self.cgroup.wait_empty(EMPTY_TIMEOUT).await;
+        status
+    }
+
+    /// The process ended without being asked to: restart with back-off, or give up.
+    async fn exited(&mut self, status: std::io::Result<std::process::ExitStatus>) {
+        self.cancel_check();
+        self.vip_down();
+        self.cgroup.kill_all();
+        // Whatever the process left behind must be gone before another instance starts
+        // (it may hold the port, the state files or the memory). Bounded: a cgroup that does
+        // not empty is reported, and the restart goes ahead.
+        if !self.cgroup.wait_empty(EMPTY_TIMEOUT).await {
+            warn!(
+                service = %self.spec.name,
+                pids = ?self.cgroup.pids(),
+                timeout = ?EMPTY_TIMEOUT,
+                "the cgroup is still populated after the exit"
+            );
+        }
+        let how = match &status {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        let success = status.as_ref().is_ok_and(|s| s.success());
+        self.after_exit(how, success).await;
+    }
+
+    /// After an exit (`how`) that was not asked for: restart after the back-off, or give up
+    /// (restart policy, crash loop).
+    async fn after_exit(&mut self, how: String, success: bool) {
+        let r = &self.spec.restart;
+        let restart = match r.policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !success,
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            info!(service = %self.spec.name, exit = %how, "exited; not restarted (restart policy)");
+            self.set(|s| {
+                s.state = if success {
+                    RunState::Stopped
+                } else {
+                    RunState::Failed
+                };
+                s.health = if success {
+                    Health::Stopped
+                } else {
+                    Health::Failed
+                };
+                s.pid = None;
+                s.last_exit = Some(how);
+            });
+            return;
+        }
+        let now = Instant::now();
+        let window = Duration::from_secs(r.window_s);
+        while self
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
+            self.crashes.pop_front();
+        }
+        self.crashes.push_back(now);
+        let n = self.crashes.len() as u32;
+        if n > r.max_restarts {
+            error!(
+                service = %self.spec.name,
+                exit = %how,
+                restarts = n - 1,
+                window_s = r.window_s,
+                "crash loop: the service is failed"
+            );
+            self.set(|s| {
+                s.state = RunState::Failed;
+                s.health = Health::Failed;
+                s.pid = None;
+                s.last_exit = Some(how);
+            });
+            return;
+        }
+        let delay = Duration::from_millis(r.delay_ms(n - 1));
+        warn!(service = %self.spec.name, exit = %how, ?delay, "exited; restarting after back-off");
+        self.backoff_until = Some(tokio::time::Instant::now() + delay);
+        self.set(|s| {
+            s.state = RunState::Backoff;
+            s.health = Health::Starting;
+            s.pid = None;
+            s.restarts += 1;
+            s.last_exit = Some(how);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_looked_up_in_the_image_then_on_the_path() {
+        let image = tempfile::tempdir().unwrap();
+        std::fs::create_dir(image.path().join("bin")).unwrap();
+        std::fs::write(image.path().join("server"), "#!/bin/sh\n").unwrap();
+        std::fs::write(image.path().join("bin/tool"), "#!/bin/sh\n").unwrap();
+        let img = Some(image.path());
+        // A bare name the image has: the image's file.
+        assert_eq!(resolve_program("server", img), image.path().join("server"));
+        // A bare name it has not: left to PATH.
+        assert_eq!(resolve_program("sleep", img), PathBuf::from("sleep"));
+        // A directory of that name is not a program.
+        assert_eq!(resolve_program("bin", img), PathBuf::from("bin"));
+        // Relative paths are in the image, absolute ones are themselves.
+        assert_eq!(
+            resolve_program("bin/tool", img),
+            image.path().join("bin/tool")
+        );
+        assert_eq!(
+            resolve_program("/bin/sleep", img),
+            PathBuf::from("/bin/sleep")
+        );
+        // Without an image, every name is itself.
+        assert_eq!(resolve_program("server", None), PathBuf::from("server"));
+    }
+}

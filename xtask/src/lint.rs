@@ -1,4 +1,9 @@
-//! `cargo xtask lint`: formatting, clippy with warnings denied, and the systemd unit.
+//! `cargo xtask lint`: formatting, the crates' boundaries, clippy and rustdoc with warnings
+//! denied, and the systemd unit.
+//!
+//! The boundaries are those of `docs/ARCHITECTURE.md`: each of the crates that reach the outside
+//! world through one library is the only crate that names it ([`OWNERS`]), and the core names
+//! nothing that does I/O ([`CORE_MAY_USE`]). A misplaced dependency fails here, before review.
 
 use std::fs;
 use std::path::PathBuf;
@@ -17,6 +22,8 @@ const UNIT_BIN: &str = "/usr/bin/godwit";
 pub fn lint() -> Result<()> {
     step("cargo fmt --all --check");
     run_checked(cargo().args(["fmt", "--all", "--check"]), "rustfmt check")?;
+    step("crate boundaries (cargo metadata)");
+    check_boundaries()?;
     step("cargo clippy --workspace --all-targets -- -D warnings");
     run_checked(
         cargo().args([
@@ -29,8 +36,110 @@ pub fn lint() -> Result<()> {
         ]),
         "clippy",
     )?;
+    step("cargo doc --workspace --no-deps (warnings denied)");
+    run_checked(
+        cargo()
+            .args(["doc", "--workspace", "--no-deps", "--quiet"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+        "rustdoc",
+    )?;
     step(&format!("systemd-analyze verify {UNIT}"));
     verify_unit()
+}
+
+/// Libraries that only one crate may name, and that crate.
+pub(crate) const OWNERS: &[(&str, &str)] = &[
+    ("aya", "godwit-probe"),
+    ("aya-obj", "godwit-probe"),
+    ("chitchat", "godwit-gossip"),
+    ("quinn", "godwit-transport"),
+    ("quinn-proto", "godwit-transport"),
+    ("rustls", "godwit-transport"),
+    ("rustls-webpki", "godwit-transport"),
+    ("rcgen", "godwit-transport"),
+    ("zstd", "godwit-transport"),
+    ("openraft", "godwit-coord"),
+];
+
+/// Everything the pure core may depend on (any kind of dependency): no async runtime, no
+/// system calls, no network.
+pub(crate) const CORE_MAY_USE: &[&str] = &[
+    "globset",
+    "nalgebra",
+    "proptest",
+    "serde",
+    "serde_json",
+    "thiserror",
+];
+
+/// The core crate.
+const CORE: &str = "godwit-core";
+
+/// Fails when a workspace crate names a library another crate owns, or the core names one that
+/// is not on its list.
+fn check_boundaries() -> Result<()> {
+    let out = cargo()
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .output()
+        .context("run cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parse cargo metadata")?;
+    let problems = boundary_problems(&meta);
+    if !problems.is_empty() {
+        bail!("crate boundaries broken:\n  {}", problems.join("\n  "));
+    }
+    println!("crate boundaries: ok");
+    Ok(())
+}
+
+/// The boundary rules broken by the packages in `cargo metadata` output, one line each.
+pub(crate) fn boundary_problems(meta: &serde_json::Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let packages = meta["packages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for package in packages {
+        let Some(name) = package["name"].as_str() else {
+            continue;
+        };
+        let deps = package["dependencies"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        for dep in deps {
+            let Some(dep_name) = dep["name"].as_str() else {
+                continue;
+            };
+            if let Some((_, owner)) = OWNERS.iter().find(|(lib, _)| *lib == dep_name) {
+                if name != *owner {
+                    problems.push(format!(
+                        "{name} depends on {dep_name}, which only {owner} may use"
+                    ));
+                }
+            }
+            let is_workspace_crate = dep_name.starts_with("godwit-");
+            if name == CORE && (is_workspace_crate || !CORE_MAY_USE.contains(&dep_name)) {
+                problems.push(format!(
+                    "{CORE} depends on {dep_name}: the core is pure (allowed: {})",
+                    CORE_MAY_USE.join(", ")
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// `systemd-analyze verify` of the unit, when systemd-analyze is installed.
@@ -105,6 +214,89 @@ fn which(name: &str) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
+    use super::boundary_problems;
+
+    fn package(name: &str, deps: &[&str]) -> serde_json::Value {
+        json!({
+            "name": name,
+            "dependencies": deps.iter().map(|d| json!({"name": d, "kind": null})).collect::<Vec<_>>(),
+        })
+    }
+
+    #[test]
+    fn the_workspace_as_it_is_keeps_its_boundaries() {
+        let out = crate::cargo()
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--no-deps",
+                "--offline",
+            ])
+            .output()
+            .expect("cargo metadata runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let names: Vec<&str> = meta["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        for crate_name in [
+            "godwit-core",
+            "godwit-probe",
+            "godwit-transport",
+            "godwit-migrate",
+        ] {
+            assert!(
+                names.contains(&crate_name),
+                "{crate_name} missing from {names:?}"
+            );
+        }
+        assert_eq!(boundary_problems(&meta), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_misplaced_library_is_caught() {
+        let meta = json!({"packages": [
+            package("godwit-probe", &["aya", "libc"]),
+            package("godwit-migrate", &["godwit-transport", "zstd"]),
+            package("godwit", &["chitchat", "godwit-gossip"]),
+            package("godwit-gossip", &["chitchat"]),
+        ]});
+        assert_eq!(
+            boundary_problems(&meta),
+            vec![
+                "godwit-migrate depends on zstd, which only godwit-transport may use".to_string(),
+                "godwit depends on chitchat, which only godwit-gossip may use".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_core_stays_pure() {
+        let meta = json!({"packages": [
+            package("godwit-core", &["serde", "nalgebra", "tokio", "godwit-probe"]),
+        ]});
+        let problems = boundary_problems(&meta);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("godwit-core depends on tokio"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].contains("godwit-core depends on godwit-probe"),
+            "{problems:?}"
+        );
+    }
+
     use super::*;
 
     #[test]

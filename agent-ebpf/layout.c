@@ -14,7 +14,7 @@
 int main(void)
 {
 	printf("/// (struct, field or \"sizeof\", value) as the C compiler sees godwit.h.\n");
-	printf("pub const C_LAYOUT: &[(&str, &str, usize)] = &[\n");
+	printf("pub(crate) const C_LAYOUT: &[(&str, &str, usize)] = &[\n");
 	SIZE(godwit_counters);
 	FIELD(godwit_counters, cpu_ns);
 	FIELD(godwit_counters, dirtied_pages);

@@ -38,7 +38,7 @@ fn main() {
         std::fs::write(&object, b"").expect("write stub object");
         std::fs::write(
             &layout,
-            "pub const C_LAYOUT: &[(&str, &str, usize)] = &[];\n",
+            "pub(crate) const C_LAYOUT: &[(&str, &str, usize)] = &[];\n",
         )
         .expect("write stub layout");
         return;

@@ -53,11 +53,11 @@ use super::error::GossipError;
 const MAGIC: [u8; 2] = *b"GW";
 const FORMAT_VERSION: u8 = 1;
 /// Bytes of the sealed header.
-pub const HEADER_LEN: usize = 44;
+pub(crate) const HEADER_LEN: usize = 44;
 /// Bytes added to every datagram by sealing (header and tag).
-pub const OVERHEAD: usize = HEADER_LEN + 16;
+pub(crate) const OVERHEAD: usize = HEADER_LEN + 16;
 /// Sender sessions remembered for replay protection.
-pub const MAX_SESSIONS: usize = 4096;
+pub(crate) const MAX_SESSIONS: usize = 4096;
 const WINDOW_BITS: u64 = 128;
 
 /// Identifies a cluster key on the wire, derived from the key itself.
@@ -279,7 +279,7 @@ impl KeyringChange {
 
 /// Counters of the sealed transport, for metrics. All only grow.
 #[derive(Debug, Default)]
-pub struct SealCounters {
+pub(crate) struct SealCounters {
     pub(crate) sent: AtomicU64,
     pub(crate) accepted: AtomicU64,
     pub(crate) bad_key: AtomicU64,
@@ -294,7 +294,7 @@ pub struct SealCounters {
 
 impl SealCounters {
     /// A copy of the counters.
-    pub fn snapshot(&self) -> SealStats {
+    pub(crate) fn snapshot(&self) -> SealStats {
         SealStats {
             sent: self.sent.load(Ordering::Relaxed),
             accepted: self.accepted.load(Ordering::Relaxed),

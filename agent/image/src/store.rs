@@ -29,7 +29,7 @@ pub const AVG_CHUNK: u32 = 64 << 10;
 /// Largest chunk.
 pub const MAX_CHUNK: u32 = 256 << 10;
 /// Version of the manifest format.
-pub const MANIFEST_FORMAT: u32 = 1;
+pub(crate) const MANIFEST_FORMAT: u32 = 1;
 
 /// A SHA-256 digest, as 64 lowercase hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

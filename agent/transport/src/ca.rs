@@ -23,7 +23,7 @@ use super::error::TransportError;
 /// File name of the CA certificate, in the CA directory and next to node certificates.
 pub const CA_CERT: &str = "ca.pem";
 /// File name of the CA key (only in the CA directory).
-pub const CA_KEY: &str = "ca.key";
+pub(crate) const CA_KEY: &str = "ca.key";
 /// Years a CA certificate is valid.
 const CA_YEARS: i32 = 10;
 /// Years a node certificate is valid.

@@ -78,10 +78,10 @@ pub struct PathMeasurement {
 }
 
 /// Name of the path service.
-pub const SERVICE: &str = "path";
+pub(crate) const SERVICE: &str = "path";
 
 /// Registers the path service: answers pings and throughput probes on its stream.
-pub fn register(services: &Services) {
+pub(crate) fn register(services: &Services) {
     services.register(SERVICE, |_peer, ch| serve(ch));
 }
 

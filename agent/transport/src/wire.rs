@@ -25,7 +25,7 @@ use super::error::TransportError;
 /// Version of the frame format and of the messages; both ends must agree.
 pub const WIRE_VERSION: u16 = 2;
 /// Largest message frame.
-pub const MAX_FRAME: usize = 16 << 20;
+pub(crate) const MAX_FRAME: usize = 16 << 20;
 /// Largest bulk block (raw or compressed).
 pub const MAX_BLOCK: usize = 4 << 20;
 

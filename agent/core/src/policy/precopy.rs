@@ -88,7 +88,7 @@ pub struct PrecopyInput {
 }
 
 /// `B_f`, made valid: the frozen round's rate when positive and below `B_r`, else `B_r`.
-pub fn frozen_bandwidth(input: &PrecopyInput) -> f64 {
+pub(super) fn frozen_bandwidth(input: &PrecopyInput) -> f64 {
     let br = round_bandwidth(input);
     let f = input.frozen_bandwidth_bytes_per_s;
     if f.is_finite() && f > 0.0 && f < br {
@@ -99,7 +99,7 @@ pub fn frozen_bandwidth(input: &PrecopyInput) -> f64 {
 }
 
 /// `D'`, made valid: the later rounds' rate when positive and finite, else `D`.
-pub fn later_dirty_rate(input: &PrecopyInput) -> f64 {
+pub(super) fn later_dirty_rate(input: &PrecopyInput) -> f64 {
     let d = input.later_dirty_bytes_per_s;
     if d.is_finite() && d > 0.0 {
         d
@@ -119,7 +119,7 @@ fn next_round_bytes(input: &PrecopyInput, i: u32, v: f64) -> f64 {
 }
 
 /// `L = RTT + o_l`: a live round's latency term (the frozen round's is `RTT`).
-pub fn live_latency(input: &PrecopyInput) -> f64 {
+pub(super) fn live_latency(input: &PrecopyInput) -> f64 {
     let o = input.live_overhead_s;
     input.rtt_s + if o.is_finite() && o > 0.0 { o } else { 0.0 }
 }
@@ -183,7 +183,7 @@ pub fn scan_share(input: &PrecopyInput) -> f64 {
 }
 
 /// `V_1 = s * D * (V0/B + RTT)`: what round 1 sends.
-pub fn first_round_dirtied(input: &PrecopyInput) -> f64 {
+pub(super) fn first_round_dirtied(input: &PrecopyInput) -> f64 {
     scan_share(input)
         * input.dirty_bytes_per_s
         * (input.state_bytes / input.bandwidth_bytes_per_s + live_latency(input))
@@ -262,7 +262,7 @@ pub struct PrecopyEstimate {
 /// The live rounds the termination check lets the model's rounds run from `V0` (round 0),
 /// whatever the start condition says: what a transitional move asked for runs. `None` with
 /// invalid inputs.
-pub fn transitional_rounds(input: &PrecopyInput) -> Option<u32> {
+pub(super) fn transitional_rounds(input: &PrecopyInput) -> Option<u32> {
     if !inputs_valid(input) {
         return None;
     }

@@ -143,7 +143,7 @@ pub struct SelectWhy {
 
 /// The ranking key of a service: `LE_i`, or with a known positive copy time `t`, `LE_i / t`
 /// (`LE_i * t` for a negative `LE_i`, so that a slower copy never ranks higher).
-pub fn relief_rank(le: f64, copy_s: Option<f64>) -> f64 {
+pub(super) fn relief_rank(le: f64, copy_s: Option<f64>) -> f64 {
     match copy_s.filter(|t| t.is_finite() && *t > 0.0) {
         Some(t) if le >= 0.0 => le / t,
         Some(t) => le * t,
@@ -166,7 +166,7 @@ pub fn select_services(
 
 /// [`select_services`] with `copy_s[i]`, the expected copy time of `hosted[i]` to its likely
 /// target, weighed when `select_by_copy_time` is on (a missing entry is not weighed).
-pub fn select_services_timed(
+pub(super) fn select_services_timed(
     node: &NodeView,
     load: &NodeLoad,
     hosted: &[&ServiceView],

@@ -3,9 +3,9 @@
 use super::stats::median_in_place;
 
 /// Default Hampel threshold `k` (in robust standard deviations).
-pub const DEFAULT_HAMPEL_K: f64 = 3.0;
+pub(super) const DEFAULT_HAMPEL_K: f64 = 3.0;
 /// Default Hampel half-window: 11 samples centred on each one.
-pub const DEFAULT_HAMPEL_WINDOW: usize = 5;
+pub(super) const DEFAULT_HAMPEL_WINDOW: usize = 5;
 /// `1.4826 · MAD` estimates the standard deviation of normal data (`1 / Φ⁻¹(3/4)`).
 pub(crate) const MAD_SCALE: f64 = 1.4826;
 

@@ -124,7 +124,7 @@ pub(crate) struct LeastSquares {
 
 impl LeastSquares {
     /// `[(AᵀA)⁻¹]_jj = ‖R⁻ᵀ e_j‖²`, the unscaled variance of `β̂_j`. `None` after a ridge fallback.
-    pub fn unscaled_variance(&self, j: usize) -> Option<f64> {
+    pub(super) fn unscaled_variance(&self, j: usize) -> Option<f64> {
         let r = self.r.as_ref()?;
         let mut e = DVector::zeros(r.ncols());
         e[j] = 1.0;

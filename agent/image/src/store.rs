@@ -124,7 +124,7 @@ pub struct Entry {
 /// An image: its entries, sorted by path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// [`MANIFEST_FORMAT`].
+    /// The manifest format version (1).
     pub format: u32,
     /// Entries, sorted by path, each once.
     pub entries: Vec<Entry>,

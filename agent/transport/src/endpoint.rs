@@ -79,7 +79,7 @@ struct Counters {
     refused_out: AtomicU64,
 }
 
-/// A bidirectional stream carrying frames ([`super::wire`]).
+/// A bidirectional stream carrying frames, bulk blocks and placed pieces.
 #[derive(Debug)]
 pub struct Channel {
     // The streams never leave this crate: callers use the methods below.
@@ -109,7 +109,7 @@ impl Channel {
     }
 
     /// Sends `data` as bulk blocks of at most `block` bytes, zstd at `level` where that
-    /// shrinks a block ([`super::wire::write_bulk`]).
+    /// shrinks a block ([`crate::write_bulk`]).
     pub async fn write_bulk(
         &mut self,
         data: &[u8],
@@ -129,7 +129,7 @@ impl Channel {
         write_piece(&mut self.send, piece).await
     }
 
-    /// Sends pieces already encoded with [`super::wire::encode_piece`], in one write.
+    /// Sends pieces already encoded with [`crate::encode_piece`], in one write.
     pub async fn write_encoded_pieces(&mut self, encoded: &[u8]) -> Result<(), TransportError> {
         self.send
             .write_all(encoded)

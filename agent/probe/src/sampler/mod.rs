@@ -1,6 +1,6 @@
 //! The sampler: every interval it turns the probe's counters into rates, attaches names
 //! (comm, cmdline, cgroup path, container), adds node totals and energy, and produces a
-//! [`Snapshot`]. It runs on its own thread (see [`super::run`]); everything here is synchronous.
+//! [`Snapshot`]. It runs on its own thread (see [`crate::spawn`]); everything here is synchronous.
 //!
 //! Two backends give the per-process and per-cgroup counters:
 //! - BPF ([`BpfProbe`]): on-CPU time, dirtied pages and write faults counted in the kernel, exec
@@ -71,7 +71,7 @@ pub struct ProbeStatus {
     pub agent_rss_bytes: u64,
 }
 
-/// Settings the sampler needs, taken from [`Config`].
+/// Settings the sampler needs, taken from the `[probe]` and `[energy]` sections.
 #[derive(Debug, Clone)]
 pub struct SamplerConfig {
     pub mode: ProbeMode,

@@ -57,7 +57,7 @@ const SECTION_END: &str = "<!-- bench:probe:end -->";
 
 /// Arguments of `cargo xtask bench probe`.
 #[derive(clap::Args)]
-pub struct ProbeArgs {
+pub(crate) struct ProbeArgs {
     /// Length of the measurement window, in seconds.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
@@ -138,7 +138,7 @@ pub(crate) struct Machine {
 }
 
 /// `cargo xtask bench probe`.
-pub fn probe(args: &ProbeArgs) -> Result<()> {
+pub(crate) fn probe(args: &ProbeArgs) -> Result<()> {
     if !crate::is_root() {
         bail!("bench probe runs an eBPF agent, which needs root: run it with sudo -E");
     }
@@ -969,14 +969,14 @@ mod tests {
 
 /// Arguments of the benchmarks that are binaries of the `godwit-tests` package.
 #[derive(clap::Args)]
-pub struct BinArgs {
+pub(crate) struct BinArgs {
     /// Replace the benchmark's section of docs/BENCHMARKS.md with the new figures.
     #[arg(long)]
     write: bool,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct GossipArgs {
+pub(crate) struct GossipArgs {
     /// Replace the benchmark's section of docs/BENCHMARKS.md with the new figures.
     #[arg(long)]
     write: bool,
@@ -986,7 +986,7 @@ pub struct GossipArgs {
 }
 
 /// `cargo xtask bench gossip`: runs `godwit-bench-gossip` in release mode.
-pub fn gossip(args: &GossipArgs) -> Result<()> {
+pub(crate) fn gossip(args: &GossipArgs) -> Result<()> {
     crate::step("system packages needed to build");
     packages::ensure(packages::BUILD)?;
     crate::step("cargo run --release -p godwit-tests --bin godwit-bench-gossip");
@@ -1005,7 +1005,7 @@ pub fn gossip(args: &GossipArgs) -> Result<()> {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct MigrateArgs {
+pub(crate) struct MigrateArgs {
     /// Replace the benchmark's section of docs/BENCHMARKS.md with the new figures.
     #[arg(long)]
     write: bool,
@@ -1029,7 +1029,7 @@ pub struct MigrateArgs {
 
 /// `cargo xtask bench migrate`: builds the agent and the example service in release, makes sure
 /// rsync and the test network's tools are installed, and runs `godwit-bench-migrate` (root).
-pub fn migrate(args: &MigrateArgs) -> Result<()> {
+pub(crate) fn migrate(args: &MigrateArgs) -> Result<()> {
     if !crate::is_root() {
         bail!("the migration benchmark makes network namespaces and cgroups: run it as root");
     }
@@ -1060,7 +1060,7 @@ pub fn migrate(args: &MigrateArgs) -> Result<()> {
 /// Runs `cargo run --release -p godwit-tests --bin NAME [-- --write]` (after making sure the
 /// build packages are there): the benchmarks of pure modules live beside the tests, so xtask
 /// itself never depends on the agent crate.
-pub fn run_bin(name: &str, args: &BinArgs) -> Result<()> {
+pub(crate) fn run_bin(name: &str, args: &BinArgs) -> Result<()> {
     crate::step("system packages needed to build");
     packages::ensure(packages::BUILD)?;
     crate::step(&format!("cargo run --release -p godwit-tests --bin {name}"));

@@ -18,7 +18,7 @@ use crate::{cargo, is_root, packages, run_checked, step, target_dir};
 
 /// `cargo xtask cluster` subcommands.
 #[derive(clap::Subcommand)]
-pub enum ClusterCmd {
+pub(crate) enum ClusterCmd {
     /// Start a detached cluster of N agents in network namespaces.
     Up {
         /// Number of nodes (1 to 253).
@@ -45,7 +45,7 @@ pub enum ClusterCmd {
 }
 
 /// `cargo xtask cluster ...`.
-pub fn cluster(cmd: &ClusterCmd) -> Result<()> {
+pub(crate) fn cluster(cmd: &ClusterCmd) -> Result<()> {
     if !is_root() {
         bail!(
             "the cluster harness creates network namespaces, nftables rules and cgroups: run \

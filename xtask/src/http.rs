@@ -9,13 +9,13 @@ use anyhow::{anyhow, bail, Context, Result};
 
 /// A response: status code and body (de-chunked when the server used chunked encoding).
 #[derive(Debug, PartialEq, Eq)]
-pub struct Response {
+pub(crate) struct Response {
     pub status: u16,
     pub body: String,
 }
 
 /// `GET http://{addr}{path}`, with `timeout` applied to connect, each read and each write.
-pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> {
+pub(crate) fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> {
     let mut stream =
         TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
@@ -33,7 +33,7 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> 
 }
 
 /// Parses a complete HTTP/1.x response read until the server closed the connection.
-pub fn parse_response(raw: &[u8]) -> Result<Response> {
+pub(crate) fn parse_response(raw: &[u8]) -> Result<Response> {
     let split = find(raw, b"\r\n\r\n").ok_or_else(|| anyhow!("no end of headers"))?;
     let head = std::str::from_utf8(&raw[..split]).context("headers are not UTF-8")?;
     let body = &raw[split + 4..];

@@ -19,7 +19,7 @@ const UNIT: &str = "packaging/godwit.service";
 const UNIT_BIN: &str = "/usr/bin/godwit";
 
 /// Runs every check, stopping at the first that fails.
-pub fn lint() -> Result<()> {
+pub(crate) fn lint() -> Result<()> {
     step("cargo fmt --all --check");
     run_checked(cargo().args(["fmt", "--all", "--check"]), "rustfmt check")?;
     step("crate boundaries (cargo metadata)");

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 /// `__pingpong`: ping-pong one byte with a `__pong` child until either side goes away.
-pub fn pingpong() -> Result<()> {
+pub(crate) fn pingpong() -> Result<()> {
     let (to_child_r, mut to_child) = io::pipe()?;
     let (mut from_child, from_child_w) = io::pipe()?;
     let mut child = {
@@ -41,7 +41,7 @@ pub fn pingpong() -> Result<()> {
 }
 
 /// `__pong`: echo stdin to stdout one byte at a time, unbuffered, until EOF or a broken pipe.
-pub fn pong() -> Result<()> {
+pub(crate) fn pong() -> Result<()> {
     let mut input = File::from(io::stdin().as_fd().try_clone_to_owned()?);
     let mut output = File::from(io::stdout().as_fd().try_clone_to_owned()?);
     let mut byte = [0u8; 1];
@@ -50,7 +50,7 @@ pub fn pong() -> Result<()> {
 }
 
 /// `__idle`: block reading stdin until it is closed.
-pub fn idle() -> Result<()> {
+pub(crate) fn idle() -> Result<()> {
     let mut buf = [0u8; 64];
     let mut stdin = io::stdin().lock();
     while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
@@ -58,7 +58,7 @@ pub fn idle() -> Result<()> {
 }
 
 /// Makes the child started by `cmd` receive `signal` when this thread (its parent) dies.
-pub fn die_with_parent(cmd: &mut Command, signal: libc::c_int) {
+pub(crate) fn die_with_parent(cmd: &mut Command, signal: libc::c_int) {
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and only calls prctl and getppid, which are
@@ -91,19 +91,19 @@ enum Stop {
 /// Every process a benchmark started. Dropping it stops and reaps them all, on every exit path
 /// (success, `?` error, panic).
 #[derive(Default)]
-pub struct Group {
+pub(crate) struct Group {
     procs: Vec<(String, Child, Stop)>,
     idle_stdin: Option<PipeWriter>,
 }
 
 impl Group {
     /// Adds a process stopped with SIGTERM (then SIGKILL after a grace period); returns its pid.
-    pub fn add_service(&mut self, name: &str, child: Child) -> u32 {
+    pub(crate) fn add_service(&mut self, name: &str, child: Child) -> u32 {
         self.push(name, child, Stop::Term)
     }
 
     /// Adds a process stopped with SIGKILL; returns its pid.
-    pub fn add_load(&mut self, name: &str, child: Child) -> u32 {
+    pub(crate) fn add_load(&mut self, name: &str, child: Child) -> u32 {
         self.push(name, child, Stop::Kill)
     }
 
@@ -114,7 +114,7 @@ impl Group {
     }
 
     /// Starts `n` `__idle` copies of this binary, all reading one pipe this group holds open.
-    pub fn spawn_idle(&mut self, n: usize) -> Result<()> {
+    pub(crate) fn spawn_idle(&mut self, n: usize) -> Result<()> {
         let exe = std::env::current_exe()?;
         let (reader, writer) = io::pipe()?;
         self.idle_stdin = Some(writer);
@@ -134,7 +134,7 @@ impl Group {
     }
 
     /// The name and exit status of the first process found to have exited, if any.
-    pub fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
+    pub(crate) fn exited(&mut self) -> Option<(String, std::process::ExitStatus)> {
         self.procs
             .iter_mut()
             .find_map(|(name, child, _)| match child.try_wait() {
@@ -144,7 +144,7 @@ impl Group {
     }
 
     /// Stops and reaps everything, services first so they see their load until the end.
-    pub fn stop_all(&mut self) {
+    pub(crate) fn stop_all(&mut self) {
         let grace = Duration::from_secs(10);
         for (_, child, _) in self.procs.iter_mut().filter(|p| p.2 == Stop::Term) {
             signal(child, libc::SIGTERM);

@@ -5,7 +5,7 @@ use anyhow::{anyhow, bail, Result};
 
 /// One sample line, e.g. `godwit_bpf_program_runs_total{program="sched_switch"} 42`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub name: String,
     pub labels: Vec<(String, String)>,
     pub value: f64,
@@ -13,7 +13,7 @@ pub struct Sample {
 
 impl Sample {
     /// The value of label `name`, if present.
-    pub fn label(&self, name: &str) -> Option<&str> {
+    pub(crate) fn label(&self, name: &str) -> Option<&str> {
         self.labels
             .iter()
             .find(|(k, _)| k == name)
@@ -22,7 +22,7 @@ impl Sample {
 }
 
 /// Parses every sample of an exposition; comment lines (`# TYPE`, `# EOF`, ...) are skipped.
-pub fn parse(text: &str) -> Result<Vec<Sample>> {
+pub(crate) fn parse(text: &str) -> Result<Vec<Sample>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'))
@@ -31,7 +31,7 @@ pub fn parse(text: &str) -> Result<Vec<Sample>> {
 }
 
 /// The value of the sample named `name` whose labels include all of `labels`.
-pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples
         .iter()
         .find(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
@@ -40,7 +40,7 @@ pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<
 
 /// The sum over all samples named `name` (e.g. one counter over all its label values), or
 /// `None` when there is no such sample.
-pub fn sum(samples: &[Sample], name: &str) -> Option<f64> {
+pub(crate) fn sum(samples: &[Sample], name: &str) -> Option<f64> {
     samples
         .iter()
         .filter(|s| s.name == name)

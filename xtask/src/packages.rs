@@ -11,13 +11,13 @@ use anyhow::{bail, Context, Result};
 
 /// Needed to build the agent: clang-19 and llvm-19 compile the BPF C programs against libbpf's
 /// headers; bpftool generates `vmlinux.h` and skeleton metadata.
-pub const BUILD: &[&str] = &["clang-19", "llvm-19", "libbpf-dev", "bpftool"];
+pub(crate) const BUILD: &[&str] = &["clang-19", "llvm-19", "libbpf-dev", "bpftool"];
 
 /// Needed to build and test: `BUILD` plus what the integration tests drive (promtool checks the
 /// metrics text, redis is a real stateful workload, nftables and iproute2 shape the test network,
 /// stress-ng makes load, util-linux gives `losetup` and friends, rsync is the migration
 /// benchmark's baseline).
-pub const TEST: &[&str] = &[
+pub(crate) const TEST: &[&str] = &[
     "clang-19",
     "llvm-19",
     "libbpf-dev",
@@ -32,7 +32,7 @@ pub const TEST: &[&str] = &[
 ];
 
 /// Makes sure every package in `wanted` is installed, installing the missing ones when root.
-pub fn ensure(wanted: &[&str]) -> Result<()> {
+pub(crate) fn ensure(wanted: &[&str]) -> Result<()> {
     let missing = match missing(wanted) {
         Ok(m) => m,
         Err(e) => {

@@ -20,7 +20,7 @@ const SECTION_END: &str = "<!-- bench:sim:end -->";
 
 /// Arguments of `cargo xtask sim`: everything is passed to `godwit-sim`, except `--write`.
 #[derive(clap::Args)]
-pub struct SimArgs {
+pub(crate) struct SimArgs {
     /// `godwit-sim` arguments (see `cargo xtask sim help`), plus `--write` to update
     /// docs/BENCHMARKS.md.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -28,7 +28,7 @@ pub struct SimArgs {
 }
 
 /// `cargo xtask sim`.
-pub fn sim(a: &SimArgs) -> Result<()> {
+pub(crate) fn sim(a: &SimArgs) -> Result<()> {
     let write = a.args.iter().any(|x| x == "--write");
     let mut args: Vec<OsString> = a.args.iter().filter(|x| *x != "--write").cloned().collect();
     if args.is_empty() {

@@ -32,13 +32,24 @@
 //!   HTTP API. Every refusal is audited and counted like a migration.
 
 pub mod agent;
+mod audit;
 pub mod control;
 mod drive;
 mod error;
+mod handoff;
 pub mod journal;
+mod model;
 mod progress;
+mod protocol;
+mod receiver;
+mod recovery;
 mod scan;
+mod source;
+pub mod source_machine;
+mod target;
+pub mod target_machine;
 mod transfer;
+mod vip;
 
 #[cfg(test)]
 mod tests;
@@ -46,7 +57,7 @@ mod tests;
 pub use drive::{choose_mode, drive, Cutover, DriveReport, Mode, Source};
 pub use error::MigrateError;
 pub use progress::{eta_live, Phase, Progress};
+pub use protocol::SERVICE;
+pub use receiver::{register, register_with, TargetHooks};
 pub use scan::{file_node, hash_tree, tree_root, Extent, FileMeta, StateScan, BLOCK};
-pub use transfer::{
-    register, register_with, Committed, RoundStats, StateSender, TargetHooks, Verified, SERVICE,
-};
+pub use transfer::{Committed, RoundStats, StateSender, Verified};

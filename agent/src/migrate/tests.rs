@@ -481,14 +481,14 @@ fn the_commit_swaps_the_staging_copy_in_and_removes_the_old_state() {
     // No previous state: a plain rename.
     std::fs::create_dir_all(staging.join("data")).unwrap();
     std::fs::write(staging.join("data/db"), b"first").unwrap();
-    super::transfer::sync_tree(&staging).unwrap();
-    super::transfer::swap_into_place(&staging, &dest).unwrap();
+    super::receiver::sync_tree(&staging).unwrap();
+    super::receiver::swap_into_place(&staging, &dest).unwrap();
     assert_eq!(std::fs::read(dest.join("data/db")).unwrap(), b"first");
     assert!(!staging.exists());
     // A previous state: exchanged in one step, the old one removed after.
     std::fs::create_dir_all(staging.join("data")).unwrap();
     std::fs::write(staging.join("data/db"), b"second").unwrap();
-    super::transfer::swap_into_place(&staging, &dest).unwrap();
+    super::receiver::swap_into_place(&staging, &dest).unwrap();
     assert_eq!(std::fs::read(dest.join("data/db")).unwrap(), b"second");
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -542,7 +542,9 @@ struct GiveUpAtFreeze {
 impl Source for GiveUpAtFreeze {
     async fn freeze(&mut self) -> Result<(), String> {
         self.journal
-            .set_target("c1", journal::TargetPhase::Returned)
+            .lock("c1")
+            .await
+            .set_target(journal::TargetPhase::Returned)
             .unwrap();
         self.inner.freeze().await
     }

@@ -39,16 +39,19 @@ pub enum Mode {
 /// returns.
 pub trait Source {
     /// Freezes the service (its cgroup) and returns once it is frozen.
-    fn freeze(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    fn freeze(&mut self) -> impl Future<Output = Result<(), MigrateError>> + Send;
     /// Thaws it (after a failed transfer).
-    fn thaw(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    fn thaw(&mut self) -> impl Future<Output = Result<(), MigrateError>> + Send;
     /// Stops it (intermittent mode).
-    fn stop(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    fn stop(&mut self) -> impl Future<Output = Result<(), MigrateError>> + Send;
     /// Starts it again (after a failed intermittent transfer).
-    fn start(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    fn start(&mut self) -> impl Future<Output = Result<(), MigrateError>> + Send;
     /// Records the move's phase durably (the migration journal): the stop before it happens,
     /// the decision before the target is told. An error aborts: the source resumes.
-    fn record(&mut self, _phase: SourcePhase) -> impl Future<Output = Result<(), String>> + Send {
+    fn record(
+        &mut self,
+        _phase: SourcePhase,
+    ) -> impl Future<Output = Result<(), MigrateError>> + Send {
         std::future::ready(Ok(()))
     }
     /// Decided: hands the service over to the target (which starts it), while the driver
@@ -216,22 +219,16 @@ async fn apply<S: Source + Send>(
     let mut later = Vec::new();
     for effect in effects {
         match effect {
-            SourceEffect::Freeze => source
-                .freeze()
-                .await
-                .map_err(|e| MigrateError::BadState(format!("freeze: {e}")))?,
-            SourceEffect::Stop => source
-                .stop()
-                .await
-                .map_err(|e| MigrateError::BadState(format!("stop: {e}")))?,
+            SourceEffect::Freeze => source.freeze().await.map_err(step("freeze"))?,
+            SourceEffect::Stop => source.stop().await.map_err(step("stop"))?,
             SourceEffect::WriteJournal(SourcePhase::Committed) => source
                 .record(SourcePhase::Committed)
                 .await
-                .map_err(|e| MigrateError::BadState(format!("recording the decision: {e}")))?,
+                .map_err(step("recording the decision"))?,
             SourceEffect::WriteJournal(phase) => source
                 .record(phase)
                 .await
-                .map_err(|e| MigrateError::BadState(format!("recording {phase:?}: {e}")))?,
+                .map_err(step(&format!("recording {phase:?}")))?,
             SourceEffect::AbortTransfer => sender.abort(reason).await,
             SourceEffect::Thaw => {
                 if let Err(e) = source.thaw().await {
@@ -249,6 +246,14 @@ async fn apply<S: Source + Send>(
     }
     source.then(later);
     Ok(())
+}
+
+/// Names the step of the source's hold that failed.
+fn step(what: &str) -> impl FnOnce(MigrateError) -> MigrateError + '_ {
+    move |e| MigrateError::Step {
+        what: what.to_string(),
+        source: Box::new(e),
+    }
 }
 
 /// Moves the state with `sender` while `source` keeps serving, and commits it on the target.

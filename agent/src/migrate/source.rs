@@ -25,6 +25,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use super::audit::{MigrationReport, MigrationStats};
 use super::drive::{drive, Mode, Source};
+use super::error::MigrateError;
 use super::handoff::{hand_off, HandoffOutcome};
 use super::journal::{now_ms, Journal, SourceEntry, SourcePhase};
 use super::model::{self, Observed, LEARN_FROM};
@@ -149,13 +150,6 @@ pub struct Migrator {
     pub me: std::sync::OnceLock<std::sync::Weak<Migrator>>,
 }
 
-/// A failed migration: over (the service runs on the source), or pending when the hand-off
-/// went unanswered (the journal entry stays, and a background task resolves it).
-enum MoveError {
-    Failed(String),
-    Pending(String),
-}
-
 struct ManagedSource<'a> {
     manager: &'a Manager,
     name: String,
@@ -172,47 +166,32 @@ struct ManagedSource<'a> {
 }
 
 impl Source for ManagedSource<'_> {
-    async fn record(&mut self, phase: SourcePhase) -> Result<(), String> {
+    async fn record(&mut self, phase: SourcePhase) -> Result<(), MigrateError> {
         if let Some((j, e)) = &mut self.journal {
             e.phase = phase;
             e.at_unix_ms = now_ms();
-            j.lock(&e.migration)
-                .await
-                .put_source(e)
-                .map_err(|e| e.to_string())?;
+            j.lock(&e.migration).await.put_source(e)?;
         }
         Ok(())
     }
-    async fn freeze(&mut self) -> Result<(), String> {
+    async fn freeze(&mut self) -> Result<(), MigrateError> {
         // Not journalled first (an fsync on the downtime): a restart after a crash treats a
         // migration still `Copying` as one that may have frozen the service, and kills and
         // restarts it from its own state (`recover_sources`), exactly as for `Frozen`.
-        self.manager
-            .freeze(&self.name)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.manager.freeze(&self.name).await?;
+        Ok(())
     }
-    async fn thaw(&mut self) -> Result<(), String> {
-        self.manager
-            .thaw(&self.name)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    async fn thaw(&mut self) -> Result<(), MigrateError> {
+        self.manager.thaw(&self.name).await?;
+        Ok(())
     }
-    async fn stop(&mut self) -> Result<(), String> {
-        self.manager
-            .stop(&self.name)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    async fn stop(&mut self) -> Result<(), MigrateError> {
+        self.manager.stop(&self.name).await?;
+        Ok(())
     }
-    async fn start(&mut self) -> Result<(), String> {
-        self.manager
-            .start(&self.name)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    async fn start(&mut self) -> Result<(), MigrateError> {
+        self.manager.start(&self.name).await?;
+        Ok(())
     }
     /// The hand-off first, the kill after (the driver's, unless given back): the frozen
     /// instance runs no other instruction either way, and keeping it (and its VIP) until the
@@ -339,36 +318,30 @@ impl Migrator {
         req: &MigrateRequest,
         id: &str,
         report: &mut MigrationReport,
-    ) -> Result<(), String> {
+    ) -> Result<(), MigrateError> {
         let spec = self
             .manager
             .spec(&req.service)
-            .ok_or_else(|| format!("no service {:?} here", req.service))?;
-        let status = self
-            .manager
-            .status(&req.service)
-            .map_err(|e| e.to_string())?;
+            .ok_or_else(|| MigrateError::Unmovable(format!("no service {:?} here", req.service)))?;
+        let status = self.manager.status(&req.service)?;
         if status.state != RunState::Running {
-            return Err(format!("{} is {}, not running", req.service, status.state));
+            return Err(MigrateError::Unmovable(format!(
+                "{} is {}, not running",
+                req.service, status.state
+            )));
         }
         if req.to == self.node {
-            return Err("the target is this node".into());
+            return Err(MigrateError::Unmovable("the target is this node".into()));
         }
         let mut progress = Reporter::new(req.progress.clone());
         progress.phase(Phase::Image);
-        let peer = self
-            .transport
-            .endpoint()
-            .connect(req.addr, &req.to)
-            .await
-            .map_err(|e| e.to_string())?;
+        let peer = self.transport.endpoint().connect(req.addr, &req.to).await?;
         // The image, by content: only what the target lacks moves.
         let mut target_spec = spec.clone();
         if let (Some(image_id), Some(store)) = (&status.image_id, &self.images) {
-            let digest = crate::image::Digest::parse(image_id).map_err(|e| e.to_string())?;
-            let pushed = crate::image::push(&peer, store, &digest)
-                .await
-                .map_err(|e| format!("image: {e}"))?;
+            let digest = crate::image::Digest::parse(image_id)
+                .map_err(|e| MigrateError::BadState(e.to_string()))?;
+            let pushed = crate::image::push(&peer, store, &digest).await?;
             report.image_chunks_sent = pushed.chunks_sent;
             target_spec.image = None;
             target_spec.image_id = Some(image_id.clone());
@@ -379,15 +352,14 @@ impl Migrator {
             .transport
             .measure(&req.to, req.addr, 4 << 20)
             .await
-            .map_err(|e| format!("path: {e}"))?;
+            .map_err(MigrateError::Path)?;
         report.rtt_ms = path.rtt_ms;
         report.bandwidth_bytes_per_second = path.bandwidth_bytes_per_second;
         report.dirty_bytes_per_second = self.dirty_rate(&status.cgroup);
         let section = &self.manager.runtime().section;
         let state_dir = spec.state_dir(section);
-        let scan =
-            StateScan::new(&state_dir, &spec.state_relative(section)).map_err(|e| e.to_string())?;
-        let files = scan.list().map_err(|e| e.to_string())?;
+        let scan = StateScan::new(&state_dir, &spec.state_relative(section))?;
+        let files = scan.list()?;
         report.state_bytes = files.iter().filter_map(|f| f.size).sum();
         // The zstd level from this machine's speed on a sample of the state and the path's:
         // the bandwidth after compression is what the model takes.
@@ -399,7 +371,7 @@ impl Migrator {
                 crate::transport::choose_level(&parts, path_bps)
             })
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| MigrateError::BadState(e.to_string()))?
         };
         info!(level = ?choice.level, expected_mb_s = choice.expected_bytes_per_second / 1e6, path_mb_s = choice.path_bytes_per_second / 1e6, "compression chosen");
         report.effective_bandwidth_bytes_per_second = choice.expected_bytes_per_second;
@@ -445,8 +417,10 @@ impl Migrator {
             to: req.to.clone(),
             addr: req.addr,
             phase: SourcePhase::Copying,
-            spec: serde_json::to_string(&spec).map_err(|e| e.to_string())?,
-            target_spec: serde_json::to_string(&target_spec).map_err(|e| e.to_string())?,
+            spec: serde_json::to_string(&spec)
+                .map_err(|e| MigrateError::BadState(e.to_string()))?,
+            target_spec: serde_json::to_string(&target_spec)
+                .map_err(|e| MigrateError::BadState(e.to_string()))?,
             cgroup: PathBuf::from(&status.cgroup),
             state_dir: state_dir.clone(),
             at_unix_ms: now_ms(),
@@ -455,18 +429,14 @@ impl Migrator {
             j.lock(id)
                 .await
                 .put_source(&entry)
-                .map_err(|e| format!("journal: {e}"))?;
+                .map_err(|e| MigrateError::Journal(Box::new(e)))?;
         }
         // The journal entry is left in place only while the hand-off is unresolved (a
         // background task owns it then): the machine's effects say.
-        let result = self
-            .move_and_hand_off(
-                req, id, report, &peer, &mut entry, scan, input, level, progress,
-            )
-            .await;
-        result.map_err(|e| match e {
-            MoveError::Failed(e) | MoveError::Pending(e) => e,
-        })
+        self.move_and_hand_off(
+            req, id, report, &peer, &mut entry, scan, input, level, progress,
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -481,8 +451,7 @@ impl Migrator {
         input: PrecopyInput,
         level: Option<i32>,
         progress: Reporter,
-    ) -> Result<(), MoveError> {
-        let fail = MoveError::Failed;
+    ) -> Result<(), MigrateError> {
         let begun = StateSender::begin_with_spec(
             peer,
             id,
@@ -501,7 +470,7 @@ impl Migrator {
                 {
                     self.apply(entry, effects).await;
                 }
-                return Err(fail(e.to_string()));
+                return Err(e);
             }
         };
         if let Some(t) = &self.tracker {
@@ -529,7 +498,7 @@ impl Migrator {
                 report.actual_rounds = r.rounds.len();
                 report.transfer = Some(r);
                 self.apply(entry, then).await;
-                return Err(fail(e.to_string()));
+                return Err(e);
             }
         };
         entry.phase = SourcePhase::Committed;
@@ -553,7 +522,9 @@ impl Migrator {
         report.transfer = Some(drive_report);
         let Some(outcome) = source.handed.take() else {
             self.apply(entry, then).await;
-            return Err(fail("decided, but no hand-off was made".into()));
+            return Err(MigrateError::BadState(
+                "decided, but no hand-off was made".into(),
+            ));
         };
         if let (Some(c), HandoffOutcome::Started(st)) =
             (report.transfer.as_mut().map(|t| &mut t.cutover), &outcome)
@@ -576,14 +547,10 @@ impl Migrator {
                 peer.close("migrated");
                 Ok(())
             }
-            HandoffOutcome::GivenBack(why) => Err(fail(format!(
-                "hand-off: {why}; the service runs here again"
-            ))),
+            HandoffOutcome::GivenBack(why) => Err(MigrateError::GivenBack(why)),
             HandoffOutcome::Unknown(why) => {
                 warn!(reason = %why, "hand-off unanswered: resolving it in the background");
-                Err(MoveError::Pending(format!(
-                    "hand-off: {why}; unresolved, the service runs nowhere until the target answers"
-                )))
+                Err(MigrateError::Unresolved(why))
             }
         }
     }

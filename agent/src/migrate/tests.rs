@@ -374,25 +374,25 @@ impl WriterService {
 }
 
 impl Source for WriterService {
-    async fn freeze(&mut self) -> Result<(), String> {
+    async fn freeze(&mut self) -> Result<(), MigrateError> {
         self.calls.push("freeze");
         if self.fail_freeze {
-            return Err("cgroup.freeze: device busy".into());
+            return Err(MigrateError::BadState("cgroup.freeze: device busy".into()));
         }
         self.pause();
         Ok(())
     }
-    async fn thaw(&mut self) -> Result<(), String> {
+    async fn thaw(&mut self) -> Result<(), MigrateError> {
         self.calls.push("thaw");
         self.paused.store(false, Ordering::SeqCst);
         Ok(())
     }
-    async fn stop(&mut self) -> Result<(), String> {
+    async fn stop(&mut self) -> Result<(), MigrateError> {
         self.calls.push("stop");
         self.pause();
         Ok(())
     }
-    async fn start(&mut self) -> Result<(), String> {
+    async fn start(&mut self) -> Result<(), MigrateError> {
         self.calls.push("start");
         self.paused.store(false, Ordering::SeqCst);
         Ok(())
@@ -540,7 +540,7 @@ struct GiveUpAtFreeze {
 }
 
 impl Source for GiveUpAtFreeze {
-    async fn freeze(&mut self) -> Result<(), String> {
+    async fn freeze(&mut self) -> Result<(), MigrateError> {
         self.journal
             .lock("c1")
             .await
@@ -548,13 +548,13 @@ impl Source for GiveUpAtFreeze {
             .unwrap();
         self.inner.freeze().await
     }
-    async fn thaw(&mut self) -> Result<(), String> {
+    async fn thaw(&mut self) -> Result<(), MigrateError> {
         self.inner.thaw().await
     }
-    async fn stop(&mut self) -> Result<(), String> {
+    async fn stop(&mut self) -> Result<(), MigrateError> {
         self.inner.stop().await
     }
-    async fn start(&mut self) -> Result<(), String> {
+    async fn start(&mut self) -> Result<(), MigrateError> {
         self.inner.start().await
     }
 }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::agent::{MigrateRequest, Migrator};
-use super::drive::Mode;
+use super::drive::SwitchMode;
 use super::error::MigrateError;
 use super::progress::Progress;
 use crate::transport::{open, Channel, Endpoint, PeerInfo, Principal, Services};
@@ -45,8 +45,8 @@ pub struct MigrateCall {
     pub service: String,
     /// The node to move it to.
     pub to: String,
-    /// How to switch over.
-    pub mode: Mode,
+    /// How to switch over (`None`: as the model says).
+    pub mode: Option<SwitchMode>,
     /// The downtime target, milliseconds.
     pub downtime_ms: u64,
     /// Re-hash the whole state on both sides at the cut-over.

@@ -22,17 +22,10 @@ use crate::policy::{self as precopy, PrecopyEstimate, PrecopyInput, StartDecisio
 /// How often a live round reports its progress while it runs.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// How a service is switched over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Live rounds, then a short frozen round.
-    Transitional,
-    /// Stop, copy everything, start on the target.
-    Intermittent,
-    /// Transitional when the model says iterating meets the target, intermittent otherwise.
-    Auto,
-}
+/// How a service is switched over: the policy's mode. A request asks for one or for none
+/// (`None`, auto: transitional when the model says iterating meets the target, intermittent
+/// otherwise).
+pub use crate::policy::SwitchMode;
 
 /// What the driver needs from the service being moved, on the source node: the I/O of the
 /// source's effects ([`SourceEffect`]) that the state machine ([`source_machine::step`])
@@ -78,7 +71,7 @@ pub struct DriveReport {
     /// The model's estimate before the move.
     pub estimate: PrecopyEstimate,
     /// The mode used.
-    pub mode: Mode,
+    pub mode: SwitchMode,
     /// Every round; the last ran with the service frozen or stopped.
     pub rounds: Vec<RoundStats>,
     /// Why the live rounds ended (transitional mode).
@@ -168,7 +161,7 @@ pub struct Cutover {
 
 impl DriveReport {
     /// A report with nothing done yet.
-    pub fn new(estimate: PrecopyEstimate, mode: Mode) -> DriveReport {
+    pub fn new(estimate: PrecopyEstimate, mode: SwitchMode) -> DriveReport {
         DriveReport {
             estimate,
             mode,
@@ -197,12 +190,13 @@ impl DriveReport {
     }
 }
 
-/// The mode `Auto` resolves to for an estimate.
-pub fn choose_mode(requested: Mode, estimate: &PrecopyEstimate) -> Mode {
+/// The mode a request resolves to for an estimate: the one asked for, or without one
+/// (auto) transitional when the model says to iterate.
+pub fn choose_mode(requested: Option<SwitchMode>, estimate: &PrecopyEstimate) -> SwitchMode {
     match requested {
-        Mode::Auto if estimate.start == StartDecision::Iterate => Mode::Transitional,
-        Mode::Auto => Mode::Intermittent,
-        m => m,
+        Some(m) => m,
+        None if estimate.start == StartDecision::Iterate => SwitchMode::Transitional,
+        None => SwitchMode::Intermittent,
     }
 }
 
@@ -263,7 +257,7 @@ pub async fn drive<S: Source + Send>(
     mut sender: StateSender,
     source: &mut S,
     input: PrecopyInput,
-    requested: Mode,
+    requested: Option<SwitchMode>,
 ) -> Result<DriveReport, (MigrateError, DriveReport)> {
     let started = Instant::now();
     let estimate = precopy::estimate(input);
@@ -314,7 +308,7 @@ pub async fn drive<S: Source + Send>(
     };
     let frozen_at;
     match mode {
-        Mode::Transitional | Mode::Auto => {
+        SwitchMode::Transitional => {
             // The last round and when it started; the start before it.
             let mut previous: Option<(RoundStats, Instant)> = None;
             let mut before: Option<Instant> = None;
@@ -427,7 +421,7 @@ pub async fn drive<S: Source + Send>(
                 Err(e) => fail!(e),
             }
         }
-        Mode::Intermittent => {
+        SwitchMode::Intermittent => {
             source.progress(Progress::of(&report, Phase::Freeze));
             frozen_at = Instant::now();
             go!(SourceEvent::Halt(Halt::Stop));

@@ -54,7 +54,7 @@ mod vip;
 #[cfg(test)]
 mod tests;
 
-pub use drive::{choose_mode, drive, Cutover, DriveReport, Mode, Source};
+pub use drive::{choose_mode, drive, Cutover, DriveReport, Source, SwitchMode};
 pub use error::MigrateError;
 pub use progress::{eta_live, Phase, Progress};
 pub use protocol::SERVICE;

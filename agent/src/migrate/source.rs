@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, info_span, warn, Instrument};
 
 use super::audit::{MigrationReport, MigrationStats};
-use super::drive::{drive, Mode, Source};
+use super::drive::{drive, Source, SwitchMode};
 use super::error::MigrateError;
 use super::handoff::{hand_off, HandoffOutcome};
 use super::journal::{now_ms, Journal, SourceEntry, SourcePhase};
@@ -111,8 +111,8 @@ pub struct MigrateRequest {
     pub to: String,
     /// Its transport address.
     pub addr: SocketAddr,
-    /// How to switch.
-    pub mode: Mode,
+    /// How to switch (`None`: as the model says).
+    pub mode: Option<SwitchMode>,
     /// The downtime target.
     pub downtime_target: Duration,
     /// Who asked (for the audit log): the caller's verified certificate name, such as
@@ -506,7 +506,7 @@ impl Migrator {
         // termination check lets it: that is its prediction.
         let e = &drive_report.estimate;
         let live = match (drive_report.mode, e.start, e.forced_live_rounds) {
-            (Mode::Transitional, start, Some(n))
+            (SwitchMode::Transitional, start, Some(n))
                 if start != crate::policy::StartDecision::Iterate =>
             {
                 n

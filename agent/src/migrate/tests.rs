@@ -419,10 +419,15 @@ fn input(state: f64, dirty: f64) -> crate::policy::PrecopyInput {
 async fn the_driver_freezes_after_converging_rounds_and_commits_an_exact_copy() {
     let s = setup().await;
     let (mut svc, tx) = s.writer_and_sender("d1", 4 << 20, 9, Some(1)).await;
-    let report = drive(tx, &mut svc, input(4e6, 1e6), Mode::Auto)
+    let report = drive(tx, &mut svc, input(4e6, 1e6), None)
         .await
         .unwrap_or_else(|(e, r)| panic!("{e}: {r:?}"));
-    assert_eq!(report.mode, Mode::Transitional, "{:?}", report.estimate);
+    assert_eq!(
+        report.mode,
+        SwitchMode::Transitional,
+        "{:?}",
+        report.estimate
+    );
     assert!(report.rounds.len() >= 2, "{report:?}");
     assert_eq!(svc.calls, vec!["freeze"]);
     assert!(report.committed_path.is_some());
@@ -448,9 +453,14 @@ async fn a_failed_freeze_leaves_the_service_running_on_the_source() {
     let s = setup().await;
     let (mut svc, tx) = s.writer_and_sender("d2", 1 << 20, 4, None).await;
     svc.fail_freeze = true;
-    let (err, report) = drive(tx, &mut svc, input(1e6, 1e6), Mode::Transitional)
-        .await
-        .unwrap_err();
+    let (err, report) = drive(
+        tx,
+        &mut svc,
+        input(1e6, 1e6),
+        Some(SwitchMode::Transitional),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("freeze"), "{err}");
     assert_eq!(svc.calls, vec!["freeze", "thaw"]);
     assert!(report.committed_path.is_none());
@@ -462,10 +472,8 @@ async fn intermittent_mode_stops_copies_once_and_commits() {
     let s = setup().await;
     let (mut svc, tx) = s.writer_and_sender("d3", 1 << 20, 6, None).await;
     // A dirty rate above the bandwidth: iterating never converges, so Auto stops and copies.
-    let report = drive(tx, &mut svc, input(1e6, 80e6), Mode::Auto)
-        .await
-        .unwrap();
-    assert_eq!(report.mode, Mode::Intermittent);
+    let report = drive(tx, &mut svc, input(1e6, 80e6), None).await.unwrap();
+    assert_eq!(report.mode, SwitchMode::Intermittent);
     assert_eq!(report.rounds.len(), 1);
     assert_eq!(svc.calls, vec!["stop"]);
     assert_eq!(
@@ -567,9 +575,14 @@ async fn a_failed_commit_thaws_the_source() {
         inner,
         journal: j.clone(),
     };
-    let (err, report) = drive(tx, &mut svc, input(1e6, 1e6), Mode::Transitional)
-        .await
-        .unwrap_err();
+    let (err, report) = drive(
+        tx,
+        &mut svc,
+        input(1e6, 1e6),
+        Some(SwitchMode::Transitional),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("given up"), "{err}");
     assert_eq!(
         svc.inner.calls,
@@ -589,7 +602,7 @@ async fn an_unknown_dirty_rate_is_measured_by_the_rounds() {
     let (mut svc, tx) = s.writer_and_sender("r1", 8 << 20, 10, None).await;
     let mut inp = input(8e6, 0.0);
     inp.downtime_target_s = 0.02;
-    let report = drive(tx, &mut svc, inp, Mode::Auto)
+    let report = drive(tx, &mut svc, inp, None)
         .await
         .unwrap_or_else(|(e, r)| panic!("{e}: {r:?}"));
     eprintln!(
@@ -602,7 +615,7 @@ async fn an_unknown_dirty_rate_is_measured_by_the_rounds() {
         report.dirty_rates,
         report.stop
     );
-    assert_eq!(report.mode, Mode::Transitional);
+    assert_eq!(report.mode, SwitchMode::Transitional);
     assert!(
         report.rounds.len() >= 3,
         "round 0, a measuring round, the frozen one: {report:?}"

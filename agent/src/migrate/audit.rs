@@ -4,13 +4,13 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::drive::DriveReport;
 use super::model::Observed;
 
 /// A migration as reported and audited: predicted against actual.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct MigrationReport {
     /// Its id.
     pub id: String,

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::agent::{MigrateRequest, Migrator};
+use super::agent::{MigrateRequest, MigrationReport, Migrator};
 use super::drive::SwitchMode;
 use super::error::MigrateError;
 use super::progress::Progress;
@@ -60,11 +60,10 @@ pub struct MigrateCall {
 pub enum Reply {
     /// Where the migration is.
     Progress(Progress),
-    /// The migration ended: its [`super::agent::MigrationReport`] as JSON (its serde shape is
-    /// not one bincode encodes), and whether it committed.
+    /// The migration ended: its report, and whether it committed.
     Report {
-        /// The report, JSON.
-        json: String,
+        /// The report.
+        report: Box<MigrationReport>,
         /// The service now runs on the target.
         committed: bool,
     },
@@ -193,7 +192,7 @@ async fn serve(peer: PeerInfo, mut ch: Channel, migrator: Arc<Migrator>, resolve
             match run.await {
                 Ok(report) => Reply::Report {
                     committed: report.result == "committed",
-                    json: serde_json::to_string(&report).unwrap_or_default(),
+                    report: Box::new(report),
                 },
                 Err(e) => Reply::Error {
                     reason: format!("the migration task failed: {e}"),
@@ -239,9 +238,9 @@ pub async fn migrate(
     loop {
         match ch.recv::<Reply>().await? {
             Some(Reply::Progress(p)) => on_progress(&p),
-            Some(Reply::Report { json, committed }) => {
+            Some(Reply::Report { report, committed }) => {
                 peer.close("done");
-                let report = serde_json::from_str(&json)
+                let report = serde_json::to_value(&report)
                     .map_err(|e| MigrateError::Peer(format!("unreadable report: {e}")))?;
                 return Ok(Answer::Report { report, committed });
             }

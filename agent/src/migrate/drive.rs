@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::error::MigrateError;
@@ -66,7 +66,7 @@ pub trait Source {
 }
 
 /// What happened, predicted against actual.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DriveReport {
     /// The model's estimate before the move.
     pub estimate: PrecopyEstimate,
@@ -112,7 +112,7 @@ pub struct DriveReport {
 }
 
 /// A line `t = overhead_s + bytes/bytes_per_s` fitted on rounds' sizes and times.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RoundFit {
     /// Seconds per round whatever its size.
     pub overhead_s: f64,
@@ -123,7 +123,7 @@ pub struct RoundFit {
 /// The cut-over phase by phase, seconds: where the service's unavailability goes. The driver
 /// fills in the phases up to the decision; the migrator adds the source's kill and the
 /// hand-off (the target's figures come from the target's own clocks).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Cutover {
     /// Freezing (or stopping) the service until the kernel says it is frozen.
     pub freeze_s: f64,

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use super::journal::SourceEntry;
 use super::protocol::{Handoff, HANDOFF, START_TIMEOUT};
 use super::source_machine::Handed;
+use crate::service::ServiceSpec;
 use crate::transport::{open, Peer};
 
 /// How long the source waits for the target to confirm it gave the service back.
@@ -56,14 +56,14 @@ impl HandoffOutcome {
     }
 }
 
-/// Asks the target to start the decided service of `entry`; without an answer, asks it to give
-/// the service back.
-pub(super) async fn hand_off(peer: &Peer, entry: &SourceEntry) -> HandoffOutcome {
+/// Asks the target to start the decided service of `migration` as `spec` says; without an
+/// answer, asks it to give the service back.
+pub(super) async fn hand_off(peer: &Peer, migration: &str, spec: &ServiceSpec) -> HandoffOutcome {
     let ask = async {
         let mut ch = open(peer, HANDOFF).await.map_err(|e| e.to_string())?;
         ch.send(&Handoff::Start {
-            migration: entry.migration.clone(),
-            spec: entry.target_spec.as_bytes().to_vec(),
+            migration: migration.to_string(),
+            spec: Box::new(spec.clone()),
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -88,11 +88,16 @@ pub(super) async fn hand_off(peer: &Peer, entry: &SourceEntry) -> HandoffOutcome
         Ok(Err(e)) => e,
         Err(_) => "the target did not answer the hand-off".to_string(),
     };
-    // Ask the target to give the service back, and wait until it has.
+    abandon(peer, migration, why).await
+}
+
+/// Asks the target to give the service of `migration` back (the hand-off failed for `why`),
+/// and waits until it has.
+pub(super) async fn abandon(peer: &Peer, migration: &str, why: String) -> HandoffOutcome {
     let abandon = async {
         let mut ch = open(peer, HANDOFF).await.map_err(|e| e.to_string())?;
         ch.send(&Handoff::Abandon {
-            migration: entry.migration.clone(),
+            migration: migration.to_string(),
         })
         .await
         .map_err(|e| e.to_string())?;

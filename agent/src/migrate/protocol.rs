@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::scan::{BlockDigest, FileMeta};
+use crate::service::ServiceSpec;
 
 /// Name of the state service.
 pub const SERVICE: &str = "state";
@@ -20,9 +21,9 @@ pub(super) enum Msg {
     Begin {
         migration: String,
         service: String,
-        /// The service's spec (JSON) when a managed service moves: the target's journal keeps
-        /// it, so it can start the service once the move is decided even without the source.
-        spec: Option<String>,
+        /// The service's spec when a managed service moves: the target's journal keeps it, so
+        /// it can start the service once the move is decided even without the source.
+        spec: Option<Box<ServiceSpec>>,
     },
     /// The listing; the changed blocks follow as placed pieces (file = index in `files`),
     /// in any order, up to the end marker.
@@ -82,10 +83,10 @@ pub(super) const START_TIMEOUT: std::time::Duration = std::time::Duration::from_
 /// The hand-off service's messages: one request, one answer per stream.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Handoff {
-    /// The spec as JSON (its serde shape is not one bincode encodes).
+    /// Start the decided service from its committed state, as this spec says.
     Start {
         migration: String,
-        spec: Vec<u8>,
+        spec: Box<ServiceSpec>,
     },
     /// The service runs on the target (the answer to `Start`, and to an `Abandon` that came
     /// after the service started there: it is never given back then).
@@ -105,4 +106,101 @@ pub(super) enum Handoff {
         migration: String,
     },
     Abandoned,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{read_msg, write_msg};
+
+    async fn round_trip<T: Serialize + serde::de::DeserializeOwned>(msg: &T) -> T {
+        let mut frame = Vec::new();
+        write_msg(&mut frame, msg).await.unwrap();
+        read_msg(&mut frame.as_slice()).await.unwrap().unwrap()
+    }
+
+    fn spec() -> ServiceSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "kv",
+            "image_id": "sha256:00",
+            "command": ["bin/kv", "--dir", "{state}"],
+            "env": { "A": "1" },
+            "state": ["data"],
+            "health": { "tcp": "127.0.0.1:7000", "send": "PING\n", "expect": "+PONG" },
+            "demand": { "cpu": 0.5, "memory_bytes": 1048576 },
+            "restart": { "policy": "on-failure" },
+            "vip": "10.0.0.7",
+            "autostart": false,
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn specs_travel_typed_in_the_state_and_hand_off_messages() {
+        let spec = spec();
+        match round_trip(&Msg::Begin {
+            migration: "kv-1".into(),
+            service: "kv".into(),
+            spec: Some(Box::new(spec.clone())),
+        })
+        .await
+        {
+            Msg::Begin { spec: got, .. } => assert_eq!(got.as_deref(), Some(&spec)),
+            other => panic!("{other:?}"),
+        }
+        match round_trip(&Handoff::Start {
+            migration: "kv-1".into(),
+            spec: Box::new(spec.clone()),
+        })
+        .await
+        {
+            Handoff::Start { spec: got, .. } => assert_eq!(*got, spec),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_report_travels_typed_and_reads_as_the_same_json() {
+        let estimate = crate::policy::estimate(crate::policy::PrecopyInput {
+            state_bytes: 1e6,
+            dirty_bytes_per_s: 1e5,
+            bandwidth_bytes_per_s: 1e8,
+            rtt_s: 0.001,
+            downtime_target_s: 0.05,
+            max_rounds: 8,
+            scan_share: 0.5,
+            round_bandwidth_bytes_per_s: 0.0,
+            live_overhead_s: 0.0,
+            later_dirty_bytes_per_s: 0.0,
+            frozen_bandwidth_bytes_per_s: 0.0,
+        });
+        let mut transfer =
+            super::super::DriveReport::new(estimate, crate::policy::SwitchMode::Transitional);
+        transfer.rounds.push(super::super::RoundStats {
+            round: 0,
+            bytes: 4096,
+            ..Default::default()
+        });
+        transfer.dirty_rates.push(None);
+        let report = super::super::agent::MigrationReport {
+            id: "kv-1".into(),
+            result: "committed".into(),
+            transfer: Some(transfer),
+            downtime_seconds: Some(0.02),
+            compression: Some(crate::transport::choose_level(&[], 1e8)),
+            ..Default::default()
+        };
+        let got = round_trip(&crate::migrate::control::Reply::Report {
+            report: Box::new(report.clone()),
+            committed: true,
+        })
+        .await;
+        let crate::migrate::control::Reply::Report { report: got, .. } = got else {
+            panic!("not a report");
+        };
+        assert_eq!(
+            serde_json::to_value(&*got).unwrap(),
+            serde_json::to_value(&report).unwrap()
+        );
+    }
 }

@@ -60,10 +60,10 @@ pub fn register_with(services: &Services, root: PathBuf, hooks: Option<TargetHoo
 fn park_ahead(
     hooks: Option<&TargetHooks>,
     service: &str,
-    spec: Option<&str>,
+    spec: Option<&crate::service::ServiceSpec>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let manager = hooks?.manager.clone()?;
-    let mut spec: crate::service::ServiceSpec = serde_json::from_str(spec?).ok()?;
+    let mut spec = spec?.clone();
     if spec.name != service || manager.spec(service).is_some() {
         return None;
     }
@@ -104,7 +104,6 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
         })) => (migration, service, spec),
         _ => return,
     };
-    let spec_json = spec.clone();
     if !valid_name(&migration) || !valid_name(&service) {
         let _ = ch
             .send(&Msg::Failed {
@@ -126,7 +125,8 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
                     phase,
                     staging: staging.clone(),
                     dest: dest.clone(),
-                    spec: spec.clone(),
+                    // The journal keeps the spec as JSON, as before the typed wire.
+                    spec: spec.as_ref().and_then(|s| serde_json::to_string(s).ok()),
                     at_unix_ms: now_ms(),
                 }),
                 other => Err(unexpected(other)),
@@ -145,7 +145,7 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
             return;
         }
     }
-    let parking = park_ahead(hooks.as_ref(), &service, spec_json.as_deref());
+    let parking = park_ahead(hooks.as_ref(), &service, spec.as_deref());
     let mut rx = Receiver {
         staging: staging.clone(),
         files: BTreeMap::new(),

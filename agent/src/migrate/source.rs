@@ -26,7 +26,7 @@ use tracing::{info, info_span, warn, Instrument};
 use super::audit::{MigrationReport, MigrationStats};
 use super::drive::{drive, Source, SwitchMode};
 use super::error::MigrateError;
-use super::handoff::{hand_off, HandoffOutcome};
+use super::handoff::{abandon, hand_off, HandoffOutcome};
 use super::journal::{now_ms, Journal, SourceEntry, SourcePhase};
 use super::model::{self, Observed, LEARN_FROM};
 use super::progress::{Phase, Progress, Reporter};
@@ -157,6 +157,8 @@ struct ManagedSource<'a> {
     /// Where the service goes once decided, and the migration.
     peer: &'a Peer,
     entry: SourceEntry,
+    /// The service's spec as the target starts it.
+    target_spec: &'a ServiceSpec,
     /// What the hand-off came to.
     handed: Option<HandoffOutcome>,
     /// The effects the driver left to the migrator, in order.
@@ -210,7 +212,7 @@ impl Source for ManagedSource<'_> {
             warn!(ms, "{HANDOFF_DELAY_ENV}: the hand-off waits");
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-        let outcome = hand_off(self.peer, &self.entry).await;
+        let outcome = hand_off(self.peer, &self.entry.migration, self.target_spec).await;
         let handed = outcome.handed();
         self.handed = Some(outcome);
         handed
@@ -434,7 +436,15 @@ impl Migrator {
         // The journal entry is left in place only while the hand-off is unresolved (a
         // background task owns it then): the machine's effects say.
         self.move_and_hand_off(
-            req, id, report, &peer, &mut entry, scan, input, level, progress,
+            req,
+            id,
+            report,
+            &peer,
+            (&mut entry, &target_spec),
+            scan,
+            input,
+            level,
+            progress,
         )
         .await
     }
@@ -446,7 +456,7 @@ impl Migrator {
         id: &str,
         report: &mut MigrationReport,
         peer: &Peer,
-        entry: &mut SourceEntry,
+        (entry, target_spec): (&mut SourceEntry, &ServiceSpec),
         scan: StateScan,
         input: PrecopyInput,
         level: Option<i32>,
@@ -456,7 +466,7 @@ impl Migrator {
             peer,
             id,
             &req.service,
-            Some(entry.target_spec.clone()),
+            Some(target_spec.clone()),
             scan,
             level,
         )
@@ -484,6 +494,7 @@ impl Migrator {
             journal: self.journal.as_deref().map(|j| (j, entry.clone())),
             peer,
             entry: entry.clone(),
+            target_spec,
             handed: None,
             then: Vec::new(),
             progress,
@@ -616,7 +627,18 @@ impl Migrator {
                 .connect(entry.addr, &entry.to)
                 .await
             {
-                Ok(peer) => hand_off(&peer, &entry).await,
+                Ok(peer) => match serde_json::from_str::<ServiceSpec>(&entry.target_spec) {
+                    Ok(spec) => hand_off(&peer, &entry.migration, &spec).await,
+                    // Not ours to start there: the target is asked to give it back.
+                    Err(e) => {
+                        abandon(
+                            &peer,
+                            &entry.migration,
+                            format!("bad spec in the journal: {e}"),
+                        )
+                        .await
+                    }
+                },
                 Err(e) => HandoffOutcome::Unknown(e.to_string()),
             };
             let result = match &outcome {

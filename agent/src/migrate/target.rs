@@ -181,7 +181,7 @@ impl Target {
     async fn start_owned(
         self: &Arc<Self>,
         id: &str,
-        spec: Option<&[u8]>,
+        spec: Option<&ServiceSpec>,
         event: TargetEvent,
     ) -> Result<Option<(Started, Option<AfterAnswer>)>, StartError> {
         let lock = self.starting.clone().lock_owned().await;
@@ -250,16 +250,15 @@ impl Target {
         &self,
         id: &str,
         entry: &TargetEntry,
-        spec: Option<&[u8]>,
+        spec: Option<&ServiceSpec>,
     ) -> Result<Started, String> {
         let began = Instant::now();
-        let bytes = entry
-            .spec
-            .as_ref()
-            .map(|s| s.as_bytes())
-            .or(spec)
-            .ok_or("no spec for the service")?;
-        let mut spec: ServiceSpec = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        // The spec the transfer brought (kept as JSON in the journal), else the hand-off's.
+        let mut spec: ServiceSpec = match (&entry.spec, spec) {
+            (Some(json), _) => serde_json::from_str(json).map_err(|e| e.to_string())?,
+            (None, Some(spec)) => spec.clone(),
+            (None, None) => return Err("no spec for the service".into()),
+        };
         spec.autostart = true;
         let name = spec.name.clone();
         if self.manager.spec(&name).is_some() {

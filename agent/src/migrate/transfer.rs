@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::error::MigrateError;
@@ -43,7 +43,7 @@ use crate::probe::{DirtyTracker, Tracked};
 use crate::transport::{encode_piece, open, write_piece, write_pieces_end, Channel, Peer, Piece};
 
 /// What one round moved.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoundStats {
     /// 0 for the full copy.
     pub round: u32,
@@ -173,12 +173,12 @@ impl StateSender {
         Self::begin_with_spec(peer, migration, service, None, scan, level).await
     }
 
-    /// [`StateSender::begin`] for a managed service whose spec (JSON) the target keeps.
+    /// [`StateSender::begin`] for a managed service whose spec the target keeps.
     pub async fn begin_with_spec(
         peer: &Peer,
         migration: &str,
         service: &str,
-        spec: Option<String>,
+        spec: Option<crate::service::ServiceSpec>,
         scan: StateScan,
         level: Option<i32>,
     ) -> Result<StateSender, MigrateError> {
@@ -186,7 +186,7 @@ impl StateSender {
         ch.send(&Msg::Begin {
             migration: migration.to_string(),
             service: service.to_string(),
-            spec,
+            spec: spec.map(Box::new),
         })
         .await?;
         Ok(StateSender {

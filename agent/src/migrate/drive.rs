@@ -473,31 +473,38 @@ pub async fn drive<S: Source + Send>(
         let r = sender.decided().await;
         (r, t.elapsed().as_secs_f64())
     };
+    // The hand-off's outcome is stepped as soon as it comes, and the kill (unless given back)
+    // goes at once, while the decision's acknowledgement may still be on its way; what
+    // follows the kill is the caller's, after the figures.
     let handing = async {
-        let h = source.hand_over().await;
-        (h, t.elapsed().as_secs_f64())
+        let handed = source.hand_over().await;
+        let handoff_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let rest = match source_machine::step(state, SourceEvent::HandedOff(handed)) {
+            Ok((_, effects)) => {
+                let (kill, rest): (Vec<_>, Vec<_>) = effects
+                    .into_iter()
+                    .partition(|e| *e == SourceEffect::KillFrozen);
+                if !kill.is_empty() {
+                    source.kill().await;
+                }
+                rest
+            }
+            Err(refused) => {
+                warn!(%refused, "no effect of the hand-off");
+                Vec::new()
+            }
+        };
+        (rest, handoff_s, t.elapsed().as_secs_f64())
     };
-    let ((told, told_s), (handed, handoff_s)) = tokio::join!(told, handing);
+    let ((told, told_s), (rest, handoff_s, kill_s)) = tokio::join!(told, handing);
     if let Err(e) = told {
         warn!(error = %e, "the target did not acknowledge the decision; the hand-off repeats it");
     }
+    source.then(rest);
     report.cutover.decided_s = told_s;
     report.cutover.handoff_s = handoff_s;
-    // The kill (unless given back) is timed; what follows is the caller's, after the figures.
-    let t = Instant::now();
-    match source_machine::step(state, SourceEvent::HandedOff(handed)) {
-        Ok((_, effects)) => {
-            let (kill, rest): (Vec<_>, Vec<_>) = effects
-                .into_iter()
-                .partition(|e| *e == SourceEffect::KillFrozen);
-            if !kill.is_empty() {
-                source.kill().await;
-            }
-            source.then(rest);
-        }
-        Err(refused) => warn!(%refused, "no effect of the hand-off"),
-    }
-    report.cutover.kill_s = t.elapsed().as_secs_f64();
+    report.cutover.kill_s = kill_s;
     report.frozen_seconds = frozen_at.elapsed().as_secs_f64();
     report.total_seconds = started.elapsed().as_secs_f64();
     info!(

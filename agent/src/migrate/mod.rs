@@ -5,13 +5,24 @@
 //!
 //! | file | what |
 //! | --- | --- |
+//! | `source_machine.rs` | [`source_machine::step`]: the source's phases, pure: `(state, event) -> (state, effects)` |
+//! | `target_machine.rs` | [`target_machine::step`]: the target's journalled phases, pure, the same way |
+//! | `protocol.rs` | the messages of the `"state"` and `"handoff"` transport services |
 //! | `scan.rs` | [`StateScan`]: the state on disk, and which 4 KiB blocks changed since sent |
-//! | `transfer.rs` | the `"state"` transport service: [`StateSender`] and the receiver |
-//! | `agent.rs` | [`agent::Migrator`]: a managed service to another node, end to end; the hand-off |
-//! | `journal.rs` | [`journal::Journal`]: each side's durable record of a migration, for crash recovery |
-//! | `drive.rs` | [`drive`]: mode from the pre-copy model, live rounds, freeze, verify, commit |
+//! | `transfer.rs` | the `"state"` service's sending side: [`StateSender`] |
+//! | `receiver.rs` | its receiving side: staging, hash check, the commit (the target machine's vote) |
+//! | `drive.rs` | [`drive`]: mode from the pre-copy model, live rounds, freeze, verify, commit, hand-off; runs the source machine's effects |
+//! | `source.rs` | [`agent::Migrator`]: a managed service to another node, end to end |
+//! | `handoff.rs` | the source's side of the hand-off (start, or abandon) |
+//! | `target.rs` | [`agent::Target`]: the hand-off's target side, the watcher, the target's recovery |
+//! | `vip.rs` | the VIP's takeover on the target at the cut-over |
+//! | `recovery.rs` | the source's crash recovery at start |
+//! | `model.rs` | the pre-copy model's figures learned from the last moves (pure) |
+//! | `audit.rs` | [`agent::MigrationReport`], the counters and the audit log |
+//! | `journal.rs` | [`journal::Journal`]: each side's durable record of a migration; [`journal::JournalGuard`] changes it |
 //! | `progress.rs` | [`Progress`]: where a running migration is, for `godwit migrate` to show |
 //! | `control.rs` | the `"control"` transport service: a caller with a certificate starts a migration and follows it |
+//! | `agent.rs` | the names the daemon, the API and the tests use |
 //!
 //! # Invariants
 //!

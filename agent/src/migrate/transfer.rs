@@ -88,6 +88,9 @@ struct Tracking {
     /// Files the service had open with `O_DIRECT` at some round: the probe cannot see those
     /// writes, so they are compared in full from then on.
     direct: HashSet<InodeKey>,
+    /// Files whose write-back failed at some round: pages that stayed dirty raise no event
+    /// when written again, so these are compared in full from then on.
+    unclean: HashSet<String>,
 }
 
 /// What a round learned from the probe: the pages to read per trusted file.
@@ -217,6 +220,7 @@ impl StateSender {
             last: HashMap::new(),
             cgroup: None,
             direct: HashSet::new(),
+            unclean: HashSet::new(),
         });
     }
 
@@ -321,8 +325,11 @@ impl StateSender {
         self.scan.clean_before_read(round == 0);
         if !self.frozen && round > 0 {
             for (rel, ..) in &now {
-                if let Ok(f) = File::open(root.join(rel)) {
-                    let _ = f.sync_data();
+                let cleaned = File::open(root.join(rel)).and_then(|f| f.sync_data());
+                if let Err(e) = cleaned {
+                    if t.unclean.insert(rel.clone()) {
+                        warn!(file = %rel, error = %e, "write-back failed: this state file is compared in full from now on");
+                    }
                 }
             }
         }
@@ -349,7 +356,7 @@ impl StateSender {
                 Some(&(s, ..)) if s < *size => (!pages.is_empty(), Some(s / BLOCK)),
                 _ => (false, None),
             };
-            let direct = t.direct.contains(key);
+            let direct = t.direct.contains(key) || t.unclean.contains(rel);
             if round > 0 && !lost && same_file && vouched && !direct {
                 let mut pages = pages;
                 if let Some(from) = appended {

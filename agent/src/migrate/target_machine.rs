@@ -195,9 +195,15 @@ pub fn step(phase: Phase, event: TargetEvent) -> Result<(Phase, Vec<TargetEffect
             "a start for a migration that is {p:?} here"
         ))),
 
+        // Every "abandoned" waits for a start in progress to see the new phase and stop
+        // the service: until then it may run here.
         (Some(P::Staging), Ev::Abandon) => Ok((
             Some(P::Returned),
-            vec![E::WriteJournal(P::Returned), E::AnswerAbandoned],
+            vec![
+                E::WriteJournal(P::Returned),
+                E::WaitForStarts,
+                E::AnswerAbandoned,
+            ],
         )),
         (Some(P::Prepared | P::Owned), Ev::Abandon) => Ok((
             Some(P::Returned),
@@ -211,7 +217,9 @@ pub fn step(phase: Phase, event: TargetEvent) -> Result<(Phase, Vec<TargetEffect
         )),
         // It runs here and said so (or may have): never given back, the source hears it runs.
         (Some(P::Started), Ev::Abandon) => stay(vec![E::AnswerStarted]),
-        (Some(P::Returned) | None, Ev::Abandon) => stay(vec![E::AnswerAbandoned]),
+        (Some(P::Returned) | None, Ev::Abandon) => {
+            stay(vec![E::WaitForStarts, E::AnswerAbandoned])
+        }
 
         (Some(P::Prepared), Ev::Queued) => stay(vec![E::Timer(PREPARED_WAIT, Ev::NoDecision)]),
         (Some(P::Owned), Ev::Queued) => stay(vec![E::Timer(ADOPT_AFTER, Ev::AdoptDue)]),
@@ -431,7 +439,7 @@ mod tests {
         assert!(step(None, Ev::Healthy).is_err());
         assert_eq!(
             step(None, Ev::Abandon),
-            Ok((None, vec![E::AnswerAbandoned]))
+            Ok((None, vec![E::WaitForStarts, E::AnswerAbandoned]))
         );
         assert_eq!(step(None, Ev::NoDecision), Ok((None, vec![])));
         // A known id begins only once.
@@ -577,6 +585,10 @@ mod tests {
                     let Ok((next, effects)) = step(phase, *ev) else {
                         continue;
                     };
+                    // An abandon is answered only once no start is in progress here.
+                    if let Some(i) = effects.iter().position(|e| *e == E::AnswerAbandoned) {
+                        assert!(effects[..i].contains(&E::WaitForStarts), "{from:?} {order:?}");
+                    }
                     for e in &effects {
                         match e {
                             E::StartService => {

@@ -94,7 +94,7 @@ fn release_vip(spec: Option<&ServiceSpec>, vip_interface: Option<&str>) {
 }
 
 /// Kills whatever still runs in the cgroup directory `cgroup` (frozen tasks included).
-fn kill_leftovers(cgroup: &Path) {
+pub(super) fn kill_leftovers(cgroup: &Path) {
     let procs = || {
         std::fs::read_to_string(cgroup.join("cgroup.procs"))
             .map(|s| !s.trim().is_empty())

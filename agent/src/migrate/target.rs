@@ -446,6 +446,19 @@ impl Target {
                     Ok(())
                 }
                 TargetEffect::RemoveJournal => g.remove_target(),
+                // Nothing defines the service here after a restart: only what a start under
+                // way left in its cgroup can run.
+                TargetEffect::StopService => {
+                    if self.manager.spec(&e.service).is_none() {
+                        let rt = self.manager.runtime();
+                        let cgroup = rt
+                            .v2_root
+                            .join(&rt.section.cgroup_parent)
+                            .join(format!("{}.service", e.service));
+                        super::recovery::kill_leftovers(&cgroup);
+                    }
+                    Ok(())
+                }
                 TargetEffect::Queue => {
                     info!(migration = %e.migration, phase = ?e.phase, "target: migration to resolve");
                     let _ = pending.send(e.migration.clone());

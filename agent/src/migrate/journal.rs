@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::error::MigrateError;
 
 /// Where a migration stands on its source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourcePhase {
     /// Live rounds, or the last one with the service frozen (not journalled apart: a restart
@@ -60,7 +60,7 @@ pub struct SourceEntry {
 }
 
 /// Where a migration stands on its target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetPhase {
     /// Rounds arrive in the staging directory.

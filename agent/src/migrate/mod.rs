@@ -63,6 +63,8 @@ mod transfer;
 mod vip;
 
 #[cfg(test)]
+mod machine_tests;
+#[cfg(test)]
 mod tests;
 
 pub use drive::{choose_mode, drive, Cutover, DriveReport, Source, SwitchMode};

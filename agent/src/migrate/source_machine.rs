@@ -11,7 +11,7 @@
 use super::journal::SourcePhase;
 
 /// How the service is held for the final round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Halt {
     /// Frozen (its cgroup): transitional.
     Freeze,
@@ -20,7 +20,7 @@ pub enum Halt {
 }
 
 /// Where a move stands on its source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SourceState {
     /// Live rounds: the service runs here.
     Rounds,
@@ -40,7 +40,7 @@ pub enum SourceState {
 }
 
 /// What the target said to the hand-off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Handed {
     /// It runs the service.
     Started,

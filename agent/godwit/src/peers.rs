@@ -7,17 +7,25 @@ use std::net::SocketAddr;
 pub fn transport_addr(
     mesh: Option<&crate::gossip::Cluster>,
     node: &str,
-) -> Result<SocketAddr, String> {
+) -> Result<SocketAddr, crate::migrate::MigrateError> {
     let Some(mesh) = mesh else {
-        return Err("gossip is disabled: peers' addresses are unknown".into());
+        return Err(crate::migrate::MigrateError::NoRoute(
+            "gossip is disabled: peers' addresses are unknown".into(),
+        ));
     };
     let view = mesh.view();
     let Some(member) = view.member(node) else {
-        return Err(format!("{node} is not a member of the mesh"));
+        return Err(crate::migrate::MigrateError::NoRoute(format!(
+            "{node} is not a member of the mesh"
+        )));
     };
     member
         .summary
         .as_ref()
         .and_then(|s| s.addresses.quic)
-        .ok_or_else(|| format!("{node} publishes no transport address (no certificate there?)"))
+        .ok_or_else(|| {
+            crate::migrate::MigrateError::NoRoute(format!(
+                "{node} publishes no transport address (no certificate there?)"
+            ))
+        })
 }

@@ -22,8 +22,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::agent::{MigrateRequest, Migrator};
-use super::drive::Mode;
+use super::agent::{MigrateRequest, MigrationReport, Migrator};
+use super::drive::SwitchMode;
 use super::error::MigrateError;
 use super::progress::Progress;
 use godwit_transport::{open, Channel, Endpoint, PeerInfo, Principal, Services};
@@ -45,8 +45,8 @@ pub struct MigrateCall {
     pub service: String,
     /// The node to move it to.
     pub to: String,
-    /// How to switch over.
-    pub mode: Mode,
+    /// How to switch over (`None`: as the model says).
+    pub mode: Option<SwitchMode>,
     /// The downtime target, milliseconds.
     pub downtime_ms: u64,
     /// Re-hash the whole state on both sides at the cut-over.
@@ -60,11 +60,10 @@ pub struct MigrateCall {
 pub enum Reply {
     /// Where the migration is.
     Progress(Progress),
-    /// The migration ended: its [`super::agent::MigrationReport`] as JSON (its serde shape is
-    /// not one bincode encodes), and whether it committed.
+    /// The migration ended: its report, and whether it committed.
     Report {
-        /// The report, JSON.
-        json: String,
+        /// The report.
+        report: Box<MigrationReport>,
         /// The service now runs on the target.
         committed: bool,
     },
@@ -82,12 +81,12 @@ pub enum Reply {
 }
 
 /// Finds a node's transport address (from the mesh).
-pub type Resolver = Arc<dyn Fn(&str) -> Result<SocketAddr, String> + Send + Sync>;
+pub type Resolver = Arc<dyn Fn(&str) -> Result<SocketAddr, MigrateError> + Send + Sync>;
 
 /// Who may start a migration from this node: any node of the cluster CA (a peer, later the
 /// coordinator) and any operator of it; the handshake has proven which. Then the fencing
 /// token must pass [`check_fencing`].
-pub fn authorize(caller: &Principal, fencing_token: Option<u64>) -> Result<(), String> {
+pub fn authorize(caller: &Principal, fencing_token: Option<u64>) -> Result<(), MigrateError> {
     match caller {
         Principal::Node(_) | Principal::Operator(_) => {}
     }
@@ -102,12 +101,12 @@ pub fn authorize(caller: &Principal, fencing_token: Option<u64>) -> Result<(), S
 /// Today no coordinator exists: a request without a token is accepted, and a request with one
 /// is refused, since nothing here can check it (a token is a claim of the coordinator's
 /// authority, and an unchecked claim is not trusted).
-pub fn check_fencing(token: Option<u64>) -> Result<(), String> {
+pub fn check_fencing(token: Option<u64>) -> Result<(), MigrateError> {
     match token {
         None => Ok(()),
-        Some(t) => Err(format!(
+        Some(t) => Err(MigrateError::Refused(format!(
             "fencing token {t} cannot be checked: this cluster has no coordinator"
-        )),
+        ))),
     }
 }
 
@@ -134,10 +133,13 @@ async fn serve(peer: PeerInfo, mut ch: Channel, migrator: Arc<Migrator>, resolve
         resolve(&call.to),
     ) {
         (Err(why), _) => {
+            let why = why.to_string();
             migrator.refuse(&call.service, &call.to, &caller, &why);
             Reply::Refused { reason: why }
         }
-        (Ok(()), Err(why)) => Reply::Error { reason: why },
+        (Ok(()), Err(why)) => Reply::Error {
+            reason: why.to_string(),
+        },
         (Ok(()), Ok(addr)) => {
             info!(caller, service = %call.service, to = %call.to, "migration requested");
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -163,7 +165,7 @@ async fn serve(peer: PeerInfo, mut ch: Channel, migrator: Arc<Migrator>, resolve
             match run.await {
                 Ok(report) => Reply::Report {
                     committed: report.result == "committed",
-                    json: serde_json::to_string(&report).unwrap_or_default(),
+                    report: Box::new(report),
                 },
                 Err(e) => Reply::Error {
                     reason: format!("the migration task failed: {e}"),
@@ -209,9 +211,9 @@ pub async fn migrate(
     loop {
         match ch.recv::<Reply>().await? {
             Some(Reply::Progress(p)) => on_progress(&p),
-            Some(Reply::Report { json, committed }) => {
+            Some(Reply::Report { report, committed }) => {
                 peer.close("done");
-                let report = serde_json::from_str(&json)
+                let report = serde_json::to_value(&report)
                     .map_err(|e| MigrateError::Peer(format!("unreadable report: {e}")))?;
                 return Ok(Answer::Report { report, committed });
             }
@@ -236,8 +238,8 @@ mod tests {
             Principal::Node("n1".into()),
             Principal::Operator("alice".into()),
         ] {
-            assert_eq!(authorize(&caller, None), Ok(()), "{caller}");
-            let refused = authorize(&caller, Some(7)).unwrap_err();
+            assert!(authorize(&caller, None).is_ok(), "{caller}");
+            let refused = authorize(&caller, Some(7)).unwrap_err().to_string();
             assert!(refused.contains("no coordinator"), "{refused}");
         }
     }

@@ -8,12 +8,14 @@
 use std::future::Future;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::error::MigrateError;
+use super::journal::SourcePhase;
 use super::progress::{Phase, Progress};
 use super::scan::BLOCK;
+use super::source_machine::{self, Halt, Handed, SourceEffect, SourceEvent, SourceState};
 use super::transfer::{RoundStats, StateSender, Verified};
 use godwit_core::policy::{
     self as precopy, PrecopyEstimate, PrecopyInput, StartDecision, StopReason,
@@ -22,51 +24,56 @@ use godwit_core::policy::{
 /// How often a live round reports its progress while it runs.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// How a service is switched over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Live rounds, then a short frozen round.
-    Transitional,
-    /// Stop, copy everything, start on the target.
-    Intermittent,
-    /// Transitional when the model says iterating meets the target, intermittent otherwise.
-    Auto,
-}
+/// How a service is switched over: the policy's mode. A request asks for one or for none
+/// (`None`, auto: transitional when the model says iterating meets the target, intermittent
+/// otherwise).
+pub use godwit_core::policy::SwitchMode;
 
-/// What the driver needs from the service being moved, on the source node.
+/// What the driver needs from the service being moved, on the source node: the I/O of the
+/// source's effects ([`SourceEffect`]) that the state machine ([`source_machine::step`])
+/// returns.
 pub trait Source {
     /// Freezes the service (its cgroup) and returns once it is frozen.
-    fn freeze(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    fn freeze(&mut self) -> impl Future<Output = Result<(), MigrateError>> + Send;
     /// Thaws it (after a failed transfer).
-    fn thaw(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    fn thaw(&mut self) -> impl Future<Output = Result<(), MigrateError>> + Send;
     /// Stops it (intermittent mode).
-    fn stop(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    fn stop(&mut self) -> impl Future<Output = Result<(), MigrateError>> + Send;
     /// Starts it again (after a failed intermittent transfer).
-    fn start(&mut self) -> impl Future<Output = Result<(), String>> + Send;
-    /// The target holds the verified copy: make the decision to move durable (the migration
-    /// journal) before the target is told to own it. An error aborts: the source resumes.
-    fn decide(&mut self) -> impl Future<Output = Result<(), String>> + Send {
+    fn start(&mut self) -> impl Future<Output = Result<(), MigrateError>> + Send;
+    /// Records the move's phase durably (the migration journal): the stop before it happens,
+    /// the decision before the target is told. An error aborts: the source resumes.
+    fn record(
+        &mut self,
+        _phase: SourcePhase,
+    ) -> impl Future<Output = Result<(), MigrateError>> + Send {
         std::future::ready(Ok(()))
     }
-    /// Decided: hands the service over to the target (which starts it) and ends the frozen
-    /// instance here, while the driver tells the target of the decision on the state channel.
-    /// Returns once the cut-over is over either way; the outcome is the source's to keep.
-    fn hand_over(&mut self) -> impl Future<Output = ()> + Send {
+    /// Decided: hands the service over to the target (which starts it), while the driver
+    /// tells the target of the decision on the state channel. Returns what the target said.
+    fn hand_over(&mut self) -> impl Future<Output = Handed> + Send {
+        std::future::ready(Handed::Started)
+    }
+    /// Kills the frozen instance (the target runs the service, or may).
+    fn kill(&mut self) -> impl Future<Output = ()> + Send {
         std::future::ready(())
     }
+    /// The effects left once the driver is done (removing the journal entry or the copy here,
+    /// resolving an unanswered hand-off, resuming a given-back service): the caller runs them
+    /// after it has taken the cut-over's figures. Dropped by default.
+    fn then(&mut self, _effects: Vec<SourceEffect>) {}
     /// Where the transfer is: at each phase and before each round (after the previous one's
     /// figures are in). For `godwit migrate` to show; ignored by default.
     fn progress(&mut self, _progress: Progress) {}
 }
 
 /// What happened, predicted against actual.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DriveReport {
     /// The model's estimate before the move.
     pub estimate: PrecopyEstimate,
     /// The mode used.
-    pub mode: Mode,
+    pub mode: SwitchMode,
     /// Every round; the last ran with the service frozen or stopped.
     pub rounds: Vec<RoundStats>,
     /// Why the live rounds ended (transitional mode).
@@ -107,7 +114,7 @@ pub struct DriveReport {
 }
 
 /// A line `t = overhead_s + bytes/bytes_per_s` fitted on rounds' sizes and times.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RoundFit {
     /// Seconds per round whatever its size.
     pub overhead_s: f64,
@@ -118,7 +125,7 @@ pub struct RoundFit {
 /// The cut-over phase by phase, seconds: where the service's unavailability goes. The driver
 /// fills in the phases up to the decision; the migrator adds the source's kill and the
 /// hand-off (the target's figures come from the target's own clocks).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Cutover {
     /// Freezing (or stopping) the service until the kernel says it is frozen.
     pub freeze_s: f64,
@@ -156,7 +163,7 @@ pub struct Cutover {
 
 impl DriveReport {
     /// A report with nothing done yet.
-    pub fn new(estimate: PrecopyEstimate, mode: Mode) -> DriveReport {
+    pub fn new(estimate: PrecopyEstimate, mode: SwitchMode) -> DriveReport {
         DriveReport {
             estimate,
             mode,
@@ -185,12 +192,63 @@ impl DriveReport {
     }
 }
 
-/// The mode `Auto` resolves to for an estimate.
-pub fn choose_mode(requested: Mode, estimate: &PrecopyEstimate) -> Mode {
+/// The mode a request resolves to for an estimate: the one asked for, or without one
+/// (auto) transitional when the model says to iterate.
+pub fn choose_mode(requested: Option<SwitchMode>, estimate: &PrecopyEstimate) -> SwitchMode {
     match requested {
-        Mode::Auto if estimate.start == StartDecision::Iterate => Mode::Transitional,
-        Mode::Auto => Mode::Intermittent,
-        m => m,
+        Some(m) => m,
+        None if estimate.start == StartDecision::Iterate => SwitchMode::Transitional,
+        None => SwitchMode::Intermittent,
+    }
+}
+
+/// Runs the driver's share of `effects` in order (holding and resuming the service, the
+/// journal, the abort, the kill) and hands the rest to [`Source::then`]. A hold or a record
+/// that fails ends the run with its error (nothing after it runs): the caller steps the
+/// machine with [`SourceEvent::Failed`].
+async fn apply<S: Source + Send>(
+    effects: Vec<SourceEffect>,
+    sender: &mut StateSender,
+    source: &mut S,
+    reason: &str,
+) -> Result<(), MigrateError> {
+    let mut later = Vec::new();
+    for effect in effects {
+        match effect {
+            SourceEffect::Freeze => source.freeze().await.map_err(step("freeze"))?,
+            SourceEffect::Stop => source.stop().await.map_err(step("stop"))?,
+            SourceEffect::WriteJournal(SourcePhase::Committed) => source
+                .record(SourcePhase::Committed)
+                .await
+                .map_err(step("recording the decision"))?,
+            SourceEffect::WriteJournal(phase) => source
+                .record(phase)
+                .await
+                .map_err(step(&format!("recording {phase:?}")))?,
+            SourceEffect::AbortTransfer => sender.abort(reason).await,
+            SourceEffect::Thaw => {
+                if let Err(e) = source.thaw().await {
+                    warn!(error = %e, "the source did not resume");
+                }
+            }
+            SourceEffect::Start => {
+                if let Err(e) = source.start().await {
+                    warn!(error = %e, "the source did not resume");
+                }
+            }
+            SourceEffect::KillFrozen => source.kill().await,
+            other => later.push(other),
+        }
+    }
+    source.then(later);
+    Ok(())
+}
+
+/// Names the step of the source's hold that failed.
+fn step(what: &str) -> impl FnOnce(MigrateError) -> MigrateError + '_ {
+    move |e| MigrateError::Step {
+        what: what.to_string(),
+        source: Box::new(e),
     }
 }
 
@@ -201,7 +259,7 @@ pub async fn drive<S: Source + Send>(
     mut sender: StateSender,
     source: &mut S,
     input: PrecopyInput,
-    requested: Mode,
+    requested: Option<SwitchMode>,
 ) -> Result<DriveReport, (MigrateError, DriveReport)> {
     let started = Instant::now();
     let estimate = precopy::estimate(input);
@@ -214,16 +272,35 @@ pub async fn drive<S: Source + Send>(
         "state migration starts"
     );
     let mut report = DriveReport::new(estimate, mode);
+    // Where the move stands; every phase change is the state machine's.
+    let mut state = SourceState::Rounds;
     macro_rules! fail {
-        ($err:expr, $resume:expr) => {{
+        ($err:expr) => {{
             let err: MigrateError = $err;
             warn!(error = %err, "state migration failed before the commit; the source resumes");
-            sender.abort(&err.to_string()).await;
-            if let Err(e) = $resume.await {
-                warn!(error = %e, "the source did not resume");
+            match source_machine::step(state, SourceEvent::Failed) {
+                Ok((_, effects)) => {
+                    // Resuming has no effect that fails.
+                    let _ = apply(effects, &mut sender, source, &err.to_string()).await;
+                }
+                Err(refused) => warn!(%refused, "no resume"),
             }
             report.total_seconds = started.elapsed().as_secs_f64();
             return Err((err, report));
+        }};
+    }
+    // One event: the next state, then its effects (a failing one fails the move from there).
+    macro_rules! go {
+        ($event:expr) => {{
+            match source_machine::step(state, $event) {
+                Ok((next, effects)) => {
+                    state = next;
+                    if let Err(e) = apply(effects, &mut sender, source, "").await {
+                        fail!(e)
+                    }
+                }
+                Err(refused) => fail!(MigrateError::BadState(refused.to_string())),
+            }
         }};
     }
     let record = |report: &mut DriveReport, r: RoundStats| {
@@ -233,7 +310,7 @@ pub async fn drive<S: Source + Send>(
     };
     let frozen_at;
     match mode {
-        Mode::Transitional | Mode::Auto => {
+        SwitchMode::Transitional => {
             // The last round and when it started; the start before it.
             let mut previous: Option<(RoundStats, Instant)> = None;
             let mut before: Option<Instant> = None;
@@ -325,58 +402,50 @@ pub async fn drive<S: Source + Send>(
                         previous = Some((r.clone(), began));
                         record(&mut report, r);
                     }
-                    Err(e) => fail!(e, async { Ok::<(), String>(()) }),
+                    Err(e) => fail!(e),
                 }
             }
             source.progress(Progress::of(&report, Phase::Freeze));
             frozen_at = Instant::now();
-            if let Err(e) = source.freeze().await {
-                fail!(
-                    MigrateError::BadState(format!("freeze: {e}")),
-                    source.thaw()
-                );
-            }
+            go!(SourceEvent::Halt(Halt::Freeze));
             report.cutover.freeze_s = frozen_at.elapsed().as_secs_f64();
             source.progress(Progress::of(&report, Phase::FinalRound));
             let t = Instant::now();
             match sender.final_round().await {
                 Ok(r) => record(&mut report, r),
-                Err(e) => fail!(e, source.thaw()),
+                Err(e) => fail!(e),
             }
             report.cutover.final_round_s = t.elapsed().as_secs_f64();
             source.progress(Progress::of(&report, Phase::Verify));
             let t = Instant::now();
             match sender.verify().await {
                 Ok(v) => report.verify(v, t),
-                Err(e) => fail!(e, source.thaw()),
+                Err(e) => fail!(e),
             }
         }
-        Mode::Intermittent => {
+        SwitchMode::Intermittent => {
             source.progress(Progress::of(&report, Phase::Freeze));
             frozen_at = Instant::now();
-            if let Err(e) = source.stop().await {
-                fail!(MigrateError::BadState(format!("stop: {e}")), source.start());
-            }
+            go!(SourceEvent::Halt(Halt::Stop));
             report.cutover.freeze_s = frozen_at.elapsed().as_secs_f64();
             source.progress(Progress::of(&report, Phase::FinalRound));
             let t = Instant::now();
             match sender.final_round().await {
                 Ok(r) => record(&mut report, r),
-                Err(e) => fail!(e, source.start()),
+                Err(e) => fail!(e),
             }
             report.cutover.final_round_s = t.elapsed().as_secs_f64();
             source.progress(Progress::of(&report, Phase::Verify));
             let t = Instant::now();
             match sender.verify().await {
                 Ok(v) => report.verify(v, t),
-                Err(e) => fail!(e, source.start()),
+                Err(e) => fail!(e),
             }
         }
     }
     // Until the target confirms the commit and the decision is durable here, any failure gives
     // the service back to the source: the target holds its copy as prepared and never runs it
     // without the decision (see `agent.rs`), so resuming here is safe whatever it did.
-    let resume = mode == Mode::Intermittent;
     source.progress(Progress::of(&report, Phase::Commit));
     let t = Instant::now();
     match sender.commit().await {
@@ -386,36 +455,58 @@ pub async fn drive<S: Source + Send>(
             report.cutover.commit_exchange_s = c.exchange_seconds;
             report.committed_path = Some(c.path);
         }
-        Err(e) => {
-            if resume {
-                fail!(e, source.start())
-            } else {
-                fail!(e, source.thaw())
-            }
-        }
+        Err(e) => fail!(e),
     }
     let t = Instant::now();
-    if let Err(e) = source.decide().await {
-        let e = MigrateError::BadState(format!("recording the decision: {e}"));
-        if resume {
-            fail!(e, source.start())
-        } else {
-            fail!(e, source.thaw())
-        }
-    }
+    go!(SourceEvent::TargetCommitted);
     report.cutover.decide_s = t.elapsed().as_secs_f64();
     // Decided: the target owns the service now. Telling it is best effort, and the hand-off,
     // sent at the same time (no round trip in between), tells it again.
+    let effects = match source_machine::step(state, SourceEvent::DecisionRecorded) {
+        Ok((next, effects)) => {
+            state = next;
+            effects
+        }
+        Err(refused) => fail!(MigrateError::BadState(refused.to_string())),
+    };
+    debug_assert_eq!(effects, [SourceEffect::TellDecided, SourceEffect::HandOff]);
     let t = Instant::now();
     let told = async {
         let r = sender.decided().await;
         (r, t.elapsed().as_secs_f64())
     };
-    let ((told, told_s), ()) = tokio::join!(told, source.hand_over());
+    // The hand-off's outcome is stepped as soon as it comes, and the kill (unless given back)
+    // goes at once, while the decision's acknowledgement may still be on its way; what
+    // follows the kill is the caller's, after the figures.
+    let handing = async {
+        let handed = source.hand_over().await;
+        let handoff_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let rest = match source_machine::step(state, SourceEvent::HandedOff(handed)) {
+            Ok((_, effects)) => {
+                let (kill, rest): (Vec<_>, Vec<_>) = effects
+                    .into_iter()
+                    .partition(|e| *e == SourceEffect::KillFrozen);
+                if !kill.is_empty() {
+                    source.kill().await;
+                }
+                rest
+            }
+            Err(refused) => {
+                warn!(%refused, "no effect of the hand-off");
+                Vec::new()
+            }
+        };
+        (rest, handoff_s, t.elapsed().as_secs_f64())
+    };
+    let ((told, told_s), (rest, handoff_s, kill_s)) = tokio::join!(told, handing);
     if let Err(e) = told {
         warn!(error = %e, "the target did not acknowledge the decision; the hand-off repeats it");
     }
+    source.then(rest);
     report.cutover.decided_s = told_s;
+    report.cutover.handoff_s = handoff_s;
+    report.cutover.kill_s = kill_s;
     report.frozen_seconds = frozen_at.elapsed().as_secs_f64();
     report.total_seconds = started.elapsed().as_secs_f64();
     info!(

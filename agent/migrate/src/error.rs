@@ -25,6 +25,43 @@ pub enum MigrateError {
     /// The transport failed.
     #[error(transparent)]
     Transport(#[from] godwit_transport::TransportError),
+    /// The path to the target could not be measured.
+    #[error("path: {0}")]
+    Path(godwit_transport::TransportError),
+    /// The service's image could not be pushed to the target.
+    #[error("image: {0}")]
+    Image(#[from] godwit_image::ImageError),
+    /// The service manager failed.
+    #[error(transparent)]
+    Service(#[from] godwit_runtime::service::ServiceError),
+    /// The service cannot be moved as it is now (not here, not running, or the target is
+    /// this node): nothing was tried.
+    #[error("{0}")]
+    Unmovable(String),
+    /// The caller may not start this migration: audited, nothing tried.
+    #[error("{0}")]
+    Refused(String),
+    /// A node's transport address is unknown.
+    #[error("{0}")]
+    NoRoute(String),
+    /// A step of the service's hold or resume failed (`what`: freeze, stop, recording ...).
+    #[error("{what}: {source}")]
+    Step {
+        /// The step.
+        what: String,
+        /// Why.
+        source: Box<MigrateError>,
+    },
+    /// The journal could not record the migration.
+    #[error("journal: {0}")]
+    Journal(Box<MigrateError>),
+    /// After the decision the target gave the service back: it runs on the source again.
+    #[error("hand-off: {0}; the service runs here again")]
+    GivenBack(String),
+    /// After the decision the hand-off went unanswered: resolved in the background, and the
+    /// service runs nowhere until the target answers.
+    #[error("hand-off: {0}; unresolved, the service runs nowhere until the target answers")]
+    Unresolved(String),
 }
 
 impl MigrateError {

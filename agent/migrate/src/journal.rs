@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::error::MigrateError;
 
 /// Where a migration stands on its source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourcePhase {
     /// Live rounds, or the last one with the service frozen (not journalled apart: a restart
@@ -60,7 +60,7 @@ pub struct SourceEntry {
 }
 
 /// Where a migration stands on its target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetPhase {
     /// Rounds arrive in the staging directory.
@@ -96,7 +96,9 @@ pub struct TargetEntry {
     pub at_unix_ms: u64,
 }
 
-/// The journal directory, with one lock that orders every read-modify-write.
+/// The journal directory, with one lock that orders every read-modify-write. Reading is
+/// free; changing an entry takes a [`JournalGuard`] ([`Journal::lock`]), which owns the lock
+/// for as long as the change takes.
 #[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
@@ -125,9 +127,24 @@ impl Journal {
         &self.dir
     }
 
-    /// Serialises a read-modify-write of entries.
-    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.lock.lock().await
+    /// The only way to change migration `id`'s entries: waits for the journal's lock and
+    /// holds it until the guard goes.
+    pub async fn lock(&self, id: &str) -> JournalGuard<'_> {
+        JournalGuard {
+            journal: self,
+            id: id.to_string(),
+            _held: self.lock.lock().await,
+        }
+    }
+
+    /// [`Journal::lock`] without waiting, for the recovery at start (before anything else
+    /// uses the journal); `None` while someone holds it.
+    pub fn try_lock(&self, id: &str) -> Option<JournalGuard<'_>> {
+        Some(JournalGuard {
+            journal: self,
+            id: id.to_string(),
+            _held: self.lock.try_lock().ok()?,
+        })
     }
 
     fn path(&self, side: &str, id: &str) -> PathBuf {
@@ -144,7 +161,7 @@ impl Journal {
             .and_then(|_| f.sync_all())
             .map_err(|e| MigrateError::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| MigrateError::io(&path, e))?;
-        super::transfer::sync_dir(&self.dir)
+        super::receiver::sync_dir(&self.dir)
     }
 
     fn get<T: for<'de> Deserialize<'de>>(&self, side: &str, id: &str) -> Option<T> {
@@ -155,7 +172,7 @@ impl Journal {
     fn remove(&self, side: &str, id: &str) -> Result<(), MigrateError> {
         let path = self.path(side, id);
         match std::fs::remove_file(&path) {
-            Ok(()) => super::transfer::sync_dir(&self.dir),
+            Ok(()) => super::receiver::sync_dir(&self.dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(MigrateError::io(&path, e)),
         }
@@ -186,11 +203,6 @@ impl Journal {
             .collect()
     }
 
-    /// Records `entry` (replacing the migration's previous source entry) durably.
-    pub fn put_source(&self, entry: &SourceEntry) -> Result<(), MigrateError> {
-        self.put("source", &entry.migration, entry)
-    }
-
     /// The source entry of migration `id`.
     pub fn source(&self, id: &str) -> Option<SourceEntry> {
         self.get("source", id)
@@ -199,16 +211,6 @@ impl Journal {
     /// Every source entry, by id.
     pub fn sources(&self) -> Vec<SourceEntry> {
         self.all("source")
-    }
-
-    /// Forgets the source entry of `id` (the migration is over).
-    pub fn remove_source(&self, id: &str) -> Result<(), MigrateError> {
-        self.remove("source", id)
-    }
-
-    /// Records `entry` (replacing the migration's previous target entry) durably.
-    pub fn put_target(&self, entry: &TargetEntry) -> Result<(), MigrateError> {
-        self.put("target", &entry.migration, entry)
     }
 
     /// The target entry of migration `id`.
@@ -220,20 +222,75 @@ impl Journal {
     pub fn targets(&self) -> Vec<TargetEntry> {
         self.all("target")
     }
+}
 
-    /// Forgets the target entry of `id`.
-    pub fn remove_target(&self, id: &str) -> Result<(), MigrateError> {
-        self.remove("target", id)
+/// One migration's entries, locked: reads see what the last change wrote, and every change
+/// is durable (or an error) before the call returns. Dropping it releases the journal.
+#[derive(Debug)]
+pub struct JournalGuard<'a> {
+    journal: &'a Journal,
+    id: String,
+    _held: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl JournalGuard<'_> {
+    /// The migration's id.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
-    /// Moves target entry `id` to `phase` (durably); returns the entry as it was, or `None`
-    /// when there is none. The caller holds [`Journal::lock`].
-    pub fn set_target(
-        &self,
-        id: &str,
-        phase: TargetPhase,
-    ) -> Result<Option<TargetEntry>, MigrateError> {
-        let Some(mut e) = self.target(id) else {
+    fn check(&self, migration: &str) -> Result<(), MigrateError> {
+        if migration == self.id {
+            Ok(())
+        } else {
+            Err(MigrateError::BadState(format!(
+                "journal entry of {migration} written under the lock of {}",
+                self.id
+            )))
+        }
+    }
+
+    /// The source entry.
+    pub fn source(&self) -> Option<SourceEntry> {
+        self.journal.source(&self.id)
+    }
+
+    /// Records `entry` (replacing the previous source entry) durably.
+    pub fn put_source(&self, entry: &SourceEntry) -> Result<(), MigrateError> {
+        self.check(&entry.migration)?;
+        self.journal.put("source", &self.id, entry)
+    }
+
+    /// Forgets the source entry (the migration is over).
+    pub fn remove_source(&self) -> Result<(), MigrateError> {
+        self.journal.remove("source", &self.id)
+    }
+
+    /// The target entry.
+    pub fn target(&self) -> Option<TargetEntry> {
+        self.journal.target(&self.id)
+    }
+
+    /// The target entry's phase, `None` without one.
+    pub fn target_phase(&self) -> Option<TargetPhase> {
+        self.target().map(|e| e.phase)
+    }
+
+    /// Records `entry` (replacing the previous target entry) durably.
+    pub fn put_target(&self, entry: &TargetEntry) -> Result<(), MigrateError> {
+        self.check(&entry.migration)?;
+        self.journal.put("target", &self.id, entry)
+    }
+
+    /// Forgets the target entry.
+    pub fn remove_target(&self) -> Result<(), MigrateError> {
+        self.journal.remove("target", &self.id)
+    }
+
+    /// Moves the target entry to `phase` (durably); returns the entry as it was, or `None`
+    /// when there is none.
+    pub fn set_target(&self, phase: TargetPhase) -> Result<Option<TargetEntry>, MigrateError> {
+        let Some(mut e) = self.target() else {
             return Ok(None);
         };
         let was = e.clone();
@@ -241,5 +298,66 @@ impl Journal {
         e.at_unix_ms = now_ms();
         self.put_target(&e)?;
         Ok(Some(was))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, phase: TargetPhase) -> TargetEntry {
+        TargetEntry {
+            migration: id.into(),
+            service: "kv".into(),
+            from: "n1".into(),
+            phase,
+            staging: "/nonexistent/kv.staging".into(),
+            dest: "/nonexistent/kv".into(),
+            spec: None,
+            at_unix_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_guard_changes_only_its_own_migration_and_every_change_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let g = j.lock("m1").await;
+        assert!(g.put_target(&entry("m2", TargetPhase::Staging)).is_err());
+        g.put_target(&entry("m1", TargetPhase::Staging)).unwrap();
+        let was = g.set_target(TargetPhase::Prepared).unwrap().unwrap();
+        assert_eq!(was.phase, TargetPhase::Staging);
+        assert_eq!(g.target_phase(), Some(TargetPhase::Prepared));
+        // Held: nobody else changes the journal meanwhile.
+        assert!(j.try_lock("m2").is_none());
+        drop(g);
+        let g = j.try_lock("m1").unwrap();
+        g.remove_target().unwrap();
+        assert_eq!(g.target_phase(), None);
+        assert_eq!(g.set_target(TargetPhase::Owned).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fails_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j")).unwrap();
+        let g = j.lock("m1").await;
+        g.put_target(&entry("m1", TargetPhase::Staging)).unwrap();
+        std::fs::remove_dir_all(dir.path().join("j")).unwrap();
+        assert!(g.put_target(&entry("m1", TargetPhase::Prepared)).is_err());
+        assert!(g
+            .put_source(&SourceEntry {
+                migration: "m1".into(),
+                service: "kv".into(),
+                to: "n2".into(),
+                addr: "127.0.0.1:1".parse().unwrap(),
+                phase: SourcePhase::Copying,
+                spec: String::new(),
+                target_spec: String::new(),
+                cgroup: PathBuf::new(),
+                state_dir: PathBuf::new(),
+                at_unix_ms: 0,
+            })
+            .is_err());
     }
 }

@@ -5,13 +5,24 @@
 //!
 //! | file | what |
 //! | --- | --- |
+//! | `source_machine.rs` | [`source_machine::step`]: the source's phases, pure: `(state, event) -> (state, effects)` |
+//! | `target_machine.rs` | [`target_machine::step`]: the target's journalled phases, pure, the same way |
+//! | `protocol.rs` | the messages of the `"state"` and `"handoff"` transport services |
 //! | `scan.rs` | [`StateScan`]: the state on disk, and which 4 KiB blocks changed since sent |
-//! | `transfer.rs` | the `"state"` transport service: [`StateSender`] and the receiver |
-//! | `agent.rs` | [`agent::Migrator`]: a managed service to another node, end to end; the hand-off |
-//! | `journal.rs` | [`journal::Journal`]: each side's durable record of a migration, for crash recovery |
-//! | `drive.rs` | [`drive`]: mode from the pre-copy model, live rounds, freeze, verify, commit |
+//! | `transfer.rs` | the `"state"` service's sending side: [`StateSender`] |
+//! | `receiver.rs` | its receiving side: staging, hash check, the commit (the target machine's vote) |
+//! | `drive.rs` | [`drive`]: mode from the pre-copy model, live rounds, freeze, verify, commit, hand-off; runs the source machine's effects |
+//! | `source.rs` | [`agent::Migrator`]: a managed service to another node, end to end |
+//! | `handoff.rs` | the source's side of the hand-off (start, or abandon) |
+//! | `target.rs` | [`agent::Target`]: the hand-off's target side, the watcher, the target's recovery |
+//! | `vip.rs` | the VIP's takeover on the target at the cut-over |
+//! | `recovery.rs` | the source's crash recovery at start |
+//! | `model.rs` | the pre-copy model's figures learned from the last moves (pure) |
+//! | `audit.rs` | [`agent::MigrationReport`], the counters and the audit log |
+//! | `journal.rs` | [`journal::Journal`]: each side's durable record of a migration; [`journal::JournalGuard`] changes it |
 //! | `progress.rs` | [`Progress`]: where a running migration is, for `godwit migrate` to show |
 //! | `control.rs` | the `"control"` transport service: a caller with a certificate starts a migration and follows it |
+//! | `agent.rs` | the names the daemon, the API and the tests use |
 //!
 //! # Invariants
 //!
@@ -32,21 +43,34 @@
 //!   HTTP API. Every refusal is audited and counted like a migration.
 
 pub mod agent;
+mod audit;
 pub mod control;
 mod drive;
 mod error;
+mod handoff;
 pub mod journal;
+mod model;
 mod progress;
+mod protocol;
+mod receiver;
+mod recovery;
 mod scan;
+mod source;
+pub mod source_machine;
+mod target;
+pub mod target_machine;
 mod transfer;
+mod vip;
 
+#[cfg(test)]
+mod machine_tests;
 #[cfg(test)]
 mod tests;
 
-pub use drive::{choose_mode, drive, Cutover, DriveReport, Mode, Source};
+pub use drive::{choose_mode, drive, Cutover, DriveReport, Source, SwitchMode};
 pub use error::MigrateError;
 pub use progress::{eta_live, Phase, Progress};
+pub use protocol::SERVICE;
+pub use receiver::{register, register_with, TargetHooks};
 pub use scan::{file_node, hash_tree, tree_root, Extent, FileMeta, StateScan, BLOCK};
-pub use transfer::{
-    register, register_with, Committed, RoundStats, StateSender, TargetHooks, Verified, SERVICE,
-};
+pub use transfer::{Committed, RoundStats, StateSender, Verified};

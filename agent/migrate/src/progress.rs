@@ -241,7 +241,10 @@ mod tests {
             later_dirty_bytes_per_s: 0.0,
             frozen_bandwidth_bytes_per_s: 0.0,
         };
-        let report = DriveReport::new(estimate(input), super::super::drive::Mode::Transitional);
+        let report = DriveReport::new(
+            estimate(input),
+            super::super::drive::SwitchMode::Transitional,
+        );
         // Round 0, 400 MB of 1000 sent: 6 s of it left, plus the later rounds' 1.11 s.
         let p = Progress::during(&report, 400_000_000, 410_000_000, 4.0);
         assert_eq!((p.phase, p.round, p.bytes), (Phase::Round, 0, 400_000_000));

@@ -374,25 +374,25 @@ impl WriterService {
 }
 
 impl Source for WriterService {
-    async fn freeze(&mut self) -> Result<(), String> {
+    async fn freeze(&mut self) -> Result<(), MigrateError> {
         self.calls.push("freeze");
         if self.fail_freeze {
-            return Err("cgroup.freeze: device busy".into());
+            return Err(MigrateError::BadState("cgroup.freeze: device busy".into()));
         }
         self.pause();
         Ok(())
     }
-    async fn thaw(&mut self) -> Result<(), String> {
+    async fn thaw(&mut self) -> Result<(), MigrateError> {
         self.calls.push("thaw");
         self.paused.store(false, Ordering::SeqCst);
         Ok(())
     }
-    async fn stop(&mut self) -> Result<(), String> {
+    async fn stop(&mut self) -> Result<(), MigrateError> {
         self.calls.push("stop");
         self.pause();
         Ok(())
     }
-    async fn start(&mut self) -> Result<(), String> {
+    async fn start(&mut self) -> Result<(), MigrateError> {
         self.calls.push("start");
         self.paused.store(false, Ordering::SeqCst);
         Ok(())
@@ -419,10 +419,15 @@ fn input(state: f64, dirty: f64) -> godwit_core::policy::PrecopyInput {
 async fn the_driver_freezes_after_converging_rounds_and_commits_an_exact_copy() {
     let s = setup().await;
     let (mut svc, tx) = s.writer_and_sender("d1", 4 << 20, 9, Some(1)).await;
-    let report = drive(tx, &mut svc, input(4e6, 1e6), Mode::Auto)
+    let report = drive(tx, &mut svc, input(4e6, 1e6), None)
         .await
         .unwrap_or_else(|(e, r)| panic!("{e}: {r:?}"));
-    assert_eq!(report.mode, Mode::Transitional, "{:?}", report.estimate);
+    assert_eq!(
+        report.mode,
+        SwitchMode::Transitional,
+        "{:?}",
+        report.estimate
+    );
     assert!(report.rounds.len() >= 2, "{report:?}");
     assert_eq!(svc.calls, vec!["freeze"]);
     assert!(report.committed_path.is_some());
@@ -448,9 +453,14 @@ async fn a_failed_freeze_leaves_the_service_running_on_the_source() {
     let s = setup().await;
     let (mut svc, tx) = s.writer_and_sender("d2", 1 << 20, 4, None).await;
     svc.fail_freeze = true;
-    let (err, report) = drive(tx, &mut svc, input(1e6, 1e6), Mode::Transitional)
-        .await
-        .unwrap_err();
+    let (err, report) = drive(
+        tx,
+        &mut svc,
+        input(1e6, 1e6),
+        Some(SwitchMode::Transitional),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("freeze"), "{err}");
     assert_eq!(svc.calls, vec!["freeze", "thaw"]);
     assert!(report.committed_path.is_none());
@@ -462,10 +472,8 @@ async fn intermittent_mode_stops_copies_once_and_commits() {
     let s = setup().await;
     let (mut svc, tx) = s.writer_and_sender("d3", 1 << 20, 6, None).await;
     // A dirty rate above the bandwidth: iterating never converges, so Auto stops and copies.
-    let report = drive(tx, &mut svc, input(1e6, 80e6), Mode::Auto)
-        .await
-        .unwrap();
-    assert_eq!(report.mode, Mode::Intermittent);
+    let report = drive(tx, &mut svc, input(1e6, 80e6), None).await.unwrap();
+    assert_eq!(report.mode, SwitchMode::Intermittent);
     assert_eq!(report.rounds.len(), 1);
     assert_eq!(svc.calls, vec!["stop"]);
     assert_eq!(
@@ -481,14 +489,14 @@ fn the_commit_swaps_the_staging_copy_in_and_removes_the_old_state() {
     // No previous state: a plain rename.
     std::fs::create_dir_all(staging.join("data")).unwrap();
     std::fs::write(staging.join("data/db"), b"first").unwrap();
-    super::transfer::sync_tree(&staging).unwrap();
-    super::transfer::swap_into_place(&staging, &dest).unwrap();
+    super::receiver::sync_tree(&staging).unwrap();
+    super::receiver::swap_into_place(&staging, &dest).unwrap();
     assert_eq!(std::fs::read(dest.join("data/db")).unwrap(), b"first");
     assert!(!staging.exists());
     // A previous state: exchanged in one step, the old one removed after.
     std::fs::create_dir_all(staging.join("data")).unwrap();
     std::fs::write(staging.join("data/db"), b"second").unwrap();
-    super::transfer::swap_into_place(&staging, &dest).unwrap();
+    super::receiver::swap_into_place(&staging, &dest).unwrap();
     assert_eq!(std::fs::read(dest.join("data/db")).unwrap(), b"second");
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -540,19 +548,21 @@ struct GiveUpAtFreeze {
 }
 
 impl Source for GiveUpAtFreeze {
-    async fn freeze(&mut self) -> Result<(), String> {
+    async fn freeze(&mut self) -> Result<(), MigrateError> {
         self.journal
-            .set_target("c1", journal::TargetPhase::Returned)
+            .lock("c1")
+            .await
+            .set_target(journal::TargetPhase::Returned)
             .unwrap();
         self.inner.freeze().await
     }
-    async fn thaw(&mut self) -> Result<(), String> {
+    async fn thaw(&mut self) -> Result<(), MigrateError> {
         self.inner.thaw().await
     }
-    async fn stop(&mut self) -> Result<(), String> {
+    async fn stop(&mut self) -> Result<(), MigrateError> {
         self.inner.stop().await
     }
-    async fn start(&mut self) -> Result<(), String> {
+    async fn start(&mut self) -> Result<(), MigrateError> {
         self.inner.start().await
     }
 }
@@ -565,9 +575,14 @@ async fn a_failed_commit_thaws_the_source() {
         inner,
         journal: j.clone(),
     };
-    let (err, report) = drive(tx, &mut svc, input(1e6, 1e6), Mode::Transitional)
-        .await
-        .unwrap_err();
+    let (err, report) = drive(
+        tx,
+        &mut svc,
+        input(1e6, 1e6),
+        Some(SwitchMode::Transitional),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("given up"), "{err}");
     assert_eq!(
         svc.inner.calls,
@@ -587,7 +602,7 @@ async fn an_unknown_dirty_rate_is_measured_by_the_rounds() {
     let (mut svc, tx) = s.writer_and_sender("r1", 8 << 20, 10, None).await;
     let mut inp = input(8e6, 0.0);
     inp.downtime_target_s = 0.02;
-    let report = drive(tx, &mut svc, inp, Mode::Auto)
+    let report = drive(tx, &mut svc, inp, None)
         .await
         .unwrap_or_else(|(e, r)| panic!("{e}: {r:?}"));
     eprintln!(
@@ -600,7 +615,7 @@ async fn an_unknown_dirty_rate_is_measured_by_the_rounds() {
         report.dirty_rates,
         report.stop
     );
-    assert_eq!(report.mode, Mode::Transitional);
+    assert_eq!(report.mode, SwitchMode::Transitional);
     assert!(
         report.rounds.len() >= 3,
         "round 0, a measuring round, the frozen one: {report:?}"

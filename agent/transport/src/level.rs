@@ -10,13 +10,13 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Levels tried, fastest first (negative levels are zstd's fast modes).
 pub const CANDIDATES: [i32; 4] = [-5, -1, 1, 3];
 
 /// One candidate's figures on the sample.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LevelTrial {
     /// The zstd level.
     pub level: i32,
@@ -29,7 +29,7 @@ pub struct LevelTrial {
 }
 
 /// The choice and what it rests on.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LevelChoice {
     /// The level to use; `None`: send raw.
     pub level: Option<i32>,

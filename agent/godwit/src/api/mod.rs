@@ -336,7 +336,7 @@ async fn probe_handler(
 
 /// The transport address `node` publishes in its summary, or why there is none.
 fn peer_addr(state: &AppState, node: &str) -> Result<SocketAddr, String> {
-    crate::peers::transport_addr(state.shared.mesh.as_deref(), node)
+    crate::peers::transport_addr(state.shared.mesh.as_deref(), node).map_err(|e| e.to_string())
 }
 
 async fn inventory_handler(State(state): State<AppState>) -> Response {

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::exit;
 use crate::migrate::control::{self, Answer, MigrateCall};
-use crate::migrate::{Mode, Progress};
+use crate::migrate::{Progress, SwitchMode};
 use crate::transport::{Endpoint, Identity, IdentityFiles};
 
 /// Where the agent's configuration usually is (the systemd unit's).
@@ -109,9 +109,9 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         }
     });
     let mode = match args.mode.as_str() {
-        "transitional" => Mode::Transitional,
-        "intermittent" => Mode::Intermittent,
-        _ => Mode::Auto,
+        "transitional" => Some(SwitchMode::Transitional),
+        "intermittent" => Some(SwitchMode::Intermittent),
+        _ => None,
     };
     let call = MigrateCall {
         service: args.service.clone(),

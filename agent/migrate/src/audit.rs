@@ -1,0 +1,99 @@
+//! The audit log (`<data_dir>/migrations.log`, one JSON line per migration, refusal or
+//! recovery) and the migration counters: what a migration reports, predicted against actual.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::drive::DriveReport;
+use super::model::Observed;
+
+/// A migration as reported and audited: predicted against actual.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct MigrationReport {
+    /// Its id.
+    pub id: String,
+    /// The service.
+    pub service: String,
+    /// From this node.
+    pub from: String,
+    /// To that node.
+    pub to: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// `committed`, `failed: ...`, or `refused: ...` (the caller may not start migrations:
+    /// nothing was tried).
+    pub result: String,
+    /// Start and end, milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// End.
+    pub finished_unix_ms: u64,
+    /// Image chunks sent (0 when the target had them).
+    pub image_chunks_sent: u64,
+    /// Path measured before the move: RTT, milliseconds.
+    pub rtt_ms: f64,
+    /// Path measured before the move: bytes per second (incompressible data).
+    pub bandwidth_bytes_per_second: f64,
+    /// The bandwidth after compression the model used: what the chosen zstd level is
+    /// expected to move, bytes of state per second.
+    pub effective_bandwidth_bytes_per_second: f64,
+    /// The zstd level and the measurements it was chosen from.
+    pub compression: Option<godwit_transport::LevelChoice>,
+    /// Dirty rate the probe reported for the service, bytes per second.
+    pub dirty_bytes_per_second: f64,
+    /// State size, bytes.
+    pub state_bytes: u64,
+    /// The pre-copy run: estimate, mode, rounds, frozen time.
+    pub transfer: Option<DriveReport>,
+    /// Rounds the model predicted (live rounds plus the frozen one).
+    pub predicted_rounds: Option<u32>,
+    /// Rounds run.
+    pub actual_rounds: usize,
+    /// From the freeze (or stop) to the service healthy on the target, seconds.
+    pub downtime_seconds: Option<f64>,
+    /// The cut-over's cost outside the frozen round's copy, as expected before the move (the
+    /// median of the last committed moves from this node, or a default), seconds.
+    pub cutover_estimate_s: f64,
+    /// The downtime target less that cost (at least a quarter of the target): the budget the
+    /// pre-copy model gives the frozen round, seconds.
+    pub frozen_round_target_s: f64,
+    /// The frozen round's own cost beyond moving its bytes, as expected before the move (the
+    /// median of the last committed moves from this node, or a default); the model's `RTT` is
+    /// the path's plus this, seconds.
+    pub round_overhead_estimate_s: f64,
+    /// What a live round costs beyond that (the model's `o_l`), as expected before the move,
+    /// seconds.
+    pub live_overhead_estimate_s: f64,
+    /// Wall time of the whole migration, seconds.
+    pub total_seconds: f64,
+}
+
+/// Migration counters, for metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MigrationStats {
+    /// Migrations committed.
+    pub committed: u64,
+    /// Migrations that failed.
+    pub failed: u64,
+    /// Requests refused before anything was tried (no certificate: the HTTP API; a caller or
+    /// fencing token not allowed).
+    pub refused: u64,
+    /// The last one.
+    pub last: Option<MigrationReport>,
+    /// What the last few committed moves showed of the model's own figures, oldest first.
+    pub learned: std::collections::VecDeque<Observed>,
+}
+
+/// Appends `report` to the audit log at `path` (one JSON line).
+pub(super) fn append(path: &Path, report: &MigrationReport) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let line = serde_json::to_string(report).map_err(std::io::Error::other)?;
+    writeln!(f, "{line}")
+}

@@ -1,0 +1,125 @@
+//! The source's side of the hand-off (transport service `"handoff"`): once the move is
+//! decided, the target is asked to start the service; without an answer it is asked to give
+//! the service back (`Abandon`), and without an answer to that either the outcome is unknown
+//! (the service may run there, so it must not run here).
+
+use std::time::Duration;
+
+use super::protocol::{Handoff, HANDOFF, START_TIMEOUT};
+use super::source_machine::Handed;
+use godwit_runtime::service::ServiceSpec;
+use godwit_transport::{open, Peer};
+
+/// How long the source waits for the target to confirm it gave the service back.
+const ABANDON_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A migrated service started on the target, with the target's timings (zero when it had
+/// been started before).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Started {
+    pub(super) pid: Option<u32>,
+    pub(super) spawn_s: f64,
+    pub(super) healthy_s: f64,
+    pub(super) vip_s: Option<f64>,
+}
+
+impl Started {
+    pub(super) fn reply(&self) -> Handoff {
+        Handoff::Started {
+            pid: self.pid,
+            spawn_s: self.spawn_s,
+            healthy_s: self.healthy_s,
+            vip_s: self.vip_s,
+        }
+    }
+}
+
+/// What a hand-off came to.
+#[derive(Debug)]
+pub(super) enum HandoffOutcome {
+    /// The target runs the service.
+    Started(Started),
+    /// The target does not run it and never will: the source may.
+    GivenBack(String),
+    /// No answer: the target may or may not run it.
+    Unknown(String),
+}
+
+impl HandoffOutcome {
+    /// The outcome as the source's state machine takes it.
+    pub(super) fn handed(&self) -> Handed {
+        match self {
+            HandoffOutcome::Started(_) => Handed::Started,
+            HandoffOutcome::GivenBack(_) => Handed::GivenBack,
+            HandoffOutcome::Unknown(_) => Handed::Unknown,
+        }
+    }
+}
+
+/// Asks the target to start the decided service of `migration` as `spec` says; without an
+/// answer, asks it to give the service back.
+pub(super) async fn hand_off(peer: &Peer, migration: &str, spec: &ServiceSpec) -> HandoffOutcome {
+    let ask = async {
+        let mut ch = open(peer, HANDOFF).await.map_err(|e| e.to_string())?;
+        ch.send(&Handoff::Start {
+            migration: migration.to_string(),
+            spec: Box::new(spec.clone()),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        ch.recv::<Handoff>().await.map_err(|e| e.to_string())
+    };
+    let why = match tokio::time::timeout(START_TIMEOUT + Duration::from_secs(5), ask).await {
+        Ok(Ok(Some(Handoff::Started {
+            pid,
+            spawn_s,
+            healthy_s,
+            vip_s,
+        }))) => {
+            return HandoffOutcome::Started(Started {
+                pid,
+                spawn_s,
+                healthy_s,
+                vip_s,
+            })
+        }
+        Ok(Ok(Some(Handoff::Failed { reason }))) => return HandoffOutcome::GivenBack(reason),
+        Ok(Ok(other)) => format!("unexpected hand-off reply {other:?}"),
+        Ok(Err(e)) => e,
+        Err(_) => "the target did not answer the hand-off".to_string(),
+    };
+    abandon(peer, migration, why).await
+}
+
+/// Asks the target to give the service of `migration` back (the hand-off failed for `why`),
+/// and waits until it has.
+pub(super) async fn abandon(peer: &Peer, migration: &str, why: String) -> HandoffOutcome {
+    let abandon = async {
+        let mut ch = open(peer, HANDOFF).await.map_err(|e| e.to_string())?;
+        ch.send(&Handoff::Abandon {
+            migration: migration.to_string(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        ch.recv::<Handoff>().await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(ABANDON_TIMEOUT, abandon).await {
+        Ok(Ok(Some(Handoff::Abandoned))) => {
+            HandoffOutcome::GivenBack(format!("{why}; the target gave it back"))
+        }
+        // It had started the service before the abandon came (the answer was lost): it keeps
+        // it, and the frozen instance here must never run again.
+        Ok(Ok(Some(Handoff::Started {
+            pid,
+            spawn_s,
+            healthy_s,
+            vip_s,
+        }))) => HandoffOutcome::Started(Started {
+            pid,
+            spawn_s,
+            healthy_s,
+            vip_s,
+        }),
+        _ => HandoffOutcome::Unknown(why),
+    }
+}

@@ -1,0 +1,548 @@
+//! The target's side of migrations into this node, past the state channel: the hand-off
+//! (transport service `"handoff"`), the watcher that settles migrations left prepared or
+//! owned, and the recovery at start. Every phase change is the target state machine's
+//! ([`target_machine::step`]), taken under the journal's guard; this file runs the effects.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::error::MigrateError;
+use super::handoff::Started;
+use super::journal::{now_ms, Journal, JournalGuard, TargetEntry, TargetPhase};
+use super::protocol::{Handoff, HANDOFF, START_TIMEOUT};
+use super::target_machine::{self, TargetEffect, TargetEvent, STARTED_KEPT_MS};
+use super::vip::Takeover;
+use godwit_runtime::service::{Health, Manager, RunState, ServiceSpec};
+use godwit_transport::{Channel, PeerInfo, Services};
+
+/// How often the target checks a migrated service's health until it first passes: a TCP or
+/// HTTP check that is refused costs tens of microseconds, so every 2 ms (the first pass comes
+/// on average 1 ms after the service listens, not 5 as at 10 ms)...
+const CUTOVER_POLL: Duration = Duration::from_millis(2);
+/// ... and a command check, a process each time, every 10 ms.
+const CUTOVER_POLL_COMMAND: Duration = Duration::from_millis(10);
+
+/// The target's side of migrations into this node: the journal, and starting the services
+/// whose move was decided (by the hand-off, or on its own when the source is gone).
+#[derive(Debug)]
+pub struct Target {
+    journal: Arc<Journal>,
+    manager: Arc<Manager>,
+    /// One start at a time, so a hand-off and an adoption never start a service twice.
+    starting: Arc<tokio::sync::Mutex<()>>,
+    /// Migrations whose service passed its first check here while the journal still says
+    /// `Owned` (`Started` is recorded just after the answer): the machine takes them as
+    /// `Started`, so an abandon that comes meanwhile never gives a running service back.
+    started: Mutex<HashSet<String>>,
+}
+
+/// Why a start gave no answer "started".
+#[derive(Debug)]
+enum StartError {
+    /// Refused or given back: the target does not run the service and never will.
+    GivenBack(String),
+    /// A journal write failed: the target cannot vouch for either, so it does not answer (the
+    /// source is left in doubt and keeps the service from running there).
+    Journal(MigrateError),
+}
+
+/// What running a step's effects came to: the answer it reached, if any, with the effects
+/// after it (run once the answer is out), and whether the service is to start.
+#[derive(Debug, Default)]
+struct Ran {
+    answer: Option<TargetEffect>,
+    start: bool,
+    rest: Vec<TargetEffect>,
+}
+
+/// A start that answered "started": the effects that go after the answer, under the start
+/// lock (so no other start finds the migration `Owned` meanwhile).
+struct AfterAnswer {
+    lock: tokio::sync::OwnedMutexGuard<()>,
+    effects: Vec<TargetEffect>,
+}
+
+impl Target {
+    /// The target side over this node's journal and services.
+    pub fn new(journal: Arc<Journal>, manager: Arc<Manager>) -> Arc<Target> {
+        Arc::new(Target {
+            journal,
+            manager,
+            starting: Arc::new(tokio::sync::Mutex::new(())),
+            started: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn phase(&self, id: &str) -> Option<TargetPhase> {
+        self.journal.target(id).map(|e| e.phase)
+    }
+
+    fn started(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.started.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Steps migration `g.id()` with `event`: the entry as it was and the effects.
+    fn step(
+        &self,
+        g: &JournalGuard<'_>,
+        event: TargetEvent,
+    ) -> Result<(Option<TargetEntry>, Vec<TargetEffect>), target_machine::Refused> {
+        let entry = g.target();
+        let phase = match entry.as_ref().map(|e| e.phase) {
+            Some(TargetPhase::Owned) if self.started().contains(g.id()) => {
+                Some(TargetPhase::Started)
+            }
+            p => p,
+        };
+        let (next, effects) = target_machine::step(phase, event)?;
+        if next == Some(TargetPhase::Started) && phase != next {
+            self.started().insert(g.id().to_string());
+        }
+        Ok((entry, effects))
+    }
+
+    /// Runs `effects` of migration `entry` in order under `g` (given up while waiting for the
+    /// starts), up to the answer or the start, which are the caller's.
+    async fn run<'a>(
+        self: &'a Arc<Self>,
+        mut g: JournalGuard<'a>,
+        entry: Option<&TargetEntry>,
+        effects: Vec<TargetEffect>,
+    ) -> Result<Ran, MigrateError> {
+        let id = g.id().to_string();
+        let need =
+            || entry.ok_or_else(|| MigrateError::BadState(format!("no journal entry for {id}")));
+        let mut _starts = None;
+        let mut effects = effects.into_iter();
+        while let Some(effect) = effects.next() {
+            match effect {
+                TargetEffect::WriteJournal(phase) => {
+                    g.set_target(phase)?;
+                    if phase == TargetPhase::Started {
+                        self.started().remove(&id);
+                    }
+                }
+                TargetEffect::RemoveJournal => g.remove_target()?,
+                TargetEffect::DropCopy => {
+                    let _ = std::fs::remove_dir_all(&need()?.dest);
+                }
+                TargetEffect::DeleteStaging => {
+                    let _ = std::fs::remove_dir_all(&need()?.staging);
+                }
+                TargetEffect::StopService => {
+                    let service = &need()?.service;
+                    if self.manager.spec(service).is_some() {
+                        if let Err(e) = self.manager.remove(service).await {
+                            warn!(%service, error = %e, "removing a given-back service");
+                        }
+                    }
+                    self.manager.unpark(service).await;
+                }
+                // A start in progress sees the new phase and gives the service back itself.
+                TargetEffect::WaitForStarts => {
+                    drop(g);
+                    _starts = Some(self.starting.clone().lock_owned().await);
+                    g = self.journal.lock(&id).await;
+                }
+                TargetEffect::StartService => {
+                    return Ok(Ran {
+                        start: true,
+                        rest: effects.collect(),
+                        ..Ran::default()
+                    })
+                }
+                answer @ (TargetEffect::AnswerStarted
+                | TargetEffect::AnswerGivenBack
+                | TargetEffect::AnswerAbandoned) => {
+                    return Ok(Ran {
+                        answer: Some(answer),
+                        rest: effects.collect(),
+                        ..Ran::default()
+                    })
+                }
+                other => {
+                    return Err(MigrateError::BadState(format!(
+                        "{other:?} outside the state channel"
+                    )))
+                }
+            }
+        }
+        Ok(Ran::default())
+    }
+
+    /// Starts the service of migration `id` for `event` (the hand-off, or an adoption when
+    /// the source is gone) if its move was decided or is being decided now; idempotent once
+    /// started. On failure the service is removed here, the copy dropped and the migration
+    /// marked `Returned`: the source may run it. `None`: nothing to start.
+    async fn start_owned(
+        self: &Arc<Self>,
+        id: &str,
+        spec: Option<&ServiceSpec>,
+        event: TargetEvent,
+    ) -> Result<Option<(Started, Option<AfterAnswer>)>, StartError> {
+        let lock = self.starting.clone().lock_owned().await;
+        let g = self.journal.lock(id).await;
+        let (entry, effects) = self
+            .step(&g, event)
+            .map_err(|r| StartError::GivenBack(r.to_string()))?;
+        let ran = self
+            .run(g, entry.as_ref(), effects)
+            .await
+            .map_err(StartError::Journal)?;
+        let Some(entry) = entry else {
+            return Err(StartError::GivenBack(format!(
+                "migration {id} is not held here"
+            )));
+        };
+        if ran.answer == Some(TargetEffect::AnswerStarted) {
+            let started = Started {
+                pid: self.manager.status(&entry.service).ok().and_then(|s| s.pid),
+                ..Started::default()
+            };
+            return Ok(Some((started, None)));
+        }
+        if !ran.start {
+            return Ok(None);
+        }
+        let started = self.start_spec(id, &entry, spec).await;
+        let g = self.journal.lock(id).await;
+        let event = match started {
+            Ok(_) => TargetEvent::Healthy,
+            Err(_) => TargetEvent::StartFailed,
+        };
+        let (_, effects) = self
+            .step(&g, event)
+            .map_err(|r| StartError::GivenBack(r.to_string()))?;
+        let ran = self
+            .run(g, Some(&entry), effects)
+            .await
+            .map_err(StartError::Journal)?;
+        match (ran.answer, started) {
+            (Some(TargetEffect::AnswerStarted), Ok(started)) => Ok(Some((
+                started,
+                Some(AfterAnswer {
+                    lock,
+                    effects: ran.rest,
+                }),
+            ))),
+            (_, Err(why)) => Err(StartError::GivenBack(why)),
+            (answer, Ok(_)) => Err(StartError::GivenBack(format!(
+                "given back meanwhile ({answer:?})"
+            ))),
+        }
+    }
+
+    /// Runs the effects that follow the answer "started" (recording it).
+    async fn after_answer(self: &Arc<Self>, id: &str, after: AfterAnswer) {
+        let g = self.journal.lock(id).await;
+        let entry = g.target();
+        if let Err(e) = self.run(g, entry.as_ref(), after.effects).await {
+            warn!(migration = %id, error = %e, "recording the start");
+        }
+        drop(after.lock);
+    }
+
+    async fn start_spec(
+        &self,
+        id: &str,
+        entry: &TargetEntry,
+        spec: Option<&ServiceSpec>,
+    ) -> Result<Started, String> {
+        let began = Instant::now();
+        // The spec the transfer brought (kept as JSON in the journal), else the hand-off's.
+        let mut spec: ServiceSpec = match (&entry.spec, spec) {
+            (Some(json), _) => serde_json::from_str(json).map_err(|e| e.to_string())?,
+            (None, Some(spec)) => spec.clone(),
+            (None, None) => return Err("no spec for the service".into()),
+        };
+        spec.autostart = true;
+        let name = spec.name.clone();
+        if self.manager.spec(&name).is_some() {
+            // A stale definition from an earlier stay here: replaced.
+            self.manager
+                .remove(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let health = spec.health.clone();
+        let poll = match &health {
+            Some(h) if h.tcp.is_none() && h.http.is_none() => CUTOVER_POLL_COMMAND,
+            _ => CUTOVER_POLL,
+        };
+        // The address goes on the interface while the service starts, unannounced: clients
+        // keep going to the frozen source until the gratuitous ARP (or, for IPv6, the
+        // unsolicited neighbour advertisement) at the first passing check.
+        let mut vip = Takeover::begin(&self.manager, spec.vip);
+        if let Err(e) = self.manager.add(spec).await {
+            if let Some(vip) = vip {
+                vip.undo().await;
+            }
+            return Err(e.to_string());
+        }
+        if let Some(vip) = vip.as_mut() {
+            vip.watch(self.manager.clone(), name.clone());
+        }
+        let spawn_s = began.elapsed().as_secs_f64();
+        let given_back = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if self.phase(id) == Some(TargetPhase::Returned) {
+                    break;
+                }
+            }
+        };
+        // The service's own check, every few milliseconds until it first passes: the
+        // supervisor checks at the service's interval, and clients wait for this.
+        let first_pass = async {
+            loop {
+                let st = self.manager.status(&name).map_err(|e| e.to_string())?;
+                if st.health == Health::Healthy {
+                    return Ok(st);
+                }
+                if st.state == RunState::Failed {
+                    return Err(format!("{name} is {} after the hand-off", st.state));
+                }
+                if st.state == RunState::Running {
+                    if let Some(h) = &health {
+                        if godwit_runtime::service::check(h).await {
+                            return Ok(st);
+                        }
+                    }
+                }
+                tokio::time::sleep(poll).await;
+            }
+        };
+        let s = tokio::select! {
+            s = tokio::time::timeout(START_TIMEOUT, first_pass) => match s {
+                Ok(s) => s?,
+                Err(_) => return Err(format!("{name} did not pass its health check within {START_TIMEOUT:?}")),
+            },
+            () = given_back => return Err("given back while starting".into()),
+        };
+        let healthy_s = began.elapsed().as_secs_f64();
+        // Announced at once (the supervisor adds and announces it at its own first pass, and
+        // takes this one over then).
+        let vip_s = match vip {
+            Some(_) if s.vip_active => Some(healthy_s),
+            Some(vip) => vip.announce(&name, began).await,
+            None => None,
+        };
+        Ok(Started {
+            pid: s.pid,
+            spawn_s,
+            healthy_s,
+            vip_s,
+        })
+    }
+
+    /// The source gave up waiting: unless the service runs here already, this node stops it
+    /// and never starts it again. The answer to send.
+    async fn abandon(self: &Arc<Self>, id: &str) -> Result<Handoff, MigrateError> {
+        let g = self.journal.lock(id).await;
+        let (entry, effects) = self
+            .step(&g, TargetEvent::Abandon)
+            .map_err(|r| MigrateError::BadState(r.to_string()))?;
+        let ran = self.run(g, entry.as_ref(), effects).await?;
+        Ok(match ran.answer {
+            Some(TargetEffect::AnswerStarted) => Started {
+                pid: entry
+                    .and_then(|e| self.manager.status(&e.service).ok())
+                    .and_then(|s| s.pid),
+                ..Started::default()
+            }
+            .reply(),
+            _ => Handoff::Abandoned,
+        })
+    }
+
+    /// Resolves migration `id` left `Prepared` or `Owned` by a transfer that ended, or found
+    /// so at start: a prepared copy waits for the decision (the hand-off) and is dropped
+    /// without one; an owned one is started here if no hand-off did it.
+    async fn settle(self: Arc<Self>, id: String) {
+        let timer = {
+            let g = self.journal.lock(&id).await;
+            match self.step(&g, TargetEvent::Queued) {
+                Ok((_, effects)) => effects.into_iter().find_map(|e| match e {
+                    TargetEffect::Timer(after, event) => Some((after, event)),
+                    _ => None,
+                }),
+                Err(r) => {
+                    warn!(migration = %id, refused = %r, "not settled");
+                    None
+                }
+            }
+        };
+        let Some((after, event)) = timer else {
+            return;
+        };
+        tokio::time::sleep(after).await;
+        match event {
+            TargetEvent::AdoptDue => {
+                match self.start_owned(&id, None, TargetEvent::AdoptDue).await {
+                    Ok(Some((_, after))) => {
+                        info!(migration = %id, "decided but not handed off: migrated service started without the source");
+                        if let Some(after) = after {
+                            self.after_answer(&id, after).await;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(migration = %id, error = ?e, "migrated service not started"),
+                }
+            }
+            event => {
+                let g = self.journal.lock(&id).await;
+                let result = match self.step(&g, event) {
+                    Ok((entry, effects)) if !effects.is_empty() => {
+                        info!(migration = %id, "no decision for the prepared copy: dropped");
+                        self.run(g, entry.as_ref(), effects).await.map(|_| ())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(r) => Err(MigrateError::BadState(r.to_string())),
+                };
+                if let Err(e) = result {
+                    warn!(migration = %id, error = %e, "settling the migration");
+                }
+            }
+        }
+    }
+
+    /// Resolves the migrations the ids of which arrive on `pending` (see [`Target::settle`]).
+    pub fn watch(
+        self: &Arc<Self>,
+        mut pending: tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(id) = pending.recv().await {
+                tokio::spawn(me.clone().settle(id));
+            }
+        })
+    }
+
+    /// At start: removes staging copies (no transfer survives a restart), forgets given-back
+    /// migrations, and queues prepared and owned ones on `pending`.
+    pub fn recover(&self, state_root: &Path, pending: &tokio::sync::mpsc::UnboundedSender<String>) {
+        for e in self.journal.targets() {
+            let Some(g) = self.journal.try_lock(&e.migration) else {
+                warn!(migration = %e.migration, "the journal is busy: not recovered");
+                continue;
+            };
+            let expired = now_ms().saturating_sub(e.at_unix_ms) > STARTED_KEPT_MS;
+            let effects =
+                match target_machine::step(Some(e.phase), TargetEvent::Restart { expired }) {
+                    Ok((_, effects)) => effects,
+                    Err(r) => {
+                        warn!(migration = %e.migration, refused = %r, "not recovered");
+                        continue;
+                    }
+                };
+            let result = effects.into_iter().try_for_each(|effect| match effect {
+                TargetEffect::DeleteStaging => {
+                    let _ = std::fs::remove_dir_all(&e.staging);
+                    Ok(())
+                }
+                TargetEffect::RemoveJournal => g.remove_target(),
+                // Nothing defines the service here after a restart: only what a start under
+                // way left in its cgroup can run.
+                TargetEffect::StopService => {
+                    if self.manager.spec(&e.service).is_none() {
+                        let rt = self.manager.runtime();
+                        let cgroup = rt
+                            .v2_root
+                            .join(&rt.section.cgroup_parent)
+                            .join(format!("{}.service", e.service));
+                        super::recovery::kill_leftovers(&cgroup);
+                    }
+                    Ok(())
+                }
+                TargetEffect::Queue => {
+                    info!(migration = %e.migration, phase = ?e.phase, "target: migration to resolve");
+                    let _ = pending.send(e.migration.clone());
+                    Ok(())
+                }
+                other => Err(MigrateError::BadState(format!("{other:?} at a restart"))),
+            });
+            match result {
+                Ok(()) => {
+                    info!(migration = %e.migration, phase = ?e.phase, "target: migration recovered")
+                }
+                Err(err) => {
+                    warn!(migration = %e.migration, error = %err, "target: migration not recovered")
+                }
+            }
+        }
+        remove_stale_staging(state_root);
+    }
+}
+
+/// Removes every `*.staging-*` directory under `state_root`.
+fn remove_stale_staging(state_root: &Path) {
+    for e in std::fs::read_dir(state_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().contains(".staging-") {
+            info!(dir = %e.path().display(), "stale staging copy removed");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Registers the hand-off service on a target: once a migrated service's move is decided,
+/// its start arrives here; the answer comes once it is healthy (or it is given back).
+pub fn register_handoff(services: &Services, target: Arc<Target>) {
+    services.register(HANDOFF, move |peer, ch| handoff(peer, ch, target.clone()));
+}
+
+async fn handoff(peer: PeerInfo, mut ch: Channel, target: Arc<Target>) {
+    let mut after = None;
+    let (migration, reply) = match ch.recv::<Handoff>().await {
+        Ok(Some(Handoff::Start { migration, spec })) => {
+            let reply = match target
+                .start_owned(&migration, Some(&spec), TargetEvent::HandOff)
+                .await
+            {
+                Ok(Some((st, then))) => {
+                    info!(peer = %peer.node, migration, spawn_s = st.spawn_s, healthy_s = st.healthy_s, vip_s = ?st.vip_s, "migrated service started");
+                    after = then;
+                    st.reply()
+                }
+                Ok(None) => Handoff::Failed {
+                    reason: format!("nothing to start for migration {migration}"),
+                },
+                Err(StartError::GivenBack(reason)) => {
+                    warn!(peer = %peer.node, migration, reason, "migrated service not started; given back");
+                    Handoff::Failed { reason }
+                }
+                Err(StartError::Journal(e)) => {
+                    warn!(peer = %peer.node, migration, error = %e, "hand-off not answered: the journal failed");
+                    return;
+                }
+            };
+            (migration, reply)
+        }
+        Ok(Some(Handoff::Abandon { migration })) => match target.abandon(&migration).await {
+            Ok(reply) => {
+                info!(peer = %peer.node, migration, ?reply, "hand-off abandoned by the source");
+                (migration, reply)
+            }
+            Err(e) => {
+                warn!(peer = %peer.node, migration, error = %e, "abandon not answered: the journal failed");
+                return;
+            }
+        },
+        _ => return,
+    };
+    let _ = ch.send(&reply).await;
+    let _ = ch.finish();
+    // `Started` is recorded once the answer is on its way (an fsync off the source's path,
+    // which waits for the answer to kill its frozen instance), under the start lock.
+    if let Some(after) = after {
+        target.after_answer(&migration, after).await;
+    }
+}

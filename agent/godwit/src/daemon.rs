@@ -230,7 +230,8 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
     }
     let inventory = crate::inventory::watch::SharedInventory::default();
     let inventory_stop = CancellationToken::new();
-    let inventory_task = (!cfg.inventory.is_empty()).then(|| {
+    let inventory_tasks = tokio_util::task::TaskTracker::new();
+    if !cfg.inventory.is_empty() {
         crate::inventory::watch::spawn(
             cfg.inventory.clone(),
             crate::inventory::watch::Sources {
@@ -251,8 +252,9 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
             },
             inventory.clone(),
             inventory_stop.clone(),
-        )
-    });
+            &inventory_tasks,
+        );
+    }
     let publisher = mesh.clone().map(|mesh| {
         tokio::spawn(publish_summaries(
             cfg.clone(),
@@ -344,12 +346,11 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
         code = ExitCode::from(exit::FAILURE);
     }
     if let Some(t) = &transport {
-        t.close();
+        t.shutdown().await;
     }
     inventory_stop.cancel();
-    if let Some(t) = inventory_task {
-        let _ = t.await;
-    }
+    inventory_tasks.close();
+    inventory_tasks.wait().await;
     if let Some(m) = &services {
         m.shutdown().await;
     }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::cgroup::ServiceCgroup;
@@ -113,6 +114,9 @@ type Reply = oneshot::Sender<Result<(), ServiceError>>;
 /// How long a stop, a kill or an exit waits for the cgroup to empty.
 const EMPTY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a stopped service's log tasks may take to read what its pipes still hold.
+const PIPES_DEADLINE: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 enum Cmd {
     Start(Reply),
@@ -180,7 +184,7 @@ impl Manager {
     /// Adds a service (validated; its name must be new) and starts it if `autostart`.
     /// Nothing already running is touched when the spec is refused.
     pub async fn add(&self, spec: ServiceSpec) -> Result<ServiceStatus, ServiceError> {
-        let (image, cgroup, state_dir) = self.prepare(&spec)?;
+        let (image, cgroup, state_dir) = self.prepare(&spec).await?;
         let status = ServiceStatus {
             name: spec.name.clone(),
             node: self.rt.node.clone(),
@@ -223,6 +227,7 @@ impl Manager {
             tracker: None,
             frozen_at: None,
             check: None,
+            pipes: TaskTracker::new(),
         };
         let task = tokio::spawn(sup.run(rx));
         let autostart = spec.autostart;
@@ -255,7 +260,10 @@ impl Manager {
     /// image ready, its cgroup and its state directory. The image first: one that cannot be
     /// prepared leaves no cgroup behind; a state directory that cannot be made removes the
     /// cgroup again.
-    fn prepare(
+    ///
+    /// The image (unpacking a tarball, writing it out of the store) and the directories are
+    /// file work: done on a blocking thread.
+    async fn prepare(
         &self,
         spec: &ServiceSpec,
     ) -> Result<(Option<PreparedImage>, ServiceCgroup, PathBuf), ServiceError> {
@@ -263,19 +271,24 @@ impl Manager {
         if self.lock().contains_key(&spec.name) {
             return Err(ServiceError::Duplicate(spec.name.clone()));
         }
-        let image = prepare_image(&self.rt, spec)?;
-        let cgroup = ServiceCgroup::create(
-            &self.rt.v2_root,
-            self.rt.memory_v1_root.as_deref(),
-            &self.rt.section.cgroup_parent,
-            &spec.name,
-        )?;
-        let state_dir = spec.state_dir(&self.rt.section);
-        if let Err(e) = std::fs::create_dir_all(&state_dir) {
-            let _ = cgroup.remove();
-            return Err(ServiceError::io(&state_dir, e));
-        }
-        Ok((image, cgroup, state_dir))
+        let (rt, spec) = (self.rt.clone(), spec.clone());
+        tokio::task::spawn_blocking(move || {
+            let image = prepare_image(&rt, &spec)?;
+            let cgroup = ServiceCgroup::create(
+                &rt.v2_root,
+                rt.memory_v1_root.as_deref(),
+                &rt.section.cgroup_parent,
+                &spec.name,
+            )?;
+            let state_dir = spec.state_dir(&rt.section);
+            if let Err(e) = std::fs::create_dir_all(&state_dir) {
+                let _ = cgroup.remove();
+                return Err(ServiceError::io(&state_dir, e));
+            }
+            Ok((image, cgroup, state_dir))
+        })
+        .await
+        .map_err(|e| ServiceError::Image(format!("preparing the service failed: {e}")))?
     }
 
     fn take_parked(&self, name: &str) -> Option<ParkedService> {
@@ -294,7 +307,7 @@ impl Manager {
     /// [`add`]: Manager::add
     pub async fn park(&self, spec: ServiceSpec) -> Result<(), ServiceError> {
         self.unpark(&spec.name).await;
-        let (image, cgroup, state_dir) = self.prepare(&spec)?;
+        let (image, cgroup, state_dir) = self.prepare(&spec).await?;
         let forked = {
             let image_dir = image.as_ref().map(|i| i.dir.as_path());
             let (mut cmd, program, cwd) = command(&spec, image_dir, &state_dir);
@@ -631,6 +644,8 @@ struct Supervisor {
     frozen_at: Option<Instant>,
     /// The health check in flight, if any.
     check: Option<tokio::task::JoinHandle<bool>>,
+    /// The tasks logging the process's stdout and stderr; they end with the pipes.
+    pipes: TaskTracker,
 }
 
 impl Supervisor {
@@ -686,6 +701,11 @@ impl Supervisor {
                             p.cancel().await;
                         }
                         let _ = self.cgroup.remove();
+                        self.cancel_check();
+                        // The process is gone; a pipe a leftover descendant holds open is not
+                        // waited for long.
+                        self.pipes.close();
+                        let _ = tokio::time::timeout(PIPES_DEADLINE, self.pipes.wait()).await;
                         return;
                     }
                 },
@@ -953,7 +973,7 @@ impl Supervisor {
         ] {
             if let Some(pipe) = pipe {
                 let name = self.spec.name.clone();
-                tokio::spawn(async move {
+                self.pipes.spawn(async move {
                     let mut lines = BufReader::new(pipe).lines();
                     while let Ok(Some(line)) = lines.next_line().await {
                         info!(service = %name, stream, "{line}");

@@ -3,6 +3,7 @@
 //! source recovery [`super::services::Services`] began.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -11,11 +12,19 @@ use super::probes::Probes;
 use super::services::Services;
 use super::Context;
 use crate::migrate::agent::{Migrator, Target};
+use crate::migrate::journal::{Journal, SourcePhase};
+
+/// How long a stop waits for the migrations in flight to reach a decision.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How often the journal is read while waiting.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 /// The migration side of the agent; `migrator` is `None` without a transport, a service
 /// runtime or a journal.
 pub(super) struct Migration {
     pub migrator: Option<Arc<Migrator>>,
+    journal: Option<Arc<Journal>>,
     cancel: CancellationToken,
     watch: Option<tokio::task::JoinHandle<()>>,
 }
@@ -87,17 +96,62 @@ impl Migration {
         }
         Migration {
             migrator,
+            journal: services.journal.clone(),
             cancel: ctx.child_token(),
             watch,
         }
     }
 
-    /// Stops watching the target's entries.
+    /// Lets the migrations from this node reach their decision (up to [`DRAIN_DEADLINE`])
+    /// while the services and the transport still run, then stops watching the target's
+    /// entries.
+    /// Whatever is still undecided then is what a crash would leave: the journal holds it
+    /// and the next start resolves it.
     pub async fn shutdown(self) {
         self.cancel.cancel();
+        if let Some(j) = self.journal.clone() {
+            let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+            let mut waited = false;
+            loop {
+                let j = j.clone();
+                let busy = tokio::task::spawn_blocking(move || in_flight(&j))
+                    .await
+                    .unwrap_or(0);
+                if busy == 0 {
+                    if waited {
+                        tracing::info!("migrations in flight reached their decision");
+                    }
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(
+                        in_flight = busy,
+                        "migrations still undecided at the stop: the journal resolves them at the next start"
+                    );
+                    break;
+                }
+                if !waited {
+                    tracing::info!(in_flight = busy, "waiting for migrations in flight");
+                    waited = true;
+                }
+                tokio::time::sleep(DRAIN_POLL).await;
+            }
+        }
         if let Some(w) = self.watch {
             w.abort();
             let _ = w.await;
         }
     }
+}
+
+/// Migrations from this node whose cut-over is not decided yet (copying or frozen). A
+/// target's entries are not waited for: its journal resolves them at the next start (a
+/// prepared copy is decided with the source, an owned service starts), while a stopping
+/// target that waited would start a service only to stop it.
+fn in_flight(journal: &Journal) -> usize {
+    journal
+        .sources()
+        .iter()
+        .filter(|e| e.phase != SourcePhase::Committed)
+        .count()
 }

@@ -161,6 +161,7 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
     reloader.shutdown().await;
     let api_stopped = api.shutdown().await;
     inventory.shutdown().await;
+    // Migrations in flight reach their decision while services and transport still run.
     migration.shutdown().await;
     services.shutdown().await;
     if tokio::time::timeout(TRANSPORT_DEADLINE, net.shutdown())

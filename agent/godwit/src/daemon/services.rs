@@ -2,6 +2,7 @@
 //! are resolved before any service starts: leftover processes killed, decided moves kept from
 //! starting here.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::network::Network;
@@ -9,7 +10,7 @@ use super::probes::Probes;
 use super::Context;
 use crate::migrate::agent::SourceRecovery;
 use crate::migrate::journal::Journal;
-use crate::service::Manager;
+use crate::service::{Manager, RunState};
 
 /// The journal, the source side of its recovery, and the service runtime.
 pub(super) struct Services {
@@ -60,10 +61,32 @@ impl Services {
     }
 
     /// Stops every service (each within its stop grace) and waits for their supervisors.
+    ///
+    /// A service that a migration's cut-over froze is killed as it is, never thawed: thawed
+    /// (a stop thaws before its SIGTERM), it could take one more request from a client
+    /// whose connection it still holds and acknowledge a write that neither the target's copy
+    /// nor the journal's recovery sees. Frozen, it acknowledged nothing since its state was
+    /// copied.
     pub async fn shutdown(self) {
-        if let Some(m) = &self.manager {
-            m.shutdown().await;
+        let Some(m) = &self.manager else {
+            return;
+        };
+        if let Some(j) = self.journal.clone() {
+            let moving: BTreeSet<String> = tokio::task::spawn_blocking(move || {
+                j.sources().into_iter().map(|e| e.service).collect()
+            })
+            .await
+            .unwrap_or_default();
+            for s in m.list() {
+                if s.state == RunState::Frozen && moving.contains(&s.name) {
+                    tracing::info!(service = %s.name, "frozen by a migration: killed without a thaw");
+                    if let Err(e) = m.kill(&s.name).await {
+                        tracing::warn!(service = %s.name, error = %e, "killing at shutdown");
+                    }
+                }
+            }
         }
+        m.shutdown().await;
     }
 }
 

@@ -41,7 +41,11 @@ fn journal(rig: &MigrateRig, i: usize, side: &str) -> Vec<String> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{side}-")))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{side}-"))
+        })
         .filter_map(|e| std::fs::read(e.path()).ok())
         .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
         .filter_map(|v| v["phase"].as_str().map(str::to_string))
@@ -172,9 +176,7 @@ fn a_sigterm_to_the_target_during_the_cut_over_leaves_the_service_on_the_target_
     .unwrap_or_else(|| panic!("the source never finished the move\n{}", rig.c.log(1)));
     assert_once_and_intact(&rig, 2, client);
     assert!(
-        journal(&rig, 2, "target")
-            .iter()
-            .all(|p| p == "started"),
+        journal(&rig, 2, "target").iter().all(|p| p == "started"),
         "{:?}",
         journal(&rig, 2, "target")
     );

@@ -75,9 +75,7 @@ impl Migration {
                 crate::migrate::control::register(
                     t.services(),
                     migrator.clone(),
-                    Arc::new(move |node: &str| {
-                        crate::peers::transport_addr(mesh.as_deref(), node)
-                    }),
+                    Arc::new(move |node: &str| crate::peers::transport_addr(mesh.as_deref(), node)),
                 );
                 Some(migrator)
             }

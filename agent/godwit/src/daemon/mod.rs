@@ -1,5 +1,5 @@
 //! The agent's lifecycle, and the one place that composes the crates: validate, bind, start
-//! each component from a shared [`Context`], serve, and on SIGTERM/SIGINT shut the components
+//! each component from a shared `Context`, serve, and on SIGTERM/SIGINT shut the components
 //! down in the reverse order, each under its own deadline.
 //!
 //! Every component owns a child of the root [`CancellationToken`] and the tasks it spawned
@@ -131,14 +131,8 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
     };
     // The journal's recovery runs before any service starts.
     let mut services = services::Services::start(&ctx, &probes, &net).await;
-    let migration = migration::Migration::start(
-        &ctx,
-        &probes,
-        &net,
-        mesh.cluster.clone(),
-        &mut services,
-    )
-    .await;
+    let migration =
+        migration::Migration::start(&ctx, &probes, &net, mesh.cluster.clone(), &mut services).await;
     let inventory = inventory::Inventory::start(&ctx, &probes, services.manager.clone());
     mesh.publish(&ctx, net.advertise(), &probes);
     let api = api.serve(

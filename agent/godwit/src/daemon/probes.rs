@@ -59,12 +59,17 @@ impl Probes {
             source,
         })?;
         let (tracker, track_rx) = probe::DirtyTracker::channel();
-        let sampler_thread =
-            probe::spawn(sampler, shared.clone(), stop.clone(), Some(tx), Some(track_rx))
-                .map_err(|source| StartError::Thread {
-                    what: "sampler",
-                    source,
-                })?;
+        let sampler_thread = probe::spawn(
+            sampler,
+            shared.clone(),
+            stop.clone(),
+            Some(tx),
+            Some(track_rx),
+        )
+        .map_err(|source| StartError::Thread {
+            what: "sampler",
+            source,
+        })?;
         Ok(Probes {
             shared,
             forecasts,

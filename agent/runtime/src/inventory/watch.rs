@@ -213,7 +213,11 @@ impl Scanner {
             BTreeMap::new()
         };
         let inv = resolve(cfg, observed, &users, now_ms());
-        let previous = self.shared.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let previous = self
+            .shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if inv.same_as(&previous) && previous.resolved_at_unix_ms != 0 {
             return;
         }

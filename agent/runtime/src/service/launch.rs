@@ -46,7 +46,10 @@ pub(super) struct PreparedImage {
 
 /// Imports the spec's image into the store (content-addressed) and writes it out once per
 /// content to run from. Without a store, a directory image runs in place.
-pub(super) fn prepare_image(rt: &Runtime, spec: &ServiceSpec) -> Result<Option<PreparedImage>, ServiceError> {
+pub(super) fn prepare_image(
+    rt: &Runtime,
+    spec: &ServiceSpec,
+) -> Result<Option<PreparedImage>, ServiceError> {
     if let Some(id) = &spec.image_id {
         let store = rt.images.as_ref().ok_or_else(|| {
             ServiceError::Image("image_id needs the image store, which is off here".into())

@@ -45,7 +45,8 @@ pub struct Transport {
     services: Services,
     advertise: SocketAddr,
     paths: Mutex<BTreeMap<String, PathMeasurement>>,
-    accept: tokio::task::JoinHandle<()>,
+    /// The accept loop; it owns the tasks serving each peer and waits for them at its end.
+    accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// What `/v1/transport` shows.
@@ -98,23 +99,27 @@ pub fn start(cfg: &TransportSection, node: &str) -> Result<Option<Transport>, Tr
     };
     let services = Services::default();
     path::register(&services);
-    let accept = tokio::spawn({
-        let endpoint = endpoint.clone();
-        let services = services.clone();
-        async move {
-            while let Some(peer) = endpoint.accept().await {
-                tokio::spawn(services.clone().serve(peer));
-            }
-        }
-    });
+    let accept = tokio::spawn(accept_loop(endpoint.clone(), services.clone()));
     tracing::info!(node, listen = %bound, %advertise, "transport listening (QUIC, mutual TLS)");
     Ok(Some(Transport {
         endpoint,
         services,
         advertise,
         paths: Mutex::default(),
-        accept,
+        accept: Mutex::new(Some(accept)),
     }))
+}
+
+/// Serves every peer that connects, each on a task of its own, until the endpoint closes;
+/// then waits for those tasks (closing the endpoint closed their connections).
+async fn accept_loop(endpoint: Endpoint, services: Services) {
+    let mut peers = tokio::task::JoinSet::new();
+    // `accept` is not raced against anything: dropping it mid-handshake would lose the peer.
+    while let Some(peer) = endpoint.accept().await {
+        peers.spawn(services.clone().serve(peer));
+        while peers.try_join_next().is_some() {}
+    }
+    while peers.join_next().await.is_some() {}
 }
 
 impl Transport {
@@ -174,9 +179,27 @@ impl Transport {
         self.view().paths
     }
 
-    /// Closes every connection.
+    /// Closes every connection and stops accepting at once (the tasks serving peers are
+    /// aborted).
     pub fn close(&self) {
-        self.accept.abort();
+        if let Some(accept) = self.take_accept() {
+            accept.abort();
+        }
         self.endpoint.close();
+    }
+
+    /// Closes every connection and waits until the accept loop and the tasks serving each
+    /// peer have ended.
+    pub async fn shutdown(&self) {
+        self.endpoint.close();
+        if let Some(accept) = self.take_accept() {
+            if let Err(e) = accept.await {
+                tracing::error!(error = %e, "transport accept loop failed");
+            }
+        }
+    }
+
+    fn take_accept(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.accept.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }

@@ -484,6 +484,30 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("reap n{i}'s agent: {e}"));
     }
 
+    /// Waits up to `timeout` for node `i`'s agent to exit (after a SIGTERM, say) and reaps it;
+    /// `None` if it still runs then. Panics if it has no agent.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.node(i);
+        let child = self.nodes[i - 1]
+            .child
+            .as_mut()
+            .unwrap_or_else(|| panic!("n{i} has no agent"));
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.nodes[i - 1].child = None;
+                    return Some(status);
+                }
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(None) => return None,
+                Err(e) => panic!("wait for n{i}'s agent: {e}"),
+            }
+        }
+    }
+
     /// SIGSTOPs node `i`'s agent and waits until the kernel reports it stopped.
     pub fn stop(&mut self, i: usize) {
         self.signal(i, libc::SIGSTOP);

@@ -81,7 +81,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let agent = crate::daemon::node_name(&cfg);
+    let agent = cfg.node_name();
     let dir = args
         .cert_dir
         .clone()

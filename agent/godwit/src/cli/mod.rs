@@ -18,20 +18,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 
-/// Exit codes (sysexits.h where one fits).
+/// Exit codes (sysexits.h where one fits). The agent's own (a start that fails, a
+/// configuration that cannot be used) belong to its errors: see [`crate::daemon::StartError`].
 pub mod exit {
-    /// Runtime failure.
-    pub const FAILURE: u8 = 1;
+    pub use crate::daemon::exit::{CONFIG, FAILURE, UNAVAILABLE};
     /// Command-line usage error (clap).
     pub const USAGE: u8 = 2;
-    /// A required capability is missing (BPF required but unavailable, address in use).
-    pub const UNAVAILABLE: u8 = 69;
     /// The caller may not do this (a migration refused to this caller).
     pub const NOPERM: u8 = 77;
-    /// The configuration is invalid or unreadable.
-    pub const CONFIG: u8 = 78;
 }
 
 #[derive(Debug, Parser)]
@@ -181,8 +177,6 @@ fn request(
 fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("godwit: {e}");
-        match e {
-            ConfigError::Read { .. } | ConfigError::Invalid { .. } => ExitCode::from(exit::CONFIG),
-        }
+        ExitCode::from(e.exit_code())
     })
 }

@@ -31,6 +31,15 @@ pub enum ConfigError {
     Invalid { origin: String, message: String },
 }
 
+impl ConfigError {
+    /// The process exit code of a configuration that cannot be used (78, `EX_CONFIG`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ConfigError::Read { .. } | ConfigError::Invalid { .. } => crate::daemon::exit::CONFIG,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -99,6 +108,14 @@ impl Config {
                 Config::parse(&text, &path.display().to_string())
             }
         }
+    }
+
+    /// This node's name: `[node] name`, else the host name (`localhost` when unreadable).
+    pub fn node_name(&self) -> String {
+        self.node.name.clone().unwrap_or_else(|| {
+            godwit_probe::node::read_hostname(&self.probe.proc_root)
+                .unwrap_or_else(|_| "localhost".into())
+        })
     }
 
     /// The sampler this configuration describes (`[probe]`, `[energy]`, the node's name and

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -52,13 +53,14 @@ pub struct Sources {
 const TICK: Duration = Duration::from_millis(100);
 const RESCAN: Duration = Duration::from_secs(1);
 
-/// Starts the task; it ends when `cancel` fires.
+/// Starts the task on `tasks`; it ends when `cancel` fires.
 pub fn spawn(
     cfg: InventoryConfig,
     src: Sources,
     shared: SharedInventory,
     cancel: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+    tasks: &TaskTracker,
+) {
     let wake = Arc::new(Notify::new());
     let stop = Arc::new(AtomicBool::new(false));
     if let Some(root) = src.cgroup_root.clone() {
@@ -75,14 +77,30 @@ pub fn spawn(
             move || watch_uevents(&wake, &stop)
         });
     }
-    tokio::spawn(async move {
+    let Sources {
+        snapshot,
+        services: manager,
+        cgroup_root,
+        sys_root,
+        proc_root,
+        file,
+    } = src;
+    let mut scanner = Some(Scanner {
+        cfg,
+        cgroup_root,
+        sys_root,
+        proc_root,
+        file,
+        observed: Observed::default(),
+        shared,
+    });
+    tasks.spawn(async move {
         let mut last_snapshot: Option<usize> = None;
         let mut last_services: Vec<(String, String)> = Vec::new();
         let mut last_scan = Instant::now() - RESCAN;
         // A second look shortly after an event: a removal's uevent can come before sysfs
         // has let go of the device.
         let mut followup: Option<Instant> = None;
-        let mut observed = Observed::default();
         let mut tick = tokio::time::interval(TICK);
         loop {
             let woken = tokio::select! {
@@ -90,14 +108,9 @@ pub fn spawn(
                 _ = tick.tick() => false,
                 _ = wake.notified() => true,
             };
-            let snap = src
-                .snapshot
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let snap = snapshot.read().unwrap_or_else(|e| e.into_inner()).clone();
             let snap_id = snap.as_ref().map(|s| Arc::as_ptr(s) as usize);
-            let services: Vec<(String, String)> = src
-                .services
+            let services: Vec<(String, String)> = manager
                 .as_ref()
                 .map(|m| {
                     m.list()
@@ -119,56 +132,102 @@ pub fn spawn(
             }
             if rescan {
                 last_scan = Instant::now();
-                observed.cgroups = match (&src.cgroup_root, cfg.container.is_empty()) {
-                    (Some(root), false) => list_cgroups(root),
-                    _ => Vec::new(),
-                };
-                observed.devices = if cfg.device.is_empty() {
-                    Vec::new()
-                } else {
-                    list_devices(&src.sys_root)
-                };
-                observed.interfaces = if cfg.interface.is_empty() {
-                    Vec::new()
-                } else {
-                    list_interfaces(&src.sys_root)
-                };
             }
-            let want_uid = cfg.process.iter().any(|p| p.user.is_some());
-            observed.processes = snap
-                .as_ref()
-                .map(|s| {
-                    s.processes
-                        .iter()
-                        .map(|p| {
-                            let uid = want_uid.then(|| read_uid(&src.proc_root, p.pid)).flatten();
-                            process_item(p, uid)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            observed.services = services.clone();
             last_snapshot = snap_id;
-            last_services = services;
-            let users: BTreeMap<String, u32> = if want_uid {
-                parse_passwd(&std::fs::read_to_string("/etc/passwd").unwrap_or_default())
-            } else {
-                BTreeMap::new()
-            };
-            let inv = resolve(&cfg, &observed, &users, now_ms());
-            let previous = shared.read().unwrap_or_else(|e| e.into_inner()).clone();
-            if inv.same_as(&previous) && previous.resolved_at_unix_ms != 0 {
-                continue;
-            }
-            debug!("inventory changed");
-            let inv = Arc::new(inv);
-            *shared.write().unwrap_or_else(|e| e.into_inner()) = inv.clone();
-            if let Err(e) = write_file(&src.file, &inv) {
-                warn!(file = %src.file.display(), error = %e, "cannot write the inventory file");
+            last_services = services.clone();
+            // Directory walks, /proc reads and the file write: off the async workers.
+            let Some(mut s) = scanner.take() else { break };
+            match tokio::task::spawn_blocking(move || {
+                s.scan(rescan, snap, services);
+                s
+            })
+            .await
+            {
+                Ok(s) => scanner = Some(s),
+                Err(e) => {
+                    warn!(error = %e, "inventory scan failed: the inventory is no longer kept");
+                    break;
+                }
             }
         }
         stop.store(true, Ordering::Relaxed);
-    })
+    });
+}
+
+/// What a scan reads and keeps between scans; moved onto a blocking thread for each.
+struct Scanner {
+    cfg: InventoryConfig,
+    cgroup_root: Option<PathBuf>,
+    sys_root: PathBuf,
+    proc_root: PathBuf,
+    file: PathBuf,
+    observed: Observed,
+    shared: SharedInventory,
+}
+
+impl Scanner {
+    /// Lists cgroups, devices and interfaces again when `rescan`, resolves the patterns
+    /// against them, `snap`'s processes and `services`, and publishes (and writes) the
+    /// inventory when it changed.
+    fn scan(
+        &mut self,
+        rescan: bool,
+        snap: Option<Arc<godwit_probe::Snapshot>>,
+        services: Vec<(String, String)>,
+    ) {
+        let cfg = &self.cfg;
+        let observed = &mut self.observed;
+        if rescan {
+            observed.cgroups = match (&self.cgroup_root, cfg.container.is_empty()) {
+                (Some(root), false) => list_cgroups(root),
+                _ => Vec::new(),
+            };
+            observed.devices = if cfg.device.is_empty() {
+                Vec::new()
+            } else {
+                list_devices(&self.sys_root)
+            };
+            observed.interfaces = if cfg.interface.is_empty() {
+                Vec::new()
+            } else {
+                list_interfaces(&self.sys_root)
+            };
+        }
+        let want_uid = cfg.process.iter().any(|p| p.user.is_some());
+        observed.processes = snap
+            .as_ref()
+            .map(|s| {
+                s.processes
+                    .iter()
+                    .map(|p| {
+                        let uid = want_uid.then(|| read_uid(&self.proc_root, p.pid)).flatten();
+                        process_item(p, uid)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        observed.services = services;
+        let users: BTreeMap<String, u32> = if want_uid {
+            parse_passwd(&std::fs::read_to_string("/etc/passwd").unwrap_or_default())
+        } else {
+            BTreeMap::new()
+        };
+        let inv = resolve(cfg, observed, &users, now_ms());
+        let previous = self
+            .shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if inv.same_as(&previous) && previous.resolved_at_unix_ms != 0 {
+            return;
+        }
+        debug!("inventory changed");
+        let inv = Arc::new(inv);
+        *self.shared.write().unwrap_or_else(|e| e.into_inner()) = inv.clone();
+        if let Err(e) = write_file(&self.file, &inv) {
+            warn!(file = %self.file.display(), error = %e, "cannot write the inventory file");
+        }
+    }
 }
 
 fn start_thread(name: &str, f: impl FnOnce() + Send + 'static) {

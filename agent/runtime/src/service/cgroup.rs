@@ -191,7 +191,7 @@ impl ServiceCgroup {
     }
 
     /// Freezes every task and returns once the kernel reports the cgroup frozen. A freeze
-    /// that does not complete in [`FREEZE_TIMEOUT`] is undone (`cgroup.freeze` back to 0), so
+    /// that does not complete in `FREEZE_TIMEOUT` (5 s) is undone (`cgroup.freeze` back to 0), so
     /// a service reported running is never left half frozen.
     pub async fn freeze(&self) -> Result<(), ServiceError> {
         self.freeze_within(FREEZE_TIMEOUT).await

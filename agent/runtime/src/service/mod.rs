@@ -8,6 +8,8 @@
 //! | `spec.rs` | [`ServiceSpec`] and `[services]`; validation that names the field |
 //! | `cgroup.rs` | [`ServiceCgroup`]: create, join before exec, freeze/thaw, kill, remove |
 //! | `health.rs` | TCP, HTTP and command checks; [`HealthTracker`] |
+//! | `status.rs` | [`Runtime`] (where services run), [`RunState`] and [`ServiceStatus`] |
+//! | `launch.rs` | a service's image made ready (directory, tarball, store) and its command |
 //! | `supervisor.rs` | [`Manager`] and the per-service supervisor task |
 //! | `vip.rs` | add/remove the VIP, gratuitous ARP (IPv4), unsolicited neighbour advertisement (IPv6) |
 //! | `netlink.rs` | rtnetlink requests: add, delete and list an interface's addresses (no `ip` process) |
@@ -31,9 +33,11 @@
 mod cgroup;
 mod error;
 mod health;
+mod launch;
 pub mod netlink;
 mod park;
 mod spec;
+mod status;
 mod supervisor;
 pub mod vip;
 

@@ -7,111 +7,32 @@
 //! freeze, thaw) reach it over a channel and are answered once done.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::cgroup::ServiceCgroup;
 use super::error::ServiceError;
 use super::health::{check, Health, HealthTracker};
+use super::launch::{command, prepare_image, PreparedImage};
 use super::park::Parked;
-use super::spec::{validate_all, Demand, RestartPolicy, ServiceSpec, ServicesSection};
+use super::spec::{validate_all, RestartPolicy, ServiceSpec};
+use super::status::now_ms;
+pub use super::status::{RunState, Runtime, ServiceStatus};
 use super::vip;
-use godwit_image::ImageStore;
-
-/// Where and how services run on this node.
-#[derive(Debug, Clone)]
-pub struct Runtime {
-    /// This node's name.
-    pub node: String,
-    /// The cgroup v2 root (the unified hierarchy on hybrid hosts).
-    pub v2_root: PathBuf,
-    /// The v1 memory hierarchy's mount on a v1/v2 hybrid host, where services' memory is
-    /// accounted when the v2 tree has no memory controller.
-    pub memory_v1_root: Option<PathBuf>,
-    /// `[services]`.
-    pub section: ServicesSection,
-    /// The image store, to identify images by content and hold them.
-    pub images: Option<Arc<ImageStore>>,
-    /// Where images are written out to run from (`<data_dir>/images/run`).
-    pub run_root: PathBuf,
-}
-
-/// What a service's process is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunState {
-    /// Not running.
-    Stopped,
-    /// Running (see the health for whether it serves).
-    Running,
-    /// Running, every task frozen.
-    Frozen,
-    /// Being stopped.
-    Stopping,
-    /// Exited; waiting for the back-off delay before a restart.
-    Backoff,
-    /// Given up on (crash loop, or it cannot be started).
-    Failed,
-}
-
-impl std::fmt::Display for RunState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = serde_json::to_value(self).ok();
-        write!(f, "{}", s.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
-    }
-}
-
-/// A service as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceStatus {
-    /// Its name.
-    pub name: String,
-    /// The node it runs on.
-    pub node: String,
-    /// Process state.
-    pub state: RunState,
-    /// Health.
-    pub health: Health,
-    /// Main process.
-    pub pid: Option<u32>,
-    /// Its cgroup directory.
-    pub cgroup: String,
-    /// Restarts after crashes since it was last started by request.
-    pub restarts: u32,
-    /// How the last process ended.
-    pub last_exit: Option<String>,
-    /// When the state last changed, milliseconds since the Unix epoch.
-    pub since_unix_ms: u64,
-    /// Content hash of its image.
-    pub image_id: Option<String>,
-    /// Its state directory.
-    pub state_dir: String,
-    /// Its virtual IP.
-    pub vip: Option<IpAddr>,
-    /// The VIP is on this node now.
-    pub vip_active: bool,
-    /// Its resource demand.
-    pub demand: Demand,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 type Reply = oneshot::Sender<Result<(), ServiceError>>;
 
 /// How long a stop, a kill or an exit waits for the cgroup to empty.
 const EMPTY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a stopped service's log tasks may take to read what its pipes still hold.
+const PIPES_DEADLINE: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 enum Cmd {
@@ -180,7 +101,7 @@ impl Manager {
     /// Adds a service (validated; its name must be new) and starts it if `autostart`.
     /// Nothing already running is touched when the spec is refused.
     pub async fn add(&self, spec: ServiceSpec) -> Result<ServiceStatus, ServiceError> {
-        let (image, cgroup, state_dir) = self.prepare(&spec)?;
+        let (image, cgroup, state_dir) = self.prepare(&spec).await?;
         let status = ServiceStatus {
             name: spec.name.clone(),
             node: self.rt.node.clone(),
@@ -223,6 +144,7 @@ impl Manager {
             tracker: None,
             frozen_at: None,
             check: None,
+            pipes: TaskTracker::new(),
         };
         let task = tokio::spawn(sup.run(rx));
         let autostart = spec.autostart;
@@ -255,7 +177,10 @@ impl Manager {
     /// image ready, its cgroup and its state directory. The image first: one that cannot be
     /// prepared leaves no cgroup behind; a state directory that cannot be made removes the
     /// cgroup again.
-    fn prepare(
+    ///
+    /// The image (unpacking a tarball, writing it out of the store) and the directories are
+    /// file work: done on a blocking thread.
+    async fn prepare(
         &self,
         spec: &ServiceSpec,
     ) -> Result<(Option<PreparedImage>, ServiceCgroup, PathBuf), ServiceError> {
@@ -263,19 +188,24 @@ impl Manager {
         if self.lock().contains_key(&spec.name) {
             return Err(ServiceError::Duplicate(spec.name.clone()));
         }
-        let image = prepare_image(&self.rt, spec)?;
-        let cgroup = ServiceCgroup::create(
-            &self.rt.v2_root,
-            self.rt.memory_v1_root.as_deref(),
-            &self.rt.section.cgroup_parent,
-            &spec.name,
-        )?;
-        let state_dir = spec.state_dir(&self.rt.section);
-        if let Err(e) = std::fs::create_dir_all(&state_dir) {
-            let _ = cgroup.remove();
-            return Err(ServiceError::io(&state_dir, e));
-        }
-        Ok((image, cgroup, state_dir))
+        let (rt, spec) = (self.rt.clone(), spec.clone());
+        tokio::task::spawn_blocking(move || {
+            let image = prepare_image(&rt, &spec)?;
+            let cgroup = ServiceCgroup::create(
+                &rt.v2_root,
+                rt.memory_v1_root.as_deref(),
+                &rt.section.cgroup_parent,
+                &spec.name,
+            )?;
+            let state_dir = spec.state_dir(&rt.section);
+            if let Err(e) = std::fs::create_dir_all(&state_dir) {
+                let _ = cgroup.remove();
+                return Err(ServiceError::io(&state_dir, e));
+            }
+            Ok((image, cgroup, state_dir))
+        })
+        .await
+        .map_err(|e| ServiceError::Image(format!("preparing the service failed: {e}")))?
     }
 
     fn take_parked(&self, name: &str) -> Option<ParkedService> {
@@ -294,7 +224,7 @@ impl Manager {
     /// [`add`]: Manager::add
     pub async fn park(&self, spec: ServiceSpec) -> Result<(), ServiceError> {
         self.unpark(&spec.name).await;
-        let (image, cgroup, state_dir) = self.prepare(&spec)?;
+        let (image, cgroup, state_dir) = self.prepare(&spec).await?;
         let forked = {
             let image_dir = image.as_ref().map(|i| i.dir.as_path());
             let (mut cmd, program, cwd) = command(&spec, image_dir, &state_dir);
@@ -470,149 +400,6 @@ impl Manager {
     }
 }
 
-/// The service's process as every start runs it: program, arguments (`{state}` and
-/// `{image}` substituted), environment and pipes, in a process group of its own. Returns the
-/// command (without a current directory or cgroup), the program and the directory it runs in.
-fn command(
-    spec: &ServiceSpec,
-    image: Option<&Path>,
-    state_dir: &Path,
-) -> (tokio::process::Command, PathBuf, PathBuf) {
-    let image_dir = image.unwrap_or(Path::new("/"));
-    let subst = |a: &str| {
-        a.replace("{state}", &state_dir.display().to_string())
-            .replace("{image}", &image_dir.display().to_string())
-    };
-    let argv: Vec<String> = spec.command.iter().map(|a| subst(a)).collect();
-    let program = resolve_program(&argv[0], image);
-    let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(&argv[1..])
-        .envs(&spec.env)
-        .env("GODWIT_SERVICE", &spec.name)
-        .env("GODWIT_STATE_DIR", state_dir)
-        .env("GODWIT_IMAGE_DIR", image_dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0);
-    let cwd = image.unwrap_or(state_dir).to_path_buf();
-    (cmd, program, cwd)
-}
-
-/// An image ready to run from.
-struct PreparedImage {
-    dir: PathBuf,
-    id: Option<String>,
-}
-
-/// Imports the spec's image into the store (content-addressed) and writes it out once per
-/// content to run from. Without a store, a directory image runs in place.
-fn prepare_image(rt: &Runtime, spec: &ServiceSpec) -> Result<Option<PreparedImage>, ServiceError> {
-    if let Some(id) = &spec.image_id {
-        let store = rt.images.as_ref().ok_or_else(|| {
-            ServiceError::Image("image_id needs the image store, which is off here".into())
-        })?;
-        let digest =
-            godwit_image::Digest::parse(id).map_err(|e| ServiceError::Image(e.to_string()))?;
-        if !store.has_image(&digest) {
-            return Err(ServiceError::Spec {
-                service: spec.name.clone(),
-                field: "image_id".into(),
-                reason: format!("no image {id} in this node's store (push it first)"),
-            });
-        }
-        let dir = rt.run_root.join(id);
-        if !dir.exists() {
-            std::fs::create_dir_all(&rt.run_root).map_err(|e| ServiceError::io(&rt.run_root, e))?;
-            match store.export(&digest, &dir) {
-                Ok(()) | Err(godwit_image::ImageError::Exists(_)) => {}
-                Err(e) => return Err(ServiceError::Image(e.to_string())),
-            }
-        }
-        return Ok(Some(PreparedImage {
-            dir,
-            id: Some(id.clone()),
-        }));
-    }
-    let Some(image) = &spec.image else {
-        return Ok(None);
-    };
-    let unpacked;
-    let src: &Path = if image.is_dir() {
-        image
-    } else {
-        // A tarball: unpack it next to the run directory first.
-        let tmp = rt
-            .run_root
-            .join(format!(".unpack-{}-{}", spec.name, std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| ServiceError::io(&tmp, e))?;
-        let out = std::process::Command::new("tar")
-            .arg("-xf")
-            .arg(image)
-            .arg("-C")
-            .arg(&tmp)
-            .output()
-            .map_err(|e| ServiceError::Image(format!("cannot run tar: {e}")))?;
-        if !out.status.success() {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(ServiceError::Spec {
-                service: spec.name.clone(),
-                field: "image".into(),
-                reason: format!(
-                    "{}: {}",
-                    image.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            });
-        }
-        unpacked = tmp;
-        &unpacked
-    };
-    let result = match &rt.images {
-        None => Ok(Some(PreparedImage {
-            dir: src.to_path_buf(),
-            id: None,
-        })),
-        Some(store) => {
-            let (id, _) = store
-                .import_dir(src)
-                .map_err(|e| ServiceError::Image(e.to_string()))?;
-            let dir = rt.run_root.join(id.as_str());
-            if !dir.exists() {
-                std::fs::create_dir_all(&rt.run_root)
-                    .map_err(|e| ServiceError::io(&rt.run_root, e))?;
-                match store.export(&id, &dir) {
-                    Ok(()) => {}
-                    // Written out meanwhile by another service of the same image.
-                    Err(godwit_image::ImageError::Exists(_)) => {}
-                    Err(e) => return Err(ServiceError::Image(e.to_string())),
-                }
-            }
-            Ok(Some(PreparedImage {
-                dir,
-                id: Some(id.to_string()),
-            }))
-        }
-    };
-    if !image.is_dir() {
-        let _ = std::fs::remove_dir_all(src);
-    }
-    result
-}
-
-/// The program to run for `argv0`: a relative path (`bin/server`) is in the image; a bare
-/// name (`server`) is the image's file of that name when there is one, else found on `PATH`
-/// (left for exec to look up); an absolute path is itself.
-fn resolve_program(argv0: &str, image: Option<&Path>) -> PathBuf {
-    let path = Path::new(argv0);
-    match image {
-        Some(dir) if path.is_relative() && argv0.contains('/') => dir.join(path),
-        Some(dir) if !argv0.contains('/') && dir.join(path).is_file() => dir.join(path),
-        _ => path.to_path_buf(),
-    }
-}
-
 struct Supervisor {
     rt: Arc<Runtime>,
     spec: ServiceSpec,
@@ -631,6 +418,8 @@ struct Supervisor {
     frozen_at: Option<Instant>,
     /// The health check in flight, if any.
     check: Option<tokio::task::JoinHandle<bool>>,
+    /// The tasks logging the process's stdout and stderr; they end with the pipes.
+    pipes: TaskTracker,
 }
 
 impl Supervisor {
@@ -686,6 +475,11 @@ impl Supervisor {
                             p.cancel().await;
                         }
                         let _ = self.cgroup.remove();
+                        self.cancel_check();
+                        // The process is gone; a pipe a leftover descendant holds open is not
+                        // waited for long.
+                        self.pipes.close();
+                        let _ = tokio::time::timeout(PIPES_DEADLINE, self.pipes.wait()).await;
                         return;
                     }
                 },
@@ -953,7 +747,7 @@ impl Supervisor {
         ] {
             if let Some(pipe) = pipe {
                 let name = self.spec.name.clone();
-                tokio::spawn(async move {
+                self.pipes.spawn(async move {
                     let mut lines = BufReader::new(pipe).lines();
                     while let Ok(Some(line)) = lines.next_line().await {
                         info!(service = %name, stream, "{line}");
@@ -1130,36 +924,5 @@ impl Supervisor {
             s.restarts += 1;
             s.last_exit = Some(how);
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn programs_are_looked_up_in_the_image_then_on_the_path() {
-        let image = tempfile::tempdir().unwrap();
-        std::fs::create_dir(image.path().join("bin")).unwrap();
-        std::fs::write(image.path().join("server"), "#!/bin/sh\n").unwrap();
-        std::fs::write(image.path().join("bin/tool"), "#!/bin/sh\n").unwrap();
-        let img = Some(image.path());
-        // A bare name the image has: the image's file.
-        assert_eq!(resolve_program("server", img), image.path().join("server"));
-        // A bare name it has not: left to PATH.
-        assert_eq!(resolve_program("sleep", img), PathBuf::from("sleep"));
-        // A directory of that name is not a program.
-        assert_eq!(resolve_program("bin", img), PathBuf::from("bin"));
-        // Relative paths are in the image, absolute ones are themselves.
-        assert_eq!(
-            resolve_program("bin/tool", img),
-            image.path().join("bin/tool")
-        );
-        assert_eq!(
-            resolve_program("/bin/sleep", img),
-            PathBuf::from("/bin/sleep")
-        );
-        // Without an image, every name is itself.
-        assert_eq!(resolve_program("server", None), PathBuf::from("server"));
     }
 }

@@ -1,0 +1,145 @@
+//! Gossip: this node in the mesh, and the task that publishes its summary after each sample.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::probes::Probes;
+use super::{Context, StartError};
+use crate::config::Config;
+use crate::gossip;
+use crate::{forecast, probe};
+
+/// How long the gossip server may take to stop once the node left.
+const STOP_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Checks `[gossip]` before anything is bound; `None` when gossip is off.
+pub(super) fn config(ctx: &Context) -> Result<Option<gossip::GossipConfig>, StartError> {
+    ctx.cfg
+        .gossip
+        .enabled
+        .then(|| gossip::agent::config_from(&ctx.cfg.gossip, &ctx.node))
+        .transpose()
+        .map_err(StartError::GossipConfig)
+}
+
+/// The mesh (when gossip is on) and the summary publisher.
+pub(super) struct Mesh {
+    /// The cluster; `None` without gossip.
+    pub cluster: Option<Arc<gossip::Cluster>>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    linger: Duration,
+}
+
+impl Mesh {
+    /// Joins the mesh described by `gossip` (see [`config`]).
+    pub async fn start(
+        ctx: &Context,
+        gossip: Option<gossip::GossipConfig>,
+    ) -> Result<Mesh, StartError> {
+        let cluster = match gossip {
+            None => None,
+            Some(g) => {
+                let c = gossip::Cluster::start(g, gossip::Network::Udp)
+                    .await
+                    .map_err(StartError::Gossip)?;
+                tracing::info!(node = %ctx.node, gossip = %c.gossip_addr(), "joined the mesh");
+                Some(Arc::new(c))
+            }
+        };
+        Ok(Mesh {
+            cluster,
+            cancel: ctx.child_token(),
+            tasks: TaskTracker::new(),
+            linger: (Duration::from_millis(ctx.cfg.gossip.interval_ms.0) * 3)
+                .min(Duration::from_secs(2)),
+        })
+    }
+
+    /// Starts publishing this node's summary after every sample, with the transport's
+    /// address `quic` in it.
+    pub fn publish(&self, ctx: &Context, quic: Option<std::net::SocketAddr>, probes: &Probes) {
+        let Some(mesh) = self.cluster.clone() else {
+            return;
+        };
+        let publisher = publish_summaries(
+            ctx.cfg.clone(),
+            mesh,
+            quic,
+            probes.shared.clone(),
+            probes.forecasts.clone(),
+            probes.decisions.clone(),
+            probes.risk.clone(),
+        );
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = publisher => {}
+            }
+        });
+    }
+
+    /// Announces the departure: peers list this node as left rather than declaring it dead.
+    /// Gossips on meanwhile, for a few gossip intervals.
+    pub async fn leave(&self) {
+        if let Some(mesh) = &self.cluster {
+            mesh.leave(self.linger).await;
+        }
+    }
+
+    /// Stops the publisher, then gossip (when nothing else holds the cluster any more;
+    /// otherwise the last holder's drop stops it).
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Some(Ok(cluster)) = self.cluster.map(Arc::try_unwrap) {
+            match tokio::time::timeout(STOP_DEADLINE, cluster.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "gossip did not stop cleanly"),
+                Err(_) => tracing::warn!("gossip did not stop within the deadline"),
+            }
+        }
+    }
+}
+
+/// Publishes this node's summary to the mesh after every sample.
+async fn publish_summaries(
+    cfg: Config,
+    mesh: Arc<gossip::Cluster>,
+    quic: Option<std::net::SocketAddr>,
+    snapshot: probe::SharedSnapshot,
+    forecasts: forecast::SharedForecasts,
+    decisions: forecast::SharedDecisions,
+    risk: forecast::SharedRisk,
+) {
+    let mut tick = tokio::time::interval(cfg.probe.interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = 0;
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        let snap = snapshot.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(snap) = snap.filter(|s| s.taken_at_unix_ms != last) else {
+            continue;
+        };
+        last = snap.taken_at_unix_ms;
+        let f = forecasts.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let d = decisions.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut summary =
+            crate::node_summary::summary(&cfg, &snap, f.as_deref(), d.as_deref(), risk.get());
+        summary.addresses.quic = quic;
+        match mesh.publish(&summary).await {
+            Ok(_) => warned = false,
+            Err(e) if !warned => {
+                tracing::warn!(error = %e, "cannot publish the node summary");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+    }
+}

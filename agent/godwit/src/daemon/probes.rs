@@ -1,0 +1,118 @@
+//! The probe and forecast threads: the sampler (eBPF or procfs) publishes a snapshot each
+//! interval and hands it to the forecast thread, which keeps the forecasts and the local
+//! policy's decisions.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Context, StartError, StopError};
+use crate::forecast;
+use crate::probe::{self, Sampler};
+
+/// The sampler and forecast threads and what they publish.
+pub(super) struct Probes {
+    /// The latest snapshot.
+    pub shared: probe::SharedSnapshot,
+    pub forecasts: forecast::SharedForecasts,
+    pub decisions: forecast::SharedDecisions,
+    pub risk: forecast::SharedRisk,
+    /// Filled once the migration journal is open: the policy sees the moves in flight as
+    /// leaving.
+    pub journal_slot: forecast::SharedJournal,
+    /// Where CPU and memory figures come from (eBPF or procfs).
+    pub source: probe::model::Source,
+    /// Asks the sampler to track a cgroup's dirty pages (eBPF only).
+    pub tracker: probe::DirtyTracker,
+    cancel: CancellationToken,
+    stop: Arc<AtomicBool>,
+    sampler: JoinHandle<()>,
+    forecast: JoinHandle<()>,
+}
+
+impl Probes {
+    /// Loads the probe (BPF when configured) and starts both threads. The sampler is made
+    /// here, after the API's address is bound, as before: a BPF load failure is reported only
+    /// once the configuration and the address were found good.
+    pub fn start(ctx: &Context) -> Result<Probes, StartError> {
+        let sampler = Sampler::new(ctx.cfg.sampler())?;
+        let source = sampler.source();
+        let shared = probe::SharedSnapshot::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let forecasts = forecast::SharedForecasts::default();
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let decisions = forecast::SharedDecisions::default();
+        let risk = forecast::SharedRisk::new(ctx.cfg.site.risk.0);
+        let journal_slot = forecast::SharedJournal::default();
+        let forecast_thread = forecast::spawn(
+            &ctx.cfg,
+            rx,
+            forecasts.clone(),
+            decisions.clone(),
+            risk.clone(),
+            journal_slot.clone(),
+        )
+        .map_err(|source| StartError::Thread {
+            what: "forecast",
+            source,
+        })?;
+        let (tracker, track_rx) = probe::DirtyTracker::channel();
+        let sampler_thread = probe::spawn(
+            sampler,
+            shared.clone(),
+            stop.clone(),
+            Some(tx),
+            Some(track_rx),
+        )
+        .map_err(|source| StartError::Thread {
+            what: "sampler",
+            source,
+        })?;
+        Ok(Probes {
+            shared,
+            forecasts,
+            decisions,
+            risk,
+            journal_slot,
+            source,
+            tracker,
+            cancel: ctx.child_token(),
+            stop,
+            sampler: sampler_thread,
+            forecast: forecast_thread,
+        })
+    }
+
+    /// Tells the sampler to stop (it ends within an interval).
+    pub fn stop(&self) {
+        self.cancel.cancel();
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops and joins both threads. Joining drops the sampler, and with it the BPF programs
+    /// and links: they detach here. The sampler's end drops the channel's sender, so the
+    /// forecast thread ends too.
+    pub async fn shutdown(self) -> Result<(), StopError> {
+        self.stop();
+        let mut result = Ok(());
+        let sampler = self.sampler;
+        if !matches!(
+            tokio::task::spawn_blocking(move || sampler.join()).await,
+            Ok(Ok(()))
+        ) {
+            tracing::error!("sampler thread panicked");
+            result = Err(StopError::Panicked("sampler thread"));
+        }
+        let forecast = self.forecast;
+        if !matches!(
+            tokio::task::spawn_blocking(move || forecast.join()).await,
+            Ok(Ok(()))
+        ) {
+            tracing::error!("forecast thread panicked");
+            result = Err(StopError::Panicked("forecast thread"));
+        }
+        result
+    }
+}

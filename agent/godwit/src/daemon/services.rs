@@ -1,0 +1,127 @@
+//! The migration journal and the managed services. Migrations a crash (or a stop) cut short
+//! are resolved before any service starts: leftover processes killed, decided moves kept from
+//! starting here.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::network::Network;
+use super::probes::Probes;
+use super::Context;
+use crate::migrate::agent::SourceRecovery;
+use crate::migrate::journal::Journal;
+use crate::service::{Manager, RunState};
+
+/// The journal, the source side of its recovery, and the service runtime.
+pub(super) struct Services {
+    pub journal: Option<Arc<Journal>>,
+    /// Taken by the migration component, which finishes it once it can hand services off.
+    pub recovery: Option<SourceRecovery>,
+    /// `None` without a cgroup v2 hierarchy.
+    pub manager: Option<Arc<Manager>>,
+}
+
+impl Services {
+    /// Opens the journal, recovers the source side of the migrations it holds, then starts
+    /// the runtime and the configured services that are still this node's.
+    pub async fn start(ctx: &Context, probes: &Probes, net: &Network) -> Services {
+        let journal = match Journal::open(&ctx.cfg.node.data_dir.join("migrations")) {
+            Ok(j) => Some(Arc::new(j)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no migration journal: migrations are not crash-safe");
+                None
+            }
+        };
+        if let Some(j) = &journal {
+            let _ = probes.journal_slot.set(j.clone());
+        }
+        // Kills leftover processes and waits for their cgroups to empty: blocking work.
+        let recovery = match journal.clone() {
+            None => None,
+            Some(j) => {
+                let vip = ctx.cfg.services.vip_interface.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::migrate::agent::recover_sources(&j, vip.as_deref())
+                })
+                .await
+                .ok()
+            }
+        };
+        let mut svc_cfg = ctx.cfg.clone();
+        if let Some(r) = &recovery {
+            let not_here = r.not_here();
+            svc_cfg.service.retain(|s| !not_here.contains(&s.name));
+        }
+        let manager = start_services(&svc_cfg, &ctx.node, net.images.clone()).await;
+        Services {
+            journal,
+            recovery,
+            manager,
+        }
+    }
+
+    /// Stops every service (each within its stop grace) and waits for their supervisors.
+    ///
+    /// A service that a migration's cut-over froze is killed as it is, never thawed: thawed
+    /// (a stop thaws before its SIGTERM), it could take one more request from a client
+    /// whose connection it still holds and acknowledge a write that neither the target's copy
+    /// nor the journal's recovery sees. Frozen, it acknowledged nothing since its state was
+    /// copied.
+    pub async fn shutdown(self) {
+        let Some(m) = &self.manager else {
+            return;
+        };
+        if let Some(j) = self.journal.clone() {
+            let moving: BTreeSet<String> = tokio::task::spawn_blocking(move || {
+                j.sources().into_iter().map(|e| e.service).collect()
+            })
+            .await
+            .unwrap_or_default();
+            for s in m.list() {
+                if s.state == RunState::Frozen && moving.contains(&s.name) {
+                    tracing::info!(service = %s.name, "frozen by a migration: killed without a thaw");
+                    if let Err(e) = m.kill(&s.name).await {
+                        tracing::warn!(service = %s.name, error = %e, "killing at shutdown");
+                    }
+                }
+            }
+        }
+        m.shutdown().await;
+    }
+}
+
+/// Starts the service runtime and the configured services. Without a cgroup v2 hierarchy
+/// there is no runtime: said once, and the configured services are not started.
+async fn start_services(
+    cfg: &crate::config::Config,
+    node: &str,
+    images: Option<Arc<crate::image::ImageStore>>,
+) -> Option<Arc<Manager>> {
+    let layout =
+        match crate::probe::cgroup::CgroupLayout::detect(std::path::Path::new("/proc/self/mounts"))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    services = cfg.service.len(),
+                    "no cgroup v2 hierarchy: managed services are off"
+                );
+                return None;
+            }
+        };
+    let manager = Manager::new(crate::service::Runtime {
+        node: node.to_string(),
+        memory_v1_root: layout.memory_v1_root.filter(|_| layout.hybrid),
+        v2_root: layout.v2_root,
+        section: cfg.services.clone(),
+        images,
+        run_root: cfg.node.data_dir.join("images/run"),
+    });
+    for spec in &cfg.service {
+        if let Err(e) = manager.add(spec.clone()).await {
+            tracing::error!(service = %spec.name, error = %e, "service not started");
+        }
+    }
+    Some(manager)
+}

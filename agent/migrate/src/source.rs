@@ -28,7 +28,7 @@ use super::drive::{drive, Source, SwitchMode};
 use super::error::MigrateError;
 use super::handoff::{abandon, hand_off, HandoffOutcome};
 use super::journal::{now_ms, Journal, SourceEntry, SourcePhase};
-use super::model::{self, Observed, LEARN_FROM};
+use super::model::{self, LEARN_FROM};
 use super::progress::{Phase, Progress, Reporter};
 use super::scan::StateScan;
 use super::source_machine::{self, Handed, SourceEffect, SourceEvent, SourceState};
@@ -259,7 +259,7 @@ impl Migrator {
                 st.committed += 1;
                 if let Some(t) = &report.transfer {
                     st.learned
-                        .push_back(Observed::of(t, report.dirty_bytes_per_second));
+                        .push_back(model::observed(t, report.dirty_bytes_per_second));
                     while st.learned.len() > LEARN_FROM {
                         st.learned.pop_front();
                     }

@@ -26,6 +26,7 @@
 mod bench;
 mod config;
 mod failover;
+pub mod learned;
 mod load;
 mod mode;
 mod place;

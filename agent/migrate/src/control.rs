@@ -154,7 +154,10 @@ async fn serve(peer: PeerInfo, mut ch: Channel, migrator: Arc<Migrator>, resolve
                 progress: Some(tx),
             };
             // Its own task: a caller that stops reading (or goes away) never holds it up.
-            let run = tokio::spawn(async move { migrator.migrate(req).await });
+            let run = migrator
+                .tasks
+                .clone()
+                .spawn(async move { migrator.migrate(req).await });
             let mut gone = false;
             // Ends when the migration drops its senders, that is when it is over.
             while let Some(p) = rx.recv().await {
@@ -163,9 +166,14 @@ async fn serve(peer: PeerInfo, mut ch: Channel, migrator: Arc<Migrator>, resolve
                 }
             }
             match run.await {
-                Ok(report) => Reply::Report {
+                Ok(Some(report)) => Reply::Report {
                     committed: report.result == "committed",
                     report: Box::new(report),
+                },
+                Ok(None) => Reply::Error {
+                    reason: "the agent stopped before the migration ended; its journal \
+                             resolves it at the next start"
+                        .into(),
                 },
                 Err(e) => Reply::Error {
                     reason: format!("the migration task failed: {e}"),

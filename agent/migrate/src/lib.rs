@@ -59,6 +59,7 @@ mod source;
 pub mod source_machine;
 mod target;
 pub mod target_machine;
+mod tasks;
 mod transfer;
 mod vip;
 
@@ -73,4 +74,5 @@ pub use progress::{eta_live, Phase, Progress};
 pub use protocol::SERVICE;
 pub use receiver::{register, register_with, TargetHooks};
 pub use scan::{file_node, hash_tree, tree_root, Extent, FileMeta, StateScan, BLOCK};
+pub use tasks::Tasks;
 pub use transfer::{Committed, RoundStats, StateSender, Verified};

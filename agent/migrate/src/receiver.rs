@@ -21,6 +21,7 @@ use super::scan::{
 };
 use super::target_machine::{step, TargetEffect, TargetEvent};
 use super::transfer::{BATCH_BYTES, PIPELINE_PIECES};
+use crate::tasks::remove_tree;
 use godwit_transport::{Channel, PeerInfo, Piece, Services};
 
 /// Registers the receiving side: state of service `S` is staged under `root/S.staging-<id>`
@@ -42,6 +43,8 @@ pub struct TargetHooks {
     ///
     /// [`Manager::park`]: godwit_runtime::service::Manager::park
     pub manager: Option<Arc<godwit_runtime::service::Manager>>,
+    /// The owner of the tasks the target spawns.
+    pub tasks: crate::Tasks,
 }
 
 /// [`register`] with the journal: the commit is a prepared vote until the source's decision.
@@ -61,14 +64,15 @@ fn park_ahead(
     hooks: Option<&TargetHooks>,
     service: &str,
     spec: Option<&godwit_runtime::service::ServiceSpec>,
-) -> Option<tokio::task::JoinHandle<()>> {
-    let manager = hooks?.manager.clone()?;
+) -> Option<tokio::task::JoinHandle<Option<()>>> {
+    let hooks = hooks?;
+    let manager = hooks.manager.clone()?;
     let mut spec = spec?.clone();
     if spec.name != service || manager.spec(service).is_some() {
         return None;
     }
     spec.autostart = true;
-    Some(tokio::spawn(async move {
+    Some(hooks.tasks.spawn(async move {
         if let Err(e) = manager.park(spec).await {
             info!(error = %e, "no process forked ahead of the start");
         }
@@ -188,7 +192,7 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
     let failed = matches!(outcome, Ok(Outcome::Aborted) | Err(_));
     let Some(h) = &hooks else {
         if failed {
-            let _ = std::fs::remove_dir_all(&staging);
+            let _ = remove_tree(staging).await;
         }
         return;
     };
@@ -244,7 +248,9 @@ struct Receiver {
 impl Receiver {
     /// Runs the transfer.
     async fn run(&mut self, ch: &mut Channel, dest: &Path) -> Result<Outcome, MigrateError> {
-        let _ = std::fs::remove_dir_all(&self.staging);
+        remove_tree(self.staging.clone())
+            .await
+            .map_err(|e| MigrateError::io(&self.staging, e))?;
         std::fs::create_dir_all(&self.staging).map_err(|e| MigrateError::io(&self.staging, e))?;
         let mut listed: Vec<FileMeta> = Vec::new();
         // The tree of what was written, as of the last round.
@@ -279,7 +285,7 @@ impl Receiver {
                             for effect in effects {
                                 match effect {
                                     TargetEffect::DropCopy => {
-                                        let _ = std::fs::remove_dir_all(path);
+                                        let _ = remove_tree(path.to_path_buf()).await;
                                     }
                                     other => record(&g, other)?,
                                 }

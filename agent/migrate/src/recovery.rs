@@ -163,7 +163,7 @@ pub async fn finish_recovery(
     for e in rec.decided {
         match migrator {
             Some(m) => {
-                tokio::spawn(m.clone().resolve(e));
+                m.tasks.spawn(m.clone().resolve(e));
             }
             None => {
                 warn!(migration = %e.migration, "decided migration, but no transport to hand it off")

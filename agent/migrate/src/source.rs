@@ -33,6 +33,7 @@ use super::progress::{Phase, Progress, Reporter};
 use super::scan::StateScan;
 use super::source_machine::{self, Handed, SourceEffect, SourceEvent, SourceState};
 use super::transfer::StateSender;
+use crate::tasks::remove_tree;
 use godwit_core::policy::PrecopyInput;
 use godwit_image::ImageStore;
 use godwit_probe::{DirtyTracker, SharedSnapshot};
@@ -148,6 +149,8 @@ pub struct Migrator {
     pub stats: Mutex<MigrationStats>,
     /// This migrator, for the background tasks it spawns (set by [`Migrator::new`]).
     pub me: std::sync::OnceLock<std::sync::Weak<Migrator>>,
+    /// The owner of the tasks migrations from here spawn.
+    pub tasks: crate::Tasks,
 }
 
 struct ManagedSource<'a> {
@@ -598,7 +601,7 @@ impl Migrator {
                 }
                 SourceEffect::ResolveLater => {
                     if let Some(me) = self.me.get().and_then(|w| w.upgrade()) {
-                        tokio::spawn(me.resolve(entry.clone()));
+                        me.tasks.clone().spawn(me.resolve(entry.clone()));
                     }
                 }
                 other => warn!(effect = ?other, "not the migrator's effect"),
@@ -613,7 +616,9 @@ impl Migrator {
                 warn!(error = %e, "removing the migrated service here");
             }
         }
-        let _ = std::fs::remove_dir_all(&entry.state_dir);
+        if let Err(e) = remove_tree(entry.state_dir.clone()).await {
+            warn!(error = %e, dir = %entry.state_dir.display(), "removing the migrated state here");
+        }
     }
 
     /// Hands migration `entry` (decided) off again until the target answers: it runs the

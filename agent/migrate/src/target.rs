@@ -16,6 +16,7 @@ use super::journal::{now_ms, Journal, JournalGuard, TargetEntry, TargetPhase};
 use super::protocol::{Handoff, HANDOFF, START_TIMEOUT};
 use super::target_machine::{self, TargetEffect, TargetEvent, STARTED_KEPT_MS};
 use super::vip::Takeover;
+use crate::tasks::remove_tree;
 use godwit_runtime::service::{Health, Manager, RunState, ServiceSpec};
 use godwit_transport::{Channel, PeerInfo, Services};
 
@@ -38,6 +39,8 @@ pub struct Target {
     /// `Owned` (`Started` is recorded just after the answer): the machine takes them as
     /// `Started`, so an abandon that comes meanwhile never gives a running service back.
     started: Mutex<HashSet<String>>,
+    /// The owner of the watcher and the settlers.
+    tasks: crate::Tasks,
 }
 
 /// Why a start gave no answer "started".
@@ -68,12 +71,13 @@ struct AfterAnswer {
 
 impl Target {
     /// The target side over this node's journal and services.
-    pub fn new(journal: Arc<Journal>, manager: Arc<Manager>) -> Arc<Target> {
+    pub fn new(journal: Arc<Journal>, manager: Arc<Manager>, tasks: crate::Tasks) -> Arc<Target> {
         Arc::new(Target {
             journal,
             manager,
             starting: Arc::new(tokio::sync::Mutex::new(())),
             started: Mutex::new(HashSet::new()),
+            tasks,
         })
     }
 
@@ -128,10 +132,10 @@ impl Target {
                 }
                 TargetEffect::RemoveJournal => g.remove_target()?,
                 TargetEffect::DropCopy => {
-                    let _ = std::fs::remove_dir_all(&need()?.dest);
+                    let _ = remove_tree(need()?.dest.clone()).await;
                 }
                 TargetEffect::DeleteStaging => {
-                    let _ = std::fs::remove_dir_all(&need()?.staging);
+                    let _ = remove_tree(need()?.staging.clone()).await;
                 }
                 TargetEffect::StopService => {
                     let service = &need()?.service;
@@ -284,7 +288,7 @@ impl Target {
             return Err(e.to_string());
         }
         if let Some(vip) = vip.as_mut() {
-            vip.watch(self.manager.clone(), name.clone());
+            vip.watch(&self.tasks, self.manager.clone(), name.clone());
         }
         let spawn_s = began.elapsed().as_secs_f64();
         let given_back = async {
@@ -414,11 +418,11 @@ impl Target {
     pub fn watch(
         self: &Arc<Self>,
         mut pending: tokio::sync::mpsc::UnboundedReceiver<String>,
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> tokio::task::JoinHandle<Option<()>> {
         let me = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             while let Some(id) = pending.recv().await {
-                tokio::spawn(me.clone().settle(id));
+                me.tasks.spawn(me.clone().settle(id));
             }
         })
     }

@@ -525,6 +525,7 @@ async fn setup_with_journal() -> (Setup, Arc<journal::Journal>) {
             journal: j.clone(),
             pending,
             manager: None,
+            tasks: crate::Tasks::default(),
         }),
     );
     std::fs::create_dir_all(dir.path().join("recv")).unwrap();

@@ -64,8 +64,9 @@ impl Takeover {
     }
 
     /// The service was added: its supervisor must take the address over, or it is released.
-    pub(super) fn watch(&mut self, manager: Arc<Manager>, name: String) {
+    pub(super) fn watch(&mut self, tasks: &crate::Tasks, manager: Arc<Manager>, name: String) {
         self.released = Some(release_unless_adopted(
+            tasks,
             manager,
             name,
             self.addr,
@@ -119,6 +120,7 @@ impl Takeover {
 /// (its own first passing check): if the service stops, is removed or given back first, the
 /// address is released here, and the flag returned is set.
 fn release_unless_adopted(
+    tasks: &crate::Tasks,
     manager: Arc<Manager>,
     name: String,
     addr: IpAddr,
@@ -126,7 +128,7 @@ fn release_unless_adopted(
 ) -> Arc<AtomicBool> {
     let released = Arc::new(AtomicBool::new(false));
     let flag = released.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let held = manager
             .wait_for(&name, VIP_ADOPT_WITHIN, |s| {
                 s.vip_active || s.state != RunState::Running

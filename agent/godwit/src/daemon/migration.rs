@@ -5,14 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use super::network::Network;
 use super::probes::Probes;
 use super::services::Services;
 use super::Context;
 use crate::migrate::agent::{Migrator, Target};
 use crate::migrate::journal::{Journal, SourcePhase};
+use crate::migrate::Tasks;
 
 /// How long a stop waits for the migrations in flight to reach a decision.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -20,13 +19,17 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the journal is read while waiting.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
+/// How long the migration tasks (hand-offs retried, the target's watcher) may take to end
+/// once cancelled.
+const TASKS_DEADLINE: Duration = Duration::from_secs(5);
+
 /// The migration side of the agent; `migrator` is `None` without a transport, a service
 /// runtime or a journal.
 pub(super) struct Migration {
     pub migrator: Option<Arc<Migrator>>,
     journal: Option<Arc<Journal>>,
-    cancel: CancellationToken,
-    watch: Option<tokio::task::JoinHandle<()>>,
+    /// Every task the migrations spawn; cancelled with the component.
+    tasks: Tasks,
 }
 
 impl Migration {
@@ -40,13 +43,13 @@ impl Migration {
         services: &mut Services,
     ) -> Migration {
         let state_root = ctx.cfg.services.state_root.clone();
-        let mut watch = None;
+        let tasks = Tasks::new(ctx.child_token());
         let migrator = match (&net.transport, &services.manager, &services.journal) {
             (Some(t), Some(m), Some(j)) => {
-                let target = Target::new(j.clone(), m.clone());
+                let target = Target::new(j.clone(), m.clone(), tasks.clone());
                 let (pending, pending_rx) = tokio::sync::mpsc::unbounded_channel();
                 target.recover(&state_root, &pending);
-                watch = Some(target.watch(pending_rx));
+                target.watch(pending_rx);
                 crate::migrate::register_with(
                     t.services(),
                     state_root,
@@ -54,6 +57,7 @@ impl Migration {
                         journal: j.clone(),
                         pending,
                         manager: Some(m.clone()),
+                        tasks: tasks.clone(),
                     }),
                 );
                 crate::migrate::agent::register_handoff(t.services(), target);
@@ -69,6 +73,7 @@ impl Migration {
                     journal: Some(j.clone()),
                     stats: Default::default(),
                     me: Default::default(),
+                    tasks: tasks.clone(),
                 }
                 .into_arc();
                 // Migrations start only here: a caller with a certificate, over the transport.
@@ -95,8 +100,7 @@ impl Migration {
         Migration {
             migrator,
             journal: services.journal.clone(),
-            cancel: ctx.child_token(),
-            watch,
+            tasks,
         }
     }
 
@@ -106,7 +110,6 @@ impl Migration {
     /// Whatever is still undecided then is what a crash would leave: the journal holds it
     /// and the next start resolves it.
     pub async fn shutdown(self) {
-        self.cancel.cancel();
         if let Some(j) = self.journal.clone() {
             let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
             let mut waited = false;
@@ -135,9 +138,11 @@ impl Migration {
                 tokio::time::sleep(DRAIN_POLL).await;
             }
         }
-        if let Some(w) = self.watch {
-            w.abort();
-            let _ = w.await;
+        if !self.tasks.shutdown(TASKS_DEADLINE).await {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "migration tasks did not end within the deadline"
+            );
         }
     }
 }

@@ -117,10 +117,20 @@ impl Services {
             principal: peer.principal().clone(),
             addr: peer.addr(),
         };
-        while let Ok(mut ch) = peer.accept().await {
+        // The streams' tasks belong to the connection's: it reaps them as they end, and waits
+        // for the rest once the peer is gone (or its own task is stopped, which stops them).
+        let mut streams = tokio::task::JoinSet::new();
+        loop {
+            let mut ch = tokio::select! {
+                accepted = peer.accept() => match accepted {
+                    Ok(ch) => ch,
+                    Err(_) => break,
+                },
+                Some(_) = streams.join_next(), if !streams.is_empty() => continue,
+            };
             let services = self.clone();
             let info = info.clone();
-            tokio::spawn(async move {
+            streams.spawn(async move {
                 let name = match ch.recv::<Open>().await {
                     Ok(Some(Open::Service { name })) => name,
                     _ => return,
@@ -145,6 +155,7 @@ impl Services {
                 }
             });
         }
+        while streams.join_next().await.is_some() {}
     }
 }
 

@@ -27,7 +27,7 @@ pub(crate) enum ClusterCmd {
         /// Run the release build of the agent instead of the debug build.
         #[arg(long)]
         release: bool,
-        /// TOML appended to every node's config (after its [node] and [api] tables).
+        /// TOML appended to every node's config (after its `[node]` and `[api]` tables).
         #[arg(long, value_name = "FILE")]
         extra_toml: Option<OsString>,
     },

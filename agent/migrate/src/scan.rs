@@ -43,14 +43,14 @@ pub struct Extent {
 }
 
 /// Digest of a block: the first 16 bytes of its SHA-256.
-pub type BlockDigest = [u8; 16];
+pub(crate) type BlockDigest = [u8; 16];
 
 /// The digest a block has before anything was recorded for it (never a real one in practice:
 /// a SHA-256 prefix of zeros).
-pub const UNKNOWN: BlockDigest = [0u8; 16];
+pub(crate) const UNKNOWN: BlockDigest = [0u8; 16];
 
 /// The digest of one block's bytes.
-pub fn block_digest(data: &[u8]) -> BlockDigest {
+pub(crate) fn block_digest(data: &[u8]) -> BlockDigest {
     let d = digest(&SHA256, data);
     let mut out = [0u8; 16];
     out.copy_from_slice(&d.as_ref()[..16]);
@@ -278,7 +278,7 @@ impl StateScan {
     /// saw dirtied; for any other, every block), compares each block's digest with the one
     /// last sent, records the new digests, and hands every run of changed blocks to `emit` as
     /// soon as it is read, so the caller can send it while the pass goes on. A run holds at
-    /// most [`RUN_BLOCKS`] blocks of one file; its data is cut at the file's listed size (a
+    /// most `RUN_BLOCKS` (256) blocks of one file; its data is cut at the file's listed size (a
     /// file that shrank since the listing reads as zeros up to it). `emit` returns false to
     /// stop early (the pass then ends with what it recorded so far). Forgets the digests of
     /// files that are gone.
@@ -386,7 +386,7 @@ impl StateScan {
 }
 
 /// Blocks read at most at once, and sent at most in one run: 1 MiB.
-pub const RUN_BLOCKS: u64 = 256;
+pub(crate) const RUN_BLOCKS: u64 = 256;
 
 /// With `clean_before_read`, a file is cleaned this much at a time ahead of the read.
 const CLEAN_WINDOW: u64 = 16 << 20;
@@ -509,7 +509,7 @@ fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// The digest of every block of the file at `path`, read up to `size` bytes (a missing file
 /// has none, a shorter one fewer).
-pub fn file_digests(path: &Path, size: u64) -> Result<Vec<BlockDigest>, MigrateError> {
+pub(crate) fn file_digests(path: &Path, size: u64) -> Result<Vec<BlockDigest>, MigrateError> {
     let mut buf = vec![0u8; BLOCK as usize];
     let mut digests = Vec::with_capacity(size.div_ceil(BLOCK) as usize);
     match File::open(path) {

@@ -147,7 +147,7 @@ pub struct Migrator {
     pub journal: Option<Arc<Journal>>,
     /// Counters.
     pub stats: Mutex<MigrationStats>,
-    /// This migrator, for the background tasks it spawns (set by [`Migrator::new`]).
+    /// This migrator, for the background tasks it spawns (set by [`Migrator::into_arc`]).
     pub me: std::sync::OnceLock<std::sync::Weak<Migrator>>,
     /// The owner of the tasks migrations from here spawn.
     pub tasks: crate::Tasks,

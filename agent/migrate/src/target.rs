@@ -414,7 +414,7 @@ impl Target {
         }
     }
 
-    /// Resolves the migrations the ids of which arrive on `pending` (see [`Target::settle`]).
+    /// Resolves the migrations the ids of which arrive on `pending` (each settled on a task of its own).
     pub fn watch(
         self: &Arc<Self>,
         mut pending: tokio::sync::mpsc::UnboundedReceiver<String>,

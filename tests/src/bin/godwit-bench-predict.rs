@@ -34,7 +34,7 @@ struct Trace {
     name: &'static str,
     what: &'static str,
     x: Vec<f64>,
-    /// For the bursts trace: a forecaster that knows the generator (see [`burst_oracle`]).
+    /// For the bursts trace: a forecaster that knows the generator (see `burst_oracle`).
     oracle: Option<BurstOracle>,
 }
 
@@ -162,7 +162,7 @@ impl Acc {
 }
 
 struct Scores {
-    /// [method][horizon]
+    /// `[method][horizon]`
     acc: BTreeMap<&'static str, Vec<Acc>>,
     scale: f64,
     orders: BTreeMap<String, usize>,

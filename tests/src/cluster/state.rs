@@ -22,7 +22,7 @@ pub const NS_PREFIX: &str = "gw-";
 /// The root-namespace end of a run's uplink veth is `gwh<subnet index>`.
 pub const UPLINK_PREFIX: &str = "gwh";
 /// Number of /24 subnets in 198.18.0.0/15.
-pub const SUBNETS: u16 = 512;
+pub(super) const SUBNETS: u16 = 512;
 
 /// The /24 of subnet `index` (0 to 511) inside 198.18.0.0/15: `198.(18 + index / 256).(index %
 /// 256).host`.
@@ -77,12 +77,12 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
 }
 
 /// The pid part of a run id `<pid>-<counter>`.
-pub fn run_pid(run: &str) -> Option<u32> {
+pub(super) fn run_pid(run: &str) -> Option<u32> {
     run.split('-').next()?.parse().ok()
 }
 
 /// The run id inside a namespace name `gw-<run>-<suffix>`.
-pub fn run_of_netns(ns: &str) -> Option<&str> {
+pub(super) fn run_of_netns(ns: &str) -> Option<&str> {
     let rest = ns.strip_prefix(NS_PREFIX)?;
     let (run, _suffix) = rest.rsplit_once('-')?;
     run_pid(run).map(|_| run)
@@ -268,7 +268,7 @@ fn release_subnet(index: u16, run: &str) {
 /// Removes everything `st` lists: agents (through their cgroups), namespaces (which takes their
 /// veths, the uplink included), cgroups, work directory, subnet claim and state. Idempotent, and
 /// each step goes on when an earlier one failed.
-pub fn teardown(st: &RunState) {
+pub(super) fn teardown(st: &RunState) {
     cgroup::remove_tree(&st.cgroup);
     for ns in st.namespaces.iter().rev() {
         net::delete_netns(ns);

@@ -15,7 +15,7 @@ pub const DEFAULT_CUTOVER_S: f64 = 0.05;
 /// it to the path's RTT.
 pub const DEFAULT_ROUND_OVERHEAD_S: f64 = 0.02;
 /// The bytes dirtied during rounds 0 of the last moves below which their `s` is not taken.
-const SCAN_SHARE_EVIDENCE: f64 = 64e6;
+pub const SCAN_SHARE_EVIDENCE: f64 = 64e6;
 /// What a live round costs beyond the frozen one (writing the dirty pages back, a running
 /// service beside it) assumed before this node has measured one, seconds.
 pub const DEFAULT_LIVE_OVERHEAD_S: f64 = 0.015;

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::config::DEFAULT_API_PORT;
 
 #[derive(Debug, clap::Args)]
-pub struct ExplainArgs {
+pub(super) struct ExplainArgs {
     /// Address of a running agent's API.
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
     addr: SocketAddr,
@@ -20,7 +20,7 @@ pub struct ExplainArgs {
     json: bool,
 }
 
-pub fn run(args: ExplainArgs) -> ExitCode {
+pub(super) fn run(args: ExplainArgs) -> ExitCode {
     super::show("explain", args.addr, "/v1/decisions", args.json, render)
 }
 
@@ -38,7 +38,7 @@ fn pct(v: &Value) -> String {
 
 /// Renders the latest plan, then the last one in which a trigger fired, as sentences with
 /// their numbers.
-pub fn render(doc: &Value) -> String {
+pub(super) fn render(doc: &Value) -> String {
     let mut out = String::from("== latest sample ==\n");
     render_plan(&doc["plan"], &mut out);
     if let Some(t) = doc["last_trigger"].as_object() {

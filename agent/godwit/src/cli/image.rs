@@ -12,7 +12,7 @@ use super::exit;
 use crate::config::DEFAULT_API_PORT;
 
 #[derive(Debug, clap::Args)]
-pub struct ImageArgs {
+pub(super) struct ImageArgs {
     #[command(subcommand)]
     command: ImageCommand,
 }
@@ -52,7 +52,7 @@ enum ImageCommand {
     },
 }
 
-pub fn run(args: ImageArgs) -> ExitCode {
+pub(super) fn run(args: ImageArgs) -> ExitCode {
     match args.command {
         ImageCommand::Import { dir, config } => import(&dir, config.as_deref()),
         ImageCommand::List { addr, json } => super::show("image", addr, "/v1/images", json, list),

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::config::DEFAULT_API_PORT;
 
 #[derive(Debug, clap::Args)]
-pub struct InventoryArgs {
+pub(super) struct InventoryArgs {
     /// Address of a running agent's API.
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
     addr: SocketAddr,
@@ -18,12 +18,12 @@ pub struct InventoryArgs {
     json: bool,
 }
 
-pub fn run(args: InventoryArgs) -> ExitCode {
+pub(super) fn run(args: InventoryArgs) -> ExitCode {
     super::show("inventory", args.addr, "/v1/inventory", args.json, render)
 }
 
 /// One line per item: kind, pattern, item.
-pub fn render(doc: &Value) -> String {
+pub(super) fn render(doc: &Value) -> String {
     let mut out = format!("{:<10} {:<16} ITEM\n", "KIND", "PATTERN");
     let mut section = |kind: &str, key: &str, show: &dyn Fn(&Value) -> String| {
         for m in doc[key].as_array().into_iter().flatten() {

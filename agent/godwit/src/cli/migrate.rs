@@ -27,7 +27,7 @@ const DEFAULT_CONFIG: &str = "/etc/godwit/godwit.toml";
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, clap::Args)]
-pub struct MigrateArgs {
+pub(super) struct MigrateArgs {
     /// The managed service to move.
     service: String,
     /// The node to move it to.
@@ -72,7 +72,7 @@ pub struct MigrateArgs {
     fencing_token: Option<u64>,
 }
 
-pub fn run(args: MigrateArgs) -> ExitCode {
+pub(super) fn run(args: MigrateArgs) -> ExitCode {
     let config = args.config.clone().or_else(|| {
         let p = PathBuf::from(DEFAULT_CONFIG);
         p.exists().then_some(p)
@@ -195,7 +195,7 @@ impl Shown {
 }
 
 /// The report: the rounds, then predicted against actual.
-pub fn render(doc: &Value) -> String {
+pub(super) fn render(doc: &Value) -> String {
     let mut out = String::new();
     let t = &doc["transfer"];
     let _ = writeln!(

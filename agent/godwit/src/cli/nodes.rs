@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::config::DEFAULT_API_PORT;
 
 #[derive(Debug, clap::Args)]
-pub struct NodesArgs {
+pub(super) struct NodesArgs {
     /// Address of a running agent's API.
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
     addr: SocketAddr,
@@ -18,12 +18,12 @@ pub struct NodesArgs {
     json: bool,
 }
 
-pub fn run(args: NodesArgs) -> ExitCode {
+pub(super) fn run(args: NodesArgs) -> ExitCode {
     super::show("nodes", args.addr, "/v1/nodes", args.json, render)
 }
 
 /// One line per member: liveness, site, load, age of the last heartbeat, generation.
-pub fn render(doc: &Value) -> String {
+pub(super) fn render(doc: &Value) -> String {
     let mut out = format!(
         "{:<20} {:<8} {:<12} {:>6} {:>6} {:>10} {:>9}  {:<22} GENERATION\n",
         "NODE", "STATE", "SITE", "CPU", "MEM", "DIRTY MB/s", "HB AGE", "GOSSIP"

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::config::DEFAULT_API_PORT;
 
 #[derive(Debug, clap::Args)]
-pub struct PathArgs {
+pub(super) struct PathArgs {
     /// The member to measure the path to.
     node: String,
     /// Bytes of the throughput probe (0: RTT only).
@@ -24,7 +24,7 @@ pub struct PathArgs {
     json: bool,
 }
 
-pub fn run(args: PathArgs) -> ExitCode {
+pub(super) fn run(args: PathArgs) -> ExitCode {
     let path = format!("/v1/transport/probe/{}?bytes={}", args.node, args.bytes);
     super::request(
         "path",
@@ -38,7 +38,7 @@ pub fn run(args: PathArgs) -> ExitCode {
 }
 
 /// One line: peer, address, RTT, QUIC's RTT estimate, throughput.
-pub fn render(doc: &Value) -> String {
+pub(super) fn render(doc: &Value) -> String {
     let f = |k: &str| doc[k].as_f64().unwrap_or(f64::NAN);
     let bw = f("bandwidth_bytes_per_second");
     format!(

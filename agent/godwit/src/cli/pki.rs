@@ -9,7 +9,7 @@ use crate::transport::{self, TransportError};
 
 /// The cluster certificate authority.
 #[derive(Debug, clap::Args)]
-pub struct CaArgs {
+pub(super) struct CaArgs {
     #[command(subcommand)]
     command: CaCommand,
 }
@@ -29,7 +29,7 @@ enum CaCommand {
 
 /// Node and operator certificates.
 #[derive(Debug, clap::Args)]
-pub struct CertArgs {
+pub(super) struct CertArgs {
     #[command(subcommand)]
     command: CertCommand,
 }
@@ -56,7 +56,7 @@ enum CertCommand {
     },
 }
 
-pub fn ca(args: CaArgs) -> ExitCode {
+pub(super) fn ca(args: CaArgs) -> ExitCode {
     match args.command {
         CaCommand::Init { dir, cluster } => report(
             transport::init_ca(&dir, &cluster)
@@ -65,7 +65,7 @@ pub fn ca(args: CaArgs) -> ExitCode {
     }
 }
 
-pub fn cert(args: CertArgs) -> ExitCode {
+pub(super) fn cert(args: CertArgs) -> ExitCode {
     match args.command {
         CertCommand::Issue {
             node,

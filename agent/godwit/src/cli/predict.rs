@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::config::DEFAULT_API_PORT;
 
 #[derive(Debug, clap::Args)]
-pub struct PredictArgs {
+pub(super) struct PredictArgs {
     /// Address of a running agent's API.
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
     addr: SocketAddr,
@@ -20,7 +20,7 @@ pub struct PredictArgs {
     steps: Vec<usize>,
 }
 
-pub fn run(args: PredictArgs) -> ExitCode {
+pub(super) fn run(args: PredictArgs) -> ExitCode {
     super::show("predict", args.addr, "/v1/forecast", args.json, |doc| {
         render(doc, &args.steps)
     })
@@ -38,7 +38,7 @@ fn fmt_value(v: f64, unit: &str) -> String {
 
 /// One line per series: last value, then the mean and interval at each requested step and at
 /// the horizon.
-pub fn render(doc: &Value, steps: &[usize]) -> String {
+pub(super) fn render(doc: &Value, steps: &[usize]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let horizon = doc["horizon"].as_u64().unwrap_or(0) as usize;

@@ -14,7 +14,7 @@ fn default_addr() -> SocketAddr {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ServicesArgs {
+pub(super) struct ServicesArgs {
     /// Address of a running agent's API.
     #[arg(long, default_value_t = default_addr())]
     addr: SocketAddr,
@@ -24,7 +24,7 @@ pub struct ServicesArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ServiceArgs {
+pub(super) struct ServiceArgs {
     /// What to do.
     #[arg(value_parser = ["start", "stop", "freeze", "thaw"])]
     action: String,
@@ -35,12 +35,12 @@ pub struct ServiceArgs {
     addr: SocketAddr,
 }
 
-pub fn list(args: ServicesArgs) -> ExitCode {
+pub(super) fn list(args: ServicesArgs) -> ExitCode {
     super::show("services", args.addr, "/v1/services", args.json, render)
 }
 
 /// One line per service: state, health, node, cgroup, CPU, memory and dirty rate.
-pub fn render(doc: &Value) -> String {
+pub(super) fn render(doc: &Value) -> String {
     let mut out = format!(
         "{:<16} {:<9} {:<10} {:<12} {:>7} {:>6} {:>9} {:>10} {:>8}  CGROUP\n",
         "SERVICE", "STATE", "HEALTH", "NODE", "PID", "CPU", "MEM MiB", "DIRTY MB/s", "RESTARTS"
@@ -72,7 +72,7 @@ pub fn render(doc: &Value) -> String {
     out
 }
 
-pub fn act(args: ServiceArgs) -> ExitCode {
+pub(super) fn act(args: ServiceArgs) -> ExitCode {
     let path = format!("/v1/services/{}/{}", args.name, args.action);
     let name = args.name.clone();
     super::request(

@@ -17,7 +17,7 @@ use crate::config::{Config, DEFAULT_API_PORT};
 use crate::probe::Sampler;
 
 #[derive(Debug, clap::Args)]
-pub struct TopArgs {
+pub(super) struct TopArgs {
     /// Address of a running agent's API.
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
     addr: SocketAddr,
@@ -41,7 +41,7 @@ pub struct TopArgs {
     config: Option<std::path::PathBuf>,
 }
 
-pub fn run(args: TopArgs) -> ExitCode {
+pub(super) fn run(args: TopArgs) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -129,12 +129,12 @@ impl Source {
 }
 
 /// GETs a JSON document from an agent's API.
-pub async fn fetch_json(addr: SocketAddr, path: &str) -> Result<Value, TopError> {
+pub(super) async fn fetch_json(addr: SocketAddr, path: &str) -> Result<Value, TopError> {
     request_json(addr, hyper::Method::GET, path, Duration::from_secs(5)).await
 }
 
 /// Sends a bodiless request (GET, or POST for actions) and returns the JSON answer.
-pub async fn request_json(
+pub(super) async fn request_json(
     addr: SocketAddr,
     method: hyper::Method,
     path: &str,
@@ -188,7 +188,7 @@ fn rate(v: Option<f64>) -> String {
 }
 
 /// Renders the two tables (processes, containers), each sorted by CPU, into `out`.
-pub fn render(doc: &Value, rows: usize, out: &mut String) {
+pub(super) fn render(doc: &Value, rows: usize, out: &mut String) {
     use std::fmt::Write as _;
     let f = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64);
     let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();

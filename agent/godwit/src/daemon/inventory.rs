@@ -19,7 +19,7 @@ pub(super) struct Inventory {
 
 impl Inventory {
     /// Starts the watcher when `[inventory]` names anything.
-    pub fn start(
+    pub(super) fn start(
         ctx: &Context,
         probes: &Probes,
         manager: Option<Arc<crate::service::Manager>>,
@@ -62,7 +62,7 @@ impl Inventory {
     }
 
     /// Stops the watcher and waits for it.
-    pub async fn shutdown(self) {
+    pub(super) async fn shutdown(self) {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;

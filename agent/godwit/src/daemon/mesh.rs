@@ -36,7 +36,7 @@ pub(super) struct Mesh {
 
 impl Mesh {
     /// Joins the mesh described by `gossip` (see [`config`]).
-    pub async fn start(
+    pub(super) async fn start(
         ctx: &Context,
         gossip: Option<gossip::GossipConfig>,
     ) -> Result<Mesh, StartError> {
@@ -61,7 +61,12 @@ impl Mesh {
 
     /// Starts publishing this node's summary after every sample, with the transport's
     /// address `quic` in it.
-    pub fn publish(&self, ctx: &Context, quic: Option<std::net::SocketAddr>, probes: &Probes) {
+    pub(super) fn publish(
+        &self,
+        ctx: &Context,
+        quic: Option<std::net::SocketAddr>,
+        probes: &Probes,
+    ) {
         let Some(mesh) = self.cluster.clone() else {
             return;
         };
@@ -85,7 +90,7 @@ impl Mesh {
 
     /// Announces the departure: peers list this node as left rather than declaring it dead.
     /// Gossips on meanwhile, for a few gossip intervals.
-    pub async fn leave(&self) {
+    pub(super) async fn leave(&self) {
         if let Some(mesh) = &self.cluster {
             mesh.leave(self.linger).await;
         }
@@ -93,7 +98,7 @@ impl Mesh {
 
     /// Stops the publisher, then gossip (when nothing else holds the cluster any more;
     /// otherwise the last holder's drop stops it).
-    pub async fn shutdown(self) {
+    pub(super) async fn shutdown(self) {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;

@@ -35,7 +35,7 @@ pub(super) struct Migration {
 impl Migration {
     /// Registers the migration services on the transport and resolves what the journal held:
     /// the target's entries first, then the source's decided moves (handed off again).
-    pub async fn start(
+    pub(super) async fn start(
         ctx: &Context,
         probes: &Probes,
         net: &Network,
@@ -109,7 +109,7 @@ impl Migration {
     /// entries.
     /// Whatever is still undecided then is what a crash would leave: the journal holds it
     /// and the next start resolves it.
-    pub async fn shutdown(self) {
+    pub(super) async fn shutdown(self) {
         if let Some(j) = self.journal.clone() {
             let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
             let mut waited = false;

@@ -54,7 +54,7 @@ impl Context {
     }
 
     /// A token for a component: cancelled by its own shutdown, or with the root.
-    pub fn child_token(&self) -> CancellationToken {
+    pub(crate) fn child_token(&self) -> CancellationToken {
         self.root.child_token()
     }
 }

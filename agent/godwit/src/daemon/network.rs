@@ -16,7 +16,7 @@ pub(super) struct Network {
 impl Network {
     /// Starts the endpoint and opens the image store; pushes are received once both are
     /// there.
-    pub fn start(ctx: &Context) -> Result<Network, StartError> {
+    pub(super) fn start(ctx: &Context) -> Result<Network, StartError> {
         let transport = crate::transport::agent::start(&ctx.cfg.transport, &ctx.node)
             .map_err(StartError::Transport)?
             .map(Arc::new);
@@ -28,13 +28,13 @@ impl Network {
     }
 
     /// The address peers use, for the node summary.
-    pub fn advertise(&self) -> Option<std::net::SocketAddr> {
+    pub(super) fn advertise(&self) -> Option<std::net::SocketAddr> {
         self.transport.as_ref().map(|t| t.advertise())
     }
 
     /// Closes every connection and waits for the endpoint's tasks (accept loop and the
     /// connections it serves).
-    pub async fn shutdown(self) {
+    pub(super) async fn shutdown(self) {
         if let Some(t) = &self.transport {
             t.shutdown().await;
         }

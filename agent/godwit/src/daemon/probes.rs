@@ -36,7 +36,7 @@ impl Probes {
     /// Loads the probe (BPF when configured) and starts both threads. The sampler is made
     /// here, after the API's address is bound, as before: a BPF load failure is reported only
     /// once the configuration and the address were found good.
-    pub fn start(ctx: &Context) -> Result<Probes, StartError> {
+    pub(super) fn start(ctx: &Context) -> Result<Probes, StartError> {
         let sampler = Sampler::new(ctx.cfg.sampler())?;
         let source = sampler.source();
         let shared = probe::SharedSnapshot::default();
@@ -86,7 +86,7 @@ impl Probes {
     }
 
     /// Tells the sampler to stop (it ends within an interval).
-    pub fn stop(&self) {
+    pub(super) fn stop(&self) {
         self.cancel.cancel();
         self.stop.store(true, Ordering::Relaxed);
     }
@@ -94,7 +94,7 @@ impl Probes {
     /// Stops and joins both threads. Joining drops the sampler, and with it the BPF programs
     /// and links: they detach here. The sampler's end drops the channel's sender, so the
     /// forecast thread ends too.
-    pub async fn shutdown(self) -> Result<(), StopError> {
+    pub(super) async fn shutdown(self) -> Result<(), StopError> {
         self.stop();
         let mut result = Ok(());
         let sampler = self.sampler;

@@ -21,7 +21,7 @@ pub(super) struct Reloader {
 
 impl Reloader {
     /// Reloads on every SIGHUP from `hup` (installed with the other handlers, first).
-    pub fn start(ctx: &Context, mesh: &Mesh, hup: Signal) -> Reloader {
+    pub(super) fn start(ctx: &Context, mesh: &Mesh, hup: Signal) -> Reloader {
         let cancel = ctx.child_token();
         let tasks = TaskTracker::new();
         let run = reload_on_sighup(
@@ -35,7 +35,7 @@ impl Reloader {
     }
 
     /// Stops waiting for SIGHUP; a reload under way finishes first.
-    pub async fn shutdown(self) {
+    pub(super) async fn shutdown(self) {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;

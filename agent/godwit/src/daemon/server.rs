@@ -49,7 +49,7 @@ pub(super) struct Api {
 
 impl Bound {
     /// Serves the API over what `parts` share.
-    pub fn serve(self, ctx: &Context, parts: Parts<'_>) -> Api {
+    pub(super) fn serve(self, ctx: &Context, parts: Parts<'_>) -> Api {
         let Parts {
             probes,
             mesh,
@@ -105,7 +105,7 @@ impl Bound {
 
 impl Api {
     /// Stops accepting and lets in-flight requests finish, up to [`DRAIN_DEADLINE`].
-    pub async fn shutdown(self) -> Result<(), StopError> {
+    pub(super) async fn shutdown(self) -> Result<(), StopError> {
         self.cancel.cancel();
         self.tasks.close();
         let result = match tokio::time::timeout(DRAIN_DEADLINE, self.server).await {

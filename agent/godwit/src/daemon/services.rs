@@ -24,7 +24,7 @@ pub(super) struct Services {
 impl Services {
     /// Opens the journal, recovers the source side of the migrations it holds, then starts
     /// the runtime and the configured services that are still this node's.
-    pub async fn start(ctx: &Context, probes: &Probes, net: &Network) -> Services {
+    pub(super) async fn start(ctx: &Context, probes: &Probes, net: &Network) -> Services {
         let journal = match Journal::open(&ctx.cfg.node.data_dir.join("migrations")) {
             Ok(j) => Some(Arc::new(j)),
             Err(e) => {
@@ -67,7 +67,7 @@ impl Services {
     /// whose connection it still holds and acknowledge a write that neither the target's copy
     /// nor the journal's recovery sees. Frozen, it acknowledged nothing since its state was
     /// copied.
-    pub async fn shutdown(self) {
+    pub(super) async fn shutdown(self) {
         let Some(m) = &self.manager else {
             return;
         };

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::error::ServiceError;
 
 /// How long a freeze or thaw may take before it is an error.
-pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Controllers a service's cgroup gets when the host offers them.
 const CONTROLLERS: [&str; 2] = ["memory", "cpu"];

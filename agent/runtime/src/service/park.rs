@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 /// A forked child waiting before `exec` for [`Parked::release`].
 #[derive(Debug)]
-pub struct Parked {
+pub(super) struct Parked {
     /// The pipe's write end: one byte releases the child, closing it cancels it.
     go: Option<OwnedFd>,
     /// The spawn, blocked until the child execs or fails.
@@ -37,7 +37,7 @@ impl Parked {
     /// Forks `cmd`'s child now; it runs every `pre_exec` hook registered so far (joining the
     /// cgroups), then waits for [`Parked::release`], changes to `cwd` and execs. `cmd` must not
     /// set a current directory of its own.
-    pub fn fork(mut cmd: Command, cwd: &Path) -> io::Result<Parked> {
+    pub(super) fn fork(mut cmd: Command, cwd: &Path) -> io::Result<Parked> {
         let cwd = CString::new(cwd.as_os_str().as_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the directory"))?;
         let mut fds = [0; 2];
@@ -86,7 +86,7 @@ impl Parked {
     }
 
     /// Lets the child exec; returns it once it has (or the error that stopped it).
-    pub async fn release(mut self) -> io::Result<Child> {
+    pub(super) async fn release(mut self) -> io::Result<Child> {
         if let Some(go) = self.go.take() {
             if !send(&go, GO) {
                 return Err(io::Error::last_os_error());
@@ -99,7 +99,7 @@ impl Parked {
     }
 
     /// Cancels the child: it exits before `exec`; returns once it is reaped.
-    pub async fn cancel(mut self) {
+    pub(super) async fn cancel(mut self) {
         if let Some(go) = self.go.take() {
             send(&go, CANCEL);
         }

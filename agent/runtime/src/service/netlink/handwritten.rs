@@ -59,7 +59,12 @@ static SEQ: AtomicU32 = AtomicU32::new(1);
 /// Adds `addr/prefix` to interface `index` with the scope `ip addr add` gives it and `flags`
 /// (`IFA_F_NODAD` for an IPv6 address usable at once). True when added, false when the
 /// interface already had it (`EEXIST`: same address and prefix).
-pub fn add_address(index: u32, addr: IpAddr, prefix: u8, flags: u32) -> Result<bool, NetlinkError> {
+pub(super) fn add_address(
+    index: u32,
+    addr: IpAddr,
+    prefix: u8,
+    flags: u32,
+) -> Result<bool, NetlinkError> {
     let mut m = Message::new(
         RTM_NEWADDR,
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
@@ -85,7 +90,7 @@ pub fn add_address(index: u32, addr: IpAddr, prefix: u8, flags: u32) -> Result<b
 
 /// Deletes `addr/prefix` from interface `index`. True when deleted, false when it was not
 /// there (`EADDRNOTAVAIL`).
-pub fn delete_address(index: u32, addr: IpAddr, prefix: u8) -> Result<bool, NetlinkError> {
+pub(super) fn delete_address(index: u32, addr: IpAddr, prefix: u8) -> Result<bool, NetlinkError> {
     let mut m = Message::new(RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK);
     m.ifaddrmsg(addr, prefix, 0, 0, index);
     m.address_attrs(addr);
@@ -97,7 +102,7 @@ pub fn delete_address(index: u32, addr: IpAddr, prefix: u8) -> Result<bool, Netl
 }
 
 /// The addresses of `family` on interface `index` (`RTM_GETADDR` dump).
-pub fn addresses(index: u32, family: Family) -> Result<Vec<Address>, NetlinkError> {
+pub(super) fn addresses(index: u32, family: Family) -> Result<Vec<Address>, NetlinkError> {
     let af = af(family);
     for _ in 0..DUMP_TRIES {
         let mut m = Message::new(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP);
@@ -124,7 +129,7 @@ pub fn addresses(index: u32, family: Family) -> Result<Vec<Address>, NetlinkErro
 }
 
 /// True when interface `index` has `addr` (with any prefix).
-pub fn has_address(index: u32, addr: IpAddr) -> Result<bool, NetlinkError> {
+pub(super) fn has_address(index: u32, addr: IpAddr) -> Result<bool, NetlinkError> {
     Ok(addresses(index, addr.into())?
         .iter()
         .any(|a| a.addr == addr))

@@ -17,7 +17,8 @@
 //! | `target.rs` | [`agent::Target`]: the hand-off's target side, the watcher, the target's recovery |
 //! | `vip.rs` | the VIP's takeover on the target at the cut-over |
 //! | `recovery.rs` | the source's crash recovery at start |
-//! | `model.rs` | the pre-copy model's figures learned from the last moves (pure) |
+//! | `model.rs` | a committed move's report read into what the model learns (the figures and medians are pure, in `godwit_core::policy::learned`) |
+//! | `tasks.rs` | [`Tasks`]: the owner of every task a migration spawns, stopped by the daemon |
 //! | `audit.rs` | [`agent::MigrationReport`], the counters and the audit log |
 //! | `journal.rs` | [`journal::Journal`]: each side's durable record of a migration; [`journal::JournalGuard`] changes it |
 //! | `progress.rs` | [`Progress`]: where a running migration is, for `godwit migrate` to show |

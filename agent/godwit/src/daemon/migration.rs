@@ -48,7 +48,12 @@ impl Migration {
             (Some(t), Some(m), Some(j)) => {
                 let target = Target::new(j.clone(), m.clone(), tasks.clone());
                 let (pending, pending_rx) = tokio::sync::mpsc::unbounded_channel();
-                target.recover(&state_root, &pending);
+                // Off the runtime: it removes staging trees and waits for leftover processes.
+                let (tg, root, queue) = (target.clone(), state_root.clone(), pending.clone());
+                if let Err(e) = tokio::task::spawn_blocking(move || tg.recover(&root, &queue)).await
+                {
+                    tracing::error!(error = %e, "the target's journal recovery failed");
+                }
                 target.watch(pending_rx);
                 crate::migrate::register_with(
                     t.services(),

@@ -719,7 +719,7 @@ mod tests {
 
 /// The cut-over's hand-off path (add the address, see it there, delete it), timed for this
 /// implementation and the hand-written one it replaced, side by side in one run:
-/// `cargo test -p godwit --release --lib service::netlink::timing -- --ignored --nocapture`
+/// `cargo test -p godwit-runtime --release --lib service::netlink::timing -- --ignored --nocapture`
 /// (root; `GODWIT_NETLINK_CYCLES` cycles, 1,000 by default, on a veth pair in a network
 /// namespace of the test's own).
 #[cfg(test)]

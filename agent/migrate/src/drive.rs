@@ -308,8 +308,7 @@ pub async fn drive<S: Source + Send>(
         report.wire_bytes += r.wire_bytes;
         report.rounds.push(r);
     };
-    let frozen_at;
-    match mode {
+    let halt = match mode {
         SwitchMode::Transitional => {
             // The last round and when it started; the start before it.
             let mut previous: Option<(RoundStats, Instant)> = None;
@@ -405,43 +404,28 @@ pub async fn drive<S: Source + Send>(
                     Err(e) => fail!(e),
                 }
             }
-            source.progress(Progress::of(&report, Phase::Freeze));
-            frozen_at = Instant::now();
-            go!(SourceEvent::Halt(Halt::Freeze));
-            report.cutover.freeze_s = frozen_at.elapsed().as_secs_f64();
-            source.progress(Progress::of(&report, Phase::FinalRound));
-            let t = Instant::now();
-            match sender.final_round().await {
-                Ok(r) => record(&mut report, r),
-                Err(e) => fail!(e),
-            }
-            report.cutover.final_round_s = t.elapsed().as_secs_f64();
-            source.progress(Progress::of(&report, Phase::Verify));
-            let t = Instant::now();
-            match sender.verify().await {
-                Ok(v) => report.verify(v, t),
-                Err(e) => fail!(e),
-            }
+            Halt::Freeze
         }
-        SwitchMode::Intermittent => {
-            source.progress(Progress::of(&report, Phase::Freeze));
-            frozen_at = Instant::now();
-            go!(SourceEvent::Halt(Halt::Stop));
-            report.cutover.freeze_s = frozen_at.elapsed().as_secs_f64();
-            source.progress(Progress::of(&report, Phase::FinalRound));
-            let t = Instant::now();
-            match sender.final_round().await {
-                Ok(r) => record(&mut report, r),
-                Err(e) => fail!(e),
-            }
-            report.cutover.final_round_s = t.elapsed().as_secs_f64();
-            source.progress(Progress::of(&report, Phase::Verify));
-            let t = Instant::now();
-            match sender.verify().await {
-                Ok(v) => report.verify(v, t),
-                Err(e) => fail!(e),
-            }
-        }
+        SwitchMode::Intermittent => Halt::Stop,
+    };
+    // The cut-over: frozen (transitional) or stopped (intermittent), the final round, the
+    // hash check.
+    source.progress(Progress::of(&report, Phase::Freeze));
+    let frozen_at = Instant::now();
+    go!(SourceEvent::Halt(halt));
+    report.cutover.freeze_s = frozen_at.elapsed().as_secs_f64();
+    source.progress(Progress::of(&report, Phase::FinalRound));
+    let t = Instant::now();
+    match sender.final_round().await {
+        Ok(r) => record(&mut report, r),
+        Err(e) => fail!(e),
+    }
+    report.cutover.final_round_s = t.elapsed().as_secs_f64();
+    source.progress(Progress::of(&report, Phase::Verify));
+    let t = Instant::now();
+    match sender.verify().await {
+        Ok(v) => report.verify(v, t),
+        Err(e) => fail!(e),
     }
     // Until the target confirms the commit and the decision is durable here, any failure gives
     // the service back to the source: the target holds its copy as prepared and never runs it

@@ -78,6 +78,17 @@ const CORE: &str = "godwit-core";
 /// Fails when a workspace crate names a library another crate owns, or the core names one that
 /// is not on its list.
 fn check_boundaries() -> Result<()> {
+    let meta = workspace_metadata()?;
+    let problems = boundary_problems(&meta);
+    if !problems.is_empty() {
+        bail!("crate boundaries broken:\n  {}", problems.join("\n  "));
+    }
+    println!("crate boundaries: ok");
+    Ok(())
+}
+
+/// `cargo metadata` of the workspace's own packages (their direct dependencies included).
+pub(crate) fn workspace_metadata() -> Result<serde_json::Value> {
     let out = cargo()
         .args([
             "metadata",
@@ -94,14 +105,7 @@ fn check_boundaries() -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parse cargo metadata")?;
-    let problems = boundary_problems(&meta);
-    if !problems.is_empty() {
-        bail!("crate boundaries broken:\n  {}", problems.join("\n  "));
-    }
-    println!("crate boundaries: ok");
-    Ok(())
+    serde_json::from_slice(&out.stdout).context("parse cargo metadata")
 }
 
 /// The boundary rules broken by the packages in `cargo metadata` output, one line each.
@@ -227,22 +231,7 @@ mod tests {
 
     #[test]
     fn the_workspace_as_it_is_keeps_its_boundaries() {
-        let out = crate::cargo()
-            .args([
-                "metadata",
-                "--format-version",
-                "1",
-                "--no-deps",
-                "--offline",
-            ])
-            .output()
-            .expect("cargo metadata runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let meta = super::workspace_metadata().expect("cargo metadata runs");
         let names: Vec<&str> = meta["packages"]
             .as_array()
             .unwrap()

@@ -96,23 +96,19 @@ impl Probes {
     /// forecast thread ends too.
     pub(super) async fn shutdown(self) -> Result<(), StopError> {
         self.stop();
-        let mut result = Ok(());
-        let sampler = self.sampler;
-        if !matches!(
-            tokio::task::spawn_blocking(move || sampler.join()).await,
-            Ok(Ok(()))
-        ) {
-            tracing::error!("sampler thread panicked");
-            result = Err(StopError::Panicked("sampler thread"));
+        let sampler = join(self.sampler, "sampler thread").await;
+        let forecast = join(self.forecast, "forecast thread").await;
+        sampler.and(forecast)
+    }
+}
+
+/// Joins `thread` off the async runtime; a panic is logged and returned.
+async fn join(thread: std::thread::JoinHandle<()>, name: &'static str) -> Result<(), StopError> {
+    match tokio::task::spawn_blocking(move || thread.join()).await {
+        Ok(Ok(())) => Ok(()),
+        _ => {
+            tracing::error!(thread = name, "thread panicked");
+            Err(StopError::Panicked(name))
         }
-        let forecast = self.forecast;
-        if !matches!(
-            tokio::task::spawn_blocking(move || forecast.join()).await,
-            Ok(Ok(()))
-        ) {
-            tracing::error!("forecast thread panicked");
-            result = Err(StopError::Panicked("forecast thread"));
-        }
-        result
     }
 }

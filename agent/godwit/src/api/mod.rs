@@ -368,7 +368,7 @@ fn service_error(e: crate::service::ServiceError) -> Response {
     use crate::service::ServiceError as E;
     let code = match &e {
         E::Spec { .. } => StatusCode::BAD_REQUEST,
-        E::Duplicate(_) | E::State { .. } => StatusCode::CONFLICT,
+        E::Duplicate(_) | E::State { .. } | E::Held { .. } => StatusCode::CONFLICT,
         E::Unknown(_) => StatusCode::NOT_FOUND,
         E::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -31,6 +31,16 @@ pub enum ServiceError {
         /// What was asked.
         action: String,
     },
+    /// A migration holds the service frozen: only it may thaw it.
+    #[error("service {service:?} is held frozen by {owner}: cannot {action}")]
+    Held {
+        /// The service.
+        service: String,
+        /// Who froze it (a migration's id).
+        owner: String,
+        /// What was asked.
+        action: String,
+    },
     /// A cgroup operation failed.
     #[error("cgroup {path}: {reason}")]
     Cgroup {

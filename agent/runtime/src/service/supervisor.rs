@@ -56,6 +56,8 @@ pub struct Manager {
     services: Mutex<BTreeMap<String, Handle>>,
     /// Processes forked ahead of a service's definition and start ([`Manager::park`]).
     parked: Mutex<BTreeMap<String, ParkedService>>,
+    /// Who froze each frozen service ([`Manager::freeze_for`]): only that owner thaws it.
+    frozen_by: Mutex<BTreeMap<String, String>>,
 }
 
 /// A child forked ahead for a service not defined yet, with the spec it was forked for.
@@ -81,6 +83,7 @@ impl Manager {
             rt: Arc::new(rt),
             services: Mutex::new(BTreeMap::new()),
             parked: Mutex::new(BTreeMap::new()),
+            frozen_by: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -279,6 +282,14 @@ impl Manager {
         }
     }
 
+    /// Whether a child is forked ahead for `name` ([`Manager::park`]).
+    pub fn is_parked(&self, name: &str) -> bool {
+        self.parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(name)
+    }
+
     /// The service's status.
     pub fn status(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
         self.lock()
@@ -348,17 +359,96 @@ impl Manager {
     /// Kills it at once, frozen or not, without thawing it first (the end of a migration
     /// whose state was committed elsewhere: the old instance must not run another instruction).
     pub async fn kill(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
-        self.command(name, Cmd::Kill).await
+        let killed = self.command(name, Cmd::Kill).await;
+        if killed.is_ok() {
+            // Nothing is left to thaw.
+            self.holders().remove(name);
+        }
+        killed
     }
 
-    /// Freezes every task of it; returns once the kernel reports it frozen.
+    /// Freezes every task of it; returns once the kernel reports it frozen. Refused while
+    /// a migration holds it frozen ([`Manager::freeze_for`]).
     pub async fn freeze(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.not_held(name, "freeze")?;
         self.command(name, Cmd::Freeze).await
     }
 
-    /// Thaws it.
+    /// Thaws it. Refused while a migration holds it frozen: only that migration thaws it
+    /// ([`Manager::thaw_for`]), or kills it.
     pub async fn thaw(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.not_held(name, "thaw")?;
         self.command(name, Cmd::Thaw).await
+    }
+
+    fn holders(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.frozen_by.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Who holds `name` frozen, if anyone.
+    pub fn frozen_by(&self, name: &str) -> Option<String> {
+        self.holders().get(name).cloned()
+    }
+
+    fn not_held(&self, name: &str, action: &str) -> Result<(), ServiceError> {
+        match self.frozen_by(name) {
+            Some(owner) => Err(ServiceError::Held {
+                service: name.to_string(),
+                owner,
+                action: action.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Freezes `name` on behalf of `owner` (a migration): refused while another owner holds
+    /// it frozen, so two migrations never share one frozen instance, and nobody but `owner`
+    /// thaws it ([`Manager::thaw_for`]) until it is killed or removed.
+    pub async fn freeze_for(&self, name: &str, owner: &str) -> Result<ServiceStatus, ServiceError> {
+        {
+            let mut held = self.holders();
+            match held.get(name) {
+                Some(other) if other != owner => {
+                    return Err(ServiceError::Held {
+                        service: name.to_string(),
+                        owner: other.clone(),
+                        action: "freeze".into(),
+                    })
+                }
+                _ => {
+                    held.insert(name.to_string(), owner.to_string());
+                }
+            }
+        }
+        let frozen = self.command(name, Cmd::Freeze).await;
+        if frozen.is_err() {
+            self.release(name, owner);
+        }
+        frozen
+    }
+
+    /// Thaws `name` frozen by `owner`; refused when another owner holds it.
+    pub async fn thaw_for(&self, name: &str, owner: &str) -> Result<ServiceStatus, ServiceError> {
+        if let Some(other) = self.frozen_by(name).filter(|o| o != owner) {
+            return Err(ServiceError::Held {
+                service: name.to_string(),
+                owner: other,
+                action: "thaw".into(),
+            });
+        }
+        let thawed = self.command(name, Cmd::Thaw).await;
+        if thawed.is_ok() {
+            self.release(name, owner);
+        }
+        thawed
+    }
+
+    /// Forgets that `owner` holds `name` frozen (it was killed, or the owner ended).
+    pub fn release(&self, name: &str, owner: &str) {
+        let mut held = self.holders();
+        if held.get(name).is_some_and(|o| o == owner) {
+            held.remove(name);
+        }
     }
 
     /// Stops the service and forgets it (its cgroup is removed; its state directory stays).
@@ -370,6 +460,7 @@ impl Manager {
             .ok_or_else(|| ServiceError::Unknown(name.to_string()))?;
         drop(handle.tx);
         let _ = handle.task.await;
+        self.holders().remove(name);
         info!(service = %name, "service removed");
         Ok(())
     }

@@ -53,6 +53,8 @@ pub struct MigrateCall {
     pub full_verify: bool,
     /// The coordinator's fencing token, once a coordinator exists (see [`check_fencing`]).
     pub fencing_token: Option<u64>,
+    /// Replace a service of that name on the target (its definition and state there go).
+    pub replace: bool,
 }
 
 /// What the agent answers: progress updates, then one report or one refusal.
@@ -152,6 +154,7 @@ async fn serve(peer: PeerInfo, mut ch: Channel, migrator: Arc<Migrator>, resolve
                 requested_by: caller,
                 full_verify: call.full_verify,
                 progress: Some(tx),
+                replace: call.replace,
             };
             // Its own task: a caller that stops reading (or goes away) never holds it up.
             let run = migrator

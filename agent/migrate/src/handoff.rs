@@ -84,6 +84,10 @@ pub(super) async fn hand_off(peer: &Peer, migration: &str, spec: &ServiceSpec) -
             })
         }
         Ok(Ok(Some(Handoff::Failed { reason }))) => return HandoffOutcome::GivenBack(reason),
+        // Neither says where the service runs: asked to give it back, the target answers
+        // the same, and the outcome stays unknown.
+        Ok(Ok(Some(Handoff::NotHeld { reason }))) => format!("the target: {reason}"),
+        Ok(Ok(Some(Handoff::Refused { reason }))) => format!("the target refused: {reason}"),
         Ok(Ok(other)) => format!("unexpected hand-off reply {other:?}"),
         Ok(Err(e)) => e,
         Err(_) => "the target did not answer the hand-off".to_string(),
@@ -120,6 +124,36 @@ pub(super) async fn abandon(peer: &Peer, migration: &str, why: String) -> Handof
             healthy_s,
             vip_s,
         }),
+        Ok(Ok(Some(Handoff::NotHeld { reason }))) => {
+            HandoffOutcome::Unknown(format!("{why}; the target: {reason}"))
+        }
+        Ok(Ok(Some(Handoff::Refused { reason }))) => {
+            HandoffOutcome::Unknown(format!("{why}; the target refused: {reason}"))
+        }
         _ => HandoffOutcome::Unknown(why),
+    }
+}
+
+/// How long the source waits for the target to forget a migration.
+const FORGET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tells the target that the source has acted on the outcome of `migration` (its instance
+/// killed, or running here again) and forgot it: the target may forget it too. Best effort: a
+/// target that does not hear it keeps the outcome, which costs a small file.
+pub(super) async fn forget(peer: &Peer, migration: &str) {
+    let ask = async {
+        let mut ch = open(peer, HANDOFF).await.map_err(|e| e.to_string())?;
+        ch.send(&Handoff::Forget {
+            migration: migration.to_string(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        ch.recv::<Handoff>().await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(FORGET_TIMEOUT, ask).await {
+        Ok(Ok(Some(Handoff::Forgotten))) => {}
+        Ok(Ok(other)) => tracing::info!(migration, reply = ?other, "the target kept the migration"),
+        Ok(Err(e)) => tracing::info!(migration, error = %e, "the target was not told to forget"),
+        Err(_) => tracing::info!(migration, "the target did not answer the forget"),
     }
 }

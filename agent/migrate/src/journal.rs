@@ -65,6 +65,10 @@ pub struct SourceEntry {
 pub enum TargetPhase {
     /// Rounds arrive in the staging directory.
     Staging,
+    /// The verified copy is being put in place: the exchange with the destination may or may
+    /// not have happened. A recovery exchanges back when it did (the destination is the
+    /// staging directory, by inode), so the state that was there before is never lost.
+    Committing,
     /// The verified copy is in place (fsynced, renamed); the source's decision is awaited.
     Prepared,
     /// The source decided: the service is this node's and starts here.
@@ -90,6 +94,9 @@ pub struct TargetEntry {
     pub staging: PathBuf,
     /// The committed state directory.
     pub dest: PathBuf,
+    /// The staging directory's device and inode, which identify it wherever a rename puts it.
+    #[serde(default)]
+    pub staging_id: Option<(u64, u64)>,
     /// The service's spec (JSON) as the source sent it.
     pub spec: Option<String>,
     /// Last change, milliseconds since the Unix epoch.
@@ -313,6 +320,7 @@ mod tests {
             phase,
             staging: "/nonexistent/kv.staging".into(),
             dest: "/nonexistent/kv".into(),
+            staging_id: None,
             spec: None,
             at_unix_ms: 1,
         }

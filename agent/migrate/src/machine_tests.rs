@@ -95,10 +95,10 @@ impl World {
     fn target(&mut self, event: TargetEvent, req: Option<Req>) {
         let (next, effects) = match target_machine::step(self.tgt, event) {
             Ok(step) => step,
-            // Refused: the hand-off is answered "failed" (given back).
+            // Refused: the answer says nothing of where the service runs.
             Err(_) => {
                 if let Some(r) = req {
-                    self.answer = Some((r, Handed::GivenBack));
+                    self.answer = Some((r, Handed::Unknown));
                 }
                 return;
             }
@@ -123,6 +123,7 @@ impl World {
                 TargetEffect::AnswerGivenBack | TargetEffect::AnswerAbandoned => {
                     self.reply(req, Handed::GivenBack)
                 }
+                TargetEffect::AnswerNotHeld => self.reply(req, Handed::Unknown),
                 _ => {}
             }
         }

@@ -24,6 +24,9 @@ pub(super) enum Msg {
         /// The service's spec when a managed service moves: the target's journal keeps it, so
         /// it can start the service once the move is decided even without the source.
         spec: Option<Box<ServiceSpec>>,
+        /// The operator asked to replace a service of that name on the target (`--replace`):
+        /// without it, a target that defines, parks or keeps state of that name refuses.
+        replace: bool,
     },
     /// The listing; the changed blocks follow as placed pieces (file = index in `files`),
     /// in any order, up to the end marker.
@@ -101,11 +104,28 @@ pub(super) enum Handoff {
     Failed {
         reason: String,
     },
+    /// The target holds no such migration (never saw it, or forgot it when its source said
+    /// so): it says nothing about where the service runs, so the source treats it as no
+    /// answer, never as "given back".
+    NotHeld {
+        reason: String,
+    },
+    /// The caller may not ask this (it is not the migration's source): nothing changed.
+    Refused {
+        reason: String,
+    },
     /// The source gives up waiting: the target stops the service and gives it back.
     Abandon {
         migration: String,
     },
     Abandoned,
+    /// The source has acted on the outcome (it killed its instance, or runs the service
+    /// again): the target may forget the migration. Until then it keeps the outcome, to give
+    /// the same answer to a repeated hand-off however late it comes.
+    Forget {
+        migration: String,
+    },
+    Forgotten,
 }
 
 #[cfg(test)]
@@ -142,6 +162,7 @@ mod tests {
             migration: "kv-1".into(),
             service: "kv".into(),
             spec: Some(Box::new(spec.clone())),
+            replace: false,
         })
         .await
         {

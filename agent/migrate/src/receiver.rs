@@ -13,7 +13,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::error::MigrateError;
-use super::journal::{now_ms, Journal, JournalGuard, TargetEntry};
+use super::journal::{now_ms, Journal, JournalGuard, TargetEntry, TargetPhase};
 use super::protocol::{Msg, SERVICE};
 use super::scan::{
     block_digest, file_digests, hash_tree, start_write_back, tree_of, tree_root, BlockDigest,
@@ -99,13 +99,73 @@ enum Outcome {
     Dropped,
 }
 
+/// Why a target refuses a `Begin` before anything is written: the spec is not the
+/// migration's service, it names a host path, or the name is taken here (a service defined,
+/// a process forked ahead, state on disk, another migration of it) and the operator did not
+/// ask to replace it.
+fn refuse_begin(
+    migration: &str,
+    service: &str,
+    spec: Option<&godwit_runtime::service::ServiceSpec>,
+    replace: bool,
+    dest: &Path,
+    hooks: Option<&TargetHooks>,
+) -> Option<String> {
+    if let Some(spec) = spec {
+        if spec.name != service {
+            return Some(format!(
+                "the spec names {:?}, the migration moves {service:?}",
+                spec.name
+            ));
+        }
+        if let Some(image) = &spec.image {
+            return Some(format!(
+                "the spec names a host path ({}): a migrated service's image moves by id",
+                image.display()
+            ));
+        }
+    }
+    let hooks = hooks?;
+    if let Some(other) = hooks.journal.targets().into_iter().find(|e| {
+        e.service == service
+            && e.migration != migration
+            && !matches!(e.phase, TargetPhase::Returned | TargetPhase::Started)
+    }) {
+        return Some(format!(
+            "migration {} of {service:?} is under way here",
+            other.migration
+        ));
+    }
+    if replace {
+        return None;
+    }
+    if let Some(m) = &hooks.manager {
+        if m.spec(service).is_some() {
+            return Some(format!(
+                "a service {service:?} is defined here (the operator may --replace it)"
+            ));
+        }
+        if m.is_parked(service) {
+            return Some(format!("a process is forked ahead for {service:?} here"));
+        }
+    }
+    if dest.symlink_metadata().is_ok() {
+        return Some(format!(
+            "{service:?} has state here at {} (the operator may --replace it)",
+            dest.display()
+        ));
+    }
+    None
+}
+
 async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Option<TargetHooks>) {
-    let (migration, service, spec) = match ch.recv::<Msg>().await {
+    let (migration, service, spec, replace) = match ch.recv::<Msg>().await {
         Ok(Some(Msg::Begin {
             migration,
             service,
             spec,
-        })) => (migration, service, spec),
+            replace,
+        })) => (migration, service, spec, replace),
         _ => return,
     };
     if !valid_name(&migration) || !valid_name(&service) {
@@ -118,6 +178,32 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
     }
     let staging = root.join(format!("{service}.staging-{migration}"));
     let dest = root.join(&service);
+    if let Some(reason) = refuse_begin(
+        &migration,
+        &service,
+        spec.as_deref(),
+        replace,
+        &dest,
+        hooks.as_ref(),
+    ) {
+        warn!(peer = %peer.node, service, migration, reason, "migration into this node refused");
+        let _ = ch.send(&Msg::Failed { reason }).await;
+        return;
+    }
+    // The staging directory exists from here on: its inode names it in the journal, so a
+    // recovery can tell which side of the commit's exchange it is on.
+    let _ = remove_tree(staging.clone()).await;
+    let staging_id = match fresh_dir(&staging) {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = ch
+                .send(&Msg::Failed {
+                    reason: e.to_string(),
+                })
+                .await;
+            return;
+        }
+    };
     if let Some(h) = &hooks {
         let g = h.journal.lock(&migration).await;
         let begun = match step(g.target_phase(), TargetEvent::Begin) {
@@ -129,6 +215,7 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
                     phase,
                     staging: staging.clone(),
                     dest: dest.clone(),
+                    staging_id: Some(staging_id),
                     // The journal keeps the spec as JSON, as before the typed wire.
                     spec: spec.as_ref().and_then(|s| serde_json::to_string(s).ok()),
                     at_unix_ms: now_ms(),
@@ -141,6 +228,7 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
         };
         drop(g);
         if let Err(e) = begun {
+            let _ = std::fs::remove_dir_all(&staging);
             let _ = ch
                 .send(&Msg::Failed {
                     reason: e.to_string(),
@@ -157,6 +245,7 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
         migration: migration.clone(),
         hooks: hooks.clone(),
         syncing: None,
+        previous: None,
     };
     let outcome = rx.run(&mut ch, &dest).await;
     match &outcome {
@@ -203,6 +292,7 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
         .map_err(|refused| MigrateError::BadState(refused.to_string()))
         .and_then(|(_, effects)| {
             effects.into_iter().try_for_each(|effect| match effect {
+                TargetEffect::UndoCommit => g.target().map_or(Ok(()), |e| undo_commit(&e)),
                 TargetEffect::DeleteStaging => {
                     let _ = std::fs::remove_dir_all(&staging);
                     Ok(())
@@ -216,6 +306,85 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
         });
     if let Err(e) = ended {
         warn!(migration, error = %e, "closing the transfer in the journal");
+    }
+}
+
+/// Creates `dir` (its parents too); returns its device and inode.
+fn fresh_dir(dir: &Path) -> Result<(u64, u64), MigrateError> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::create_dir_all(dir).map_err(|e| MigrateError::io(dir, e))?;
+    let m = std::fs::metadata(dir).map_err(|e| MigrateError::io(dir, e))?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// Undoes the exchange of a commit that did not reach its vote (`Committing`): when the
+/// destination is the staging copy (by device and inode), it goes back to the staging name
+/// and what the exchange had put there (the state that was at the destination) returns to
+/// the destination. Then the staging name holds only the copy, which the caller removes.
+pub(crate) fn undo_commit(entry: &TargetEntry) -> Result<(), MigrateError> {
+    use std::os::unix::fs::MetadataExt;
+    let Some((dev, ino)) = entry.staging_id else {
+        return Ok(());
+    };
+    let (staging, dest) = (&entry.staging, &entry.dest);
+    let at_dest = std::fs::symlink_metadata(dest)
+        .map(|m| (m.dev(), m.ino()) == (dev, ino))
+        .unwrap_or(false);
+    if !at_dest {
+        // The exchange never happened: the destination is as it was.
+        return Ok(());
+    }
+    if staging.symlink_metadata().is_ok() {
+        exchange(staging, dest)?;
+    } else {
+        std::fs::rename(dest, staging).map_err(|e| MigrateError::io(dest, e))?;
+        // Without the exchange, the previous state was renamed aside (`swap_into_place`).
+        if let Some(aside) = previous_aside(dest) {
+            std::fs::rename(&aside, dest).map_err(|e| MigrateError::io(&aside, e))?;
+        }
+    }
+    if let Some(parent) = dest.parent() {
+        sync_dir(parent)?;
+    }
+    warn!(migration = %entry.migration, dest = %dest.display(), "a commit cut short was undone: the state that was there is back");
+    Ok(())
+}
+
+/// Where `swap_into_place` renamed a previous state aside on a filesystem without the
+/// exchange, if it did.
+fn previous_aside(dest: &Path) -> Option<PathBuf> {
+    let name = dest.file_name()?.to_string_lossy().into_owned();
+    let prefix = format!("{name}.previous-");
+    std::fs::read_dir(dest.parent()?)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+}
+
+/// `renameat2(a, b, RENAME_EXCHANGE)`.
+fn exchange(a: &Path, b: &Path) -> Result<(), MigrateError> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| MigrateError::BadState(format!("NUL in {}", p.display())))
+    };
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(MigrateError::io(b, std::io::Error::last_os_error()))
     }
 }
 
@@ -243,15 +412,14 @@ struct Receiver {
     /// The staging copy's fsync, started when the hash check is asked for (the frozen round is
     /// in by then), so the commit waits only for what is left of it.
     syncing: Option<tokio::task::JoinHandle<()>>,
+    /// Where the commit's exchange put the state that was at the destination, until the vote
+    /// is durable and it can go.
+    previous: Option<PathBuf>,
 }
 
 impl Receiver {
     /// Runs the transfer.
     async fn run(&mut self, ch: &mut Channel, dest: &Path) -> Result<Outcome, MigrateError> {
-        remove_tree(self.staging.clone())
-            .await
-            .map_err(|e| MigrateError::io(&self.staging, e))?;
-        std::fs::create_dir_all(&self.staging).map_err(|e| MigrateError::io(&self.staging, e))?;
         let mut listed: Vec<FileMeta> = Vec::new();
         // The tree of what was written, as of the last round.
         let mut our_tree: Option<Vec<(String, String)>> = None;
@@ -366,6 +534,7 @@ impl Receiver {
                     ch.send(&Msg::DigestsAre { files: out }).await?;
                 }
                 Some(Msg::Commit) => {
+                    let mut drop_previous = false;
                     let t = Instant::now();
                     if let Some(early) = self.syncing.take() {
                         let _ = early.await;
@@ -388,6 +557,10 @@ impl Receiver {
                                     }
                                     // Sent below, once the guard is gone.
                                     TargetEffect::AnswerCommitted => {}
+                                    // After the answer: the vote is durable.
+                                    TargetEffect::DropPrevious => {
+                                        drop_previous = true;
+                                    }
                                     // The vote: durable before the source hears "Committed".
                                     other => {
                                         let t = Instant::now();
@@ -407,6 +580,12 @@ impl Receiver {
                         exchange_seconds,
                     })
                     .await?;
+                    // What the exchange put at the staging name: the state that was here.
+                    if let Some(previous) = self.previous.take() {
+                        if drop_previous || self.hooks.is_none() {
+                            let _ = remove_tree(previous).await;
+                        }
+                    }
                     if self.hooks.is_none() {
                         return Ok(Outcome::Owned(path));
                     }
@@ -597,7 +776,7 @@ impl Receiver {
         sync_tree(&self.staging)?;
         let synced = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        swap_into_place(&self.staging, dest)?;
+        self.previous = swap_into_place(&self.staging, dest)?;
         Ok((dest.to_path_buf(), synced, t.elapsed().as_secs_f64()))
     }
 }
@@ -629,55 +808,41 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), MigrateError> {
 /// Puts the directory `staging` at `dest` as atomically as the filesystem allows: with
 /// `renameat2(RENAME_EXCHANGE)` when `dest` exists (one step: a crash leaves either the old or
 /// the new state at `dest`, never neither), else a plain rename; on filesystems without the
-/// exchange, the old state is renamed aside first. The parent is fsynced before the old state
-/// is removed.
-pub(crate) fn swap_into_place(staging: &Path, dest: &Path) -> Result<(), MigrateError> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
+/// exchange, the old state is renamed aside first. The parent is fsynced. Returns where the
+/// old state is now (the staging name, or the name aside): the caller removes it once the
+/// commit is recorded, so a crash before that can still put it back ([`undo_commit`]).
+pub(crate) fn swap_into_place(
+    staging: &Path,
+    dest: &Path,
+) -> Result<Option<PathBuf>, MigrateError> {
     let parent = dest
         .parent()
         .ok_or_else(|| MigrateError::BadState(format!("{} has no parent", dest.display())))?;
     let old = if dest.symlink_metadata().is_ok() {
-        let c = |p: &Path| {
-            CString::new(p.as_os_str().as_bytes())
-                .map_err(|_| MigrateError::BadState(format!("NUL in {}", p.display())))
-        };
-        let (a, b) = (c(staging)?, c(dest)?);
-        // SAFETY: both paths are NUL-terminated strings that outlive the call.
-        let rc = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                a.as_ptr(),
-                libc::AT_FDCWD,
-                b.as_ptr(),
-                libc::RENAME_EXCHANGE,
-            )
-        };
-        if rc == 0 {
+        match exchange(staging, dest) {
             // The old state now sits at the staging name.
-            staging.to_path_buf()
-        } else {
-            let err = std::io::Error::last_os_error();
-            if !matches!(err.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
-                return Err(MigrateError::io(dest, err));
+            Ok(()) => staging.to_path_buf(),
+            Err(MigrateError::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) =>
+            {
+                // No exchange on this filesystem: rename the old aside, the new in.
+                let aside = dest.with_extension(format!("previous-{}", std::process::id()));
+                std::fs::rename(dest, &aside).map_err(|e| MigrateError::io(dest, e))?;
+                if let Err(e) = std::fs::rename(staging, dest) {
+                    let _ = std::fs::rename(&aside, dest);
+                    return Err(MigrateError::io(dest, e));
+                }
+                aside
             }
-            // No exchange on this filesystem: rename the old aside, the new in.
-            let aside = dest.with_extension(format!("previous-{}", std::process::id()));
-            std::fs::rename(dest, &aside).map_err(|e| MigrateError::io(dest, e))?;
-            if let Err(e) = std::fs::rename(staging, dest) {
-                let _ = std::fs::rename(&aside, dest);
-                return Err(MigrateError::io(dest, e));
-            }
-            aside
+            Err(e) => return Err(e),
         }
     } else {
         std::fs::rename(staging, dest).map_err(|e| MigrateError::io(dest, e))?;
         sync_dir(parent)?;
-        return Ok(());
+        return Ok(None);
     };
     sync_dir(parent)?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
+    Ok(Some(old))
 }
 
 /// The receiving side starts a file's write-back each time this many bytes were written to it.

@@ -26,7 +26,7 @@ use tracing::{info, info_span, warn, Instrument};
 use super::audit::{MigrationReport, MigrationStats};
 use super::drive::{drive, Source, SwitchMode};
 use super::error::MigrateError;
-use super::handoff::{abandon, hand_off, HandoffOutcome};
+use super::handoff::{abandon, forget, hand_off, HandoffOutcome};
 use super::journal::{now_ms, Journal, SourceEntry, SourcePhase};
 use super::model::{self, LEARN_FROM};
 use super::progress::{Phase, Progress, Reporter};
@@ -124,6 +124,8 @@ pub struct MigrateRequest {
     pub full_verify: bool,
     /// Where the migration's progress goes as it runs (`godwit migrate` shows it).
     pub progress: Option<tokio::sync::mpsc::UnboundedSender<Progress>>,
+    /// Replace a service of that name on the target (the operator's `--replace`).
+    pub replace: bool,
 }
 
 /// Runs migrations from this node.
@@ -151,6 +153,41 @@ pub struct Migrator {
     pub me: std::sync::OnceLock<std::sync::Weak<Migrator>>,
     /// The owner of the tasks migrations from here spawn.
     pub tasks: crate::Tasks,
+    /// The services a migration from here is moving now: one at a time per service.
+    pub moving: Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// A service claimed by one migration from this node; released when it goes.
+struct Claim<'a> {
+    moving: &'a Mutex<std::collections::BTreeSet<String>>,
+    service: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.moving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.service);
+    }
+}
+
+/// A migration's id: the service's name and 64 random bits, so no two migrations (from any
+/// node, at any time) share one and no peer can guess the next.
+pub(crate) fn migration_id(service: &str) -> String {
+    let mut bytes = [0u8; 8];
+    // SAFETY: the buffer is valid for its length; getrandom(2) writes at most that.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // The kernel's pool always answers after boot; the clock is the fallback's entropy.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        bytes = (t ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{service}-{hex}")
 }
 
 struct ManagedSource<'a> {
@@ -183,11 +220,15 @@ impl Source for ManagedSource<'_> {
         // Not journalled first (an fsync on the downtime): a restart after a crash treats a
         // migration still `Copying` as one that may have frozen the service, and kills and
         // restarts it from its own state (`recover_sources`), exactly as for `Frozen`.
-        self.manager.freeze(&self.name).await?;
+        self.manager
+            .freeze_for(&self.name, &self.entry.migration)
+            .await?;
         Ok(())
     }
     async fn thaw(&mut self) -> Result<(), MigrateError> {
-        self.manager.thaw(&self.name).await?;
+        self.manager
+            .thaw_for(&self.name, &self.entry.migration)
+            .await?;
         Ok(())
     }
     async fn stop(&mut self) -> Result<(), MigrateError> {
@@ -237,7 +278,11 @@ impl Migrator {
     /// Moves `req.service` to `req.to`; the report says what happened either way and is
     /// appended to the audit log.
     pub async fn migrate(&self, req: MigrateRequest) -> MigrationReport {
-        let id = format!("{}-{}", req.service, now_ms());
+        let _claim = match self.claim(&req.service) {
+            Ok(claim) => claim,
+            Err(why) => return self.refuse(&req.service, &req.to, &req.requested_by, &why),
+        };
+        let id = migration_id(&req.service);
         let span = info_span!("migration", id = %id, service = %req.service, to = %req.to);
         let started = Instant::now();
         let mut report = MigrationReport {
@@ -282,6 +327,30 @@ impl Migrator {
             "migration finished"
         );
         report
+    }
+
+    /// Claims `service` for one migration: refused (not queued) while another migration from
+    /// here moves it, or one whose hand-off is unresolved still holds it in the journal.
+    fn claim(&self, service: &str) -> Result<Claim<'_>, String> {
+        let mut moving = self.moving.lock().unwrap_or_else(|e| e.into_inner());
+        if moving.contains(service) {
+            return Err(format!("a migration of {service} is already under way"));
+        }
+        if let Some(e) = self
+            .journal
+            .as_ref()
+            .and_then(|j| j.sources().into_iter().find(|e| e.service == service))
+        {
+            return Err(format!(
+                "migration {} of {service} is not resolved yet",
+                e.migration
+            ));
+        }
+        moving.insert(service.to_string());
+        Ok(Claim {
+            moving: &self.moving,
+            service: service.to_string(),
+        })
     }
 
     /// Refuses a request to move `service` to `to` from `requested_by` without trying
@@ -470,6 +539,7 @@ impl Migrator {
             id,
             &req.service,
             Some(target_spec.clone()),
+            req.replace,
             scan,
             level,
         )
@@ -558,10 +628,15 @@ impl Migrator {
         self.apply(entry, then).await;
         match outcome {
             HandoffOutcome::Started(_) => {
+                // Off the client's path: the frozen instance is dead by now.
+                forget(peer, id).await;
                 peer.close("migrated");
                 Ok(())
             }
-            HandoffOutcome::GivenBack(why) => Err(MigrateError::GivenBack(why)),
+            HandoffOutcome::GivenBack(why) => {
+                forget(peer, id).await;
+                Err(MigrateError::GivenBack(why))
+            }
             HandoffOutcome::Unknown(why) => {
                 warn!(reason = %why, "hand-off unanswered: resolving it in the background");
                 Err(MigrateError::Unresolved(why))
@@ -584,7 +659,11 @@ impl Migrator {
                 }
                 // Given back after the decision: the frozen instance resumes.
                 SourceEffect::Thaw => {
-                    if let Err(e) = self.manager.thaw(&entry.service).await {
+                    if let Err(e) = self
+                        .manager
+                        .thaw_for(&entry.service, &entry.migration)
+                        .await
+                    {
                         warn!(error = %e, "thaw failed: restarting it here");
                         if let Err(e) = self.manager.kill(&entry.service).await {
                             warn!(error = %e, "killing the instance that did not thaw");
@@ -707,6 +786,14 @@ impl Migrator {
                 }
             }
             if outcome.handed() != Handed::Unknown {
+                if let Ok(peer) = self
+                    .transport
+                    .endpoint()
+                    .connect(entry.addr, &entry.to)
+                    .await
+                {
+                    forget(&peer, &entry.migration).await;
+                }
                 return;
             }
         }

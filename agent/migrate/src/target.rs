@@ -14,7 +14,7 @@ use super::error::MigrateError;
 use super::handoff::Started;
 use super::journal::{now_ms, Journal, JournalGuard, TargetEntry, TargetPhase};
 use super::protocol::{Handoff, HANDOFF, START_TIMEOUT};
-use super::target_machine::{self, TargetEffect, TargetEvent, STARTED_KEPT_MS};
+use super::target_machine::{self, TargetEffect, TargetEvent, RETURNED_KEPT_MS};
 use super::vip::Takeover;
 use crate::tasks::remove_tree;
 use godwit_runtime::service::{Health, Manager, RunState, ServiceSpec};
@@ -48,6 +48,8 @@ pub struct Target {
 enum StartError {
     /// Refused or given back: the target does not run the service and never will.
     GivenBack(String),
+    /// The target holds no such migration: it says nothing about where the service runs.
+    NotHeld(String),
     /// A journal write failed: the target cannot vouch for either, so it does not answer (the
     /// source is left in doubt and keeps the service from running there).
     Journal(MigrateError),
@@ -137,6 +139,12 @@ impl Target {
                 TargetEffect::DeleteStaging => {
                     let _ = remove_tree(need()?.staging.clone()).await;
                 }
+                TargetEffect::UndoCommit => {
+                    let entry = need()?.clone();
+                    tokio::task::spawn_blocking(move || super::receiver::undo_commit(&entry))
+                        .await
+                        .map_err(|e| MigrateError::BadState(e.to_string()))??;
+                }
                 TargetEffect::StopService => {
                     let service = &need()?.service;
                     if self.manager.spec(service).is_some() {
@@ -161,7 +169,9 @@ impl Target {
                 }
                 answer @ (TargetEffect::AnswerStarted
                 | TargetEffect::AnswerGivenBack
-                | TargetEffect::AnswerAbandoned) => {
+                | TargetEffect::AnswerAbandoned
+                | TargetEffect::AnswerNotHeld
+                | TargetEffect::AnswerForgotten) => {
                     return Ok(Ran {
                         answer: Some(answer),
                         rest: effects.collect(),
@@ -192,16 +202,26 @@ impl Target {
         let g = self.journal.lock(id).await;
         let (entry, effects) = self
             .step(&g, event)
-            .map_err(|r| StartError::GivenBack(r.to_string()))?;
+            .map_err(|r| StartError::NotHeld(r.to_string()))?;
         let ran = self
             .run(g, entry.as_ref(), effects)
             .await
             .map_err(StartError::Journal)?;
+        if ran.answer == Some(TargetEffect::AnswerNotHeld) {
+            return Err(StartError::NotHeld(format!(
+                "migration {id} is not held here"
+            )));
+        }
         let Some(entry) = entry else {
-            return Err(StartError::GivenBack(format!(
+            return Err(StartError::NotHeld(format!(
                 "migration {id} is not held here"
             )));
         };
+        if ran.answer == Some(TargetEffect::AnswerGivenBack) {
+            return Err(StartError::GivenBack(format!(
+                "migration {id} was given back here"
+            )));
+        }
         if ran.answer == Some(TargetEffect::AnswerStarted) {
             let started = Started {
                 pid: self.manager.status(&entry.service).ok().and_then(|s| s.pid),
@@ -359,8 +379,38 @@ impl Target {
                 ..Started::default()
             }
             .reply(),
+            Some(TargetEffect::AnswerNotHeld) => Handoff::NotHeld {
+                reason: format!("migration {id} is not held here"),
+            },
             _ => Handoff::Abandoned,
         })
+    }
+
+    /// The source acted on the outcome of migration `id`: the entry goes. The answer.
+    async fn forget(self: &Arc<Self>, id: &str) -> Result<Handoff, MigrateError> {
+        let g = self.journal.lock(id).await;
+        let (entry, effects) = match self.step(&g, TargetEvent::Forget) {
+            Ok(stepped) => stepped,
+            Err(r) => {
+                return Ok(Handoff::Refused {
+                    reason: r.to_string(),
+                })
+            }
+        };
+        self.run(g, entry.as_ref(), effects).await?;
+        Ok(Handoff::Forgotten)
+    }
+
+    /// Whether `peer` is the source of migration `id` here (or no entry exists, so there is
+    /// nothing to protect): hand-off, abandon and forget are the source's alone.
+    fn from_source(&self, id: &str, peer: &str) -> Result<(), String> {
+        match self.journal.target(id) {
+            Some(e) if e.from != peer => Err(format!(
+                "migration {id} came from {}, not from {peer}",
+                e.from
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Resolves migration `id` left `Prepared` or `Owned` by a transfer that ended, or found
@@ -435,7 +485,7 @@ impl Target {
                 warn!(migration = %e.migration, "the journal is busy: not recovered");
                 continue;
             };
-            let expired = now_ms().saturating_sub(e.at_unix_ms) > STARTED_KEPT_MS;
+            let expired = now_ms().saturating_sub(e.at_unix_ms) > RETURNED_KEPT_MS;
             let effects =
                 match target_machine::step(Some(e.phase), TargetEvent::Restart { expired }) {
                     Ok((_, effects)) => effects,
@@ -445,6 +495,9 @@ impl Target {
                     }
                 };
             let result = effects.into_iter().try_for_each(|effect| match effect {
+                // Before the staging copies go: the state that was at the destination may
+                // sit at a staging name.
+                TargetEffect::UndoCommit => super::receiver::undo_commit(&e),
                 TargetEffect::DeleteStaging => {
                     let _ = std::fs::remove_dir_all(&e.staging);
                     Ok(())
@@ -505,9 +558,30 @@ pub fn register_handoff(services: &Services, target: Arc<Target>) {
 
 async fn handoff(peer: PeerInfo, mut ch: Channel, target: Arc<Target>) {
     let mut after = None;
-    let (migration, reply) = match ch.recv::<Handoff>().await {
-        Ok(Some(Handoff::Start { migration, spec })) => {
-            let reply = match target
+    let request = match ch.recv::<Handoff>().await {
+        Ok(Some(request)) => request,
+        _ => return,
+    };
+    let migration = match &request {
+        Handoff::Start { migration, .. }
+        | Handoff::Abandon { migration }
+        | Handoff::Forget { migration } => migration.clone(),
+        other => {
+            warn!(peer = %peer.node, request = ?other, "not a hand-off request");
+            return;
+        }
+    };
+    // Only the migration's source may start, abandon or forget it: another node's
+    // certificate moves nothing here.
+    if let Err(reason) = target.from_source(&migration, &peer.node) {
+        warn!(peer = %peer.node, migration, reason, "hand-off refused: not the migration's source");
+        let _ = ch.send(&Handoff::Refused { reason }).await;
+        let _ = ch.finish();
+        return;
+    }
+    let reply = match request {
+        Handoff::Start { migration, spec } => {
+            match target
                 .start_owned(&migration, Some(&spec), TargetEvent::HandOff)
                 .await
             {
@@ -516,27 +590,37 @@ async fn handoff(peer: PeerInfo, mut ch: Channel, target: Arc<Target>) {
                     after = then;
                     st.reply()
                 }
-                Ok(None) => Handoff::Failed {
+                Ok(None) => Handoff::NotHeld {
                     reason: format!("nothing to start for migration {migration}"),
                 },
                 Err(StartError::GivenBack(reason)) => {
                     warn!(peer = %peer.node, migration, reason, "migrated service not started; given back");
                     Handoff::Failed { reason }
                 }
+                Err(StartError::NotHeld(reason)) => {
+                    warn!(peer = %peer.node, migration, reason, "hand-off for a migration not held here");
+                    Handoff::NotHeld { reason }
+                }
                 Err(StartError::Journal(e)) => {
                     warn!(peer = %peer.node, migration, error = %e, "hand-off not answered: the journal failed");
                     return;
                 }
-            };
-            (migration, reply)
+            }
         }
-        Ok(Some(Handoff::Abandon { migration })) => match target.abandon(&migration).await {
+        Handoff::Abandon { migration } => match target.abandon(&migration).await {
             Ok(reply) => {
                 info!(peer = %peer.node, migration, ?reply, "hand-off abandoned by the source");
-                (migration, reply)
+                reply
             }
             Err(e) => {
                 warn!(peer = %peer.node, migration, error = %e, "abandon not answered: the journal failed");
+                return;
+            }
+        },
+        Handoff::Forget { migration } => match target.forget(&migration).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                warn!(peer = %peer.node, migration, error = %e, "forget not answered: the journal failed");
                 return;
             }
         },

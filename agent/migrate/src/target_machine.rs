@@ -22,8 +22,9 @@ pub const ADOPT_AFTER: Duration = Duration::from_secs(3);
 /// A target drops a prepared copy when no decision came by then (the source resumed, or died
 /// before deciding and resumes when it restarts).
 pub const PREPARED_WAIT: Duration = Duration::from_secs(30);
-/// A `Started` entry is kept this long after a restart, to answer a repeated hand-off.
-pub const STARTED_KEPT_MS: u64 = 86_400_000;
+/// A `Returned` entry is kept this long after a restart, to answer a repeated hand-off with
+/// "given back"; a `Started` one is kept until its source says it may go ([`TargetEvent::Forget`]).
+pub const RETURNED_KEPT_MS: u64 = 30 * 86_400_000;
 
 /// What happened to a migration on its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,10 +58,12 @@ pub enum TargetEvent {
     NoDecision,
     /// [`ADOPT_AFTER`] passed since it was queued.
     AdoptDue,
+    /// The source acted on the outcome: the entry may go.
+    Forget,
     /// The agent started again (a crash or a restart) and found the entry; `expired` when it
-    /// was last changed more than [`STARTED_KEPT_MS`] ago.
+    /// was last changed more than [`RETURNED_KEPT_MS`] ago.
     Restart {
-        /// Older than [`STARTED_KEPT_MS`].
+        /// Older than [`RETURNED_KEPT_MS`] (only a `Returned` entry expires).
         expired: bool,
     },
 }
@@ -76,6 +79,12 @@ pub enum TargetEffect {
     RemoveJournal,
     /// Make the staging copy durable and exchange it into place (the commit).
     PutInPlace,
+    /// Where the exchange of a commit that did not finish happened, exchange back: the state
+    /// that was at the destination returns there, the copy to the staging directory.
+    UndoCommit,
+    /// Remove what the commit's exchange left at the staging name (the state that was at the
+    /// destination before), once the vote is durable.
+    DropPrevious,
     /// Remove the staging directory.
     DeleteStaging,
     /// Remove the committed copy (the service never ran here).
@@ -99,8 +108,12 @@ pub enum TargetEffect {
     AnswerStarted,
     /// Answer the hand-off: the service does not run here and never will.
     AnswerGivenBack,
-    /// Answer the abandon: given back (or never held).
+    /// Answer the abandon: given back.
     AnswerAbandoned,
+    /// Answer: no such migration here (the source takes it as no answer).
+    AnswerNotHeld,
+    /// Answer the source's forget.
+    AnswerForgotten,
 }
 
 /// An event this phase does not accept; nothing changes.
@@ -121,13 +134,17 @@ pub fn step(phase: Phase, event: TargetEvent) -> Result<(Phase, Vec<TargetEffect
         (None, Ev::Begin) => Ok((Some(P::Staging), vec![E::CreateJournal(P::Staging)])),
         (Some(_), Ev::Begin) => Err(Refused("the migration was seen before".into())),
 
-        // The vote: durable before the source hears "Committed".
+        // The vote: durable before the source hears "Committed". `Committing` first, so a
+        // crash between the exchange and the vote is undone, never taken for a staging copy
+        // (the previous state sits at the staging name then).
         (Some(P::Staging), Ev::Commit) => Ok((
             Some(P::Prepared),
             vec![
+                E::WriteJournal(P::Committing),
                 E::PutInPlace,
                 E::WriteJournal(P::Prepared),
                 E::AnswerCommitted,
+                E::DropPrevious,
             ],
         )),
         (_, Ev::Commit) => Err(Refused("the migration was given up here".into())),
@@ -152,6 +169,11 @@ pub fn step(phase: Phase, event: TargetEvent) -> Result<(Phase, Vec<TargetEffect
         (Some(P::Staging), Ev::ChannelEnded { failed: true }) => {
             Ok((None, vec![E::DeleteStaging, E::RemoveJournal]))
         }
+        // The commit failed half-way: the destination gets back what it had.
+        (Some(P::Committing), Ev::ChannelEnded { .. }) => Ok((
+            None,
+            vec![E::UndoCommit, E::DeleteStaging, E::RemoveJournal],
+        )),
         // A commit got as far as being recorded: the watcher decides.
         (Some(_), Ev::ChannelEnded { failed: true }) => stay(vec![E::DeleteStaging, E::Queue]),
         (None, Ev::ChannelEnded { failed: true }) => stay(vec![E::DeleteStaging]),
@@ -165,9 +187,11 @@ pub fn step(phase: Phase, event: TargetEvent) -> Result<(Phase, Vec<TargetEffect
             vec![E::WriteJournal(P::Owned), E::StartService],
         )),
         (Some(P::Owned), Ev::HandOff | Ev::AdoptDue) => stay(vec![E::StartService]),
-        // Idempotent once started.
+        // Idempotent once started, and once given back.
         (Some(P::Started), Ev::HandOff) => stay(vec![E::AnswerStarted]),
-        (p, Ev::HandOff) => Err(Refused(format!("the migration is not held here ({p:?})"))),
+        (Some(P::Returned), Ev::HandOff) => stay(vec![E::AnswerGivenBack]),
+        // Never prepared here (or forgotten): this side knows nothing of where it runs.
+        (_, Ev::HandOff) => stay(vec![E::AnswerNotHeld]),
         (_, Ev::AdoptDue) => stay(vec![]),
 
         // Answered before it is recorded: the record is an fsync off the source's path, which
@@ -205,6 +229,16 @@ pub fn step(phase: Phase, event: TargetEvent) -> Result<(Phase, Vec<TargetEffect
                 E::AnswerAbandoned,
             ],
         )),
+        (Some(P::Committing), Ev::Abandon) => Ok((
+            Some(P::Returned),
+            vec![
+                E::UndoCommit,
+                E::DeleteStaging,
+                E::WriteJournal(P::Returned),
+                E::WaitForStarts,
+                E::AnswerAbandoned,
+            ],
+        )),
         (Some(P::Prepared | P::Owned), Ev::Abandon) => Ok((
             Some(P::Returned),
             vec![
@@ -217,7 +251,15 @@ pub fn step(phase: Phase, event: TargetEvent) -> Result<(Phase, Vec<TargetEffect
         )),
         // It runs here and said so (or may have): never given back, the source hears it runs.
         (Some(P::Started), Ev::Abandon) => stay(vec![E::AnswerStarted]),
-        (Some(P::Returned) | None, Ev::Abandon) => stay(vec![E::WaitForStarts, E::AnswerAbandoned]),
+        (Some(P::Returned), Ev::Abandon) => stay(vec![E::WaitForStarts, E::AnswerAbandoned]),
+        (None, Ev::Abandon) => stay(vec![E::AnswerNotHeld]),
+
+        // The outcome reached the source and it acted on it.
+        (Some(P::Started | P::Returned), Ev::Forget) => {
+            Ok((None, vec![E::RemoveJournal, E::AnswerForgotten]))
+        }
+        (None, Ev::Forget) => stay(vec![E::AnswerForgotten]),
+        (p, Ev::Forget) => Err(Refused(format!("the migration is {p:?} here: not over"))),
 
         (Some(P::Prepared), Ev::Queued) => stay(vec![E::Timer(PREPARED_WAIT, Ev::NoDecision)]),
         (Some(P::Owned), Ev::Queued) => stay(vec![E::Timer(ADOPT_AFTER, Ev::AdoptDue)]),
@@ -233,15 +275,23 @@ pub fn step(phase: Phase, event: TargetEvent) -> Result<(Phase, Vec<TargetEffect
         (Some(P::Staging), Ev::Restart { .. }) => {
             Ok((None, vec![E::DeleteStaging, E::RemoveJournal]))
         }
+        (Some(P::Committing), Ev::Restart { .. }) => Ok((
+            None,
+            vec![E::UndoCommit, E::DeleteStaging, E::RemoveJournal],
+        )),
         // Given back, but a start that was under way when the agent died may have left the
-        // service's processes running (they outlive the agent): they go first.
-        (Some(P::Returned), Ev::Restart { .. }) => Ok((
+        // service's processes running (they outlive the agent): they go first. The entry
+        // stays, to answer a late hand-off "given back", until its source forgets it.
+        (Some(P::Returned), Ev::Restart { expired: false }) => {
+            stay(vec![E::StopService, E::DeleteStaging])
+        }
+        (Some(P::Returned), Ev::Restart { expired: true }) => Ok((
             None,
             vec![E::StopService, E::DeleteStaging, E::RemoveJournal],
         )),
         (Some(P::Prepared | P::Owned), Ev::Restart { .. }) => stay(vec![E::Queue]),
-        (Some(P::Started), Ev::Restart { expired: true }) => Ok((None, vec![E::RemoveJournal])),
-        (Some(P::Started), Ev::Restart { expired: false }) => stay(vec![]),
+        // Kept until the source forgets it: a late hand-off hears "started", never "not held".
+        (Some(P::Started), Ev::Restart { .. }) => stay(vec![]),
         (None, Ev::Restart { .. }) => stay(vec![]),
     }
 }
@@ -253,9 +303,10 @@ mod tests {
     use super::TargetPhase as P;
     use super::*;
 
-    const ALL: [Phase; 6] = [
+    const ALL: [Phase; 7] = [
         None,
         Some(P::Staging),
+        Some(P::Committing),
         Some(P::Prepared),
         Some(P::Owned),
         Some(P::Started),
@@ -277,6 +328,7 @@ mod tests {
             Ev::Queued,
             Ev::NoDecision,
             Ev::AdoptDue,
+            Ev::Forget,
             Ev::Restart { expired: false },
             Ev::Restart { expired: true },
         ]
@@ -329,9 +381,11 @@ mod tests {
             effects,
             vec![
                 E::CreateJournal(P::Staging),
+                E::WriteJournal(P::Committing),
                 E::PutInPlace,
                 E::WriteJournal(P::Prepared),
                 E::AnswerCommitted,
+                E::DropPrevious,
                 E::WriteJournal(P::Owned),
                 E::AnswerOwned,
                 E::Queue,
@@ -424,11 +478,14 @@ mod tests {
     }
 
     #[test]
-    fn a_late_hand_off_after_abandon_is_refused_and_starts_nothing() {
+    fn a_late_hand_off_after_abandon_is_answered_given_back_and_starts_nothing() {
         for from in [Some(P::Staging), Some(P::Prepared), Some(P::Owned)] {
             let (phase, _) = run(from, &[Ev::Abandon]);
             assert_eq!(phase, Some(P::Returned));
-            assert!(step(phase, Ev::HandOff).is_err());
+            assert_eq!(
+                step(phase, Ev::HandOff),
+                Ok((phase, vec![E::AnswerGivenBack]))
+            );
             assert!(step(phase, Ev::Decided).is_err());
             assert_eq!(step(phase, Ev::AdoptDue), Ok((phase, vec![])));
             assert!(step(phase, Ev::Commit).is_err(), "{from:?}");
@@ -436,20 +493,89 @@ mod tests {
     }
 
     #[test]
-    fn unknown_ids_are_refused_or_answered_as_never_held() {
-        assert!(step(None, Ev::HandOff).is_err());
+    fn unknown_ids_are_answered_not_held_never_given_back() {
+        // "Not held" says nothing about where the service runs: the source must not read it
+        // as "given back" and run a stale copy.
+        for ev in [Ev::HandOff, Ev::Abandon] {
+            assert_eq!(step(None, ev), Ok((None, vec![E::AnswerNotHeld])), "{ev:?}");
+        }
+        for p in [P::Staging, P::Committing] {
+            assert_eq!(
+                step(Some(p), Ev::HandOff),
+                Ok((Some(p), vec![E::AnswerNotHeld]))
+            );
+        }
         assert!(step(None, Ev::Decided).is_err());
         assert!(step(None, Ev::Commit).is_err());
         assert!(step(None, Ev::Healthy).is_err());
-        assert_eq!(
-            step(None, Ev::Abandon),
-            Ok((None, vec![E::WaitForStarts, E::AnswerAbandoned]))
-        );
         assert_eq!(step(None, Ev::NoDecision), Ok((None, vec![])));
         // A known id begins only once.
         for p in ALL.into_iter().flatten() {
             assert!(step(Some(p), Ev::Begin).is_err(), "{p:?}");
         }
+    }
+
+    #[test]
+    fn an_outcome_is_kept_until_the_source_forgets_it() {
+        // However long after, a started migration answers "started" until the forget.
+        for expired in [false, true] {
+            assert_eq!(
+                step(Some(P::Started), Ev::Restart { expired }),
+                Ok((Some(P::Started), vec![]))
+            );
+        }
+        assert_eq!(
+            run(
+                Some(P::Started),
+                &[Ev::Restart { expired: true }, Ev::HandOff]
+            )
+            .1,
+            vec![E::AnswerStarted]
+        );
+        for p in [P::Started, P::Returned] {
+            assert_eq!(
+                step(Some(p), Ev::Forget),
+                Ok((None, vec![E::RemoveJournal, E::AnswerForgotten]))
+            );
+        }
+        // Nothing still under way is forgotten.
+        for p in [P::Staging, P::Committing, P::Prepared, P::Owned] {
+            assert!(step(Some(p), Ev::Forget).is_err(), "{p:?}");
+        }
+        assert_eq!(step(None, Ev::Forget), Ok((None, vec![E::AnswerForgotten])));
+    }
+
+    #[test]
+    fn a_commit_cut_short_is_undone_before_the_staging_copy_goes() {
+        for ev in [
+            Ev::Restart { expired: false },
+            Ev::ChannelEnded { failed: true },
+            Ev::ChannelEnded { failed: false },
+        ] {
+            let (phase, effects) = step(Some(P::Committing), ev).unwrap();
+            assert_eq!(phase, None, "{ev:?}");
+            assert_eq!(
+                effects,
+                vec![E::UndoCommit, E::DeleteStaging, E::RemoveJournal],
+                "{ev:?}"
+            );
+        }
+        // The previous state is dropped only after the vote is durable.
+        let (_, effects) = step(Some(P::Staging), Ev::Commit).unwrap();
+        let voted = effects
+            .iter()
+            .position(|e| *e == E::WriteJournal(P::Prepared))
+            .unwrap();
+        let dropped = effects.iter().position(|e| *e == E::DropPrevious).unwrap();
+        let committing = effects
+            .iter()
+            .position(|e| *e == E::WriteJournal(P::Committing))
+            .unwrap();
+        let put = effects.iter().position(|e| *e == E::PutInPlace).unwrap();
+        assert!(
+            committing < put && put < voted && voted < dropped,
+            "{effects:?}"
+        );
     }
 
     #[test]
@@ -490,26 +616,35 @@ mod tests {
     #[test]
     fn a_crash_at_every_phase_recovers_to_one_place() {
         // (journalled phase at the crash, phase after the restart, effects of the restart)
-        let table: [(Phase, Phase, Vec<TargetEffect>); 8] = [
+        let table: [(Phase, Phase, Vec<TargetEffect>); 9] = [
             (None, None, vec![]),
             (
                 Some(P::Staging),
                 None,
                 vec![E::DeleteStaging, E::RemoveJournal],
             ),
+            (
+                Some(P::Committing),
+                None,
+                vec![E::UndoCommit, E::DeleteStaging, E::RemoveJournal],
+            ),
             (Some(P::Prepared), Some(P::Prepared), vec![E::Queue]),
             (Some(P::Owned), Some(P::Owned), vec![E::Queue]),
             (Some(P::Started), Some(P::Started), vec![]),
             (
                 Some(P::Returned),
+                Some(P::Returned),
+                vec![E::StopService, E::DeleteStaging],
+            ),
+            (
+                Some(P::Returned),
                 None,
                 vec![E::StopService, E::DeleteStaging, E::RemoveJournal],
             ),
-            (Some(P::Started), None, vec![E::RemoveJournal]),
-            (Some(P::Owned), Some(P::Owned), vec![E::Queue]),
+            (Some(P::Started), Some(P::Started), vec![]),
         ];
         for (i, (at, after, effects)) in table.into_iter().enumerate() {
-            let expired = i == 6;
+            let expired = i >= 7;
             assert_eq!(
                 step(at, Ev::Restart { expired }),
                 Ok((after, effects.clone())),

@@ -490,14 +490,22 @@ fn the_commit_swaps_the_staging_copy_in_and_removes_the_old_state() {
     std::fs::create_dir_all(staging.join("data")).unwrap();
     std::fs::write(staging.join("data/db"), b"first").unwrap();
     super::receiver::sync_tree(&staging).unwrap();
-    super::receiver::swap_into_place(&staging, &dest).unwrap();
+    assert_eq!(
+        super::receiver::swap_into_place(&staging, &dest).unwrap(),
+        None
+    );
     assert_eq!(std::fs::read(dest.join("data/db")).unwrap(), b"first");
     assert!(!staging.exists());
-    // A previous state: exchanged in one step, the old one removed after.
+    // A previous state: exchanged in one step, the old one left at the staging name for the
+    // caller to remove once the commit is recorded.
     std::fs::create_dir_all(staging.join("data")).unwrap();
     std::fs::write(staging.join("data/db"), b"second").unwrap();
-    super::receiver::swap_into_place(&staging, &dest).unwrap();
+    let old = super::receiver::swap_into_place(&staging, &dest)
+        .unwrap()
+        .unwrap();
     assert_eq!(std::fs::read(dest.join("data/db")).unwrap(), b"second");
+    assert_eq!(std::fs::read(old.join("data/db")).unwrap(), b"first");
+    std::fs::remove_dir_all(old).unwrap();
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

@@ -173,15 +173,17 @@ impl StateSender {
         scan: StateScan,
         level: Option<i32>,
     ) -> Result<StateSender, MigrateError> {
-        Self::begin_with_spec(peer, migration, service, None, scan, level).await
+        Self::begin_with_spec(peer, migration, service, None, false, scan, level).await
     }
 
-    /// [`StateSender::begin`] for a managed service whose spec the target keeps.
+    /// [`StateSender::begin`] for a managed service whose spec the target keeps; `replace`
+    /// when the operator asked to replace a service of that name there.
     pub async fn begin_with_spec(
         peer: &Peer,
         migration: &str,
         service: &str,
         spec: Option<godwit_runtime::service::ServiceSpec>,
+        replace: bool,
         scan: StateScan,
         level: Option<i32>,
     ) -> Result<StateSender, MigrateError> {
@@ -190,6 +192,7 @@ impl StateSender {
             migration: migration.to_string(),
             service: service.to_string(),
             spec: spec.map(Box::new),
+            replace,
         })
         .await?;
         Ok(StateSender {

@@ -25,7 +25,7 @@ use super::error::TransportError;
 /// Version of the frame format and of the messages; both ends must agree. 3: migration
 /// specs and reports travel as typed values (were JSON strings), a migration's mode is an
 /// optional `SwitchMode`, and the hand-off may answer an abandon with `Started`.
-pub const WIRE_VERSION: u16 = 3;
+pub const WIRE_VERSION: u16 = 4;
 /// Largest message frame.
 pub(crate) const MAX_FRAME: usize = 16 << 20;
 /// Largest bulk block (raw or compressed).

@@ -66,6 +66,10 @@ pub(super) struct MigrateArgs {
     /// the hash tree the rounds kept.
     #[arg(long)]
     full_verify: bool,
+    /// Replace a service of the same name on the target: its definition there and its state
+    /// are replaced by this one's (without it, the target refuses the move).
+    #[arg(long)]
+    replace: bool,
     /// The coordinator's fencing token. No coordinator exists yet: the agent refuses a token
     /// it cannot check.
     #[arg(long, hide = true)]
@@ -119,6 +123,7 @@ pub(super) fn run(args: MigrateArgs) -> ExitCode {
         mode,
         downtime_ms: args.downtime_target,
         full_verify: args.full_verify,
+        replace: args.replace,
         fencing_token: args.fencing_token,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()

@@ -79,6 +79,7 @@ impl Migration {
                     stats: Default::default(),
                     me: Default::default(),
                     tasks: tasks.clone(),
+                    moving: Default::default(),
                 }
                 .into_arc();
                 // Migrations start only here: a caller with a certificate, over the transport.

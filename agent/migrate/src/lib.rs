@@ -65,6 +65,8 @@ mod transfer;
 mod vip;
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod machine_tests;
 #[cfg(test)]
 mod tests;

@@ -149,7 +149,9 @@ fn refuse_begin(
             return Some(format!("a process is forked ahead for {service:?} here"));
         }
     }
-    if dest.symlink_metadata().is_ok() {
+    // An empty directory holds nothing to lose (a start forked ahead makes one).
+    let empty = std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_none());
+    if dest.symlink_metadata().is_ok() && !empty {
         return Some(format!(
             "{service:?} has state here at {} (the operator may --replace it)",
             dest.display()
@@ -246,6 +248,12 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
         hooks: hooks.clone(),
         syncing: None,
         previous: None,
+        max_bytes: hooks
+            .as_ref()
+            .and_then(|h| h.manager.as_ref())
+            .map_or(godwit_runtime::service::DEFAULT_MAX_STATE_BYTES, |m| {
+                m.runtime().section.max_state_bytes
+            }),
     };
     let outcome = rx.run(&mut ch, &dest).await;
     match &outcome {
@@ -307,6 +315,59 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
     if let Err(e) = ended {
         warn!(migration, error = %e, "closing the transfer in the journal");
     }
+}
+
+/// Entries a listing may have.
+const MAX_ENTRIES: usize = 1 << 20;
+
+/// Refuses a listing that is not a tree this node can hold: a path that is empty, absolute
+/// or climbs (`..`, `.`, empty components), a path listed twice (say a file and a directory
+/// at once), a path under a listed file, too many entries, or more bytes in all than
+/// `max_bytes`.
+fn check_listing(files: &[FileMeta], max_bytes: u64) -> Result<(), MigrateError> {
+    if files.len() > MAX_ENTRIES {
+        return Err(MigrateError::Peer(format!(
+            "a listing of {} entries (at most {MAX_ENTRIES})",
+            files.len()
+        )));
+    }
+    let mut seen: BTreeMap<&str, bool> = BTreeMap::new();
+    let mut total = 0u64;
+    for f in files {
+        let ok = !f.rel.is_empty()
+            && f.rel.len() <= 4096
+            && !f.rel.starts_with('/')
+            && f.rel
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'));
+        if !ok {
+            return Err(MigrateError::Peer(format!("bad path {:?}", f.rel)));
+        }
+        if seen.insert(&f.rel, f.size.is_some()).is_some() {
+            return Err(MigrateError::Peer(format!("{:?} is listed twice", f.rel)));
+        }
+        total = total
+            .checked_add(f.size.unwrap_or(0))
+            .filter(|t| *t <= max_bytes)
+            .ok_or_else(|| {
+                MigrateError::Peer(format!(
+                    "the state is larger than this node takes for one service ({max_bytes} bytes)"
+                ))
+            })?;
+    }
+    for f in files {
+        let mut at = f.rel.as_str();
+        while let Some((parent, _)) = at.rsplit_once('/') {
+            if seen.get(parent) == Some(&true) {
+                return Err(MigrateError::Peer(format!(
+                    "{:?} lies under {parent:?}, which is listed as a file",
+                    f.rel
+                )));
+            }
+            at = parent;
+        }
+    }
+    Ok(())
 }
 
 /// Creates `dir` (its parents too); returns its device and inode.
@@ -415,6 +476,8 @@ struct Receiver {
     /// Where the commit's exchange put the state that was at the destination, until the vote
     /// is durable and it can go.
     previous: Option<PathBuf>,
+    /// The largest state this node takes for one service (`[services] max_state_bytes`).
+    max_bytes: u64,
 }
 
 impl Receiver {
@@ -527,7 +590,9 @@ impl Receiver {
                             let path = self.staging.join(&rel);
                             tokio::task::block_in_place(|| file_digests(&path, size))?
                         } else {
-                            self.digests.get(&rel).cloned().unwrap_or_default()
+                            let mut d = self.digests.get(&rel).cloned().unwrap_or_default();
+                            d.resize(size.div_ceil(BLOCK) as usize, UNKNOWN);
+                            d
                         };
                         out.push((rel, digests));
                     }
@@ -606,16 +671,7 @@ impl Receiver {
     /// what is no longer listed.
     fn apply_listing(&mut self, files: &[FileMeta]) -> Result<(), MigrateError> {
         let keep: BTreeSet<&str> = files.iter().map(|f| f.rel.as_str()).collect();
-        for f in files {
-            let ok = !f.rel.is_empty()
-                && f.rel
-                    .split('/')
-                    .all(|c| !c.is_empty() && c != "." && c != "..")
-                && !f.rel.starts_with('/');
-            if !ok {
-                return Err(MigrateError::BadState(format!("bad path {:?}", f.rel)));
-            }
-        }
+        check_listing(files, self.max_bytes)?;
         self.digests.retain(|rel, _| {
             files
                 .iter()
@@ -656,11 +712,11 @@ impl Receiver {
                     }
                     // Digests follow the size: the blocks both sizes hold whole keep theirs;
                     // the others are unknown until written (the sender sends them all, as
-                    // their digests changed or are new on its side too).
+                    // their digests changed or are new on its side too). They are allocated
+                    // as the data arrives, not as the listing claims.
                     let d = self.digests.entry(f.rel.clone()).or_default();
-                    if old != size || d.len() as u64 != size.div_ceil(BLOCK) {
+                    if old != size {
                         d.truncate((old.min(size) / BLOCK) as usize);
-                        d.resize(size.div_ceil(BLOCK) as usize, UNKNOWN);
                     }
                 }
             }
@@ -909,8 +965,9 @@ fn write_all_pieces(
             )));
         };
         let (at, len) = (piece.offset, u64::from(piece.raw_len));
-        let whole =
-            at % BLOCK == 0 && at + len <= t.size && (len % BLOCK == 0 || at + len == t.size);
+        let end = at.checked_add(len);
+        let whole = at % BLOCK == 0
+            && end.is_some_and(|end| end <= t.size && (len % BLOCK == 0 || end == t.size));
         if !whole || len == 0 {
             return Err(MigrateError::Peer(format!(
                 "a piece of {len} bytes at {at} of {:?} ({} bytes): not whole blocks",
@@ -933,6 +990,10 @@ fn write_all_pieces(
             t.kick(&flusher);
         }
         let first = (at / BLOCK) as usize;
+        let blocks = first + len.div_ceil(BLOCK) as usize;
+        if t.digests.len() < blocks {
+            t.digests.resize(blocks, UNKNOWN);
+        }
         for (i, block) in data.chunks(BLOCK as usize).enumerate() {
             t.digests[first + i] = block_digest(block);
         }

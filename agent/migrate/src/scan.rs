@@ -68,6 +68,22 @@ pub fn file_node(size: u64, digests: &[BlockDigest]) -> String {
     hex(ctx.finish().as_ref())
 }
 
+/// [`file_node`] of a file of `size` bytes whose first blocks have `digests` and the rest
+/// (never written) [`UNKNOWN`], without allocating them: a receiver's digests grow only as
+/// data arrives.
+pub(crate) fn file_node_padded(size: u64, digests: &[BlockDigest]) -> String {
+    let blocks = size.div_ceil(BLOCK);
+    let known = &digests[..digests.len().min(blocks as usize)];
+    let mut ctx = ring::digest::Context::new(&SHA256);
+    ctx.update(&size.to_le_bytes());
+    ctx.update(&blocks.to_le_bytes());
+    ctx.update(known.as_flattened());
+    for _ in known.len() as u64..blocks {
+        ctx.update(&UNKNOWN);
+    }
+    hex(ctx.finish().as_ref())
+}
+
 /// The root of the tree over `nodes` (path and node of every file, sorted by path), hex.
 pub fn tree_root(nodes: &[(String, String)]) -> String {
     let mut ctx = ring::digest::Context::new(&SHA256);
@@ -488,7 +504,7 @@ pub(crate) fn tree_of(
         .filter_map(|f| {
             let size = f.size?;
             let d = digests.get(&f.rel).map(Vec::as_slice).unwrap_or(&[]);
-            Some((f.rel.clone(), file_node(size, d)))
+            Some((f.rel.clone(), file_node_padded(size, d)))
         })
         .collect()
 }

@@ -340,8 +340,16 @@ impl Target {
                 tokio::time::sleep(poll).await;
             }
         };
+        // Then it must stay healthy: one passing check is not a service that works (one
+        // that listens, then fails on a lock, passes once). Until this ends the move can
+        // still be given back, so the VIP waits for it too.
+        let settled = async {
+            let s = first_pass.await?;
+            settle(&self.manager, &name, health.as_ref(), &s, poll).await?;
+            Ok::<_, String>(s)
+        };
         let s = tokio::select! {
-            s = tokio::time::timeout(START_TIMEOUT, first_pass) => match s {
+            s = tokio::time::timeout(START_TIMEOUT, settled) => match s {
                 Ok(s) => s?,
                 Err(_) => return Err(format!("{name} did not pass its health check within {START_TIMEOUT:?}")),
             },
@@ -403,7 +411,7 @@ impl Target {
 
     /// Whether `peer` is the source of migration `id` here (or no entry exists, so there is
     /// nothing to protect): hand-off, abandon and forget are the source's alone.
-    fn from_source(&self, id: &str, peer: &str) -> Result<(), String> {
+    fn check_source(&self, id: &str, peer: &str) -> Result<(), String> {
         match self.journal.target(id) {
             Some(e) if e.from != peer => Err(format!(
                 "migration {id} came from {}, not from {peer}",
@@ -536,6 +544,50 @@ impl Target {
     }
 }
 
+/// Checks in a row a migrated service must pass, after its first, before it counts as
+/// started (with [`HealthSpec::settle_ms`] passed since the first).
+///
+/// [`HealthSpec::settle_ms`]: godwit_runtime::service::HealthSpec::settle_ms
+const SETTLE_CHECKS: u32 = 3;
+
+/// Waits until the instance that passed its first check (`first`) has stayed up and healthy:
+/// the same process, [`SETTLE_CHECKS`] checks in a row passing, over the spec's `settle_ms`.
+/// An error when it exits, is restarted or fails a check meanwhile.
+async fn settle(
+    manager: &Manager,
+    name: &str,
+    health: Option<&godwit_runtime::service::HealthSpec>,
+    first: &godwit_runtime::service::ServiceStatus,
+    poll: Duration,
+) -> Result<(), String> {
+    let window = Duration::from_millis(health.map_or(0, |h| h.settle_ms));
+    let from = Instant::now();
+    let mut passes = 1;
+    while passes < SETTLE_CHECKS || from.elapsed() < window {
+        tokio::time::sleep(poll).await;
+        let st = manager.status(name).map_err(|e| e.to_string())?;
+        if st.state != RunState::Running || st.pid != first.pid {
+            return Err(format!(
+                "{name} passed its first check, then was {} (pid {:?}, was {:?}) {} ms later",
+                st.state,
+                st.pid,
+                first.pid,
+                from.elapsed().as_millis()
+            ));
+        }
+        if let Some(h) = health {
+            if !godwit_runtime::service::check(h).await {
+                return Err(format!(
+                    "{name} passed its first check, then failed one {} ms later",
+                    from.elapsed().as_millis()
+                ));
+            }
+        }
+        passes += 1;
+    }
+    Ok(())
+}
+
 /// Removes every `*.staging-*` directory under `state_root`.
 fn remove_stale_staging(state_root: &Path) {
     for e in std::fs::read_dir(state_root)
@@ -573,7 +625,7 @@ async fn handoff(peer: PeerInfo, mut ch: Channel, target: Arc<Target>) {
     };
     // Only the migration's source may start, abandon or forget it: another node's
     // certificate moves nothing here.
-    if let Err(reason) = target.from_source(&migration, &peer.node) {
+    if let Err(reason) = target.check_source(&migration, &peer.node) {
         warn!(peer = %peer.node, migration, reason, "hand-off refused: not the migration's source");
         let _ = ch.send(&Handoff::Refused { reason }).await;
         let _ = ch.finish();

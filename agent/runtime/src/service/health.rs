@@ -185,6 +185,7 @@ mod tests {
             failures,
             start_timeout_ms,
             unhealthy_restart_ms,
+            settle_ms: 20,
         }
     }
 
@@ -269,6 +270,7 @@ mod tests {
             failures: 1,
             start_timeout_ms: 1000,
             unhealthy_restart_ms: 0,
+            settle_ms: 20,
         };
         assert!(check(&spec(Some(addr), None)).await);
         drop(listener);
@@ -309,6 +311,7 @@ mod tests {
             failures: 1,
             start_timeout_ms: 1000,
             unhealthy_restart_ms: 0,
+            settle_ms: 20,
         };
         let ready = answering("+PONG\r\n").await;
         let loading = answering("-LOADING Redis is loading the dataset in memory\r\n").await;

@@ -46,5 +46,6 @@ pub use error::ServiceError;
 pub use health::{check, Health, HealthTracker};
 pub use spec::{
     validate_all, Demand, HealthSpec, RestartPolicy, RestartSpec, ServiceSpec, ServicesSection,
+    DEFAULT_MAX_STATE_BYTES,
 };
 pub use supervisor::{Manager, RunState, Runtime, ServiceStatus};

@@ -23,7 +23,14 @@ pub struct ServicesSection {
     /// Interface that carries virtual IPs; the first interface that is up (not loopback)
     /// when absent.
     pub vip_interface: Option<String>,
+    /// The largest state a migration may bring into this node for one service, bytes (the
+    /// sum of its files' sizes): a peer's larger listing is refused before anything is
+    /// allocated for it.
+    pub max_state_bytes: u64,
 }
+
+/// `[services] max_state_bytes` unless configured: 32 GiB.
+pub const DEFAULT_MAX_STATE_BYTES: u64 = 32 << 30;
 
 impl Default for ServicesSection {
     fn default() -> Self {
@@ -32,6 +39,7 @@ impl Default for ServicesSection {
             state_root: PathBuf::from("/var/lib/godwit/state"),
             stop_grace_ms: 10_000,
             vip_interface: None,
+            max_state_bytes: DEFAULT_MAX_STATE_BYTES,
         }
     }
 }
@@ -74,6 +82,14 @@ pub struct HealthSpec {
     /// health; nor does the restart policy `never`.
     #[serde(default = "default_unhealthy_restart_ms")]
     pub unhealthy_restart_ms: u64,
+    /// After a migration: how long the target's instance must stay healthy (the same
+    /// process, at least three checks in a row passing) before its VIP is announced and the
+    /// source's frozen instance is killed; until then the move can still be given back. A
+    /// service whose port opens before it is ready, or that can still fail on a lock after
+    /// it listens, wants a longer window and a check that speaks its protocol (`send` and
+    /// `expect`).
+    #[serde(default = "default_settle_ms")]
+    pub settle_ms: u64,
 }
 
 fn default_interval_ms() -> u64 {
@@ -84,6 +100,9 @@ fn default_start_timeout_ms() -> u64 {
 }
 fn default_unhealthy_restart_ms() -> u64 {
     30_000
+}
+fn default_settle_ms() -> u64 {
+    20
 }
 fn default_timeout_ms() -> u64 {
     500

@@ -97,3 +97,59 @@ pub(super) fn append(path: &Path, report: &MigrationReport) -> std::io::Result<(
     let line = serde_json::to_string(report).map_err(std::io::Error::other)?;
     writeln!(f, "{line}")
 }
+
+/// How many refusals a window may append to the audit log; the rest are counted and the
+/// count is appended with the next one that fits.
+pub(super) const REFUSALS_PER_WINDOW: u32 = 20;
+/// The window.
+pub(super) const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Bounds the audit lines refusals write: a caller that floods the agent with requests it
+/// may not make fills neither the disk nor the log. Every refusal is still counted.
+#[derive(Debug, Default)]
+pub struct RefusalLimiter {
+    window: Option<std::time::Instant>,
+    written: u32,
+    suppressed: u64,
+}
+
+impl RefusalLimiter {
+    /// Whether a refusal at `now` may be written, and how many were left out before it
+    /// (to say so in its line).
+    pub(super) fn admit(&mut self, now: std::time::Instant) -> Option<u64> {
+        match self.window {
+            Some(start) if now.duration_since(start) < REFUSAL_WINDOW => {}
+            _ => {
+                self.window = Some(now);
+                self.written = 0;
+            }
+        }
+        if self.written >= REFUSALS_PER_WINDOW {
+            self.suppressed += 1;
+            return None;
+        }
+        self.written += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+#[cfg(test)]
+mod limiter_tests {
+    use super::*;
+
+    #[test]
+    fn refusals_beyond_the_window_are_counted_not_written() {
+        let mut l = RefusalLimiter::default();
+        let t = std::time::Instant::now();
+        for _ in 0..REFUSALS_PER_WINDOW {
+            assert_eq!(l.admit(t), Some(0));
+        }
+        for _ in 0..1000 {
+            assert_eq!(l.admit(t), None);
+        }
+        // The next window writes again, and says how many were left out.
+        let later = t + REFUSAL_WINDOW;
+        assert_eq!(l.admit(later), Some(1000));
+        assert_eq!(l.admit(later), Some(0));
+    }
+}

@@ -155,6 +155,8 @@ pub struct Migrator {
     pub tasks: crate::Tasks,
     /// The services a migration from here is moving now: one at a time per service.
     pub moving: Mutex<std::collections::BTreeSet<String>>,
+    /// Bounds the audit lines of refusals.
+    pub refusals: Mutex<super::audit::RefusalLimiter>,
 }
 
 /// A service claimed by one migration from this node; released when it goes.
@@ -364,7 +366,7 @@ impl Migrator {
         why: &str,
     ) -> MigrationReport {
         let now = now_ms();
-        let report = MigrationReport {
+        let mut report = MigrationReport {
             id: format!("{service}-{now}-refused"),
             service: service.to_string(),
             from: self.node.clone(),
@@ -376,10 +378,29 @@ impl Migrator {
             ..MigrationReport::default()
         };
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).refused += 1;
-        if let Err(e) = self.append_audit(&report) {
+        let admitted = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(Instant::now());
+        let Some(left_out) = admitted else {
+            return report;
+        };
+        let mut audited = report.clone();
+        if left_out > 0 {
+            audited.result = format!(
+                "{} ({left_out} earlier refusals not written)",
+                report.result
+            );
+        }
+        if let Err(e) = self.append_audit(&audited) {
             warn!(file = %self.audit.display(), error = %e, "cannot append to the audit log");
         }
-        warn!(service, to, requested_by, why, "migration request refused");
+        warn!(
+            service,
+            to, requested_by, why, left_out, "migration request refused"
+        );
+        report.result = audited.result;
         report
     }
 

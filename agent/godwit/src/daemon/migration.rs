@@ -80,6 +80,7 @@ impl Migration {
                     me: Default::default(),
                     tasks: tasks.clone(),
                     moving: Default::default(),
+                    refusals: Default::default(),
                 }
                 .into_arc();
                 // Migrations start only here: a caller with a certificate, over the transport.

@@ -980,3 +980,68 @@ fn redis_migrates_between_nodes_under_writes_and_loses_no_acknowledged_write() {
         report["transfer"]["cutover"]
     );
 }
+
+/// Two `godwit migrate` of one service at once: exactly one proceeds (the other is refused
+/// and audited, not queued), the service runs in one place, and nothing acknowledged is
+/// lost. Then a move back onto a node that defines a service of that name is refused unless
+/// the operator says `--replace`.
+#[test]
+fn two_concurrent_migrations_of_one_service_move_it_once() {
+    require_root();
+    let rig = rig_with_kv();
+    let client = rig.client(15);
+    std::thread::sleep(Duration::from_millis(500));
+    let (a, b) = (
+        rig.migrate_command(1, "kv", 2, TRANSITIONAL),
+        rig.migrate_command(1, "kv", 2, TRANSITIONAL),
+    );
+    let first = std::thread::spawn(move || run_migrate(a, Duration::from_secs(120)));
+    let second = std::thread::spawn(move || run_migrate(b, Duration::from_secs(120)));
+    let (first, second) = (first.join().unwrap(), second.join().unwrap());
+    let committed = [&first, &second].iter().filter(|m| m.committed()).count();
+    assert_eq!(
+        committed,
+        1,
+        "exactly one moves it:\n{}\n{}\n{}",
+        first.progress,
+        second.progress,
+        rig.c.log(1)
+    );
+    let loser = if first.committed() { &second } else { &first };
+    let said = format!("{}{}", loser.progress, loser.report);
+    assert!(
+        said.contains("already under way"),
+        "the other is refused: {said}"
+    );
+    // One place: n2 serves, n1 has nothing.
+    godwit_tests::wait_for(Duration::from_secs(10), || {
+        let s = rig.service(2, "kv");
+        (s["health"] == "healthy" && s["vip_active"] == true).then_some(())
+    })
+    .unwrap_or_else(|| panic!("kv not serving on n2: {}", rig.service(2, "kv")));
+    assert!(rig.service(1, "kv").is_null(), "{}", rig.service(1, "kv"));
+    let out = client.wait_with_output().unwrap();
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(check["missing_acknowledged"], 0, "{check}");
+    assert_eq!(check["corrupt"], 0, "{check}");
+    let audit = std::fs::read_to_string(rig.c.node(1).dir.join("data/migrations.log")).unwrap();
+    assert!(audit.contains("refused: a migration of kv"), "{audit}");
+
+    // n1 defines a service named kv again: a move of n2's kv onto it is refused there (its
+    // definition and state are not swapped away), and nothing changes on either node.
+    let mut other = rig.kv_spec("kv", &KvOptions::default());
+    other["vip"] = serde_json::Value::Null;
+    rig.add(1, &other, Duration::from_secs(15));
+    let back = run_migrate(
+        rig.migrate_command(2, "kv", 1, TRANSITIONAL),
+        Duration::from_secs(120),
+    );
+    let said = format!("{}{}", back.progress, back.report);
+    assert!(!back.committed(), "{said}");
+    assert!(
+        said.contains("is defined here"),
+        "refused by the target: {said}"
+    );
+    assert_eq!(rig.service(2, "kv")["health"], "healthy");
+    assert_eq!(rig.service(1, "kv")["health"], "healthy");
+}

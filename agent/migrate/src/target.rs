@@ -43,6 +43,39 @@ pub struct Target {
     tasks: crate::Tasks,
 }
 
+/// A migrated service that stayed healthy, its VIP on the interface but not announced yet.
+struct Ready {
+    started: Started,
+    vip: Option<Takeover>,
+    /// The supervisor announced the VIP already (its own first pass came first).
+    vip_active: bool,
+    name: String,
+    began: Instant,
+}
+
+impl Ready {
+    /// Announces the VIP (the supervisor adds and announces it at its own first pass, and
+    /// takes this one over then): clients come here from now on.
+    async fn announce(self) -> Started {
+        let vip_s = match self.vip {
+            Some(_) if self.vip_active => Some(self.started.healthy_s),
+            Some(vip) => vip.announce(&self.name, self.began).await,
+            None => None,
+        };
+        Started {
+            vip_s,
+            ..self.started
+        }
+    }
+
+    /// Given back meanwhile: the address goes unannounced.
+    async fn withdraw(self) {
+        if let Some(vip) = self.vip {
+            vip.undo().await;
+        }
+    }
+}
+
 /// Why a start gave no answer "started".
 #[derive(Debug)]
 enum StartError {
@@ -241,22 +274,27 @@ impl Target {
         let (_, effects) = self
             .step(&g, event)
             .map_err(|r| StartError::GivenBack(r.to_string()))?;
+        // Stepped `Started` (an abandon now hears it runs here) or given back, before any
+        // client is sent here: the VIP is announced only for a service that stays.
         let ran = self
             .run(g, Some(&entry), effects)
             .await
             .map_err(StartError::Journal)?;
         match (ran.answer, started) {
-            (Some(TargetEffect::AnswerStarted), Ok(started)) => Ok(Some((
-                started,
+            (Some(TargetEffect::AnswerStarted), Ok(ready)) => Ok(Some((
+                ready.announce().await,
                 Some(AfterAnswer {
                     lock,
                     effects: ran.rest,
                 }),
             ))),
             (_, Err(why)) => Err(StartError::GivenBack(why)),
-            (answer, Ok(_)) => Err(StartError::GivenBack(format!(
-                "given back meanwhile ({answer:?})"
-            ))),
+            (answer, Ok(ready)) => {
+                ready.withdraw().await;
+                Err(StartError::GivenBack(format!(
+                    "given back meanwhile ({answer:?})"
+                )))
+            }
         }
     }
 
@@ -275,7 +313,7 @@ impl Target {
         id: &str,
         entry: &TargetEntry,
         spec: Option<&ServiceSpec>,
-    ) -> Result<Started, String> {
+    ) -> Result<Ready, String> {
         let began = Instant::now();
         // The spec the transfer brought (kept as JSON in the journal), else the hand-off's.
         let mut spec: ServiceSpec = match (&entry.spec, spec) {
@@ -356,18 +394,17 @@ impl Target {
             () = given_back => return Err("given back while starting".into()),
         };
         let healthy_s = began.elapsed().as_secs_f64();
-        // Announced at once (the supervisor adds and announces it at its own first pass, and
-        // takes this one over then).
-        let vip_s = match vip {
-            Some(_) if s.vip_active => Some(healthy_s),
-            Some(vip) => vip.announce(&name, began).await,
-            None => None,
-        };
-        Ok(Started {
-            pid: s.pid,
-            spawn_s,
-            healthy_s,
-            vip_s,
+        Ok(Ready {
+            started: Started {
+                pid: s.pid,
+                spawn_s,
+                healthy_s,
+                vip_s: None,
+            },
+            vip,
+            vip_active: s.vip_active,
+            name,
+            began,
         })
     }
 

@@ -48,7 +48,7 @@ pub use ca::{
     init_ca, issue_node, issue_operator, node_dns_name, operator_dns_name, validate_node_name,
     IdentityFiles, CA_CERT,
 };
-pub use endpoint::{Channel, Endpoint, Peer, PieceReader, TransportStats};
+pub use endpoint::{AcceptLimits, Channel, Endpoint, Peer, PieceReader, TransportStats};
 pub use error::TransportError;
 pub use level::{choose_level, LevelChoice, LevelTrial, CANDIDATES};
 pub use path::{measure, PathMeasurement, MAX_PROBE_BYTES};

@@ -297,3 +297,142 @@ async fn an_operator_certificate_never_passes_for_a_node_nor_one_of_another_ca()
     assert_eq!(c.stats().accepted, 0);
     assert!(server.await.unwrap().is_empty());
 }
+
+/// A QUIC long-header packet that looks like a client's Initial (version 1, a fresh
+/// connection id, padded to 1200 bytes) but carries junk where the protection and the crypto
+/// frames would be.
+fn initial_like(i: u64) -> Vec<u8> {
+    let mut p = vec![0xc3, 0, 0, 0, 1, 8];
+    p.extend_from_slice(&i.to_be_bytes());
+    p.push(8);
+    p.extend_from_slice(&(!i).to_be_bytes());
+    p.push(0); // no token
+    p.extend_from_slice(&[0x44, 0x9a]); // length
+    let mut x = i | 1;
+    while p.len() < 1200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p.push(x as u8);
+    }
+    p
+}
+
+/// Lone Initials hammering the port and peers that open QUIC connections but never say hello
+/// do not stop a real peer from connecting and moving data (handshakes used to be completed
+/// one at a time, each waited for up to 5 s, so a few silent peers made every connect time out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_initials_and_stalled_handshakes_do_not_stop_a_real_peer() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let p = pki();
+    let a = node(&p, "a");
+    let b = node(&p, "b");
+    let b_addr = b.local_addr().unwrap();
+    let services = Services::default();
+    path::register(&services);
+    let server = serve(&b, services);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let sent = std::sync::Arc::new(AtomicU64::new(0));
+    let junk = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        tokio::spawn(async move {
+            let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..32 {
+                    i += 1;
+                    if sock.send_to(&initial_like(i), b_addr).await.is_ok() {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    // Silent peers of the cluster CA: QUIC connections that never open the handshake stream.
+    const SILENT: usize = 8;
+    let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..SILENT {
+        let s = node(&p, &format!("s{i}"));
+        let held_tx = held_tx.clone();
+        tokio::spawn(async move {
+            let conn = s.connect_silent(b_addr, "b").await;
+            let _ = held_tx.send((s, conn));
+        });
+    }
+    let mut silent = Vec::new();
+    for _ in 0..SILENT {
+        let (s, conn) = tokio::time::timeout(Duration::from_secs(10), held.recv())
+            .await
+            .expect("a silent peer's QUIC connection was not accepted within 10 s")
+            .unwrap();
+        silent.push((s, conn.expect("silent peer connects at the QUIC level")));
+    }
+    // All of them stall their handshake on b now; a real peer still gets through (within the
+    // client's own handshake timeout) and moves data.
+    let mut peer = a.connect(b_addr, "b").await.unwrap();
+    assert_eq!(peer.node(), "b");
+    let mut ch = open(&peer, path::SERVICE).await.unwrap();
+    ch.send(&path::Request::Ping { seq: 7 }).await.unwrap();
+    assert!(matches!(
+        ch.recv::<path::Reply>().await.unwrap(),
+        Some(path::Reply::Pong { seq: 7 })
+    ));
+    let m = measure(&a, b_addr, "b", 8 << 20).await.unwrap();
+    assert_eq!(m.probe_bytes, 8 << 20);
+    assert!(m.bandwidth_bytes_per_second > 0.0, "{m:?}");
+    peer.control.finish().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    junk.await.unwrap();
+    let stats = b.stats();
+    eprintln!(
+        "junk datagrams sent: {}; {stats:?}",
+        sent.load(Ordering::Relaxed)
+    );
+    assert!(sent.load(Ordering::Relaxed) > 100);
+    // Every connection was address-validated first: the silent ones and the real ones.
+    assert!(stats.retried >= SILENT as u64 + 2, "{stats:?}");
+    assert_eq!(stats.accepted, 2, "{stats:?}");
+    drop(silent);
+    server.abort();
+}
+
+/// Over the per-address cap, a connection is refused and counted; once a peer leaves, its
+/// place is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_per_peer_cap_are_refused() {
+    let p = pki();
+    let a = node(&p, "a");
+    let limits = AcceptLimits {
+        handshakes: 4,
+        per_peer: 2,
+        total: 16,
+    };
+    let b = Endpoint::bind_with_limits(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        identity(&p.ca, "b", &p.root.join("b")),
+        limits,
+    )
+    .unwrap();
+    let b_addr = b.local_addr().unwrap();
+    let _server = serve(&b, Services::default());
+    let first = a.connect(b_addr, "b").await.unwrap();
+    let _second = a.connect(b_addr, "b").await.unwrap();
+    let err = a.connect(b_addr, "b").await.unwrap_err();
+    eprintln!("third connection: {err}");
+    assert_eq!(b.stats().refused_limit, 1);
+    assert_eq!(b.stats().accepted, 2);
+    first.close("done");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if a.connect(b_addr, "b").await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed peer's place was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.stats().accepted, 3);
+}

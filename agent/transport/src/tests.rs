@@ -436,3 +436,40 @@ async fn connections_over_the_per_peer_cap_are_refused() {
     }
     assert_eq!(b.stats().accepted, 3);
 }
+
+/// One probe an operator asked for at a time: a second one meanwhile is refused as busy (not
+/// queued), and once the first is done the next runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_concurrent_probe_is_refused_as_busy() {
+    let p = pki();
+    let start = |node: &str| {
+        let dir = p.root.join(format!("tls-{node}"));
+        issue_node(&p.ca, node, &dir).unwrap();
+        let cfg = TransportSection {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_dir: dir,
+            ..TransportSection::default()
+        };
+        agent::start(&cfg, node).unwrap().unwrap()
+    };
+    let a = start("a");
+    let b = start("b");
+    let (first, second) = tokio::join!(a.probe("b", b.advertise(), 32 << 20), async {
+        // The first has entered the gate when it first waited.
+        tokio::task::yield_now().await;
+        a.probe("b", b.advertise(), 1 << 20).await
+    });
+    assert_eq!(first.unwrap().probe_bytes, 32 << 20);
+    let err = second.unwrap_err();
+    assert!(matches!(err, TransportError::Busy(_)), "{err}");
+    assert!(err.to_string().contains("busy"), "{err}");
+    assert_eq!(
+        a.probe("b", b.advertise(), 1 << 20)
+            .await
+            .unwrap()
+            .probe_bytes,
+        1 << 20
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

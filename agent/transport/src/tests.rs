@@ -473,3 +473,104 @@ async fn a_second_concurrent_probe_is_refused_as_busy() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// The SHA-256 fingerprint of the certificate in a PEM file.
+fn fingerprint_of(pem: &std::path::Path) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::pem_file_iter(pem)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    fingerprint(&der)
+}
+
+/// A node on the deny list of another is refused by it as a client and as a server, from the
+/// moment the list names it and without a restart; taken off the list, it is accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_certificate_is_refused_both_ways_without_restart() {
+    let p = pki();
+    let a = node(&p, "a");
+    let b = node(&p, "b");
+    let _serve_a = serve(&a, Services::default());
+    let _serve_b = serve(&b, Services::default());
+    let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    a.connect(b_addr, "b").await.unwrap();
+    b.connect(a_addr, "a").await.unwrap();
+    let deny = p.root.join("b").join(DENY_FILE);
+    std::fs::write(
+        &deny,
+        format!(
+            "# a's key leaked\n{}\n",
+            fingerprint_of(&p.root.join("a/a.pem"))
+        ),
+    )
+    .unwrap();
+    let before = b.stats().refused_in;
+    let err = a.connect(b_addr, "b").await.unwrap_err();
+    eprintln!("a as client: {err}");
+    assert!(
+        err.to_string().to_lowercase().contains("revoked"),
+        "refused by TLS: {err}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while b.stats().refused_in == before {
+        assert!(tokio::time::Instant::now() < deadline, "b did not count it");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let err = b.connect(a_addr, "a").await.unwrap_err();
+    eprintln!("a as server: {err}");
+    assert!(err.to_string().to_lowercase().contains("revoked"), "{err}");
+    std::fs::write(&deny, "# nobody\n").unwrap();
+    a.connect(b_addr, "b").await.unwrap();
+    b.connect(a_addr, "a").await.unwrap();
+}
+
+/// An expired certificate of the cluster CA is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_refused() {
+    let p = pki();
+    let b = node(&p, "b");
+    let _server = serve(&b, Services::default());
+    let today = days_since_epoch();
+    let files =
+        issue_node_between(&p.ca, "old", &p.root.join("old"), today - 400, today - 35).unwrap();
+    assert!(
+        Identity::load("old", &files).is_err(),
+        "an expired identity does not load"
+    );
+    let old = bind(Identity::load_unchecked_for_tests("old", &files));
+    let err = old.connect(b.local_addr().unwrap(), "b").await.unwrap_err();
+    eprintln!("expired: {err}");
+    assert_eq!(b.stats().refused_in, 1);
+    assert_eq!(b.stats().accepted, 0);
+}
+
+/// A renewed certificate (same name and key, new validity) is accepted, also when the old one
+/// is denied; the old one is then refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_accepted() {
+    let p = pki();
+    let b = node(&p, "b");
+    let _server = serve(&b, Services::default());
+    let dir = p.root.join("a");
+    let issued = issue_node_for(&p.ca, "a", &dir, 30).unwrap();
+    assert_eq!(issued.days, 30);
+    assert_eq!(issued.fingerprint, fingerprint_of(&dir.join("a.pem")));
+    let old = bind(Identity::load("a", &issued.files).unwrap());
+    let key_before = std::fs::read(dir.join("a.key")).unwrap();
+    let renewed = renew_node(&p.ca, "a", &dir, 400).unwrap();
+    assert_ne!(renewed.fingerprint, issued.fingerprint);
+    assert_eq!(std::fs::read(dir.join("a.key")).unwrap(), key_before);
+    assert!(!dir.join("a.pem.new").exists());
+    std::fs::write(
+        p.root.join("b").join(DENY_FILE),
+        format!("{}\n", issued.fingerprint),
+    )
+    .unwrap();
+    let new = bind(Identity::load("a", &renewed.files).unwrap());
+    new.connect(b.local_addr().unwrap(), "b").await.unwrap();
+    assert!(old.connect(b.local_addr().unwrap(), "b").await.is_err());
+    // Renewal needs an existing certificate.
+    assert!(renew_node(&p.ca, "zz", &p.root.join("zz"), 30).is_err());
+}

@@ -82,8 +82,11 @@ pub const DENY_FILE: &str = "deny";
 pub(crate) struct DenyList {
     path: PathBuf,
     /// The file's (mtime, size) when last read, and the fingerprints it held.
-    seen: Mutex<(Option<(SystemTime, u64)>, HashSet<String>)>,
+    seen: Mutex<(Option<FileStamp>, HashSet<String>)>,
 }
+
+/// A file's modification time and size: when either changes, it is read again.
+type FileStamp = (SystemTime, u64);
 
 impl DenyList {
     fn new(path: PathBuf) -> DenyList {

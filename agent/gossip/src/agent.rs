@@ -37,7 +37,8 @@ pub fn config_from(g: &GossipSection, node_id: &str) -> Result<GossipConfig, Gos
 /// The configured cluster keys: the primary and the others, or `None` when there are none.
 pub fn keys_from(g: &GossipSection) -> Result<Option<(ClusterKey, Vec<ClusterKey>)>, GossipError> {
     let mut keys = g
-        .keys
+        .key_list()
+        .map_err(GossipError::InvalidConfig)?
         .iter()
         .map(|k| ClusterKey::from_hex(k))
         .collect::<Result<Vec<_>, _>>()?;
@@ -48,7 +49,7 @@ pub fn keys_from(g: &GossipSection) -> Result<Option<(ClusterKey, Vec<ClusterKey
     Ok(Some((primary, keys)))
 }
 
-/// Applies the `gossip.keys` of a reloaded configuration to a running node's keyring: one
+/// Applies the `gossip.keys` (or `gossip.keys_file`) of a reloaded configuration to a running node's keyring: one
 /// rotation step (install, switch primary, remove) per reload, with no restart. Changing
 /// whether the node seals at all needs a restart and is refused.
 pub fn reload_keys(mesh: &Cluster, g: &GossipSection) -> Result<KeyringChange, GossipError> {

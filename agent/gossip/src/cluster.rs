@@ -351,6 +351,12 @@ impl Cluster {
         self.traffic.snapshot()
     }
 
+    /// The codec's and the tap's loopback addresses (tests send junk to them).
+    #[cfg(test)]
+    pub(crate) fn codec_addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        *self.traffic.codec.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The keyring, for rotation while running (`None` when insecure or lone without a key).
     pub fn keyring(&self) -> Option<&Keyring> {
         self.keyring.as_ref()

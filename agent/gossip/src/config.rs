@@ -1,6 +1,7 @@
 //! Configuration of a gossip node: identity, seeds, failure detection, sealing, summary budget.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -221,6 +222,11 @@ pub struct GossipSection {
     /// reload; (2) move it first on every node and reload; (3) remove the old key on every
     /// node and reload. Finish each step on all nodes before starting the next.
     pub keys: Vec<String>,
+    /// A file holding the cluster keys instead of `keys`: one key (64 hex digits) a line, the
+    /// first sealing, blank lines and `#` comments allowed. It must be owned by root or the
+    /// agent's user and give no access to group or others (mode 0600 or 0400), else the
+    /// configuration is refused. Re-read on SIGHUP, like `keys`.
+    pub keys_file: Option<PathBuf>,
     /// Gossip in clear text. Refused with seeds unless set explicitly.
     pub insecure: bool,
     /// Time between gossip rounds (and chitchat's `initial_interval`).
@@ -240,6 +246,7 @@ impl Default for GossipSection {
             seeds: Vec::new(),
             cluster_id: "godwit".into(),
             keys: Vec::new(),
+            keys_file: None,
             insecure: false,
             interval_ms: Bounded(250),
             phi_threshold: Bounded(8),
@@ -251,17 +258,110 @@ impl Default for GossipSection {
 impl GossipSection {
     /// Checks across fields (single fields are checked while parsing).
     pub fn validate(&self) -> Result<(), String> {
-        if self.enabled && !self.seeds.is_empty() && self.keys.is_empty() && !self.insecure {
+        if let Some(path) = &self.keys_file {
+            if !self.keys.is_empty() {
+                return Err("gossip.keys and gossip.keys_file are both set: keep one".into());
+            }
+            read_keys_file(path)?;
+        }
+        if self.enabled
+            && !self.seeds.is_empty()
+            && self.keys.is_empty()
+            && self.keys_file.is_none()
+            && !self.insecure
+        {
             return Err("gossip.seeds are set but gossip.keys is empty: a cluster needs a key \
                         (64 hex digits, e.g. from `openssl rand -hex 32`), or gossip.insecure = true"
                 .into());
         }
         for (i, k) in self.keys.iter().enumerate() {
-            if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !is_hex_key(k) {
                 return Err(format!("gossip.keys[{i}] must be 64 hex digits (32 bytes)"));
             }
         }
         Ok(())
+    }
+
+    /// The configured keys, as hex: `keys`, or the lines of `keys_file` (read and checked now).
+    pub fn key_list(&self) -> Result<Vec<String>, String> {
+        match &self.keys_file {
+            Some(path) => read_keys_file(path),
+            None => Ok(self.keys.clone()),
+        }
+    }
+}
+
+fn is_hex_key(k: &str) -> bool {
+    k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Reads a keys file: owned by root or this process's user, no access for group or others,
+/// one key a line (blank lines and `#` comments skipped), at least one key.
+pub(crate) fn read_keys_file(path: &Path) -> Result<Vec<String>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("gossip.keys_file {shown}: {e}"))?;
+    // Checked on the open file, so what is read is what was checked.
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("gossip.keys_file {shown}: {e}"))?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "gossip.keys_file {shown} has mode {mode:04o}: group or others may access it; \
+             make it readable by its owner only (chmod 600 {shown})"
+        ));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "gossip.keys_file {shown} is owned by uid {}, not by root or the agent's user \
+             (uid {me})",
+            meta.uid()
+        ));
+    }
+    let mut text = String::new();
+    file.take(1 << 20)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("gossip.keys_file {shown}: {e}"))?;
+    let mut keys = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if !is_hex_key(line) {
+            return Err(format!(
+                "gossip.keys_file {shown} line {}: a key is 64 hex digits (32 bytes)",
+                i + 1
+            ));
+        }
+        keys.push(line.to_string());
+    }
+    if keys.is_empty() {
+        return Err(format!("gossip.keys_file {shown} holds no key"));
+    }
+    Ok(keys)
+}
+
+/// Warns when `gossip.keys` are written inline in a configuration file that group or others
+/// may read (`gossip.keys_file` is the place for keys then).
+pub fn warn_if_inline_keys_exposed(config_file: &Path, section: &GossipSection) {
+    use std::os::unix::fs::MetadataExt as _;
+    if section.keys.is_empty() {
+        return;
+    }
+    if let Ok(meta) = std::fs::metadata(config_file) {
+        if meta.mode() & 0o044 != 0 {
+            tracing::warn!(
+                file = %config_file.display(),
+                mode = format!("{:04o}", meta.mode() & 0o7777),
+                "gossip.keys are inline in a configuration file group or others can read: \
+                 move them to gossip.keys_file (mode 0600) or chmod 600 the file"
+            );
+        }
     }
 }
 
@@ -284,6 +384,47 @@ mod tests {
         assert!(matches!(config.validate(), Err(GossipError::KeyRequired)));
         config.security = Security::Insecure;
         assert!(config.validate().is_ok());
+    }
+
+    fn keys_file(mode: u32, text: &str) -> (tempfile::TempDir, PathBuf) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gossip.keys");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn keys_file_is_read_and_refused_when_others_can_read_it() {
+        let key = "ab".repeat(32);
+        let text = format!("# cluster keys\n\n{key}\n{}\n", "cd".repeat(32));
+        let section = |path: &Path| GossipSection {
+            seeds: vec!["127.0.0.1:7000".into()],
+            keys_file: Some(path.to_path_buf()),
+            ..GossipSection::default()
+        };
+        let (_dir, good) = keys_file(0o600, &text);
+        let g = section(&good);
+        g.validate().unwrap();
+        assert_eq!(g.key_list().unwrap(), vec![key.clone(), "cd".repeat(32)]);
+        for mode in [0o640, 0o604, 0o644, 0o660] {
+            let (_dir, bad) = keys_file(mode, &text);
+            let err = section(&bad).validate().unwrap_err();
+            assert!(
+                err.contains("group or others") && err.contains("chmod 600"),
+                "{err}"
+            );
+        }
+        let (_dir, bad) = keys_file(0o600, "not a key\n");
+        assert!(section(&bad).validate().unwrap_err().contains("line 1"));
+        let (_dir, empty) = keys_file(0o600, "# none\n");
+        assert!(section(&empty).validate().unwrap_err().contains("no key"));
+        let both = GossipSection {
+            keys: vec![key],
+            ..section(&good)
+        };
+        assert!(both.validate().unwrap_err().contains("both set"));
     }
 
     #[test]

@@ -51,8 +51,8 @@ pub use cluster::{
     Cluster, ClusterChange, ClusterView, LeftReason, Liveness, Member, MemberId, Network,
 };
 pub use config::{
-    next_generation, FailureDetection, GossipConfig, GossipSection, Security,
-    DEFAULT_DEAD_NODE_GRACE, DEFAULT_GOSSIP_INTERVAL, DEFAULT_MAX_CLOCK_SKEW,
+    next_generation, warn_if_inline_keys_exposed, FailureDetection, GossipConfig, GossipSection,
+    Security, DEFAULT_DEAD_NODE_GRACE, DEFAULT_GOSSIP_INTERVAL, DEFAULT_MAX_CLOCK_SKEW,
     DEFAULT_PHI_THRESHOLD, DEFAULT_SUMMARY_BUDGET,
 };
 pub use error::GossipError;

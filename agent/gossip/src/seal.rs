@@ -290,6 +290,10 @@ pub(crate) struct SealCounters {
     pub(crate) received: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
+    /// Half-received datagrams the codec did not return in time (see `transport.rs`).
+    pub(crate) codec_resets: AtomicU64,
+    /// The codec's and the tap's loopback addresses, once the socket is open (for tests).
+    pub(crate) codec: std::sync::Mutex<Option<(std::net::SocketAddr, std::net::SocketAddr)>>,
 }
 
 impl SealCounters {

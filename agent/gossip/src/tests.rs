@@ -547,3 +547,65 @@ async fn no_false_death_at_ten_percent_loss() {
     }
     assert!(nodes.iter().all(|n| n.view().live().count() == 3));
 }
+
+/// A burst of local junk to the codec's and the tap's loopback ports (any local process can
+/// send there) neither reaches chitchat nor stops gossip: a summary published after it still
+/// arrives, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_to_the_codec_does_not_stop_gossip() {
+    let nodes = start_mesh(2).await;
+    wait_for("2 nodes to converge", Duration::from_secs(5), || {
+        converged(&nodes)
+    })
+    .await;
+    let junk = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut targets = Vec::new();
+    for node in &nodes {
+        let (codec, tap) = node.codec_addrs().expect("the codec is open");
+        targets.extend([codec, tap]);
+    }
+    // Enough to fill any socket's receive buffer many times over, sent while gossip runs; a
+    // marker byte pattern included (a lone BadCluster marker is what pairs datagrams).
+    let payload = vec![0x5a; 1200];
+    for round in 0..20_000u32 {
+        for to in &targets {
+            let data: &[u8] = if round % 2 == 0 {
+                &payload
+            } else {
+                &[0, 0, 0, 3]
+            };
+            // A refused send (the port is connected elsewhere) is what the fix does.
+            let _ = junk.send_to(data, to).await;
+        }
+        if round % 1_000 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let mut summary = sample(&node.self_id().node_id);
+        summary.load.cpu = 0.25 + i as f64 / 10.0;
+        node.publish(&summary).await.unwrap();
+    }
+    wait_for(
+        "summaries published after the junk to arrive",
+        Duration::from_secs(10),
+        || {
+            nodes.iter().enumerate().all(|(i, node)| {
+                let other = &nodes[1 - i];
+                let want = 0.25 + (1 - i) as f64 / 10.0;
+                node.view()
+                    .member(&other.self_id().node_id)
+                    .and_then(|m| m.summary.as_ref())
+                    .is_some_and(|s| (s.load.cpu - want).abs() < 1e-9)
+            })
+        },
+    )
+    .await;
+    for node in &nodes {
+        let stats = node.seal_stats().unwrap();
+        assert_eq!(stats.dropped(), 0, "junk reached the opener: {stats:?}");
+    }
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}

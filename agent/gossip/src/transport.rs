@@ -6,14 +6,20 @@
 //! socket encodes the message to the tap, which seals the bytes and sends them from the public
 //! socket. Receiving, the opened bytes go from the tap to chitchat's socket, which decodes them,
 //! followed by a marker datagram (an encoded `BadCluster` message) so that a payload chitchat
-//! rejects cannot shift the pairing of datagrams and senders. Datagrams that reach the codec from
-//! anywhere but the tap are ignored, so nothing unauthenticated is ever handed to chitchat.
+//! rejects cannot shift the pairing of datagrams and senders.
+//!
+//! The codec and the tap are connected to each other, so the kernel drops any datagram another
+//! local process sends to either: nothing unauthenticated is ever handed to chitchat, and a
+//! flood of local junk cannot fill the codec's receive buffer and make it drop a marker. Should a
+//! payload or its marker still go missing, a half-received datagram is given up after
+//! [`CODEC_TIMEOUT`] and receiving goes on.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
@@ -24,6 +30,9 @@ use super::seal::{now_ms, Keyring, Opener, Rejection, SealCounters, Sealer, HEAD
 
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_507;
+/// How long a payload handed to the codec may take to come back decoded (with its marker)
+/// before it is given up. Over loopback it takes microseconds.
+pub(crate) const CODEC_TIMEOUT: Duration = Duration::from_secs(1);
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -87,10 +96,14 @@ impl Transport for GossipTransport {
 enum RecvState {
     /// Waiting for a datagram on the public socket.
     Idle,
-    /// An opened payload and the marker were handed to the codec.
-    AwaitingEnvelope { from: SocketAddr, len: usize },
-    /// The payload decoded; the marker that follows it is still queued.
-    AwaitingMarker(RecvOutcome),
+    /// An opened payload and the marker were handed to the codec (until `deadline`).
+    AwaitingEnvelope {
+        from: SocketAddr,
+        len: usize,
+        deadline: tokio::time::Instant,
+    },
+    /// The payload decoded; the marker that follows it is still queued (until `deadline`).
+    AwaitingMarker(RecvOutcome, tokio::time::Instant),
 }
 
 struct GossipSocket {
@@ -98,7 +111,6 @@ struct GossipSocket {
     sealer: Option<Sealer>,
     opener: Option<Opener>,
     codec: chitchat::transport::UdpSocket,
-    codec_addr: SocketAddr,
     tap: tokio::net::UdpSocket,
     tap_addr: SocketAddr,
     marker: Vec<u8>,
@@ -134,9 +146,15 @@ impl GossipSocket {
             .await
             .context("failed to bind the gossip codec tap")?;
         let tap_addr = tap.local_addr()?;
+        tap.connect(codec_addr)
+            .await
+            .context("failed to connect the gossip codec tap")?;
+        connect_codec(codec_addr, tap_addr).context("failed to connect the gossip codec")?;
+        if let Ok(mut codec) = transport.counters.codec.lock() {
+            *codec = Some((codec_addr, tap_addr));
+        }
         let mut socket = GossipSocket {
             public,
-            codec_addr,
             tap,
             tap_addr,
             marker: Vec::new(),
@@ -167,19 +185,13 @@ impl GossipSocket {
         Ok(socket)
     }
 
-    /// Reads the next datagram the codec sent to the tap into `buf`.
+    /// Reads the next datagram the codec sent to the tap into `buf` (the tap is connected to
+    /// the codec: the kernel delivers nothing else).
     async fn read_tap(&mut self) -> anyhow::Result<usize> {
-        loop {
-            let (len, from) = self
-                .tap
-                .recv_from(&mut self.buf)
-                .await
-                .context("gossip codec tap failed")?;
-            if from == self.codec_addr {
-                return Ok(len);
-            }
-            debug!(from = %from, "ignoring a stray datagram on the gossip codec tap");
-        }
+        self.tap
+            .recv(&mut self.buf)
+            .await
+            .context("gossip codec tap failed")
     }
 
     /// A plaintext that is a `BadCluster` message, which is what the marker encodes.
@@ -256,11 +268,15 @@ impl GossipSocket {
         // codec with a payload and no marker.
         let handed = self
             .tap
-            .try_send_to(plaintext, self.codec_addr)
-            .and_then(|_| self.tap.try_send_to(&self.marker, self.codec_addr));
+            .try_send(plaintext)
+            .and_then(|_| self.tap.try_send(&self.marker));
         match handed {
             Ok(_) => {
-                self.state = RecvState::AwaitingEnvelope { from, len };
+                self.state = RecvState::AwaitingEnvelope {
+                    from,
+                    len,
+                    deadline: tokio::time::Instant::now() + CODEC_TIMEOUT,
+                };
                 Ok(None)
             }
             Err(err) => {
@@ -271,15 +287,29 @@ impl GossipSocket {
         }
     }
 
-    /// Reads the codec's next message, ignoring anything that did not come from our tap.
-    async fn read_codec(&mut self) -> anyhow::Result<ChitchatEnvelope> {
+    /// Reads the codec's next message, ignoring anything that did not come from our tap; `None`
+    /// when nothing came by `deadline`.
+    async fn read_codec(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<Option<ChitchatEnvelope>> {
         loop {
-            let outcome = self.codec.recv().await?;
+            let outcome = match tokio::time::timeout_at(deadline, self.codec.recv()).await {
+                Ok(outcome) => outcome?,
+                Err(_) => return Ok(None),
+            };
             if outcome.from_addr == self.tap_addr {
-                return Ok(outcome.envelope);
+                return Ok(Some(outcome.envelope));
             }
             debug!(from = %outcome.from_addr, "ignoring a stray datagram on the gossip codec");
         }
+    }
+
+    /// Gives up a half-received datagram: the codec lost its payload or marker.
+    fn reset(&mut self) {
+        self.state = RecvState::Idle;
+        self.counters.codec_resets.fetch_add(1, Ordering::Relaxed);
+        warn!("gossip codec did not return a datagram in time: dropped it");
     }
 }
 
@@ -347,27 +377,44 @@ impl Socket for GossipSocket {
                             return Ok(outcome);
                         }
                     }
-                    RecvState::AwaitingEnvelope { from, len } => {
-                        self.state = RecvState::AwaitingEnvelope { from, len };
-                        let envelope = self.read_codec().await?;
+                    RecvState::AwaitingEnvelope {
+                        from,
+                        len,
+                        deadline,
+                    } => {
+                        self.state = RecvState::AwaitingEnvelope {
+                            from,
+                            len,
+                            deadline,
+                        };
+                        let Some(envelope) = self.read_codec(deadline).await? else {
+                            self.reset();
+                            continue;
+                        };
                         if is_bad_cluster(&envelope) {
                             // The marker came first: chitchat could not decode the payload.
                             self.counters.count(Rejection::Malformed);
                             debug!(from = %from, "dropped an authentic but undecodable gossip payload");
                             self.state = RecvState::Idle;
                         } else {
-                            self.state = RecvState::AwaitingMarker(RecvOutcome {
-                                from_addr: from,
-                                envelope,
-                                num_bytes_received: len,
-                            });
+                            self.state = RecvState::AwaitingMarker(
+                                RecvOutcome {
+                                    from_addr: from,
+                                    envelope,
+                                    num_bytes_received: len,
+                                },
+                                deadline,
+                            );
                         }
                     }
-                    RecvState::AwaitingMarker(outcome) => {
-                        self.state = RecvState::AwaitingMarker(outcome);
-                        let envelope = self.read_codec().await?;
+                    RecvState::AwaitingMarker(outcome, deadline) => {
+                        self.state = RecvState::AwaitingMarker(outcome, deadline);
+                        let Some(envelope) = self.read_codec(deadline).await? else {
+                            self.reset();
+                            continue;
+                        };
                         if is_bad_cluster(&envelope) {
-                            if let RecvState::AwaitingMarker(outcome) =
+                            if let RecvState::AwaitingMarker(outcome, _) =
                                 std::mem::replace(&mut self.state, RecvState::Idle)
                             {
                                 self.counters.accepted.fetch_add(1, Ordering::Relaxed);
@@ -379,4 +426,84 @@ impl Socket for GossipSocket {
             }
         })
     }
+}
+
+/// Connects the codec's socket to the tap, so the kernel delivers it nothing else.
+///
+/// chitchat keeps the codec's socket private, so its descriptor is found among this process's
+/// open sockets by its bound address: a loopback UDP port is bound by one socket only (neither
+/// chitchat nor this crate sets `SO_REUSEADDR` or `SO_REUSEPORT`), and the codec stays open
+/// while this runs, so the match cannot be another socket. Exactly one match is required.
+fn connect_codec(codec: SocketAddr, tap: SocketAddr) -> std::io::Result<()> {
+    let (SocketAddr::V4(codec), SocketAddr::V4(tap)) = (codec, tap) else {
+        return Err(std::io::Error::other(
+            "the gossip codec is not on IPv4 loopback",
+        ));
+    };
+    let to_raw = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let want = to_raw(codec);
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::c_int>().ok())
+        else {
+            continue;
+        };
+        let mut addr: libc::sockaddr_in = to_raw(std::net::SocketAddrV4::new(0.into(), 0));
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let mut kind: libc::c_int = 0;
+        let mut kind_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockname and getsockopt write at most `len` / `kind_len` bytes into the
+        // locals passed; on a descriptor that is not a socket (or was closed meanwhile) they
+        // fail with an error and write nothing.
+        let ok = unsafe {
+            libc::getsockname(fd, (&raw mut addr).cast(), &mut len) == 0
+                && libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_TYPE,
+                    (&raw mut kind).cast(),
+                    &mut kind_len,
+                ) == 0
+        };
+        if ok
+            && kind == libc::SOCK_DGRAM
+            && len as usize == std::mem::size_of::<libc::sockaddr_in>()
+            && addr.sin_family == want.sin_family
+            && addr.sin_port == want.sin_port
+            && addr.sin_addr.s_addr == want.sin_addr.s_addr
+        {
+            found.push(fd);
+        }
+    }
+    let [fd] = found[..] else {
+        return Err(std::io::Error::other(format!(
+            "expected one socket bound to {codec}, found {}",
+            found.len()
+        )));
+    };
+    let peer = to_raw(tap);
+    // SAFETY: `fd` is the codec's socket, open for as long as the codec is (see above);
+    // `peer` is a valid sockaddr_in of the length passed. Connecting a UDP socket changes which
+    // datagrams it receives and nothing of its registration with the runtime.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&raw const peer).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -45,6 +45,8 @@ pub struct Transport {
     services: Services,
     advertise: SocketAddr,
     paths: Mutex<BTreeMap<String, PathMeasurement>>,
+    /// Probes an operator asks for ([`Transport::probe`]) run one at a time.
+    probe_gate: path::ProbeGate,
     /// The accept loop; it owns the tasks serving each peer and waits for them at its end.
     accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -106,6 +108,7 @@ pub fn start(cfg: &TransportSection, node: &str) -> Result<Option<Transport>, Tr
         services,
         advertise,
         paths: Mutex::default(),
+        probe_gate: path::ProbeGate::default(),
         accept: Mutex::new(Some(accept)),
     }))
 }
@@ -172,6 +175,23 @@ impl Transport {
             .unwrap_or_else(|e| e.into_inner())
             .insert(node.to_string(), m.clone());
         Ok(m)
+    }
+
+    /// Measures the path as [`Transport::measure`] does, for an operator: one such probe runs
+    /// at a time on this agent, and another asked meanwhile is refused with
+    /// [`TransportError::Busy`] (not queued). Migrations measure with `measure`, never refused.
+    pub async fn probe(
+        &self,
+        node: &str,
+        addr: SocketAddr,
+        bytes: u64,
+    ) -> Result<PathMeasurement, TransportError> {
+        let Some(_pass) = self.probe_gate.try_enter() else {
+            return Err(TransportError::Busy(
+                "another path probe is running on this agent; try again when it is done".into(),
+            ));
+        };
+        self.measure(node, addr, bytes).await
     }
 
     /// The last measurements, by peer.

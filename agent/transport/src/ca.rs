@@ -5,7 +5,12 @@
 //! for both TLS server and client authentication, since every agent is both. An operator's
 //! certificate (`godwit cert issue --operator NAME`) names `<name>.operator.godwit` and is
 //! valid for client authentication only: it can call an agent, never serve as one. Keys are
-//! ECDSA P-256, written with mode 0600; an existing file is never overwritten.
+//! ECDSA P-256, written with mode 0600; an existing file is never overwritten, except by
+//! [`renew_node`], which re-issues a node's certificate for its existing key and swaps the new
+//! file in with one rename.
+//!
+//! A node's certificate is valid for [`DEFAULT_NODE_DAYS`] unless told otherwise. Its SHA-256
+//! fingerprint ([`fingerprint`]) is what a deny list (`tls_dir/deny`) names.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -26,10 +31,32 @@ pub const CA_CERT: &str = "ca.pem";
 pub(crate) const CA_KEY: &str = "ca.key";
 /// Years a CA certificate is valid.
 const CA_YEARS: i32 = 10;
-/// Years a node certificate is valid.
-const NODE_YEARS: i32 = 2;
-/// Years an operator's certificate is valid.
-const OPERATOR_YEARS: i32 = 1;
+/// Days a node certificate is valid unless told otherwise.
+pub const DEFAULT_NODE_DAYS: u32 = 365;
+/// Days an operator's certificate is valid.
+const OPERATOR_DAYS: u32 = 365;
+
+/// What was issued: the files, and when the certificate stops being valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// Where the certificate, its key and the CA's certificate are.
+    pub files: IdentityFiles,
+    /// Days the certificate is valid, from today.
+    pub days: u32,
+    /// Its last valid day, `YYYY-MM-DD` (UTC).
+    pub not_after: String,
+    /// Its SHA-256 fingerprint, lowercase hex (what `tls_dir/deny` names).
+    pub fingerprint: String,
+}
+
+/// The SHA-256 fingerprint of a certificate (DER), lowercase hex.
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// The DNS name a node's certificate carries, and that peers verify.
 pub fn node_dns_name(node: &str) -> String {
@@ -102,7 +129,8 @@ pub fn init_ca(dir: &Path, cluster: &str) -> Result<PathBuf, TransportError> {
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    validity(&mut params, CA_YEARS);
+    let today = days_since_epoch();
+    set_validity(&mut params, today - 1, today + 366 * i64::from(CA_YEARS));
     let cert = params.self_signed(&key).map_err(TransportError::cert)?;
     write_new(&dir.join(CA_KEY), key.serialize_pem().as_bytes(), 0o600)?;
     write_new(&dir.join(CA_CERT), cert.pem().as_bytes(), 0o644)?;
@@ -116,19 +144,99 @@ pub fn issue_node(
     node: &str,
     out_dir: &Path,
 ) -> Result<IdentityFiles, TransportError> {
+    issue_node_for(ca_dir, node, out_dir, DEFAULT_NODE_DAYS).map(|i| i.files)
+}
+
+/// [`issue_node`], valid for `days` (at least 1) from today.
+pub fn issue_node_for(
+    ca_dir: &Path,
+    node: &str,
+    out_dir: &Path,
+    days: u32,
+) -> Result<Issued, TransportError> {
     validate_node_name(node)?;
+    let today = days_since_epoch();
     issue(
         ca_dir,
         node,
         &node_dns_name(node),
-        // Every agent is client and server.
-        &[
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ],
-        NODE_YEARS,
+        NODE_USAGES,
+        (today - 1, today + i64::from(days.max(1))),
         IdentityFiles::in_dir(out_dir, node),
+        None,
     )
+    .map(|(files, fingerprint)| Issued {
+        files,
+        days: days.max(1),
+        not_after: ymd_string(today + i64::from(days.max(1))),
+        fingerprint,
+    })
+}
+
+/// Re-issues `node`'s certificate in `dir` (`<node>.pem`) from the CA in `ca_dir`, for the key
+/// it already has (`<node>.key`), valid for `days` from today. The new certificate replaces the
+/// old with one rename, so a reader sees one or the other, never a mix; the running agent takes
+/// it at its next start. `dir` must hold the same CA's `ca.pem`.
+pub fn renew_node(
+    ca_dir: &Path,
+    node: &str,
+    dir: &Path,
+    days: u32,
+) -> Result<Issued, TransportError> {
+    validate_node_name(node)?;
+    let files = IdentityFiles::in_dir(dir, node);
+    let key = KeyPair::from_pem(&read(&files.key)?).map_err(TransportError::cert)?;
+    if !files.cert.exists() {
+        return Err(TransportError::Cert(format!(
+            "{}: no certificate to renew (issue one with `godwit cert issue`)",
+            files.cert.display()
+        )));
+    }
+    let today = days_since_epoch();
+    issue(
+        ca_dir,
+        node,
+        &node_dns_name(node),
+        NODE_USAGES,
+        (today - 1, today + i64::from(days.max(1))),
+        files,
+        Some(key),
+    )
+    .map(|(files, fingerprint)| Issued {
+        files,
+        days: days.max(1),
+        not_after: ymd_string(today + i64::from(days.max(1))),
+        fingerprint,
+    })
+}
+
+/// Every agent is client and server.
+const NODE_USAGES: &[ExtendedKeyUsagePurpose] = &[
+    ExtendedKeyUsagePurpose::ServerAuth,
+    ExtendedKeyUsagePurpose::ClientAuth,
+];
+
+/// A node certificate valid from `from` to `until` (days since the Unix epoch), which may lie
+/// in the past: to test that peers refuse an expired certificate.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub fn issue_node_between(
+    ca_dir: &Path,
+    node: &str,
+    out_dir: &Path,
+    from: i64,
+    until: i64,
+) -> Result<IdentityFiles, TransportError> {
+    issue(
+        ca_dir,
+        node,
+        &node_dns_name(node),
+        NODE_USAGES,
+        (from, until),
+        IdentityFiles::in_dir(out_dir, node),
+        None,
+    )
+    .map(|(files, _)| files)
 }
 
 /// Issues an operator's certificate for `name`, signed by the CA in `ca_dir`, into `out_dir`
@@ -141,29 +249,40 @@ pub fn issue_operator(
     out_dir: &Path,
 ) -> Result<IdentityFiles, TransportError> {
     validate_node_name(name)?;
+    let today = days_since_epoch();
     issue(
         ca_dir,
         name,
         &operator_dns_name(name),
         &[ExtendedKeyUsagePurpose::ClientAuth],
-        OPERATOR_YEARS,
+        (today - 1, today + i64::from(OPERATOR_DAYS)),
         IdentityFiles::operator_in_dir(out_dir, name),
+        None,
     )
+    .map(|(files, _)| files)
 }
 
-/// Issues one certificate with the common name `cn` and the single DNS name `dns` into `files`.
+/// Issues one certificate with the common name `cn` and the single DNS name `dns` into `files`,
+/// valid over `days` (from, until: days since the Unix epoch), and returns its fingerprint.
+/// With `renew_key`, the certificate is for that existing key and replaces `files.cert`;
+/// without, a new key is made and no file is overwritten.
 fn issue(
     ca_dir: &Path,
     cn: &str,
     dns: &str,
     usages: &[ExtendedKeyUsagePurpose],
-    years: i32,
+    days: (i64, i64),
     files: IdentityFiles,
-) -> Result<IdentityFiles, TransportError> {
+    renew_key: Option<KeyPair>,
+) -> Result<(IdentityFiles, String), TransportError> {
     let ca_pem = read(&ca_dir.join(CA_CERT))?;
     let ca_key = KeyPair::from_pem(&read(&ca_dir.join(CA_KEY))?).map_err(TransportError::cert)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(TransportError::cert)?;
-    let key = KeyPair::generate().map_err(TransportError::cert)?;
+    let renewing = renew_key.is_some();
+    let key = match renew_key {
+        Some(key) => key,
+        None => KeyPair::generate().map_err(TransportError::cert)?,
+    };
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
@@ -174,10 +293,26 @@ fn issue(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = usages.to_vec();
     params.use_authority_key_identifier_extension = true;
-    validity(&mut params, years);
+    set_validity(&mut params, days.0, days.1);
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(TransportError::cert)?;
+    let fingerprint = fingerprint(cert.der());
+    if renewing {
+        match std::fs::read(&files.ca) {
+            Ok(existing) if existing == ca_pem.as_bytes() => {}
+            _ => {
+                return Err(TransportError::Cert(format!(
+                    "{} is not the certificate of the CA in {}: renew from the CA that \
+                     issued this node's certificate",
+                    files.ca.display(),
+                    ca_dir.display()
+                )))
+            }
+        }
+        replace(&files.cert, cert.pem().as_bytes(), 0o644)?;
+        return Ok((files, fingerprint));
+    }
     if let Some(out_dir) = files.cert.parent() {
         std::fs::create_dir_all(out_dir).map_err(|e| TransportError::io(out_dir, e))?;
     }
@@ -190,19 +325,54 @@ fn issue(
             Err(_) => write_new(&files.ca, ca_pem.as_bytes(), 0o644)?,
         }
     }
-    Ok(files)
+    Ok((files, fingerprint))
 }
 
-/// Valid from the start of the current year for `years`.
-fn validity(params: &mut CertificateParams, years: i32) {
+/// Today, in days since the Unix epoch (UTC).
+pub fn days_since_epoch() -> i64 {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    // Within a day of the truth, which is all a start-of-year needs.
-    let year = 1970 + (secs / 31_556_952) as i32;
-    params.not_before = rcgen::date_time_ymd(year, 1, 1);
-    params.not_after = rcgen::date_time_ymd(year + years, 12, 31);
+    (secs / 86_400) as i64
+}
+
+/// The civil date of a day since the Unix epoch (H. Hinnant's `civil_from_days`).
+fn civil(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+    (y, m, d)
+}
+
+/// Valid from the day `from` to the day `until` (days since the Unix epoch).
+fn set_validity(params: &mut CertificateParams, from: i64, until: i64) {
+    let (y, m, d) = civil(from);
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    let (y, m, d) = civil(until);
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+}
+
+fn ymd_string(days: i64) -> String {
+    let (y, m, d) = civil(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Writes `data` to a new file beside `path`, syncs it, and renames it over `path`.
+fn replace(path: &Path, data: &[u8], mode: u32) -> Result<(), TransportError> {
+    let tmp = path.with_extension("pem.new");
+    let _ = std::fs::remove_file(&tmp);
+    write_new(&tmp, data, mode)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| TransportError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| TransportError::io(path, e))
 }
 
 fn read(path: &Path) -> Result<String, TransportError> {
@@ -237,6 +407,14 @@ mod tests {
         for bad in ["", "-a", "a-", "N1", "a.b", "a_b", &"x".repeat(64)] {
             assert!(validate_node_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_723), (2024, 1, 1));
+        assert_eq!(civil(19_782), (2024, 2, 29));
+        assert_eq!(ymd_string(20_454), "2026-01-01");
     }
 
     #[test]

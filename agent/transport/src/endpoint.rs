@@ -13,10 +13,18 @@
 //!
 //! Handshakes that fail, for a certificate of another CA, a wrong name or another wire version,
 //! are counted in [`TransportStats`] and logged; nothing else happens on such a connection.
+//!
+//! Accepting is bounded ([`AcceptLimits`]). A client whose address QUIC has not validated is
+//! first sent a Retry (stateless: a spoofed or lone Initial costs one packet and no state).
+//! A validated client over the connection caps, per IP address or in total, is refused and
+//! counted. Each accepted connection then completes its handshake on a task of its own, at
+//! most `handshakes` at once and each within [`HANDSHAKE_TIMEOUT`], so a peer that stalls its
+//! handshake delays no other. The tasks belong to the endpoint and stop when it closes.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -69,6 +77,10 @@ pub struct TransportStats {
     pub refused_in: u64,
     /// Outgoing connections refused: the server's certificate or name, or it refused us.
     pub refused_out: u64,
+    /// Incoming connections refused before any handshake: over the connection caps.
+    pub refused_limit: u64,
+    /// Clients sent a QUIC Retry to validate their address.
+    pub retried: u64,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +89,100 @@ struct Counters {
     connected: AtomicU64,
     refused_in: AtomicU64,
     refused_out: AtomicU64,
+    refused_limit: AtomicU64,
+    retried: AtomicU64,
+}
+
+/// Bounds on what incoming connections may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptLimits {
+    /// Handshakes in progress at once (the rest wait, each within its timeout).
+    pub handshakes: usize,
+    /// Connections (in handshake or established) from one IP address.
+    pub per_peer: usize,
+    /// Connections (in handshake or established) in total.
+    pub total: usize,
+}
+
+impl Default for AcceptLimits {
+    fn default() -> Self {
+        AcceptLimits {
+            handshakes: 64,
+            per_peer: 32,
+            total: 512,
+        }
+    }
+}
+
+/// The incoming connections held, by IP address, against the [`AcceptLimits`].
+#[derive(Debug, Default)]
+struct Slots {
+    by_ip: HashMap<IpAddr, usize>,
+    total: usize,
+}
+
+/// One incoming connection's place under the caps, given back when dropped (with the [`Peer`],
+/// or when its handshake fails).
+#[derive(Debug)]
+struct Slot {
+    slots: Arc<Mutex<Slots>>,
+    ip: IpAddr,
+}
+
+impl Slot {
+    fn take(slots: &Arc<Mutex<Slots>>, ip: IpAddr, limits: &AcceptLimits) -> Option<Slot> {
+        let mut held = slots.lock().unwrap_or_else(|e| e.into_inner());
+        let from_ip = held.by_ip.get(&ip).copied().unwrap_or(0);
+        if from_ip >= limits.per_peer || held.total >= limits.total {
+            return None;
+        }
+        held.by_ip.insert(ip, from_ip + 1);
+        held.total += 1;
+        Some(Slot {
+            slots: slots.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        held.total = held.total.saturating_sub(1);
+        if let Some(n) = held.by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The accepting side of an endpoint: handshakes run on tasks of their own and hand the peers
+/// they complete to [`Endpoint::accept`].
+#[derive(Debug)]
+struct Acceptor {
+    limits: AcceptLimits,
+    slots: Arc<Mutex<Slots>>,
+    handshakes: Arc<tokio::sync::Semaphore>,
+    /// The handshake tasks; aborted when the endpoint closes.
+    tasks: Mutex<tokio::task::JoinSet<()>>,
+    done_tx: tokio::sync::mpsc::UnboundedSender<Peer>,
+    done_rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Peer>>,
+}
+
+impl Acceptor {
+    fn new(limits: AcceptLimits) -> Acceptor {
+        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+        Acceptor {
+            limits,
+            slots: Arc::default(),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(limits.handshakes.max(1))),
+            tasks: Mutex::new(tokio::task::JoinSet::new()),
+            done_tx,
+            done_rx: tokio::sync::Mutex::new(done_rx),
+        }
+    }
 }
 
 /// A bidirectional stream carrying frames, bulk blocks and placed pieces.
@@ -177,6 +283,8 @@ pub struct Peer {
     principal: Principal,
     /// The handshake stream, kept open for control messages.
     pub control: Channel,
+    /// An accepted peer's place under the connection caps.
+    _slot: Option<Slot>,
 }
 
 impl Peer {
@@ -237,6 +345,7 @@ pub struct Endpoint {
     inner: quinn::Endpoint,
     identity: Arc<Identity>,
     counters: Arc<Counters>,
+    acceptor: Arc<Acceptor>,
 }
 
 /// Flow-control window of one stream, bytes: a state round is one stream, and it must cover
@@ -266,6 +375,15 @@ fn transport_config() -> Result<Arc<quinn::TransportConfig>, TransportError> {
 impl Endpoint {
     /// Binds `addr` (UDP) as both server and client with `identity`.
     pub fn bind(addr: SocketAddr, identity: Identity) -> Result<Endpoint, TransportError> {
+        Endpoint::bind_with_limits(addr, identity, AcceptLimits::default())
+    }
+
+    /// [`Endpoint::bind`] with other bounds on incoming connections.
+    pub fn bind_with_limits(
+        addr: SocketAddr,
+        identity: Identity,
+        limits: AcceptLimits,
+    ) -> Result<Endpoint, TransportError> {
         let server_crypto = QuicServerConfig::try_from(identity.server_config()?)
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         let client_crypto = QuicClientConfig::try_from(identity.client_config()?)
@@ -285,6 +403,7 @@ impl Endpoint {
             inner,
             identity: Arc::new(identity),
             counters: Arc::default(),
+            acceptor: Arc::new(Acceptor::new(limits)),
         })
     }
 
@@ -305,6 +424,7 @@ impl Endpoint {
             inner,
             identity: Arc::new(identity),
             counters: Arc::default(),
+            acceptor: Arc::new(Acceptor::new(AcceptLimits::default())),
         })
     }
 
@@ -326,6 +446,8 @@ impl Endpoint {
             connected: c.connected.load(Ordering::Relaxed),
             refused_in: c.refused_in.load(Ordering::Relaxed),
             refused_out: c.refused_out.load(Ordering::Relaxed),
+            refused_limit: c.refused_limit.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
         }
     }
 
@@ -379,6 +501,7 @@ impl Endpoint {
                 conn,
                 principal: Principal::Node(theirs),
                 control,
+                _slot: None,
             }),
             Ok(Some(Handshake::Welcome { node: theirs })) => {
                 conn.close(1u32.into(), b"wrong node");
@@ -395,29 +518,90 @@ impl Endpoint {
 
     /// Waits for the next peer that completes the handshake. Refused connections are counted
     /// and skipped. `None` once the endpoint is closed.
+    ///
+    /// Cancel-safe: handshakes run on the endpoint's tasks, and a peer they complete waits for
+    /// the next call.
     pub async fn accept(&self) -> Option<Peer> {
+        let acceptor = &self.acceptor;
+        let mut done = acceptor.done_rx.lock().await;
         loop {
-            let incoming = self.inner.accept().await?;
-            let addr = incoming.remote_address();
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(incoming)).await {
-                Ok(Ok(peer)) => {
-                    self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                    debug!(peer = peer.node(), %addr, "peer connected");
-                    return Some(peer);
-                }
-                Ok(Err(e)) => {
-                    self.counters.refused_in.fetch_add(1, Ordering::Relaxed);
-                    warn!(%addr, error = %e, "refused a peer");
-                }
-                Err(_) => {
-                    self.counters.refused_in.fetch_add(1, Ordering::Relaxed);
-                    warn!(%addr, "refused a peer: no handshake within {HANDSHAKE_TIMEOUT:?}");
-                }
+            tokio::select! {
+                biased;
+                Some(peer) = done.recv() => return Some(peer),
+                incoming = self.inner.accept() => match incoming {
+                    Some(incoming) => self.admit(incoming),
+                    None => return done.try_recv().ok(),
+                },
             }
+            let mut tasks = acceptor.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            while tasks.try_join_next().is_some() {}
         }
     }
 
-    async fn handshake(&self, incoming: quinn::Incoming) -> Result<Peer, TransportError> {
+    /// Validates the address of a new connection (Retry), holds it against the caps, and
+    /// starts its handshake on a task of its own.
+    fn admit(&self, incoming: quinn::Incoming) {
+        let addr = incoming.remote_address();
+        if !incoming.remote_address_validated() && incoming.may_retry() {
+            self.counters.retried.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = incoming.retry() {
+                debug!(%addr, error = %e, "cannot send a retry");
+            }
+            return;
+        }
+        let acceptor = &self.acceptor;
+        let Some(slot) = Slot::take(&acceptor.slots, addr.ip(), &acceptor.limits) else {
+            self.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                %addr,
+                per_peer = acceptor.limits.per_peer,
+                total = acceptor.limits.total,
+                "refused a connection: over the connection caps"
+            );
+            incoming.refuse();
+            return;
+        };
+        let endpoint = self.clone();
+        let handshakes = acceptor.handshakes.clone();
+        let done = acceptor.done_tx.clone();
+        let handshake = async move {
+            let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                let _permit = handshakes
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| TransportError::Refused("the endpoint is closing".into()))?;
+                endpoint.handshake(incoming, slot).await
+            })
+            .await;
+            match result {
+                Ok(Ok(peer)) => {
+                    endpoint.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    debug!(peer = peer.node(), %addr, "peer connected");
+                    // No receiver: the endpoint is gone, and the peer with it.
+                    let _ = done.send(peer);
+                }
+                Ok(Err(e)) => {
+                    endpoint.counters.refused_in.fetch_add(1, Ordering::Relaxed);
+                    warn!(%addr, error = %e, "refused a peer");
+                }
+                Err(_) => {
+                    endpoint.counters.refused_in.fetch_add(1, Ordering::Relaxed);
+                    warn!(%addr, "refused a peer: no handshake within {HANDSHAKE_TIMEOUT:?}");
+                }
+            }
+        };
+        acceptor
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .spawn(handshake);
+    }
+
+    async fn handshake(
+        &self,
+        incoming: quinn::Incoming,
+        slot: Slot,
+    ) -> Result<Peer, TransportError> {
         let conn = incoming
             .await
             .map_err(|e| TransportError::Refused(e.to_string()))?;
@@ -458,11 +642,32 @@ impl Endpoint {
             conn,
             principal,
             control,
+            _slot: Some(slot),
         })
     }
 
-    /// Closes every connection and the socket.
+    /// Closes every connection and the socket, and stops the handshakes in progress.
     pub fn close(&self) {
         self.inner.close(0u32.into(), b"shutdown");
+        self.acceptor.handshakes.close();
+        self.acceptor
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abort_all();
+    }
+
+    /// Raw access for tests: a QUIC connection that never says hello.
+    #[cfg(test)]
+    pub(crate) async fn connect_silent(
+        &self,
+        addr: SocketAddr,
+        node: &str,
+    ) -> Result<quinn::Connection, TransportError> {
+        self.inner
+            .connect(addr, &node_dns_name(node))
+            .map_err(TransportError::connection)?
+            .await
+            .map_err(TransportError::connection)
     }
 }

@@ -53,6 +53,10 @@ pub enum TransportError {
     /// The connection or stream failed or closed.
     #[error("connection: {0}")]
     Connection(String),
+    /// The work asked for is already running and runs one at a time (a path probe): try again
+    /// when it is done.
+    #[error("busy: {0}")]
+    Busy(String),
     /// A frame could not be encoded or decoded.
     #[error("frame: {0}")]
     Frame(String),

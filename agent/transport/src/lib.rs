@@ -44,16 +44,20 @@ pub mod testing;
 mod tests;
 
 pub use agent::TransportSection;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub use ca::issue_node_between;
 pub use ca::{
-    init_ca, issue_node, issue_operator, node_dns_name, operator_dns_name, validate_node_name,
-    IdentityFiles, CA_CERT,
+    days_since_epoch, fingerprint, init_ca, issue_node, issue_node_for, issue_operator,
+    node_dns_name, operator_dns_name, renew_node, validate_node_name, IdentityFiles, Issued,
+    CA_CERT, DEFAULT_NODE_DAYS,
 };
-pub use endpoint::{Channel, Endpoint, Peer, PieceReader, TransportStats};
+pub use endpoint::{AcceptLimits, Channel, Endpoint, Peer, PieceReader, TransportStats};
 pub use error::TransportError;
 pub use level::{choose_level, LevelChoice, LevelTrial, CANDIDATES};
 pub use path::{measure, PathMeasurement, MAX_PROBE_BYTES};
 pub use service::{open, PeerInfo, Services};
-pub use tls::{Identity, Principal, ALPN};
+pub use tls::{Identity, Principal, ALPN, DENY_FILE};
 pub use wire::{
     drain_bulk, encode_piece, read_bulk, read_bulk_with, read_msg, read_piece, write_blocks,
     write_bulk, write_msg, write_piece, write_pieces_end, BulkStats, Compressor, Decompressor,

@@ -4,6 +4,11 @@
 //! Every agent offers this as the service `"path"` ([`register`]); migration
 //! planning uses the figures (a target with more bandwidth and lower RTT is preferred, and the
 //! pre-copy model needs both).
+//!
+//! The probe's payload is made and sent one block at a time, and the receiver drains it one
+//! block at a time, so neither side holds more than a block of it. An agent runs one probe
+//! that an operator asked for at a time ([`ProbeGate`]); another one asked meanwhile is refused
+//! as busy, not queued.
 
 use std::time::Instant;
 
@@ -12,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::endpoint::{Channel, Endpoint};
 use super::error::TransportError;
 use super::service::{open, Services};
-use super::wire::{drain_bulk, write_bulk};
+use super::wire::{drain_bulk, write_blocks};
 
 /// Largest throughput probe a peer accepts.
 pub const MAX_PROBE_BYTES: u64 = 256 << 20;
@@ -20,6 +25,31 @@ pub const MAX_PROBE_BYTES: u64 = 256 << 20;
 const PINGS: u32 = 5;
 /// Block size of the throughput probe.
 const PROBE_BLOCK: usize = 256 << 10;
+
+/// One probe at a time: held while a probe an operator asked for runs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ProbeGate(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+/// Proof that the [`ProbeGate`] is held; dropping it frees the gate.
+#[derive(Debug)]
+pub(crate) struct ProbePass(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl ProbeGate {
+    /// The gate, or `None` while another probe runs.
+    pub(crate) fn try_enter(&self) -> Option<ProbePass> {
+        use std::sync::atomic::Ordering;
+        self.0
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| ProbePass(self.0.clone()))
+    }
+}
+
+impl Drop for ProbePass {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
 
 /// Requests on the control channel.
 #[derive(Debug, Serialize, Deserialize)]
@@ -148,8 +178,7 @@ pub async fn measure(
     let mut bandwidth = 0.0;
     if bytes > 0 {
         ch.send(&Request::Probe { bytes }).await?;
-        let data = incompressible(bytes as usize);
-        write_bulk(&mut ch.send, &data, PROBE_BLOCK, None).await?;
+        write_blocks(&mut ch.send, Incompressible::new(bytes, PROBE_BLOCK), None).await?;
         match ch.recv::<Reply>().await? {
             Some(Reply::Probed { bytes: got, micros }) if got == bytes => {
                 bandwidth = got as f64 / (micros.max(1) as f64 / 1e6);
@@ -178,16 +207,66 @@ pub async fn measure(
     Ok(measured)
 }
 
-/// Pseudo-random bytes (xorshift), so no layer can compress them.
-fn incompressible(len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
+/// Pseudo-random bytes (xorshift), so no layer can compress them, made one block at a time.
+struct Incompressible {
+    left: u64,
+    block: usize,
+    x: u64,
+}
+
+impl Incompressible {
+    fn new(len: u64, block: usize) -> Incompressible {
+        Incompressible {
+            left: len,
+            block: block.max(8),
+            x: 0x2545_f491_4f6c_dd1d,
+        }
     }
-    out.truncate(len);
-    out
+}
+
+impl Iterator for Incompressible {
+    type Item = std::io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        let len = usize::try_from(self.left).map_or(self.block, |l| l.min(self.block));
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            self.x ^= self.x << 13;
+            self.x ^= self.x >> 7;
+            self.x ^= self.x << 17;
+            out.extend_from_slice(&self.x.to_le_bytes());
+        }
+        out.truncate(len);
+        self.left -= len as u64;
+        Some(Ok(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_payload_comes_in_blocks_and_does_not_compress() {
+        let blocks: Vec<Vec<u8>> = Incompressible::new(1_000_003, 65_536)
+            .map(Result::unwrap)
+            .collect();
+        assert!(blocks.iter().all(|b| b.len() <= 65_536));
+        let all: Vec<u8> = blocks.concat();
+        assert_eq!(all.len(), 1_000_003);
+        let packed = zstd::bulk::compress(&all, 3).unwrap();
+        assert!(packed.len() > all.len() * 99 / 100, "{}", packed.len());
+    }
+
+    #[test]
+    fn the_gate_lets_one_probe_in() {
+        let gate = ProbeGate::default();
+        let pass = gate.try_enter().unwrap();
+        assert!(gate.try_enter().is_none());
+        drop(pass);
+        assert!(gate.try_enter().is_some());
+    }
 }

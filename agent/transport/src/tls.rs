@@ -6,18 +6,30 @@
 //! be from its first frame, a node or an operator ([`Principal`]), and checks that claim
 //! against the client's certificate ([`Identity::verify_principal`]). The crypto provider is
 //! ring, set explicitly.
+//!
+//! Both sides also refuse a peer whose certificate is on the deny list, `deny` beside
+//! `ca.pem` (one SHA-256 fingerprint, hex, a line; `#` comments; colons allowed), checked at
+//! every handshake by a verifier wrapping webpki's. The file is read again whenever its
+//! modification time or size changes, so a revocation takes effect without a restart.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
 
-use super::ca::{node_dns_name, operator_dns_name, validate_node_name, IdentityFiles};
+use super::ca::{fingerprint, node_dns_name, operator_dns_name, validate_node_name, IdentityFiles};
 use super::error::TransportError;
 
 /// ALPN protocol of agent-to-agent connections.
@@ -61,6 +73,172 @@ impl std::fmt::Display for Principal {
     }
 }
 
+/// File name of the deny list, beside `ca.pem`.
+pub const DENY_FILE: &str = "deny";
+
+/// Certificates refused at every handshake, by SHA-256 fingerprint: the file `deny`, read again
+/// when it changes.
+#[derive(Debug)]
+pub(crate) struct DenyList {
+    path: PathBuf,
+    /// The file's (mtime, size) when last read, and the fingerprints it held.
+    seen: Mutex<(Option<FileStamp>, HashSet<String>)>,
+}
+
+/// A file's modification time and size: when either changes, it is read again.
+type FileStamp = (SystemTime, u64);
+
+impl DenyList {
+    fn new(path: PathBuf) -> DenyList {
+        DenyList {
+            path,
+            seen: Mutex::default(),
+        }
+    }
+
+    /// Whether `der` is denied, reading the file again if it changed. A missing file denies
+    /// nothing; a line that is not a fingerprint is skipped and logged.
+    pub(crate) fn denies(&self, der: &[u8]) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let stamp = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        if stamp != seen.0 {
+            let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+            let mut set = HashSet::new();
+            for (i, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let hex: String = line
+                    .chars()
+                    .filter(|c| *c != ':')
+                    .collect::<String>()
+                    .to_ascii_lowercase();
+                if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    set.insert(hex);
+                } else {
+                    tracing::warn!(
+                        file = %self.path.display(),
+                        line = i + 1,
+                        "deny list: not a SHA-256 fingerprint (64 hex digits), line skipped"
+                    );
+                }
+            }
+            if stamp.is_some() {
+                tracing::info!(file = %self.path.display(), denied = set.len(), "deny list read");
+            }
+            *seen = (stamp, set);
+        }
+        !seen.1.is_empty() && seen.1.contains(&fingerprint(der))
+    }
+}
+
+/// webpki's client verifier, and then the deny list.
+#[derive(Debug)]
+struct DenyingClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    deny: Arc<DenyList>,
+}
+
+impl ClientCertVerifier for DenyingClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self.deny.denies(end_entity) {
+            tracing::warn!(fingerprint = %fingerprint(end_entity), "refused a denied client certificate");
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// webpki's server verifier, and then the deny list.
+#[derive(Debug)]
+struct DenyingServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    deny: Arc<DenyList>,
+}
+
+impl ServerCertVerifier for DenyingServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        if self.deny.denies(end_entity) {
+            tracing::warn!(fingerprint = %fingerprint(end_entity), "refused a denied server certificate");
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// A node's (or an operator's) certificate and key, and the cluster CA it trusts.
 #[derive(Debug)]
 pub struct Identity {
@@ -68,6 +246,7 @@ pub struct Identity {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     roots: Arc<RootCertStore>,
+    deny: Arc<DenyList>,
 }
 
 impl Clone for Identity {
@@ -77,6 +256,7 @@ impl Clone for Identity {
             chain: self.chain.clone(),
             key: self.key.clone_key(),
             roots: self.roots.clone(),
+            deny: self.deny.clone(),
         }
     }
 }
@@ -145,11 +325,13 @@ impl Identity {
                 files.ca.display()
             )));
         }
+        let deny = files.ca.parent().unwrap_or(Path::new(".")).join(DENY_FILE);
         Ok(Identity {
             principal,
             chain,
             key,
             roots: Arc::new(roots),
+            deny: Arc::new(DenyList::new(deny)),
         })
     }
 
@@ -165,9 +347,13 @@ impl Identity {
 
     /// Server side: TLS 1.3 only, client certificates of the cluster CA required.
     pub fn server_config(&self) -> Result<ServerConfig, TransportError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
             .build()
             .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let verifier = Arc::new(DenyingClientVerifier {
+            inner,
+            deny: self.deny.clone(),
+        });
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TransportError::Tls(e.to_string()))?
@@ -175,21 +361,31 @@ impl Identity {
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         config.alpn_protocols = vec![ALPN.to_vec()];
+        // No resumption: a resumed session skips the certificate checks, and the deny list
+        // must see every handshake.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(config)
     }
 
     /// Client side: TLS 1.3 only, servers of the cluster CA only, our certificate presented.
     pub fn client_config(&self) -> Result<ClientConfig, TransportError> {
-        let verifier = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
+        let inner = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
             .build()
             .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let verifier = Arc::new(DenyingServerVerifier {
+            inner,
+            deny: self.deny.clone(),
+        });
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TransportError::Tls(e.to_string()))?
-            .with_webpki_verifier(verifier)
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         config.alpn_protocols = vec![ALPN.to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(config)
     }
 
@@ -231,6 +427,10 @@ impl Identity {
         .map_err(|e| refused(&e))?;
         let name = ServerName::try_from(principal.dns_name()).map_err(|e| refused(&e))?;
         cert.verify_is_valid_for_subject_name(&name)
-            .map_err(|e| refused(&e))
+            .map_err(|e| refused(&e))?;
+        if self.deny.denies(end) {
+            return Err(refused(&"the certificate is on the deny list"));
+        }
+        Ok(())
     }
 }

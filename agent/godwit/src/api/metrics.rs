@@ -309,13 +309,16 @@ impl Collector for TransportCollector {
         family(
             &mut enc,
             "godwit_transport_connections",
-            "Agent-to-agent connections: accepted, made, or refused (certificate, name, handshake)",
+            "Agent-to-agent connections: accepted, made, refused (certificate, name, handshake; \
+             refused_limit: over the connection caps), or sent a retry to validate the address",
             Counter,
             [
                 ("accepted", s.accepted),
                 ("connected", s.connected),
                 ("refused_in", s.refused_in),
                 ("refused_out", s.refused_out),
+                ("refused_limit", s.refused_limit),
+                ("retried", s.retried),
             ]
             .map(|(outcome, v)| (vec![("outcome", outcome.to_string())], v as f64)),
         )?;

@@ -328,8 +328,11 @@ async fn probe_handler(
         Ok(a) => a,
         Err(why) => return error(StatusCode::NOT_FOUND, why),
     };
-    match transport.measure(&node, addr, bytes).await {
+    match transport.probe(&node, addr, bytes).await {
         Ok(m) => Json(m).into_response(),
+        Err(e @ crate::transport::TransportError::Busy(_)) => {
+            error(StatusCode::TOO_MANY_REQUESTS, e)
+        }
         Err(e) => error(StatusCode::BAD_GATEWAY, e),
     }
 }

@@ -1,4 +1,4 @@
-//! `godwit ca init` and `godwit cert issue`: the cluster CA, and the node and operator
+//! `godwit ca init`, `godwit cert issue` and `godwit cert renew`: the cluster CA, and the node and operator
 //! certificates of the agent-to-agent transport (mutual TLS).
 
 use std::path::PathBuf;
@@ -53,6 +53,26 @@ enum CertCommand {
         /// Where to write the node's files.
         #[arg(long)]
         out: PathBuf,
+        /// Days a node's certificate is valid, from today (renew it with `godwit cert renew`).
+        #[arg(long, default_value_t = transport::DEFAULT_NODE_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
+    },
+    /// Re-issue a node's certificate for the key it has, from the CA that issued it, replacing
+    /// <node>.pem in one rename. The agent takes it at its next start. The old certificate
+    /// stays valid until it expires: list its fingerprint in tls_dir/deny to refuse it sooner.
+    Renew {
+        /// The node's name.
+        #[arg(long)]
+        node: String,
+        /// Directory of the CA.
+        #[arg(long, default_value = "/etc/godwit/ca")]
+        ca_dir: PathBuf,
+        /// The node's directory (ca.pem, <node>.pem, <node>.key).
+        #[arg(long, default_value = "/etc/godwit/tls")]
+        dir: PathBuf,
+        /// Days the new certificate is valid, from today.
+        #[arg(long, default_value_t = transport::DEFAULT_NODE_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
     },
 }
 
@@ -72,6 +92,7 @@ pub(super) fn cert(args: CertArgs) -> ExitCode {
             operator,
             ca_dir,
             out,
+            days,
         } => {
             let (issued, name, dns) = match (node, operator) {
                 (_, Some(op)) => (
@@ -79,11 +100,12 @@ pub(super) fn cert(args: CertArgs) -> ExitCode {
                     format!("operator {op}"),
                     transport::operator_dns_name(&op),
                 ),
-                (Some(node), None) => (
-                    transport::issue_node(&ca_dir, &node, &out),
-                    node.clone(),
-                    transport::node_dns_name(&node),
-                ),
+                (Some(node), None) => {
+                    return report(
+                        transport::issue_node_for(&ca_dir, &node, &out, days)
+                            .map(|i| describe("certificate", &node, &i)),
+                    )
+                }
                 // clap requires one of them.
                 (None, None) => return ExitCode::from(exit::USAGE),
             };
@@ -96,7 +118,31 @@ pub(super) fn cert(args: CertArgs) -> ExitCode {
                 )
             }))
         }
+        CertCommand::Renew {
+            node,
+            ca_dir,
+            dir,
+            days,
+        } => report(
+            transport::renew_node(&ca_dir, &node, &dir, days)
+                .map(|i| describe("renewed certificate", &node, &i)),
+        ),
     }
+}
+
+/// What `issue` and `renew` print about a node's certificate: where, until when, fingerprint.
+fn describe(what: &str, node: &str, i: &transport::Issued) -> String {
+    format!(
+        "{what} for {node} ({}): {}, key {}, CA {}\nvalid for {} days, until {} (UTC)\n\
+         sha256 fingerprint {} (list it in tls_dir/deny to refuse it)",
+        transport::node_dns_name(node),
+        i.files.cert.display(),
+        i.files.key.display(),
+        i.files.ca.display(),
+        i.days,
+        i.not_after,
+        i.fingerprint
+    )
 }
 
 fn report(result: Result<String, TransportError>) -> ExitCode {
@@ -112,5 +158,37 @@ fn report(result: Result<String, TransportError>) -> ExitCode {
                 _ => exit::FAILURE,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: CertCommand,
+    }
+
+    #[test]
+    fn issue_and_renew_say_how_long_a_certificate_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        transport::init_ca(&ca, "t").unwrap();
+        let out = dir.path().join("n1");
+        let issued = transport::issue_node_for(&ca, "n1", &out, 30).unwrap();
+        let text = describe("certificate", "n1", &issued);
+        assert!(text.contains("valid for 30 days, until "), "{text}");
+        assert!(text.contains(&issued.fingerprint), "{text}");
+        let renewed = transport::renew_node(&ca, "n1", &out, 90).unwrap();
+        let text = describe("renewed certificate", "n1", &renewed);
+        assert!(text.contains("valid for 90 days"), "{text}");
+        assert!(renewed.not_after > issued.not_after);
+        // The default lifetime is a year; 0 days is refused.
+        let cli = Cli::try_parse_from(["cert", "issue", "--node", "n1", "--out", "x"]).unwrap();
+        assert!(matches!(cli.command, CertCommand::Issue { days: 365, .. }));
+        assert!(Cli::try_parse_from(["cert", "renew", "--node", "n1", "--days", "0"]).is_err());
     }
 }

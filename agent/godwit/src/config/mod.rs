@@ -105,7 +105,9 @@ impl Config {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                Config::parse(&text, &path.display().to_string())
+                let config = Config::parse(&text, &path.display().to_string())?;
+                godwit_gossip::warn_if_inline_keys_exposed(path, &config.gossip);
+                Ok(config)
             }
         }
     }

@@ -1030,7 +1030,10 @@ fn two_concurrent_migrations_of_one_service_move_it_once() {
     // n1 defines a service named kv again: a move of n2's kv onto it is refused there (its
     // definition and state are not swapped away), and nothing changes on either node.
     let mut other = rig.kv_spec("kv", &KvOptions::default());
-    other["vip"] = serde_json::Value::Null;
+    let o = rig.vip.octets();
+    other["vip"] = std::net::Ipv4Addr::new(o[0], o[1], o[2], 101)
+        .to_string()
+        .into();
     rig.add(1, &other, Duration::from_secs(15));
     let back = run_migrate(
         rig.migrate_command(2, "kv", 1, TRANSITIONAL),

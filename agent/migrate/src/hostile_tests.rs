@@ -144,11 +144,10 @@ async fn begin(
     })
     .await
     .unwrap();
-    // A refusal comes at once; an accepted Begin is never answered by itself.
-    match tokio::time::timeout(std::time::Duration::from_millis(300), ch.recv::<Msg>()).await {
-        Ok(Ok(Some(Msg::Failed { reason }))) => Err(reason),
-        Ok(other) => panic!("unexpected answer to Begin: {other:?}"),
-        Err(_) => Ok(ch),
+    match ch.recv::<Msg>().await {
+        Ok(Some(Msg::Failed { reason })) => Err(reason),
+        Ok(Some(Msg::Begun)) => Ok(ch),
+        other => panic!("unexpected answer to Begin: {other:?}"),
     }
 }
 

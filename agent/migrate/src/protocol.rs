@@ -28,6 +28,8 @@ pub(super) enum Msg {
         /// without it, a target that defines, parks or keeps state of that name refuses.
         replace: bool,
     },
+    /// The target took the `Begin` (its journal has the migration): rounds may follow.
+    Begun,
     /// The listing; the changed blocks follow as placed pieces (file = index in `files`),
     /// in any order, up to the end marker.
     Round {

@@ -239,6 +239,14 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
             return;
         }
     }
+    if ch.send(&Msg::Begun).await.is_err() {
+        let _ = remove_tree(staging.clone()).await;
+        if let Some(h) = &hooks {
+            let g = h.journal.lock(&migration).await;
+            let _ = g.remove_target();
+        }
+        return;
+    }
     let parking = park_ahead(hooks.as_ref(), &service, spec.as_deref());
     let mut rx = Receiver {
         staging: staging.clone(),

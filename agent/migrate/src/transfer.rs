@@ -195,6 +195,18 @@ impl StateSender {
             replace,
         })
         .await?;
+        // Before any state moves: a target that will not take it says why.
+        match ch.recv::<Msg>().await? {
+            Some(Msg::Begun) => {}
+            Some(Msg::Failed { reason }) => {
+                return Err(MigrateError::Peer(format!("the target refused: {reason}")))
+            }
+            other => {
+                return Err(MigrateError::Peer(format!(
+                    "unexpected answer to the transfer's start: {other:?}"
+                )))
+            }
+        }
         Ok(StateSender {
             ch,
             scan,

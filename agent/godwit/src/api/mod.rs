@@ -4,7 +4,7 @@
 //! - the Unix socket (`[api] socket`) serves everything; a route that changes something is
 //!   served to root and the members of `[api] group` only, as the kernel names the caller;
 //! - the TCP address (`[api] listen`) serves the reads and nothing else: its router is built
-//!   from [`read_routes`] alone, so it cannot route a change.
+//!   from the read routes alone ([`tcp_router`]), so it cannot route a change.
 //!
 //! Neither starts a migration: that takes a certificate of the cluster CA (see
 //! `crate::migrate::control`).

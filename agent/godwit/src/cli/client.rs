@@ -118,9 +118,8 @@ async fn connect(target: &Target, timeout: Duration) -> Result<Conn, ClientError
         ErrorKind::PermissionDenied => (
             exit::NOPERM,
             format!(
-                "permission denied on the agent's socket {}: changes are made by root or a \
-                 member of the {DEFAULT_API_GROUP} group (or the agent's [api] group); run as \
-                 root or a member of the {DEFAULT_API_GROUP} group",
+                "permission denied on the agent's socket {}: run as root or a member of the \
+                 {DEFAULT_API_GROUP} group (the agent's [api] group)",
                 path.display()
             ),
         ),

@@ -315,6 +315,15 @@ fn agent_starts_without_config_and_stops_on_sigterm_detaching_bpf() {
             .unwrap_or_default()
     };
     let loaded = programs_of_agent();
+    // The API socket at its default path: a socket, root's, and only root's or its group's.
+    let default_socket = std::path::Path::new("/run/godwit/api.sock");
+    let socket_mode = {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        std::fs::symlink_metadata(default_socket)
+            .ok()
+            .filter(|m| m.file_type().is_socket() && m.uid() == 0)
+            .map(|m| m.mode() & 0o777)
+    };
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
@@ -322,6 +331,16 @@ fn agent_starts_without_config_and_stops_on_sigterm_detaching_bpf() {
     assert!(
         ready.is_some(),
         "agent with the embedded default config never became ready:\n{log}"
+    );
+    assert!(
+        matches!(socket_mode, Some(0o660 | 0o600)),
+        "{} while the agent ran: mode {:?}\n{log}",
+        default_socket.display(),
+        socket_mode.map(|m| format!("{m:o}"))
+    );
+    assert!(
+        !default_socket.exists(),
+        "the socket is removed at shutdown:\n{log}"
     );
     assert!(
         loaded.len() >= 5,
@@ -468,10 +487,9 @@ fn local_policy_explains_threshold_trigger_and_selection() {
     );
 
     // The operator's risk level lowers the threshold: T_n *= 1 - k_r * r_s.
-    let (code, _) = http_request(agent.addr, "PUT", "/v1/risk", Some("{\"risk\": 2.0}")).unwrap();
+    let (code, _) = agent.act("PUT", "/v1/risk", Some("{\"risk\": 2.0}"));
     assert_eq!(code, 400, "risk outside 0..1 is refused");
-    let (code, body) =
-        http_request(agent.addr, "PUT", "/v1/risk", Some("{\"risk\": 1.0}")).unwrap();
+    let (code, body) = agent.act("PUT", "/v1/risk", Some("{\"risk\": 1.0}"));
     assert_eq!(code, 200, "{body}");
     let lowered = wait_for(Duration::from_secs(5), || {
         let doc = agent.json("/v1/decisions");

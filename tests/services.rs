@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use godwit_tests::{
-    cgroup_layout, example_bin, free_port, godwit_bin, http_get, http_request, require_root,
-    unique, wait_for, Agent, ServiceSlice,
+    cgroup_layout, example_bin, free_port, godwit_bin, http_get, require_root, unique, wait_for,
+    Agent, ServiceSlice,
 };
 use serde_json::Value;
 
@@ -59,7 +59,8 @@ fn wait_service(agent: &Agent, name: &str, what: &str, cond: impl Fn(&Value) -> 
 fn cli(agent: &Agent, args: &[&str]) -> (bool, String) {
     let out = Command::new(godwit_bin())
         .args(args)
-        .args(["--addr", &agent.addr.to_string()])
+        .arg("--socket")
+        .arg(&agent.socket)
         .output()
         .unwrap();
     (
@@ -257,13 +258,7 @@ fn freeze_thaw_and_stop_do_not_wait_for_a_slow_health_check() {
     std::thread::sleep(Duration::from_millis(500));
     let timed = |action: &str| {
         let t = Instant::now();
-        let (code, body) = http_request(
-            agent.addr,
-            "POST",
-            &format!("/v1/services/slow/{action}"),
-            None,
-        )
-        .unwrap();
+        let (code, body) = agent.act("POST", &format!("/v1/services/slow/{action}"), None);
         assert_eq!(code, 200, "{action}: {body}");
         (t.elapsed(), body)
     };
@@ -526,7 +521,7 @@ fn bad_specs_are_refused_and_nothing_running_is_disturbed() {
         section(&svc, &state)
     ));
     let before = wait_service(&agent, "echo", "healthy", |s| s["health"] == "healthy");
-    let post = |body: &str| http_request(agent.addr, "POST", "/v1/services", Some(body)).unwrap();
+    let post = |body: &str| agent.act("POST", "/v1/services", Some(body));
     for (body, code, field) in [
         (
             r#"{"name":"x","command":["/bin/true"],"image":"/nonexistent/image"}"#,
@@ -701,7 +696,7 @@ fn redis_answers_on_its_vip_and_the_vip_moves_with_the_service() {
         })
     };
 
-    let (code, body) = http_request(c.api(1), "POST", "/v1/services", Some(&spec)).unwrap();
+    let (code, body) = c.act(1, "POST", "/v1/services", Some(&spec)).unwrap();
     assert_eq!(code, 201, "{body}");
     wait_for(Duration::from_secs(15), || {
         (status(1)["vip_active"] == true).then_some(())
@@ -713,11 +708,11 @@ fn redis_answers_on_its_vip_and_the_vip_moves_with_the_service() {
     assert_eq!(redis_in(&c, 2, &cli_args(&["SET", "where", "n1"])), "OK");
 
     // Stop on n1: the VIP goes with it.
-    let (code, body) = http_request(c.api(1), "POST", "/v1/services/redis/stop", None).unwrap();
+    let (code, body) = c.act(1, "POST", "/v1/services/redis/stop", None).unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(!has_vip(1), "the VIP left n1 with the service");
     // Start on n2: the VIP follows, and n1 reaches the new instance through it.
-    let (code, body) = http_request(c.api(2), "POST", "/v1/services", Some(&spec)).unwrap();
+    let (code, body) = c.act(2, "POST", "/v1/services", Some(&spec)).unwrap();
     assert_eq!(code, 201, "{body}");
     wait_for(Duration::from_secs(15), || {
         (status(2)["vip_active"] == true).then_some(())

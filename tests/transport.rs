@@ -41,9 +41,9 @@ fn cluster(ca: PathBuf, other_ca: PathBuf) -> Cluster {
 }
 
 fn post(c: &Cluster, i: usize, path: &str) -> (u16, Value) {
-    let (code, body) =
-        godwit_tests::http_request_within(c.api(i), "POST", path, None, Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("POST {path} to n{i}: {e}"));
+    let (code, body) = c
+        .act_within(i, "POST", path, None, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("POST {path} to n{i}: {e}"));
     (code, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
@@ -68,14 +68,8 @@ fn agents_measure_paths_over_mutual_tls_and_refuse_another_ca() {
     assert_eq!(c.json(2, "/v1/transport")["stats"]["accepted"], 1);
     // The CLI shows the same measurement.
     let out = std::process::Command::new(godwit_tests::godwit_bin())
-        .args([
-            "path",
-            "n2",
-            "--bytes",
-            "1048576",
-            "--addr",
-            &c.api(1).to_string(),
-        ])
+        .args(["path", "n2", "--bytes", "1048576", "--socket"])
+        .arg(c.socket(1))
         .output()
         .unwrap();
     let line = String::from_utf8_lossy(&out.stdout);

@@ -311,7 +311,10 @@ pub fn free_port() -> u16 {
 /// A `godwit agent` process with its own config file; SIGKILLed on drop if still running.
 pub struct Agent {
     pub child: Child,
+    /// The read-only TCP API.
     pub addr: SocketAddr,
+    /// The API socket, where changes are served (to root, which the tests run as).
+    pub socket: PathBuf,
     pub dir: PathBuf,
     stderr_path: PathBuf,
 }
@@ -330,11 +333,14 @@ impl Agent {
         let dir = std::env::temp_dir().join(unique("godwit-agent"));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("godwit.toml");
+        let socket = dir.join("api.sock");
         std::fs::write(
             &config,
             format!(
-                "[node]\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n{extra}",
-                dir.display()
+                "[node]\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
+                 socket = \"{}\"\n{extra}",
+                dir.display(),
+                socket.display()
             ),
         )
         .unwrap();
@@ -357,6 +363,7 @@ impl Agent {
         let mut agent = Agent {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            socket,
             dir,
             stderr_path,
         };
@@ -386,6 +393,12 @@ impl Agent {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends a request to the agent's socket, as root: the way to change something.
+    pub fn act(&self, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
+        unix_request(&self.socket, method, path, json)
+            .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", self.socket.display()))
     }
 
     /// GETs `path` and parses it as JSON; panics on failure.
@@ -438,9 +451,44 @@ pub fn http_request_within(
     json: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    let s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
+    exchange(s, &addr.to_string(), method, path, json)
+}
+
+/// A minimal HTTP/1.1 request on an agent's API socket; returns status code and body.
+pub fn unix_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    unix_request_within(socket, method, path, json, Duration::from_secs(10))
+}
+
+/// As [`unix_request`], giving up writing and reading after `timeout` each.
+pub fn unix_request_within(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    let s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    exchange(s, "localhost", method, path, json)
+}
+
+/// Writes one request with `Host: host` on `s` and reads the answer to its end.
+fn exchange(
+    mut s: impl Read + Write,
+    host: &str,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let body = json.unwrap_or("");
     let content = if json.is_some() {
         format!(
@@ -452,7 +500,7 @@ pub fn http_request_within(
     };
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{content}Connection: close\r\n\r\n{body}"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{content}Connection: close\r\n\r\n{body}"
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;

@@ -27,7 +27,7 @@ use godwit::transport::{init_ca, issue_node};
 use serde_json::Value;
 
 use crate::cluster::Cluster;
-use crate::{example_bin, http_request, http_request_within, unique, wait_for, ServiceSlice};
+use crate::{example_bin, unique, wait_for, ServiceSlice};
 
 /// The port every kvstore of the rig listens on (one runs per node at a time).
 pub const KV_PORT: u16 = 7379;
@@ -202,13 +202,10 @@ impl MigrateRig {
             .as_str()
             .expect("a spec has a name")
             .to_string();
-        let (code, body) = http_request(
-            self.c.api(i),
-            "POST",
-            "/v1/services",
-            Some(&spec.to_string()),
-        )
-        .unwrap_or_else(|e| panic!("POST /v1/services to n{i}: {e}"));
+        let (code, body) = self
+            .c
+            .act(i, "POST", "/v1/services", Some(&spec.to_string()))
+            .unwrap_or_else(|e| panic!("POST /v1/services to n{i}: {e}"));
         assert_eq!(code, 201, "{body}\n{}", self.c.log(i));
         self.wait_serving(i, &name, within)
             .unwrap_or_else(|| panic!("{name} not up on n{i}: {}", self.service(i, &name)));
@@ -240,14 +237,15 @@ impl MigrateRig {
 
     /// `POST /v1/services/NAME/ACTION` on node `i` (`start`, `stop`, `freeze`, `thaw`).
     pub fn action(&self, i: usize, name: &str, action: &str) -> (u16, String) {
-        http_request_within(
-            self.c.api(i),
-            "POST",
-            &format!("/v1/services/{name}/{action}"),
-            None,
-            Duration::from_secs(30),
-        )
-        .unwrap_or_else(|e| panic!("{action} {name} on n{i}: {e}"))
+        self.c
+            .act_within(
+                i,
+                "POST",
+                &format!("/v1/services/{name}/{action}"),
+                None,
+                Duration::from_secs(30),
+            )
+            .unwrap_or_else(|e| panic!("{action} {name} on n{i}: {e}"))
     }
 
     /// Migrates `name` from node 1 to node `to` with `godwit migrate` and `args` (such as

@@ -282,8 +282,8 @@ fn start_agent(
 }
 
 /// The configuration file of one benchmark agent: its own address, gossip and transport ports
-/// (the API port plus 10 and 20, so two agents run side by side) and data directory, the probe
-/// mode under test, and everything else at the embedded defaults.
+/// (the API port plus 10 and 20, so two agents run side by side), data directory and API socket
+/// in it, the probe mode under test, and everything else at the embedded defaults.
 fn agent_config(mode: &str, addr: &str, data_dir: &Path) -> String {
     let (host, port) = addr
         .rsplit_once(':')
@@ -291,9 +291,11 @@ fn agent_config(mode: &str, addr: &str, data_dir: &Path) -> String {
     let port: u16 = port.parse().expect("benchmark ports are numbers");
     format!(
         "# written by cargo xtask bench probe\n\n[node]\ndata_dir = \"{}\"\n\n\
-         [api]\nlisten = \"{addr}\"\n\n[probe]\nmode = \"{mode}\"\ninterval_ms = {INTERVAL_MS}\n\n\
+         [api]\nlisten = \"{addr}\"\nsocket = \"{}\"\n\n\
+         [probe]\nmode = \"{mode}\"\ninterval_ms = {INTERVAL_MS}\n\n\
          [gossip]\nlisten = \"{host}:{}\"\n\n[transport]\nlisten = \"{host}:{}\"\ntls_dir = \"{}\"\n",
         data_dir.display(),
+        data_dir.join("api.sock").display(),
         port + 10,
         port + 20,
         data_dir.join("tls").display(),
@@ -758,6 +760,7 @@ mod tests {
             "data_dir = \"/tmp/b/ebpf-data\"",
             "[api]",
             "listen = \"127.0.0.1:19746\"",
+            "socket = \"/tmp/b/ebpf-data/api.sock\"",
             "[probe]",
             "mode = \"ebpf\"",
             "interval_ms = 1000",

@@ -169,9 +169,10 @@ fn run(args: &[OsString]) -> Result<()> {
     }
     println!("godwit agent with the embedded default config (packaging/godwit.toml)");
     println!("  metrics:  http://{DEFAULT_API}/metrics");
-    println!("  API:      http://{DEFAULT_API}/v1/node  /v1/processes  /v1/containers");
+    println!("  API:      http://{DEFAULT_API}/v1/node  /v1/processes  /v1/containers (reads)");
+    println!("  changes:  /run/godwit/api.sock (root and the godwit group; `godwit service ...`)");
     println!("  live:     {} top", bin.display());
-    println!("  (a --config FILE with another [api] listen moves these)");
+    println!("  (a --config FILE with another [api] listen or socket moves these)");
     let err = Command::new(&bin).arg("agent").args(args).exec();
     Err(err).with_context(|| format!("exec {}", bin.display()))
 }

@@ -23,7 +23,9 @@
 //!   node-to-node reachability, or to open a UDP socket there) uses [`Cluster::in_node`], which
 //!   runs a closure on a thread that has joined the node's namespace with `setns(2)`.
 //! - One `godwit agent` per node, with its own config (`[node] name = "n<i>"`, its own
-//!   `data_dir`, `[api] listen = "198.a.b.i:9746"`, plus any extra TOML from
+//!   `data_dir`, `[api] listen = "198.a.b.i:9746"` (read-only, so `public_read_only = true`)
+//!   and `socket = "<node dir>/api.sock"`, where [`Cluster::act`] changes things, plus any
+//!   extra TOML from
 //!   [`Builder::extra_toml`]), its own log file and its own cgroup
 //!   `<v2 root>/godwit-cluster/<run>/n<i>` (`/sys/fs/cgroup/unified` on a v1/v2 hybrid host,
 //!   `/sys/fs/cgroup` on a pure v2 one). The agent is started by entering the namespace with
@@ -138,9 +140,11 @@ pub struct Node {
     pub netns: String,
     /// Its address on the cluster network.
     pub addr: Ipv4Addr,
-    /// Its agent's API address.
+    /// Its agent's API address (reads only).
     pub api: SocketAddr,
-    /// Its directory: `godwit.toml`, `agent.log`, `data/`.
+    /// Its agent's API socket, where changes are served.
+    pub socket: PathBuf,
+    /// Its directory: `godwit.toml`, `agent.log`, `data/`, `api.sock`.
     pub dir: PathBuf,
     /// The agent's config file.
     pub config: PathBuf,
@@ -239,6 +243,7 @@ impl Builder {
                     netns: st.namespaces[i].clone(),
                     addr,
                     api: SocketAddr::from((addr, API_PORT)),
+                    socket: dir.join("api.sock"),
                     config: dir.join("godwit.toml"),
                     log: dir.join("agent.log"),
                     cgroup: st.cgroup.join(format!("n{i}")),
@@ -355,6 +360,35 @@ impl Cluster {
     /// Node `i`'s API address.
     pub fn api(&self, i: usize) -> SocketAddr {
         self.node(i).api
+    }
+
+    /// Node `i`'s API socket.
+    pub fn socket(&self, i: usize) -> &Path {
+        &self.node(i).socket
+    }
+
+    /// Sends a request that changes something to node `i`'s API socket, as root (the test
+    /// process); the status code and the body.
+    pub fn act(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        json: Option<&str>,
+    ) -> std::io::Result<(u16, String)> {
+        crate::unix_request_within(self.socket(i), method, path, json, Duration::from_secs(10))
+    }
+
+    /// As [`Cluster::act`], giving up writing and reading after `timeout` each.
+    pub fn act_within(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        json: Option<&str>,
+        timeout: Duration,
+    ) -> std::io::Result<(u16, String)> {
+        crate::unix_request_within(self.socket(i), method, path, json, timeout)
     }
 
     /// The pid of node `i`'s agent, if it runs (stopped counts as running).
@@ -757,11 +791,13 @@ impl Cluster {
             let toml = format!(
                 "# {name} of cluster run {run}, written by godwit_tests::cluster\n\
                  [node]\nname = \"{name}\"\ndata_dir = \"{data}\"\n\n\
-                 [api]\nlisten = \"{api}\"\n\n{extra}\n",
+                 [api]\nlisten = \"{api}\"\npublic_read_only = true\nsocket = \"{socket}\"\n\n\
+                 {extra}\n",
                 name = node.name,
                 run = self.state.run,
                 data = data.display(),
                 api = node.api,
+                socket = node.socket.display(),
             );
             std::fs::write(&node.config, toml)
                 .with_context(|| format!("write {}", node.config.display()))?;

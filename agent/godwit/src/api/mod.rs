@@ -1,6 +1,13 @@
-//! The agent's HTTP face: `/metrics` (OpenMetrics) and the JSON API under `/v1/`. Read-only but
-//! for the operator's risk level and local service actions. It cannot prove who calls it, so
-//! it starts no migration (see `crate::migrate::control`).
+//! The agent's HTTP face: `/metrics` (OpenMetrics) and the JSON API under `/v1/`, on two
+//! listeners that trust differently (see [`access`]):
+//!
+//! - the Unix socket (`[api] socket`) serves everything; a route that changes something is
+//!   served to root and the members of `[api] group` only, as the kernel names the caller;
+//! - the TCP address (`[api] listen`) serves the reads and nothing else: its router is built
+//!   from the read routes alone ([`tcp_router`]), so it cannot route a change.
+//!
+//! Neither starts a migration: that takes a certificate of the cluster CA (see
+//! `crate::migrate::control`).
 //!
 //! | path | body |
 //! | --- | --- |
@@ -12,32 +19,36 @@
 //! | `/v1/forecast` | ARMA forecasts of the node's and each container's load, with intervals |
 //! | `/v1/nodes` | the mesh: members with liveness, heartbeat age, generation and summary |
 //! | `/v1/decisions` | this node's policy view and plan, with the numbers behind each step |
-//! | `/v1/risk` | GET or PUT `{"risk": 0.3}`: the operator's risk level of the site (0 to 1) |
+//! | `/v1/risk` | GET; PUT `{"risk": 0.3}` (socket): the operator's risk level of the site (0 to 1) |
 //! | `/v1/transport` | the QUIC endpoint: connection counts and the paths measured |
-//! | `/v1/transport/probe/{node}` | POST (`?bytes=N`): measure RTT and throughput to a member |
+//! | `/v1/transport/probe/{node}` | POST (socket, `?bytes=N`): measure RTT and throughput to a member |
 //! | `/v1/images` | images in this node's store: id, entries, bytes, chunks |
 //! | `/v1/inventory` | the patterns of `[inventory]` resolved to processes, containers, devices, interfaces, and the managed services |
-//! | `/v1/services` | GET: managed services with state, health, cgroup and rates; POST: a spec |
-//! | `/v1/services/{name}/{action}` | POST: `start`, `stop`, `freeze` or `thaw`; `migrate` is refused (403), audited and counted: migrations start over the transport with a certificate (`godwit migrate`, the `"control"` service) |
+//! | `/v1/services` | GET: managed services with state, health, cgroup and rates; POST (socket): a spec |
+//! | `/v1/services/{name}/{action}` | POST (socket): `start`, `stop`, `freeze` or `thaw`; `migrate` is refused (403), audited and counted: migrations start over the transport with a certificate (`godwit migrate`, the `"control"` service) |
 //! | `/v1/migrations` | migration counts (committed, failed, refused) and the last report |
-//! | `/v1/images/{id}/push` | POST (`?to=NODE`): push an image; only missing chunks move |
+//! | `/v1/images/{id}/push` | POST (socket, `?to=NODE`): push an image; only missing chunks move |
 //! | `/healthz` | `ok` once the first sample exists |
 
+pub mod access;
 pub mod metrics;
+pub mod socket;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
+use self::access::{Access, Actor, Caller, TcpPolicy};
 use crate::forecast::{SharedDecisions, SharedForecasts, SharedRisk};
 use crate::probe::{SharedSnapshot, Snapshot};
 
@@ -76,12 +87,22 @@ pub enum ApiError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot make the API socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another agent answers on the API socket {0}: stop it, or set [api] socket")]
+    SocketInUse(PathBuf),
+    #[error("{0} exists and is not a socket: remove it, or set [api] socket")]
+    NotASocket(PathBuf),
     #[error("API server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
 
-/// The router, for tests and for [`serve`].
-pub fn router(shared: Shared, registry: Registry) -> Router {
+/// The routes that only read: everything the TCP listener serves.
+fn read_routes() -> Router<AppState> {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/v1/node", get(node_handler))
@@ -91,23 +112,50 @@ pub fn router(shared: Shared, registry: Registry) -> Router {
         .route("/v1/forecast", get(forecast_handler))
         .route("/v1/decisions", get(decisions_handler))
         .route("/v1/nodes", get(nodes_handler))
-        .route("/v1/risk", get(risk_get_handler).put(risk_put_handler))
+        .route("/v1/risk", get(risk_get_handler))
         .route("/v1/transport", get(transport_handler))
-        .route("/v1/transport/probe/{node}", post(probe_handler))
         .route("/v1/images", get(images_handler))
         .route("/v1/inventory", get(inventory_handler))
         .route("/v1/migrations", get(migrations_handler))
-        .route(
-            "/v1/services",
-            get(services_handler).post(service_add_handler),
-        )
+        .route("/v1/services", get(services_handler))
+        .route("/healthz", get(health_handler))
+}
+
+/// The routes that change something. Each handler takes an [`Actor`], which only
+/// [`access::authorize`] makes: served anywhere else, they refuse.
+fn act_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/risk", put(risk_put_handler))
+        .route("/v1/transport/probe/{node}", post(probe_handler))
+        .route("/v1/services", post(service_add_handler))
         .route("/v1/services/{name}/{action}", post(service_action_handler))
         .route("/v1/images/{id}/push", post(image_push_handler))
-        .route("/healthz", get(health_handler))
-        .with_state(AppState {
-            shared,
-            registry: Arc::new(registry),
-        })
+}
+
+fn state(shared: Shared, registry: Arc<Registry>) -> AppState {
+    AppState { shared, registry }
+}
+
+/// The router of the Unix socket: every route; those that act only for whom `access` allows.
+pub fn socket_router(shared: Shared, registry: Arc<Registry>, access: Access) -> Router {
+    read_routes()
+        .merge(
+            act_routes().route_layer(axum::middleware::from_fn_with_state(
+                access,
+                access::authorize,
+            )),
+        )
+        .with_state(state(shared, registry))
+}
+
+/// The router of the TCP listener: the reads, under this agent's own host names.
+pub fn tcp_router(shared: Shared, registry: Arc<Registry>, policy: TcpPolicy) -> Router {
+    read_routes()
+        .with_state(state(shared, registry))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(policy),
+            access::tcp_guard,
+        ))
 }
 
 /// Binds `addr` (before anything else starts, so a taken port fails fast).
@@ -117,15 +165,27 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ApiError> {
         .map_err(|source| ApiError::Bind { addr, source })
 }
 
-/// Serves until `shutdown` is cancelled.
-pub async fn serve(
+/// Serves the TCP listener until `shutdown` is cancelled.
+pub async fn serve_tcp(
     listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> Result<(), ApiError> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(ApiError::Serve)
+}
+
+/// Serves the Unix socket until `shutdown` is cancelled; each request knows its [`Caller`].
+pub async fn serve_socket(
+    listener: UnixListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
     axum::serve(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        router.into_make_service_with_connect_info::<Caller>(),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await
@@ -256,6 +316,7 @@ async fn risk_get_handler(State(state): State<AppState>) -> Response {
 /// Sets the operator's risk level of this node's site (0 to 1). Refused with 400 otherwise.
 async fn risk_put_handler(
     State(state): State<AppState>,
+    Actor(caller): Actor,
     body: Result<Json<RiskBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let bad = |msg: String| {
@@ -271,7 +332,7 @@ async fn risk_put_handler(
     };
     match state.shared.risk.set(body.risk) {
         Ok(()) => {
-            tracing::info!(risk = body.risk, "operator risk level changed");
+            tracing::info!(risk = body.risk, by = %caller.describe(), "operator risk level changed");
             Json(body).into_response()
         }
         Err(e) => bad(e),
@@ -305,6 +366,7 @@ fn default_probe_bytes() -> u64 {
 
 async fn probe_handler(
     State(state): State<AppState>,
+    _: Actor,
     axum::extract::Path(node): axum::extract::Path<String>,
     query: Result<axum::extract::Query<ProbeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -407,6 +469,7 @@ async fn services_handler(State(state): State<AppState>) -> Response {
 
 async fn service_add_handler(
     State(state): State<AppState>,
+    Actor(caller): Actor,
     body: Result<Json<crate::service::ServiceSpec>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Some(manager) = &state.shared.services else {
@@ -416,8 +479,12 @@ async fn service_add_handler(
         Ok(Json(s)) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
+    let name = spec.name.clone();
     match manager.add(spec).await {
-        Ok(status) => (StatusCode::CREATED, Json(status)).into_response(),
+        Ok(status) => {
+            tracing::info!(service = %name, by = %caller.describe(), "service added");
+            (StatusCode::CREATED, Json(status)).into_response()
+        }
         Err(e) => service_error(e),
     }
 }
@@ -443,14 +510,14 @@ pub const MIGRATE_NEEDS_A_CERTIFICATE: &str = "migrations are started over the t
      caller with a certificate of the cluster CA, not over HTTP: run `godwit migrate SERVICE \
      --to NODE` (it presents this node's certificate, or an operator's with --operator)";
 
-/// The HTTP API cannot prove who calls it, so it starts no migration: the request is refused
-/// (403), audited with the caller's address and counted as refused.
-fn migrate(state: &AppState, name: &str, to: Option<&str>, caller: SocketAddr) -> Response {
+/// The HTTP API presents no certificate of the cluster CA, so it starts no migration: the
+/// request is refused (403), audited with the caller's credentials and counted as refused.
+fn migrate(state: &AppState, name: &str, to: Option<&str>, caller: &Caller) -> Response {
     if let Some(migrator) = &state.shared.migrator {
         migrator.refuse(
             name,
             to.unwrap_or("-"),
-            &format!("api {caller}"),
+            &format!("api {}", caller.describe()),
             "the HTTP API presents no certificate",
         );
     }
@@ -459,7 +526,7 @@ fn migrate(state: &AppState, name: &str, to: Option<&str>, caller: SocketAddr) -
 
 async fn service_action_handler(
     State(state): State<AppState>,
-    axum::extract::ConnectInfo(caller): axum::extract::ConnectInfo<SocketAddr>,
+    Actor(caller): Actor,
     axum::extract::Path((name, action)): axum::extract::Path<(String, String)>,
     query: Result<axum::extract::Query<MigrateQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -468,7 +535,7 @@ async fn service_action_handler(
     };
     if action == "migrate" {
         let to = query.ok().and_then(|q| q.0.to);
-        return migrate(&state, &name, to.as_deref(), caller);
+        return migrate(&state, &name, to.as_deref(), &caller);
     }
     let result = match action.as_str() {
         "start" => manager.start(&name).await,
@@ -483,7 +550,10 @@ async fn service_action_handler(
         }
     };
     match result {
-        Ok(status) => Json(status).into_response(),
+        Ok(status) => {
+            tracing::info!(service = %name, action, by = %caller.describe(), "service action");
+            Json(status).into_response()
+        }
         Err(e) => service_error(e),
     }
 }
@@ -529,6 +599,7 @@ struct PushQuery {
 
 async fn image_push_handler(
     State(state): State<AppState>,
+    _: Actor,
     axum::extract::Path(id): axum::extract::Path<String>,
     query: Result<axum::extract::Query<PushQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {

@@ -3,25 +3,27 @@
 //! leave and why, and where they would go.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use serde_json::Value;
 
-use crate::config::DEFAULT_API_PORT;
-
 #[derive(Debug, clap::Args)]
 pub(super) struct ExplainArgs {
-    /// Address of a running agent's API.
-    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
-    addr: SocketAddr,
+    #[command(flatten)]
+    api: super::client::ReadFrom,
     /// Print the agent's JSON document (the view that went in and the plan that came out).
     #[arg(long)]
     json: bool,
 }
 
 pub(super) fn run(args: ExplainArgs) -> ExitCode {
-    super::show("explain", args.addr, "/v1/decisions", args.json, render)
+    super::show(
+        "explain",
+        &args.api.target(),
+        "/v1/decisions",
+        args.json,
+        render,
+    )
 }
 
 fn num(v: &Value) -> String {

@@ -1,15 +1,14 @@
 //! `godwit image import|list|push`: images in the node's chunk store, and pre-staging them on
 //! another node (only the chunks it lacks move).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use super::client::{ActOn, ReadFrom};
 use super::exit;
-use crate::config::DEFAULT_API_PORT;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct ImageArgs {
@@ -29,9 +28,8 @@ enum ImageCommand {
     },
     /// Images in the store of a running agent.
     List {
-        /// Address of the agent's API.
-        #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
-        addr: SocketAddr,
+        #[command(flatten)]
+        api: ReadFrom,
         /// Print the agent's JSON document.
         #[arg(long)]
         json: bool,
@@ -43,9 +41,8 @@ enum ImageCommand {
         /// The node to push to.
         #[arg(long)]
         to: String,
-        /// Address of the local agent's API.
-        #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
-        addr: SocketAddr,
+        #[command(flatten)]
+        api: ActOn,
         /// Print the agent's JSON document.
         #[arg(long)]
         json: bool,
@@ -55,8 +52,10 @@ enum ImageCommand {
 pub(super) fn run(args: ImageArgs) -> ExitCode {
     match args.command {
         ImageCommand::Import { dir, config } => import(&dir, config.as_deref()),
-        ImageCommand::List { addr, json } => super::show("image", addr, "/v1/images", json, list),
-        ImageCommand::Push { id, to, addr, json } => push(&id, &to, addr, json),
+        ImageCommand::List { api, json } => {
+            super::show("image", &api.target(), "/v1/images", json, list)
+        }
+        ImageCommand::Push { id, to, api, json } => push(&id, &to, &api, json),
     }
 }
 
@@ -104,12 +103,12 @@ fn list(doc: &Value) -> String {
     out
 }
 
-fn push(id: &str, to: &str, addr: SocketAddr, json: bool) -> ExitCode {
+fn push(id: &str, to: &str, api: &ActOn, json: bool) -> ExitCode {
     let path = format!("/v1/images/{id}/push?to={to}");
     let (id, to) = (id.to_string(), to.to_string());
     super::request(
         "image",
-        addr,
+        &api.target(),
         hyper::Method::POST,
         &path,
         Duration::from_secs(600),

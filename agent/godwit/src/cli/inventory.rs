@@ -1,25 +1,27 @@
 //! `godwit inventory`: what the `[inventory]` patterns resolve to on a running agent.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use serde_json::Value;
 
-use crate::config::DEFAULT_API_PORT;
-
 #[derive(Debug, clap::Args)]
 pub(super) struct InventoryArgs {
-    /// Address of a running agent's API.
-    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
-    addr: SocketAddr,
+    #[command(flatten)]
+    api: super::client::ReadFrom,
     /// Print the agent's JSON document.
     #[arg(long)]
     json: bool,
 }
 
 pub(super) fn run(args: InventoryArgs) -> ExitCode {
-    super::show("inventory", args.addr, "/v1/inventory", args.json, render)
+    super::show(
+        "inventory",
+        &args.api.target(),
+        "/v1/inventory",
+        args.json,
+        render,
+    )
 }
 
 /// One line per item: kind, pattern, item.

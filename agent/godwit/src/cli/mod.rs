@@ -2,6 +2,7 @@
 //!
 //! Exit codes are distinct per failure class so that systemd and scripts can tell them apart.
 
+mod client;
 mod explain;
 mod image;
 mod inventory;
@@ -26,7 +27,7 @@ pub mod exit {
     pub use crate::daemon::exit::{CONFIG, FAILURE, UNAVAILABLE};
     /// Command-line usage error (clap).
     pub const USAGE: u8 = 2;
-    /// The caller may not do this (a migration refused to this caller).
+    /// The caller may not do this (a migration or an API change refused to this caller).
     pub const NOPERM: u8 = 77;
 }
 
@@ -121,14 +122,14 @@ pub fn main() -> ExitCode {
 /// `nodes`, ...).
 fn show(
     command: &str,
-    addr: std::net::SocketAddr,
+    target: &client::Target,
     path: &str,
     json: bool,
     render: impl FnOnce(&serde_json::Value) -> String,
 ) -> ExitCode {
     request(
         command,
-        addr,
+        target,
         hyper::Method::GET,
         path,
         std::time::Duration::from_secs(5),
@@ -138,10 +139,10 @@ fn show(
 }
 
 /// Sends a bodiless request to an agent's API and prints the answer as [`show`] does. Shared by
-/// the commands that act (`service`, `migrate`, `path`, `image push`).
+/// the commands that act (`service`, `path`, `image push`).
 fn request(
     command: &str,
-    addr: std::net::SocketAddr,
+    target: &client::Target,
     method: hyper::Method,
     path: &str,
     timeout: std::time::Duration,
@@ -158,7 +159,7 @@ fn request(
             return ExitCode::from(exit::FAILURE);
         }
     };
-    match rt.block_on(top::request_json(addr, method, path, timeout)) {
+    match rt.block_on(client::request_json(target, method, path, timeout)) {
         Ok(doc) if json => {
             println!("{doc}");
             ExitCode::SUCCESS

@@ -1,25 +1,21 @@
 //! `godwit nodes`: the mesh as this node's agent sees it.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use serde_json::Value;
 
-use crate::config::DEFAULT_API_PORT;
-
 #[derive(Debug, clap::Args)]
 pub(super) struct NodesArgs {
-    /// Address of a running agent's API.
-    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
-    addr: SocketAddr,
+    #[command(flatten)]
+    api: super::client::ReadFrom,
     /// Print the agent's JSON document.
     #[arg(long)]
     json: bool,
 }
 
 pub(super) fn run(args: NodesArgs) -> ExitCode {
-    super::show("nodes", args.addr, "/v1/nodes", args.json, render)
+    super::show("nodes", &args.api.target(), "/v1/nodes", args.json, render)
 }
 
 /// One line per member: liveness, site, load, age of the last heartbeat, generation.

@@ -1,13 +1,10 @@
 //! `godwit path NODE`: the agent measures the path to another member over the transport
 //! (RTT from pings, throughput from a bulk probe timed by the receiver).
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::Value;
-
-use crate::config::DEFAULT_API_PORT;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct PathArgs {
@@ -16,9 +13,8 @@ pub(super) struct PathArgs {
     /// Bytes of the throughput probe (0: RTT only).
     #[arg(long, default_value_t = 16 << 20)]
     bytes: u64,
-    /// Address of the local agent's API.
-    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
-    addr: SocketAddr,
+    #[command(flatten)]
+    api: super::client::ActOn,
     /// Print the agent's JSON document.
     #[arg(long)]
     json: bool,
@@ -28,7 +24,7 @@ pub(super) fn run(args: PathArgs) -> ExitCode {
     let path = format!("/v1/transport/probe/{}?bytes={}", args.node, args.bytes);
     super::request(
         "path",
-        args.addr,
+        &args.api.target(),
         hyper::Method::POST,
         &path,
         Duration::from_secs(120),

@@ -1,17 +1,13 @@
 //! `godwit predict`: the running agent's load forecasts with their prediction intervals.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use serde_json::Value;
 
-use crate::config::DEFAULT_API_PORT;
-
 #[derive(Debug, clap::Args)]
 pub(super) struct PredictArgs {
-    /// Address of a running agent's API.
-    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
-    addr: SocketAddr,
+    #[command(flatten)]
+    api: super::client::ReadFrom,
     /// Print the agent's JSON document.
     #[arg(long)]
     json: bool,
@@ -21,9 +17,13 @@ pub(super) struct PredictArgs {
 }
 
 pub(super) fn run(args: PredictArgs) -> ExitCode {
-    super::show("predict", args.addr, "/v1/forecast", args.json, |doc| {
-        render(doc, &args.steps)
-    })
+    super::show(
+        "predict",
+        &args.api.target(),
+        "/v1/forecast",
+        args.json,
+        |doc| render(doc, &args.steps),
+    )
 }
 
 fn fmt_value(v: f64, unit: &str) -> String {

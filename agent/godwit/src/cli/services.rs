@@ -1,23 +1,15 @@
 //! `godwit services` and `godwit service start|stop|freeze|thaw NAME`.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::DEFAULT_API_PORT;
-
-fn default_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT))
-}
-
 #[derive(Debug, clap::Args)]
 pub(super) struct ServicesArgs {
-    /// Address of a running agent's API.
-    #[arg(long, default_value_t = default_addr())]
-    addr: SocketAddr,
+    #[command(flatten)]
+    api: super::client::ReadFrom,
     /// Print the agent's JSON document.
     #[arg(long)]
     json: bool,
@@ -30,13 +22,18 @@ pub(super) struct ServiceArgs {
     action: String,
     /// The service.
     name: String,
-    /// Address of a running agent's API.
-    #[arg(long, default_value_t = default_addr())]
-    addr: SocketAddr,
+    #[command(flatten)]
+    api: super::client::ActOn,
 }
 
 pub(super) fn list(args: ServicesArgs) -> ExitCode {
-    super::show("services", args.addr, "/v1/services", args.json, render)
+    super::show(
+        "services",
+        &args.api.target(),
+        "/v1/services",
+        args.json,
+        render,
+    )
 }
 
 /// One line per service: state, health, node, cgroup, CPU, memory and dirty rate.
@@ -77,7 +74,7 @@ pub(super) fn act(args: ServiceArgs) -> ExitCode {
     let name = args.name.clone();
     super::request(
         "service",
-        args.addr,
+        &args.api.target(),
         hyper::Method::POST,
         &path,
         Duration::from_secs(60),

@@ -2,25 +2,20 @@
 //! with `--standalone`, from probes loaded by this command itself.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use super::client::{self, ClientError, Target};
 use super::exit;
-use crate::config::{Config, DEFAULT_API_PORT};
+use crate::config::Config;
 use crate::probe::Sampler;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct TopArgs {
-    /// Address of a running agent's API.
-    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)))]
-    addr: SocketAddr,
+    #[command(flatten)]
+    api: client::ReadFrom,
     /// Load the probes in this process instead of asking an agent (needs root for BPF).
     #[arg(long)]
     standalone: bool,
@@ -63,7 +58,7 @@ pub(super) fn run(args: TopArgs) -> ExitCode {
     })
 }
 
-type TopError = (u8, String);
+type TopError = ClientError;
 
 async fn run_async(args: TopArgs) -> Result<(), TopError> {
     let interval = Duration::from_millis(args.interval_ms.max(100));
@@ -81,7 +76,7 @@ async fn run_async(args: TopArgs) -> Result<(), TopError> {
         tokio::time::sleep(interval).await;
         Source::Standalone(Box::new(sampler))
     } else {
-        Source::Agent(args.addr)
+        Source::Agent(args.api.target())
     };
     loop {
         let doc = source.fetch().await?;
@@ -112,70 +107,28 @@ async fn run_async(args: TopArgs) -> Result<(), TopError> {
 }
 
 enum Source {
-    Agent(SocketAddr),
+    Agent(Target),
     Standalone(Box<Sampler>),
 }
 
 impl Source {
     async fn fetch(&mut self) -> Result<Value, TopError> {
         match self {
-            Source::Agent(addr) => fetch_json(*addr, "/v1/snapshot").await,
+            Source::Agent(target) => {
+                client::request_json(
+                    target,
+                    hyper::Method::GET,
+                    "/v1/snapshot",
+                    Duration::from_secs(5),
+                )
+                .await
+            }
             Source::Standalone(s) => {
                 s.drain_events();
                 serde_json::to_value(s.sample()).map_err(|e| (exit::FAILURE, e.to_string()))
             }
         }
     }
-}
-
-/// GETs a JSON document from an agent's API.
-pub(super) async fn fetch_json(addr: SocketAddr, path: &str) -> Result<Value, TopError> {
-    request_json(addr, hyper::Method::GET, path, Duration::from_secs(5)).await
-}
-
-/// Sends a bodiless request (GET, or POST for actions) and returns the JSON answer.
-pub(super) async fn request_json(
-    addr: SocketAddr,
-    method: hyper::Method,
-    path: &str,
-    timeout: Duration,
-) -> Result<Value, TopError> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let uri: hyper::Uri = format!("http://{addr}{path}")
-        .parse()
-        .map_err(|e| (exit::USAGE, format!("bad address {addr}: {e}")))?;
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| (exit::USAGE, format!("bad request {path}: {e}")))?;
-    let unavailable = |e: String| {
-        (
-            exit::UNAVAILABLE,
-            format!("no agent answers at {addr} ({e}); is `godwit agent` running there?"),
-        )
-    };
-    let resp = tokio::time::timeout(timeout, client.request(request))
-        .await
-        .map_err(|_| unavailable("timed out".into()))?
-        .map_err(|e| unavailable(e.to_string()))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?
-        .to_bytes();
-    if !status.is_success() {
-        return Err((
-            exit::UNAVAILABLE,
-            format!(
-                "agent at {addr} answered {status}: {}",
-                String::from_utf8_lossy(&body).trim()
-            ),
-        ));
-    }
-    serde_json::from_slice(&body).map_err(|e| (exit::FAILURE, format!("bad JSON from {addr}: {e}")))
 }
 
 fn mib(v: Option<f64>) -> String {

@@ -138,6 +138,7 @@ impl Config {
         crate::service::validate_all(&self.service, &self.services).map_err(|e| e.to_string())?;
         self.inventory.validate()?;
         self.gossip.validate()?;
+        self.api.validate()?;
         Ok(())
     }
 }
@@ -160,22 +161,123 @@ impl Default for NodeConfig {
     }
 }
 
+/// `[api]`: who may do what through the API. Changes are served only on the Unix socket, to
+/// root and the members of `group`; the TCP address serves reads (`/metrics`, `/healthz`,
+/// `GET /v1/*`) to anyone who reaches it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// Address of the HTTP API and `/metrics`.
+    /// Address of the read-only HTTP API and `/metrics`.
     pub listen: SocketAddr,
+    /// Whether `listen` may be an address other hosts reach. The TCP API is read-only and
+    /// unauthenticated either way; without this a non-loopback `listen` is refused.
+    pub public_read_only: bool,
+    /// Host names the TCP API answers to besides `localhost`, loopback addresses and the
+    /// `listen` address (a browser's request under any other name is refused: DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// The Unix socket of the whole API, changes included.
+    pub socket: PathBuf,
+    /// The group whose members may act through the socket, besides root.
+    pub group: String,
 }
 
 /// The documented default API port.
 pub const DEFAULT_API_PORT: u16 = 9746;
 
+/// The documented default API socket.
+pub const DEFAULT_API_SOCKET: &str = "/run/godwit/api.sock";
+
+/// The documented default group of the API socket.
+pub const DEFAULT_API_GROUP: &str = "godwit";
+
+/// The longest socket path the kernel takes (`sun_path` less its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
+            public_read_only: false,
+            allowed_hosts: Vec::new(),
+            socket: PathBuf::from(DEFAULT_API_SOCKET),
+            group: DEFAULT_API_GROUP.into(),
         }
     }
+}
+
+impl ApiConfig {
+    /// Checks the socket path, the group's name, the host names, and that a `listen` address
+    /// other hosts reach was asked for as such.
+    pub fn validate(&self) -> Result<(), String> {
+        let ip = self.listen.ip();
+        if !ip.is_loopback() && !self.public_read_only {
+            return Err(format!(
+                "api.listen = \"{}\" is not a loopback address: other hosts could read this \
+                 node's processes, services and plans. Keep it on 127.0.0.1, or set \
+                 api.public_read_only = true to serve those reads to the network (changes are \
+                 served only on api.socket either way)",
+                self.listen
+            ));
+        }
+        let socket = self.socket.as_os_str().as_encoded_bytes();
+        if !self.socket.is_absolute() || socket.ends_with(b"/") || self.socket.file_name().is_none()
+        {
+            return Err(format!(
+                "api.socket = {:?} must be an absolute path to a file",
+                self.socket
+            ));
+        }
+        if socket.len() > MAX_SOCKET_PATH || socket.contains(&0) {
+            return Err(format!(
+                "api.socket = {:?} is {} bytes long; a socket path has at most {MAX_SOCKET_PATH} \
+                 and no NUL",
+                self.socket,
+                socket.len()
+            ));
+        }
+        if !is_group_name(&self.group) {
+            return Err(format!(
+                "api.group = {:?} is not a group name (a letter or _ first, then letters, \
+                 digits, _, - or ., at most 32)",
+                self.group
+            ));
+        }
+        for (i, host) in self.allowed_hosts.iter().enumerate() {
+            if !is_host_name(host) {
+                return Err(format!(
+                    "api.allowed_hosts[{i}] = {host:?} is not a host name or an IP address"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A POSIX-portable group name, as `groupadd` takes it.
+fn is_group_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 32
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// A DNS name (letters, digits, `-` and `.`) or an IP address (IPv6 with or without brackets).
+fn is_host_name(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with(['-', '.'])
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -238,6 +340,7 @@ mod tests {
 
     #[test]
     fn errors_name_line_and_field() {
+        let long_socket = format!("[api]\nsocket = \"/{}\"\n", "s".repeat(120));
         let cases: &[(&str, &[&str])] = &[
             (
                 "[probe]\ninterval_ms = 5\n",
@@ -273,6 +376,37 @@ mod tests {
                 "[gossip]\nkeys = [\"abc\"]\n",
                 &["gossip.keys[0]", "64 hex digits"],
             ),
+            (
+                "[api]\nlisten = \"0.0.0.0:9746\"\n",
+                &[
+                    "api.listen",
+                    "not a loopback address",
+                    "api.public_read_only = true",
+                ],
+            ),
+            (
+                "[api]\nlisten = \"[2001:db8::1]:9746\"\n",
+                &["api.listen", "not a loopback address"],
+            ),
+            (
+                "[api]\nsocket = \"api.sock\"\n",
+                &["api.socket", "absolute"],
+            ),
+            (
+                "[api]\nsocket = \"/run/godwit/\"\n",
+                &["api.socket", "absolute path to a file"],
+            ),
+            (&long_socket, &["api.socket", "121 bytes", "at most 107"]),
+            ("[api]\ngroup = \"wheel group\"\n", &["api.group"]),
+            ("[api]\ngroup = \"\"\n", &["api.group"]),
+            (
+                "[api]\nallowed_hosts = [\"edge-01\", \"evil.com/x\"]\n",
+                &["api.allowed_hosts[1]"],
+            ),
+            (
+                "[api]\npublic_readonly = true\n",
+                &["unknown field", "public_readonly"],
+            ),
         ];
         for (text, needles) in cases {
             let err = Config::parse(text, "test.toml").unwrap_err().to_string();
@@ -283,6 +417,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_public_listen_address_is_accepted_only_as_read_only() {
+        let c = Config::parse(
+            "[api]\nlisten = \"0.0.0.0:9746\"\npublic_read_only = true\n\
+             allowed_hosts = [\"edge-01.example\", \"[fd00::1]\", \"198.18.0.7\"]\n",
+            "t",
+        )
+        .unwrap();
+        assert!(c.api.public_read_only);
+        for loopback in ["127.0.0.1:9746", "127.0.0.9:1", "[::1]:9746"] {
+            let text = format!("[api]\nlisten = \"{loopback}\"\n");
+            assert!(Config::parse(&text, "t").is_ok(), "{loopback}");
+        }
+        let d = Config::default();
+        assert_eq!(d.api.socket, PathBuf::from(DEFAULT_API_SOCKET));
+        assert_eq!(d.api.group, DEFAULT_API_GROUP);
+        assert!(!d.api.public_read_only);
     }
 
     #[test]

@@ -1,6 +1,10 @@
-//! The HTTP API and `/metrics`: bound early (a taken address fails the start before anything
-//! else runs), served once every component it shows is up.
+//! The HTTP API and `/metrics`, on two listeners bound early (a taken address or a live
+//! agent's socket fails the start before anything else runs) and served once every component
+//! they show is up: the Unix socket, where root and the API group may act, and the TCP
+//! address, which only reads. The socket file is removed at shutdown.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -15,19 +19,30 @@ use super::probes::Probes;
 use super::services::Services;
 use super::{Context, StartError, StopError};
 use crate::api;
+use crate::api::access::{Access, TcpPolicy};
+use crate::api::socket::ApiSocket;
 
 /// How long the API may take to finish in-flight requests at shutdown.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
-/// The API's address, bound.
-pub(super) struct Bound(TcpListener);
+/// How often the count of refusals left out of the log is written.
+const REFUSAL_FLUSH: Duration = Duration::from_secs(1);
 
-/// Binds `[api] listen`.
+/// The API's listeners, bound.
+pub(super) struct Bound {
+    tcp: TcpListener,
+    /// `None`: the agent may not make its socket (said in the log); it only reads.
+    socket: Option<ApiSocket>,
+}
+
+/// Binds `[api] listen`, then `[api] socket`.
 pub(super) async fn bind(ctx: &Context) -> Result<Bound, StartError> {
-    api::bind(ctx.cfg.api.listen)
+    let tcp = api::bind(ctx.cfg.api.listen)
         .await
-        .map(Bound)
-        .map_err(StartError::Api)
+        .map_err(StartError::Api)?;
+    let socket =
+        api::socket::bind(&ctx.cfg.api.socket, &ctx.cfg.api.group).map_err(StartError::Api)?;
+    Ok(Bound { tcp, socket })
 }
 
 /// What the API shows: every component's shared state.
@@ -40,11 +55,15 @@ pub(super) struct Parts<'a> {
     pub inventory: &'a Inventory,
 }
 
-/// The running server.
+type Server = tokio::task::JoinHandle<Result<(), api::ApiError>>;
+
+/// The running servers.
 pub(super) struct Api {
     cancel: CancellationToken,
     tasks: TaskTracker,
-    server: tokio::task::JoinHandle<Result<(), api::ApiError>>,
+    tcp: Server,
+    /// The socket's server, and its file to remove at shutdown.
+    socket: Option<(Server, PathBuf, (u64, u64))>,
 }
 
 impl Bound {
@@ -62,64 +81,111 @@ impl Bound {
             top: ctx.cfg.metrics.top_processes.0 as usize,
             globs: ctx.cfg.metrics.select_processes.clone(),
         };
-        let router = api::router(
-            api::Shared {
-                snapshot: probes.shared.clone(),
-                forecasts: probes.forecasts.clone(),
-                decisions: probes.decisions.clone(),
-                risk: probes.risk.clone(),
-                mesh: mesh.cluster.clone(),
-                transport: net.transport.clone(),
-                images: net.images.clone(),
-                services: services.manager.clone(),
-                inventory: inventory.shared.clone(),
-                migrator: migration.migrator.clone(),
-            },
-            api::metrics::registry(
-                probes.shared.clone(),
-                selection,
-                mesh.cluster.clone(),
-                net.transport.clone(),
-                services.manager.clone(),
-                inventory.shared.clone(),
-                migration.migrator.clone(),
-            ),
-        );
+        let shared = api::Shared {
+            snapshot: probes.shared.clone(),
+            forecasts: probes.forecasts.clone(),
+            decisions: probes.decisions.clone(),
+            risk: probes.risk.clone(),
+            mesh: mesh.cluster.clone(),
+            transport: net.transport.clone(),
+            images: net.images.clone(),
+            services: services.manager.clone(),
+            inventory: inventory.shared.clone(),
+            migrator: migration.migrator.clone(),
+        };
+        let registry = Arc::new(api::metrics::registry(
+            probes.shared.clone(),
+            selection,
+            mesh.cluster.clone(),
+            net.transport.clone(),
+            services.manager.clone(),
+            inventory.shared.clone(),
+            migration.migrator.clone(),
+        ));
+        let cfg = &ctx.cfg.api;
         let cancel = ctx.child_token();
         let tasks = TaskTracker::new();
-        let server = tasks.spawn(api::serve(self.0, router, cancel.clone()));
+        let tcp_router = api::tcp_router(
+            shared.clone(),
+            registry.clone(),
+            TcpPolicy {
+                listen: cfg.listen,
+                allowed_hosts: cfg.allowed_hosts.clone(),
+                socket: cfg.socket.clone(),
+                group: cfg.group.clone(),
+            },
+        );
+        let tcp = tasks.spawn(api::serve_tcp(self.tcp, tcp_router, cancel.clone()));
+        let socket = self.socket.map(|sock| {
+            let (path, id) = (sock.path.clone(), sock.file_id());
+            let access = sock.access.clone();
+            tasks.spawn(flush_refusals(access.clone(), cancel.clone()));
+            let router = api::socket_router(shared, registry, access);
+            let server = tasks.spawn(api::serve_socket(sock.listener, router, cancel.clone()));
+            (server, path, id)
+        });
         tracing::info!(
-            listen = %ctx.cfg.api.listen,
+            listen = %cfg.listen,
+            socket = socket.as_ref().map(|(_, p, _)| p.display().to_string()),
             source = probes.source.as_str(),
             interval_ms = ctx.cfg.probe.interval_ms.0,
             "agent started: metrics at http://{}/metrics",
-            ctx.cfg.api.listen
+            cfg.listen
         );
         Api {
             cancel,
             tasks,
-            server,
+            tcp,
+            socket,
+        }
+    }
+}
+
+/// Writes the count of refusals left out of the log each [`REFUSAL_FLUSH`], and at the end.
+async fn flush_refusals(access: Access, cancel: CancellationToken) -> Result<(), api::ApiError> {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                access.flush_refusals();
+                return Ok(());
+            }
+            _ = tokio::time::sleep(REFUSAL_FLUSH) => access.flush_refusals(),
         }
     }
 }
 
 impl Api {
-    /// Stops accepting and lets in-flight requests finish, up to [`DRAIN_DEADLINE`].
+    /// Stops accepting, lets in-flight requests finish (up to [`DRAIN_DEADLINE`] for both
+    /// listeners together), and removes the socket file.
     pub(super) async fn shutdown(self) -> Result<(), StopError> {
         self.cancel.cancel();
         self.tasks.close();
-        let result = match tokio::time::timeout(DRAIN_DEADLINE, self.server).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(StopError::Api(e)),
-            Ok(Err(_)) => Err(StopError::Panicked("API task")),
-            Err(_) => {
-                tracing::warn!("API did not drain within the deadline");
-                Ok(())
-            }
-        };
+        let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+        let mut result = drain(self.tcp, deadline, "TCP").await;
+        if let Some((server, path, id)) = self.socket {
+            let socket = drain(server, deadline, "socket").await;
+            result = result.and(socket);
+            ApiSocket::remove_file(&path, id);
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, "API server failed");
         }
         result
+    }
+}
+
+async fn drain(
+    server: Server,
+    deadline: tokio::time::Instant,
+    what: &str,
+) -> Result<(), StopError> {
+    match tokio::time::timeout_at(deadline, server).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(StopError::Api(e)),
+        Ok(Err(_)) => Err(StopError::Panicked("API task")),
+        Err(_) => {
+            tracing::warn!(listener = what, "API did not drain within the deadline");
+            Ok(())
+        }
     }
 }

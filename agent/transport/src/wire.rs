@@ -125,8 +125,7 @@ pub async fn read_msg_limited<T: DeserializeOwned, R: AsyncRead + Unpin>(
         .map_err(TransportError::connection)?;
     if got != len {
         return Err(TransportError::Connection(format!(
-            "stream ended {} bytes into a frame of {len}",
-            got
+            "stream ended {got} bytes into a frame of {len}"
         )));
     }
     decode_frame_body(&buf).map(Some)
@@ -337,10 +336,19 @@ async fn read_blocks<R: AsyncRead + Unpin>(
                 "block payload of {len} bytes for {raw_len} bytes of data"
             )));
         }
-        payload.resize(len, 0);
-        r.read_exact(&mut payload)
+        // The buffer grows as the payload arrives (and is kept for the next block), so a
+        // header's claim costs nothing until its bytes come.
+        payload.clear();
+        let got = (&mut *r)
+            .take(len as u64)
+            .read_to_end(&mut payload)
             .await
             .map_err(TransportError::connection)?;
+        if got != len {
+            return Err(TransportError::Connection(format!(
+                "stream ended {got} bytes into a block of {len}"
+            )));
+        }
         match kind {
             BLOCK_RAW if len == raw_len => sink(&payload),
             BLOCK_ZSTD => {

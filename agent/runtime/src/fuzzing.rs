@@ -11,10 +11,8 @@ pub fn spec(data: &[u8]) {
     if let Ok(s) = serde_json::from_slice::<ServiceSpec>(data) {
         specs.push(s);
     }
-    if let Ok(s) = std::str::from_utf8(data).map(toml::from_str::<ServiceSpec>) {
-        if let Ok(s) = s {
-            specs.push(s);
-        }
+    if let Ok(Ok(s)) = std::str::from_utf8(data).map(toml::from_str::<ServiceSpec>) {
+        specs.push(s);
     }
     for s in specs {
         if s.validate(&section).is_ok() {

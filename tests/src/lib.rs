@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 pub mod bench;
 pub mod cluster;
+#[cfg(test)]
+mod fuzz_corpus;
 pub mod migrate_rig;
 pub mod sim;
 

@@ -16,6 +16,9 @@
 //!   accuracy and fit cost; the cost of a policy pass.
 //! - `cargo xtask sim [--write] [ARGS]`: the cluster simulator (`godwit-sim ARGS`, by default
 //!   `compare --traces tests/traces`): policies compared on the same load traces.
+//! - `cargo xtask fuzz [--seconds N] [--target NAME]... [--minimise]`: build the fuzz targets on
+//!   the stable toolchain (libFuzzer, SanitizerCoverage) and run each for N seconds (60);
+//!   fails when one crashes.
 //! - `cargo xtask cluster up --nodes N` / `cargo xtask cluster down [--all]` / `cargo xtask
 //!   cluster list`: a detached multi-node cluster of real agents in network namespaces (the
 //!   harness of `tests/src/cluster/`), and its removal.
@@ -25,6 +28,7 @@
 
 mod bench;
 mod cluster;
+mod fuzz;
 mod http;
 mod lint;
 mod load;
@@ -83,6 +87,8 @@ enum Cmd {
     /// Cluster simulator: `godwit-sim ARGS` (default `compare --traces tests/traces`);
     /// `--write` puts the output into docs/BENCHMARKS.md.
     Sim(sim::SimArgs),
+    /// Fuzz every decoder for `--seconds N` each (libFuzzer on stable Rust); fails on a crash.
+    Fuzz(fuzz::FuzzArgs),
     /// Multi-node cluster of agents in network namespaces: `up --nodes N`, `down [--all]`,
     /// `list`.
     Cluster {
@@ -136,6 +142,7 @@ fn main() -> ExitCode {
             which: BenchCmd::Migrate(args),
         } => bench::migrate(&args),
         Cmd::Sim(args) => sim::sim(&args),
+        Cmd::Fuzz(args) => fuzz::fuzz(&args),
         Cmd::Cluster { cmd } => cluster::cluster(&cmd),
         Cmd::PingPong => load::pingpong(),
         Cmd::Pong => load::pong(),

@@ -10,6 +10,9 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod forecast;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod node_summary;
 pub mod peers;
 

@@ -18,6 +18,7 @@
 //! | `config.rs` | [`GossipConfig`], [`FailureDetection`] defaults and bound, generations |
 //! | `summary.rs` | [`NodeSummary`], its keys, the byte budget, lenient decoding |
 //! | `seal.rs` | wire format, AEAD (ChaCha20-Poly1305, ring), replay window, [`Keyring`] |
+//! | `fuzzing.rs` | the opener fuzz target's entry point (feature `fuzzing`) |
 //! | `transport.rs` | chitchat's `Transport` over UDP, sealed or clear |
 //! | `cluster.rs` | [`Cluster`], the view, the change stream |
 //!
@@ -40,6 +41,9 @@ pub mod agent;
 mod cluster;
 mod config;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod seal;
 mod summary;
 mod transport;

@@ -393,6 +393,22 @@ impl Sealer {
         }
     }
 
+    /// A sender of session `session` whose next counter is `counter` (the fuzz target
+    /// forges sessions and counters with it).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn with_session(
+        keyring: Keyring,
+        cluster_id: &str,
+        session: u64,
+        counter: u64,
+    ) -> Sealer {
+        Sealer {
+            session,
+            counter,
+            ..Sealer::new(keyring, cluster_id)
+        }
+    }
+
     /// Seals `plaintext` into `out` (cleared first), stamped with `now_ms`.
     pub(crate) fn seal(&mut self, plaintext: &[u8], now_ms: u64, out: &mut Vec<u8>) {
         let mut nonce = [0u8; 12];
@@ -575,7 +591,7 @@ impl Opener {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn sessions(&self) -> usize {
         self.sessions.len()
     }

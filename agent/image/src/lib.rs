@@ -7,6 +7,7 @@
 //! | --- | --- |
 //! | `store.rs` | [`ImageStore`]: chunks, manifests, import of a directory, export to one |
 //! | `push.rs` | the `"image"` transport service: offer, want, chunks, commit |
+//! | `fuzzing.rs` | the manifest fuzz target's entry point (feature `fuzzing`) |
 //!
 //! # Invariants
 //!
@@ -14,10 +15,14 @@
 //!   every read checks again.
 //! - **A manifest is committed only when complete**, and its id is the hash of its content.
 //! - **A manifest from a peer is validated before anything is written**: relative normalised
-//!   paths, sorted and unique, nothing below a file or a link, sizes that add up. Writing an
+//!   paths, sorted and unique, nothing below a file or a link, sizes that add up. A chunk is
+//!   read up to the length its manifest gives, never more. Writing an
 //!   image out builds it beside the destination and renames it into place.
 
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod push;
 mod store;
 

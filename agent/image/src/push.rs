@@ -110,9 +110,7 @@ async fn receive_inner(
             )))
         }
     };
-    let manifest: Manifest =
-        serde_json::from_slice(&manifest).map_err(|e| ImageError::BadManifest(e.to_string()))?;
-    manifest.validate()?;
+    let manifest = Manifest::parse(&manifest)?;
     if manifest.id() != id {
         return Err(ImageError::BadManifest(format!(
             "offered as {id} but hashes to {}",
@@ -140,8 +138,10 @@ async fn receive_inner(
         .await?;
         let mut failed = Vec::new();
         for c in want {
+            // The manifest (validated) says how long the chunk is: a sender that sends more
+            // is refused at the block that goes past it, before it is read.
             let mut data = Vec::with_capacity(c.len as usize);
-            ch.read_bulk(&mut data).await?;
+            ch.read_bulk(&mut data, u64::from(c.len)).await?;
             let put = {
                 let (store, d) = (store.clone(), c.digest.clone());
                 blocking(move || store.put_chunk(&d, &data).map(|_| data.len())).await
@@ -211,9 +211,13 @@ pub async fn push_with(
                         blocking(move || store.read_chunk(&d)).await?
                     };
                     tamper(&d, &mut data);
-                    let s = ch
+                    let s = match ch
                         .write_bulk(&data, MAX_CHUNK as usize, Some(ZSTD_LEVEL))
-                        .await?;
+                        .await
+                    {
+                        Ok(s) => s,
+                        Err(e) => return Err(refusal_or(&mut ch, peer, e.into()).await),
+                    };
                     stats.chunks_sent += 1;
                     stats.bytes_sent += s.raw_bytes;
                     stats.wire_bytes += s.wire_bytes;
@@ -243,5 +247,17 @@ pub async fn push_with(
                 )))
             }
         }
+    }
+}
+
+/// The receiver's refusal when one came (it stops reading when it refuses, so the sender's
+/// write fails first), else `error`.
+async fn refusal_or(ch: &mut Channel, peer: &Peer, error: ImageError) -> ImageError {
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(2), ch.recv::<Msg>()).await;
+    match reply {
+        Ok(Ok(Some(Msg::Refused { reason }))) => {
+            ImageError::Push(format!("{} refused: {reason}", peer.node()))
+        }
+        _ => error,
     }
 }

@@ -131,6 +131,15 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Parses a manifest as a peer sends it (its canonical JSON) and validates it
+    /// ([`Manifest::validate`]); anything else is a [`ImageError::BadManifest`].
+    pub fn parse(json: &[u8]) -> Result<Manifest, ImageError> {
+        let manifest: Manifest =
+            serde_json::from_slice(json).map_err(|e| ImageError::BadManifest(e.to_string()))?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
     /// The image's id: the SHA-256 of its canonical JSON.
     pub fn id(&self) -> Digest {
         Digest::of(&serde_json::to_vec(self).unwrap_or_default())

@@ -264,3 +264,54 @@ async fn a_chunk_corrupt_every_time_ends_the_push_without_an_image() {
     assert!(err.to_string().contains("corrupt"), "{err}");
     assert!(!there.has_image(&id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_longer_than_its_manifest_says_is_refused() {
+    let p = pki();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src);
+    let here = ImageStore::open(&t.path().join("a")).unwrap();
+    let there = Arc::new(ImageStore::open(&t.path().join("b")).unwrap());
+    let (a, b) = (node(&p, "a"), node(&p, "b"));
+    let services = Services::default();
+    register(&services, there.clone());
+    let _server = serve(&b, services);
+    let peer = a.connect(b.local_addr().unwrap(), "b").await.unwrap();
+    let (id, _) = here.import_dir(&src).unwrap();
+    // The sender decides nothing: a chunk longer than the manifest gives is refused at the
+    // block that goes past its length, from that block's header, and no image is recorded.
+    let err = push_with(&peer, &here, &id, |_, data| {
+        data.extend_from_slice(&[0u8; 10]);
+    })
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("bytes expected"), "{err}");
+    assert!(!there.has_image(&id));
+}
+
+#[test]
+fn a_manifest_is_parsed_and_validated_in_one_step() {
+    let m = Manifest {
+        format: 1,
+        entries: vec![Entry {
+            path: "a".into(),
+            mode: 0o644,
+            kind: EntryKind::File {
+                size: 5,
+                chunks: vec![ChunkRef {
+                    digest: Digest::of(b"hello"),
+                    len: 5,
+                }],
+            },
+        }],
+    };
+    let json = serde_json::to_vec(&m).unwrap();
+    assert_eq!(Manifest::parse(&json).unwrap(), m);
+    let lying = String::from_utf8(json)
+        .unwrap()
+        .replace("\"size\":5", "\"size\":6");
+    let err = Manifest::parse(lying.as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("do not add up"), "{err}");
+    assert!(Manifest::parse(b"{\"format\":1,\"entries\":[").is_err());
+}

@@ -24,6 +24,7 @@
 //! | `progress.rs` | [`Progress`]: where a running migration is, for `godwit migrate` to show |
 //! | `control.rs` | the `"control"` transport service: a caller with a certificate starts a migration and follows it |
 //! | `agent.rs` | the names the daemon, the API and the tests use |
+//! | `fuzzing.rs` | the journal and protocol fuzz targets' entry points (feature `fuzzing`) |
 //!
 //! # Invariants
 //!
@@ -48,6 +49,9 @@ mod audit;
 pub mod control;
 mod drive;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handoff;
 pub mod journal;
 mod model;

@@ -3,5 +3,8 @@
 //! cut-over (`service`), and the inventory that turns the operator's patterns into the concrete
 //! set of processes and containers this node manages (`inventory`).
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inventory;
 pub mod service;

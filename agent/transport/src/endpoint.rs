@@ -37,8 +37,8 @@ use super::ca::node_dns_name;
 use super::error::TransportError;
 use super::tls::{Identity, Principal};
 use super::wire::{
-    read_bulk, read_msg, read_piece, write_bulk, write_msg, write_piece, write_pieces_end,
-    BulkStats, Piece,
+    read_bulk, read_msg, read_msg_limited, read_piece, write_bulk, write_msg, write_piece,
+    write_pieces_end, BulkStats, Piece, MAX_HANDSHAKE_FRAME,
 };
 
 /// How long a peer has to complete the handshake.
@@ -49,7 +49,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(2);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Handshake {
+pub(crate) enum Handshake {
     Hello {
         node: String,
     },
@@ -204,6 +204,15 @@ impl Channel {
         read_msg(&mut self.recv).await
     }
 
+    /// Receives one message of at most `max` bytes (a longer frame is refused before anything
+    /// is allocated for it); `None` when the peer finished the stream.
+    pub async fn recv_limited<T: DeserializeOwned>(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<T>, TransportError> {
+        read_msg_limited(&mut self.recv, max).await
+    }
+
     /// Ends the sending half (the peer reads the end of the stream).
     pub fn finish(&mut self) -> Result<(), TransportError> {
         self.send.finish().map_err(TransportError::connection)
@@ -225,9 +234,14 @@ impl Channel {
         write_bulk(&mut self.send, data, block, level).await
     }
 
-    /// Receives bulk blocks up to their end marker, appended to `out`.
-    pub async fn read_bulk(&mut self, out: &mut Vec<u8>) -> Result<BulkStats, TransportError> {
-        read_bulk(&mut self.recv, out).await
+    /// Receives bulk blocks up to their end marker, appended to `out`: at most `max` bytes,
+    /// what this receiver expects ([`crate::read_bulk`]).
+    pub async fn read_bulk(
+        &mut self,
+        out: &mut Vec<u8>,
+        max: u64,
+    ) -> Result<BulkStats, TransportError> {
+        read_bulk(&mut self.recv, out, max).await
     }
 
     /// Sends one placed piece.
@@ -496,7 +510,7 @@ impl Endpoint {
             .send(&hello)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        match control.recv::<Handshake>().await {
+        match control.recv_limited::<Handshake>(MAX_HANDSHAKE_FRAME).await {
             Ok(Some(Handshake::Welcome { node: theirs })) if theirs == node => Ok(Peer {
                 conn,
                 principal: Principal::Node(theirs),
@@ -607,7 +621,10 @@ impl Endpoint {
             .map_err(|e| TransportError::Refused(e.to_string()))?;
         let (send, recv) = conn.accept_bi().await.map_err(TransportError::connection)?;
         let mut control = Channel { send, recv };
-        let principal = match control.recv::<Handshake>().await? {
+        let principal = match control
+            .recv_limited::<Handshake>(MAX_HANDSHAKE_FRAME)
+            .await?
+        {
             Some(Handshake::Hello { node }) => Principal::Node(node),
             Some(Handshake::HelloOperator { name }) => Principal::Operator(name),
             other => {

@@ -10,6 +10,7 @@
 //! | `ca.rs` | the cluster CA, node and operator certificates (`godwit ca init`, `godwit cert issue`) |
 //! | `tls.rs` | [`Identity`]: a node's (or operator's) certificate and key; [`Principal`]; rustls configs; peer checks |
 //! | `wire.rs` | message frames (bincode 2, versioned, bounded) and bulk blocks (zstd) |
+//! | `fuzzing.rs` | the fuzz targets' entry points (feature `fuzzing`): frames, bulk, pieces |
 //! | `endpoint.rs` | [`Endpoint`]: connect and accept with the handshake; [`Peer`], [`Channel`] |
 //! | `service.rs` | [`Services`]: streams name a service; handlers registered by name |
 //! | `path.rs` | the `"path"` service: RTT and throughput of the path to a peer |
@@ -25,6 +26,9 @@
 //!   [`Services`] refuses it every service not registered for operators.
 //! - **TLS 1.3 only**, provider ring set explicitly (never the process default).
 //! - **Frames are bounded and versioned**: another wire version is refused, not guessed at.
+//!   A frame's length is checked against the limit of the exchange (4 KiB for a handshake,
+//!   1 KiB for a stream open, [`MAX_FRAME`] otherwise) before anything is allocated, bincode
+//!   decodes under a limit, and a bulk transfer stops at the size its receiver expects.
 //! - **Keys are written 0600 and never overwritten.**
 
 pub mod agent;
@@ -37,6 +41,9 @@ mod service;
 mod tls;
 mod wire;
 
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;
@@ -59,7 +66,7 @@ pub use path::{measure, PathMeasurement, MAX_PROBE_BYTES};
 pub use service::{open, PeerInfo, Services};
 pub use tls::{Identity, Principal, ALPN, DENY_FILE};
 pub use wire::{
-    drain_bulk, encode_piece, read_bulk, read_bulk_with, read_msg, read_piece, write_blocks,
-    write_bulk, write_msg, write_piece, write_pieces_end, BulkStats, Compressor, Decompressor,
-    Piece, MAX_BLOCK, WIRE_VERSION,
+    drain_bulk, encode_piece, read_bulk, read_bulk_with, read_msg, read_msg_limited, read_piece,
+    write_blocks, write_bulk, write_msg, write_piece, write_pieces_end, BulkStats, Compressor,
+    Decompressor, Piece, MAX_BLOCK, MAX_FRAME, WIRE_VERSION,
 };

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::endpoint::{Channel, Peer};
 use super::error::TransportError;
 use super::tls::Principal;
+use super::wire::MAX_OPEN_FRAME;
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 type HandlerFn = Arc<dyn Fn(PeerInfo, Channel) -> BoxFuture + Send + Sync>;
@@ -43,12 +44,12 @@ pub struct PeerInfo {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Open {
+pub(crate) enum Open {
     Service { name: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Opened {
+pub(crate) enum Opened {
     Ok,
     Unknown { name: String },
 }
@@ -131,7 +132,7 @@ impl Services {
             let services = self.clone();
             let info = info.clone();
             streams.spawn(async move {
-                let name = match ch.recv::<Open>().await {
+                let name = match ch.recv_limited::<Open>(MAX_OPEN_FRAME).await {
                     Ok(Some(Open::Service { name })) => name,
                     _ => return,
                 };
@@ -166,7 +167,7 @@ pub async fn open(peer: &Peer, name: &str) -> Result<Channel, TransportError> {
         name: name.to_string(),
     })
     .await?;
-    match ch.recv::<Opened>().await? {
+    match ch.recv_limited::<Opened>(MAX_OPEN_FRAME).await? {
         Some(Opened::Ok) => Ok(ch),
         Some(Opened::Unknown { name }) => Err(TransportError::Refused(format!(
             "{} offers no service {name:?}",

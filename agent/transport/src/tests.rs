@@ -136,7 +136,7 @@ async fn bulk_data_on_parallel_streams_arrives_intact() {
                 parts.push(tokio::spawn(async move {
                     let index: u32 = ch.recv().await.unwrap().unwrap();
                     let mut out = Vec::new();
-                    read_bulk(&mut ch.recv, &mut out).await.unwrap();
+                    read_bulk(&mut ch.recv, &mut out, 2 << 20).await.unwrap();
                     (index, out)
                 }));
             }

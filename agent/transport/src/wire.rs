@@ -11,10 +11,14 @@
 //! A placed piece says where its data goes (a file of the sender's listing, a byte offset), so
 //! pieces can be produced, sent and written in any order and by several workers.
 //!
-//! A frame of another wire version is refused, not guessed at. Lengths are bounded
-//! ([`MAX_FRAME`], [`MAX_BLOCK`]) so a peer cannot make us allocate without limit. A zstd block
-//! is sent only when it is smaller than the raw one, so incompressible data costs one
-//! compression attempt and no bytes.
+//! A frame of another wire version is refused, not guessed at. Lengths are bounded so a peer
+//! cannot decide what we allocate: a frame's length is checked against the limit of what the
+//! reader expects ([`MAX_FRAME`] at most, a few KiB for handshakes and stream opens) before
+//! anything is allocated, and its buffer grows only as bytes arrive; bincode decodes under a
+//! limit; a bulk transfer is refused past the total the receiver expects, and a block past
+//! [`MAX_BLOCK`]. A zstd block is sent only when it is smaller than the raw one, so
+//! incompressible data costs one compression attempt and no bytes (and a zstd payload larger
+//! than its raw length is refused).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -27,7 +31,15 @@ use super::error::TransportError;
 /// optional `SwitchMode`, and the hand-off may answer an abandon with `Started`.
 pub const WIRE_VERSION: u16 = 4;
 /// Largest message frame.
-pub(crate) const MAX_FRAME: usize = 16 << 20;
+pub const MAX_FRAME: usize = 16 << 20;
+/// Largest frame of a connection's handshake (node names and a refusal's reason), read before
+/// the peer is known.
+pub(crate) const MAX_HANDSHAKE_FRAME: usize = 4 << 10;
+/// Largest frame that opens a stream (a service name) or answers the open.
+pub(crate) const MAX_OPEN_FRAME: usize = 1 << 10;
+/// Bytes of a frame's buffer allocated before its bytes arrive: a peer that claims a large
+/// frame and sends little costs no more than this.
+const FRAME_PREALLOC: usize = 64 << 10;
 /// Largest bulk block (raw or compressed).
 pub const MAX_BLOCK: usize = 4 << 20;
 
@@ -37,6 +49,17 @@ const BLOCK_END: u8 = 2;
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
+}
+
+/// Decoding under a limit: bincode refuses a claimed length (of a string, a sequence) that
+/// exceeds what is left of it, before allocating, so what a frame decodes to stays within a
+/// small multiple of its size.
+fn decode_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_FRAME>,
+> {
+    bincode::config::standard().with_limit::<MAX_FRAME>()
 }
 
 /// Writes one message frame.
@@ -61,10 +84,22 @@ pub async fn write_msg<T: Serialize, W: AsyncWrite + Unpin>(
         .map_err(TransportError::connection)
 }
 
-/// Reads one message frame; `Ok(None)` at a clean end of stream before a frame starts.
+/// Reads one message frame of at most [`MAX_FRAME`] bytes; `Ok(None)` at a clean end of
+/// stream before a frame starts.
 pub async fn read_msg<T: DeserializeOwned, R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<Option<T>, TransportError> {
+    read_msg_limited(r, MAX_FRAME).await
+}
+
+/// Reads one message frame of at most `max` bytes (and never more than [`MAX_FRAME`]); `Ok(None)`
+/// at a clean end of stream before a frame starts. A longer frame is refused from its length
+/// alone, before anything is allocated, and the buffer grows only as the frame's bytes arrive.
+pub async fn read_msg_limited<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<T>, TransportError> {
+    let max = max.min(MAX_FRAME);
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -72,30 +107,52 @@ pub async fn read_msg<T: DeserializeOwned, R: AsyncRead + Unpin>(
         Err(e) => return Err(TransportError::connection(e)),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if !(2..=MAX_FRAME).contains(&len) {
+    if len < 2 {
         return Err(TransportError::Frame(format!(
-            "frame length {len} out of bounds"
+            "frame length {len} is shorter than its version"
         )));
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf)
+    if len > max {
+        return Err(TransportError::Frame(format!(
+            "frame of {len} bytes is over the {max} byte limit of this exchange"
+        )));
+    }
+    let mut buf = Vec::with_capacity(len.min(FRAME_PREALLOC));
+    let got = (&mut *r)
+        .take(len as u64)
+        .read_to_end(&mut buf)
         .await
         .map_err(TransportError::connection)?;
-    let version = u16::from_be_bytes([buf[0], buf[1]]);
+    if got != len {
+        return Err(TransportError::Connection(format!(
+            "stream ended {got} bytes into a frame of {len}"
+        )));
+    }
+    decode_frame_body(&buf).map(Some)
+}
+
+/// Decodes what follows a frame's length: the wire version, then exactly one message.
+fn decode_frame_body<T: DeserializeOwned>(buf: &[u8]) -> Result<T, TransportError> {
+    let [v0, v1, body @ ..] = buf else {
+        return Err(TransportError::Frame(
+            "frame shorter than its version".into(),
+        ));
+    };
+    let version = u16::from_be_bytes([*v0, *v1]);
     if version != WIRE_VERSION {
         return Err(TransportError::Refused(format!(
             "wire version {version}, this agent speaks {WIRE_VERSION}"
         )));
     }
-    let (msg, used) = bincode::serde::decode_from_slice(&buf[2..], config())
+    let (msg, used) = bincode::serde::decode_from_slice(body, decode_config())
         .map_err(|e| TransportError::Frame(e.to_string()))?;
-    if used != len - 2 {
+    if used != body.len() {
         return Err(TransportError::Frame(format!(
             "{} trailing bytes after the message",
-            len - 2 - used
+            body.len() - used
         )));
     }
-    Ok(Some(msg))
+    Ok(msg)
 }
 
 /// What a bulk transfer sent or received.
@@ -181,23 +238,28 @@ async fn write_block<W: AsyncWrite + Unpin>(
         .map_err(TransportError::connection)
 }
 
-/// Reads blocks up to the end marker, appending the data to `out`.
+/// Reads blocks up to the end marker, appending the data to `out`: at most `max` bytes of
+/// data, what the receiver expects. A block that would go past `max` is refused from its
+/// header, before its payload is read or anything allocated for it.
 pub async fn read_bulk<R: AsyncRead + Unpin>(
     r: &mut R,
     out: &mut Vec<u8>,
+    max: u64,
 ) -> Result<BulkStats, TransportError> {
-    read_blocks(r, |data| out.extend_from_slice(data))
+    read_blocks(r, max, |data| out.extend_from_slice(data))
         .await
         .map(|(stats, _)| stats)
 }
 
 /// Reads blocks up to the end marker, handing each block's data to `sink` as it arrives (so a
-/// transfer larger than memory can be written out as it comes).
+/// transfer larger than memory can be written out as it comes); at most `max` bytes of data,
+/// as [`read_bulk`].
 pub async fn read_bulk_with<R: AsyncRead + Unpin>(
     r: &mut R,
+    max: u64,
     sink: impl FnMut(&[u8]),
 ) -> Result<BulkStats, TransportError> {
-    read_blocks(r, sink).await.map(|(stats, _)| stats)
+    read_blocks(r, max, sink).await.map(|(stats, _)| stats)
 }
 
 /// Writes `blocks` (each at most [`MAX_BLOCK`] bytes) as a bulk transfer, compressing each with
@@ -233,11 +295,12 @@ pub async fn write_blocks<W: AsyncWrite + Unpin>(
 pub async fn drain_bulk<R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<(BulkStats, std::time::Duration), TransportError> {
-    read_blocks(r, |_| {}).await
+    read_blocks(r, u64::MAX, |_| {}).await
 }
 
 async fn read_blocks<R: AsyncRead + Unpin>(
     r: &mut R,
+    max: u64,
     mut sink: impl FnMut(&[u8]),
 ) -> Result<(BulkStats, std::time::Duration), TransportError> {
     let mut stats = BulkStats::default();
@@ -261,10 +324,31 @@ async fn read_blocks<R: AsyncRead + Unpin>(
                 "block of {raw_len} (payload {len}) bytes is over the {MAX_BLOCK} byte limit"
             )));
         }
-        payload.resize(len, 0);
-        r.read_exact(&mut payload)
+        if stats.raw_bytes.saturating_add(raw_len as u64) > max {
+            return Err(TransportError::Frame(format!(
+                "bulk transfer goes past the {max} bytes expected (a block of {raw_len} after {})",
+                stats.raw_bytes
+            )));
+        }
+        if len > raw_len {
+            // Raw blocks carry exactly their length, and zstd is sent only when it shrinks.
+            return Err(TransportError::Frame(format!(
+                "block payload of {len} bytes for {raw_len} bytes of data"
+            )));
+        }
+        // The buffer grows as the payload arrives (and is kept for the next block), so a
+        // header's claim costs nothing until its bytes come.
+        payload.clear();
+        let got = (&mut *r)
+            .take(len as u64)
+            .read_to_end(&mut payload)
             .await
             .map_err(TransportError::connection)?;
+        if got != len {
+            return Err(TransportError::Connection(format!(
+                "stream ended {got} bytes into a block of {len}"
+            )));
+        }
         match kind {
             BLOCK_RAW if len == raw_len => sink(&payload),
             BLOCK_ZSTD => {
@@ -488,7 +572,7 @@ pub async fn read_piece<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Piece>
     let ok = match kind {
         BLOCK_END => return Ok(None),
         BLOCK_RAW => len == raw_len as usize,
-        BLOCK_ZSTD => true,
+        BLOCK_ZSTD => len < raw_len as usize,
         _ => false,
     };
     if !ok || raw_len as usize > MAX_BLOCK || len > MAX_BLOCK {
@@ -569,7 +653,7 @@ mod tests {
                 async move { write_bulk(&mut a, &sent, 64 << 10, Some(1)).await.unwrap() },
             );
         let mut got = Vec::new();
-        let recv = read_bulk(&mut b, &mut got).await.unwrap();
+        let recv = read_bulk(&mut b, &mut got, 1 << 20).await.unwrap();
         let sent_stats = writer.await.unwrap();
         assert_eq!(got, data);
         assert_eq!(sent_stats.blocks, 16);
@@ -635,7 +719,114 @@ mod tests {
             .unwrap();
         let mut out = Vec::new();
         assert!(matches!(
-            read_bulk(&mut b, &mut out).await,
+            read_bulk(&mut b, &mut out, 1 << 20).await,
+            Err(TransportError::Frame(_))
+        ));
+    }
+
+    /// The error's text, for the tests that check a refusal says why.
+    fn frame_error<T>(r: Result<T, TransportError>) -> String {
+        match r {
+            Err(TransportError::Frame(why)) => why,
+            Err(e) => panic!("expected a frame error, got {e}"),
+            Ok(_) => panic!("expected a frame error, got a value"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_exchange_limit_is_refused_from_its_length() {
+        // A handshake frame claiming 16 MiB: refused from its four length bytes, with nothing
+        // else sent (a reader that allocated first would wait for the body instead).
+        let claim = (MAX_FRAME as u32).to_be_bytes();
+        let why =
+            frame_error(read_msg_limited::<Msg, _>(&mut &claim[..], MAX_HANDSHAKE_FRAME).await);
+        assert!(why.contains("over the 4096 byte limit"), "{why}");
+        let claim = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        let why = frame_error(read_msg::<Msg, _>(&mut &claim[..]).await);
+        assert!(why.contains("over the"), "{why}");
+        // A frame within the limit is read; one byte over is not.
+        let mut frame = Vec::new();
+        write_msg(&mut frame, &Msg::Bye).await.unwrap();
+        let n = frame.len() - 4;
+        assert_eq!(
+            read_msg_limited::<Msg, _>(&mut frame.as_slice(), n)
+                .await
+                .unwrap(),
+            Some(Msg::Bye)
+        );
+        assert!(read_msg_limited::<Msg, _>(&mut frame.as_slice(), n - 1)
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_claimed_frame_allocates_only_what_arrives() {
+        // 16 MiB claimed, 10 bytes sent, then the stream ends: an error, and the buffer never
+        // grew past what arrived (the preallocation).
+        let mut stream = (MAX_FRAME as u32).to_be_bytes().to_vec();
+        stream.extend_from_slice(&WIRE_VERSION.to_be_bytes());
+        stream.extend_from_slice(&[0u8; 8]);
+        assert!(matches!(
+            read_msg::<Msg, _>(&mut stream.as_slice()).await,
+            Err(TransportError::Connection(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn bincode_claims_beyond_the_frame_are_refused() {
+        // A string claiming 2^40 bytes inside a 16-byte frame: bincode's limit refuses it
+        // before allocating.
+        let mut body = WIRE_VERSION.to_be_bytes().to_vec();
+        body.push(0); // Msg::Hello
+        body.push(253); // varint u64 follows
+        body.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let why = frame_error(read_msg::<Msg, _>(&mut frame.as_slice()).await);
+        assert!(!why.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_bulk_transfer_past_what_the_receiver_expects_is_refused() {
+        let data = vec![7u8; 10_000];
+        let mut stream = Vec::new();
+        write_bulk(&mut stream, &data, 4096, None).await.unwrap();
+        let mut out = Vec::new();
+        let stats = read_bulk(&mut stream.as_slice(), &mut out, 10_000)
+            .await
+            .unwrap();
+        assert_eq!((stats.raw_bytes, out.len()), (10_000, 10_000));
+        // One byte fewer expected: refused at the third block's header, before its payload.
+        let mut out = Vec::new();
+        let why = frame_error(read_bulk(&mut stream.as_slice(), &mut out, 9_999).await);
+        assert!(why.contains("past the 9999 bytes expected"), "{why}");
+        assert_eq!(out.len(), 8192, "the block past the limit was not taken");
+        // A header claiming a 4 MiB block against a 4 KiB receiver: refused from the header
+        // alone (no payload follows it here).
+        let mut header = Vec::new();
+        write_block(&mut header, BLOCK_RAW, MAX_BLOCK, &[])
+            .await
+            .unwrap();
+        header.truncate(9);
+        header[5..9].copy_from_slice(&(MAX_BLOCK as u32).to_be_bytes());
+        let why = frame_error(read_bulk(&mut header.as_slice(), &mut Vec::new(), 4096).await);
+        assert!(why.contains("past the 4096 bytes expected"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_zstd_payload_larger_than_its_data_is_refused() {
+        let mut stream = Vec::new();
+        write_block(&mut stream, BLOCK_ZSTD, 10, &[0u8; 100])
+            .await
+            .unwrap();
+        let why = frame_error(read_bulk(&mut stream.as_slice(), &mut Vec::new(), 1 << 20).await);
+        assert!(why.contains("payload of 100 bytes for 10"), "{why}");
+        let mut stream = Vec::new();
+        write_piece_header(&mut stream, BLOCK_ZSTD, 0, 0, 10, 100)
+            .await
+            .unwrap();
+        assert!(matches!(
+            read_piece(&mut stream.as_slice()).await,
             Err(TransportError::Frame(_))
         ));
     }

@@ -10,7 +10,7 @@ import struct
 import subprocess
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-WIRE_VERSION = 3
+WIRE_VERSION = 4
 
 
 def varint(n):
@@ -183,18 +183,21 @@ write("migrate_journal", {
 })
 
 write("migrate_protocol", {
-    "begin": b"\0" + frame(b"\0" + s("kv-1") + s("kv") + b"\0"),
-    "round": b"\0" + frame(b"\1" + varint(1) + varint(2) + s("data") + varint(0o755) + b"\0"
+    "begin": b"\0" + frame(b"\0" + s("kv-1") + s("kv") + b"\0" + b"\0") + frame(b"\1"),
+    "begin-replace": b"\0" + frame(b"\0" + s("kv-1") + s("kv") + b"\0" + b"\1"),
+    "round": b"\0" + frame(b"\2" + varint(1) + varint(2) + s("data") + varint(0o755) + b"\0"
                           + s("data/log") + varint(0o644) + b"\1" + varint(8192))
-    + frame(b"\2" + varint(1) + varint(8192)),
-    "verify": b"\0" + frame(b"\3" + varint(1) + s("data") + s("ab" * 32) + s("cd" * 32) + b"\1"),
-    "digests": b"\0" + frame(b"\4" + varint(1) + s("data/log") + b"\0"),
-    "commit": b"\0" + frame(b"\7") + frame(b"\x0b") + frame(b"\x0c" + s("stop")),
-    "round-dotdot": b"\0" + frame(b"\1" + varint(1) + varint(1) + s("../../etc/passwd")
+    + frame(b"\3" + varint(1) + varint(8192)),
+    "verify": b"\0" + frame(b"\4" + varint(1) + s("data") + s("ab" * 32) + s("cd" * 32) + b"\1"),
+    "digests": b"\0" + frame(b"\5" + varint(1) + s("data/log") + b"\0"),
+    "commit": b"\0" + frame(b"\x08") + frame(b"\x0a") + frame(b"\x0c" + s("stop")),
+    "round-dotdot": b"\0" + frame(b"\2" + varint(1) + varint(1) + s("../../etc/passwd")
                                  + varint(0o4755) + b"\1" + varint(1 << 60)),
-    "round-many-claimed": b"\0" + frame(b"\1" + varint(1) + varint(1 << 40)),
-    "handoff-abandon": b"\1" + frame(b"\3" + s("kv-1")) + frame(b"\4"),
+    "round-many-claimed": b"\0" + frame(b"\2" + varint(1) + varint(1 << 40)),
+    "handoff-abandon": b"\1" + frame(b"\5" + s("kv-1")) + frame(b"\6"),
     "handoff-failed": b"\1" + frame(b"\2" + s("no")),
+    "handoff-not-held": b"\1" + frame(b"\3" + s("not held here")),
+    "handoff-forget": b"\1" + frame(b"\7" + s("kv-1")) + frame(b"\x08"),
     "request": b"\2" + frame(b"\0" + s("kv") + s("n2")),
     "reply": b"\3" + frame(b"\1" + s("x")),
 })

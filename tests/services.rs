@@ -905,6 +905,7 @@ fn a_process_forked_ahead_waits_in_the_cgroup_and_becomes_the_service_at_its_sta
             },
             images: None,
             run_root: state.join("run"),
+            default_user: godwit::service::Identity::ensure_system_user("godwit-svc"),
         });
         let spec = |arg: &str| -> godwit::service::ServiceSpec {
             serde_json::from_value(serde_json::json!({

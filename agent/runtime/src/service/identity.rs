@@ -87,9 +87,24 @@ impl Identity {
         if !valid_name(name) {
             return Err(format!("{name:?} is not a valid user name"));
         }
-        if let Ok(id) = Identity::resolve(name, None) {
-            return Ok(id);
+        let mut tries = 0;
+        loop {
+            if let Ok(id) = Identity::resolve(name, None) {
+                return Ok(id);
+            }
+            match Identity::useradd(name) {
+                Ok(id) => return Ok(id),
+                // Another agent on this host may hold the passwd lock while it creates it.
+                Err(_) if tries < 10 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
         }
+    }
+
+    fn useradd(name: &str) -> Result<Identity, String> {
         let out = std::process::Command::new("useradd")
             .args([
                 "--system",

@@ -528,6 +528,74 @@ fn a_target_killed_mid_transfer_leaves_the_service_on_the_source() {
     eprintln!("failed as expected: {}; client {check}", report["result"]);
 }
 
+/// Migrated state belongs to the service's user on the target, as the target resolves the
+/// spec's user (never a uid from the peer), and loses setuid, setgid and world-write bits it
+/// had on the source; the service runs there as that user, without capabilities.
+#[test]
+fn migrated_state_belongs_to_the_services_user_and_loses_its_setuid_bits() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    require_root();
+    let mut rig = MigrateRig::new(RigOptions::default());
+    rig.kvstore = kvstore_bin(rig.kvstore.clone());
+    let kv = KvOptions {
+        size: 8 << 20,
+        ..KvOptions::default()
+    };
+    rig.add(1, &rig.kv_spec("kv", &kv), Duration::from_secs(15));
+    let user = godwit::service::Identity::resolve("godwit-svc", None)
+        .unwrap_or_else(|e| panic!("no service user: {e}\n{}", rig.c.log(1)));
+    let owner = |p: &Path| {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.uid(), m.gid())
+    };
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let src = rig.state_dir(1, "kv");
+    // The service wrote its state as its user on the source.
+    assert_eq!(owner(&src.join("data/kv.state")), (user.uid, user.gid));
+    // A program left in the state with setuid and setgid bits, and a world-writable file.
+    let tool = src.join("data/tool");
+    std::fs::write(&tool, b"#!/bin/sh\n").unwrap();
+    std::os::unix::fs::chown(&tool, Some(user.uid), Some(user.gid)).unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o6755)).unwrap();
+    let open = src.join("data/open");
+    std::fs::write(&open, b"x").unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert_eq!(mode(&tool), 0o6755);
+
+    let m = rig.migrate("kv", 2, TRANSITIONAL);
+    assert!(m.committed(), "{m:?}\n{}", rig.c.log(2));
+    rig.wait_serving(2, "kv", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("kv not up on n2: {}", rig.status(2)));
+    let dst = rig.state_dir(2, "kv");
+    for rel in ["", "data", "data/kv.state", "data/tool", "data/open"] {
+        assert_eq!(owner(&dst.join(rel)), (user.uid, user.gid), "{rel:?} on n2");
+    }
+    assert_eq!(
+        mode(&dst.join("data/tool")),
+        0o755,
+        "setuid and setgid cleared"
+    );
+    assert_eq!(mode(&dst.join("data/open")), 0o664, "world write cleared");
+    let pid = rig.status(2)["pid"].as_u64().expect("a pid on n2");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(
+        field("Uid"),
+        [user.uid.to_string().as_str(); 4].join("\t"),
+        "{status}"
+    );
+    assert_eq!(field("CapEff"), "0000000000000000", "{status}");
+    assert_eq!(field("NoNewPrivs"), "1", "{status}");
+}
+
 /// Only a caller with a certificate of the cluster CA starts a migration: the HTTP API's
 /// `migrate` is refused (403) and so is a fencing token nobody can check, both audited and
 /// counted as refused; a caller with a certificate of another CA never gets past the

@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -415,6 +416,8 @@ fn the_probe_reports_each_services_cpu_memory_and_dirty_rate_from_its_cgroup() {
     const WRITTEN: u64 = 16 * MIB;
     let scratch = Scratch(Path::new("/var/tmp").join(unique("godwit-writer")));
     std::fs::create_dir_all(&scratch.0).unwrap();
+    // The services run as the unprivileged service user: the scratch directory is theirs too.
+    std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let mut agent = Agent::start(&format!(
         "{}
 [[service]]
@@ -542,6 +545,16 @@ fn bad_specs_are_refused_and_nothing_running_is_disturbed() {
             r#"{"name":"z","command":["/bin/true"],"bogus":1}"#,
             400,
             "bogus",
+        ),
+        (
+            r#"{"name":"u","command":["/bin/true"],"user":"no-such-user-here"}"#,
+            400,
+            "does not exist on this node",
+        ),
+        (
+            r#"{"name":"c","command":["/bin/true"],"capabilities":["CAP_FLY"]}"#,
+            400,
+            "capabilities",
         ),
     ] {
         let (got, text) = post(body);
@@ -905,6 +918,7 @@ fn a_process_forked_ahead_waits_in_the_cgroup_and_becomes_the_service_at_its_sta
             },
             images: None,
             run_root: state.join("run"),
+            default_user: godwit::service::Identity::ensure_system_user("godwit-svc"),
         });
         let spec = |arg: &str| -> godwit::service::ServiceSpec {
             serde_json::from_value(serde_json::json!({
@@ -1028,4 +1042,82 @@ fn a_kill_shuts_the_frozen_services_sockets_before_its_processes_die() {
         let _ = cg.thaw().await;
         cg.remove().unwrap();
     });
+}
+
+/// A field of `/proc/PID/status`.
+fn proc_status(pid: u64, field: &str) -> String {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    st.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{st}"))
+        .trim()
+        .to_string()
+}
+
+/// A service without `user` runs as the node's unprivileged service user (created by the
+/// agent), with no capability, `no_new_privs` and the default umask; its health command runs
+/// as that user too, and its state directory belongs to it. A spec that lists a capability has
+/// exactly that one; `root` runs only when written, and then without capabilities.
+#[test]
+fn services_run_unprivileged_unless_their_spec_says_otherwise() {
+    require_root();
+    let svc = ServiceSlice::new();
+    let state = std::env::temp_dir().join(unique("godwit-state"));
+    let ids = state.join("plain/health-ids");
+    let agent = Agent::start(&format!(
+        "{}\n[[service]]\nname = \"plain\"\ncommand = [\"/bin/sleep\", \"100000\"]\n\
+         health = {{ command = [\"/bin/sh\", \"-c\", \"echo $(id -u) $(id -g) $(umask) > {ids}\"], interval_ms = 100 }}\n\
+         [[service]]\nname = \"bind\"\ncommand = [\"/bin/sleep\", \"100000\"]\n\
+         capabilities = [\"CAP_NET_BIND_SERVICE\"]\numask = \"0077\"\n\
+         [[service]]\nname = \"rooted\"\nuser = \"root\"\ncommand = [\"/bin/sleep\", \"100000\"]\n",
+        section(&svc, &state),
+        ids = ids.display(),
+    ));
+    let user = godwit::service::Identity::resolve("godwit-svc", None)
+        .unwrap_or_else(|e| panic!("the agent created no service user: {e}\n{}", agent.log()));
+    assert_ne!(user.uid, 0);
+    let (uid, gid) = (user.uid.to_string(), user.gid.to_string());
+    let all = |id: &str| [id; 4].join("\t");
+    const NONE: &str = "0000000000000000";
+
+    let plain = wait_service(&agent, "plain", "healthy", |s| s["health"] == "healthy");
+    let pid = plain["pid"].as_u64().unwrap();
+    assert_eq!(proc_status(pid, "Uid"), all(&uid));
+    assert_eq!(proc_status(pid, "Gid"), all(&gid));
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(proc_status(pid, set), NONE, "plain: {set}");
+    }
+    assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
+    assert_eq!(proc_status(pid, "Umask"), "0027");
+    // The health command ran as the service's user, with its umask.
+    assert_eq!(
+        std::fs::read_to_string(&ids).unwrap().trim(),
+        format!("{uid} {gid} 0027")
+    );
+    let dir = std::fs::metadata(state.join("plain")).unwrap();
+    assert_eq!(
+        (dir.uid(), dir.gid()),
+        (user.uid, user.gid),
+        "the state directory"
+    );
+
+    let bind = wait_service(&agent, "bind", "running", |s| s["state"] == "running");
+    let pid = bind["pid"].as_u64().unwrap();
+    assert_eq!(proc_status(pid, "Uid"), all(&uid));
+    // CAP_NET_BIND_SERVICE is capability 10: bit 0x400, and nothing else.
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(proc_status(pid, set), "0000000000000400", "bind: {set}");
+    }
+    assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
+    assert_eq!(proc_status(pid, "Umask"), "0077");
+
+    let rooted = wait_service(&agent, "rooted", "running", |s| s["state"] == "running");
+    let pid = rooted["pid"].as_u64().unwrap();
+    assert_eq!(proc_status(pid, "Uid"), all("0"));
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(proc_status(pid, set), NONE, "rooted: {set}");
+    }
+    assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
+    drop(agent);
+    std::fs::remove_dir_all(&state).ok();
 }

@@ -494,7 +494,7 @@ impl ImageStore {
             match &e.kind {
                 EntryKind::Dir => {
                     std::fs::create_dir_all(&path).map_err(|err| ImageError::io(&path, err))?;
-                    dirs.push((path, e.mode));
+                    dirs.push((path, written_mode(e.mode)));
                 }
                 EntryKind::Symlink { target } => {
                     ensure_parent(&path)?;
@@ -513,7 +513,7 @@ impl ImageStore {
                         f.write_all(&data)
                             .map_err(|err| ImageError::io(&path, err))?;
                     }
-                    f.set_permissions(std::fs::Permissions::from_mode(e.mode))
+                    f.set_permissions(std::fs::Permissions::from_mode(written_mode(e.mode)))
                         .map_err(|err| ImageError::io(&path, err))?;
                 }
             }
@@ -540,6 +540,15 @@ impl ImageStore {
         }
         Ok(Digest(hex(ctx.finish().as_ref())))
     }
+}
+
+/// The mode an image's file or directory is written out with: without setuid, setgid, sticky
+/// and write access for others, whatever the manifest says. The copy belongs to root and is
+/// shared by every service of that image: a setuid bit there would make a root program of a
+/// peer's (or an image author's) file for every local user; a service cannot use one anyway
+/// (its processes run with `no_new_privs`).
+pub(crate) fn written_mode(mode: u32) -> u32 {
+    mode & 0o775
 }
 
 fn ensure_parent(path: &Path) -> Result<(), ImageError> {

@@ -50,6 +50,31 @@ fn listing(root: &Path) -> Vec<(String, String)> {
 }
 
 #[test]
+fn an_exported_image_carries_no_setuid_setgid_sticky_or_world_writable_mode() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src);
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    mode(&src.join("bin/server"), 0o4755).unwrap();
+    mode(&src.join("server.conf"), 0o2666).unwrap();
+    mode(&src.join("var/empty"), 0o1777).unwrap();
+    let store = ImageStore::open(&t.path().join("store")).unwrap();
+    let (id, _) = store.import_dir(&src).unwrap();
+    let out = t.path().join("out");
+    store.export(&id, &out).unwrap();
+    let got = |rel: &str| {
+        std::fs::metadata(out.join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(got("bin/server"), 0o755);
+    assert_eq!(got("server.conf"), 0o664);
+    assert_eq!(got("var/empty"), 0o775);
+}
+
+#[test]
 fn import_export_round_trip_and_dedup() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");

@@ -71,6 +71,7 @@ async fn rig() -> Rig {
         },
         images: None,
         run_root: dir.path().join("run"),
+        default_user: Ok(godwit_runtime::service::Identity::current()),
     });
     let tasks = Tasks::default();
     let (pending, _rx) = tokio::sync::mpsc::unbounded_channel();
@@ -464,6 +465,7 @@ async fn a_crash_between_the_exchange_and_the_vote_keeps_the_previous_state() {
         },
         images: None,
         run_root: rig.dir.path().join("run"),
+        default_user: Ok(godwit_runtime::service::Identity::current()),
     });
     let target = agent::Target::new(rig.journal.clone(), manager, Tasks::default());
     target.recover(&rig.root(), &pending);

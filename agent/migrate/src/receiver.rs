@@ -192,6 +192,15 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
         let _ = ch.send(&Msg::Failed { reason }).await;
         return;
     }
+    // The files will belong to the spec's user as this node knows it: one unknown here is
+    // refused before anything is staged.
+    let owner = Owner::of(hooks.as_ref(), spec.as_deref());
+    if let Err(e) = &owner.ids {
+        let reason = format!("this node cannot run {service}: {e}");
+        warn!(peer = %peer.node, service, migration, reason, "migration into this node refused");
+        let _ = ch.send(&Msg::Failed { reason }).await;
+        return;
+    }
     // The staging directory exists from here on: its inode names it in the journal, so a
     // recovery can tell which side of the commit's exchange it is on.
     let _ = remove_tree(staging.clone()).await;
@@ -249,6 +258,7 @@ async fn receive(peer: PeerInfo, mut ch: Channel, root: Arc<PathBuf>, hooks: Opt
     }
     let parking = park_ahead(hooks.as_ref(), &service, spec.as_deref());
     let mut rx = Receiver {
+        owner,
         staging: staging.clone(),
         files: BTreeMap::new(),
         digests: BTreeMap::new(),
@@ -471,6 +481,8 @@ fn unexpected(effect: TargetEffect) -> MigrateError {
 }
 
 struct Receiver {
+    /// Who the copy belongs to here, and the mode bits it keeps.
+    owner: Owner,
     staging: PathBuf,
     files: BTreeMap<String, File>,
     /// The digest of every block of every file as written here (`UNKNOWN` where nothing was
@@ -728,8 +740,7 @@ impl Receiver {
                     }
                 }
             }
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode | 0o200))
-                .map_err(|e| MigrateError::io(&p, e))?;
+            self.owner.set_mode(&p, f.mode)?;
         }
         Ok(())
     }
@@ -837,11 +848,64 @@ impl Receiver {
     fn commit(&mut self, dest: &Path) -> Result<(PathBuf, f64, f64), MigrateError> {
         let t = Instant::now();
         self.files.clear();
+        self.owner.give(&self.staging)?;
         sync_tree(&self.staging)?;
         let synced = t.elapsed().as_secs_f64();
         let t = Instant::now();
         self.previous = swap_into_place(&self.staging, dest)?;
         Ok((dest.to_path_buf(), synced, t.elapsed().as_secs_f64()))
+    }
+}
+
+/// Who a staged copy belongs to on this node and which mode bits it keeps: the spec's user as
+/// this node resolves it by name (uids differ between nodes; the peer's are never used), and
+/// its `allow_setuid`. Files stay the agent's while the copy is written (a process of that
+/// user cannot plant a link in it meanwhile) and are given to the user at the commit.
+struct Owner {
+    /// The uid and gid; `None` without a spec or a service runtime (or when the agent is not
+    /// root): the files stay the agent's. An error when the spec's user does not exist here.
+    ids: Result<Option<(u32, u32)>, String>,
+    /// Setuid, setgid and sticky bits are kept.
+    allow_special: bool,
+}
+
+impl Owner {
+    fn of(
+        hooks: Option<&TargetHooks>,
+        spec: Option<&godwit_runtime::service::ServiceSpec>,
+    ) -> Owner {
+        let manager = hooks.and_then(|h| h.manager.as_ref());
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let ids = match (manager, spec) {
+            (Some(m), Some(spec)) if root => m
+                .runtime()
+                .identity(spec)
+                .map(|id| Some((id.uid, id.gid)))
+                .map_err(|e| e.to_string()),
+            _ => Ok(None),
+        };
+        Owner {
+            ids,
+            allow_special: spec.is_some_and(|s| s.allow_setuid),
+        }
+    }
+
+    /// Gives the staged `path` the mode the peer listed, masked (and writable by its owner,
+    /// so later rounds can write it).
+    fn set_mode(&self, path: &Path, mode: u32) -> Result<(), MigrateError> {
+        let mode = godwit_runtime::service::mask_mode(mode, self.allow_special) | 0o200;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| MigrateError::io(path, e))
+    }
+
+    /// Gives the whole staged copy to the user (links not followed).
+    fn give(&self, root: &Path) -> Result<(), MigrateError> {
+        if let Ok(Some((uid, gid))) = self.ids {
+            godwit_runtime::service::chown_tree(root, uid, gid)
+                .map_err(|e| MigrateError::io(root, e))?;
+        }
+        Ok(())
     }
 }
 

@@ -339,6 +339,8 @@ impl Target {
         // keep going to the frozen source until the gratuitous ARP (or, for IPv6, the
         // unsolicited neighbour advertisement) at the first passing check.
         let mut vip = Takeover::begin(&self.manager, spec.vip);
+        // The check's command runs as the service's user, as the supervisor's does.
+        let limits = self.manager.runtime().limits(&spec).ok();
         if let Err(e) = self.manager.add(spec).await {
             if let Some(vip) = vip {
                 vip.undo().await;
@@ -370,7 +372,7 @@ impl Target {
                 }
                 if st.state == RunState::Running {
                     if let Some(h) = &health {
-                        if godwit_runtime::service::check(h).await {
+                        if godwit_runtime::service::check(h, limits.as_ref()).await {
                             return Ok(st);
                         }
                     }
@@ -598,6 +600,10 @@ async fn settle(
     poll: Duration,
 ) -> Result<(), String> {
     let window = Duration::from_millis(health.map_or(0, |h| h.settle_ms));
+    // The check's command runs as the service's user, as the supervisor's does.
+    let limits = manager
+        .spec(name)
+        .and_then(|s| manager.runtime().limits(&s).ok());
     let from = Instant::now();
     let mut passes = 1;
     while passes < SETTLE_CHECKS || from.elapsed() < window {
@@ -613,7 +619,7 @@ async fn settle(
             ));
         }
         if let Some(h) = health {
-            if !godwit_runtime::service::check(h).await {
+            if !godwit_runtime::service::check(h, limits.as_ref()).await {
                 return Err(format!(
                     "{name} passed its first check, then failed one {} ms later",
                     from.elapsed().as_millis()

@@ -28,8 +28,10 @@ use super::error::TransportError;
 
 /// Version of the frame format and of the messages; both ends must agree. 3: migration
 /// specs and reports travel as typed values (were JSON strings), a migration's mode is an
-/// optional `SwitchMode`, and the hand-off may answer an abandon with `Started`.
-pub const WIRE_VERSION: u16 = 4;
+/// optional `SwitchMode`, and the hand-off may answer an abandon with `Started`. 4: a target
+/// answers only its source (`NotHeld`). 5: a service spec carries its `user`, `group`,
+/// `capabilities`, `umask` and `allow_setuid`.
+pub const WIRE_VERSION: u16 = 5;
 /// Largest message frame.
 pub const MAX_FRAME: usize = 16 << 20;
 /// Largest frame of a connection's handshake (node names and a refusal's reason), read before

@@ -110,6 +110,7 @@ async fn start_services(
                 return None;
             }
         };
+    let default_user = default_user(&cfg.services.default_user).await;
     let manager = Manager::new(crate::service::Runtime {
         node: node.to_string(),
         memory_v1_root: layout.memory_v1_root.filter(|_| layout.hybrid),
@@ -117,6 +118,7 @@ async fn start_services(
         section: cfg.services.clone(),
         images,
         run_root: cfg.node.data_dir.join("images/run"),
+        default_user,
     });
     for spec in &cfg.service {
         if let Err(e) = manager.add(spec.clone()).await {
@@ -124,4 +126,31 @@ async fn start_services(
         }
     }
     Some(manager)
+}
+
+/// The user of services whose spec names none: `[services] default_user`, created when missing
+/// (an agent that is not root runs its services as itself). A failure is said once; such
+/// services then do not start (they never fall back to root).
+async fn default_user(name: &str) -> Result<crate::service::Identity, String> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        let me = crate::service::Identity::current();
+        tracing::info!(user = %me.user, uid = me.uid, "not root: services run as the agent's user");
+        return Ok(me);
+    }
+    let name = name.to_string();
+    let made =
+        tokio::task::spawn_blocking(move || crate::service::Identity::ensure_system_user(&name))
+            .await
+            .unwrap_or_else(|e| Err(format!("creating the service user failed: {e}")));
+    match &made {
+        Ok(id) => {
+            tracing::info!(user = %id.user, uid = id.uid, gid = id.gid, "default service user")
+        }
+        Err(e) => tracing::error!(
+            error = %e,
+            "no default service user: services without a `user` will not start"
+        ),
+    }
+    made
 }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::identity::Limits;
 use super::spec::HealthSpec;
 
 /// A service's health.
@@ -100,8 +101,9 @@ impl HealthTracker {
     }
 }
 
-/// Runs one check; true when it passed within the timeout.
-pub async fn check(spec: &HealthSpec) -> bool {
+/// Runs one check; true when it passed within the timeout. A command runs as `limits` say
+/// (the service's user, capabilities and umask).
+pub async fn check(spec: &HealthSpec, limits: Option<&Limits>) -> bool {
     let timeout = Duration::from_millis(spec.timeout_ms);
     let run = async {
         if let Some(addr) = spec.tcp {
@@ -114,15 +116,17 @@ pub async fn check(spec: &HealthSpec) -> bool {
             return http_ok(url).await;
         }
         if let Some(cmd) = &spec.command {
-            return tokio::process::Command::new(&cmd[0])
+            let mut command = tokio::process::Command::new(&cmd[0]);
+            command
                 .args(&cmd[1..])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .status()
-                .await
-                .is_ok_and(|s| s.success());
+                .kill_on_drop(true);
+            if let Some(limits) = limits {
+                limits.apply(&mut command);
+            }
+            return command.status().await.is_ok_and(|s| s.success());
         }
         false
     };
@@ -272,11 +276,11 @@ mod tests {
             unhealthy_restart_ms: 0,
             settle_ms: 20,
         };
-        assert!(check(&spec(Some(addr), None)).await);
+        assert!(check(&spec(Some(addr), None), None).await);
         drop(listener);
-        assert!(!check(&spec(Some(addr), None)).await);
-        assert!(check(&spec(None, Some(vec!["true".into()]))).await);
-        assert!(!check(&spec(None, Some(vec!["false".into()]))).await);
+        assert!(!check(&spec(Some(addr), None), None).await);
+        assert!(check(&spec(None, Some(vec!["true".into()])), None).await);
+        assert!(!check(&spec(None, Some(vec!["false".into()])), None).await);
     }
 
     /// A server that answers every line with `reply`.
@@ -315,10 +319,10 @@ mod tests {
         };
         let ready = answering("+PONG\r\n").await;
         let loading = answering("-LOADING Redis is loading the dataset in memory\r\n").await;
-        assert!(check(&spec(ready, "+PONG")).await);
-        assert!(!check(&spec(loading, "+PONG")).await);
+        assert!(check(&spec(ready, "+PONG"), None).await);
+        assert!(!check(&spec(loading, "+PONG"), None).await);
         // A server that never answers fails within the timeout.
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        assert!(!check(&spec(silent.local_addr().unwrap(), "+PONG")).await);
+        assert!(!check(&spec(silent.local_addr().unwrap(), "+PONG"), None).await);
     }
 }

@@ -8,6 +8,7 @@
 //! | `spec.rs` | [`ServiceSpec`] and `[services]`; validation that names the field |
 //! | `cgroup.rs` | [`ServiceCgroup`]: create, join before exec, freeze/thaw, kill, remove |
 //! | `health.rs` | TCP, HTTP and command checks; [`HealthTracker`] |
+//! | `identity.rs` | the user a service runs as, its capabilities and umask ([`Limits`]); mode masks |
 //! | `status.rs` | [`Runtime`] (where services run), [`RunState`] and [`ServiceStatus`] |
 //! | `launch.rs` | a service's image made ready (directory, tarball, store) and its command |
 //! | `supervisor.rs` | [`Manager`] and the per-service supervisor task |
@@ -27,12 +28,16 @@
 //!   delays double from `backoff_ms` up to `backoff_max_ms`.
 //! - **Unhealthy does not last**: no passing check within `start_timeout_ms` of a start is
 //!   unhealthy; unhealthy for `unhealthy_restart_ms` is a restart counted as a crash.
+//! - **No service runs as root by accident**: a spec without `user` runs as
+//!   `[services] default_user`; every process of a service (and its health command) has
+//!   `no_new_privs` and only the capabilities its spec lists. No default user, no start.
 //! - **The VIP follows health**: added once the service is healthy (at start when it has no
 //!   check), removed when it stops or crashes.
 
 mod cgroup;
 mod error;
 mod health;
+mod identity;
 mod launch;
 pub mod netlink;
 mod park;
@@ -44,8 +49,9 @@ pub mod vip;
 pub use cgroup::ServiceCgroup;
 pub use error::ServiceError;
 pub use health::{check, Health, HealthTracker};
+pub use identity::{capability, chown_tree, mask_mode, Identity, Limits};
 pub use spec::{
     validate_all, Demand, HealthSpec, RestartPolicy, RestartSpec, ServiceSpec, ServicesSection,
-    DEFAULT_MAX_STATE_BYTES,
+    DEFAULT_MAX_STATE_BYTES, DEFAULT_UMASK,
 };
 pub use supervisor::{Manager, RunState, Runtime, ServiceStatus};

@@ -35,9 +35,14 @@ pub(super) struct Parked {
 
 impl Parked {
     /// Forks `cmd`'s child now; it runs every `pre_exec` hook registered so far (joining the
-    /// cgroups), then waits for [`Parked::release`], changes to `cwd` and execs. `cmd` must not
-    /// set a current directory of its own.
-    pub(super) fn fork(mut cmd: Command, cwd: &Path) -> io::Result<Parked> {
+    /// cgroups), then waits for [`Parked::release`], changes to `cwd`, runs the hooks `then`
+    /// registers (giving up the agent's user and privileges) and execs. `cmd` must not set a
+    /// current directory of its own.
+    pub(super) fn fork(
+        mut cmd: Command,
+        cwd: &Path,
+        then: impl FnOnce(&mut Command),
+    ) -> io::Result<Parked> {
         let cwd = CString::new(cwd.as_os_str().as_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the directory"))?;
         let mut fds = [0; 2];
@@ -78,6 +83,7 @@ impl Parked {
                 Ok(())
             });
         }
+        then(&mut cmd);
         let spawn = tokio::task::spawn_blocking(move || cmd.spawn());
         Ok(Parked {
             go: Some(wr),
@@ -132,7 +138,7 @@ mod tests {
     #[tokio::test]
     async fn a_parked_child_execs_in_its_directory_when_released() {
         let dir = tempfile::tempdir().unwrap();
-        let parked = Parked::fork(echo_cwd(), dir.path()).unwrap();
+        let parked = Parked::fork(echo_cwd(), dir.path(), |_| {}).unwrap();
         // Parked: it has not exec'd, so the spawn has not returned.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!parked.spawn.is_finished());
@@ -148,10 +154,10 @@ mod tests {
     #[tokio::test]
     async fn a_child_parked_beside_another_is_cancelled_and_released_independently() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Parked::fork(echo_cwd(), dir.path()).unwrap();
+        let first = Parked::fork(echo_cwd(), dir.path(), |_| {}).unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         // Forked while the first waits: it holds a copy of the first's write end.
-        let second = Parked::fork(echo_cwd(), dir.path()).unwrap();
+        let second = Parked::fork(echo_cwd(), dir.path(), |_| {}).unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         tokio::time::timeout(std::time::Duration::from_secs(5), first.cancel())
             .await
@@ -172,7 +178,7 @@ mod tests {
         let marker = dir.path().join("ran");
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", &format!("touch {}", marker.display())]);
-        let parked = Parked::fork(cmd, dir.path()).unwrap();
+        let parked = Parked::fork(cmd, dir.path(), |_| {}).unwrap();
         let spawn_done = tokio::time::timeout(std::time::Duration::from_secs(5), parked.cancel());
         spawn_done.await.expect("the cancelled child is reaped");
         assert!(!marker.exists());

@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::ServiceError;
+use super::identity::{capability, parse_id, resolve_group, valid_name, Identity};
 
 /// The runtime's settings (`[services]`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -27,6 +28,10 @@ pub struct ServicesSection {
     /// sum of its files' sizes): a peer's larger listing is refused before anything is
     /// allocated for it.
     pub max_state_bytes: u64,
+    /// The user a service runs as when its spec names none: an unprivileged system user,
+    /// created at the agent's start when it does not exist. Services without a `user` do not
+    /// start when it cannot be had (they never fall back to root).
+    pub default_user: String,
 }
 
 /// `[services] max_state_bytes` unless configured: 32 GiB.
@@ -40,6 +45,7 @@ impl Default for ServicesSection {
             stop_grace_ms: 10_000,
             vip_interface: None,
             max_state_bytes: DEFAULT_MAX_STATE_BYTES,
+            default_user: "godwit-svc".into(),
         }
     }
 }
@@ -210,7 +216,28 @@ pub struct ServiceSpec {
     /// Start with the agent.
     #[serde(default = "yes")]
     pub autostart: bool,
+    /// The user its processes (and its health command) run as: a name or a numeric uid.
+    /// `[services] default_user` when absent; `root` only when written here.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Their group: a name or a numeric gid; the user's primary group when absent.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Capabilities kept (e.g. `["CAP_NET_BIND_SERVICE"]`); every other one is dropped,
+    /// for root too.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// The processes' file mode creation mask, in octal (`"0027"` when absent).
+    #[serde(default)]
+    pub umask: Option<String>,
+    /// Keep setuid, setgid and sticky bits on state files that arrive from a peer (they are
+    /// cleared otherwise).
+    #[serde(default)]
+    pub allow_setuid: bool,
 }
+
+/// The umask of a service that sets none.
+pub const DEFAULT_UMASK: u32 = 0o027;
 
 fn yes() -> bool {
     true
@@ -351,7 +378,57 @@ impl ServiceSpec {
                 return Err(bad("vip", format!("{vip} cannot be a service address")));
             }
         }
+        for (field, value) in [("user", &self.user), ("group", &self.group)] {
+            if let Some(v) = value {
+                if parse_id(v).is_none() && !valid_name(v) {
+                    return Err(bad(
+                        field,
+                        format!("{v:?}: a name (a-z, 0-9, '_', '-') or a numeric id"),
+                    ));
+                }
+            }
+        }
+        if let Some(user) = &self.user {
+            Identity::resolve(user, self.group.as_deref()).map_err(|e| {
+                bad(
+                    if e.starts_with("group") {
+                        "group"
+                    } else {
+                        "user"
+                    },
+                    e,
+                )
+            })?;
+        } else if let Some(group) = &self.group {
+            resolve_group(group).map_err(|e| bad("group", e))?;
+        }
+        self.capability_set().map_err(|e| bad("capabilities", e))?;
+        self.umask_bits().map_err(|e| bad("umask", e))?;
         Ok(())
+    }
+
+    /// The capabilities kept, one bit per number.
+    pub fn capability_set(&self) -> Result<u64, String> {
+        let mut set = 0u64;
+        for name in &self.capabilities {
+            let n = capability(name).ok_or_else(|| format!("{name:?} is not a capability"))?;
+            if set & (1 << n) != 0 {
+                return Err(format!("{name} is listed twice"));
+            }
+            set |= 1 << n;
+        }
+        Ok(set)
+    }
+
+    /// The umask.
+    pub fn umask_bits(&self) -> Result<u32, String> {
+        match &self.umask {
+            None => Ok(DEFAULT_UMASK),
+            Some(s) => u32::from_str_radix(s.strip_prefix("0o").unwrap_or(s), 8)
+                .ok()
+                .filter(|&m| m <= 0o777 && !s.is_empty())
+                .ok_or_else(|| format!("{s:?}: an octal mask such as \"0027\"")),
+        }
     }
 }
 
@@ -362,6 +439,13 @@ fn normal(p: &Path) -> bool {
 
 /// Checks a list of specs: each valid, names unique.
 pub fn validate_all(specs: &[ServiceSpec], section: &ServicesSection) -> Result<(), ServiceError> {
+    if !valid_name(&section.default_user) {
+        return Err(ServiceError::Spec {
+            service: "[services]".into(),
+            field: "default_user".into(),
+            reason: format!("{:?} is not a valid user name", section.default_user),
+        });
+    }
     let mut seen = std::collections::BTreeSet::new();
     for s in specs {
         s.validate(section)?;
@@ -408,6 +492,23 @@ mod tests {
                 "name = \"a\"\ncommand = [\"x\"]\nrestart = { backoff_ms = 0 }",
                 "restart",
             ),
+            ("name = \"a\"\ncommand = [\"x\"]\nuser = \"Bad User\"", "user"),
+            ("name = \"a\"\ncommand = [\"x\"]\nuser = \"no-such-user-x\"", "user"),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\nuser = \"root\"\ngroup = \"no-such-group-x\"",
+                "group",
+            ),
+            ("name = \"a\"\ncommand = [\"x\"]\ngroup = \"no-such-group-x\"", "group"),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\ncapabilities = [\"CAP_FLY\"]",
+                "capabilities",
+            ),
+            (
+                "name = \"a\"\ncommand = [\"x\"]\ncapabilities = [\"CAP_KILL\", \"kill\"]",
+                "capabilities",
+            ),
+            ("name = \"a\"\ncommand = [\"x\"]\numask = \"0999\"", "umask"),
+            ("name = \"a\"\ncommand = [\"x\"]\numask = \"01777\"", "umask"),
         ];
         for (text, field) in cases {
             match spec(text).validate(&s) {
@@ -419,6 +520,42 @@ mod tests {
         assert!(matches!(
             validate_all(&dup, &s),
             Err(ServiceError::Duplicate(_))
+        ));
+    }
+
+    #[test]
+    fn users_groups_capabilities_and_umask_are_read_from_toml_and_json() {
+        let s = ServicesSection::default();
+        let t = spec(
+            "name = \"a\"\ncommand = [\"x\"]\nuser = \"root\"\ngroup = \"0\"\n\
+             capabilities = [\"CAP_NET_BIND_SERVICE\"]\numask = \"0077\"\nallow_setuid = true\n",
+        );
+        assert!(t.validate(&s).is_ok());
+        assert_eq!(t.capability_set(), Ok(1 << 10));
+        assert_eq!(t.umask_bits(), Ok(0o077));
+        let j: ServiceSpec = serde_json::from_str(
+            r#"{"name":"a","command":["x"],"user":"0","group":"root",
+                "capabilities":["net_bind_service"],"umask":"0o077","allow_setuid":true}"#,
+        )
+        .unwrap();
+        assert!(j.validate(&s).is_ok());
+        assert_eq!(
+            (j.capability_set(), j.umask_bits(), j.allow_setuid),
+            (Ok(1 << 10), Ok(0o077), true)
+        );
+        // Absent: the default user (resolved at start), no capabilities, umask 0027.
+        let d = spec("name = \"a\"\ncommand = [\"x\"]\n");
+        assert_eq!(
+            (d.user.as_deref(), d.capability_set(), d.umask_bits()),
+            (None, Ok(0), Ok(0o027))
+        );
+        let bad = ServicesSection {
+            default_user: "Not A Name".into(),
+            ..ServicesSection::default()
+        };
+        assert!(matches!(
+            validate_all(&[d], &bad),
+            Err(ServiceError::Spec { field, .. }) if field == "default_user"
         ));
     }
 

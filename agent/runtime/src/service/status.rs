@@ -7,8 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::error::ServiceError;
 use super::health::Health;
-use super::spec::{Demand, ServicesSection};
+use super::identity::{Identity, Limits};
+use super::spec::{Demand, ServiceSpec, ServicesSection};
 use godwit_image::ImageStore;
 
 /// Where and how services run on this node.
@@ -27,6 +29,80 @@ pub struct Runtime {
     pub images: Option<Arc<ImageStore>>,
     /// Where images are written out to run from (`<data_dir>/images/run`).
     pub run_root: PathBuf,
+    /// The user of services whose spec names none ([`Identity::ensure_system_user`] of
+    /// `[services] default_user`), or why there is none: then only specs with a `user` start.
+    pub default_user: Result<Identity, String>,
+}
+
+impl Runtime {
+    /// Who `spec`'s processes run as on this node: its `user` (and `group`) resolved here,
+    /// else the default user. Never root unless the spec says so.
+    pub fn identity(&self, spec: &ServiceSpec) -> Result<Identity, ServiceError> {
+        let bad = |field: &str, reason: String| ServiceError::Spec {
+            service: spec.name.clone(),
+            field: field.into(),
+            reason,
+        };
+        match &spec.user {
+            Some(user) => Identity::resolve(user, spec.group.as_deref()).map_err(|e| {
+                bad(
+                    if e.starts_with("group") {
+                        "group"
+                    } else {
+                        "user"
+                    },
+                    e,
+                )
+            }),
+            None => {
+                let d = self.default_user.as_ref().map_err(|e| {
+                    bad(
+                        "user",
+                        format!(
+                            "none given, and the default service user is unavailable ({e}); \
+                             name a user (\"root\" to run as root)"
+                        ),
+                    )
+                })?;
+                match &spec.group {
+                    None => Ok(d.clone()),
+                    Some(g) => Identity::resolve(&d.uid.to_string(), Some(g))
+                        .map(|id| Identity {
+                            user: d.user.clone(),
+                            ..id
+                        })
+                        .map_err(|e| bad("group", e)),
+                }
+            }
+        }
+    }
+
+    /// What `spec`'s processes may do: its identity, capabilities and umask. An agent that is
+    /// not root runs services only as itself.
+    pub fn limits(&self, spec: &ServiceSpec) -> Result<Limits, ServiceError> {
+        let bad = |field: &str, reason: String| ServiceError::Spec {
+            service: spec.name.clone(),
+            field: field.into(),
+            reason,
+        };
+        let identity = self.identity(spec)?;
+        let me = Identity::current();
+        if me.uid != 0 && identity.uid != me.uid {
+            return Err(bad(
+                "user",
+                format!(
+                    "the agent runs as {} (uid {}), not root: it cannot run services as {} \
+                     (uid {})",
+                    me.user, me.uid, identity.user, identity.uid
+                ),
+            ));
+        }
+        Ok(Limits {
+            identity,
+            caps: spec.capability_set().map_err(|e| bad("capabilities", e))?,
+            umask: spec.umask_bits().map_err(|e| bad("umask", e))?,
+        })
+    }
 }
 
 /// What a service's process is doing.

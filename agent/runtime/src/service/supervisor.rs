@@ -7,7 +7,7 @@
 //! freeze, thaw) reach it over a channel and are answered once done.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 use super::cgroup::ServiceCgroup;
 use super::error::ServiceError;
 use super::health::{check, Health, HealthTracker};
+use super::identity::{chown_tree, Limits};
 use super::launch::{command, prepare_image, PreparedImage};
 use super::park::Parked;
 use super::spec::{validate_all, RestartPolicy, ServiceSpec};
@@ -68,6 +69,34 @@ struct ParkedService {
     child: Parked,
 }
 
+/// What a service needs before its process ([`Manager::prepare`]).
+struct Prepared {
+    image: Option<PreparedImage>,
+    cgroup: ServiceCgroup,
+    state_dir: PathBuf,
+    limits: Limits,
+}
+
+/// Creates the service's state directory and gives it, and everything in it, to the
+/// service's user (what the agent wrote there: state that arrived, files of an earlier run as
+/// another user). Links are not followed; a file with other names elsewhere is left alone.
+fn own_state_dir(state_dir: &Path, limits: &Limits) -> Result<(), ServiceError> {
+    std::fs::create_dir_all(state_dir).map_err(|e| ServiceError::io(state_dir, e))?;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let (uid, gid) = (limits.identity.uid, limits.identity.gid);
+    match chown_tree(state_dir, uid, gid) {
+        Ok(0) => Ok(()),
+        Ok(n) => {
+            warn!(dir = %state_dir.display(), files = n, "files with more than one link keep their owner");
+            Ok(())
+        }
+        Err(e) => Err(ServiceError::io(state_dir, e)),
+    }
+}
+
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Manager")
@@ -104,7 +133,12 @@ impl Manager {
     /// Adds a service (validated; its name must be new) and starts it if `autostart`.
     /// Nothing already running is touched when the spec is refused.
     pub async fn add(&self, spec: ServiceSpec) -> Result<ServiceStatus, ServiceError> {
-        let (image, cgroup, state_dir) = self.prepare(&spec).await?;
+        let Prepared {
+            image,
+            cgroup,
+            state_dir,
+            limits,
+        } = self.prepare(&spec).await?;
         let status = ServiceStatus {
             name: spec.name.clone(),
             node: self.rt.node.clone(),
@@ -137,6 +171,7 @@ impl Manager {
             rt: self.rt.clone(),
             spec: spec.clone(),
             cgroup,
+            limits,
             image_dir: image.map(|i| i.dir),
             state_dir,
             status: status_tx,
@@ -183,14 +218,12 @@ impl Manager {
     ///
     /// The image (unpacking a tarball, writing it out of the store) and the directories are
     /// file work: done on a blocking thread.
-    async fn prepare(
-        &self,
-        spec: &ServiceSpec,
-    ) -> Result<(Option<PreparedImage>, ServiceCgroup, PathBuf), ServiceError> {
+    async fn prepare(&self, spec: &ServiceSpec) -> Result<Prepared, ServiceError> {
         validate_all(std::slice::from_ref(spec), &self.rt.section)?;
         if self.lock().contains_key(&spec.name) {
             return Err(ServiceError::Duplicate(spec.name.clone()));
         }
+        let limits = self.rt.limits(spec)?;
         let (rt, spec) = (self.rt.clone(), spec.clone());
         tokio::task::spawn_blocking(move || {
             let image = prepare_image(&rt, &spec)?;
@@ -201,11 +234,16 @@ impl Manager {
                 &spec.name,
             )?;
             let state_dir = spec.state_dir(&rt.section);
-            if let Err(e) = std::fs::create_dir_all(&state_dir) {
+            if let Err(e) = own_state_dir(&state_dir, &limits) {
                 let _ = cgroup.remove();
-                return Err(ServiceError::io(&state_dir, e));
+                return Err(e);
             }
-            Ok((image, cgroup, state_dir))
+            Ok(Prepared {
+                image,
+                cgroup,
+                state_dir,
+                limits,
+            })
         })
         .await
         .map_err(|e| ServiceError::Image(format!("preparing the service failed: {e}")))?
@@ -227,12 +265,17 @@ impl Manager {
     /// [`add`]: Manager::add
     pub async fn park(&self, spec: ServiceSpec) -> Result<(), ServiceError> {
         self.unpark(&spec.name).await;
-        let (image, cgroup, state_dir) = self.prepare(&spec).await?;
+        let Prepared {
+            image,
+            cgroup,
+            state_dir,
+            limits,
+        } = self.prepare(&spec).await?;
         let forked = {
             let image_dir = image.as_ref().map(|i| i.dir.as_path());
             let (mut cmd, program, cwd) = command(&spec, image_dir, &state_dir);
             cgroup.place(&mut cmd).and_then(|()| {
-                Parked::fork(cmd, &cwd).map_err(|e| ServiceError::Spec {
+                Parked::fork(cmd, &cwd, |c| limits.apply(c)).map_err(|e| ServiceError::Spec {
                     service: spec.name.clone(),
                     field: "command".into(),
                     reason: format!("{}: {e}", program.display()),
@@ -495,6 +538,8 @@ struct Supervisor {
     rt: Arc<Runtime>,
     spec: ServiceSpec,
     cgroup: ServiceCgroup,
+    /// Who its processes and its health command run as, and what they may do.
+    limits: Limits,
     /// The child forked ahead of the first start, if any.
     parked: Option<Parked>,
     image_dir: Option<PathBuf>,
@@ -597,7 +642,8 @@ impl Supervisor {
                 // A check runs in its own task: commands (freeze, stop) never wait behind it.
                 _ = tick.tick(), if checking && self.check.is_none() => {
                     let spec = self.spec.health.clone().expect("checked");
-                    self.check = Some(tokio::spawn(async move { check(&spec).await }));
+                    let limits = self.limits.clone();
+                    self.check = Some(tokio::spawn(async move { check(&spec, Some(&limits)).await }));
                 }
                 done = async { self.check.as_mut().expect("checked").await }, if self.check.is_some() => {
                     self.check = None;
@@ -813,6 +859,7 @@ impl Supervisor {
                     command(&self.spec, image.as_deref(), &self.state_dir);
                 cmd.current_dir(cwd);
                 self.cgroup.place(&mut cmd)?;
+                self.limits.apply(&mut cmd);
                 cmd.spawn().map_err(|e| ServiceError::Spec {
                     service: self.spec.name.clone(),
                     field: "command".into(),

@@ -202,8 +202,11 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(prefix: &str) -> TempDir {
+        use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(unique(prefix));
         std::fs::create_dir_all(&dir).unwrap();
+        // The services write their markers here as the unprivileged service user.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
         TempDir(dir)
     }
 }

@@ -56,26 +56,36 @@ impl HandoffOutcome {
     }
 }
 
+/// Sends `request` on a new hand-off stream to `peer` and reads its one answer within
+/// `within`; `Err` says why there is none.
+async fn ask(peer: &Peer, request: &Handoff, within: Duration) -> Result<Handoff, String> {
+    let exchange = async {
+        let mut ch = open(peer, HANDOFF).await.map_err(|e| e.to_string())?;
+        ch.send(request).await.map_err(|e| e.to_string())?;
+        ch.recv::<Handoff>().await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(within, exchange).await {
+        Ok(Ok(Some(answer))) => Ok(answer),
+        Ok(Ok(None)) => Err("the target closed the hand-off stream".into()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("no answer within {within:?}")),
+    }
+}
+
 /// Asks the target to start the decided service of `migration` as `spec` says; without an
 /// answer, asks it to give the service back.
 pub(super) async fn hand_off(peer: &Peer, migration: &str, spec: &ServiceSpec) -> HandoffOutcome {
-    let ask = async {
-        let mut ch = open(peer, HANDOFF).await.map_err(|e| e.to_string())?;
-        ch.send(&Handoff::Start {
-            migration: migration.to_string(),
-            spec: Box::new(spec.clone()),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        ch.recv::<Handoff>().await.map_err(|e| e.to_string())
+    let start = Handoff::Start {
+        migration: migration.to_string(),
+        spec: Box::new(spec.clone()),
     };
-    let why = match tokio::time::timeout(START_TIMEOUT + Duration::from_secs(5), ask).await {
-        Ok(Ok(Some(Handoff::Started {
+    let why = match ask(peer, &start, START_TIMEOUT + Duration::from_secs(5)).await {
+        Ok(Handoff::Started {
             pid,
             spawn_s,
             healthy_s,
             vip_s,
-        }))) => {
+        }) => {
             return HandoffOutcome::Started(Started {
                 pid,
                 spawn_s,
@@ -83,14 +93,13 @@ pub(super) async fn hand_off(peer: &Peer, migration: &str, spec: &ServiceSpec) -
                 vip_s,
             })
         }
-        Ok(Ok(Some(Handoff::Failed { reason }))) => return HandoffOutcome::GivenBack(reason),
+        Ok(Handoff::Failed { reason }) => return HandoffOutcome::GivenBack(reason),
         // Neither says where the service runs: asked to give it back, the target answers
         // the same, and the outcome stays unknown.
-        Ok(Ok(Some(Handoff::NotHeld { reason }))) => format!("the target: {reason}"),
-        Ok(Ok(Some(Handoff::Refused { reason }))) => format!("the target refused: {reason}"),
-        Ok(Ok(other)) => format!("unexpected hand-off reply {other:?}"),
-        Ok(Err(e)) => e,
-        Err(_) => "the target did not answer the hand-off".to_string(),
+        Ok(Handoff::NotHeld { reason }) => format!("the target: {reason}"),
+        Ok(Handoff::Refused { reason }) => format!("the target refused: {reason}"),
+        Ok(other) => format!("unexpected hand-off reply {other:?}"),
+        Err(e) => format!("the hand-off: {e}"),
     };
     abandon(peer, migration, why).await
 }
@@ -98,36 +107,30 @@ pub(super) async fn hand_off(peer: &Peer, migration: &str, spec: &ServiceSpec) -
 /// Asks the target to give the service of `migration` back (the hand-off failed for `why`),
 /// and waits until it has.
 pub(super) async fn abandon(peer: &Peer, migration: &str, why: String) -> HandoffOutcome {
-    let abandon = async {
-        let mut ch = open(peer, HANDOFF).await.map_err(|e| e.to_string())?;
-        ch.send(&Handoff::Abandon {
-            migration: migration.to_string(),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        ch.recv::<Handoff>().await.map_err(|e| e.to_string())
+    let abandon = Handoff::Abandon {
+        migration: migration.to_string(),
     };
-    match tokio::time::timeout(ABANDON_TIMEOUT, abandon).await {
-        Ok(Ok(Some(Handoff::Abandoned))) => {
+    match ask(peer, &abandon, ABANDON_TIMEOUT).await {
+        Ok(Handoff::Abandoned) => {
             HandoffOutcome::GivenBack(format!("{why}; the target gave it back"))
         }
         // It had started the service before the abandon came (the answer was lost): it keeps
         // it, and the frozen instance here must never run again.
-        Ok(Ok(Some(Handoff::Started {
+        Ok(Handoff::Started {
             pid,
             spawn_s,
             healthy_s,
             vip_s,
-        }))) => HandoffOutcome::Started(Started {
+        }) => HandoffOutcome::Started(Started {
             pid,
             spawn_s,
             healthy_s,
             vip_s,
         }),
-        Ok(Ok(Some(Handoff::NotHeld { reason }))) => {
+        Ok(Handoff::NotHeld { reason }) => {
             HandoffOutcome::Unknown(format!("{why}; the target: {reason}"))
         }
-        Ok(Ok(Some(Handoff::Refused { reason }))) => {
+        Ok(Handoff::Refused { reason }) => {
             HandoffOutcome::Unknown(format!("{why}; the target refused: {reason}"))
         }
         _ => HandoffOutcome::Unknown(why),
@@ -141,19 +144,12 @@ const FORGET_TIMEOUT: Duration = Duration::from_secs(5);
 /// killed, or running here again) and forgot it: the target may forget it too. Best effort: a
 /// target that does not hear it keeps the outcome, which costs a small file.
 pub(super) async fn forget(peer: &Peer, migration: &str) {
-    let ask = async {
-        let mut ch = open(peer, HANDOFF).await.map_err(|e| e.to_string())?;
-        ch.send(&Handoff::Forget {
-            migration: migration.to_string(),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        ch.recv::<Handoff>().await.map_err(|e| e.to_string())
+    let forget = Handoff::Forget {
+        migration: migration.to_string(),
     };
-    match tokio::time::timeout(FORGET_TIMEOUT, ask).await {
-        Ok(Ok(Some(Handoff::Forgotten))) => {}
-        Ok(Ok(other)) => tracing::info!(migration, reply = ?other, "the target kept the migration"),
-        Ok(Err(e)) => tracing::info!(migration, error = %e, "the target was not told to forget"),
-        Err(_) => tracing::info!(migration, "the target did not answer the forget"),
+    match ask(peer, &forget, FORGET_TIMEOUT).await {
+        Ok(Handoff::Forgotten) => {}
+        Ok(other) => tracing::info!(migration, reply = ?other, "the target kept the migration"),
+        Err(e) => tracing::info!(migration, error = %e, "the target was not told to forget"),
     }
 }

@@ -89,6 +89,15 @@ pub(crate) struct DenyList {
 type FileStamp = (SystemTime, u64);
 
 impl DenyList {
+    /// Refuses a listed certificate (of the peer in role `side`) as revoked, and says so.
+    fn check(&self, cert: &CertificateDer<'_>, side: &str) -> Result<(), rustls::Error> {
+        if self.denies(cert) {
+            tracing::warn!(fingerprint = %fingerprint(cert), side, "refused a denied certificate");
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(())
+    }
+
     fn new(path: PathBuf) -> DenyList {
         DenyList {
             path,
@@ -156,10 +165,7 @@ impl ClientCertVerifier for DenyingClientVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        if self.deny.denies(end_entity) {
-            tracing::warn!(fingerprint = %fingerprint(end_entity), "refused a denied client certificate");
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
-        }
+        self.deny.check(end_entity, "client")?;
         Ok(verified)
     }
 
@@ -209,10 +215,7 @@ impl ServerCertVerifier for DenyingServerVerifier {
             ocsp_response,
             now,
         )?;
-        if self.deny.denies(end_entity) {
-            tracing::warn!(fingerprint = %fingerprint(end_entity), "refused a denied server certificate");
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
-        }
+        self.deny.check(end_entity, "server")?;
         Ok(verified)
     }
 

@@ -1,0 +1,47 @@
+//! Coordination: the Raft group (openraft behind a thin adapter), the placement log with
+//! epochs, leases on `CLOCK_BOOTTIME`, and fencing.
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | `placement.rs` | [`Placement`]: the log's state machine (pure), epochs and compare-and-set |
+//! | `clock.rs` | [`BootTime`]: lease time that keeps counting through suspend |
+//! | `rpc.rs` | the messages between nodes, and [`Wire`], the one thing a network must do |
+//! | `store.rs` | the log, vote and snapshots on disk (fsync before anything is acknowledged) |
+//! | `network.rs` | openraft's network over a [`Wire`] |
+//!
+//! Only this crate touches openraft.
+
+use std::io::Cursor;
+
+pub mod clock;
+pub mod placement;
+pub mod rpc;
+
+pub use clock::BootTime;
+pub use placement::{Cmd, Ha, Outcome, Placement, Reason, ServiceEntry};
+pub use rpc::{Member, RaftReply, RaftRpc, Wire};
+
+/// A node's id in the Raft group: derived from its name (see [`node_id`]).
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The Raft types of the placement log.
+    pub TypeConfig:
+        D = Cmd,
+        R = Outcome,
+        NodeId = NodeId,
+        Node = Member,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// The id of a node named `name`: FNV-1a over the name, so that every node derives the same id
+/// for the same name without a registry. Zero is avoided (openraft uses it nowhere special, but
+/// operators read it as "none").
+pub fn node_id(name: &str) -> NodeId {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.max(1)
+}

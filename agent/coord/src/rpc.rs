@@ -1,0 +1,58 @@
+//! The messages between nodes, and [`Wire`]: how a message reaches another node. The agent's
+//! wire is the QUIC transport with mutual TLS (`"raft"` and `"coord"` services); a simulation
+//! supplies its own.
+
+use std::future::Future;
+
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeId, TypeConfig};
+
+/// A member of the Raft group, as the membership records it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Member {
+    /// The node's name (its certificate's name).
+    pub name: String,
+    /// Where its transport listens (`ip:port`).
+    pub addr: String,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.addr)
+    }
+}
+
+/// One Raft message.
+#[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
+pub enum RaftRpc {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// Its answer: the receiver's result, or why the receiver could not handle it.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftReply {
+    Append(AppendEntriesResponse<NodeId>),
+    Vote(VoteResponse<NodeId>),
+    Snapshot(InstallSnapshotResponse<NodeId>),
+    /// The receiver's Raft refused or failed (shut down, not yet started, ...).
+    Failed(String),
+}
+
+/// How a message reaches another node and its answer comes back. An error is a network
+/// failure (unreachable, timed out, cut), which Raft retries.
+pub trait Wire: Clone + Send + Sync + 'static {
+    /// Sends `rpc` to `to` and waits for its reply.
+    fn raft(
+        &self,
+        to: &Member,
+        rpc: RaftRpc,
+    ) -> impl Future<Output = Result<RaftReply, String>> + Send;
+}

@@ -23,6 +23,7 @@ impl BootTime {
     }
 
     /// This time plus `d`.
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, d: Duration) -> BootTime {
         BootTime(self.0.saturating_add(d.as_millis() as u64))
     }

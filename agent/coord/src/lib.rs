@@ -14,7 +14,10 @@
 use std::io::Cursor;
 
 pub mod clock;
+pub mod network;
+pub mod node;
 pub mod placement;
+pub mod quic;
 pub mod rpc;
 
 pub use clock::BootTime;

@@ -46,6 +46,41 @@ pub enum RaftReply {
     Failed(String),
 }
 
+/// A request to the coordinator (the leader), from any node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CoordRpc {
+    /// Commit a command to the placement log.
+    Write(crate::Cmd),
+    /// Renew the sender's lease (and tell the leader who and where it is).
+    Renew(Renewal),
+}
+
+/// A node's lease renewal: who it is, so the leader can make it a learner or a voter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renewal {
+    pub member: Member,
+    /// Its site (voters are spread across sites).
+    pub site: String,
+    /// Whether it may vote (`voter` and `witness` roles).
+    pub votes: bool,
+    /// Whether it runs services (a witness does not).
+    pub runs_services: bool,
+}
+
+/// The coordinator's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CoordReply {
+    /// The command's outcome and the index it was committed at.
+    Written { outcome: crate::Outcome, index: u64 },
+    /// Lease granted, as of the leader's commit index (the node acts on its placements only
+    /// once it has applied that far) and term.
+    Granted { committed: u64, term: u64 },
+    /// Not the leader; the leader it knows of, if any.
+    NotLeader { leader: Option<Member> },
+    /// Failed (no quorum, shutting down, ...).
+    Failed(String),
+}
+
 /// How a message reaches another node and its answer comes back. An error is a network
 /// failure (unreachable, timed out, cut), which Raft retries.
 pub trait Wire: Clone + Send + Sync + 'static {
@@ -55,4 +90,11 @@ pub trait Wire: Clone + Send + Sync + 'static {
         to: &Member,
         rpc: RaftRpc,
     ) -> impl Future<Output = Result<RaftReply, String>> + Send;
+
+    /// Sends a coordinator request to `to` and waits for its reply.
+    fn coord(
+        &self,
+        to: &Member,
+        rpc: CoordRpc,
+    ) -> impl Future<Output = Result<CoordReply, String>> + Send;
 }

@@ -1,0 +1,780 @@
+//! A node of the Raft group and, while it leads, the coordinator.
+//!
+//! - **Every node** renews its lease through the leader ([`CoordRpc::Renew`]) and acts on its
+//!   placements only while the lease is valid and it has applied the log as far as the leader
+//!   had committed when it granted the lease ([`LeaseView::may_act`]). The deadline is
+//!   measured from when the renewal was *sent*, on `CLOCK_BOOTTIME`: the leader can only have
+//!   received it later, so the node's lease always runs out before the leader's view of it.
+//! - **The leader** grants a lease only after confirming with a quorum that it still leads
+//!   (`ensure_linearizable`), keeps when it last heard from each node (on its own clock), picks
+//!   the voters from the live nodes, fences a node whose lease has surely run out (lease +
+//!   guard + margin, counted from the later of its last renewal and the leader's own election),
+//!   and then restarts that node's `ha = "restart"` services elsewhere at new epochs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::{ChangeMembers, Raft, ServerState};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::BootTime;
+use crate::network::Network;
+use crate::placement::{Cmd, Ha, Outcome, Placement, Reason};
+use crate::rpc::{CoordReply, CoordRpc, Member, RaftReply, RaftRpc, Renewal, Wire};
+use crate::{node_id, NodeId, TypeConfig};
+
+/// What a node is in the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// May vote, runs services.
+    Voter,
+    /// Votes, runs no services: the third vote of a two-node site.
+    Witness,
+    /// Follows the log, never votes, runs services.
+    Learner,
+}
+
+/// The timers and identity of a node.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub me: Member,
+    pub site: String,
+    pub role: Role,
+    /// Initialize a new group with this node as its only voter, if the log is empty.
+    pub bootstrap: bool,
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// A node that has not renewed its lease for this long fences itself.
+    pub fence_after: Duration,
+    /// How long after the lease the guard kills services if the agent did not.
+    pub guard_grace: Duration,
+    /// Added to the bound for clock-rate differences and scheduling.
+    pub margin: Duration,
+    /// How often a node renews (a fraction of `fence_after`).
+    pub renew_every: Duration,
+}
+
+impl Settings {
+    /// Default timers for `me`.
+    pub fn new(me: Member) -> Settings {
+        Settings {
+            me,
+            site: String::new(),
+            role: Role::Voter,
+            bootstrap: false,
+            heartbeat: Duration::from_millis(150),
+            election_min: Duration::from_millis(800),
+            election_max: Duration::from_millis(1600),
+            fence_after: Duration::from_secs(5),
+            guard_grace: Duration::from_secs(1),
+            margin: Duration::from_secs(2),
+            renew_every: Duration::from_millis(1000),
+        }
+    }
+
+    /// After this long without a renewal, a node has surely fenced itself (or been reset by its
+    /// guard): only then may its services start elsewhere.
+    pub fn fence_bound(&self) -> Duration {
+        self.fence_after + self.guard_grace + self.margin
+    }
+}
+
+/// What this node may do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct LeaseView {
+    /// The lease's end on `CLOCK_BOOTTIME`, ms (0: never held).
+    pub until_ms: u64,
+    /// The leader's commit index when it last granted the lease.
+    pub granted_at_index: u64,
+    /// The index this node has applied.
+    pub applied: u64,
+    /// Whether the lease is valid now.
+    pub valid: bool,
+}
+
+impl LeaseView {
+    /// Valid, and the log applied as far as the grant: placements read now are current.
+    pub fn may_act(&self) -> bool {
+        self.valid && self.applied >= self.granted_at_index
+    }
+}
+
+/// One node as the coordinator sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub addr: String,
+    pub voter: bool,
+    pub learner: bool,
+    /// Milliseconds since the leader last renewed its lease (on the leader only).
+    pub lease_age_ms: Option<u64>,
+    pub fenced: bool,
+    pub cordoned: bool,
+    pub services: usize,
+}
+
+/// The group as this node sees it (`godwit cluster`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Status {
+    pub me: String,
+    pub state: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    pub applied: u64,
+    pub lease: LeaseView,
+    pub nodes: Vec<NodeStatus>,
+    /// Leader changes seen by this node.
+    pub leader_changes: u64,
+    pub fences: u64,
+    pub failovers: u64,
+}
+
+/// What the coordinator could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("no coordinator is known (no leader elected, or none reachable)")]
+    NoLeader,
+    #[error("the coordinator failed: {0}")]
+    Failed(String),
+    #[error("starting the Raft node: {0}")]
+    Start(String),
+}
+
+#[derive(Debug, Clone)]
+struct Heard {
+    at: BootTime,
+    renewal: Renewal,
+}
+
+#[derive(Debug, Default)]
+struct LeaderState {
+    /// The term this state belongs to; reset when the term changes.
+    term: u64,
+    since: BootTime,
+    heard: BTreeMap<String, Heard>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    leader_changes: u64,
+    fences: u64,
+    failovers: u64,
+}
+
+/// A node of the group.
+pub struct Coordinator<W: Wire> {
+    raft: Raft<TypeConfig>,
+    id: NodeId,
+    s: Settings,
+    wire: W,
+    placement: watch::Receiver<Arc<Placement>>,
+    leader: Mutex<LeaderState>,
+    lease_tx: watch::Sender<LeaseView>,
+    /// Nodes gossip knows, for finding a leader before this node is a member.
+    hints: Mutex<Vec<Member>>,
+    counters: Mutex<Counters>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl<W: Wire> Coordinator<W> {
+    /// Starts the Raft node over `log` and `sm` (whose applied state `placement` follows),
+    /// initializes a new group when `s.bootstrap` says so and the log is empty, and starts the
+    /// lease and leader loops.
+    pub async fn start<LS, SM>(
+        s: Settings,
+        wire: W,
+        log: LS,
+        sm: SM,
+        placement: watch::Receiver<Arc<Placement>>,
+        stop: CancellationToken,
+    ) -> Result<Arc<Coordinator<W>>, CoordError>
+    where
+        LS: openraft::storage::RaftLogStorage<TypeConfig>,
+        SM: openraft::storage::RaftStateMachine<TypeConfig>,
+    {
+        let id = node_id(&s.me.name);
+        let config = openraft::Config {
+            cluster_name: "godwit".into(),
+            heartbeat_interval: s.heartbeat.as_millis() as u64,
+            election_timeout_min: s.election_min.as_millis() as u64,
+            election_timeout_max: s.election_max.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+            max_in_snapshot_log_to_keep: 100,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| CoordError::Start(e.to_string()))?;
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            Network { wire: wire.clone() },
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| CoordError::Start(e.to_string()))?;
+        if s.bootstrap {
+            let initialized = raft
+                .is_initialized()
+                .await
+                .map_err(|e| CoordError::Start(e.to_string()))?;
+            if !initialized {
+                let mut members = BTreeMap::new();
+                members.insert(id, s.me.clone());
+                raft.initialize(members)
+                    .await
+                    .map_err(|e| CoordError::Start(e.to_string()))?;
+                tracing::info!(node = %s.me.name, "new coordination group initialized");
+            }
+        }
+        let (lease_tx, _) = watch::channel(LeaseView::default());
+        let c = Arc::new(Coordinator {
+            raft,
+            id,
+            s,
+            wire,
+            placement,
+            leader: Mutex::new(LeaderState::default()),
+            lease_tx,
+            hints: Mutex::new(Vec::new()),
+            counters: Mutex::new(Counters::default()),
+            stop,
+            tasks: TaskTracker::new(),
+        });
+        c.tasks.spawn(c.clone().renew_loop());
+        c.tasks.spawn(c.clone().leader_loop());
+        c.tasks.spawn(c.clone().lease_clock());
+        Ok(c)
+    }
+
+    /// Stops the loops and the Raft node.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    /// This node's settings.
+    pub fn settings(&self) -> &Settings {
+        &self.s
+    }
+
+    /// The placement log's state as this node has applied it.
+    pub fn placement(&self) -> watch::Receiver<Arc<Placement>> {
+        self.placement.clone()
+    }
+
+    /// This node's lease, as it changes.
+    pub fn lease(&self) -> watch::Receiver<LeaseView> {
+        self.lease_tx.subscribe()
+    }
+
+    /// Tells the node which peers gossip knows (to find a leader before it is a member).
+    pub fn set_hints(&self, peers: Vec<Member>) {
+        *self.hints.lock().unwrap_or_else(|e| e.into_inner()) = peers;
+    }
+
+    /// The leader and term this node knows (for gossip).
+    pub fn leader(&self) -> (Option<Member>, u64) {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+        (leader, m.current_term)
+    }
+
+    /// Answers a Raft message from `from` (the peer's certified name). A message that claims
+    /// to come from another node than the one that sent it is refused.
+    pub async fn handle_raft(&self, from: &str, rpc: RaftRpc) -> RaftReply {
+        let claimed = match &rpc {
+            RaftRpc::Append(r) => r.vote.leader_id().voted_for(),
+            RaftRpc::Vote(r) => r.vote.leader_id().voted_for(),
+            RaftRpc::Snapshot(r) => r.vote.leader_id().voted_for(),
+        };
+        if claimed.is_some_and(|c| c != node_id(from)) {
+            return RaftReply::Failed(format!("{from} spoke for another node"));
+        }
+        let r = match rpc {
+            RaftRpc::Append(r) => self.raft.append_entries(r).await.map(RaftReply::Append),
+            RaftRpc::Vote(r) => self.raft.vote(r).await.map(RaftReply::Vote),
+            RaftRpc::Snapshot(r) => match self.raft.install_snapshot(r).await {
+                Ok(r) => Ok(RaftReply::Snapshot(r)),
+                Err(e) => return RaftReply::Failed(e.to_string()),
+            },
+        };
+        r.unwrap_or_else(|e| RaftReply::Failed(e.to_string()))
+    }
+
+    /// Answers a coordinator request from `from` (the peer's certified name).
+    pub async fn handle_coord(&self, from: &str, rpc: CoordRpc) -> CoordReply {
+        match rpc {
+            CoordRpc::Write(cmd) => match self.raft.client_write(cmd).await {
+                Ok(r) => CoordReply::Written {
+                    outcome: r.data,
+                    index: r.log_id.index,
+                },
+                Err(e) => match e.forward_to_leader::<Member>() {
+                    Some(f) => CoordReply::NotLeader {
+                        leader: f.leader_node.clone(),
+                    },
+                    None => CoordReply::Failed(e.to_string()),
+                },
+            },
+            CoordRpc::Renew(r) => {
+                if r.member.name != from {
+                    return CoordReply::Failed(format!("{from} renewed for {}", r.member.name));
+                }
+                self.grant(r).await
+            }
+        }
+    }
+
+    /// The leader's side of a renewal: confirm leadership with a quorum, note the time.
+    async fn grant(&self, r: Renewal) -> CoordReply {
+        match self.raft.ensure_linearizable().await {
+            Ok(read) => {
+                let term = self.raft.metrics().borrow().current_term;
+                let now = BootTime::now();
+                {
+                    let mut l = self.leader.lock().unwrap_or_else(|e| e.into_inner());
+                    if l.term != term {
+                        *l = LeaderState {
+                            term,
+                            since: now,
+                            heard: BTreeMap::new(),
+                        };
+                        self.counters
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .leader_changes += 1;
+                        tracing::info!(term, "this node leads: the coordinator");
+                    }
+                    l.heard.insert(
+                        r.member.name.clone(),
+                        Heard {
+                            at: now,
+                            renewal: r,
+                        },
+                    );
+                }
+                CoordReply::Granted {
+                    committed: read.map(|l| l.index).unwrap_or(0),
+                    term,
+                }
+            }
+            Err(e) => match e.forward_to_leader::<Member>() {
+                Some(f) => CoordReply::NotLeader {
+                    leader: f.leader_node.clone(),
+                },
+                None => CoordReply::Failed(e.to_string()),
+            },
+        }
+    }
+
+    /// Commits `cmd` through the leader (this node, or the one it knows); returns the outcome
+    /// and the entry's index.
+    pub async fn write(&self, cmd: Cmd) -> Result<(Outcome, u64), CoordError> {
+        let mut target = self.leader().0;
+        for _ in 0..5 {
+            let reply = match &target {
+                Some(m) if m.name != self.s.me.name => self
+                    .wire
+                    .coord(m, CoordRpc::Write(cmd.clone()))
+                    .await
+                    .map_err(CoordError::Failed)?,
+                _ => {
+                    self.handle_coord(&self.s.me.name, CoordRpc::Write(cmd.clone()))
+                        .await
+                }
+            };
+            match reply {
+                CoordReply::Written { outcome, index } => return Ok((outcome, index)),
+                CoordReply::NotLeader { leader: Some(l) } => target = Some(l),
+                CoordReply::NotLeader { leader: None } => {
+                    tokio::time::sleep(self.s.election_max).await;
+                    target = self.leader().0;
+                    if target.is_none() {
+                        return Err(CoordError::NoLeader);
+                    }
+                }
+                CoordReply::Failed(e) => return Err(CoordError::Failed(e)),
+                CoordReply::Granted { .. } => {
+                    return Err(CoordError::Failed("answered a write with a lease".into()))
+                }
+            }
+        }
+        Err(CoordError::NoLeader)
+    }
+
+    fn renewal(&self) -> Renewal {
+        Renewal {
+            member: self.s.me.clone(),
+            site: self.s.site.clone(),
+            votes: matches!(self.s.role, Role::Voter | Role::Witness),
+            runs_services: !matches!(self.s.role, Role::Witness),
+        }
+    }
+
+    /// Renews the lease every `renew_every`: through the leader this node knows, else through
+    /// any peer gossip knows (which answers with the leader).
+    async fn renew_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.s.renew_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hint = 0usize;
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let sent = BootTime::now();
+            let mut target = self.leader().0;
+            if target.is_none() {
+                let hints = self.hints.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if !hints.is_empty() {
+                    hint = (hint + 1) % hints.len();
+                    target = Some(hints[hint].clone());
+                }
+            }
+            let Some(mut to) = target else { continue };
+            for _ in 0..2 {
+                let reply = if to.name == self.s.me.name {
+                    self.grant(self.renewal()).await
+                } else {
+                    let r = tokio::time::timeout(
+                        self.s.renew_every,
+                        self.wire.coord(&to, CoordRpc::Renew(self.renewal())),
+                    )
+                    .await;
+                    match r {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(e)) => CoordReply::Failed(e),
+                        Err(_) => CoordReply::Failed("timed out".into()),
+                    }
+                };
+                match reply {
+                    CoordReply::Granted { committed, .. } => {
+                        let until = sent.add(self.s.fence_after);
+                        self.lease_tx.send_modify(|l| {
+                            l.until_ms = l.until_ms.max(until.0);
+                            l.granted_at_index = committed;
+                        });
+                        break;
+                    }
+                    CoordReply::NotLeader { leader: Some(l) } if l.name != to.name => to = l,
+                    other => {
+                        tracing::debug!(to = %to, reply = ?other, "lease not renewed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps [`LeaseView::valid`] and `applied` current.
+    async fn lease_clock(self: Arc<Self>) {
+        let mut placement = self.placement.clone();
+        loop {
+            let applied = placement.borrow().applied;
+            let now = BootTime::now().0;
+            self.lease_tx.send_if_modified(|l| {
+                let valid = now < l.until_ms;
+                let changed = l.valid != valid || l.applied != applied;
+                l.valid = valid;
+                l.applied = applied;
+                changed
+            });
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = placement.changed() => {}
+            }
+        }
+    }
+
+    /// While this node leads: voters, fences and failovers, every half second.
+    async fn leader_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            let m = self.raft.metrics().borrow().clone();
+            if m.state != ServerState::Leader {
+                continue;
+            }
+            let (heard, since, term) = {
+                let l = self.leader.lock().unwrap_or_else(|e| e.into_inner());
+                (l.heard.clone(), l.since, l.term)
+            };
+            // Not yet confirmed in this term (its own renewal does that first).
+            if term != m.current_term {
+                continue;
+            }
+            if let Err(e) = self.manage_voters(&heard).await {
+                tracing::warn!(error = %e, "changing the voters");
+            }
+            if let Err(e) = self.fence_and_fail_over(&heard, since).await {
+                tracing::warn!(error = %e, "failover");
+            }
+        }
+    }
+
+    /// Makes every live node a learner and keeps the voters at 1 (one or two nodes), 3 (three
+    /// to six) or 5 (seven or more), spread across sites; replaces a voter that is surely dead,
+    /// never going below 3 to do so.
+    async fn manage_voters(&self, heard: &BTreeMap<String, Heard>) -> Result<(), String> {
+        let now = BootTime::now();
+        let alive: BTreeMap<&String, &Heard> = heard
+            .iter()
+            .filter(|(_, h)| now.since(h.at) < self.s.fence_after)
+            .collect();
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        if m.membership_config.membership().get_joint_config().len() > 1 {
+            return Ok(()); // a change is under way
+        }
+        let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+        for (name, h) in &alive {
+            let id = node_id(name);
+            if !known.contains(&id) {
+                tracing::info!(node = %name, "adding as a learner");
+                self.raft
+                    .add_learner(id, h.renewal.member.clone(), false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(()); // one change at a time
+            }
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let name_of = |id: &NodeId| membership.get_node(id).map(|m| m.name.clone());
+        let eligible: Vec<&Heard> = alive
+            .values()
+            .filter(|h| h.renewal.votes)
+            .copied()
+            .collect();
+        let want = match eligible.len() {
+            n if n >= 7 => 5,
+            n if n >= 3 => 3,
+            _ => 1,
+        };
+        let dead: BTreeSet<NodeId> = voters
+            .iter()
+            .filter(|v| {
+                **v != self.id
+                    && name_of(v).is_none_or(|n| {
+                        heard
+                            .get(&n)
+                            .is_none_or(|h| now.since(h.at) > self.s.fence_bound())
+                    })
+            })
+            .copied()
+            .collect();
+        let mut next: BTreeSet<NodeId> = voters.difference(&dead).copied().collect();
+        // Sites already holding a voter; prefer candidates from other sites.
+        let mut sites: BTreeSet<String> = next
+            .iter()
+            .filter_map(|v| name_of(v).and_then(|n| heard.get(&n).map(|h| h.renewal.site.clone())))
+            .collect();
+        let mut candidates: Vec<&Heard> = eligible
+            .iter()
+            .filter(|h| !next.contains(&node_id(&h.renewal.member.name)))
+            .copied()
+            .collect();
+        candidates.sort_by_key(|h| h.renewal.member.name.clone());
+        while next.len() < want && !candidates.is_empty() {
+            let pick = candidates
+                .iter()
+                .position(|h| !sites.contains(&h.renewal.site))
+                .unwrap_or(0);
+            let h = candidates.remove(pick);
+            sites.insert(h.renewal.site.clone());
+            next.insert(node_id(&h.renewal.member.name));
+        }
+        // Never below 3 automatically (nor below the voters there are, when fewer): keep dead
+        // voters that have no replacement.
+        let floor = voters.len().min(3);
+        if next.len() < floor {
+            for d in &dead {
+                if next.len() >= floor {
+                    break;
+                }
+                next.insert(*d);
+            }
+        }
+        if next != voters && !next.is_empty() {
+            let names: Vec<String> = next.iter().filter_map(name_of).collect();
+            tracing::info!(voters = ?names, "changing the voters");
+            self.raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(next), true)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Fences every node that holds services (or votes) and has surely fenced itself, then
+    /// places its `ha = "restart"` services on live nodes.
+    async fn fence_and_fail_over(
+        &self,
+        heard: &BTreeMap<String, Heard>,
+        since: BootTime,
+    ) -> Result<(), String> {
+        let now = BootTime::now();
+        let bound = self.s.fence_bound();
+        if now.since(since) <= bound {
+            return Ok(()); // a new leader first waits the bound for every node
+        }
+        let p = self.placement.borrow().clone();
+        let surely_gone =
+            |n: &str| n != self.s.me.name && heard.get(n).is_none_or(|h| now.since(h.at) > bound);
+        let hosting: BTreeSet<String> =
+            p.services.values().filter_map(|e| e.node.clone()).collect();
+        for n in hosting.iter().filter(|n| !p.fenced.contains_key(*n)) {
+            if surely_gone(n) {
+                let (o, _) = self
+                    .write_local(Cmd::Fence {
+                        node: n.clone(),
+                        by: "coordinator".into(),
+                        at_unix_ms: unix_ms(),
+                    })
+                    .await?;
+                tracing::warn!(node = %n, outcome = ?o, "node fenced: its lease ran out");
+                self.counters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .fences += 1;
+            }
+        }
+        // A fenced node that renews again is back: its record is closed.
+        for n in p.fenced.keys() {
+            if heard
+                .get(n)
+                .is_some_and(|h| h.at > since && now.since(h.at) < self.s.fence_after)
+            {
+                self.write_local(Cmd::Unfence { node: n.clone() }).await?;
+                tracing::info!(node = %n, "fenced node is back");
+            }
+        }
+        let p = self.placement.borrow().clone();
+        // Live nodes that may receive services, by how many they hold.
+        let mut load: BTreeMap<String, usize> = heard
+            .iter()
+            .filter(|(n, h)| {
+                now.since(h.at) < self.s.fence_after
+                    && h.renewal.runs_services
+                    && !p.fenced.contains_key(*n)
+                    && !p.cordoned.contains(*n)
+            })
+            .map(|(n, _)| (n.clone(), p.on_node(n).count()))
+            .collect();
+        for e in p.services.values() {
+            let Some(node) = &e.node else { continue };
+            if !p.fenced.contains_key(node) || e.ha != Ha::Restart || e.intent.is_some() {
+                continue;
+            }
+            let Some(to) = load
+                .iter()
+                .min_by_key(|(n, c)| (**c, (*n).clone()))
+                .map(|(n, _)| n.clone())
+            else {
+                tracing::warn!(service = %e.name, "no live node can take it");
+                continue;
+            };
+            let (o, index) = self
+                .write_local(Cmd::Place {
+                    service: e.name.clone(),
+                    node: to.clone(),
+                    expect: e.epoch,
+                    reason: Reason::Failover,
+                })
+                .await?;
+            tracing::warn!(service = %e.name, from = %node, to = %to, epoch = index, outcome = ?o, "failover");
+            if matches!(o, Outcome::Applied { .. }) {
+                *load.entry(to).or_default() += 1;
+                self.counters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .failovers += 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_local(&self, cmd: Cmd) -> Result<(Outcome, u64), String> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok((r.data, r.log_id.index)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The group as this node sees it.
+    pub fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let name = |id: &NodeId| {
+            membership
+                .get_node(id)
+                .map(|m| m.name.clone())
+                .unwrap_or_default()
+        };
+        let p = self.placement.borrow().clone();
+        let heard = self
+            .leader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .heard
+            .clone();
+        let leading = m.state == ServerState::Leader;
+        let now = BootTime::now();
+        let nodes = membership
+            .nodes()
+            .map(|(id, member)| NodeStatus {
+                name: member.name.clone(),
+                addr: member.addr.clone(),
+                voter: voters.contains(id),
+                learner: !voters.contains(id),
+                lease_age_ms: heard
+                    .get(&member.name)
+                    .filter(|_| leading)
+                    .map(|h| now.since(h.at).as_millis() as u64),
+                fenced: p.fenced.contains_key(&member.name),
+                cordoned: p.cordoned.contains(&member.name),
+                services: p.on_node(&member.name).count(),
+            })
+            .collect();
+        let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        Status {
+            me: self.s.me.name.clone(),
+            state: format!("{:?}", m.state).to_lowercase(),
+            leader: m.current_leader.map(|l| name(&l)),
+            term: m.current_term,
+            voters: voters.iter().map(name).collect(),
+            learners: membership.learner_ids().map(|l| name(&l)).collect(),
+            applied: p.applied,
+            lease: *self.lease_tx.borrow(),
+            nodes,
+            leader_changes: c.leader_changes,
+            fences: c.fences,
+            failovers: c.failovers,
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,124 @@
+//! The agent's [`Wire`]: the QUIC transport with mutual TLS. Raft messages go to the `"raft"`
+//! service, coordinator requests to `"coord"`; both are for nodes only (the transport refuses
+//! operators), and the receiver checks that a message speaks for the node whose certificate
+//! sent it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use godwit_transport::{open, Endpoint, Peer, Principal, Services};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::node::Coordinator;
+use crate::rpc::{CoordReply, CoordRpc, Member, RaftReply, RaftRpc, Wire};
+
+/// Raft and coordinator messages over the agent's QUIC endpoint, one cached connection per
+/// peer.
+#[derive(Clone)]
+pub struct QuicWire {
+    endpoint: Endpoint,
+    peers: Arc<Mutex<HashMap<String, Arc<Peer>>>>,
+}
+
+impl QuicWire {
+    /// A wire over `endpoint`.
+    pub fn new(endpoint: Endpoint) -> QuicWire {
+        QuicWire {
+            endpoint,
+            peers: Arc::default(),
+        }
+    }
+
+    async fn peer(&self, to: &Member) -> Result<Arc<Peer>, String> {
+        if let Some(p) = self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&to.name)
+        {
+            return Ok(p.clone());
+        }
+        let addr = to
+            .addr
+            .parse()
+            .map_err(|e| format!("{to}: bad address: {e}"))?;
+        let p = Arc::new(
+            self.endpoint
+                .connect(addr, &to.name)
+                .await
+                .map_err(|e| format!("{to}: {e}"))?,
+        );
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(to.name.clone(), p.clone());
+        Ok(p)
+    }
+
+    async fn call<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        to: &Member,
+        service: &str,
+        req: &Q,
+    ) -> Result<A, String> {
+        let peer = self.peer(to).await?;
+        let r = async {
+            let mut ch = open(&peer, service).await.map_err(|e| e.to_string())?;
+            ch.send(req).await.map_err(|e| e.to_string())?;
+            let reply = ch.recv::<A>().await.map_err(|e| e.to_string())?;
+            reply.ok_or_else(|| format!("{to} closed the stream"))
+        }
+        .await;
+        if r.is_err() {
+            // The next call connects again.
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            if peers.get(&to.name).is_some_and(|p| Arc::ptr_eq(p, &peer)) {
+                peers.remove(&to.name);
+            }
+        }
+        r
+    }
+}
+
+impl Wire for QuicWire {
+    async fn raft(&self, to: &Member, rpc: RaftRpc) -> Result<RaftReply, String> {
+        self.call(to, "raft", &rpc).await
+    }
+
+    async fn coord(&self, to: &Member, rpc: CoordRpc) -> Result<CoordReply, String> {
+        self.call(to, "coord", &rpc).await
+    }
+}
+
+/// Registers the `"raft"` and `"coord"` services of `coord` on the transport.
+pub fn register(services: &Services, coord: Arc<Coordinator<QuicWire>>) {
+    let c = coord.clone();
+    services.register("raft", move |peer, mut ch| {
+        let c = c.clone();
+        async move {
+            if !matches!(peer.principal, Principal::Node(_)) {
+                return;
+            }
+            while let Ok(Some(rpc)) = ch.recv::<RaftRpc>().await {
+                let reply = c.handle_raft(&peer.node, rpc).await;
+                if ch.send(&reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    services.register("coord", move |peer, mut ch| {
+        let c = coord.clone();
+        async move {
+            if !matches!(peer.principal, Principal::Node(_)) {
+                return;
+            }
+            if let Ok(Some(rpc)) = ch.recv::<CoordRpc>().await {
+                let reply = c.handle_coord(&peer.node, rpc).await;
+                let _ = ch.send(&reply).await;
+                let _ = ch.finish();
+            }
+        }
+    });
+}

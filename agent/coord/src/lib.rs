@@ -14,6 +14,8 @@
 use std::io::Cursor;
 
 pub mod clock;
+pub mod config;
+pub mod epochs;
 pub mod network;
 pub mod node;
 pub mod placement;
@@ -21,6 +23,7 @@ pub mod quic;
 pub mod rpc;
 
 pub use clock::BootTime;
+pub use config::{Bootstrap, CoordinatorSection};
 pub use placement::{Cmd, Ha, Outcome, Placement, Reason, ServiceEntry};
 pub use rpc::{Member, RaftReply, RaftRpc, Wire};
 

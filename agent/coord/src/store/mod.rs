@@ -29,6 +29,8 @@ use std::path::{Path, PathBuf};
 
 mod log;
 mod sm;
+#[cfg(test)]
+mod tests;
 
 pub use log::{LogReader, LogStore};
 pub use sm::{SnapshotBuilder, StateMachine};

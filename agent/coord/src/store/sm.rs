@@ -108,7 +108,8 @@ impl StateMachine {
 
     /// The placement as applied so far, and every later one: updated after each batch of
     /// committed entries and after a snapshot is installed. The agent reconciles its services
-    /// from it.
+    /// from it. Before `Raft::new` returns it shows only the last snapshot; `Raft::new`
+    /// re-applies the committed entries after it, so read it after that.
     pub fn watch(&self) -> watch::Receiver<Arc<Placement>> {
         self.tx.subscribe()
     }

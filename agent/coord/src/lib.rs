@@ -20,6 +20,8 @@ pub mod network;
 pub mod node;
 pub mod placement;
 pub mod quic;
+#[cfg(test)]
+mod quic_tests;
 pub mod rpc;
 pub mod store;
 

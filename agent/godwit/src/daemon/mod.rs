@@ -151,7 +151,7 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
     )
     .await;
     let inventory = inventory::Inventory::start(&ctx, &probes, services.manager.clone());
-    mesh.publish(&ctx, net.advertise(), &probes);
+    mesh.publish(&ctx, net.advertise(), &probes, coordination.coord.clone());
     let api = api.serve(
         &ctx,
         server::Parts {

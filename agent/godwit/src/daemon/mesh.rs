@@ -115,6 +115,7 @@ impl Mesh {
 }
 
 /// Publishes this node's summary to the mesh after every sample.
+#[allow(clippy::too_many_arguments)]
 async fn publish_summaries(
     cfg: Config,
     mesh: Arc<gossip::Cluster>,

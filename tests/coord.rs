@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use godwit_tests::migrate_rig::{KvOptions, MigrateRig, RigOptions};
-use godwit_tests::{require_root, wait_for};
+use godwit_tests::{promtool_check, require_root, wait_for};
 use serde_json::Value;
 
 /// Waits until node `i` sees `voters` voters, a leader, and holds a lease it may act on.
@@ -146,6 +146,28 @@ fn a_cut_off_node_fences_itself_and_its_service_restarts_elsewhere_never_twice()
         .then_some(())
     })
     .expect("n2's fence closed after it came back");
+    // Prometheus sees one leader, and n1 (which led while n2 was cut off) counted the fence
+    // and the failover.
+    let metric = |i: usize, name: &str| -> Option<f64> {
+        let (code, metrics) = rig.c.get(i, "/metrics").unwrap();
+        assert_eq!(code, 200);
+        promtool_check(&metrics);
+        metrics.lines().find_map(|l| {
+            let (n, v) = l.split_once(' ')?;
+            (n.split('{').next() == Some(name))
+                .then(|| v.parse::<f64>().ok())
+                .flatten()
+        })
+    };
+    wait_for(Duration::from_secs(10), || {
+        let leaders: f64 = (1..=3)
+            .map(|i| metric(i, "godwit_coordinator_leader").unwrap_or(0.0))
+            .sum();
+        (leaders == 1.0).then_some(())
+    })
+    .expect("exactly one node reports itself the leader");
+    assert_eq!(metric(1, "godwit_fences_total"), Some(1.0));
+    assert_eq!(metric(1, "godwit_failovers_total"), Some(1.0));
     // The operator's view.
     let out = rig
         .c

@@ -829,10 +829,24 @@ impl Cluster {
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
         // SAFETY: the closure runs in the forked child before exec and calls only
-        // async-signal-safe functions (open, write, close, setsid, prctl, getppid) on data
-        // allocated before the fork.
+        // async-signal-safe functions (close_range, fcntl, open, write, close, setsid, prctl,
+        // getppid) on data allocated before the fork.
         unsafe {
             cmd.pre_exec(move || {
+                // Descriptors this process inherited without close-on-exec (a `flock` around
+                // `cargo xtask cluster up`, say) stay out of the agent: a detached agent would
+                // hold them until `down`. Std's own descriptors are close-on-exec already.
+                if libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                ) != 0
+                {
+                    for fd in 3..1024 {
+                        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                    }
+                }
                 // Move into the node's cgroup ("0" is the writing process).
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {

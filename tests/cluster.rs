@@ -565,6 +565,15 @@ fn up_makes_one_mesh_reachable_from_the_host_and_down_removes_it() {
     let mode = std::fs::metadata(&keys).expect("the key file").st_mode() & 0o777;
     assert_eq!(mode, 0o600, "{} has mode {mode:o}", keys.display());
 
+    // The coordinator is elected, and every node is a member holding a lease.
+    let (ok, text) = godwit_cli(&["cluster", "--addr", addr, "--json"]);
+    assert!(ok, "godwit cluster: {text}");
+    let group: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(group["leader"], "n1", "{group}");
+    assert_eq!(group["voters"].as_array().map(Vec::len), Some(3), "{group}");
+    assert!(group["term"].as_u64().is_some_and(|t| t >= 1), "{group}");
+    assert_eq!(group["nodes"].as_array().map(Vec::len), Some(3), "{group}");
+
     // A change, through n1's socket: n1 measures its path to n2 over the transport, which
     // needs both nodes' certificates of the run's CA.
     let probe = wait_for(Duration::from_secs(15), || {

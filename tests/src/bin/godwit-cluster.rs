@@ -98,7 +98,10 @@ fn up(args: &[String]) -> Result<()> {
     }
     let c = builder.try_start()?;
     if !bare {
-        if let Err(e) = c.try_wait_meshed(MESH_TIMEOUT) {
+        if let Err(e) = c
+            .try_wait_meshed(MESH_TIMEOUT)
+            .and_then(|()| c.try_wait_coordinated(MESH_TIMEOUT * 2).map(|_| ()))
+        {
             for n in c.nodes() {
                 let log = c.log(n.index);
                 let lines: Vec<&str> = log.lines().collect();
@@ -154,11 +157,13 @@ fn describe(c: &Cluster) -> String {
         );
     }
     out += &format!(
-        "reads, over TCP:     {bin} nodes --addr {}\n\
+        "the coordinator:     {bin} cluster --addr {}\n\
+         reads, over TCP:     {bin} nodes --addr {}\n\
          changes, as root:    {bin} path {other} --socket {}\n\
          migrate, as root:    {bin} migrate SERVICE --to {other} --config {}\n\
          a shell in a node:   ip netns exec {} bash\n\
          remove it:           cargo xtask cluster down --run {run}\n",
+        n1.api,
         n1.api,
         n1.socket.display(),
         n1.config.display(),

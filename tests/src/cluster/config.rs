@@ -140,6 +140,11 @@ pub fn node_toml(c: &NodeConfig<'_>) -> String {
         state = node.dir.join("state").display(),
         nic = super::NODE_IF,
     );
+    // One group: n1 starts it, the others join through it.
+    toml += &format!(
+        "[coordinator]\nenabled = true\nbootstrap = \"{}\"\n\n",
+        if node.index == 1 { "yes" } else { "no" }
+    );
     toml
 }
 

@@ -586,6 +586,54 @@ impl Cluster {
         }
     }
 
+    /// Waits until every node of a meshed run knows one leader, the group has its voters (one
+    /// for up to two nodes, three up to six, five from seven) and every node holds a lease.
+    pub fn try_wait_coordinated(&self, timeout: Duration) -> Result<String> {
+        let want = match self.nodes.len() {
+            n if n >= 7 => 5,
+            n if n >= 3 => 3,
+            _ => 1,
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let docs: Vec<serde_json::Value> = self
+                .nodes
+                .iter()
+                .map(|n| match self.get(n.index, "/v1/cluster") {
+                    Ok((200, body)) => serde_json::from_str(&body).unwrap_or_default(),
+                    _ => serde_json::Value::Null,
+                })
+                .collect();
+            let leader = docs[0]["leader"].as_str().map(str::to_string);
+            let settled = leader.is_some()
+                && docs.iter().all(|d| {
+                    d["leader"].as_str() == leader.as_deref()
+                        && d["may_act"] == true
+                        && d["voters"].as_array().map(Vec::len) == Some(want)
+                });
+            if settled {
+                return Ok(leader.unwrap_or_default());
+            }
+            if Instant::now() >= deadline {
+                let seen: Vec<String> = docs
+                    .iter()
+                    .zip(&self.nodes)
+                    .map(|(d, n)| {
+                        format!(
+                            "{}: leader {} voters {} lease {}",
+                            n.name, d["leader"], d["voters"], d["may_act"]
+                        )
+                    })
+                    .collect();
+                bail!(
+                    "no coordinator with {want} voters within {timeout:?}: {}",
+                    seen.join("; ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The names of the members node `i` reports alive (none when it does not answer).
     pub fn alive_members(&self, i: usize) -> Vec<String> {
         let Ok((200, body)) = self.get(i, "/v1/nodes") else {

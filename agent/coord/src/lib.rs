@@ -20,7 +20,7 @@ pub mod placement;
 pub mod quic;
 pub mod rpc;
 
-pub use clock::BootTime;
+pub use clock::{BootTime, Clock};
 pub use placement::{Cmd, Ha, Outcome, Placement, Reason, ServiceEntry};
 pub use rpc::{Member, RaftReply, RaftRpc, Wire};
 

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clock::BootTime;
+use crate::clock::{BootTime, Clock};
 use crate::network::Network;
 use crate::placement::{Cmd, Ha, Outcome, Placement, Reason};
 use crate::rpc::{CoordReply, CoordRpc, Member, RaftReply, RaftRpc, Renewal, Wire};
@@ -57,6 +57,8 @@ pub struct Settings {
     pub margin: Duration,
     /// How often a node renews (a fraction of `fence_after`).
     pub renew_every: Duration,
+    /// Where lease time is read: `CLOCK_BOOTTIME`, or a simulation's clock.
+    pub clock: Clock,
 }
 
 impl Settings {
@@ -74,6 +76,7 @@ impl Settings {
             guard_grace: Duration::from_secs(1),
             margin: Duration::from_secs(2),
             renew_every: Duration::from_millis(1000),
+            clock: Clock::Boot,
         }
     }
 
@@ -345,7 +348,7 @@ impl<W: Wire> Coordinator<W> {
         match self.raft.ensure_linearizable().await {
             Ok(read) => {
                 let term = self.raft.metrics().borrow().current_term;
-                let now = BootTime::now();
+                let now = self.s.clock.now();
                 {
                     let mut l = self.leader.lock().unwrap_or_else(|e| e.into_inner());
                     if l.term != term {
@@ -437,7 +440,7 @@ impl<W: Wire> Coordinator<W> {
                 _ = self.stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let sent = BootTime::now();
+            let sent = self.s.clock.now();
             let mut target = self.leader().0;
             if target.is_none() {
                 let hints = self.hints.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -486,7 +489,7 @@ impl<W: Wire> Coordinator<W> {
         let mut placement = self.placement.clone();
         loop {
             let applied = placement.borrow().applied;
-            let now = BootTime::now().0;
+            let now = self.s.clock.now().0;
             self.lease_tx.send_if_modified(|l| {
                 let valid = now < l.until_ms;
                 let changed = l.valid != valid || l.applied != applied;
@@ -534,7 +537,7 @@ impl<W: Wire> Coordinator<W> {
     /// to six) or 5 (seven or more), spread across sites; replaces a voter that is surely dead,
     /// never going below 3 to do so.
     async fn manage_voters(&self, heard: &BTreeMap<String, Heard>) -> Result<(), String> {
-        let now = BootTime::now();
+        let now = self.s.clock.now();
         let alive: BTreeMap<&String, &Heard> = heard
             .iter()
             .filter(|(_, h)| now.since(h.at) < self.s.fence_after)
@@ -630,7 +633,7 @@ impl<W: Wire> Coordinator<W> {
         heard: &BTreeMap<String, Heard>,
         since: BootTime,
     ) -> Result<(), String> {
-        let now = BootTime::now();
+        let now = self.s.clock.now();
         let bound = self.s.fence_bound();
         if now.since(since) <= bound {
             return Ok(()); // a new leader first waits the bound for every node
@@ -737,7 +740,7 @@ impl<W: Wire> Coordinator<W> {
             .heard
             .clone();
         let leading = m.state == ServerState::Leader;
-        let now = BootTime::now();
+        let now = self.s.clock.now();
         let nodes = membership
             .nodes()
             .map(|(id, member)| NodeStatus {

@@ -261,11 +261,13 @@ impl<W: Wire> Coordinator<W> {
     /// Stops the loops and the Raft node.
     pub async fn shutdown(&self) {
         self.stop.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
+        // Raft first: a loop waiting on a write that cannot commit (a leader cut off from its
+        // quorum) returns only once Raft has stopped.
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// This node's settings.

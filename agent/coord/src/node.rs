@@ -162,6 +162,8 @@ struct LeaderState {
     term: u64,
     since: BootTime,
     heard: BTreeMap<String, Heard>,
+    /// Nodes whose fence is being written: their renewals are refused meanwhile.
+    fencing: BTreeSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -357,7 +359,7 @@ impl<W: Wire> Coordinator<W> {
                         *l = LeaderState {
                             term,
                             since: now,
-                            heard: BTreeMap::new(),
+                            ..LeaderState::default()
                         };
                         self.counters
                             .lock()
@@ -365,13 +367,24 @@ impl<W: Wire> Coordinator<W> {
                             .leader_changes += 1;
                         tracing::info!(term, "this node leads: the coordinator");
                     }
+                    // Heard even when refused: that is how a fenced node comes back.
+                    let name = r.member.name.clone();
                     l.heard.insert(
-                        r.member.name.clone(),
+                        name.clone(),
                         Heard {
                             at: now,
                             renewal: r,
                         },
                     );
+                    // A node being fenced, or fenced and not yet recorded back, gets no lease:
+                    // one granted as of an index before its fence (and the failovers after it)
+                    // would let it act on placements those entries take away.
+                    if l.fencing.contains(&name) || self.placement.borrow().fenced.contains_key(&name)
+                    {
+                        return CoordReply::Failed(format!(
+                            "{name} is fenced: no lease until the log records it back"
+                        ));
+                    }
                 }
                 CoordReply::Granted {
                     committed: read.map(|l| l.index).unwrap_or(0),
@@ -641,19 +654,25 @@ impl<W: Wire> Coordinator<W> {
             return Ok(()); // a new leader first waits the bound for every node
         }
         let p = self.placement.borrow().clone();
-        let surely_gone =
-            |n: &str| n != self.s.me.name && heard.get(n).is_none_or(|h| now.since(h.at) > bound);
         let hosting: BTreeSet<String> =
             p.services.values().filter_map(|e| e.node.clone()).collect();
         for n in hosting.iter().filter(|n| !p.fenced.contains_key(*n)) {
-            if surely_gone(n) {
-                let (o, _) = self
+            if self.begin_fence(n) {
+                let r = self
                     .write_local(Cmd::Fence {
                         node: n.clone(),
                         by: "coordinator".into(),
                         at_unix_ms: unix_ms(),
                     })
-                    .await?;
+                    .await;
+                // Written (now in the applied placement, which keeps refusing its renewals),
+                // or not the leader any more.
+                self.leader
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .fencing
+                    .remove(n);
+                let (o, _) = r?;
                 tracing::warn!(node = %n, outcome = ?o, "node fenced: its lease ran out");
                 self.counters
                     .lock()
@@ -714,6 +733,25 @@ impl<W: Wire> Coordinator<W> {
             }
         }
         Ok(())
+    }
+
+    /// Whether node `n` has surely fenced itself, decided on what this leader has heard *now*
+    /// (not on the leader loop's copy, which may be seconds old), and if so, its renewals are
+    /// refused from this moment until the log records it back: a renewal granted between this
+    /// decision and the fence's commit would be a lease the failover does not wait for.
+    fn begin_fence(&self, n: &str) -> bool {
+        if n == self.s.me.name {
+            return false;
+        }
+        let now = self.s.clock.now();
+        let bound = self.s.fence_bound();
+        let mut l = self.leader.lock().unwrap_or_else(|e| e.into_inner());
+        let gone = now.since(l.since) > bound
+            && l.heard.get(n).is_none_or(|h| now.since(h.at) > bound);
+        if gone {
+            l.fencing.insert(n.to_string());
+        }
+        gone
     }
 
     async fn write_local(&self, cmd: Cmd) -> Result<(Outcome, u64), String> {

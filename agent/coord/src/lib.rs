@@ -6,7 +6,7 @@
 //! | `placement.rs` | [`Placement`]: the log's state machine (pure), epochs and compare-and-set |
 //! | `clock.rs` | [`BootTime`]: lease time that keeps counting through suspend |
 //! | `rpc.rs` | the messages between nodes, and [`Wire`], the one thing a network must do |
-//! | `store.rs` | the log, vote and snapshots on disk (fsync before anything is acknowledged) |
+//! | `store/` | [`LogStore`] and [`StateMachine`]: the log, vote and snapshots on disk (fsync before anything is acknowledged) |
 //! | `network.rs` | openraft's network over a [`Wire`] |
 //!
 //! Only this crate touches openraft.
@@ -14,15 +14,22 @@
 use std::io::Cursor;
 
 pub mod clock;
+pub mod config;
+pub mod epochs;
 pub mod network;
 pub mod node;
 pub mod placement;
 pub mod quic;
+#[cfg(test)]
+mod quic_tests;
 pub mod rpc;
+pub mod store;
 
 pub use clock::{BootTime, Clock};
+pub use config::{Bootstrap, CoordinatorSection};
 pub use placement::{Cmd, Ha, Outcome, Placement, Reason, ServiceEntry};
 pub use rpc::{Member, RaftReply, RaftRpc, Wire};
+pub use store::{LogStore, StateMachine, StoreError};
 
 /// A node's id in the Raft group: derived from its name (see [`node_id`]).
 pub type NodeId = u64;

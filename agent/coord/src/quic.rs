@@ -92,7 +92,7 @@ impl Wire for QuicWire {
 }
 
 /// Registers the `"raft"` and `"coord"` services of `coord` on the transport.
-pub fn register(services: &Services, coord: Arc<Coordinator<QuicWire>>) {
+pub fn register<W: Wire>(services: &Services, coord: Arc<Coordinator<W>>) {
     let c = coord.clone();
     services.register("raft", move |peer, mut ch| {
         let c = c.clone();
@@ -121,4 +121,28 @@ pub fn register(services: &Services, coord: Arc<Coordinator<QuicWire>>) {
             }
         }
     });
+}
+
+/// The wire of an agent: QUIC when the transport runs, none otherwise (the node then
+/// coordinates only itself).
+#[derive(Clone)]
+pub enum AgentWire {
+    Quic(QuicWire),
+    None,
+}
+
+impl Wire for AgentWire {
+    async fn raft(&self, to: &Member, rpc: RaftRpc) -> Result<RaftReply, String> {
+        match self {
+            AgentWire::Quic(w) => w.raft(to, rpc).await,
+            AgentWire::None => Err(format!("{to}: this node has no transport")),
+        }
+    }
+
+    async fn coord(&self, to: &Member, rpc: CoordRpc) -> Result<CoordReply, String> {
+        match self {
+            AgentWire::Quic(w) => w.coord(to, rpc).await,
+            AgentWire::None => Err(format!("{to}: this node has no transport")),
+        }
+    }
 }

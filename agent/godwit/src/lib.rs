@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod node_summary;
 pub mod peers;
 
+pub use godwit_coord as coord;
 pub use godwit_core::{policy, predict, series};
 pub use godwit_gossip as gossip;
 pub use godwit_image as image;

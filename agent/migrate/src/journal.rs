@@ -57,6 +57,9 @@ pub struct SourceEntry {
     pub state_dir: PathBuf,
     /// Last change, milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
+    /// The epoch of the migration's intent in the placement log (with a coordinator).
+    #[serde(default)]
+    pub intent: Option<u64>,
 }
 
 /// Where a migration stands on its target.
@@ -365,6 +368,7 @@ mod tests {
                 cgroup: PathBuf::new(),
                 state_dir: PathBuf::new(),
                 at_unix_ms: 0,
+                intent: None,
             })
             .is_err());
     }

@@ -52,6 +52,7 @@ mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gate;
 mod handoff;
 pub mod journal;
 mod model;

@@ -124,6 +124,23 @@ pub async fn finish_recovery(
 ) {
     for (id, mut spec) in rec.resume {
         let name = spec.name.clone();
+        // With a coordinator, the log decides: a move it committed is finished from here,
+        // whatever the journal says.
+        let entry = journal.sources().into_iter().find(|e| e.migration == id);
+        if let (Some(m), Some(e)) = (migrator, entry) {
+            if let (Some(g), Some(intent)) = (&m.gate, e.intent) {
+                match g.settle(&e.service, intent, &e.to).await {
+                    super::gate::LogDecision::Committed(epoch) => {
+                        info!(migration = %id, service = %name, epoch, "the placement log committed the move before the restart: handing it off");
+                        m.tasks.spawn(m.clone().resolve(e));
+                        continue;
+                    }
+                    super::gate::LogDecision::Refused(why) => {
+                        info!(migration = %id, service = %name, reason = %why, "the placement log did not move it: it runs here again");
+                    }
+                }
+            }
+        }
         let started = match manager.status(&name) {
             Ok(s) if s.state == RunState::Running => Ok(()),
             Ok(_) => manager.start(&name).await.map(|_| ()),

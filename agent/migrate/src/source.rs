@@ -157,6 +157,8 @@ pub struct Migrator {
     pub moving: Mutex<std::collections::BTreeSet<String>>,
     /// Bounds the audit lines of refusals.
     pub refusals: Mutex<super::audit::RefusalLimiter>,
+    /// The placement log's part, when a coordinator places services.
+    pub gate: Option<Arc<dyn super::gate::PlacementGate>>,
 }
 
 /// A service claimed by one migration from this node; released when it goes.
@@ -207,14 +209,64 @@ struct ManagedSource<'a> {
     then: Vec<SourceEffect>,
     /// Where the progress goes.
     progress: Reporter,
+    /// The placement log's part (with a coordinator).
+    gate: Option<&'a dyn super::gate::PlacementGate>,
+    /// Set once the log committed the move.
+    decided: &'a std::sync::atomic::AtomicBool,
+}
+
+impl ManagedSource<'_> {
+    /// After the log committed the move, the service runs here again only once the log places
+    /// it here again.
+    async fn may_run_here(&self) -> Result<(), MigrateError> {
+        if !self.decided.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        match self.gate {
+            Some(g) if !g.place_back(&self.name, &self.entry.to).await => {
+                Err(MigrateError::Refused(format!(
+                    "the target gave {} back, but the placement log does not place it here: it stays stopped",
+                    self.name
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Source for ManagedSource<'_> {
     async fn record(&mut self, phase: SourcePhase) -> Result<(), MigrateError> {
+        // With a coordinator, the log's commit is the decision; the journal follows it (a
+        // restart asks the log about a migration the journal does not show decided).
+        let mut logged = false;
+        if let (SourcePhase::Committed, Some(g), Some(intent)) =
+            (phase, self.gate, self.entry.intent)
+        {
+            match g.commit(&self.name, intent, &self.entry.to).await {
+                super::gate::LogDecision::Committed(epoch) => {
+                    info!(epoch, "the placement log committed the move");
+                    self.decided
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    logged = true;
+                }
+                super::gate::LogDecision::Refused(why) => {
+                    return Err(MigrateError::Refused(format!(
+                        "the placement log refused the move: {why}"
+                    )))
+                }
+            }
+        }
         if let Some((j, e)) = &mut self.journal {
             e.phase = phase;
             e.at_unix_ms = now_ms();
-            j.lock(&e.migration).await.put_source(e)?;
+            let put = j.lock(&e.migration).await.put_source(e);
+            match put {
+                Ok(()) => {}
+                Err(err) if logged => {
+                    warn!(error = %err, "journalling the decision failed; the placement log holds it")
+                }
+                Err(err) => return Err(err),
+            }
         }
         Ok(())
     }
@@ -228,6 +280,7 @@ impl Source for ManagedSource<'_> {
         Ok(())
     }
     async fn thaw(&mut self) -> Result<(), MigrateError> {
+        self.may_run_here().await?;
         self.manager
             .thaw_for(&self.name, &self.entry.migration)
             .await?;
@@ -238,6 +291,7 @@ impl Source for ManagedSource<'_> {
         Ok(())
     }
     async fn start(&mut self) -> Result<(), MigrateError> {
+        self.may_run_here().await?;
         self.manager.start(&self.name).await?;
         Ok(())
     }
@@ -296,7 +350,31 @@ impl Migrator {
             started_unix_ms: now_ms(),
             ..MigrationReport::default()
         };
-        let result = self.run(&req, &id, &mut report).instrument(span).await;
+        // With a coordinator, the intent is in the log before anything moves.
+        let intent = match &self.gate {
+            None => None,
+            Some(g) => match g.begin(&req.service, &req.to).await {
+                Ok(epoch) => Some(epoch),
+                Err(why) => {
+                    return self.refuse(
+                        &req.service,
+                        &req.to,
+                        &req.requested_by,
+                        &format!("the coordinator refused the move: {why}"),
+                    )
+                }
+            },
+        };
+        let decided = std::sync::atomic::AtomicBool::new(false);
+        let result = self
+            .run(&req, &id, &mut report, intent, &decided)
+            .instrument(span)
+            .await;
+        if let (Some(g), Some(intent), Err(_)) = (&self.gate, intent, &result) {
+            if !decided.load(std::sync::atomic::Ordering::SeqCst) {
+                g.abort(&req.service, intent).await;
+            }
+        }
         report.result = match &result {
             Ok(()) => "committed".into(),
             Err(e) => format!("failed: {e}"),
@@ -413,6 +491,8 @@ impl Migrator {
         req: &MigrateRequest,
         id: &str,
         report: &mut MigrationReport,
+        intent: Option<u64>,
+        decided: &std::sync::atomic::AtomicBool,
     ) -> Result<(), MigrateError> {
         let spec = self
             .manager
@@ -519,6 +599,7 @@ impl Migrator {
             cgroup: PathBuf::from(&status.cgroup),
             state_dir: state_dir.clone(),
             at_unix_ms: now_ms(),
+            intent,
         };
         if let Some(j) = &self.journal {
             j.lock(id)
@@ -538,6 +619,7 @@ impl Migrator {
             input,
             level,
             progress,
+            decided,
         )
         .await
     }
@@ -554,6 +636,7 @@ impl Migrator {
         input: PrecopyInput,
         level: Option<i32>,
         progress: Reporter,
+        decided: &std::sync::atomic::AtomicBool,
     ) -> Result<(), MigrateError> {
         let begun = StateSender::begin_with_spec(
             peer,
@@ -592,6 +675,8 @@ impl Migrator {
             handed: None,
             then: Vec::new(),
             progress,
+            gate: self.gate.as_deref(),
+            decided,
         };
         let frozen_from = Instant::now();
         let outcome = drive(sender, &mut source, input, req.mode).await;
@@ -823,6 +908,13 @@ impl Migrator {
     /// Starts the service of migration `entry` here again (given back after a restart): as
     /// defined here, or from the spec the journal kept.
     pub(super) async fn start_here(&self, entry: &SourceEntry) {
+        // Decided in the log: only once the log places it here again.
+        if let (Some(g), Some(_)) = (&self.gate, entry.intent) {
+            if !g.place_back(&entry.service, &entry.to).await {
+                warn!(migration = %entry.migration, service = %entry.service, "given back, but the placement log does not place it here: it stays stopped");
+                return;
+            }
+        }
         let started = if self.manager.spec(&entry.service).is_some() {
             self.manager.start(&entry.service).await.map(|_| ())
         } else {

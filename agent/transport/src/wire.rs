@@ -30,8 +30,9 @@ use super::error::TransportError;
 /// specs and reports travel as typed values (were JSON strings), a migration's mode is an
 /// optional `SwitchMode`, and the hand-off may answer an abandon with `Started`. 4: a target
 /// answers only its source (`NotHeld`). 5: a service spec carries its `user`, `group`,
-/// `capabilities`, `umask` and `allow_setuid`.
-pub const WIRE_VERSION: u16 = 5;
+/// `capabilities`, `umask` and `allow_setuid`. 6: and its `ha` class; Raft and coordinator
+/// messages travel on the `"raft"` and `"coord"` services.
+pub const WIRE_VERSION: u16 = 6;
 /// Largest message frame.
 pub const MAX_FRAME: usize = 16 << 20;
 /// Largest frame of a connection's handshake (node names and a refusal's reason), read before

@@ -71,6 +71,8 @@ pub struct Shared {
     pub inventory: Option<crate::inventory::watch::SharedInventory>,
     /// Migrations from this node, when it has services and the transport.
     pub migrator: Option<Arc<crate::migrate::agent::Migrator>>,
+    /// This node's member of the coordination group, when `[coordinator] enabled`.
+    pub coord: Option<Arc<crate::coord::node::Coordinator<crate::coord::quic::AgentWire>>>,
 }
 
 #[derive(Clone)]
@@ -118,6 +120,7 @@ fn read_routes() -> Router<AppState> {
         .route("/v1/inventory", get(inventory_handler))
         .route("/v1/migrations", get(migrations_handler))
         .route("/v1/services", get(services_handler))
+        .route("/v1/cluster", get(cluster_handler))
         .route("/healthz", get(health_handler))
 }
 
@@ -129,6 +132,10 @@ fn act_routes() -> Router<AppState> {
         .route("/v1/transport/probe/{node}", post(probe_handler))
         .route("/v1/services", post(service_add_handler))
         .route("/v1/services/{name}/{action}", post(service_action_handler))
+        .route(
+            "/v1/cluster/nodes/{node}/{action}",
+            post(node_action_handler),
+        )
         .route("/v1/images/{id}/push", post(image_push_handler))
 }
 
@@ -339,6 +346,113 @@ async fn risk_put_handler(
     }
 }
 
+const COORD_OFF: &str = "the coordinator is off on this node ([coordinator] enabled = false)";
+
+/// The coordination group as this node sees it, and the placement log.
+async fn cluster_handler(State(state): State<AppState>) -> Response {
+    let Some(c) = &state.shared.coord else {
+        return error(StatusCode::NOT_FOUND, COORD_OFF);
+    };
+    let status = c.status();
+    let placement = c.placement().borrow().clone();
+    let services: Vec<_> = placement
+        .services
+        .values()
+        .map(|e| {
+            serde_json::json!({
+                "name": e.name,
+                "node": e.node,
+                "epoch": e.epoch,
+                "ha": e.ha,
+                "reason": e.reason,
+                "intent": e.intent,
+            })
+        })
+        .collect();
+    let fenced: Vec<_> = placement
+        .fenced
+        .iter()
+        .map(|(n, f)| serde_json::json!({ "node": n, "index": f.index, "by": f.by, "at_unix_ms": f.at_unix_ms }))
+        .collect();
+    Json(serde_json::json!({
+        "me": status.me,
+        "state": status.state,
+        "leader": status.leader,
+        "term": status.term,
+        "voters": status.voters,
+        "learners": status.learners,
+        "applied": status.applied,
+        "lease": status.lease,
+        "may_act": status.lease.may_act(),
+        "nodes": status.nodes,
+        "leader_changes": status.leader_changes,
+        "fences": status.fences,
+        "failovers": status.failovers,
+        "services": services,
+        "fenced": fenced,
+        "cordoned": placement.cordoned,
+    }))
+    .into_response()
+}
+
+#[derive(serde::Deserialize, Default)]
+struct FenceQuery {
+    #[serde(default)]
+    confirmed: bool,
+}
+
+/// `cordon`, `uncordon` and `fence` (with `?confirmed=true`): written to the placement log.
+async fn node_action_handler(
+    State(state): State<AppState>,
+    Actor(caller): Actor,
+    axum::extract::Path((node, action)): axum::extract::Path<(String, String)>,
+    query: Result<axum::extract::Query<FenceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(c) = &state.shared.coord else {
+        return error(StatusCode::NOT_FOUND, COORD_OFF);
+    };
+    let cmd = match action.as_str() {
+        "cordon" => crate::coord::Cmd::Cordon {
+            node: node.clone(),
+            on: true,
+        },
+        "uncordon" => crate::coord::Cmd::Cordon {
+            node: node.clone(),
+            on: false,
+        },
+        "fence" => {
+            if !query.map(|q| q.0.confirmed).unwrap_or(false) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "fencing a node by hand says it is powered off: add --confirmed",
+                );
+            }
+            crate::coord::Cmd::Fence {
+                node: node.clone(),
+                by: caller.describe(),
+                at_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+            }
+        }
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no node action {other:?}: cordon, uncordon or fence"),
+            )
+        }
+    };
+    match c.write(cmd).await {
+        Ok((outcome, index)) => {
+            tracing::info!(node = %node, action, by = %caller.describe(), ?outcome, index, "node action");
+            Json(serde_json::json!({ "node": node, "action": action, "outcome": outcome, "index": index }))
+                .into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
 fn error(code: StatusCode, msg: impl std::fmt::Display) -> Response {
     (code, Json(serde_json::json!({ "error": msg.to_string() }))).into_response()
 }
@@ -427,6 +541,8 @@ struct ServiceView {
     cpu_cores: Option<f64>,
     memory_bytes: Option<u64>,
     dirty_bytes_per_second: Option<f64>,
+    /// The epoch of its placement in the log (with a coordinator).
+    epoch: Option<u64>,
 }
 
 fn service_error(e: crate::service::ServiceError) -> Response {
@@ -446,6 +562,11 @@ async fn services_handler(State(state): State<AppState>) -> Response {
         return error(StatusCode::NOT_FOUND, SERVICES_OFF);
     };
     let snap = latest(&state);
+    let placement = state
+        .shared
+        .coord
+        .as_ref()
+        .map(|c| c.placement().borrow().clone());
     let views: Vec<ServiceView> = manager
         .list()
         .into_iter()
@@ -460,6 +581,10 @@ async fn services_handler(State(state): State<AppState>) -> Response {
                 cpu_cores: c.map(|c| c.cpu_cores),
                 memory_bytes: c.and_then(|c| c.memory_bytes),
                 dirty_bytes_per_second: c.map(|c| c.dirty_bytes_per_second),
+                epoch: placement
+                    .as_ref()
+                    .and_then(|p| p.services.get(&status.name))
+                    .map(|e| e.epoch),
                 status,
             }
         })

@@ -3,6 +3,7 @@
 //! Exit codes are distinct per failure class so that systemd and scripts can tell them apart.
 
 mod client;
+mod cluster;
 mod explain;
 mod image;
 mod inventory;
@@ -63,6 +64,13 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Members of the mesh with liveness, site, load, heartbeat age and generation.
     Nodes(nodes::NodesArgs),
+    /// The coordinator: leader, term, voters, each node's lease and fence state, and where
+    /// every service is placed at which epoch.
+    Cluster(cluster::ClusterArgs),
+    /// Cordon or uncordon a node: a cordoned node receives no service.
+    Node(cluster::NodeArgs),
+    /// Tell the cluster a node is powered off (`--confirmed`): its services start elsewhere.
+    Fence(cluster::FenceArgs),
     /// Move a managed service to another node: state in rounds, a short freeze, nothing lost.
     Migrate(migrate::MigrateArgs),
     /// What the `[inventory]` patterns resolve to now.
@@ -109,6 +117,9 @@ pub fn main() -> ExitCode {
         Command::Migrate(args) => migrate::run(args),
         Command::Inventory(args) => inventory::run(args),
         Command::Services(args) => services::list(args),
+        Command::Cluster(args) => cluster::show(args),
+        Command::Node(args) => cluster::node(args),
+        Command::Fence(args) => cluster::fence(args),
         Command::Service(args) => services::act(args),
         Command::Image(args) => image::run(args),
         Command::Path(args) => path::run(args),

@@ -39,8 +39,17 @@ pub(super) fn list(args: ServicesArgs) -> ExitCode {
 /// One line per service: state, health, node, cgroup, CPU, memory and dirty rate.
 pub(super) fn render(doc: &Value) -> String {
     let mut out = format!(
-        "{:<16} {:<9} {:<10} {:<12} {:>7} {:>6} {:>9} {:>10} {:>8}  CGROUP\n",
-        "SERVICE", "STATE", "HEALTH", "NODE", "PID", "CPU", "MEM MiB", "DIRTY MB/s", "RESTARTS"
+        "{:<16} {:<9} {:<10} {:<12} {:>6} {:>7} {:>6} {:>9} {:>10} {:>8}  CGROUP\n",
+        "SERVICE",
+        "STATE",
+        "HEALTH",
+        "NODE",
+        "EPOCH",
+        "PID",
+        "CPU",
+        "MEM MiB",
+        "DIRTY MB/s",
+        "RESTARTS"
     );
     for s in doc["services"].as_array().into_iter().flatten() {
         let f = |k: &str, scale: f64, digits: usize| {
@@ -50,11 +59,15 @@ pub(super) fn render(doc: &Value) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<16} {:<9} {:<10} {:<12} {:>7} {:>6} {:>9} {:>10} {:>8}  {}",
+            "{:<16} {:<9} {:<10} {:<12} {:>6} {:>7} {:>6} {:>9} {:>10} {:>8}  {}",
             s["name"].as_str().unwrap_or("?"),
             s["state"].as_str().unwrap_or("?"),
             s["health"].as_str().unwrap_or("?"),
             s["node"].as_str().unwrap_or("?"),
+            s["epoch"]
+                .as_u64()
+                .map(|e| e.to_string())
+                .unwrap_or("-".into()),
             s["pid"]
                 .as_u64()
                 .map(|p| p.to_string())

@@ -60,6 +60,8 @@ pub struct Config {
     #[serde(default)]
     pub transport: TransportSection,
     #[serde(default)]
+    pub coordinator: godwit_coord::CoordinatorSection,
+    #[serde(default)]
     pub services: crate::service::ServicesSection,
     #[serde(default)]
     pub inventory: crate::inventory::InventoryConfig,
@@ -139,6 +141,16 @@ impl Config {
         self.inventory.validate()?;
         self.gossip.validate()?;
         self.api.validate()?;
+        self.coordinator.validate()?;
+        if self.coordinator.enabled
+            && self.coordinator.role == godwit_coord::node::Role::Witness
+            && !self.service.is_empty()
+        {
+            return Err(format!(
+                "coordinator.role = \"witness\" runs no services, but {} [[service]] tables are defined",
+                self.service.len()
+            ));
+        }
         Ok(())
     }
 }

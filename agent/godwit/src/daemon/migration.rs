@@ -41,6 +41,7 @@ impl Migration {
         net: &Network,
         mesh: Option<Arc<crate::gossip::Cluster>>,
         services: &mut Services,
+        gate: Option<Arc<dyn crate::migrate::gate::PlacementGate>>,
     ) -> Migration {
         let state_root = ctx.cfg.services.state_root.clone();
         let tasks = Tasks::new(ctx.child_token());
@@ -81,6 +82,7 @@ impl Migration {
                     tasks: tasks.clone(),
                     moving: Default::default(),
                     refusals: Default::default(),
+                    gate,
                 }
                 .into_arc();
                 // Migrations start only here: a caller with a certificate, over the transport.

@@ -7,6 +7,7 @@
 //! waits for them. Blocking work (the journal's recovery, joining threads) goes through
 //! `spawn_blocking`.
 
+mod coord;
 mod error;
 mod inventory;
 mod mesh;
@@ -131,8 +132,24 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
     };
     // The journal's recovery runs before any service starts.
     let mut services = services::Services::start(&ctx, &probes, &net).await;
-    let migration =
-        migration::Migration::start(&ctx, &probes, &net, mesh.cluster.clone(), &mut services).await;
+    let coordination = coord::Coordination::start(
+        &ctx,
+        &net,
+        &mesh,
+        services.manager.clone(),
+        services.journal.clone(),
+    )
+    .await;
+    let gate = coordination.gate(&ctx);
+    let migration = migration::Migration::start(
+        &ctx,
+        &probes,
+        &net,
+        mesh.cluster.clone(),
+        &mut services,
+        gate,
+    )
+    .await;
     let inventory = inventory::Inventory::start(&ctx, &probes, services.manager.clone());
     mesh.publish(&ctx, net.advertise(), &probes);
     let api = api.serve(
@@ -144,6 +161,7 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
             services: &services,
             migration: &migration,
             inventory: &inventory,
+            coordination: &coordination,
         },
     );
     let reloader = reload::Reloader::start(&ctx, &mesh, hup);
@@ -157,6 +175,7 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
     inventory.shutdown().await;
     // Migrations in flight reach their decision while services and transport still run.
     migration.shutdown().await;
+    coordination.shutdown().await;
     services.shutdown().await;
     if tokio::time::timeout(TRANSPORT_DEADLINE, net.shutdown())
         .await

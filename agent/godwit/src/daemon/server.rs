@@ -53,6 +53,7 @@ pub(super) struct Parts<'a> {
     pub services: &'a Services,
     pub migration: &'a Migration,
     pub inventory: &'a Inventory,
+    pub coordination: &'a super::coord::Coordination,
 }
 
 type Server = tokio::task::JoinHandle<Result<(), api::ApiError>>;
@@ -76,6 +77,7 @@ impl Bound {
             services,
             migration,
             inventory,
+            coordination,
         } = parts;
         let selection = api::metrics::ProcessSelection {
             top: ctx.cfg.metrics.top_processes.0 as usize,
@@ -92,6 +94,7 @@ impl Bound {
             services: services.manager.clone(),
             inventory: inventory.shared.clone(),
             migrator: migration.migrator.clone(),
+            coord: coordination.coord.clone(),
         };
         let registry = Arc::new(api::metrics::registry(
             probes.shared.clone(),

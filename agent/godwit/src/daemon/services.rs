@@ -48,6 +48,10 @@ impl Services {
             }
         };
         let mut svc_cfg = ctx.cfg.clone();
+        if ctx.cfg.coordinator.enabled {
+            // Placed through the log (the coordinator component), never started blindly.
+            svc_cfg.service.clear();
+        }
         if let Some(r) = &recovery {
             let not_here = r.not_here();
             svc_cfg.service.retain(|s| !not_here.contains(&s.name));

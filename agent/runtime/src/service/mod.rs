@@ -51,7 +51,7 @@ pub use error::ServiceError;
 pub use health::{check, Health, HealthTracker};
 pub use identity::{capability, chown_tree, mask_mode, Identity, Limits};
 pub use spec::{
-    validate_all, Demand, HealthSpec, RestartPolicy, RestartSpec, ServiceSpec, ServicesSection,
-    DEFAULT_MAX_STATE_BYTES, DEFAULT_UMASK,
+    validate_all, Demand, HaPolicy, HealthSpec, RestartPolicy, RestartSpec, ServiceSpec,
+    ServicesSection, DEFAULT_MAX_STATE_BYTES, DEFAULT_UMASK,
 };
 pub use supervisor::{Manager, RunState, Runtime, ServiceStatus};

@@ -234,9 +234,25 @@ pub struct ServiceSpec {
     /// cleared otherwise).
     #[serde(default)]
     pub allow_setuid: bool,
+    /// What the coordinator does when the service's node is lost: `restart` (start it from its
+    /// image on another node; its state there starts from whatever copy that node holds, often
+    /// none) or `none` (it stays down until an operator acts).
+    #[serde(default)]
+    pub ha: HaPolicy,
 }
 
 /// The umask of a service that sets none.
+/// A service's failover class (`ha = ...`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HaPolicy {
+    /// Restarted on another node when its node is fenced.
+    #[default]
+    Restart,
+    /// Stays down until an operator acts.
+    None,
+}
+
 pub const DEFAULT_UMASK: u32 = 0o027;
 
 fn yes() -> bool {

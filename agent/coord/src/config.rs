@@ -1,0 +1,117 @@
+//! The `[coordinator]` table.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::Role;
+
+/// When a node starts a new group with itself as its only voter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bootstrap {
+    /// When the gossip table names no seeds (a lone node coordinates itself).
+    Auto,
+    /// Always (exactly one node of a new cluster; later starts find the log not empty).
+    Yes,
+    /// Never: the node joins a group through its peers.
+    No,
+}
+
+/// `[coordinator]`: the Raft group that places services, and the leases that fence nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorSection {
+    /// Place services through the coordinator. Off: each node starts its configured services
+    /// itself, with no failover and no fencing.
+    pub enabled: bool,
+    /// `voter` (may vote, runs services), `witness` (votes, runs no services) or `learner`.
+    pub role: Role,
+    /// `auto`, `yes` or `no` (see [`Bootstrap`]).
+    pub bootstrap: Bootstrap,
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// A node that could not renew its lease for this long stops its services.
+    pub fence_after_ms: u64,
+    /// How long after the lease the guard process kills them if the agent did not.
+    pub guard_grace_ms: u64,
+    /// Added to the failover bound for clock-rate differences.
+    pub margin_ms: u64,
+    /// Start the fence guard (`godwit fence-guard`).
+    pub guard: bool,
+    /// A watchdog device the guard arms (e.g. `/dev/watchdog`); none by default.
+    pub watchdog: Option<PathBuf>,
+}
+
+impl Default for CoordinatorSection {
+    fn default() -> Self {
+        CoordinatorSection {
+            enabled: false,
+            role: Role::Voter,
+            bootstrap: Bootstrap::Auto,
+            heartbeat_ms: 150,
+            election_min_ms: 800,
+            election_max_ms: 1600,
+            fence_after_ms: 5000,
+            guard_grace_ms: 1000,
+            margin_ms: 2000,
+            guard: true,
+            watchdog: None,
+        }
+    }
+}
+
+impl CoordinatorSection {
+    /// Checks the timers against each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_ms == 0 || self.heartbeat_ms * 2 >= self.election_min_ms {
+            return Err(format!(
+                "coordinator.heartbeat_ms = {} must be above 0 and under half of election_min_ms = {}",
+                self.heartbeat_ms, self.election_min_ms
+            ));
+        }
+        if self.election_min_ms >= self.election_max_ms {
+            return Err(format!(
+                "coordinator.election_min_ms = {} must be below election_max_ms = {}",
+                self.election_min_ms, self.election_max_ms
+            ));
+        }
+        if self.fence_after_ms < 2 * self.election_max_ms {
+            return Err(format!(
+                "coordinator.fence_after_ms = {} must be at least twice election_max_ms = {}: \
+                 a re-election must not fence every node",
+                self.fence_after_ms, self.election_max_ms
+            ));
+        }
+        if self.margin_ms < self.fence_after_ms / 10 {
+            return Err(format!(
+                "coordinator.margin_ms = {} must be at least a tenth of fence_after_ms",
+                self.margin_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// The node settings for `me` under this section.
+    pub fn settings(
+        &self,
+        me: crate::Member,
+        site: &str,
+        bootstrap: bool,
+    ) -> crate::node::Settings {
+        let mut s = crate::node::Settings::new(me);
+        s.site = site.to_string();
+        s.role = self.role;
+        s.bootstrap = bootstrap;
+        s.heartbeat = Duration::from_millis(self.heartbeat_ms);
+        s.election_min = Duration::from_millis(self.election_min_ms);
+        s.election_max = Duration::from_millis(self.election_max_ms);
+        s.fence_after = Duration::from_millis(self.fence_after_ms);
+        s.guard_grace = Duration::from_millis(self.guard_grace_ms);
+        s.margin = Duration::from_millis(self.margin_ms);
+        s.renew_every = (s.fence_after / 5).max(s.heartbeat);
+        s
+    }
+}

@@ -379,7 +379,8 @@ impl<W: Wire> Coordinator<W> {
                     // A node being fenced, or fenced and not yet recorded back, gets no lease:
                     // one granted as of an index before its fence (and the failovers after it)
                     // would let it act on placements those entries take away.
-                    if l.fencing.contains(&name) || self.placement.borrow().fenced.contains_key(&name)
+                    if l.fencing.contains(&name)
+                        || self.placement.borrow().fenced.contains_key(&name)
                     {
                         return CoordReply::Failed(format!(
                             "{name} is fenced: no lease until the log records it back"
@@ -746,8 +747,8 @@ impl<W: Wire> Coordinator<W> {
         let now = self.s.clock.now();
         let bound = self.s.fence_bound();
         let mut l = self.leader.lock().unwrap_or_else(|e| e.into_inner());
-        let gone = now.since(l.since) > bound
-            && l.heard.get(n).is_none_or(|h| now.since(h.at) > bound);
+        let gone =
+            now.since(l.since) > bound && l.heard.get(n).is_none_or(|h| now.since(h.at) > bound);
         if gone {
             l.fencing.insert(n.to_string());
         }

@@ -356,9 +356,12 @@ impl<W: Wire> Coordinator<W> {
                 {
                     let mut l = self.leader.lock().unwrap_or_else(|e| e.into_inner());
                     if l.term != term {
+                        // Fences still being written stay refused across the change.
+                        let fencing = std::mem::take(&mut l.fencing);
                         *l = LeaderState {
                             term,
                             since: now,
+                            fencing,
                             ..LeaderState::default()
                         };
                         self.counters
@@ -543,7 +546,7 @@ impl<W: Wire> Coordinator<W> {
             if let Err(e) = self.manage_voters(&heard).await {
                 tracing::warn!(error = %e, "changing the voters");
             }
-            if let Err(e) = self.fence_and_fail_over(&heard, since).await {
+            if let Err(e) = self.fence_and_fail_over(&heard, since, term).await {
                 tracing::warn!(error = %e, "failover");
             }
         }
@@ -643,11 +646,14 @@ impl<W: Wire> Coordinator<W> {
     }
 
     /// Fences every node that holds services (or votes) and has surely fenced itself, then
-    /// places its `ha = "restart"` services on live nodes.
+    /// places its `ha = "restart"` services on live nodes. Everything is decided and written in
+    /// `term`: a pass that began in an earlier term (`manage_voters` can wait seconds) stops
+    /// rather than act in a later one on what it knew then.
     async fn fence_and_fail_over(
         &self,
         heard: &BTreeMap<String, Heard>,
         since: BootTime,
+        term: u64,
     ) -> Result<(), String> {
         let now = self.s.clock.now();
         let bound = self.s.fence_bound();
@@ -658,13 +664,16 @@ impl<W: Wire> Coordinator<W> {
         let hosting: BTreeSet<String> =
             p.services.values().filter_map(|e| e.node.clone()).collect();
         for n in hosting.iter().filter(|n| !p.fenced.contains_key(*n)) {
-            if self.begin_fence(n) {
+            if self.begin_fence(n, term) {
                 let r = self
-                    .write_local(Cmd::Fence {
-                        node: n.clone(),
-                        by: "coordinator".into(),
-                        at_unix_ms: unix_ms(),
-                    })
+                    .write_local(
+                        Cmd::Fence {
+                            node: n.clone(),
+                            by: "coordinator".into(),
+                            at_unix_ms: unix_ms(),
+                        },
+                        term,
+                    )
                     .await;
                 // Written (now in the applied placement, which keeps refusing its renewals),
                 // or not the leader any more.
@@ -687,7 +696,8 @@ impl<W: Wire> Coordinator<W> {
                 .get(n)
                 .is_some_and(|h| h.at > since && now.since(h.at) < self.s.fence_after)
             {
-                self.write_local(Cmd::Unfence { node: n.clone() }).await?;
+                self.write_local(Cmd::Unfence { node: n.clone() }, term)
+                    .await?;
                 tracing::info!(node = %n, "fenced node is back");
             }
         }
@@ -716,13 +726,19 @@ impl<W: Wire> Coordinator<W> {
                 tracing::warn!(service = %e.name, "no live node can take it");
                 continue;
             };
+            if !self.leads_in(term) {
+                return Ok(());
+            }
             let (o, index) = self
-                .write_local(Cmd::Place {
-                    service: e.name.clone(),
-                    node: to.clone(),
-                    expect: e.epoch,
-                    reason: Reason::Failover,
-                })
+                .write_local(
+                    Cmd::Place {
+                        service: e.name.clone(),
+                        node: to.clone(),
+                        expect: e.epoch,
+                        reason: Reason::Failover,
+                    },
+                    term,
+                )
                 .await?;
             tracing::warn!(service = %e.name, from = %node, to = %to, epoch = index, outcome = ?o, "failover");
             if matches!(o, Outcome::Applied { .. }) {
@@ -740,23 +756,45 @@ impl<W: Wire> Coordinator<W> {
     /// (not on the leader loop's copy, which may be seconds old), and if so, its renewals are
     /// refused from this moment until the log records it back: a renewal granted between this
     /// decision and the fence's commit would be a lease the failover does not wait for.
-    fn begin_fence(&self, n: &str) -> bool {
-        if n == self.s.me.name {
+    /// Only in `term`, the term this leader has led for longer than the bound: what it heard
+    /// in an earlier term says nothing of the leases granted since.
+    fn begin_fence(&self, n: &str, term: u64) -> bool {
+        if n == self.s.me.name || !self.leads_in(term) {
             return false;
         }
         let now = self.s.clock.now();
         let bound = self.s.fence_bound();
         let mut l = self.leader.lock().unwrap_or_else(|e| e.into_inner());
-        let gone =
-            now.since(l.since) > bound && l.heard.get(n).is_none_or(|h| now.since(h.at) > bound);
+        let gone = l.term == term
+            && now.since(l.since) > bound
+            && l.heard.get(n).is_none_or(|h| now.since(h.at) > bound);
         if gone {
             l.fencing.insert(n.to_string());
         }
         gone
     }
 
-    async fn write_local(&self, cmd: Cmd) -> Result<(Outcome, u64), String> {
+    /// Whether this node leads in `term`, as Raft and its leader state both say.
+    fn leads_in(&self, term: u64) -> bool {
+        let (state, current) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state, m.current_term)
+        };
+        state == ServerState::Leader
+            && current == term
+            && self.leader.lock().unwrap_or_else(|e| e.into_inner()).term == term
+    }
+
+    /// Commits `cmd` as this leader, decided in `term`. An entry committed in another term (this
+    /// node lost and won the leadership while it was queued) is an error: the caller's pass
+    /// must stop, since what it decided on belongs to the earlier term.
+    async fn write_local(&self, cmd: Cmd, term: u64) -> Result<(Outcome, u64), String> {
         match self.raft.client_write(cmd).await {
+            Ok(r) if r.log_id.leader_id.term != term => Err(format!(
+                "entry {} was committed in term {}, decided in term {term}",
+                r.log_id.index, r.log_id.leader_id.term
+            )),
             Ok(r) => Ok((r.data, r.log_id.index)),
             Err(e) => Err(e.to_string()),
         }

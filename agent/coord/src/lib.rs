@@ -23,6 +23,8 @@ pub mod quic;
 #[cfg(test)]
 mod quic_tests;
 pub mod rpc;
+#[cfg(test)]
+mod sim_tests;
 pub mod store;
 
 pub use clock::{BootTime, Clock};

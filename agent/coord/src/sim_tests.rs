@@ -39,17 +39,15 @@
 //! `GODWIT_SIM_SEEDS=N` runs N seeds (default [`DEFAULT_SEEDS`]), on as many threads as there
 //! are cores.
 
-mod memstore;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use godwit_coord::node::{Coordinator, LeaseView, Role, Settings};
-use godwit_coord::rpc::{CoordReply, CoordRpc};
-use godwit_coord::{Clock, Cmd, Ha, Member, RaftReply, RaftRpc, Wire};
+use crate::node::{Coordinator, LeaseView, Role, Settings};
+use crate::rpc::{CoordReply, CoordRpc};
+use crate::{Clock, Cmd, Ha, Member, RaftReply, RaftRpc, Wire};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -232,9 +230,16 @@ struct Ledger {
     holders: BTreeMap<(String, u64), BTreeSet<String>>,
     /// Per term, the leader and who reported it first.
     leaders: BTreeMap<u64, (String, String)>,
+    /// Terms already reported with two leaders.
+    split_terms: BTreeSet<u64>,
+    /// What each node last said of the leader.
+    views: BTreeMap<String, (Option<String>, u64)>,
     trace: Vec<String>,
     violations: Vec<String>,
     starts: u64,
+    /// Starts on another node than the service's last one (failovers).
+    moves: u64,
+    last_node: BTreeMap<String, String>,
 }
 
 impl Ledger {
@@ -260,7 +265,7 @@ impl Ledger {
                     .insert(term, (leader.to_string(), seen_by.to_string()));
                 self.note(format!("{seen_by} sees {leader} lead term {term}"));
             }
-            Some((l, by)) if l != leader => {
+            Some((l, by)) if l != leader && self.split_terms.insert(term) => {
                 let (l, by) = (l.clone(), by.clone());
                 self.violation(format!(
                     "two leaders in term {term}: {l} (seen by {by}) and {leader} (seen by {seen_by})"
@@ -307,6 +312,13 @@ impl Ledger {
                 inc,
             });
             self.starts += 1;
+            if self
+                .last_node
+                .insert(s.clone(), node.to_string())
+                .is_some_and(|n| n != node)
+            {
+                self.moves += 1;
+            }
             self.note(format!("{node} starts {s} at epoch {e}"));
             for o in others {
                 self.violation(format!(
@@ -355,7 +367,8 @@ impl Ledger {
 /// A node's slot: its disk, and its running incarnation if up.
 struct Slot {
     name: String,
-    disk: Arc<Mutex<memstore::Disk>>,
+    /// Its store's directory: what survives a crash.
+    dir: std::path::PathBuf,
     /// Its `CLOCK_BOOTTIME` zero: nodes booted at different times.
     boot: Instant,
     inc: u64,
@@ -380,6 +393,10 @@ struct Sim {
     schedule: Vec<String>,
     origin: Instant,
     services: u64,
+    /// The node that votes and runs no services, if any.
+    witness: Option<usize>,
+    /// Where the nodes' stores live; removed with the simulation.
+    _tmp: tempfile::TempDir,
 }
 
 const HEARTBEAT: Duration = Duration::from_millis(50);
@@ -399,12 +416,21 @@ impl Sim {
                 addr: format!("198.18.0.{}:9747", i + 1),
             })
             .collect();
+        let witness = (n >= 4 && rng.chance(500)).then_some(n - 1);
         let origin = Instant::now();
+        // On tmpfs where there is one: the stores fsync, and a simulation needs no disk.
+        let shm = std::path::Path::new("/dev/shm");
+        let tmp = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .expect("a temporary directory");
         let slots = members
             .iter()
             .map(|m| Slot {
                 name: m.name.clone(),
-                disk: Arc::default(),
+                dir: tmp.path().join(&m.name),
                 boot: origin.checked_sub(rng.ms(0, 10_000)).unwrap_or(origin),
                 inc: 0,
                 up: None,
@@ -423,9 +449,13 @@ impl Sim {
             running: BTreeMap::new(),
             holders: BTreeMap::new(),
             leaders: BTreeMap::new(),
+            split_terms: BTreeSet::new(),
+            views: BTreeMap::new(),
             trace: Vec::new(),
             violations: Vec::new(),
             starts: 0,
+            moves: 0,
+            last_node: BTreeMap::new(),
         }));
         Sim {
             seed,
@@ -437,6 +467,8 @@ impl Sim {
             schedule: Vec::new(),
             origin,
             services: 0,
+            witness,
+            _tmp: tmp,
         }
     }
 
@@ -453,7 +485,11 @@ impl Sim {
     fn settings(&self, i: usize) -> Settings {
         let mut s = Settings::new(self.members[i].clone());
         s.site = format!("site{}", i % 2);
-        s.role = Role::Voter;
+        s.role = if self.witness == Some(i) {
+            Role::Witness
+        } else {
+            Role::Voter
+        };
         s.bootstrap = i == 0;
         s.heartbeat = HEARTBEAT;
         s.election_min = Duration::from_millis(200);
@@ -473,7 +509,9 @@ impl Sim {
         let slot = &mut self.slots[i];
         assert!(slot.up.is_none());
         slot.inc += 1;
-        let (log, sm) = memstore::open(&slot.disk);
+        let (log, sm) = crate::store::open(&slot.dir)
+            .await
+            .map_err(|e| format!("{}: {e}", slot.name))?;
         let placement = sm.watch();
         let stop = CancellationToken::new();
         let wire = SimWire {
@@ -491,13 +529,15 @@ impl Sim {
                 .collect(),
         );
         lock(&self.net.0).up.insert(slot.name.clone(), node.clone());
-        tokio::spawn(runtime(
-            slot.name.clone(),
-            slot.inc,
-            node.clone(),
-            self.ledger.clone(),
-            stop.clone(),
-        ));
+        if self.witness != Some(i) {
+            tokio::spawn(runtime(
+                slot.name.clone(),
+                slot.inc,
+                node.clone(),
+                self.ledger.clone(),
+                stop.clone(),
+            ));
+        }
         slot.up = Some((node, stop));
         Ok(())
     }
@@ -532,6 +572,11 @@ impl Sim {
             return Err(format!("{} did not shut down within 10 s", slot.name));
         }
         Ok(())
+    }
+
+    /// The nodes that run services.
+    fn hosts(&self) -> Vec<usize> {
+        (0..self.n()).filter(|i| self.witness != Some(*i)).collect()
     }
 
     fn up(&self) -> Vec<usize> {
@@ -635,9 +680,10 @@ impl Sim {
         let l = lock(&self.ledger);
         let report = |why: String| {
             format!(
-                "seed {} ({} nodes): {why}\n(openraft draws election timeouts from its own RNG: a replay of this seed runs the same schedule, not always the same run)\nreplay: GODWIT_SIM_SEED={} GODWIT_SIM_SEEDS=1 cargo test -p godwit-coord --test sim -- --nocapture\nschedule:\n{}\ntrace (last 300):\n{}",
+                "seed {} ({} nodes, witness {:?}): {why}\n(openraft draws election timeouts from its own RNG: a replay of this seed runs the same schedule, not always the same run)\nreplay: GODWIT_SIM_SEED={} GODWIT_SIM_SEEDS=1 cargo test -p godwit-coord --lib sim_tests -- --nocapture\nschedule:\n{}\ntrace (last 300):\n{}",
                 self.seed,
                 self.n(),
+                self.witness.map(|w| &self.members[w].name),
                 self.seed,
                 self.schedule.join("\n"),
                 l.trace[l.trace.len().saturating_sub(300)..].join("\n")
@@ -655,6 +701,7 @@ impl Sim {
                 virtual_ms: l.now_ms(),
                 terms: l.leaders.len() as u64,
                 starts: l.starts,
+                moves: l.moves,
                 faults: self.schedule.len() as u64,
             }),
         }
@@ -667,8 +714,9 @@ impl Sim {
         }
         self.formed(Duration::from_secs(20)).await?;
         let k = self.rng.range(2, 4);
+        let hosts = self.hosts();
         for _ in 0..k {
-            let by = self.rng.range(0, self.n() as u64 - 1) as usize;
+            let by = *self.rng.pick(&hosts);
             let h = self.define(by, true).expect("all up");
             h.await.map_err(|e| e.to_string())??;
         }
@@ -731,7 +779,7 @@ impl Sim {
     ) -> Result<(), String> {
         let n = self.n();
         let all: Vec<usize> = (0..n).collect();
-        match self.rng.range(0, 11) {
+        match self.rng.range(0, 12) {
             0 => {
                 // Two halves.
                 let mut a = Vec::new();
@@ -811,8 +859,32 @@ impl Sim {
                 lock(&self.net.0).mute.insert(name.clone());
                 unmute.push((Instant::now() + back, name));
             }
-            _ => {
+            10 => {
+                // An operator cordons or uncordons a node, through any node.
                 let up = self.up();
+                if !up.is_empty() {
+                    let by = *self.rng.pick(&up);
+                    let node = self.members[self.rng.range(0, n as u64 - 1) as usize]
+                        .name
+                        .clone();
+                    let on = self.rng.chance(600);
+                    self.event(format!(
+                        "cordon {node} {on} (through {})",
+                        self.members[by].name
+                    ));
+                    let c = self.node(by).expect("up");
+                    tokio::spawn(async move {
+                        let _ = timeout(Duration::from_secs(10), c.write(Cmd::Cordon { node, on }))
+                            .await;
+                    });
+                }
+            }
+            _ => {
+                let up: Vec<usize> = self
+                    .hosts()
+                    .into_iter()
+                    .filter(|i| self.slots[*i].up.is_some())
+                    .collect();
                 if !up.is_empty() {
                     let by = *self.rng.pick(&up);
                     let _ = self.define(by, false);
@@ -892,9 +964,40 @@ async fn runtime(
 ) {
     let mut lease = node.lease();
     let mut placement = node.placement();
+    let mut seen_lease = (false, 0);
+    let mut seen_placement = String::new();
     loop {
         let view: LeaseView = *lease.borrow_and_update();
         let p = placement.borrow_and_update().clone();
+        // The trace: lease grants and validity, and what the applied log says.
+        let l = (view.valid, view.granted_at_index);
+        let placed = format!(
+            "{:?} fenced {:?}",
+            p.services
+                .values()
+                .map(|e| format!(
+                    "{}@{}:{}",
+                    e.name,
+                    e.node.as_deref().unwrap_or("-"),
+                    e.epoch
+                ))
+                .collect::<Vec<_>>(),
+            p.fenced.keys().collect::<Vec<_>>()
+        );
+        {
+            let mut g = lock(&ledger);
+            if l != seen_lease {
+                g.note(format!(
+                    "{name} lease valid {} until {} granted at index {} (applied {})",
+                    view.valid, view.until_ms, view.granted_at_index, p.applied
+                ));
+                seen_lease = l;
+            }
+            if placed != seen_placement {
+                g.note(format!("{name} applied {}: {placed}", p.applied));
+                seen_placement = placed;
+            }
+        }
         let want: BTreeMap<String, u64> = if view.may_act() {
             p.on_node(&name)
                 .map(|e| (e.name.clone(), e.epoch))
@@ -923,8 +1026,15 @@ async fn sampler(net: Arc<Net>, ledger: Arc<Mutex<Ledger>>) {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (name, n) in up {
-            if let (Some(l), term) = n.leader() {
-                lock(&ledger).leader(term, &l.name, &name);
+            let (l, term) = n.leader();
+            let l = l.map(|m| m.name);
+            let mut g = lock(&ledger);
+            if g.views.get(&name) != Some(&(l.clone(), term)) {
+                g.note(format!("{name} sees leader {l:?} in term {term}"));
+                g.views.insert(name.clone(), (l.clone(), term));
+            }
+            if let Some(l) = l {
+                g.leader(term, &l, &name);
             }
         }
         sleep(Duration::from_millis(10)).await;
@@ -936,6 +1046,7 @@ struct Stats {
     virtual_ms: u64,
     terms: u64,
     starts: u64,
+    moves: u64,
     faults: u64,
 }
 
@@ -981,6 +1092,7 @@ fn coordinator_keeps_its_promises_over_many_seeded_fault_schedules() {
                         t.virtual_ms += st.virtual_ms;
                         t.terms += st.terms;
                         t.starts += st.starts;
+                        t.moves += st.moves;
                         t.faults += st.faults;
                     }
                     Err(e) => {
@@ -994,12 +1106,13 @@ fn coordinator_keeps_its_promises_over_many_seeded_fault_schedules() {
     let took = started.elapsed();
     let t = *lock(&totals);
     eprintln!(
-        "{seeds} seeds from {first} on {threads} threads in {took:.1?} ({:.1} seeds/s): {} s of virtual time, {} faults, {} terms, {} service starts",
+        "{seeds} seeds from {first} on {threads} threads in {took:.1?} ({:.1} seeds/s): {} s of virtual time, {} faults, {} terms, {} service starts, {} on another node than before",
         seeds as f64 / took.as_secs_f64(),
         t.virtual_ms / 1000,
         t.faults,
         t.terms,
-        t.starts
+        t.starts,
+        t.moves
     );
     let failures = lock(&failures);
     assert!(

@@ -1,6 +1,10 @@
 //! Deterministic simulation of the coordinator (issue 15): real [`Coordinator`]s (openraft,
 //! leases, voters, fencing, failover) over a simulated network, on virtual time, across many
-//! seeds, each a random schedule of faults; the invariants are checked throughout.
+//! seeds, each a random schedule of faults; the invariants are checked throughout. A group
+//! has 3 to 5 nodes (in half the groups of 4 or 5 the last one is a witness), each with its
+//! log and vote in the on-disk store ([`crate::store`], a directory per node, on tmpfs when
+//! there is one), and short timers: heartbeat 50 ms, election 200-400 ms, renewal every
+//! 200 ms, `fence_after` 1 s, guard grace and margin 300 ms each.
 //!
 //! **How it runs.** One seed is one current-thread tokio runtime with its clock paused
 //! (`start_paused`): when every task waits, tokio jumps to the next timer, so the ~25 s of
@@ -17,7 +21,8 @@
 //! that alone sees both sides), message loss and delay spikes, node crashes (power off: its
 //! services stop with it) and agent crashes (its services run on until its guard kills them,
 //! `guard_grace` after its lease ends), restarts from the same storage, a node whose lease
-//! renewals are dropped (it fences itself), and placements written during the faults.
+//! renewals are dropped (it fences itself), services defined and nodes cordoned during the
+//! faults. Then everything heals and the down nodes restart.
 //!
 //! **Each node "runs" a service** exactly when the placement it has applied puts the service
 //! there and its lease says [`LeaseView::may_act`], and stops it when either stops being so: what
@@ -32,9 +37,10 @@
 //!
 //! **Determinism.** The schedule and the network's delays and losses come from a seeded
 //! splitmix64, and one thread runs everything, but openraft draws its election timeouts from
-//! its own thread-local RNG: a seed replays the same schedule, not always bit for bit the same
-//! run. A failure prints its seed, the schedule and the ledger's trace; replay it with
-//! `GODWIT_SIM_SEED=<seed> GODWIT_SIM_SEEDS=1`.
+//! its own thread-local RNG: a seed replays the same draws, not always bit for bit the same
+//! run (nor, then, the same leader to isolate). A failure prints its seed, the schedule and the
+//! ledger's trace (leader views, lease grants, applied placements, starts and stops); replay it
+//! with `GODWIT_SIM_SEED=<seed> GODWIT_SIM_SEEDS=1`; most failures found so far replayed.
 //!
 //! `GODWIT_SIM_SEEDS=N` runs N seeds (default [`DEFAULT_SEEDS`]), on as many threads as there
 //! are cores.

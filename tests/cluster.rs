@@ -12,7 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use godwit_tests::cluster::{self, wait_until, Cluster, RunState};
-use godwit_tests::require_root;
+use godwit_tests::{godwit_bin, require_root, wait_for};
+use serde_json::Value;
 
 /// How long a request to a node that should be cut off is given before it counts as failed.
 const CUT: Duration = Duration::from_millis(500);
@@ -32,16 +33,23 @@ struct Footprint {
 
 impl Footprint {
     fn of(c: &mut Cluster) -> Footprint {
-        let st = c.state().clone();
         let pids = (1..=c.len()).filter_map(|i| c.agent_pid(i)).collect();
+        Footprint {
+            pids,
+            ..Footprint::recorded(c.state())
+        }
+    }
+
+    /// What a run's state file records (the agents as last started).
+    fn recorded(st: &RunState) -> Footprint {
         Footprint {
             namespaces: st.namespaces.clone(),
             cgroup: st.cgroup.clone(),
             state_dir: RunState::dir_of(&st.run),
             work_dir: st.work_dir.clone(),
             uplink: st.uplink.clone(),
-            run: st.run,
-            pids,
+            run: st.run.clone(),
+            pids: st.agents.iter().map(|(_, pid)| *pid).collect(),
         }
     }
 
@@ -434,5 +442,156 @@ fn down_all_removes_the_leftovers_of_a_crashed_run() {
     assert!(
         !again.runs.iter().chain(&again.leftovers).any(mentions),
         "second down --all found leftovers again: {again:?}"
+    );
+}
+
+/// `godwit-cluster` (what `cargo xtask cluster` runs) with `args`; its stdout, or a panic with
+/// its output when it fails.
+fn godwit_cluster(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_godwit-cluster"))
+        .args(args)
+        .output()
+        .expect("run godwit-cluster");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "godwit-cluster {args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Takes a detached run down when the test ends, also when it panics.
+struct DownOnDrop(Option<String>);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        if let Some(run) = self.0.take() {
+            let _ = cluster::down(Some(&run), false);
+        }
+    }
+}
+
+/// The `godwit` CLI of the agents, run on this host (the root namespace); its exit status and
+/// stdout.
+fn godwit_cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(godwit_bin())
+        .args(args)
+        .output()
+        .expect("run godwit");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        eprintln!(
+            "godwit {args:?}: {}: {text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (out.status.success(), text)
+}
+
+/// `cargo xtask cluster up`'s path: three nodes that form one sealed mesh, reached from this
+/// host at the addresses `up` printed (reads over TCP, a change through the socket that makes
+/// n1 talk to n2 over the mutual-TLS transport); `down` leaves nothing behind.
+#[test]
+fn up_makes_one_mesh_reachable_from_the_host_and_down_removes_it() {
+    require_root();
+    let bin = godwit_bin();
+    let printed = godwit_cluster(&["up", "--nodes", "3", "--agent-bin", bin.to_str().unwrap()]);
+    eprintln!("{printed}");
+    let run = printed
+        .strip_prefix("cluster run ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no run id in {printed:?}"))
+        .to_string();
+    let mut guard = DownOnDrop(Some(run.clone()));
+    let st = RunState::load(&run).expect("the run's state");
+    let footprint = Footprint::recorded(&st);
+    footprint.assert_present();
+    assert_eq!(footprint.pids.len(), 3, "agents recorded: {:?}", st.agents);
+    assert!(
+        godwit_cluster(&["list"]).contains(&run),
+        "list does not show run {run}"
+    );
+
+    // n1's API address and socket, as printed.
+    let n1: Vec<&str> = printed
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("n1: "))
+        .expect("a line for n1")
+        .split_whitespace()
+        .collect();
+    let (addr, socket) = match n1.as_slice() {
+        ["api", addr, "socket", socket, ..] => (*addr, *socket),
+        other => panic!("unexpected line for n1: {other:?}"),
+    };
+    let octets: Vec<u8> = addr
+        .split([':', '.'])
+        .take(2)
+        .map(|o| o.parse().unwrap())
+        .collect();
+    assert!(
+        octets[0] == 198 && (octets[1] == 18 || octets[1] == 19),
+        "API address {addr} outside 198.18.0.0/15"
+    );
+
+    // Every member alive on n1, read from this host over TCP, through the sealed mesh.
+    let alive = |doc: &Value| -> Vec<String> {
+        let mut names: Vec<String> = doc["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["liveness"] == "alive")
+            .filter_map(|m| m["id"]["node_id"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    };
+    let doc = wait_for(Duration::from_secs(10), || {
+        let (ok, text) = godwit_cli(&["nodes", "--addr", addr, "--json"]);
+        let doc: Value = serde_json::from_str(&text).ok().filter(|_| ok)?;
+        (alive(&doc) == ["n1", "n2", "n3"]).then_some(doc)
+    })
+    .unwrap_or_else(|| {
+        let (_, text) = godwit_cli(&["nodes", "--addr", addr, "--json"]);
+        panic!("n1 does not list n1, n2 and n3 alive: {text}")
+    });
+    assert!(
+        doc["keyring"]["primary"].is_string(),
+        "gossip is not sealed: {doc}"
+    );
+    let keys = Path::new(&st.work_dir).join("pki/gossip.keys");
+    let mode = std::fs::metadata(&keys).expect("the key file").st_mode() & 0o777;
+    assert_eq!(mode, 0o600, "{} has mode {mode:o}", keys.display());
+
+    // A change, through n1's socket: n1 measures its path to n2 over the transport, which
+    // needs both nodes' certificates of the run's CA.
+    let probe = wait_for(Duration::from_secs(15), || {
+        let (ok, text) = godwit_cli(&["path", "n2", "--bytes", "0", "--socket", socket, "--json"]);
+        ok.then(|| serde_json::from_str::<Value>(&text).ok())
+            .flatten()
+    })
+    .expect("godwit path n2 through n1's socket");
+    assert_eq!(probe["node"], "n2", "{probe}");
+    assert!(
+        probe["rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{probe}"
+    );
+
+    let out = godwit_cluster(&["down", "--run", &run]);
+    assert!(out.contains(&format!("removed run {run}")), "{out}");
+    guard.0 = None;
+    // The agents were not this process's children: init reaps them.
+    wait_until(Duration::from_secs(5), "the agents to be reaped", || {
+        footprint
+            .pids
+            .iter()
+            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    });
+    footprint.assert_gone();
+    assert!(
+        !godwit_cluster(&["list"]).contains(&run),
+        "list still shows run {run}"
     );
 }

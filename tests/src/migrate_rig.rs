@@ -47,6 +47,25 @@ pub struct RigOptions {
     /// Where the CA and the state live (a disk filesystem: tmpfs pages are never written back,
     /// so the probe would never report them).
     pub base: PathBuf,
+    /// How many agents (n1 .. nN).
+    pub nodes: usize,
+    /// Run the coordinator (`[coordinator] enabled`, n1 bootstraps the group) with these
+    /// timers: `(fence_after_ms, guard_grace_ms, margin_ms)`.
+    pub coordinator: Option<(u64, u64, u64)>,
+    /// A `[[service]]` of the kvstore (named `kv`, 64 MiB) in n1's configuration.
+    pub configured_kv: bool,
+}
+
+impl RigOptions {
+    /// `nodes` agents under a coordinator with short timers (lease 3 s, guard 0.5 s, margin
+    /// 0.5 s: a node's services restart elsewhere 4 s after its last renewal).
+    pub fn coordinated(nodes: usize) -> RigOptions {
+        RigOptions {
+            nodes,
+            coordinator: Some((3000, 500, 500)),
+            ..RigOptions::default()
+        }
+    }
 }
 
 impl Default for RigOptions {
@@ -57,6 +76,9 @@ impl Default for RigOptions {
             probe_interval_ms: 500,
             stop_grace_ms: 3000,
             base: PathBuf::from("/var/tmp"),
+            nodes: 2,
+            coordinator: None,
+            configured_kv: false,
         }
     }
 }
@@ -86,7 +108,7 @@ impl Default for KvOptions {
 pub struct MigrateRig {
     /// The cluster (its agents, namespaces and network).
     pub c: Cluster,
-    _slices: [ServiceSlice; 2],
+    _slices: Vec<ServiceSlice>,
     /// Holds `ca/` and `state/n1`, `state/n2` (each node's `state_root`).
     pub pki: PathBuf,
     /// The services' virtual address (host 100 of the cluster's /24).
@@ -116,16 +138,41 @@ impl MigrateRig {
         let pki = opts.base.join(unique("godwit-mig-pki"));
         let ca = pki.join("ca");
         init_ca(&ca, "test").unwrap();
-        let slices = [ServiceSlice::new(), ServiceSlice::new()];
+        let slices: Vec<ServiceSlice> = (0..opts.nodes).map(|_| ServiceSlice::new()).collect();
         let names: Vec<String> = slices.iter().map(|s| s.name.clone()).collect();
         const KEY: &str = "1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a7988";
         let ca_dir = ca.clone();
         let state_base = pki.join("state");
         let (probe_ms, grace_ms) = (opts.probe_interval_ms, opts.stop_grace_ms);
-        let mut builder = Cluster::builder(2).extra_toml(move |n| {
+        let (coordinator, configured_kv) = (opts.coordinator, opts.configured_kv);
+        let kvstore_bin = kvstore.clone();
+        let mut builder = Cluster::builder(opts.nodes).extra_toml(move |n| {
             let tls = n.dir.join("tls");
             issue_node(&ca_dir, n.name, &tls).unwrap();
-            format!(
+            let mut extra = String::new();
+            if let Some((fence, guard, margin)) = coordinator {
+                extra += &format!(
+                    "[coordinator]\nenabled = true\nbootstrap = \"{}\"\nheartbeat_ms = 100\n\
+                     election_min_ms = 500\nelection_max_ms = 1000\nfence_after_ms = {fence}\n\
+                     guard_grace_ms = {guard}\nmargin_ms = {margin}\n",
+                    if n.index == 1 { "yes" } else { "no" }
+                );
+            }
+            if configured_kv && n.index == 1 {
+                let o = n.all_addrs[0].octets();
+                extra += &format!(
+                    "[[service]]\nname = \"kv\"\ncommand = [\"{}\", \"--listen\", \"0.0.0.0:{KV_PORT}\", \
+                     \"--state\", \"{{state}}/data/kv.state\", \"--size\", \"{}\"]\nstate = [\"data\"]\n\
+                     vip = \"{}.{}.{}.100\"\n[service.health]\ntcp = \"127.0.0.1:{KV_PORT}\"\ninterval_ms = 100\n",
+                    kvstore_bin.display(),
+                    64 << 20,
+                    o[0],
+                    o[1],
+                    o[2]
+                );
+            }
+            extra
+                + &format!(
                 "[probe]\ninterval_ms = {probe_ms}\n\
                  [gossip]\nlisten = \"{a}:9747\"\nseeds = [\"{s}:9747\"]\nkeys = [\"{KEY}\"]\ninterval_ms = 100\n\
                  [transport]\nlisten = \"{a}:9748\"\ntls_dir = \"{}\"\n\

@@ -1,12 +1,16 @@
-//! `cargo xtask cluster up --nodes N [--release] [--extra-toml FILE]`,
+//! `cargo xtask cluster up --nodes N [--release] [--extra-toml FILE] [--bare]`,
 //! `cargo xtask cluster down [--all | --run RUN]`, `cargo xtask cluster list`: the multi-node
 //! harness of `tests/src/cluster/` from the command line.
 //!
 //! `up` builds the agent (`cargo build -p godwit`, `--release` optional) and runs
 //! `cargo run -q -p godwit-tests --bin godwit-cluster -- up --nodes N --agent-bin
 //! target/<profile>/godwit`, which leaves a detached cluster running: N network namespaces on a
-//! bridge, one agent each, reachable from this host at `198.a.b.i:9746` (the command prints the
-//! addresses). `down` removes what `up` made; `down --all` also removes the leftovers of crashed
+//! bridge, one agent each, that form one mesh: gossip seeded and sealed with a generated key,
+//! the transport with certificates of a generated CA. It waits until every node sees every
+//! other alive and prints, per node, its API address (reads from this host: `godwit nodes
+//! --addr 198.a.b.i:9746`) and its API socket (changes: `godwit path n2 --socket PATH`).
+//! `--bare` starts lone agents instead. `down` removes what `up` made (agents, namespaces and
+//! veths, cgroups, files); `down --all` also removes the leftovers of crashed
 //! test runs. xtask itself does not depend on godwit: building it needs clang, which this
 //! command installs first, as `cargo xtask run` does. Everything here needs root.
 
@@ -27,9 +31,14 @@ pub(crate) enum ClusterCmd {
         /// Run the release build of the agent instead of the debug build.
         #[arg(long)]
         release: bool,
-        /// TOML appended to every node's config (after its `[node]` and `[api]` tables).
+        /// TOML appended to every node's config (after the harness's tables: it may add
+        /// `[probe]`, say, but not repeat `[node]`, `[api]`, `[gossip]`, `[transport]` or
+        /// `[services]`).
         #[arg(long, value_name = "FILE")]
         extra_toml: Option<OsString>,
+        /// Lone agents that do not meet: only `[node]`, `[api]` and the extra TOML.
+        #[arg(long)]
+        bare: bool,
     },
     /// Remove the clusters `up` made; with --all also the leftovers of crashed test runs.
     Down {
@@ -62,6 +71,7 @@ pub(crate) fn cluster(cmd: &ClusterCmd) -> Result<()> {
             nodes,
             release,
             extra_toml,
+            bare,
         } => {
             let profile = if *release { "release" } else { "debug" };
             step(&format!("cargo build -p godwit ({profile})"));
@@ -79,6 +89,9 @@ pub(crate) fn cluster(cmd: &ClusterCmd) -> Result<()> {
                 let file = std::fs::canonicalize(file)
                     .with_context(|| format!("{}", std::path::Path::new(file).display()))?;
                 args.extend(["--extra-toml".into(), file.into_os_string()]);
+            }
+            if *bare {
+                args.push("--bare".into());
             }
         }
         ClusterCmd::Down { all, run } => {

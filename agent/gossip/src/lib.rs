@@ -62,6 +62,6 @@ pub use config::{
 pub use error::GossipError;
 pub use seal::{ClusterKey, KeyId, Keyring, KeyringChange, SealStats};
 pub use summary::{
-    Addresses, Capacity, EncodedSummary, Energy, Forecast, HostedService, Load, NodeSummary,
-    TriggerState, MAX_SWITCH_LATENCIES, SCHEMA_VERSION,
+    Addresses, Capacity, CoordinatorSeen, EncodedSummary, Energy, Forecast, HostedService, Load,
+    NodeSummary, TriggerState, MAX_SWITCH_LATENCIES, SCHEMA_VERSION,
 };

@@ -32,6 +32,7 @@ const KEY_IMAGES: &str = "g:img";
 const KEY_ENERGY: &str = "g:energy";
 const KEY_RISK: &str = "g:risk";
 const KEY_SWITCH: &str = "g:switch";
+const KEY_COORD: &str = "g:coord";
 
 /// What chitchat spends on a key besides its key and value strings (version, status and
 /// length prefixes), counted against the budget.
@@ -161,6 +162,19 @@ pub struct NodeSummary {
     pub risk: f64,
     /// Latencies of past transitional switches, milliseconds, oldest first.
     pub switch_latencies_ms: Vec<u32>,
+    /// The coordinator this node knows, when it is a member of the group.
+    pub coordinator: Option<CoordinatorSeen>,
+}
+
+/// The leader and term a node knows (announced so that every node knows them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorSeen {
+    /// The leader's node name, if one is known.
+    pub leader: Option<String>,
+    /// Its transport address.
+    pub leader_addr: Option<String>,
+    /// The Raft term.
+    pub term: u64,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -243,6 +257,7 @@ impl NodeSummary {
             (KEY_ENERGY.into(), json(&self.energy)?),
             (KEY_RISK.into(), json(&self.risk)?),
             (KEY_SWITCH.into(), json(&latencies)?),
+            (KEY_COORD.into(), json(&self.coordinator)?),
         ];
 
         // Sizes of the two list sections as functions of how many items are kept; the
@@ -337,6 +352,7 @@ impl NodeSummary {
             energy: section(&keys, KEY_ENERGY),
             risk: section(&keys, KEY_RISK),
             switch_latencies_ms: section(&keys, KEY_SWITCH),
+            coordinator: section(&keys, KEY_COORD),
         })
     }
 }
@@ -391,6 +407,11 @@ pub(crate) mod tests {
             },
             risk: 0.1,
             switch_latencies_ms: vec![120, 90],
+            coordinator: Some(CoordinatorSeen {
+                leader: Some("n1".into()),
+                leader_addr: Some("10.0.0.1:7001".into()),
+                term: 3,
+            }),
         }
     }
 

@@ -1,4 +1,6 @@
-//! The cgroup v2 subtree of a run: `<v2 root>/godwit-cluster/<run>/n<i>`.
+//! The cgroup v2 subtree of a run: `<v2 root>/godwit-cluster/<run>/n<i>` for the agents, and in
+//! a meshed run `<v2 root>/godwit-cluster/<run>/n<i>.services` for their services (which, on a
+//! v1/v2 hybrid host, the agents mirror under `<v1 memory root>/godwit-cluster/<run>/`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,6 +24,22 @@ pub(crate) fn v2_root_from(mounts: &str) -> Option<PathBuf> {
 pub(crate) fn v2_root() -> Result<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").context("read /proc/self/mounts")?;
     v2_root_from(&mounts).context("cgroup v2 is not mounted (no cgroup2 in /proc/self/mounts)")
+}
+
+/// Where the v1 memory controller is mounted, from a `/proc/self/mounts`-formatted text (only
+/// on v1/v2 hybrid hosts).
+pub(crate) fn memory_v1_root_from(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype, opts) = (f.next()?, f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup" && opts.split(',').any(|o| o == "memory")).then(|| PathBuf::from(dir))
+    })
+}
+
+/// The v1 memory hierarchy of this host, if it has one.
+pub(crate) fn memory_v1_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    memory_v1_root_from(&mounts)
 }
 
 /// The pids in cgroup `dir` (empty when it does not exist).

@@ -26,11 +26,18 @@
 //!   `data_dir`, `[api] listen = "198.a.b.i:9746"` (read-only, so `public_read_only = true`)
 //!   and `socket = "<node dir>/api.sock"`, where [`Cluster::act`] changes things, plus any
 //!   extra TOML from
-//!   [`Builder::extra_toml`]), its own log file and its own cgroup
+//!   [`Builder::extra_toml`]; [`node_toml`] writes it), its own log file and its own cgroup
 //!   `<v2 root>/godwit-cluster/<run>/n<i>` (`/sys/fs/cgroup/unified` on a v1/v2 hybrid host,
 //!   `/sys/fs/cgroup` on a pure v2 one). The agent is started by entering the namespace with
 //!   `setns(2)` between fork and exec, which is `ip netns exec` without its remount of `/sys`:
 //!   under `ip netns exec` the agent would not see the cgroup hierarchies.
+//! - **Meshed runs** ([`Builder::mesh`], what `cargo xtask cluster up` makes) are one cluster:
+//!   each node gossips on `198.a.b.i:9747` with the first nodes as seeds, sealed with a key
+//!   generated for the run (`<work dir>/pki/gossip.keys`, mode 0600, `[gossip] keys_file`), and
+//!   runs the transport on `198.a.b.i:9748` with a certificate of a CA generated for the run
+//!   (`<work dir>/pki/ca`, by the agent binary's `godwit ca init` and `godwit cert issue`);
+//!   its services get their own cgroups, state and VIP interface, so they migrate between
+//!   nodes. The test process, on the uplink, reaches gossip, transport and API alike.
 //!
 //! # Faults
 //!
@@ -73,6 +80,7 @@
 
 pub mod capture;
 mod cgroup;
+mod config;
 mod http;
 mod net;
 mod state;
@@ -88,6 +96,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub use config::{node_toml, Mesh, NodeConfig, GOSSIP_PORT, SEEDS, TRANSPORT_PORT};
 pub use http::get as http_get;
 pub use net::in_netns;
 pub use state::{
@@ -144,7 +153,13 @@ pub struct Node {
     pub api: SocketAddr,
     /// Its agent's API socket, where changes are served.
     pub socket: PathBuf,
-    /// Its directory: `godwit.toml`, `agent.log`, `data/`, `api.sock`.
+    /// Its gossip address (configured in a meshed run).
+    pub gossip: SocketAddr,
+    /// Its transport address (configured in a meshed run).
+    pub transport: SocketAddr,
+    /// Its certificate, key and the CA's certificate (issued in a meshed run).
+    pub tls_dir: PathBuf,
+    /// Its directory: `godwit.toml`, `agent.log`, `data/`, `api.sock`, `tls/`, `state/`.
     pub dir: PathBuf,
     /// The agent's config file.
     pub config: PathBuf,
@@ -155,6 +170,13 @@ pub struct Node {
     child: Option<Child>,
 }
 
+impl Node {
+    /// The agent's `[node] data_dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+}
+
 type TomlHook = Box<dyn Fn(&NodeInfo<'_>) -> String>;
 
 /// Options of a cluster; [`Cluster::builder`] makes one.
@@ -163,6 +185,7 @@ pub struct Builder {
     agent_bin: Option<PathBuf>,
     extra_toml: Option<TomlHook>,
     detached: bool,
+    mesh: bool,
     ready_timeout: Duration,
 }
 
@@ -174,7 +197,8 @@ impl Builder {
     }
 
     /// TOML appended to each node's config, after its `[node]` and `[api]` tables (so it may
-    /// add other tables, such as `[probe]`, but not repeat those two).
+    /// add other tables, such as `[probe]`, but not repeat those two; in a [`Builder::mesh`]
+    /// run not `[gossip]`, `[transport]` or `[services]` either).
     pub fn extra_toml(mut self, hook: impl Fn(&NodeInfo<'_>) -> String + 'static) -> Builder {
         self.extra_toml = Some(Box::new(hook));
         self
@@ -184,6 +208,15 @@ impl Builder {
     /// get their own session and do not die with this process). `down` removes it.
     pub fn detached(mut self) -> Builder {
         self.detached = true;
+        self
+    }
+
+    /// Makes the nodes one cluster (what `cargo xtask cluster up` does): gossip seeded and
+    /// sealed with a generated key, the transport with certificates of a generated CA, and
+    /// services kept apart per node. See [`node_toml`] for the configuration and [`Mesh`] for
+    /// the generated files.
+    pub fn mesh(mut self) -> Builder {
+        self.mesh = true;
         self
     }
 
@@ -244,6 +277,9 @@ impl Builder {
                     addr,
                     api: SocketAddr::from((addr, API_PORT)),
                     socket: dir.join("api.sock"),
+                    gossip: config::gossip_addr(addr),
+                    transport: config::transport_addr(addr),
+                    tls_dir: dir.join("tls"),
                     config: dir.join("godwit.toml"),
                     log: dir.join("agent.log"),
                     cgroup: st.cgroup.join(format!("n{i}")),
@@ -257,11 +293,28 @@ impl Builder {
             state: st,
             nodes,
             agent_bin,
+            mesh: None,
             detached: false,
             ready_timeout: self.ready_timeout,
         };
         cluster.state.save()?;
         cluster.setup_network()?;
+        if self.mesh {
+            let services = cluster
+                .state
+                .cgroup
+                .strip_prefix(&cgroup_root)
+                .context("the run's cgroup lies under the v2 root")?
+                .to_string_lossy()
+                .into_owned();
+            cluster.mesh = Some(Mesh::create(
+                &work_dir,
+                &cluster.agent_bin,
+                &cluster.state.run,
+                services,
+                &cluster.nodes,
+            )?);
+        }
         cluster.write_configs(self.extra_toml.as_deref())?;
         std::fs::create_dir_all(&cluster.state.cgroup)
             .with_context(|| format!("create cgroup {}", cluster.state.cgroup.display()))?;
@@ -289,6 +342,8 @@ pub struct Cluster {
     state: RunState,
     nodes: Vec<Node>,
     agent_bin: PathBuf,
+    /// The shared secrets of a meshed run.
+    mesh: Option<Mesh>,
     /// Set once a detached cluster is fully started: Drop then leaves everything in place.
     detached: bool,
     ready_timeout: Duration,
@@ -302,6 +357,7 @@ impl Cluster {
             agent_bin: None,
             extra_toml: None,
             detached: false,
+            mesh: false,
             ready_timeout: Duration::from_secs(30),
         }
     }
@@ -319,6 +375,16 @@ impl Cluster {
     /// The recorded state of the run.
     pub fn state(&self) -> &RunState {
         &self.state
+    }
+
+    /// The gossip key file and CA of a meshed run ([`Builder::mesh`]).
+    pub fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.as_ref()
+    }
+
+    /// The `godwit` binary the agents run.
+    pub fn agent_bin(&self) -> &Path {
+        &self.agent_bin
     }
 
     /// Name of the hub namespace.
@@ -487,6 +553,52 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// Waits until every node's `/v1/nodes` lists every node alive (the gossip of a meshed
+    /// run has converged); on timeout, says which nodes each one is missing.
+    pub fn try_wait_meshed(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut missing = Vec::new();
+            for node in &self.nodes {
+                let alive = self.alive_members(node.index);
+                let lacks: Vec<&str> = self
+                    .nodes
+                    .iter()
+                    .filter(|n| !alive.contains(&n.name))
+                    .map(|n| n.name.as_str())
+                    .collect();
+                if !lacks.is_empty() {
+                    missing.push(format!("{} lacks {}", node.name, lacks.join(" ")));
+                }
+            }
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the nodes did not all see each other alive within {timeout:?}: {}",
+                    missing.join("; ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The names of the members node `i` reports alive (none when it does not answer).
+    pub fn alive_members(&self, i: usize) -> Vec<String> {
+        let Ok((200, body)) = self.get(i, "/v1/nodes") else {
+            return Vec::new();
+        };
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        doc["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["liveness"] == "alive")
+            .filter_map(|m| m["id"]["node_id"].as_str().map(str::to_string))
+            .collect()
     }
 
     /// Whether node `i` answers `/healthz` with 200 within `timeout`, from the test process.
@@ -775,30 +887,24 @@ impl Cluster {
     fn write_configs(&self, hook: Option<&dyn Fn(&NodeInfo<'_>) -> String>) -> Result<()> {
         let all_addrs: Vec<Ipv4Addr> = self.nodes.iter().map(|n| n.addr).collect();
         for node in &self.nodes {
-            let data = node.dir.join("data");
+            let data = node.data_dir();
             std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
-            let extra = hook
-                .map(|h| {
-                    h(&NodeInfo {
-                        index: node.index,
-                        name: &node.name,
-                        addr: node.addr,
-                        all_addrs: &all_addrs,
-                        dir: &node.dir,
-                    })
-                })
-                .unwrap_or_default();
-            let toml = format!(
-                "# {name} of cluster run {run}, written by godwit_tests::cluster\n\
-                 [node]\nname = \"{name}\"\ndata_dir = \"{data}\"\n\n\
-                 [api]\nlisten = \"{api}\"\npublic_read_only = true\nsocket = \"{socket}\"\n\n\
-                 {extra}\n",
-                name = node.name,
-                run = self.state.run,
-                data = data.display(),
-                api = node.api,
-                socket = node.socket.display(),
-            );
+            let mut toml = node_toml(&NodeConfig {
+                run: &self.state.run,
+                node,
+                all: &self.nodes,
+                mesh: self.mesh.as_ref(),
+            });
+            if let Some(h) = hook {
+                toml += &h(&NodeInfo {
+                    index: node.index,
+                    name: &node.name,
+                    addr: node.addr,
+                    all_addrs: &all_addrs,
+                    dir: &node.dir,
+                });
+                toml.push('\n');
+            }
             std::fs::write(&node.config, toml)
                 .with_context(|| format!("write {}", node.config.display()))?;
         }
@@ -829,10 +935,24 @@ impl Cluster {
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
         // SAFETY: the closure runs in the forked child before exec and calls only
-        // async-signal-safe functions (open, write, close, setsid, prctl, getppid) on data
-        // allocated before the fork.
+        // async-signal-safe functions (close_range, fcntl, open, write, close, setsid, prctl,
+        // getppid) on data allocated before the fork.
         unsafe {
             cmd.pre_exec(move || {
+                // Descriptors this process inherited without close-on-exec (a `flock` around
+                // `cargo xtask cluster up`, say) stay out of the agent: a detached agent would
+                // hold them until `down`. Std's own descriptors are close-on-exec already.
+                if libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                ) != 0
+                {
+                    for fd in 3..1024 {
+                        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                    }
+                }
                 // Move into the node's cgroup ("0" is the writing process).
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {

@@ -270,6 +270,10 @@ fn release_subnet(index: u16, run: &str) {
 /// each step goes on when an earlier one failed.
 pub(super) fn teardown(st: &RunState) {
     cgroup::remove_tree(&st.cgroup);
+    // The services' mirror in the v1 memory hierarchy (hybrid hosts), emptied by the line above.
+    if let Some(v1) = cgroup::memory_v1_root() {
+        cgroup::remove_tree(&v1.join(cgroup::PARENT).join(&st.run));
+    }
     for ns in st.namespaces.iter().rev() {
         net::delete_netns(ns);
     }
@@ -377,8 +381,12 @@ fn sweep_leftovers(live: &[String], report: &mut DownReport) {
             }
         }
     }
-    // Cgroups.
-    if let Ok(root) = cgroup::v2_root() {
+    // Cgroups, and their mirror in the v1 memory hierarchy.
+    let roots = cgroup::v2_root()
+        .ok()
+        .into_iter()
+        .chain(cgroup::memory_v1_root());
+    for root in roots {
         let parent = root.join(cgroup::PARENT);
         if let Ok(rd) = std::fs::read_dir(&parent) {
             for e in rd.filter_map(|e| e.ok()) {
@@ -513,5 +521,10 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup"))
         );
         assert_eq!(cgroup::v2_root_from("proc /proc proc rw 0 0\n"), None);
+        assert_eq!(
+            cgroup::memory_v1_root_from(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/memory"))
+        );
+        assert_eq!(cgroup::memory_v1_root_from(pure), None);
     }
 }

@@ -89,6 +89,107 @@ pub fn registry(
     registry
 }
 
+/// The coordinator as this node sees it: term, leadership, lease, fences and failovers.
+pub fn coordinator_collector(
+    coord: Arc<crate::coord::node::Coordinator<crate::coord::quic::AgentWire>>,
+) -> Box<dyn Collector> {
+    Box::new(CoordinatorCollector { coord })
+}
+
+struct CoordinatorCollector {
+    coord: Arc<crate::coord::node::Coordinator<crate::coord::quic::AgentWire>>,
+}
+
+impl std::fmt::Debug for CoordinatorCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CoordinatorCollector")
+    }
+}
+
+impl Collector for CoordinatorCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), FmtError> {
+        use MetricType::{Counter, Gauge};
+        let st = self.coord.status();
+        let none = Vec::<(&'static str, String)>::new;
+        family(
+            &mut enc,
+            "godwit_coordinator_term",
+            "The Raft term this node knows",
+            Gauge,
+            [(none(), st.term as f64)],
+        )?;
+        family(
+            &mut enc,
+            "godwit_coordinator_leader",
+            "1 on the node that leads (the coordinator), 0 elsewhere",
+            Gauge,
+            [(
+                none(),
+                f64::from(u8::from(st.leader.as_deref() == Some(st.me.as_str()))),
+            )],
+        )?;
+        family(
+            &mut enc,
+            "godwit_coordinator_leader_changes",
+            "Times this node became the leader",
+            Counter,
+            [(none(), st.leader_changes as f64)],
+        )?;
+        family(
+            &mut enc,
+            "godwit_coordinator_applied_index",
+            "The placement log's index this node has applied",
+            Gauge,
+            [(none(), st.applied as f64)],
+        )?;
+        let now = crate::coord::BootTime::now().0;
+        family(
+            &mut enc,
+            "godwit_lease_remaining_seconds",
+            "Time left on this node's lease (0: none: it runs no service)",
+            Gauge,
+            [(none(), st.lease.until_ms.saturating_sub(now) as f64 / 1e3)],
+        )?;
+        family(
+            &mut enc,
+            "godwit_lease_age_seconds",
+            "On the leader: time since each node last renewed its lease",
+            Gauge,
+            st.nodes.iter().filter_map(|n| {
+                n.lease_age_ms
+                    .map(|ms| (vec![("node", n.name.clone())], ms as f64 / 1e3))
+            }),
+        )?;
+        family(
+            &mut enc,
+            "godwit_node_fenced",
+            "1 for each node the placement log holds fenced",
+            Gauge,
+            st.nodes.iter().map(|n| {
+                (
+                    vec![("node", n.name.clone())],
+                    f64::from(u8::from(n.fenced)),
+                )
+            }),
+        )?;
+        family(
+            &mut enc,
+            "godwit_fences",
+            "Nodes this node fenced while it led",
+            Counter,
+            [(none(), st.fences as f64)],
+        )?;
+        family(
+            &mut enc,
+            "godwit_failovers",
+            "Services this node placed elsewhere while it led, their node fenced",
+            Counter,
+            [(none(), st.failovers as f64)],
+        )?;
+        Ok(())
+    }
+}
+
 /// Migrations from this node: counts by result, and the last one's figures.
 #[derive(Debug)]
 struct MigrationCollector {

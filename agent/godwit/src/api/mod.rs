@@ -605,12 +605,98 @@ async fn service_add_handler(
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
     let name = spec.name.clone();
+    if let Some(coord) = &state.shared.coord {
+        return place_here(coord, manager, spec, &caller).await;
+    }
     match manager.add(spec).await {
         Ok(status) => {
             tracing::info!(service = %name, by = %caller.describe(), "service added");
             (StatusCode::CREATED, Json(status)).into_response()
         }
         Err(e) => service_error(e),
+    }
+}
+
+/// With a coordinator, a service added here is placed here through the log (never started
+/// blindly): 201 once it runs here, 202 while the node waits for its lease, 409 when the log
+/// places a service of that name elsewhere.
+async fn place_here(
+    coord: &crate::coord::node::Coordinator<crate::coord::quic::AgentWire>,
+    manager: &crate::service::Manager,
+    spec: crate::service::ServiceSpec,
+    caller: &access::Caller,
+) -> Response {
+    if let Err(e) = spec.validate(&manager.runtime().section) {
+        return service_error(e);
+    }
+    let name = spec.name.clone();
+    let me = coord.settings().me.name.clone();
+    let json = match serde_json::to_string(&spec) {
+        Ok(j) => j,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let cmd = crate::coord::Cmd::Define {
+        service: name.clone(),
+        node: me.clone(),
+        spec: json,
+        ha: match spec.ha {
+            crate::service::HaPolicy::Restart => crate::coord::Ha::Restart,
+            crate::service::HaPolicy::None => crate::coord::Ha::None,
+        },
+    };
+    let index = match coord.write(cmd).await {
+        Ok((_, index)) => index,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let mut placement = coord.placement();
+    let entry = loop {
+        let p = placement.borrow_and_update().clone();
+        if p.applied >= index {
+            break p.services.get(&name).cloned();
+        }
+        if tokio::time::timeout(std::time::Duration::from_secs(10), placement.changed())
+            .await
+            .is_err()
+        {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the log was not applied here in time",
+            );
+        }
+    };
+    match entry {
+        Some(e) if e.node.as_deref() == Some(me.as_str()) => {}
+        Some(e) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "{name} is placed on {} at epoch {}",
+                    e.node.as_deref().unwrap_or("no node"),
+                    e.epoch
+                ),
+            )
+        }
+        None => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("{name} is not in the placement log"),
+            )
+        }
+    }
+    tracing::info!(service = %name, by = %caller.describe(), index, "service placed here");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(status) = manager.status(&name) {
+            return (StatusCode::CREATED, Json(status)).into_response();
+        }
+        if tokio::time::Instant::now() > deadline {
+            return (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "name": name, "node": me, "placed_at": index })),
+            )
+                .into_response();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

@@ -180,6 +180,22 @@ async fn hints(
 ) {
     loop {
         let view = cluster.view();
+        // The leader gossip announces (the highest term seen), else every live peer.
+        let announced = view
+            .live()
+            .filter_map(|m| m.summary.as_ref()?.coordinator.clone())
+            .filter(|c| c.leader.is_some() && c.leader_addr.is_some())
+            .max_by_key(|c| c.term);
+        if let Some(c) = announced {
+            if let (Some(name), Some(addr)) = (c.leader, c.leader_addr) {
+                coord.set_hints(vec![Member { name, addr }]);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+        }
         let peers: Vec<Member> = view
             .live()
             .filter(|m| !m.is_self)

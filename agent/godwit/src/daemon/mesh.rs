@@ -66,6 +66,7 @@ impl Mesh {
         ctx: &Context,
         quic: Option<std::net::SocketAddr>,
         probes: &Probes,
+        coord: Option<Arc<crate::coord::node::Coordinator<crate::coord::quic::AgentWire>>>,
     ) {
         let Some(mesh) = self.cluster.clone() else {
             return;
@@ -78,6 +79,7 @@ impl Mesh {
             probes.forecasts.clone(),
             probes.decisions.clone(),
             probes.risk.clone(),
+            coord,
         );
         let cancel = self.cancel.clone();
         self.tasks.spawn(async move {
@@ -113,6 +115,7 @@ impl Mesh {
 }
 
 /// Publishes this node's summary to the mesh after every sample.
+#[allow(clippy::too_many_arguments)]
 async fn publish_summaries(
     cfg: Config,
     mesh: Arc<gossip::Cluster>,
@@ -121,6 +124,7 @@ async fn publish_summaries(
     forecasts: forecast::SharedForecasts,
     decisions: forecast::SharedDecisions,
     risk: forecast::SharedRisk,
+    coord: Option<Arc<crate::coord::node::Coordinator<crate::coord::quic::AgentWire>>>,
 ) {
     let mut tick = tokio::time::interval(cfg.probe.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -138,6 +142,14 @@ async fn publish_summaries(
         let mut summary =
             crate::node_summary::summary(&cfg, &snap, f.as_deref(), d.as_deref(), risk.get());
         summary.addresses.quic = quic;
+        summary.coordinator = coord.as_ref().map(|c| {
+            let (leader, term) = c.leader();
+            gossip::CoordinatorSeen {
+                leader_addr: leader.as_ref().map(|l| l.addr.clone()),
+                leader: leader.map(|l| l.name),
+                term,
+            }
+        });
         match mesh.publish(&summary).await {
             Ok(_) => warned = false,
             Err(e) if !warned => {

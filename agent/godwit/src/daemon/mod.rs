@@ -63,8 +63,15 @@ impl Context {
 /// Installs the tracing subscriber: `GODWIT_LOG` overrides the configured level.
 pub fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
+    // openraft narrates every vote and append at info: its warnings are what an operator
+    // needs, unless the level names it.
+    let level = if cfg.log.level.contains("openraft") {
+        cfg.log.level.clone()
+    } else {
+        format!("{},openraft=warn", cfg.log.level)
+    };
     let filter = EnvFilter::try_from_env("GODWIT_LOG")
-        .or_else(|_| EnvFilter::try_new(&cfg.log.level))
+        .or_else(|_| EnvFilter::try_new(&level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -151,7 +158,7 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
     )
     .await;
     let inventory = inventory::Inventory::start(&ctx, &probes, services.manager.clone());
-    mesh.publish(&ctx, net.advertise(), &probes);
+    mesh.publish(&ctx, net.advertise(), &probes, coordination.coord.clone());
     let api = api.serve(
         &ctx,
         server::Parts {

@@ -96,7 +96,7 @@ impl Bound {
             migrator: migration.migrator.clone(),
             coord: coordination.coord.clone(),
         };
-        let registry = Arc::new(api::metrics::registry(
+        let mut registry = api::metrics::registry(
             probes.shared.clone(),
             selection,
             mesh.cluster.clone(),
@@ -104,7 +104,11 @@ impl Bound {
             services.manager.clone(),
             inventory.shared.clone(),
             migration.migrator.clone(),
-        ));
+        );
+        if let Some(c) = &coordination.coord {
+            registry.register_collector(api::metrics::coordinator_collector(c.clone()));
+        }
+        let registry = Arc::new(registry);
         let cfg = &ctx.cfg.api;
         let cancel = ctx.child_token();
         let tasks = TaskTracker::new();

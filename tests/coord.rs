@@ -1,0 +1,245 @@
+//! The coordinator with real agents in network namespaces: services placed through the log,
+//! a node cut off from the others fencing itself before its service starts elsewhere, and
+//! placements that survive agent restarts. Needs root; one test at a time (`cargo xtask test`).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use godwit_tests::migrate_rig::{KvOptions, MigrateRig, RigOptions};
+use godwit_tests::{promtool_check, require_root, wait_for};
+use serde_json::Value;
+
+/// Waits until node `i` sees `voters` voters, a leader, and holds a lease it may act on.
+fn wait_group(rig: &MigrateRig, i: usize, voters: usize) -> Value {
+    wait_for(Duration::from_secs(40), || {
+        let doc = rig.c.json(i, "/v1/cluster");
+        (doc["voters"].as_array().map(Vec::len) == Some(voters)
+            && doc["leader"].is_string()
+            && doc["may_act"] == true)
+            .then_some(doc)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "n{i}: no group of {voters} voters: {}\n{}",
+            rig.c.json(i, "/v1/cluster"),
+            rig.c.log(i)
+        )
+    })
+}
+
+/// The nodes on which `name` has a process now (any state but stopped or failed).
+fn running_on(rig: &MigrateRig, name: &str) -> Vec<usize> {
+    (1..=rig.c.len())
+        .filter(|i| {
+            let s = rig.service(*i, name);
+            s["pid"].is_u64()
+        })
+        .collect()
+}
+
+/// Where the log places `name`, as node `i` has applied it: (node, epoch).
+fn placed(rig: &MigrateRig, i: usize, name: &str) -> Option<(String, u64)> {
+    let doc = rig.c.json(i, "/v1/cluster");
+    doc["services"].as_array()?.iter().find_map(|s| {
+        (s["name"] == name).then(|| {
+            (
+                s["node"].as_str().unwrap_or("").to_string(),
+                s["epoch"].as_u64().unwrap_or(0),
+            )
+        })
+    })
+}
+
+#[test]
+fn a_cut_off_node_fences_itself_and_its_service_restarts_elsewhere_never_twice() {
+    require_root();
+    let rig = MigrateRig::new(RigOptions::coordinated(3));
+    let group = wait_group(&rig, 1, 3);
+    assert_eq!(group["leader"], "n1", "{group}");
+    for i in 2..=3 {
+        wait_group(&rig, i, 3);
+    }
+    // Added on n2: placed there through the log, then started.
+    let spec = rig.kv_spec(
+        "kv",
+        &KvOptions {
+            size: 16 << 20,
+            ..KvOptions::default()
+        },
+    );
+    rig.add(2, &spec, Duration::from_secs(20));
+    let (node, epoch) = placed(&rig, 1, "kv").expect("kv in the log");
+    assert_eq!(node, "n2");
+    assert_eq!(rig.service(2, "kv")["epoch"].as_u64(), Some(epoch));
+
+    // n2 is cut off from n1 and n3. Watch every node's services until kv runs elsewhere.
+    let cut = Instant::now();
+    rig.c.partition(&[&[2], &[1, 3]]);
+    let mut seen: BTreeMap<usize, (Duration, Duration)> = BTreeMap::new();
+    let mut overlaps = Vec::new();
+    let moved = loop {
+        let t = cut.elapsed();
+        assert!(
+            t < Duration::from_secs(40),
+            "kv never ran elsewhere: {seen:?}\n{}",
+            rig.c.log(1)
+        );
+        let on = running_on(&rig, "kv");
+        if on.len() > 1 {
+            overlaps.push((t, on.clone()));
+        }
+        for i in &on {
+            let e = seen.entry(*i).or_insert((t, t));
+            e.1 = t;
+        }
+        if let Some(i) = on.iter().find(|i| **i != 2) {
+            if rig.service(*i, "kv")["health"] == "healthy" {
+                break *i;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        overlaps.is_empty(),
+        "kv ran on two nodes at once: {overlaps:?}"
+    );
+    let n2_last = seen.get(&2).map(|s| s.1).unwrap_or_default();
+    let elsewhere_first = seen[&moved].0;
+    println!(
+        "n2 last ran kv {:.2} s after the cut; n{moved} first ran it at {:.2} s",
+        n2_last.as_secs_f64(),
+        elsewhere_first.as_secs_f64()
+    );
+    // n2 stopped it within its lease (3 s) and a poll; n{moved} started it after.
+    assert!(
+        n2_last < Duration::from_millis(4000),
+        "n2 ran kv for {n2_last:?} after the cut"
+    );
+    assert!(elsewhere_first > n2_last);
+    let (node, new_epoch) = placed(&rig, 1, "kv").unwrap();
+    assert_eq!(node, format!("n{moved}"));
+    assert!(new_epoch > epoch, "{new_epoch} after {epoch}");
+    let doc = rig.c.json(1, "/v1/cluster");
+    assert!(
+        doc["fenced"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["node"] == "n2"),
+        "{doc}"
+    );
+
+    // Healed, n2 holds a lease again and does not start kv: the log placed it elsewhere.
+    rig.c.heal();
+    wait_group(&rig, 2, 3);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(rig.service(2, "kv").is_null(), "{}", rig.service(2, "kv"));
+    assert_eq!(running_on(&rig, "kv"), vec![moved]);
+    // Its fence record is closed once it renews.
+    wait_for(Duration::from_secs(10), || {
+        let doc = rig.c.json(1, "/v1/cluster");
+        (!doc["fenced"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["node"] == "n2"))
+        .then_some(())
+    })
+    .expect("n2's fence closed after it came back");
+    // Prometheus sees one leader, and n1 (which led while n2 was cut off) counted the fence
+    // and the failover.
+    let metric = |i: usize, name: &str| -> Option<f64> {
+        let (code, metrics) = rig.c.get(i, "/metrics").unwrap();
+        assert_eq!(code, 200);
+        promtool_check(&metrics);
+        metrics.lines().find_map(|l| {
+            let (n, v) = l.split_once(' ')?;
+            (n.split('{').next() == Some(name))
+                .then(|| v.parse::<f64>().ok())
+                .flatten()
+        })
+    };
+    wait_for(Duration::from_secs(10), || {
+        let leaders: f64 = (1..=3)
+            .map(|i| metric(i, "godwit_coordinator_leader").unwrap_or(0.0))
+            .sum();
+        (leaders == 1.0).then_some(())
+    })
+    .expect("exactly one node reports itself the leader");
+    assert_eq!(metric(1, "godwit_fences_total"), Some(1.0));
+    assert_eq!(metric(1, "godwit_failovers_total"), Some(1.0));
+    // The operator's view.
+    let out = rig
+        .c
+        .cli(1)
+        .args(["cluster", "--json", "--socket"])
+        .arg(rig.c.socket(1))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for field in ["leader", "term", "voters", "nodes"] {
+        assert!(!doc[field].is_null(), "{field} missing: {doc}");
+    }
+}
+
+#[test]
+fn a_migrated_configured_service_stays_where_the_log_put_it_across_restarts() {
+    require_root();
+    let mut rig = MigrateRig::new(RigOptions {
+        configured_kv: true,
+        ..RigOptions::coordinated(2)
+    });
+    // Two nodes: one voter (n1); n2 follows as a learner.
+    wait_group(&rig, 1, 1);
+    wait_group(&rig, 2, 1);
+    rig.wait_serving(1, "kv", Duration::from_secs(30))
+        .unwrap_or_else(|| {
+            panic!(
+                "kv not up on n1: {}\n{}",
+                rig.service(1, "kv"),
+                rig.c.log(1)
+            )
+        });
+    let (_, e1) = placed(&rig, 1, "kv").unwrap();
+
+    let m = rig.migrate("kv", 2, &["--downtime-target", "500"]);
+    assert!(m.committed(), "{}\n{}", m.progress, rig.c.log(1));
+    let (node, e2) = placed(&rig, 1, "kv").unwrap();
+    assert_eq!(node, "n2");
+    assert!(e2 > e1);
+    rig.wait_serving(2, "kv", Duration::from_secs(20))
+        .expect("kv up on n2");
+
+    // The source restarts: its configuration still defines kv, but the log says n2.
+    rig.c.signal(1, libc::SIGTERM);
+    rig.c
+        .wait_exit(1, Duration::from_secs(30))
+        .expect("n1 stopped");
+    let c = &mut rig;
+    c.c.start_agent(1);
+    c.c.wait_ready(1);
+    wait_group(c, 1, 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        c.service(1, "kv").is_null(),
+        "n1 started kv again: {}",
+        c.service(1, "kv")
+    );
+    assert_eq!(running_on(c, "kv"), vec![2]);
+
+    // The target restarts: kv runs again there, at the same epoch.
+    c.c.signal(2, libc::SIGTERM);
+    c.c.wait_exit(2, Duration::from_secs(30))
+        .expect("n2 stopped");
+    c.c.start_agent(2);
+    c.c.wait_ready(2);
+    c.wait_serving(2, "kv", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("kv not back on n2: {}\n{}", c.service(2, "kv"), c.c.log(2)));
+    assert_eq!(placed(c, 2, "kv").unwrap(), ("n2".to_string(), e2));
+    assert_eq!(running_on(c, "kv"), vec![2]);
+}

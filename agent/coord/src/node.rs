@@ -490,7 +490,7 @@ impl<W: Wire> Coordinator<W> {
                         self.lease_tx.send_modify(|l| {
                             l.until_ms = l.until_ms.max(until.0);
                             l.granted_at_index = committed;
-                            l.valid = BootTime::now().0 < l.until_ms;
+                            l.valid = self.s.clock.now().0 < l.until_ms;
                         });
                         break;
                     }

@@ -4,6 +4,31 @@
 
 use std::time::Duration;
 
+/// Where a node reads lease time.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Clock {
+    /// `CLOCK_BOOTTIME`: what the agent uses.
+    #[default]
+    Boot,
+    /// tokio's clock, in milliseconds since `origin`. It stops while the machine sleeps, so it
+    /// is only for tests: a simulation pauses tokio's clock and advances it itself, and lease
+    /// time must follow it.
+    Tokio {
+        /// What counts as zero.
+        origin: tokio::time::Instant,
+    },
+}
+
+impl Clock {
+    /// Now, on this clock.
+    pub fn now(&self) -> BootTime {
+        match self {
+            Clock::Boot => BootTime::now(),
+            Clock::Tokio { origin } => BootTime(origin.elapsed().as_millis() as u64),
+        }
+    }
+}
+
 /// A point on `CLOCK_BOOTTIME`, in milliseconds since boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct BootTime(pub u64);

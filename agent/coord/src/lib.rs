@@ -23,9 +23,11 @@ pub mod quic;
 #[cfg(test)]
 mod quic_tests;
 pub mod rpc;
+#[cfg(test)]
+mod sim_tests;
 pub mod store;
 
-pub use clock::BootTime;
+pub use clock::{BootTime, Clock};
 pub use config::{Bootstrap, CoordinatorSection};
 pub use placement::{Cmd, Ha, Outcome, Placement, Reason, ServiceEntry};
 pub use rpc::{Member, RaftReply, RaftRpc, Wire};

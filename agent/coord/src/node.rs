@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clock::BootTime;
+use crate::clock::{BootTime, Clock};
 use crate::network::Network;
 use crate::placement::{Cmd, Ha, Outcome, Placement, Reason};
 use crate::rpc::{CoordReply, CoordRpc, Member, RaftReply, RaftRpc, Renewal, Wire};
@@ -57,6 +57,8 @@ pub struct Settings {
     pub margin: Duration,
     /// How often a node renews (a fraction of `fence_after`).
     pub renew_every: Duration,
+    /// Where lease time is read: `CLOCK_BOOTTIME`, or a simulation's clock.
+    pub clock: Clock,
 }
 
 impl Settings {
@@ -74,6 +76,7 @@ impl Settings {
             guard_grace: Duration::from_secs(1),
             margin: Duration::from_secs(2),
             renew_every: Duration::from_millis(1000),
+            clock: Clock::Boot,
         }
     }
 
@@ -159,6 +162,8 @@ struct LeaderState {
     term: u64,
     since: BootTime,
     heard: BTreeMap<String, Heard>,
+    /// Nodes whose fence is being written: their renewals are refused meanwhile.
+    fencing: BTreeSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -258,11 +263,13 @@ impl<W: Wire> Coordinator<W> {
     /// Stops the loops and the Raft node.
     pub async fn shutdown(&self) {
         self.stop.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
+        // Raft first: a loop waiting on a write that cannot commit (a leader cut off from its
+        // quorum) returns only once Raft has stopped.
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// This node's settings.
@@ -345,14 +352,17 @@ impl<W: Wire> Coordinator<W> {
         match self.raft.ensure_linearizable().await {
             Ok(read) => {
                 let term = self.raft.metrics().borrow().current_term;
-                let now = BootTime::now();
+                let now = self.s.clock.now();
                 {
                     let mut l = self.leader.lock().unwrap_or_else(|e| e.into_inner());
                     if l.term != term {
+                        // Fences still being written stay refused across the change.
+                        let fencing = std::mem::take(&mut l.fencing);
                         *l = LeaderState {
                             term,
                             since: now,
-                            heard: BTreeMap::new(),
+                            fencing,
+                            ..LeaderState::default()
                         };
                         self.counters
                             .lock()
@@ -360,13 +370,25 @@ impl<W: Wire> Coordinator<W> {
                             .leader_changes += 1;
                         tracing::info!(term, "this node leads: the coordinator");
                     }
+                    // Heard even when refused: that is how a fenced node comes back.
+                    let name = r.member.name.clone();
                     l.heard.insert(
-                        r.member.name.clone(),
+                        name.clone(),
                         Heard {
                             at: now,
                             renewal: r,
                         },
                     );
+                    // A node being fenced, or fenced and not yet recorded back, gets no lease:
+                    // one granted as of an index before its fence (and the failovers after it)
+                    // would let it act on placements those entries take away.
+                    if l.fencing.contains(&name)
+                        || self.placement.borrow().fenced.contains_key(&name)
+                    {
+                        return CoordReply::Failed(format!(
+                            "{name} is fenced: no lease until the log records it back"
+                        ));
+                    }
                 }
                 CoordReply::Granted {
                     committed: read.map(|l| l.index).unwrap_or(0),
@@ -437,7 +459,7 @@ impl<W: Wire> Coordinator<W> {
                 _ = self.stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let sent = BootTime::now();
+            let sent = self.s.clock.now();
             let mut target = self.leader().0;
             if target.is_none() {
                 let hints = self.hints.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -468,7 +490,7 @@ impl<W: Wire> Coordinator<W> {
                         self.lease_tx.send_modify(|l| {
                             l.until_ms = l.until_ms.max(until.0);
                             l.granted_at_index = committed;
-                            l.valid = BootTime::now().0 < l.until_ms;
+                            l.valid = self.s.clock.now().0 < l.until_ms;
                         });
                         break;
                     }
@@ -487,7 +509,7 @@ impl<W: Wire> Coordinator<W> {
         let mut placement = self.placement.clone();
         loop {
             let applied = placement.borrow().applied;
-            let now = BootTime::now().0;
+            let now = self.s.clock.now().0;
             self.lease_tx.send_if_modified(|l| {
                 let valid = now < l.until_ms;
                 let changed = l.valid != valid || l.applied != applied;
@@ -525,7 +547,7 @@ impl<W: Wire> Coordinator<W> {
             if let Err(e) = self.manage_voters(&heard).await {
                 tracing::warn!(error = %e, "changing the voters");
             }
-            if let Err(e) = self.fence_and_fail_over(&heard, since).await {
+            if let Err(e) = self.fence_and_fail_over(&heard, since, term).await {
                 tracing::warn!(error = %e, "failover");
             }
         }
@@ -535,7 +557,7 @@ impl<W: Wire> Coordinator<W> {
     /// to six) or 5 (seven or more), spread across sites; replaces a voter that is surely dead,
     /// never going below 3 to do so.
     async fn manage_voters(&self, heard: &BTreeMap<String, Heard>) -> Result<(), String> {
-        let now = BootTime::now();
+        let now = self.s.clock.now();
         let alive: BTreeMap<&String, &Heard> = heard
             .iter()
             .filter(|(_, h)| now.since(h.at) < self.s.fence_after)
@@ -625,31 +647,43 @@ impl<W: Wire> Coordinator<W> {
     }
 
     /// Fences every node that holds services (or votes) and has surely fenced itself, then
-    /// places its `ha = "restart"` services on live nodes.
+    /// places its `ha = "restart"` services on live nodes. Everything is decided and written in
+    /// `term`: a pass that began in an earlier term (`manage_voters` can wait seconds) stops
+    /// rather than act in a later one on what it knew then.
     async fn fence_and_fail_over(
         &self,
         heard: &BTreeMap<String, Heard>,
         since: BootTime,
+        term: u64,
     ) -> Result<(), String> {
-        let now = BootTime::now();
+        let now = self.s.clock.now();
         let bound = self.s.fence_bound();
         if now.since(since) <= bound {
             return Ok(()); // a new leader first waits the bound for every node
         }
         let p = self.placement.borrow().clone();
-        let surely_gone =
-            |n: &str| n != self.s.me.name && heard.get(n).is_none_or(|h| now.since(h.at) > bound);
         let hosting: BTreeSet<String> =
             p.services.values().filter_map(|e| e.node.clone()).collect();
         for n in hosting.iter().filter(|n| !p.fenced.contains_key(*n)) {
-            if surely_gone(n) {
-                let (o, _) = self
-                    .write_local(Cmd::Fence {
-                        node: n.clone(),
-                        by: "coordinator".into(),
-                        at_unix_ms: unix_ms(),
-                    })
-                    .await?;
+            if self.begin_fence(n, term) {
+                let r = self
+                    .write_local(
+                        Cmd::Fence {
+                            node: n.clone(),
+                            by: "coordinator".into(),
+                            at_unix_ms: unix_ms(),
+                        },
+                        term,
+                    )
+                    .await;
+                // Written (now in the applied placement, which keeps refusing its renewals),
+                // or not the leader any more.
+                self.leader
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .fencing
+                    .remove(n);
+                let (o, _) = r?;
                 tracing::warn!(node = %n, outcome = ?o, "node fenced: its lease ran out");
                 self.counters
                     .lock()
@@ -663,7 +697,8 @@ impl<W: Wire> Coordinator<W> {
                 .get(n)
                 .is_some_and(|h| h.at > since && now.since(h.at) < self.s.fence_after)
             {
-                self.write_local(Cmd::Unfence { node: n.clone() }).await?;
+                self.write_local(Cmd::Unfence { node: n.clone() }, term)
+                    .await?;
                 tracing::info!(node = %n, "fenced node is back");
             }
         }
@@ -692,13 +727,19 @@ impl<W: Wire> Coordinator<W> {
                 tracing::warn!(service = %e.name, "no live node can take it");
                 continue;
             };
+            if !self.leads_in(term) {
+                return Ok(());
+            }
             let (o, index) = self
-                .write_local(Cmd::Place {
-                    service: e.name.clone(),
-                    node: to.clone(),
-                    expect: e.epoch,
-                    reason: Reason::Failover,
-                })
+                .write_local(
+                    Cmd::Place {
+                        service: e.name.clone(),
+                        node: to.clone(),
+                        expect: e.epoch,
+                        reason: Reason::Failover,
+                    },
+                    term,
+                )
                 .await?;
             tracing::warn!(service = %e.name, from = %node, to = %to, epoch = index, outcome = ?o, "failover");
             if matches!(o, Outcome::Applied { .. }) {
@@ -712,8 +753,49 @@ impl<W: Wire> Coordinator<W> {
         Ok(())
     }
 
-    async fn write_local(&self, cmd: Cmd) -> Result<(Outcome, u64), String> {
+    /// Whether node `n` has surely fenced itself, decided on what this leader has heard *now*
+    /// (not on the leader loop's copy, which may be seconds old), and if so, its renewals are
+    /// refused from this moment until the log records it back: a renewal granted between this
+    /// decision and the fence's commit would be a lease the failover does not wait for.
+    /// Only in `term`, the term this leader has led for longer than the bound: what it heard
+    /// in an earlier term says nothing of the leases granted since.
+    fn begin_fence(&self, n: &str, term: u64) -> bool {
+        if n == self.s.me.name || !self.leads_in(term) {
+            return false;
+        }
+        let now = self.s.clock.now();
+        let bound = self.s.fence_bound();
+        let mut l = self.leader.lock().unwrap_or_else(|e| e.into_inner());
+        let gone = l.term == term
+            && now.since(l.since) > bound
+            && l.heard.get(n).is_none_or(|h| now.since(h.at) > bound);
+        if gone {
+            l.fencing.insert(n.to_string());
+        }
+        gone
+    }
+
+    /// Whether this node leads in `term`, as Raft and its leader state both say.
+    fn leads_in(&self, term: u64) -> bool {
+        let (state, current) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state, m.current_term)
+        };
+        state == ServerState::Leader
+            && current == term
+            && self.leader.lock().unwrap_or_else(|e| e.into_inner()).term == term
+    }
+
+    /// Commits `cmd` as this leader, decided in `term`. An entry committed in another term (this
+    /// node lost and won the leadership while it was queued) is an error: the caller's pass
+    /// must stop, since what it decided on belongs to the earlier term.
+    async fn write_local(&self, cmd: Cmd, term: u64) -> Result<(Outcome, u64), String> {
         match self.raft.client_write(cmd).await {
+            Ok(r) if r.log_id.leader_id.term != term => Err(format!(
+                "entry {} was committed in term {}, decided in term {term}",
+                r.log_id.index, r.log_id.leader_id.term
+            )),
             Ok(r) => Ok((r.data, r.log_id.index)),
             Err(e) => Err(e.to_string()),
         }
@@ -738,7 +820,7 @@ impl<W: Wire> Coordinator<W> {
             .heard
             .clone();
         let leading = m.state == ServerState::Leader;
-        let now = BootTime::now();
+        let now = self.s.clock.now();
         let nodes = membership
             .nodes()
             .map(|(id, member)| NodeStatus {

@@ -672,6 +672,7 @@ impl<W: Wire> Coordinator<W> {
                             node: n.clone(),
                             by: "coordinator".into(),
                             at_unix_ms: unix_ms(),
+                            term,
                         },
                         term,
                     )
@@ -737,6 +738,7 @@ impl<W: Wire> Coordinator<W> {
                         node: to.clone(),
                         expect: e.epoch,
                         reason: Reason::Failover,
+                        term,
                     },
                     term,
                 )

@@ -77,6 +77,10 @@ pub enum Cmd {
         node: String,
         expect: u64,
         reason: Reason,
+        /// The term the leader decided it in (a failover), or 0: refused when the entry
+        /// commits in another term, since what the leader heard in one term says nothing of
+        /// the leases granted in the next.
+        term: u64,
     },
     /// A migration's intent: `from` is about to move the service to `to`. Only one at a time.
     MigrateBegin {
@@ -101,6 +105,8 @@ pub enum Cmd {
         by: String,
         /// Wall-clock milliseconds, for operators only (never used to decide).
         at_unix_ms: u64,
+        /// The term the leader decided it in, or 0 (an operator's): as for `Place`.
+        term: u64,
     },
     /// A fenced node holds a fresh lease again: its fence record is closed.
     Unfence { node: String },
@@ -181,10 +187,23 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// Applies the command committed at `index` (indexes strictly increase).
+    /// Applies the command committed at `index` (indexes strictly increase), in any term.
     pub fn apply(&mut self, index: u64, cmd: &Cmd) -> Outcome {
+        self.apply_in(index, 0, cmd)
+    }
+
+    /// Applies the command committed at `index` by the leader of `term` (0: not known). A
+    /// fence or failover decided in another term is refused.
+    pub fn apply_in(&mut self, index: u64, term: u64, cmd: &Cmd) -> Outcome {
         debug_assert!(index > self.applied || self.applied == 0);
         self.applied = index;
+        if let Cmd::Place { term: decided, .. } | Cmd::Fence { term: decided, .. } = cmd {
+            if *decided != 0 && term != 0 && *decided != term {
+                return Outcome::Refused {
+                    reason: format!("decided in term {decided}, committed in term {term}"),
+                };
+            }
+        }
         match cmd {
             Cmd::Noop => Outcome::Applied { epoch: index },
             Cmd::Define {
@@ -222,6 +241,7 @@ impl Placement {
                 node,
                 expect,
                 reason,
+                ..
             } => {
                 let fenced = self.fenced.contains_key(node);
                 let Some(e) = self.services.get_mut(service) else {
@@ -345,6 +365,7 @@ impl Placement {
                 node,
                 by,
                 at_unix_ms,
+                ..
             } => {
                 if let Some(f) = self.fenced.get(node) {
                     return Outcome::Unchanged { epoch: f.index };
@@ -462,6 +483,7 @@ mod tests {
             node: "c".into(),
             expect: 2,
             reason: Reason::Operator,
+            term: 0,
         };
         assert!(matches!(p.apply(4, &place), Outcome::Refused { .. }));
         // A commit naming another intent is stale; the right one moves it.
@@ -499,6 +521,7 @@ mod tests {
             node: "b".into(),
             by: "coordinator".into(),
             at_unix_ms: 0,
+            term: 0,
         };
         assert_eq!(p.apply(3, &fence), Outcome::Applied { epoch: 3 });
         let e = &p.services["kv"];
@@ -517,6 +540,7 @@ mod tests {
             node: "b".into(),
             expect: 3,
             reason: Reason::Failover,
+            term: 0,
         };
         assert!(matches!(p.apply(5, &place), Outcome::Refused { .. }));
         assert_eq!(
@@ -531,10 +555,37 @@ mod tests {
                     node: "b".into(),
                     expect: 3,
                     reason: Reason::Failover,
+                    term: 0,
                 }
             ),
             Outcome::Applied { epoch: 7 }
         );
+    }
+
+    #[test]
+    fn a_failover_decided_in_one_term_is_refused_when_committed_in_another() {
+        let mut p = Placement::default();
+        define(&mut p, 1, "kv", "a");
+        let place = |term| Cmd::Place {
+            service: "kv".into(),
+            node: "b".into(),
+            expect: 1,
+            reason: Reason::Failover,
+            term,
+        };
+        assert!(matches!(
+            p.apply_in(2, 4, &place(3)),
+            Outcome::Refused { .. }
+        ));
+        let fence = Cmd::Fence {
+            node: "a".into(),
+            by: "coordinator".into(),
+            at_unix_ms: 0,
+            term: 3,
+        };
+        assert!(matches!(p.apply_in(3, 4, &fence), Outcome::Refused { .. }));
+        assert!(p.fenced.is_empty());
+        assert_eq!(p.apply_in(4, 4, &place(4)), Outcome::Applied { epoch: 4 });
     }
 
     #[test]
@@ -547,6 +598,7 @@ mod tests {
                     node: "b".into(),
                     expect: e,
                     reason: Reason::Operator,
+                    term: 0,
                 },
                 Cmd::MigrateBegin {
                     service: "kv".into(),
@@ -566,6 +618,7 @@ mod tests {
                     node: "b".into(),
                     by: "t".into(),
                     at_unix_ms: 0,
+                    term: 0,
                 },
                 Cmd::Unfence { node: "b".into() },
                 Cmd::Unplace {

@@ -194,7 +194,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let index = e.log_id.index;
             self.state.last_applied = Some(e.log_id);
             let outcome = match e.payload {
-                EntryPayload::Normal(cmd) => self.state.placement.apply(index, &cmd),
+                EntryPayload::Normal(cmd) => {
+                    self.state
+                        .placement
+                        .apply_in(index, e.log_id.leader_id.term, &cmd)
+                }
                 EntryPayload::Blank => {
                     self.state.placement.applied = index;
                     Outcome::Applied { epoch: index }

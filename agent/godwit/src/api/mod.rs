@@ -434,6 +434,7 @@ async fn node_action_handler(
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0),
+                term: 0,
             }
         }
         other => {

@@ -607,6 +607,7 @@ impl PlacementGate for CoordGate {
                             node: self.node.clone(),
                             expect: e.epoch,
                             reason: crate::coord::Reason::Migrated,
+                            term: 0,
                         };
                         match self.coord.write(cmd).await {
                             // The reconciler records the epoch once it sees it run here.

@@ -9,6 +9,7 @@
 //! - `cargo xtask bench probe`: measure the probe overhead of an eBPF agent and a procfs agent side
 //!   by side under a context-switch storm and many idle processes.
 //! - `cargo xtask bench gossip [--quick] [--write]`: the mesh at 20, 100 and 500 nodes.
+//! - `cargo xtask bench failover [--write]`: the coordinator's commit, re-election and failover.
 //! - `cargo xtask bench migrate [--state-mib N] [--rates MB,..] [--links L,..] [--runs N]
 //!   [--write]`: live migration of the example service between two namespaced agents against
 //!   stop-rsync-start and two-pass rsync on the same links.
@@ -118,6 +119,8 @@ enum BenchCmd {
     Gossip(bench::GossipArgs),
     /// Live migration of the example service against rsync baselines, links shaped with tbf.
     Migrate(bench::MigrateArgs),
+    /// The coordinator: log commit latency, re-election and failover decision times.
+    Failover(bench::BinArgs),
 }
 
 fn main() -> ExitCode {
@@ -141,6 +144,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             which: BenchCmd::Migrate(args),
         } => bench::migrate(&args),
+        Cmd::Bench {
+            which: BenchCmd::Failover(args),
+        } => bench::run_bin("godwit-bench-failover", &args),
         Cmd::Sim(args) => sim::sim(&args),
         Cmd::Fuzz(args) => fuzz::fuzz(&args),
         Cmd::Cluster { cmd } => cluster::cluster(&cmd),

@@ -27,10 +27,13 @@
 //! then, and the guard exits (its watchdog closed without `V`, so the hardware resets the node
 //! unless a new guard opens the device in time).
 //!
-//! The guard must outlive a crashed agent: it sets no parent-death signal, ignores the
-//! terminal's `SIGINT` and `SIGHUP`, locks its memory (`mlockall`) and asks the OOM killer to
-//! spare it, so it still acts under memory pressure ([`harden`]). It stays in the agent's
-//! cgroup, outside the services' cgroups it kills.
+//! The guard must outlive a crashed agent: it sets no parent-death signal and ignores
+//! `SIGINT`, `SIGHUP` and `SIGTERM` (a terminal's, or systemd's stop of the agent's unit, which
+//! signals every process of the unit's cgroup: a guard that died with its crashed agent would
+//! fence nothing), so it ends only on `stop`, after acting on its last deadline once its agent
+//! is gone, or by `SIGKILL`. It locks its memory (`mlockall`) and asks the OOM killer to spare
+//! it, so it still acts under memory pressure ([`harden`]). It stays in the agent's cgroup,
+//! outside the services' cgroups it kills.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -171,7 +174,7 @@ pub fn run_stdin(opts: &GuardOptions) -> GuardReport {
     run(opts, io::stdin())
 }
 
-/// Makes this process hard to stop by accident: `SIGINT` and `SIGHUP` (a terminal's) ignored,
+/// Makes this process hard to stop by accident: `SIGINT`, `SIGHUP` and `SIGTERM` ignored,
 /// memory locked (`mlockall(MCL_CURRENT | MCL_FUTURE)`) and an OOM score of -1000, so it still
 /// runs when the node is short of memory. No parent-death signal: it must outlive its agent.
 /// Each failure is said once on stderr and ignored.
@@ -180,6 +183,7 @@ pub fn harden() {
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
     // SAFETY: mlockall takes flags only.

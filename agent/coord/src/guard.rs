@@ -175,8 +175,11 @@ pub fn run_stdin(opts: &GuardOptions) -> GuardReport {
 }
 
 /// Makes this process hard to stop by accident: `SIGINT`, `SIGHUP` and `SIGTERM` ignored,
-/// memory locked (`mlockall(MCL_CURRENT | MCL_FUTURE)`) and an OOM score of -1000, so it still
-/// runs when the node is short of memory. No parent-death signal: it must outlive its agent.
+/// memory locked and an OOM score of -1000, so it still runs when the node is short of memory.
+/// The lock is `mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)`: the pages the guard touches
+/// stay resident, not the whole `godwit` binary it runs from (measured on a debug build:
+/// 13 MiB resident, against 48 MiB with everything locked); kernels before 4.4, which lack
+/// `MCL_ONFAULT`, lock everything. No parent-death signal: it must outlive its agent.
 /// Each failure is said once on stderr and ignored.
 pub fn harden() {
     // SAFETY: setting a signal's disposition to SIG_IGN has no memory-safety preconditions.
@@ -186,8 +189,12 @@ pub fn harden() {
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
+    let all = libc::MCL_CURRENT | libc::MCL_FUTURE;
     // SAFETY: mlockall takes flags only.
-    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+    let locked = unsafe { libc::mlockall(all | libc::MCL_ONFAULT) } == 0
+        // SAFETY: as above; EINVAL before 4.4, which has no MCL_ONFAULT.
+        || unsafe { libc::mlockall(all) } == 0;
+    if !locked {
         log(format_args!(
             "mlockall: {} (memory not locked; it may be paged out under pressure)",
             io::Error::last_os_error()
@@ -212,6 +219,8 @@ pub fn run(opts: &GuardOptions, input: impl Read + Send + 'static) -> GuardRepor
     // thread ends with the pipe (or with the process).
     let reader = std::thread::Builder::new()
         .name("fence-guard-in".into())
+        // Locked memory: a small stack, not the default 2 MiB.
+        .stack_size(64 * 1024)
         .spawn(move || read_lines(input, tx));
     if let Err(e) = reader {
         log(format_args!("cannot start the input thread: {e}"));
@@ -234,6 +243,10 @@ pub fn run(opts: &GuardOptions, input: impl Read + Send + 'static) -> GuardRepor
             bad_lines: 0,
         },
     };
+    // Touch the listing path once, so its pages are resident (and locked) before they are
+    // needed under pressure.
+    let _ = service_dirs(&opts.cgroups)
+        .map(|dirs| dirs.iter().map(|d| pids_below(d).len()).sum::<usize>());
     log(format_args!(
         "guarding {} (watchdog: {}); unarmed until the first pet",
         opts.cgroups.display(),
@@ -681,7 +694,9 @@ impl GuardHandle {
     }
 
     /// Disarms the guard (`stop`) and waits up to `timeout` for it to exit; a guard that does
-    /// not exit by then is killed and the wait fails with `TimedOut`.
+    /// not exit by then is killed and the wait fails with `TimedOut`. When `stop` cannot be
+    /// written (the guard is gone, or its pipe is full) the error is returned at once and the
+    /// pipe closed: a guard still running then acts on its last deadline.
     pub fn stop(mut self, timeout: Duration) -> io::Result<ExitStatus> {
         let sent = self.send(Message::Stop);
         self.stdin = None;

@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | `placement.rs` | [`Placement`]: the log's state machine (pure), epochs and compare-and-set |
 //! | `clock.rs` | [`BootTime`]: lease time that keeps counting through suspend |
+//! | `guard.rs` | the fence guard process (`godwit fence-guard`) and the agent's [`GuardHandle`] |
 //! | `rpc.rs` | the messages between nodes, and [`Wire`], the one thing a network must do |
 //! | `store/` | [`LogStore`] and [`StateMachine`]: the log, vote and snapshots on disk (fsync before anything is acknowledged) |
 //! | `network.rs` | openraft's network over a [`Wire`] |
@@ -16,6 +17,7 @@ use std::io::Cursor;
 pub mod clock;
 pub mod config;
 pub mod epochs;
+pub mod guard;
 pub mod network;
 pub mod node;
 pub mod placement;
@@ -29,6 +31,7 @@ pub mod store;
 
 pub use clock::{BootTime, Clock};
 pub use config::{Bootstrap, CoordinatorSection};
+pub use guard::{GuardHandle, GuardOptions};
 pub use placement::{Cmd, Ha, Outcome, Placement, Reason, ServiceEntry};
 pub use rpc::{Member, RaftReply, RaftRpc, Wire};
 pub use store::{LogStore, StateMachine, StoreError};

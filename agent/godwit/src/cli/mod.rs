@@ -87,6 +87,20 @@ enum Command {
     Ca(pki::CaArgs),
     /// Node and operator certificates signed by the cluster CA.
     Cert(pki::CertArgs),
+    /// The fence guard, started by the agent (hidden): reads `pet <deadline_ms>` (an absolute
+    /// `CLOCK_BOOTTIME` time in milliseconds) and `stop` lines on stdin; when the latest
+    /// deadline passes without a pet it kills every `*.service` cgroup under `--cgroups` and
+    /// stops feeding `--watchdog`. Exits 0 on `stop`, 1 when the pipe closed without it (after
+    /// the kill at the deadline, if one was armed). See `godwit_coord::guard`.
+    #[command(name = "fence-guard", hide = true)]
+    FenceGuard {
+        /// The services' parent cgroup directory (e.g. `/sys/fs/cgroup/godwit.slice`).
+        #[arg(long)]
+        cgroups: PathBuf,
+        /// A watchdog device to keep alive while petted (e.g. `/dev/watchdog`).
+        #[arg(long)]
+        watchdog: Option<PathBuf>,
+    },
 }
 
 /// Entry point of the binary.
@@ -125,6 +139,13 @@ pub fn main() -> ExitCode {
         Command::Path(args) => path::run(args),
         Command::Ca(args) => pki::ca(args),
         Command::Cert(args) => pki::cert(args),
+        Command::FenceGuard { cgroups, watchdog } => {
+            use godwit_coord::guard::{run_stdin, GuardExit, GuardOptions};
+            match run_stdin(&GuardOptions { cgroups, watchdog }).exit {
+                GuardExit::Stopped => ExitCode::SUCCESS,
+                GuardExit::Closed | GuardExit::Fenced => ExitCode::from(exit::FAILURE),
+            }
+        }
     }
 }
 

@@ -210,6 +210,12 @@ impl ServiceCgroup {
         }
     }
 
+    /// Asks the kernel to freeze every task and returns at once (a fence freezes every
+    /// service before it kills any; it does not wait for each to report frozen).
+    pub(super) fn begin_freeze(&self) -> Result<(), ServiceError> {
+        self.write("cgroup.freeze", "1")
+    }
+
     /// Thaws and returns once the kernel reports it.
     pub async fn thaw(&self) -> Result<(), ServiceError> {
         self.write("cgroup.freeze", "0")?;

@@ -33,6 +33,9 @@
 //!   `no_new_privs` and only the capabilities its spec lists. No default user, no start.
 //! - **The VIP follows health**: added once the service is healthy (at start when it has no
 //!   check), removed when it stops or crashes.
+//! - **A fenced node runs nothing**: [`Manager::fence_all`] freezes and kills every service's
+//!   cgroup and withdraws the VIPs without waiting on the supervisors; until
+//!   [`Manager::unfence`], no start or restart happens.
 
 mod cgroup;
 mod error;

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,8 @@ enum Cmd {
 
 struct Handle {
     spec: ServiceSpec,
+    /// Its cgroup, for [`Manager::fence_all`], which acts without waiting for the supervisor.
+    cgroup: ServiceCgroup,
     status: watch::Receiver<ServiceStatus>,
     tx: mpsc::Sender<Cmd>,
     task: tokio::task::JoinHandle<()>,
@@ -59,6 +62,8 @@ pub struct Manager {
     parked: Mutex<BTreeMap<String, ParkedService>>,
     /// Who froze each frozen service ([`Manager::freeze_for`]): only that owner thaws it.
     frozen_by: Mutex<BTreeMap<String, String>>,
+    /// Set by [`Manager::fence_all`]: nothing starts or restarts until [`Manager::unfence`].
+    fenced: Arc<AtomicBool>,
 }
 
 /// A child forked ahead for a service not defined yet, with the spec it was forked for.
@@ -113,6 +118,7 @@ impl Manager {
             services: Mutex::new(BTreeMap::new()),
             parked: Mutex::new(BTreeMap::new()),
             frozen_by: Mutex::new(BTreeMap::new()),
+            fenced: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -170,7 +176,8 @@ impl Manager {
             parked,
             rt: self.rt.clone(),
             spec: spec.clone(),
-            cgroup,
+            cgroup: cgroup.clone(),
+            fenced: self.fenced.clone(),
             limits,
             image_dir: image.map(|i| i.dir),
             state_dir,
@@ -197,6 +204,7 @@ impl Manager {
                 name.clone(),
                 Handle {
                     spec,
+                    cgroup,
                     status: status_rx,
                     tx,
                     task,
@@ -508,6 +516,87 @@ impl Manager {
         Ok(())
     }
 
+    /// The node's self-fence (its lease ran out): every managed service is frozen, then killed
+    /// (`cgroup.kill`, or `SIGKILL` to each process), its VIP withdrawn, and its supervisor
+    /// told, so its state reads `stopped` with `last_exit = "killed"`. Processes forked ahead
+    /// of a start ([`Manager::park`]) are ended too. From here until [`Manager::unfence`]
+    /// nothing starts: a `start` (or an `add` with `autostart`) is refused as `fenced`, and a
+    /// restart after a crash's back-off does not happen.
+    ///
+    /// The cgroups are frozen and killed here, not through the supervisors, so a supervisor
+    /// busy with a slow stop does not delay the fence. Returns the names of the services that
+    /// had processes or a VIP, sorted.
+    pub async fn fence_all(&self) -> Vec<String> {
+        self.fenced.store(true, Ordering::SeqCst);
+        let targets: Vec<(String, ServiceCgroup, Option<std::net::IpAddr>, bool)> = self
+            .lock()
+            .iter()
+            .map(|(name, h)| {
+                let st = h.status.borrow();
+                let vip = st.vip.filter(|_| st.vip_active);
+                let live = h.cgroup.is_populated() || vip.is_some();
+                (name.clone(), h.cgroup.clone(), vip, live)
+            })
+            .collect();
+        // Everything stops running at once, then dies.
+        for (name, cg, ..) in &targets {
+            if let Err(e) = cg.begin_freeze() {
+                warn!(service = %name, error = %e, "fence: freeze");
+            }
+        }
+        for (_, cg, ..) in &targets {
+            cg.kill_all();
+        }
+        let parked: Vec<String> = self
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for name in parked {
+            self.unpark(&name).await;
+        }
+        let iface = self
+            .rt
+            .section
+            .vip_interface
+            .clone()
+            .or_else(vip::default_interface);
+        for (name, _, addr, _) in &targets {
+            if let (Some(addr), Some(iface)) = (addr, &iface) {
+                match vip::remove(*addr, iface) {
+                    Ok(()) => info!(service = %name, vip = %addr, "fence: VIP withdrawn"),
+                    Err(e) => error!(service = %name, error = %e, "fence: VIP not withdrawn"),
+                }
+            }
+        }
+        // The supervisors record it (and thaw the empty cgroups); bounded, as one may be stuck.
+        for (name, ..) in &targets {
+            match tokio::time::timeout(EMPTY_TIMEOUT * 2, self.kill(name)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(service = %name, error = %e, "fence: kill"),
+                Err(_) => warn!(service = %name, "fence: the supervisor did not answer the kill"),
+            }
+        }
+        let fenced: Vec<String> = targets.into_iter().filter(|t| t.3).map(|t| t.0).collect();
+        warn!(services = ?fenced, "fenced: every service killed; nothing starts until unfenced");
+        fenced
+    }
+
+    /// Whether the node is fenced ([`Manager::fence_all`]).
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Lets services start again after a fence (the node holds a fresh lease). Starts nothing
+    /// by itself.
+    pub fn unfence(&self) {
+        if self.fenced.swap(false, Ordering::SeqCst) {
+            info!("unfenced: services may start again");
+        }
+    }
+
     /// Stops every service and ends the supervisors (the agent is stopping). Services are
     /// stopped rather than left behind: an agent that starts again starts them again.
     pub async fn shutdown(&self) {
@@ -538,6 +627,8 @@ struct Supervisor {
     rt: Arc<Runtime>,
     spec: ServiceSpec,
     cgroup: ServiceCgroup,
+    /// The manager's fence ([`Manager::fence_all`]): no start or restart while set.
+    fenced: Arc<AtomicBool>,
     /// Who its processes and its health command run as, and what they may do.
     limits: Limits,
     /// The child forked ahead of the first start, if any.
@@ -630,7 +721,14 @@ impl Supervisor {
                     }
                 } => {
                     self.backoff_until = None;
-                    if let Err(e) = self.spawn().await {
+                    if self.fenced.load(Ordering::SeqCst) {
+                        info!(service = %self.spec.name, "fenced: not restarted");
+                        self.set(|s| {
+                            s.state = RunState::Stopped;
+                            s.health = Health::Stopped;
+                            s.last_exit = Some("fenced: not restarted".into());
+                        });
+                    } else if let Err(e) = self.spawn().await {
                         error!(service = %self.spec.name, error = %e, "restart failed");
                         self.set(|s| {
                             s.state = RunState::Failed;
@@ -737,6 +835,15 @@ impl Supervisor {
     async fn handle(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Start(reply) => {
+                if self.fenced.load(Ordering::SeqCst) {
+                    // The node lost its lease: another node may run this service now.
+                    let _ = reply.send(Err(ServiceError::State {
+                        service: self.spec.name.clone(),
+                        state: "fenced".into(),
+                        action: "start".into(),
+                    }));
+                    return;
+                }
                 let r = match self.state() {
                     RunState::Running | RunState::Frozen => Ok(()),
                     _ => {

@@ -243,3 +243,66 @@ fn a_migrated_configured_service_stays_where_the_log_put_it_across_restarts() {
     assert_eq!(placed(c, 2, "kv").unwrap(), ("n2".to_string(), e2));
     assert_eq!(running_on(c, "kv"), vec![2]);
 }
+
+#[test]
+fn a_stopped_agents_guard_kills_its_service_before_it_starts_elsewhere() {
+    require_root();
+    let mut rig = MigrateRig::new(RigOptions::coordinated(3));
+    for i in 1..=3 {
+        wait_group(&rig, i, 3);
+    }
+    let spec = rig.kv_spec(
+        "kv",
+        &KvOptions {
+            size: 16 << 20,
+            ..KvOptions::default()
+        },
+    );
+    rig.add(2, &spec, Duration::from_secs(20));
+    let cgroup = std::path::PathBuf::from(rig.service(2, "kv")["cgroup"].as_str().unwrap());
+    let populated = || {
+        std::fs::read_to_string(cgroup.join("cgroup.procs"))
+            .map(|s| !s.trim().is_empty())
+            .unwrap_or(false)
+    };
+    assert!(populated(), "kv has no process in {}", cgroup.display());
+
+    // The agent hangs (SIGSTOP): it can neither renew its lease nor fence itself. Its guard,
+    // a separate process, kills kv once the lease and the grace have run out.
+    let stopped = Instant::now();
+    rig.c.stop(2);
+    let mut n2_until = None;
+    let moved = loop {
+        let t = stopped.elapsed();
+        assert!(t < Duration::from_secs(40), "kv never ran elsewhere");
+        let here = populated();
+        if here {
+            n2_until = Some(t);
+        }
+        let elsewhere: Vec<usize> = running_on(&rig, "kv")
+            .into_iter()
+            .filter(|i| *i != 2)
+            .collect();
+        assert!(
+            !(here && !elsewhere.is_empty()),
+            "kv ran on n2 (stopped agent) and on {elsewhere:?} at once, {t:?} after the stop"
+        );
+        if let Some(i) = elsewhere.first() {
+            break (*i, t);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!(
+        "n2's kv last seen {:.2} s after its agent stopped; n{} ran it at {:.2} s",
+        n2_until.unwrap_or_default().as_secs_f64(),
+        moved.0,
+        moved.1.as_secs_f64()
+    );
+    assert!(!populated(), "the guard did not kill kv on n2");
+    // The stopped agent resumes: it holds no lease, starts nothing, and leaves kv where it is.
+    rig.c.cont(2);
+    wait_group(&rig, 2, 3);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!populated());
+    assert_eq!(running_on(&rig, "kv"), vec![moved.0]);
+}

@@ -81,6 +81,7 @@ async fn start(ca: &Path, base: &Path, name: &str, bootstrap: bool, hints: &[Mem
 
 /// A group of `n` nodes (n1 bootstraps) with `voters` voters and every lease held.
 async fn group(ca: &Path, base: &Path, n: usize, voters: usize) -> Vec<Node> {
+    eprintln!("  group of {n} in {}", base.display());
     let mut nodes = vec![start(ca, base, "n1", true, &[]).await];
     let hint = [nodes[0].coord.settings().me.clone()];
     for i in 2..=n {
@@ -131,8 +132,11 @@ async fn reelection(ca: &Path, base: &Path) -> Duration {
         .unwrap();
     let dead = nodes.remove(i);
     let t = Instant::now();
+    eprintln!("  killing {leader}");
     dead.kill().await;
+    eprintln!("  killed after {:?}", t.elapsed());
     loop {
+        assert!(t.elapsed() < Duration::from_secs(60), "no new leader: {:?}", nodes.iter().map(|x| x.coord.status()).collect::<Vec<_>>());
         let names: Vec<Option<String>> = nodes.iter().map(|x| x.coord.status().leader).collect();
         if let Some(Some(l)) = names.first() {
             if *l != leader && names.iter().all(|x| x.as_deref() == Some(l.as_str())) {

@@ -25,13 +25,15 @@ use super::Context;
 use crate::coord::epochs::{AdmitError, EpochStore};
 use crate::coord::node::{Coordinator, LeaseView, Role};
 use crate::coord::quic::{AgentWire, QuicWire};
-use crate::coord::{Bootstrap, Cmd, Ha, Member, Outcome, Placement};
+use crate::coord::{Bootstrap, Cmd, GuardHandle, GuardOptions, Ha, Member, Outcome, Placement};
 use crate::migrate::journal::Journal;
 use crate::service::{HaPolicy, Manager, ServiceSpec};
 
 /// This node's coordinator, when `[coordinator] enabled`.
 pub(crate) struct Coordination {
     pub coord: Option<Arc<Coordinator<AgentWire>>>,
+    /// The fence guard, when `[coordinator] guard` and the node runs services.
+    guard: Option<Arc<std::sync::Mutex<Option<GuardHandle>>>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -51,6 +53,7 @@ impl Coordination {
         let tasks = TaskTracker::new();
         let none = |cancel, tasks| Coordination {
             coord: None,
+            guard: None,
             cancel,
             tasks,
         };
@@ -131,7 +134,25 @@ impl Coordination {
                 cancel.clone(),
             ));
         }
+        let mut guard = None;
         if let Some(m) = manager {
+            if cfg.guard {
+                let rt = m.runtime();
+                let opts = GuardOptions {
+                    cgroups: rt.v2_root.join(&rt.section.cgroup_parent),
+                    watchdog: cfg.watchdog.clone(),
+                };
+                match GuardHandle::spawn(&opts) {
+                    Ok(g) => {
+                        tracing::info!(pid = g.pid(), cgroups = %opts.cgroups.display(), "fence guard started");
+                        guard = Some(Arc::new(std::sync::Mutex::new(Some(g))));
+                    }
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "no fence guard: a hung agent's services would outlive its lease"
+                    ),
+                }
+            }
             tasks.spawn(reconcile(Reconciler {
                 coord: coord.clone(),
                 manager: m,
@@ -139,11 +160,14 @@ impl Coordination {
                 journal,
                 node: ctx.node.clone(),
                 fenced_file: dir.join("fenced.json"),
+                guard: guard.clone(),
+                guard_grace: Duration::from_millis(cfg.guard_grace_ms),
                 cancel: cancel.clone(),
             }));
         }
         Coordination {
             coord: Some(coord),
+            guard,
             cancel,
             tasks,
         }
@@ -161,11 +185,22 @@ impl Coordination {
         }))
     }
 
-    /// Stops the tasks, then the Raft member.
+    /// Stops the tasks, disarms the guard (a clean stop is no reason to kill anything), then
+    /// stops the Raft member.
     pub(super) async fn shutdown(self) {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        let guard = self
+            .guard
+            .and_then(|g| g.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(g) = guard {
+            match tokio::task::spawn_blocking(move || g.stop(Duration::from_secs(2))).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "stopping the fence guard"),
+                Err(e) => tracing::warn!(error = %e, "stopping the fence guard"),
+            }
+        }
         if let Some(c) = self.coord {
             c.shutdown().await;
         }
@@ -270,7 +305,23 @@ struct Reconciler {
     journal: Option<Arc<Journal>>,
     node: String,
     fenced_file: std::path::PathBuf,
+    guard: Option<Arc<std::sync::Mutex<Option<GuardHandle>>>>,
+    guard_grace: Duration,
     cancel: CancellationToken,
+}
+
+impl Reconciler {
+    /// Tells the guard the lease runs to `until_ms`: it kills the services `guard_grace` after.
+    fn pet(&self, until_ms: u64) {
+        let Some(g) = &self.guard else { return };
+        let g = g.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = g.as_ref() {
+            let deadline = crate::coord::BootTime(until_ms).add(self.guard_grace);
+            if let Err(e) = g.pet(deadline) {
+                tracing::warn!(error = %e, "petting the fence guard");
+            }
+        }
+    }
 }
 
 /// Brings the services here in line with the log and the lease, on every change and every
@@ -289,8 +340,10 @@ async fn reconcile(r: Reconciler) {
                 fenced = true;
             }
         } else {
+            r.pet(l.until_ms);
             if fenced {
                 tracing::info!("fresh lease: this node acts again");
+                r.manager.unfence();
                 fenced = false;
             }
             if l.may_act() {
@@ -314,15 +367,14 @@ async fn fence(r: &Reconciler, running: &[String], l: &LeaseView) {
         lease_until_ms = l.until_ms,
         "lease ran out: fencing this node (its services are killed)"
     );
+    // Frozen and killed all at once, VIPs withdrawn; nothing starts until `unfence`.
+    let killed = r.manager.fence_all().await;
     for name in running {
-        let _ = r.manager.freeze(name).await;
-        if let Err(e) = r.manager.kill(name).await {
-            tracing::warn!(service = %name, error = %e, "killing at the fence");
-        }
         if let Err(e) = r.manager.remove(name).await {
             tracing::warn!(service = %name, error = %e, "removing at the fence");
         }
     }
+    tracing::warn!(services = ?killed, "fenced: services killed");
     let record = serde_json::json!({
         "fenced_at_boot_ms": crate::coord::BootTime::now().0,
         "lease_until_ms": l.until_ms,

@@ -130,7 +130,7 @@ async fn members_elect_one_leader_fail_over_a_dead_node_and_replace_a_dead_leade
     // Three voters out of four live nodes, the fourth a learner; one leader for everyone.
     until("3 voters and 1 learner", Duration::from_secs(30), || {
         let s = a.coord.status();
-        s.voters.len() == 3 && s.learners.len() == 1
+        s.voters.len() == 3 && s.learners.len() == 1 && !s.changing
     })
     .await;
     until(

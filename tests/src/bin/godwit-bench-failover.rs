@@ -306,9 +306,8 @@ fn main() {
             ms(pct(&mut fo_r, 1.0))
         );
         md += "The failover decision is the bound by design: a node's services start elsewhere only \
-               once its lease and its guard's grace have surely run out. The time to serve there \
-               adds the service's own start (see the crash-to-serving figure of the namespaced \
-               agents).\n\n";
+               once its lease and its guard's grace have surely run out. Serving there adds the \
+               service's own start.\n\n";
         md
     });
     print!("{md}");

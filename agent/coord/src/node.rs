@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::{BootTime, Clock};
 use crate::network::Network;
 use crate::placement::{Cmd, Ha, Outcome, Placement, Reason};
-use crate::rpc::{CoordReply, CoordRpc, Member, RaftReply, RaftRpc, Renewal, Wire};
+use crate::rpc::{CoordReply, CoordRpc, Member, NodeCapacity, RaftReply, RaftRpc, Renewal, Wire};
 use crate::{node_id, NodeId, TypeConfig};
 
 /// What a node is in the group.
@@ -187,6 +187,8 @@ pub struct Coordinator<W: Wire> {
     /// Nodes gossip knows, for finding a leader before this node is a member.
     hints: Mutex<Vec<Member>>,
     counters: Mutex<Counters>,
+    /// Where renewals read this node's capacity from.
+    capacity: Mutex<Option<CapacitySource>>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -253,6 +255,7 @@ impl<W: Wire> Coordinator<W> {
             lease_tx,
             hints: Mutex::new(Vec::new()),
             counters: Mutex::new(Counters::default()),
+            capacity: Mutex::new(None),
             stop,
             tasks: TaskTracker::new(),
         });
@@ -442,12 +445,24 @@ impl<W: Wire> Coordinator<W> {
     }
 
     fn renewal(&self) -> Renewal {
+        let capacity = self
+            .capacity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|f| f());
         Renewal {
             member: self.s.me.clone(),
             site: self.s.site.clone(),
             votes: matches!(self.s.role, Role::Voter | Role::Witness),
             runs_services: !matches!(self.s.role, Role::Witness),
+            capacity,
         }
+    }
+
+    /// Where this node's renewals read its capacity and load from (its probe).
+    pub fn set_capacity_source(&self, f: CapacitySource) {
+        *self.capacity.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     /// Renews the lease every `renew_every`: through the leader this node knows, else through
@@ -706,8 +721,8 @@ impl<W: Wire> Coordinator<W> {
             }
         }
         let p = self.placement.borrow().clone();
-        // Live nodes that may receive services, by how many they hold.
-        let mut load: BTreeMap<String, usize> = heard
+        // Live nodes that may receive services.
+        let live: BTreeMap<String, Renewal> = heard
             .iter()
             .filter(|(n, h)| {
                 now.since(h.at) < self.s.fence_after
@@ -715,18 +730,22 @@ impl<W: Wire> Coordinator<W> {
                     && !p.fenced.contains_key(*n)
                     && !p.cordoned.contains(*n)
             })
-            .map(|(n, _)| (n.clone(), p.on_node(n).count()))
+            .map(|(n, h)| (n.clone(), h.renewal.clone()))
             .collect();
-        for e in p.services.values() {
+        let orphans: Vec<&crate::ServiceEntry> = p
+            .services
+            .values()
+            .filter(|e| {
+                e.node.as_ref().is_some_and(|n| p.fenced.contains_key(n))
+                    && e.ha == Ha::Restart
+                    && e.intent.is_none()
+            })
+            .collect();
+        let targets = failover_targets(&p, &live, &orphans);
+        let mut load: BTreeMap<String, usize> = BTreeMap::new();
+        for e in orphans {
             let Some(node) = &e.node else { continue };
-            if !p.fenced.contains_key(node) || e.ha != Ha::Restart || e.intent.is_some() {
-                continue;
-            }
-            let Some(to) = load
-                .iter()
-                .min_by_key(|(n, c)| (**c, (*n).clone()))
-                .map(|(n, _)| n.clone())
-            else {
+            let Some(to) = targets.get(&e.name).cloned() else {
                 tracing::warn!(service = %e.name, "no live node can take it");
                 continue;
             };
@@ -860,9 +879,154 @@ impl<W: Wire> Coordinator<W> {
     }
 }
 
+/// Reads this node's capacity and load (`None` until measured).
+pub type CapacitySource = Arc<dyn Fn() -> Option<NodeCapacity> + Send + Sync>;
+
+/// Where each orphaned service goes: the policy's failover plan (capacity-aware best fit,
+/// with headroom, all orphans at once so that they do not all land on one node) over the live
+/// nodes' reported capacity and load, a service's demand read from its spec (`demand.cpu`,
+/// `demand.memory_bytes`). Without any capacity reported, the node with the fewest services.
+fn failover_targets(
+    p: &Placement,
+    live: &BTreeMap<String, Renewal>,
+    orphans: &[&crate::ServiceEntry],
+) -> BTreeMap<String, String> {
+    use godwit_core::policy::{failover_plan, Bin, FailoverItem};
+    let mut out = BTreeMap::new();
+    if orphans.is_empty() || live.is_empty() {
+        return out;
+    }
+    if live.values().all(|r| r.capacity.is_some()) {
+        let bins: Vec<Bin> = live
+            .iter()
+            .map(|(n, r)| {
+                let c = r.capacity.unwrap_or_default();
+                Bin {
+                    node: n.clone(),
+                    capacity: vec![c.cpu_cores, c.memory_bytes],
+                    load: vec![c.cpu_used, c.memory_used],
+                }
+            })
+            .collect();
+        let items: Vec<FailoverItem> = orphans
+            .iter()
+            .map(|e| FailoverItem {
+                service: e.name.clone(),
+                from: e.node.clone().unwrap_or_default(),
+                demand: demand(&e.spec),
+            })
+            .collect();
+        let plan = failover_plan(&items, &bins, FAILOVER_HEADROOM, 8, 20_000);
+        for pl in plan.placements {
+            out.insert(pl.service, pl.to);
+        }
+        for u in plan.unplaced {
+            tracing::warn!(service = %u.service, demand = ?u.demand, "no live node has room for it");
+        }
+        return out;
+    }
+    let mut count: BTreeMap<&String, usize> =
+        live.keys().map(|n| (n, p.on_node(n).count())).collect();
+    for e in orphans {
+        if let Some((n, c)) = count.iter_mut().min_by_key(|(n, c)| (**c, *n)) {
+            out.insert(e.name.clone(), (*n).clone());
+            *c += 1;
+        }
+    }
+    out
+}
+
+/// The share of each node kept free when placing failed-over services.
+const FAILOVER_HEADROOM: f64 = 0.1;
+
+/// A service's demand `[cpu cores, memory bytes]` from its spec's `demand` (0 when absent).
+fn demand(spec: &str) -> Vec<f64> {
+    let v: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+    vec![
+        v["demand"]["cpu"].as_f64().unwrap_or(0.0),
+        v["demand"]["memory_bytes"].as_f64().unwrap_or(0.0),
+    ]
+}
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod failover_tests {
+    use super::*;
+    use crate::placement::{Reason, ServiceEntry};
+
+    fn live(name: &str, cores: f64, used: f64) -> (String, Renewal) {
+        (
+            name.to_string(),
+            Renewal {
+                member: Member {
+                    name: name.into(),
+                    addr: String::new(),
+                },
+                site: String::new(),
+                votes: true,
+                runs_services: true,
+                capacity: Some(NodeCapacity {
+                    cpu_cores: cores,
+                    cpu_used: used,
+                    memory_bytes: 8e9,
+                    memory_used: 1e9,
+                }),
+            },
+        )
+    }
+
+    fn orphan(name: &str, cpu: f64) -> ServiceEntry {
+        ServiceEntry {
+            name: name.into(),
+            spec: format!(
+                r#"{{"name":"{name}","demand":{{"cpu":{cpu},"memory_bytes":100000000}}}}"#
+            ),
+            ha: Ha::Restart,
+            node: Some("dead".into()),
+            epoch: 1,
+            reason: Reason::Configured,
+            intent: None,
+        }
+    }
+
+    #[test]
+    fn failed_over_services_go_where_there_is_room_and_not_all_to_one_node() {
+        let p = Placement::default();
+        // b is nearly full; a and c have room for one 1.5-core service each, not two.
+        let live: BTreeMap<String, Renewal> = [
+            live("a", 4.0, 1.5),
+            live("b", 4.0, 3.5),
+            live("c", 4.0, 1.8),
+        ]
+        .into();
+        let (s1, s2, s3) = (orphan("s1", 1.5), orphan("s2", 1.5), orphan("s3", 1.5));
+        let t = failover_targets(&p, &live, &[&s1, &s2, &s3]);
+        // Two fit (one on a, one on c); the third has no room anywhere and stays unplaced.
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert!(!t.values().any(|n| n == "b"), "{t:?}");
+        let mut nodes: Vec<&String> = t.values().collect();
+        nodes.sort();
+        assert_eq!(nodes, ["a", "c"]);
+    }
+
+    #[test]
+    fn without_reported_capacity_the_node_with_fewest_services_takes_each_in_turn() {
+        let p = Placement::default();
+        let mut a = live("a", 0.0, 0.0);
+        a.1.capacity = None;
+        let mut b = live("b", 0.0, 0.0);
+        b.1.capacity = None;
+        let live: BTreeMap<String, Renewal> = [a, b].into();
+        let (s1, s2) = (orphan("s1", 1.0), orphan("s2", 1.0));
+        let t = failover_targets(&p, &live, &[&s1, &s2]);
+        let mut nodes: Vec<&String> = t.values().collect();
+        nodes.sort();
+        assert_eq!(nodes, ["a", "b"]);
+    }
 }

@@ -56,7 +56,7 @@ pub enum CoordRpc {
 }
 
 /// A node's lease renewal: who it is, so the leader can make it a learner or a voter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Renewal {
     pub member: Member,
     /// Its site (voters are spread across sites).
@@ -65,6 +65,19 @@ pub struct Renewal {
     pub votes: bool,
     /// Whether it runs services (a witness does not).
     pub runs_services: bool,
+    /// What it can hold and holds now (from its probe), for placing failed-over services;
+    /// `None` until it has measured.
+    pub capacity: Option<NodeCapacity>,
+}
+
+/// A node's capacity and load, as its renewal reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeCapacity {
+    pub cpu_cores: f64,
+    /// Cores in use now.
+    pub cpu_used: f64,
+    pub memory_bytes: f64,
+    pub memory_used: f64,
 }
 
 /// The coordinator's answer.

@@ -46,6 +46,7 @@ impl Coordination {
         ctx: &Context,
         net: &Network,
         mesh: &Mesh,
+        probes: &super::probes::Probes,
         manager: Option<Arc<Manager>>,
         journal: Option<Arc<Journal>>,
     ) -> Coordination {
@@ -116,6 +117,20 @@ impl Coordination {
         if let Some(t) = &net.transport {
             crate::coord::quic::register(t.services(), coord.clone());
         }
+        // Renewals carry what this node can hold and holds now, for placing failovers.
+        let snapshot = probes.shared.clone();
+        coord.set_capacity_source(Arc::new(move || {
+            let snap = snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()?;
+            let n = &snap.node;
+            let cores = f64::from(n.cpus);
+            let memory = n.memory_total_bytes as f64;
+            Some(crate::coord::rpc::NodeCapacity {
+                cpu_cores: cores,
+                cpu_used: n.cpu_utilization * cores,
+                memory_bytes: memory,
+                memory_used: n.memory_utilization * memory,
+            })
+        }));
         tracing::info!(
             node = %ctx.node,
             role = ?cfg.role,

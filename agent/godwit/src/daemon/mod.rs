@@ -143,6 +143,7 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
         &ctx,
         &net,
         &mesh,
+        &probes,
         services.manager.clone(),
         services.journal.clone(),
     )

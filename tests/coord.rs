@@ -252,6 +252,35 @@ fn a_migrated_configured_service_stays_where_the_log_put_it_across_restarts() {
         .unwrap_or_else(|| panic!("kv not back on n2: {}\n{}", c.service(2, "kv"), c.c.log(2)));
     assert_eq!(placed(c, 2, "kv").unwrap(), ("n2".to_string(), e2));
     assert_eq!(running_on(c, "kv"), vec![2]);
+
+    // Draining n2 (asked of n1) moves kv back to n1 through the log, and cordons n2.
+    let out =
+        c.c.cli(1)
+            .args(["node", "drain", "n2", "--socket"])
+            .arg(c.c.socket(1))
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        c.c.log(2)
+    );
+    c.wait_serving(1, "kv", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("kv not on n1 after the drain: {}", c.service(1, "kv")));
+    let (node, e3) = placed(c, 1, "kv").unwrap();
+    assert_eq!(node, "n1");
+    assert!(e3 > e2);
+    let doc = c.c.json(1, "/v1/cluster");
+    assert!(
+        doc["cordoned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "n2"),
+        "{doc}"
+    );
 }
 
 #[test]

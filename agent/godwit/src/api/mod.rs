@@ -395,6 +395,93 @@ async fn cluster_handler(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
+/// Drains `node`: cordons it, then asks it (over the transport, as this node) to migrate each
+/// service the log places there to the live, uncordoned node with the fewest services. Each
+/// migration goes through the log (its intent and its commit), one after the other.
+async fn drain(
+    state: &AppState,
+    c: &crate::coord::node::Coordinator<crate::coord::quic::AgentWire>,
+    node: &str,
+    caller: &access::Caller,
+) -> Response {
+    let Some(t) = &state.shared.transport else {
+        return error(StatusCode::NOT_FOUND, TRANSPORT_OFF);
+    };
+    if let Err(e) = c
+        .write(crate::coord::Cmd::Cordon {
+            node: node.to_string(),
+            on: true,
+        })
+        .await
+    {
+        return error(StatusCode::SERVICE_UNAVAILABLE, e);
+    }
+    let status = c.status();
+    let Some(addr) = status
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .and_then(|n| n.addr.parse::<SocketAddr>().ok())
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no member {node:?} with a transport address"),
+        );
+    };
+    let placement = c.placement().borrow().clone();
+    let services: Vec<String> = placement.on_node(node).map(|e| e.name.clone()).collect();
+    let mut results = Vec::new();
+    for service in services {
+        let p = c.placement().borrow().clone();
+        let target = status
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.name != node && !p.cordoned.contains(&n.name) && !p.fenced.contains_key(&n.name)
+            })
+            .min_by_key(|n| (p.on_node(&n.name).count(), n.name.clone()))
+            .map(|n| n.name.clone());
+        let Some(to) = target else {
+            results
+                .push(serde_json::json!({ "service": service, "result": "no node to move it to" }));
+            continue;
+        };
+        let call = crate::migrate::control::MigrateCall {
+            service: service.clone(),
+            to: to.clone(),
+            mode: None,
+            downtime_ms: 300,
+            full_verify: false,
+            fencing_token: None,
+            replace: false,
+        };
+        tracing::info!(%service, from = node, %to, by = %caller.describe(), "drain: moving");
+        let answer = crate::migrate::control::migrate(t.endpoint(), addr, node, call, |_| {}).await;
+        let result = match answer {
+            Ok(crate::migrate::control::Answer::Report {
+                committed: true, ..
+            }) => "committed".to_string(),
+            Ok(crate::migrate::control::Answer::Report { report, .. }) => {
+                format!("failed: {}", report["result"].as_str().unwrap_or("?"))
+            }
+            Ok(crate::migrate::control::Answer::Refused(r)) => format!("refused: {r}"),
+            Ok(crate::migrate::control::Answer::Error(r)) => format!("error: {r}"),
+            Err(e) => format!("error: {e}"),
+        };
+        results.push(serde_json::json!({ "service": service, "to": to, "result": result }));
+    }
+    let all = results.iter().all(|r| r["result"] == "committed");
+    (
+        if all {
+            StatusCode::OK
+        } else {
+            StatusCode::CONFLICT
+        },
+        Json(serde_json::json!({ "node": node, "action": "drain", "moves": results })),
+    )
+        .into_response()
+}
+
 #[derive(serde::Deserialize, Default)]
 struct FenceQuery {
     #[serde(default)]
@@ -411,6 +498,9 @@ async fn node_action_handler(
     let Some(c) = &state.shared.coord else {
         return error(StatusCode::NOT_FOUND, COORD_OFF);
     };
+    if action == "drain" {
+        return drain(&state, c, &node, &caller).await;
+    }
     let cmd = match action.as_str() {
         "cordon" => crate::coord::Cmd::Cordon {
             node: node.clone(),
@@ -440,7 +530,7 @@ async fn node_action_handler(
         other => {
             return error(
                 StatusCode::NOT_FOUND,
-                format!("no node action {other:?}: cordon, uncordon or fence"),
+                format!("no node action {other:?}: cordon, uncordon, drain or fence"),
             )
         }
     };

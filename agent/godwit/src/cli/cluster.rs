@@ -19,8 +19,9 @@ pub(super) struct ClusterArgs {
 
 #[derive(Debug, clap::Args)]
 pub(super) struct NodeArgs {
-    /// `cordon` (no service is placed there) or `uncordon`.
-    #[arg(value_parser = ["cordon", "uncordon"])]
+    /// `cordon` (no service is placed there), `uncordon`, or `drain` (cordon, then move each of
+    /// its services off through the coordinator, one at a time).
+    #[arg(value_parser = ["cordon", "uncordon", "drain"])]
     action: String,
     /// The node.
     node: String,
@@ -144,6 +145,29 @@ pub(super) fn render(doc: &Value) -> String {
 
 pub(super) fn node(args: NodeArgs) -> ExitCode {
     let path = format!("/v1/cluster/nodes/{}/{}", args.node, args.action);
+    if args.action == "drain" {
+        return super::request(
+            "node drain",
+            &args.api.target(),
+            hyper::Method::POST,
+            &path,
+            Duration::from_secs(3600),
+            false,
+            |doc| {
+                let mut out = String::new();
+                for m in doc["moves"].as_array().into_iter().flatten() {
+                    let _ = writeln!(
+                        out,
+                        "{} -> {}: {}",
+                        m["service"].as_str().unwrap_or("?"),
+                        m["to"].as_str().unwrap_or("-"),
+                        m["result"].as_str().unwrap_or("?")
+                    );
+                }
+                out
+            },
+        );
+    }
     act(&args.api, &path)
 }
 

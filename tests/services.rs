@@ -486,14 +486,24 @@ name = \"burner\"\ncommand = [\"/bin/sh\", \"-c\", \"while :; do :; done\"]\n\
 
     let (ok, table) = cli(&agent, &["services"]);
     assert!(ok && table.contains("burner"), "{table}");
-    // The MEM MiB column of the toucher's row.
+    // The MEM MiB column of the toucher's row, found by its header.
+    let column = table
+        .lines()
+        .next()
+        .and_then(|h| {
+            h.replace("MEM MiB", "MEM_MiB")
+                .replace("DIRTY MB/s", "DIRTY_MB/s")
+                .split_whitespace()
+                .position(|c| c == "MEM_MiB")
+        })
+        .unwrap_or_else(|| panic!("{table}"));
     let row: Vec<&str> = table
         .lines()
         .find(|l| l.starts_with("toucher "))
         .unwrap_or_else(|| panic!("{table}"))
         .split_whitespace()
         .collect();
-    let mib: f64 = row[6].parse().unwrap_or_else(|_| panic!("{table}"));
+    let mib: f64 = row[column].parse().unwrap_or_else(|_| panic!("{table}"));
     assert!(mib >= (TOUCHED / MIB) as f64, "{table}");
 
     // Stopping the agent removes the service's cgroups, the v1 memory one included.

@@ -342,3 +342,44 @@ fn a_stopped_agents_guard_kills_its_service_before_it_starts_elsewhere() {
     assert!(!populated());
     assert_eq!(running_on(&rig, "kv"), vec![moved.0]);
 }
+
+#[test]
+fn two_nodes_and_a_witness_fail_over_and_the_witness_runs_nothing() {
+    require_root();
+    let rig = MigrateRig::new(RigOptions {
+        witness: true,
+        ..RigOptions::coordinated(3)
+    });
+    // n3 is the witness: one of the three voters.
+    for i in 1..=3 {
+        wait_group(&rig, i, 3);
+    }
+    let spec = rig.kv_spec(
+        "kv",
+        &KvOptions {
+            size: 16 << 20,
+            ..KvOptions::default()
+        },
+    );
+    rig.add(2, &spec, Duration::from_secs(20));
+    // n2 is cut off: n1 and the witness are the majority; kv comes back on n1, never on n3.
+    rig.c.partition(&[&[2], &[1, 3]]);
+    let t0 = Instant::now();
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "kv never failed over"
+        );
+        let on = running_on(&rig, "kv");
+        assert!(on.len() <= 1, "kv on {on:?} at once");
+        assert!(!on.contains(&3), "the witness ran kv");
+        if on == [1] && rig.service(1, "kv")["health"] == "healthy" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(placed(&rig, 1, "kv").unwrap().0, "n1");
+    // The witness holds no service.
+    assert!(rig.service(3, "kv").is_null());
+    rig.c.heal();
+}

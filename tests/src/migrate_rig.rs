@@ -54,6 +54,8 @@ pub struct RigOptions {
     pub coordinator: Option<(u64, u64, u64)>,
     /// A `[[service]]` of the kvstore (named `kv`, 64 MiB) in n1's configuration.
     pub configured_kv: bool,
+    /// The last node is a witness (`[coordinator] role = "witness"`: votes, runs no services).
+    pub witness: bool,
 }
 
 impl RigOptions {
@@ -79,6 +81,7 @@ impl Default for RigOptions {
             nodes: 2,
             coordinator: None,
             configured_kv: false,
+            witness: false,
         }
     }
 }
@@ -145,6 +148,7 @@ impl MigrateRig {
         let state_base = pki.join("state");
         let (probe_ms, grace_ms) = (opts.probe_interval_ms, opts.stop_grace_ms);
         let (coordinator, configured_kv) = (opts.coordinator, opts.configured_kv);
+        let witness = opts.witness.then_some(opts.nodes);
         let kvstore_bin = kvstore.clone();
         let mut builder = Cluster::builder(opts.nodes).extra_toml(move |n| {
             let tls = n.dir.join("tls");
@@ -154,8 +158,9 @@ impl MigrateRig {
                 extra += &format!(
                     "[coordinator]\nenabled = true\nbootstrap = \"{}\"\nheartbeat_ms = 100\n\
                      election_min_ms = 500\nelection_max_ms = 1000\nfence_after_ms = {fence}\n\
-                     guard_grace_ms = {guard}\nmargin_ms = {margin}\n",
-                    if n.index == 1 { "yes" } else { "no" }
+                     guard_grace_ms = {guard}\nmargin_ms = {margin}\nrole = \"{}\"\n",
+                    if n.index == 1 { "yes" } else { "no" },
+                    if witness == Some(n.index) { "witness" } else { "voter" }
                 );
             }
             if configured_kv && n.index == 1 {

@@ -178,6 +178,10 @@ fn a_cut_off_node_fences_itself_and_its_service_restarts_elsewhere_never_twice()
     .expect("exactly one node reports itself the leader");
     assert_eq!(metric(1, "godwit_fences_total"), Some(1.0));
     assert_eq!(metric(1, "godwit_failovers_total"), Some(1.0));
+    // The failover took at least the fence bound (lease 3 s + guard 0.5 s + margin 0.5 s)
+    // after n2's last renewal.
+    let took = metric(1, "godwit_failover_last_seconds").expect("a failover duration");
+    assert!((4.0..15.0).contains(&took), "failover took {took} s");
     // The operator's view.
     let out = rig
         .c

@@ -139,6 +139,9 @@ pub struct Status {
     pub leader_changes: u64,
     pub fences: u64,
     pub failovers: u64,
+    /// The last failover this node made as leader: seconds from the lost node's last renewal
+    /// (or the leader's election) to its service placed elsewhere.
+    pub last_failover_s: Option<f64>,
 }
 
 /// What the coordinator could not do.
@@ -173,6 +176,7 @@ struct Counters {
     leader_changes: u64,
     fences: u64,
     failovers: u64,
+    last_failover_s: Option<f64>,
 }
 
 /// A node of the group.
@@ -544,12 +548,17 @@ impl<W: Wire> Coordinator<W> {
 
     /// While this node leads: voters, fences and failovers, every half second.
     async fn leader_loop(self: Arc<Self>) {
+        let mut last_term = 0;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
             let m = self.raft.metrics().borrow().clone();
+            if m.state == ServerState::Candidate && m.current_leader.is_none() {
+                self.break_lockstep(last_term, m.current_term).await;
+            }
+            last_term = m.current_term;
             if m.state != ServerState::Leader {
                 continue;
             }
@@ -567,6 +576,32 @@ impl<W: Wire> Coordinator<W> {
             if let Err(e) = self.fence_and_fail_over(&heard, since, term).await {
                 tracing::warn!(error = %e, "failover");
             }
+        }
+    }
+
+    /// Split votes that repeat: candidates whose election timers fire together (they were
+    /// drawn once, and nodes that started together tick together) can split every vote, term
+    /// after term. A candidate that saw several terms pass in one loop waits a delay of its own
+    /// (from its id and the term, so no two nodes wait alike) and then stands again, out of
+    /// step with the others.
+    async fn break_lockstep(&self, last_term: u64, term: u64) {
+        if term < last_term + 3 {
+            return;
+        }
+        let max = self.s.election_max.as_millis().max(1) as u64;
+        let jitter = (self.id ^ term.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % max;
+        tracing::info!(
+            term,
+            jitter_ms = jitter,
+            "split votes repeat: standing again out of step"
+        );
+        tokio::select! {
+            _ = self.stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(jitter)) => {}
+        }
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader.is_none() {
+            let _ = self.raft.trigger().elect().await;
         }
     }
 
@@ -767,10 +802,12 @@ impl<W: Wire> Coordinator<W> {
             tracing::warn!(service = %e.name, from = %node, to = %to, epoch = index, outcome = ?o, "failover");
             if matches!(o, Outcome::Applied { .. }) {
                 *load.entry(to).or_default() += 1;
-                self.counters
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .failovers += 1;
+                // From the lost node's last renewal this leader heard (or its own election,
+                // whichever is later) to the new placement.
+                let from_heard = heard.get(node).map_or(since, |h| h.at.max(since));
+                let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+                c.failovers += 1;
+                c.last_failover_s = Some(self.s.clock.now().since(from_heard).as_secs_f64());
             }
         }
         Ok(())
@@ -875,6 +912,7 @@ impl<W: Wire> Coordinator<W> {
             leader_changes: c.leader_changes,
             fences: c.fences,
             failovers: c.failovers,
+            last_failover_s: c.last_failover_s,
         }
     }
 }

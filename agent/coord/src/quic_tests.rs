@@ -206,8 +206,8 @@ async fn members_elect_one_leader_fail_over_a_dead_node_and_replace_a_dead_leade
     // The dead voter is replaced by the learner.
     if voters_before.contains(&"b".to_string()) {
         until("b replaced as a voter", Duration::from_secs(10), || {
-            let v = a.coord.status().voters;
-            v.len() == 3 && !v.contains(&"b".to_string())
+            let s = a.coord.status();
+            s.voters.len() == 3 && !s.voters.contains(&"b".to_string()) && !s.changing
         })
         .await;
     }

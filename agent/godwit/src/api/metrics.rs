@@ -186,6 +186,13 @@ impl Collector for CoordinatorCollector {
             Counter,
             [(none(), st.failovers as f64)],
         )?;
+        family(
+            &mut enc,
+            "godwit_failover_last_seconds",
+            "The last failover this node made as leader: from the lost node's last lease renewal to its service placed elsewhere",
+            Gauge,
+            st.last_failover_s.map(|v| (none(), v)),
+        )?;
         Ok(())
     }
 }

@@ -722,18 +722,9 @@ async fn place_here(
     }
     let name = spec.name.clone();
     let me = coord.settings().me.name.clone();
-    let json = match serde_json::to_string(&spec) {
-        Ok(j) => j,
+    let cmd = match crate::daemon::define_cmd(&spec, &me) {
+        Ok(c) => c,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    let cmd = crate::coord::Cmd::Define {
-        service: name.clone(),
-        node: me.clone(),
-        spec: json,
-        ha: match spec.ha {
-            crate::service::HaPolicy::Restart => crate::coord::Ha::Restart,
-            crate::service::HaPolicy::None => crate::coord::Ha::None,
-        },
     };
     let index = match coord.write(cmd).await {
         Ok((_, index)) => index,

@@ -276,21 +276,12 @@ async fn define(
     while !pending.is_empty() {
         let mut left = Vec::new();
         for spec in pending {
-            let json = match serde_json::to_string(&spec) {
-                Ok(j) => j,
+            let cmd = match define_cmd(&spec, &node) {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::error!(service = %spec.name, error = %e, "spec cannot be encoded");
                     continue;
                 }
-            };
-            let cmd = Cmd::Define {
-                service: spec.name.clone(),
-                node: node.clone(),
-                spec: json,
-                ha: match spec.ha {
-                    HaPolicy::Restart => Ha::Restart,
-                    HaPolicy::None => Ha::None,
-                },
             };
             match coord.write(cmd).await {
                 Ok((outcome, index)) => {
@@ -311,6 +302,19 @@ async fn define(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+}
+
+/// The log entry that places `spec` on `node` (unless the log already knows the service).
+pub(crate) fn define_cmd(spec: &ServiceSpec, node: &str) -> Result<Cmd, serde_json::Error> {
+    Ok(Cmd::Define {
+        service: spec.name.clone(),
+        node: node.to_string(),
+        spec: serde_json::to_string(spec)?,
+        ha: match spec.ha {
+            HaPolicy::Restart => Ha::Restart,
+            HaPolicy::None => Ha::None,
+        },
+    })
 }
 
 struct Reconciler {

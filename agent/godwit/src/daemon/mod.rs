@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use coord::define_cmd;
 pub use error::{exit, StartError, StopError};
 pub use reload::reload;
 

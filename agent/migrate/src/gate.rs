@@ -53,4 +53,32 @@ pub trait PlacementGate: Send + Sync + std::fmt::Debug {
     /// The target gave the service back after the decision: place it here again. `true` when
     /// the log places it here.
     fn place_back<'a>(&'a self, service: &'a str, to: &'a str) -> GateFuture<'a, bool>;
+    /// The target's check before it starts a migrated service here: `epoch` is the one the
+    /// hand-off carries (`None` when the target adopts a decided move on its own, and the
+    /// log's placement here gives it). Records it (fsynced) and returns it; refuses an epoch
+    /// older than one seen here, or a service the log does not place here.
+    fn admit<'a>(
+        &'a self,
+        service: &'a str,
+        epoch: Option<u64>,
+    ) -> GateFuture<'a, Result<u64, String>>;
+    /// This node's name.
+    fn node(&self) -> &str;
+}
+
+/// The environment variable that gives a service started under a coordinator its placement's
+/// epoch: its fencing token, which a resource it writes to can check.
+pub const EPOCH_ENV: &str = "GODWIT_EPOCH";
+/// The environment variable that names the node a service runs on (under a coordinator).
+pub const NODE_ENV: &str = "GODWIT_NODE";
+
+/// Gives `spec`'s process the placement it starts under: node and epoch.
+pub fn stamp(spec: &mut godwit_runtime::service::ServiceSpec, node: &str, epoch: u64) {
+    spec.env.insert(EPOCH_ENV.to_string(), epoch.to_string());
+    spec.env.insert(NODE_ENV.to_string(), node.to_string());
+}
+
+/// The epoch a spec was stamped with, if any.
+pub fn stamped(spec: &godwit_runtime::service::ServiceSpec) -> Option<u64> {
+    spec.env.get(EPOCH_ENV).and_then(|e| e.parse().ok())
 }

@@ -89,7 +89,7 @@ async fn rig() -> Rig {
     );
     agent::register_handoff(
         &services,
-        agent::Target::new(journal.clone(), manager, tasks),
+        agent::Target::new(journal.clone(), manager, tasks, None),
     );
     let server = serve(&b, services);
     let b_addr = b.local_addr().unwrap();
@@ -467,7 +467,7 @@ async fn a_crash_between_the_exchange_and_the_vote_keeps_the_previous_state() {
         run_root: rig.dir.path().join("run"),
         default_user: Ok(godwit_runtime::service::Identity::current()),
     });
-    let target = agent::Target::new(rig.journal.clone(), manager, Tasks::default());
+    let target = agent::Target::new(rig.journal.clone(), manager, Tasks::default(), None);
     target.recover(&rig.root(), &pending);
     assert_eq!(
         std::fs::read(dest.join("data/db")).unwrap(),

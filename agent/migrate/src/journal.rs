@@ -60,6 +60,10 @@ pub struct SourceEntry {
     /// The epoch of the migration's intent in the placement log (with a coordinator).
     #[serde(default)]
     pub intent: Option<u64>,
+    /// The epoch the placement log committed the move at (with a coordinator): the target
+    /// starts the service under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// Where a migration stands on its target.
@@ -369,6 +373,7 @@ mod tests {
                 state_dir: PathBuf::new(),
                 at_unix_ms: 0,
                 intent: None,
+                epoch: None,
             })
             .is_err());
     }

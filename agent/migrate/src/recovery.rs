@@ -132,6 +132,10 @@ pub async fn finish_recovery(
                 match g.settle(&e.service, intent, &e.to).await {
                     super::gate::LogDecision::Committed(epoch) => {
                         info!(migration = %id, service = %name, epoch, "the placement log committed the move before the restart: handing it off");
+                        let e = SourceEntry {
+                            epoch: Some(epoch),
+                            ..e
+                        };
                         m.tasks.spawn(m.clone().resolve(e));
                         continue;
                     }

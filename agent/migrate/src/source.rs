@@ -194,6 +194,16 @@ pub(crate) fn migration_id(service: &str) -> String {
     format!("{service}-{hex}")
 }
 
+/// The spec the hand-off sends: with a coordinator, stamped with the node and the epoch the
+/// log committed the move at, which the target admits before it starts anything.
+fn handed_spec(spec: &ServiceSpec, entry: &SourceEntry) -> ServiceSpec {
+    let mut spec = spec.clone();
+    if let Some(epoch) = entry.epoch {
+        super::gate::stamp(&mut spec, &entry.to, epoch);
+    }
+    spec
+}
+
 struct ManagedSource<'a> {
     manager: &'a Manager,
     name: String,
@@ -247,6 +257,7 @@ impl Source for ManagedSource<'_> {
                     info!(epoch, "the placement log committed the move");
                     self.decided
                         .store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.entry.epoch = Some(epoch);
                     logged = true;
                 }
                 super::gate::LogDecision::Refused(why) => {
@@ -259,6 +270,7 @@ impl Source for ManagedSource<'_> {
         if let Some((j, e)) = &mut self.journal {
             e.phase = phase;
             e.at_unix_ms = now_ms();
+            e.epoch = self.entry.epoch;
             let put = j.lock(&e.migration).await.put_source(e);
             match put {
                 Ok(()) => {}
@@ -312,7 +324,12 @@ impl Source for ManagedSource<'_> {
             warn!(ms, "{HANDOFF_DELAY_ENV}: the hand-off waits");
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-        let outcome = hand_off(self.peer, &self.entry.migration, self.target_spec).await;
+        let outcome = hand_off(
+            self.peer,
+            &self.entry.migration,
+            &handed_spec(self.target_spec, &self.entry),
+        )
+        .await;
         let handed = outcome.handed();
         self.handed = Some(outcome);
         handed
@@ -600,6 +617,7 @@ impl Migrator {
             state_dir: state_dir.clone(),
             at_unix_ms: now_ms(),
             intent,
+            epoch: None,
         };
         if let Some(j) = &self.journal {
             j.lock(id)
@@ -818,7 +836,9 @@ impl Migrator {
                 .await
             {
                 Ok(peer) => match serde_json::from_str::<ServiceSpec>(&entry.target_spec) {
-                    Ok(spec) => hand_off(&peer, &entry.migration, &spec).await,
+                    Ok(spec) => {
+                        hand_off(&peer, &entry.migration, &handed_spec(&spec, &entry)).await
+                    }
                     // Not ours to start there: the target is asked to give it back.
                     Err(e) => {
                         abandon(

@@ -41,6 +41,9 @@ pub struct Target {
     started: Mutex<HashSet<String>>,
     /// The owner of the watcher and the settlers.
     tasks: crate::Tasks,
+    /// The placement log's part (with a coordinator): the epoch a migrated service starts
+    /// under is admitted here first.
+    gate: Option<Arc<dyn crate::gate::PlacementGate>>,
 }
 
 /// A migrated service that stayed healthy, its VIP on the interface but not announced yet.
@@ -106,13 +109,19 @@ struct AfterAnswer {
 
 impl Target {
     /// The target side over this node's journal and services.
-    pub fn new(journal: Arc<Journal>, manager: Arc<Manager>, tasks: crate::Tasks) -> Arc<Target> {
+    pub fn new(
+        journal: Arc<Journal>,
+        manager: Arc<Manager>,
+        tasks: crate::Tasks,
+        gate: Option<Arc<dyn crate::gate::PlacementGate>>,
+    ) -> Arc<Target> {
         Arc::new(Target {
             journal,
             manager,
             starting: Arc::new(tokio::sync::Mutex::new(())),
             started: Mutex::new(HashSet::new()),
             tasks,
+            gate,
         })
     }
 
@@ -316,6 +325,7 @@ impl Target {
     ) -> Result<Ready, String> {
         let began = Instant::now();
         // The spec the transfer brought (kept as JSON in the journal), else the hand-off's.
+        let hand_off = spec;
         let mut spec: ServiceSpec = match (&entry.spec, spec) {
             (Some(json), _) => serde_json::from_str(json).map_err(|e| e.to_string())?,
             (None, Some(spec)) => spec.clone(),
@@ -323,6 +333,15 @@ impl Target {
         };
         spec.autostart = true;
         let name = spec.name.clone();
+        if let Some(g) = &self.gate {
+            // The hand-off's spec carries the epoch the log committed the move at; an
+            // adoption (no hand-off) takes the log's placement here.
+            let epoch = g
+                .admit(&name, hand_off.and_then(crate::gate::stamped))
+                .await
+                .map_err(|e| format!("the placement log: {e}"))?;
+            crate::gate::stamp(&mut spec, g.node(), epoch);
+        }
         if self.manager.spec(&name).is_some() {
             // A stale definition from an earlier stay here: replaced.
             self.manager

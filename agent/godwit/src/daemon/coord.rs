@@ -34,6 +34,9 @@ pub(crate) struct Coordination {
     pub coord: Option<Arc<Coordinator<AgentWire>>>,
     /// The fence guard, when `[coordinator] guard` and the node runs services.
     guard: Option<Arc<std::sync::Mutex<Option<GuardHandle>>>>,
+    /// The highest epoch seen per service (fsynced): the reconciler's and a migration
+    /// target's check before any start.
+    epochs: Option<Arc<EpochStore>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -55,6 +58,7 @@ impl Coordination {
         let none = |cancel, tasks| Coordination {
             coord: None,
             guard: None,
+            epochs: None,
             cancel,
             tasks,
         };
@@ -171,7 +175,7 @@ impl Coordination {
             tasks.spawn(reconcile(Reconciler {
                 coord: coord.clone(),
                 manager: m,
-                epochs,
+                epochs: epochs.clone(),
                 journal,
                 node: ctx.node.clone(),
                 fenced_file: dir.join("fenced.json"),
@@ -183,6 +187,7 @@ impl Coordination {
         Coordination {
             coord: Some(coord),
             guard,
+            epochs: Some(epochs),
             cancel,
             tasks,
         }
@@ -193,9 +198,9 @@ impl Coordination {
         &self,
         ctx: &Context,
     ) -> Option<Arc<dyn crate::migrate::gate::PlacementGate>> {
-        let coord = self.coord.clone()?;
         Some(Arc::new(CoordGate {
-            coord,
+            coord: self.coord.clone()?,
+            epochs: self.epochs.clone()?,
             node: ctx.node.clone(),
         }))
     }
@@ -451,6 +456,8 @@ async fn apply(r: &Reconciler, p: &Placement) {
                 continue;
             }
         };
+        let mut spec = spec;
+        crate::migrate::gate::stamp(&mut spec, &r.node, e.epoch);
         tracing::info!(service = %e.name, epoch = e.epoch, reason = ?e.reason, "starting: the log places it here");
         if let Err(err) = r.manager.add(spec).await {
             tracing::error!(service = %e.name, error = %err, "not started");
@@ -484,6 +491,7 @@ async fn apply(r: &Reconciler, p: &Placement) {
 /// The placement log's part in migrations from this node (see [`crate::migrate::gate`]).
 pub(crate) struct CoordGate {
     pub coord: Arc<Coordinator<AgentWire>>,
+    pub epochs: Arc<EpochStore>,
     pub node: String,
 }
 
@@ -693,5 +701,44 @@ impl PlacementGate for CoordGate {
             }
             false
         })
+    }
+    fn admit<'a>(
+        &'a self,
+        service: &'a str,
+        epoch: Option<u64>,
+    ) -> GateFuture<'a, Result<u64, String>> {
+        Box::pin(async move {
+            let epoch = match epoch {
+                Some(e) => e,
+                // An adoption: the move was committed before the target heard it decided, so
+                // the log (read through the leader) places the service here.
+                None => {
+                    let p = self.fresh().await?;
+                    match p.services.get(service) {
+                        Some(e) if e.node.as_deref() == Some(self.node.as_str()) => e.epoch,
+                        Some(e) => {
+                            return Err(format!(
+                                "{service} is placed on {} at epoch {}, not here",
+                                e.node.as_deref().unwrap_or("no node"),
+                                e.epoch
+                            ))
+                        }
+                        None => return Err(format!("{service} is not in the placement log")),
+                    }
+                }
+            };
+            let epochs = self.epochs.clone();
+            let name = service.to_string();
+            match tokio::task::spawn_blocking(move || epochs.admit(&name, epoch)).await {
+                Ok(Ok(())) => Ok(epoch),
+                Ok(Err(AdmitError::Stale(s))) => Err(s.to_string()),
+                Ok(Err(AdmitError::Io(e))) => Err(format!("the epoch cannot be recorded: {e}")),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+
+    fn node(&self) -> &str {
+        &self.node
     }
 }

@@ -47,7 +47,7 @@ impl Migration {
         let tasks = Tasks::new(ctx.child_token());
         let migrator = match (&net.transport, &services.manager, &services.journal) {
             (Some(t), Some(m), Some(j)) => {
-                let target = Target::new(j.clone(), m.clone(), tasks.clone());
+                let target = Target::new(j.clone(), m.clone(), tasks.clone(), gate.clone());
                 let (pending, pending_rx) = tokio::sync::mpsc::unbounded_channel();
                 // Off the runtime: it removes staging trees and waits for leftover processes.
                 let (tg, root, queue) = (target.clone(), state_root.clone(), pending.clone());

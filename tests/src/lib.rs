@@ -20,6 +20,7 @@ pub mod cluster;
 mod fuzz_corpus;
 pub mod migrate_rig;
 pub mod sim;
+pub mod witness;
 
 pub use godwit;
 use godwit::probe::cgroup::CgroupLayout;
@@ -584,6 +585,11 @@ impl ServiceSlice {
             parent: cgroup_layout().v2_root.join(&name),
             name,
         }
+    }
+
+    /// Its directory.
+    pub fn path(&self) -> &Path {
+        &self.parent
     }
 
     /// A `[services]` section using it, with state under `state_root`.

@@ -217,6 +217,18 @@ impl MigrateRig {
         }
     }
 
+    /// Freezes (or thaws) node `i` whole, as a hypervisor pausing its machine would: its
+    /// agent and fence guard (the node's cgroup) and its services (`cgroup.freeze`).
+    pub fn freeze_node(&self, i: usize, frozen: bool) {
+        let v = if frozen { "1" } else { "0" };
+        for dir in [self.c.node(i).cgroup.as_path(), self._slices[i - 1].path()] {
+            // The services' parent appears with the node's first service.
+            let _ = std::fs::create_dir_all(dir);
+            std::fs::write(dir.join("cgroup.freeze"), v)
+                .unwrap_or_else(|e| panic!("cgroup.freeze of {}: {e}", dir.display()));
+        }
+    }
+
     /// The spec of a kvstore service `name` behind the rig's VIP, its state in `data/`.
     pub fn kv_spec(&self, name: &str, kv: &KvOptions) -> Value {
         let mut command = vec![

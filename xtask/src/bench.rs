@@ -1077,3 +1077,43 @@ pub(crate) fn run_bin(name: &str, args: &BinArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SchedulesArgs {
+    /// How many schedules.
+    #[arg(long, default_value_t = 200)]
+    count: u64,
+    /// The first schedule's seed (default: from the clock; printed).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// `cargo xtask bench schedules`: the fault-schedule suite of the tests, run long.
+pub(crate) fn schedules(args: &SchedulesArgs) -> Result<()> {
+    crate::step("system packages needed to build and run");
+    packages::ensure(packages::TEST)?;
+    crate::step(&format!(
+        "GODWIT_SCHEDULES={} cargo test -p godwit-tests --test schedules -- --nocapture",
+        args.count
+    ));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "test",
+        "-p",
+        "godwit-tests",
+        "--test",
+        "schedules",
+        "--",
+        "--nocapture",
+    ])
+    .env("GODWIT_SCHEDULES", args.count.to_string());
+    if let Some(seed) = args.seed {
+        cmd.env("GODWIT_SCHEDULE_SEED", seed.to_string());
+    }
+    let status = cmd.status().context("cannot start cargo")?;
+    if !status.success() {
+        bail!("the fault schedules failed ({status})");
+    }
+    Ok(())
+}

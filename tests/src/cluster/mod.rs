@@ -872,6 +872,37 @@ impl Cluster {
         }
     }
 
+    /// Cuts the links between the given pairs of nodes (both ways), leaving every other link
+    /// up: rings and bridges that [`Cluster::partition`]'s groups cannot express. Replaces an
+    /// earlier partition or cut.
+    ///
+    /// `c.cut(&[(1, 3), (2, 3)])` leaves n3 talking only to the nodes other than n1 and n2.
+    pub fn cut(&self, pairs: &[(usize, usize)]) {
+        for i in 1..=self.nodes.len() {
+            let others: Vec<String> = pairs
+                .iter()
+                .filter_map(|&(a, b)| match (a == i, b == i) {
+                    (true, false) => Some(b),
+                    (false, true) => Some(a),
+                    _ => None,
+                })
+                .map(|j| self.node(j).addr.to_string())
+                .collect();
+            let rule = if others.is_empty() {
+                String::new()
+            } else {
+                format!("    ip saddr {{ {} }} counter drop\n", others.join(", "))
+            };
+            let script = format!(
+                "table ip {PARTITION_TABLE}\ndelete table ip {PARTITION_TABLE}\n\
+                 table ip {PARTITION_TABLE} {{\n  chain input {{\n    \
+                 type filter hook input priority -210; policy accept;\n{rule}  }}\n}}\n"
+            );
+            net::nft_in(&self.node(i).netns, &script)
+                .unwrap_or_else(|e| panic!("cut links of n{i}: {e:#}"));
+        }
+    }
+
     /// Removes every partition rule.
     pub fn heal(&self) {
         for node in &self.nodes {

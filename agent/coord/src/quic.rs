@@ -15,11 +15,27 @@ use crate::rpc::{CoordReply, CoordRpc, Member, RaftReply, RaftRpc, Wire};
 
 /// Raft and coordinator messages over the agent's QUIC endpoint, one cached connection per
 /// peer.
+///
+/// A connection is made by a task of its own, never by the call that needs it: openraft drops
+/// a call after its time to live (the heartbeat interval), which is shorter than a handshake on
+/// a loaded host, and a handshake cancelled with every call would never finish, leaving the
+/// leader unable to reach anyone. The next call finds the connection the earlier one started.
 #[derive(Clone)]
 pub struct QuicWire {
     endpoint: Endpoint,
-    peers: Arc<Mutex<HashMap<String, Arc<Peer>>>>,
+    peers: Arc<Mutex<HashMap<String, Slot>>>,
 }
+
+/// A peer's connection: made, or being made (its outcome to come on the channel).
+#[derive(Clone)]
+enum Slot {
+    Ready(Arc<Peer>),
+    Connecting(tokio::sync::watch::Receiver<Option<Result<Arc<Peer>, String>>>),
+}
+
+/// How long a connection attempt may take before it is given up (the next call starts
+/// another).
+const CONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl QuicWire {
     /// A wire over `endpoint`.
@@ -31,29 +47,49 @@ impl QuicWire {
     }
 
     async fn peer(&self, to: &Member) -> Result<Arc<Peer>, String> {
-        if let Some(p) = self
-            .peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&to.name)
-        {
-            return Ok(p.clone());
-        }
-        let addr = to
-            .addr
-            .parse()
-            .map_err(|e| format!("{to}: bad address: {e}"))?;
-        let p = Arc::new(
-            self.endpoint
-                .connect(addr, &to.name)
-                .await
-                .map_err(|e| format!("{to}: {e}"))?,
-        );
-        self.peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(to.name.clone(), p.clone());
-        Ok(p)
+        let mut rx = {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            match peers.get(&to.name) {
+                Some(Slot::Ready(p)) => return Ok(p.clone()),
+                Some(Slot::Connecting(rx)) => rx.clone(),
+                None => {
+                    let addr = to
+                        .addr
+                        .parse()
+                        .map_err(|e| format!("{to}: bad address: {e}"))?;
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    peers.insert(to.name.clone(), Slot::Connecting(rx.clone()));
+                    let (endpoint, peers, to) =
+                        (self.endpoint.clone(), self.peers.clone(), to.clone());
+                    tokio::spawn(async move {
+                        let made = match tokio::time::timeout(
+                            CONNECT_FOR,
+                            endpoint.connect(addr, &to.name),
+                        )
+                        .await
+                        {
+                            Ok(Ok(p)) => Ok(Arc::new(p)),
+                            Ok(Err(e)) => Err(format!("{to}: {e}")),
+                            Err(_) => Err(format!("{to}: no connection within {CONNECT_FOR:?}")),
+                        };
+                        {
+                            let mut peers = peers.lock().unwrap_or_else(|e| e.into_inner());
+                            match &made {
+                                Ok(p) => peers.insert(to.name.clone(), Slot::Ready(p.clone())),
+                                Err(_) => peers.remove(&to.name),
+                            };
+                        }
+                        let _ = tx.send(Some(made));
+                    });
+                    rx
+                }
+            }
+        };
+        let made = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| format!("{to}: the connection attempt was dropped"))?;
+        made.clone().expect("waited for an outcome")
     }
 
     async fn call<Q: Serialize, A: DeserializeOwned>(
@@ -73,7 +109,7 @@ impl QuicWire {
         if r.is_err() {
             // The next call connects again.
             let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-            if peers.get(&to.name).is_some_and(|p| Arc::ptr_eq(p, &peer)) {
+            if matches!(peers.get(&to.name), Some(Slot::Ready(p)) if Arc::ptr_eq(p, &peer)) {
                 peers.remove(&to.name);
             }
         }

@@ -335,24 +335,49 @@ impl<W: Wire> Coordinator<W> {
     /// Answers a coordinator request from `from` (the peer's certified name).
     pub async fn handle_coord(&self, from: &str, rpc: CoordRpc) -> CoordReply {
         match rpc {
-            CoordRpc::Write(cmd) => match self.raft.client_write(cmd).await {
-                Ok(r) => CoordReply::Written {
-                    outcome: r.data,
-                    index: r.log_id.index,
-                },
-                Err(e) => match e.forward_to_leader::<Member>() {
-                    Some(f) => CoordReply::NotLeader {
-                        leader: f.leader_node.clone(),
-                    },
-                    None => CoordReply::Failed(e.to_string()),
-                },
-            },
+            CoordRpc::Write(cmd) => {
+                if let Some(reason) = self.refuse_target(&cmd) {
+                    return CoordReply::Written {
+                        outcome: Outcome::Refused { reason },
+                        index: 0,
+                    };
+                }
+                self.write_here(cmd).await
+            }
             CoordRpc::Renew(r) => {
                 if r.member.name != from {
                     return CoordReply::Failed(format!("{from} renewed for {}", r.member.name));
                 }
                 self.grant(r).await
             }
+        }
+    }
+
+    /// The leader refuses to move a service onto a node that said (in its renewals) it runs
+    /// none: a witness votes, and that is all it does.
+    fn refuse_target(&self, cmd: &Cmd) -> Option<String> {
+        let to = match cmd {
+            Cmd::MigrateBegin { to, .. } => to,
+            Cmd::Place { node, .. } => node,
+            _ => return None,
+        };
+        let l = self.leader.lock().unwrap_or_else(|e| e.into_inner());
+        let h = l.heard.get(to)?;
+        (!h.renewal.runs_services).then(|| format!("{to} is a witness: it runs no services"))
+    }
+
+    async fn write_here(&self, cmd: Cmd) -> CoordReply {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => CoordReply::Written {
+                outcome: r.data,
+                index: r.log_id.index,
+            },
+            Err(e) => match e.forward_to_leader::<Member>() {
+                Some(f) => CoordReply::NotLeader {
+                    leader: f.leader_node.clone(),
+                },
+                None => CoordReply::Failed(e.to_string()),
+            },
         }
     }
 

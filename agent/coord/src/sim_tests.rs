@@ -53,7 +53,7 @@ use std::time::Duration;
 
 use crate::node::{Coordinator, LeaseView, Role, Settings};
 use crate::rpc::{CoordReply, CoordRpc};
-use crate::{Clock, Cmd, Ha, Member, RaftReply, RaftRpc, Wire};
+use crate::{Clock, Cmd, Ha, Member, Outcome, RaftReply, RaftRpc, Wire};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -775,7 +775,36 @@ impl Sim {
                 self.start(i).await?;
             }
         }
-        self.settled(Duration::from_secs(30)).await
+        self.settled(Duration::from_secs(30)).await?;
+        self.witness_refuses_services().await
+    }
+
+    /// An operator who asks to move a service onto the witness is refused by the leader.
+    async fn witness_refuses_services(&mut self) -> Result<(), String> {
+        let Some(w) = self.witness else {
+            return Ok(());
+        };
+        // The leader hears every node's renewal (and role) within a renewal period.
+        sleep(self.settings(0).fence_after).await;
+        let node = self.node(0).ok_or("n0 is down after the heal")?;
+        let p = node.placement().borrow().clone();
+        let Some(e) = p.services.values().find(|e| e.node.is_some()) else {
+            return Ok(());
+        };
+        let cmd = Cmd::MigrateBegin {
+            service: e.name.clone(),
+            from: e.node.clone().unwrap_or_default(),
+            to: self.members[w].name.clone(),
+            expect: e.epoch,
+        };
+        self.event(format!("an operator moves {} onto the witness", e.name));
+        match timeout(Duration::from_secs(10), node.write(cmd)).await {
+            Ok(Ok((Outcome::Refused { .. }, _))) => Ok(()),
+            other => Err(format!(
+                "moving {} onto the witness was not refused: {other:?}",
+                e.name
+            )),
+        }
     }
 
     async fn fault(

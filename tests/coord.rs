@@ -386,4 +386,26 @@ fn two_nodes_and_a_witness_fail_over_and_the_witness_runs_nothing() {
     // The witness holds no service.
     assert!(rig.service(3, "kv").is_null());
     rig.c.heal();
+    wait_group(&rig, 2, 3);
+
+    // With n2 cordoned, draining n1 leaves only the witness: the leader refuses to place kv
+    // there, and kv stays on n1.
+    let node = |args: &[&str]| {
+        rig.c
+            .cli(1)
+            .arg("node")
+            .args(args)
+            .arg("--socket")
+            .arg(rig.c.socket(1))
+            .output()
+            .unwrap()
+    };
+    assert!(node(&["cordon", "n2"]).status.success());
+    let out = node(&["drain", "n1"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("witness"), "{text}");
+    assert_eq!(placed(&rig, 1, "kv").unwrap().0, "n1");
+    assert_eq!(running_on(&rig, "kv"), vec![1]);
 }

@@ -433,41 +433,51 @@ async fn drain(
     let mut results = Vec::new();
     for service in services {
         let p = c.placement().borrow().clone();
-        let target = status
+        let mut candidates: Vec<&crate::coord::node::NodeStatus> = status
             .nodes
             .iter()
             .filter(|n| {
                 n.name != node && !p.cordoned.contains(&n.name) && !p.fenced.contains_key(&n.name)
             })
-            .min_by_key(|n| (p.on_node(&n.name).count(), n.name.clone()))
-            .map(|n| n.name.clone());
-        let Some(to) = target else {
+            .collect();
+        candidates.sort_by_key(|n| (p.on_node(&n.name).count(), n.name.clone()));
+        if candidates.is_empty() {
             results
                 .push(serde_json::json!({ "service": service, "result": "no node to move it to" }));
             continue;
-        };
-        let call = crate::migrate::control::MigrateCall {
-            service: service.clone(),
-            to: to.clone(),
-            mode: None,
-            downtime_ms: 300,
-            full_verify: false,
-            fencing_token: None,
-            replace: false,
-        };
-        tracing::info!(%service, from = node, %to, by = %caller.describe(), "drain: moving");
-        let answer = crate::migrate::control::migrate(t.endpoint(), addr, node, call, |_| {}).await;
-        let result = match answer {
-            Ok(crate::migrate::control::Answer::Report {
-                committed: true, ..
-            }) => "committed".to_string(),
-            Ok(crate::migrate::control::Answer::Report { report, .. }) => {
-                format!("failed: {}", report["result"].as_str().unwrap_or("?"))
+        }
+        // The fewest services first; a node the leader refuses (a witness runs none) is
+        // skipped for the next.
+        let (mut to, mut result) = (String::new(), String::new());
+        for n in candidates {
+            to = n.name.clone();
+            let call = crate::migrate::control::MigrateCall {
+                service: service.clone(),
+                to: to.clone(),
+                mode: None,
+                downtime_ms: 300,
+                full_verify: false,
+                fencing_token: None,
+                replace: false,
+            };
+            tracing::info!(%service, from = node, %to, by = %caller.describe(), "drain: moving");
+            let answer =
+                crate::migrate::control::migrate(t.endpoint(), addr, node, call, |_| {}).await;
+            result = match answer {
+                Ok(crate::migrate::control::Answer::Report {
+                    committed: true, ..
+                }) => "committed".to_string(),
+                Ok(crate::migrate::control::Answer::Report { report, .. }) => {
+                    format!("failed: {}", report["result"].as_str().unwrap_or("?"))
+                }
+                Ok(crate::migrate::control::Answer::Refused(r)) => format!("refused: {r}"),
+                Ok(crate::migrate::control::Answer::Error(r)) => format!("error: {r}"),
+                Err(e) => format!("error: {e}"),
+            };
+            if !result.contains("runs no services") {
+                break;
             }
-            Ok(crate::migrate::control::Answer::Refused(r)) => format!("refused: {r}"),
-            Ok(crate::migrate::control::Answer::Error(r)) => format!("error: {r}"),
-            Err(e) => format!("error: {e}"),
-        };
+        }
         results.push(serde_json::json!({ "service": service, "to": to, "result": result }));
     }
     let all = results.iter().all(|r| r["result"] == "committed");

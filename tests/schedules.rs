@@ -22,7 +22,12 @@ use godwit_tests::sim::rng::Rng;
 use godwit_tests::{require_root, witness};
 use serde_json::Value;
 
-const WITNESS: &str = env!("CARGO_BIN_EXE_godwit-witness");
+/// The witness service (`GODWIT_WITNESS_BIN` overrides it, with `GODWIT_AGENT_BIN` for the
+/// agent: a long run from copies of the binaries is not disturbed by a rebuild).
+fn witness_bin() -> String {
+    std::env::var("GODWIT_WITNESS_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_godwit-witness").to_string())
+}
 const NODES: usize = 5;
 const SERVICES: [&str; 3] = ["w1", "w2", "w3"];
 /// How long the cluster may take to settle after the faults heal.
@@ -55,7 +60,10 @@ struct Suite {
 
 impl Suite {
     fn new() -> Suite {
-        let rig = MigrateRig::new(RigOptions::coordinated(NODES));
+        let rig = MigrateRig::new(RigOptions {
+            agent_bin: std::env::var_os("GODWIT_AGENT_BIN").map(PathBuf::from),
+            ..RigOptions::coordinated(NODES)
+        });
         let dir = rig.pki.join("witness");
         std::fs::create_dir_all(&dir).unwrap();
         set_mode(&dir, 0o777);
@@ -78,7 +86,7 @@ impl Suite {
         for (k, name) in SERVICES.iter().enumerate() {
             let spec = serde_json::json!({
                 "name": name,
-                "command": [WITNESS, "--file", suite.file.display().to_string(), "--every-ms", "20"],
+                "command": [witness_bin(), "--file", suite.file.display().to_string(), "--every-ms", "20"],
                 "ha": "restart",
             });
             let (code, body) = suite

@@ -1,6 +1,6 @@
 //! `cargo xtask bench mesh [--quick]`; also
 //! `cargo run --release -p godwit-tests --bin godwit-bench-mesh -- [--quick] [--nodes N,..]
-//! [--loss P,..] [--delay-ms D] [--jitter-ms J]`.
+//! [--loss P,..] [--delay-ms D] [--jitter-ms J] [--services S]`.
 //!
 //! The mesh at sizes two cores cannot run in real time. N real gossip nodes
 //! (`godwit::gossip::Cluster`: chitchat 0.13, the sealed transport, the view) in one process,
@@ -19,9 +19,13 @@
 //! - the time for a stopped node to be marked dead by 99% and 100% of the others;
 //! - the wall time the whole scenario took, and the process's peak RSS so far.
 //!
-//! It prints a markdown table, with Serf's convergence model beside it.
+//! It prints a markdown table, with Serf's convergence model beside it. One process holds every
+//! node's state of every other, so memory grows with the square of the size (about 24 KiB per
+//! pair of nodes): a size that does not fit in the machine's available memory is skipped, with
+//! a line saying what it would need.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use godwit::gossip::{
@@ -35,6 +39,8 @@ use tokio::time::Instant;
 /// All nodes start within this time, evenly spaced, so that their gossip rounds are spread
 /// over the interval as separate machines' would be.
 const START_WINDOW: Duration = Duration::from_secs(1);
+/// Hosted services in each node's summary (`--services`).
+static SERVICES: AtomicUsize = AtomicUsize::new(6);
 /// The steady window bytes on the wire are measured over.
 const STEADY_WINDOW: Duration = Duration::from_secs(2);
 /// How often the bench looks at every node's view (virtual time).
@@ -84,7 +90,7 @@ fn summary(i: usize, cpu: f64) -> NodeSummary {
             network: 0.1,
             dirty_bytes_per_sec: 2e6,
         },
-        services: (0..6)
+        services: (0..SERVICES.load(Ordering::Relaxed))
             .map(|s| HostedService {
                 id: format!("svc-{i}-{s}"),
                 state_bytes: 256 << 20,
@@ -301,6 +307,24 @@ async fn run(s: Scenario, link: Link) -> Outcome {
     r
 }
 
+/// Memory one simulated node takes per other node (measured: about 23 KiB at 200 and 500
+/// nodes; chitchat's failure detector alone preallocates 8 KB per peer).
+const PAIR_BYTES: u64 = 24 << 10;
+
+/// Bytes `nodes` simulated nodes are expected to need.
+fn memory_estimate(nodes: usize) -> u64 {
+    let n = nodes as u64;
+    n * n * PAIR_BYTES + n * (512 << 10)
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes.
+fn mem_available() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
 fn secs(v: Option<f64>) -> String {
     v.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "—".into())
 }
@@ -338,6 +362,9 @@ fn main() {
         jitter: ms("--jitter-ms", 0.1),
         loss: 0.0,
     };
+    if let Some(n) = value("--services").and_then(|v| v.parse().ok()) {
+        SERVICES.store(n, Ordering::Relaxed);
+    }
     let fd = FailureDetection::default();
     let mut scenarios = Vec::new();
     for &nodes in &sizes {
@@ -366,7 +393,7 @@ fn main() {
          network of `godwit_gossip::sim` on tokio's paused clock: all times are virtual, the \
          protocol's own, whatever the machine. Defaults: gossip interval {} ms, phi {}; link \
          {:.1} ms one way + up to {:.1} ms jitter; loss drops that fraction of all datagrams. \
-         Summaries carry six hosted services ({} bytes encoded). Change and dead columns count \
+         Summaries carry {} hosted services ({} bytes encoded). Change and dead columns count \
          from the change or the stop to the moment 99% / 100% of the other nodes' views show \
          it (views refresh every gossip interval).\n\n",
         machine(),
@@ -374,6 +401,7 @@ fn main() {
         fd.phi_threshold,
         link.delay.as_secs_f64() * 1e3,
         link.jitter.as_secs_f64() * 1e3,
+        SERVICES.load(Ordering::Relaxed),
         summary(0, 0.3).encode(4096).map(|e| e.bytes).unwrap_or(0),
     ));
     md.push_str(
@@ -381,8 +409,31 @@ fn main() {
     );
     md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let mut results = Vec::new();
+    let mut skipped = Vec::new();
     for s in scenarios {
         eprintln!("scenario {s:?}");
+        // Every simulated node holds the state of every other: memory grows with the square of
+        // the size. Refuse a size this machine cannot hold rather than have it killed.
+        let need = memory_estimate(s.nodes);
+        let available = mem_available();
+        if available.is_some_and(|a| need > a) {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            let why = format!(
+                "{} nodes need about {:.1} GiB ({PAIR_BYTES} bytes per pair of nodes), {:.1} GiB \
+                 available",
+                s.nodes,
+                gib(need),
+                gib(available.unwrap_or(0))
+            );
+            eprintln!("  skipped: {why}");
+            md.push_str(&format!(
+                "| {} | {:.0}% | skipped: {why} |||||||||\n",
+                s.nodes,
+                s.loss * 100.0
+            ));
+            skipped.push(why);
+            continue;
+        }
         let rt = sim::runtime().expect("tokio runtime");
         let r = rt.block_on(run(s, link));
         drop(rt);
@@ -434,5 +485,11 @@ fn main() {
             None => String::new(),
         }
     ));
+    if !skipped.is_empty() {
+        md.push_str(
+            "\nSkipped sizes did not fit in this machine's memory: one process holds every \
+             node's view of every other node.\n",
+        );
+    }
     print!("{md}");
 }

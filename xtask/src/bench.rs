@@ -1008,6 +1008,30 @@ pub(crate) fn gossip(args: &GossipArgs) -> Result<()> {
 }
 
 #[derive(Debug, clap::Args)]
+pub(crate) struct MeshArgs {
+    /// 100 nodes only (a minute instead of many).
+    #[arg(long)]
+    quick: bool,
+}
+
+/// `cargo xtask bench mesh`: runs `godwit-bench-mesh` in release mode. It prints its table
+/// only: docs/BENCHMARKS.md is edited by hand from it.
+pub(crate) fn mesh(args: &MeshArgs) -> Result<()> {
+    crate::step("system packages needed to build");
+    packages::ensure(packages::BUILD)?;
+    crate::step("cargo run --release -p godwit-tests --bin godwit-bench-mesh");
+    let mut cmd = crate::cargo_run_test_bin("godwit-bench-mesh");
+    if args.quick {
+        cmd.arg("--quick");
+    }
+    let status = cmd.status().context("cannot start cargo")?;
+    if !status.success() {
+        bail!("godwit-bench-mesh failed ({status})");
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
 pub(crate) struct MigrateArgs {
     /// Replace the benchmark's section of docs/BENCHMARKS.md with the new figures.
     #[arg(long)]

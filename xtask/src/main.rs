@@ -9,6 +9,8 @@
 //! - `cargo xtask bench probe`: measure the probe overhead of an eBPF agent and a procfs agent side
 //!   by side under a context-switch storm and many idle processes.
 //! - `cargo xtask bench gossip [--quick] [--write]`: the mesh at 20, 100 and 500 nodes.
+//! - `cargo xtask bench mesh [--quick]`: the mesh at 100, 500 and 1,000 nodes on a simulated
+//!   network, on virtual time.
 //! - `cargo xtask bench failover [--write]`: the coordinator's commit, re-election and failover.
 //! - `cargo xtask bench schedules [--count N] [--seed S]`: randomized fault schedules on five
 //!   agents (`tests/schedules.rs`), checked for a service running twice or at a stale epoch.
@@ -119,6 +121,8 @@ enum BenchCmd {
     Policy(bench::BinArgs),
     /// Gossip at 20, 100 and 500 nodes, sealed and clear, with and without loss.
     Gossip(bench::GossipArgs),
+    /// The mesh at 100, 500 and 1,000 nodes on a simulated network, on virtual time.
+    Mesh(bench::MeshArgs),
     /// Live migration of the example service against rsync baselines, links shaped with tbf.
     Migrate(bench::MigrateArgs),
     /// The coordinator: log commit latency, re-election and failover decision times.
@@ -145,6 +149,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             which: BenchCmd::Gossip(args),
         } => bench::gossip(&args),
+        Cmd::Bench {
+            which: BenchCmd::Mesh(args),
+        } => bench::mesh(&args),
         Cmd::Bench {
             which: BenchCmd::Migrate(args),
         } => bench::migrate(&args),

@@ -17,7 +17,7 @@ use super::config::{next_generation, FailureDetection, GossipConfig, Security};
 use super::error::GossipError;
 use super::seal::{ClusterKey, Keyring, SealCounters, SealStats};
 use super::summary::{EncodedSummary, NodeSummary};
-use super::transport::{GossipTransport, Loss, Sealing};
+use super::transport::{GossipTransport, Loss, Sealing, Wire};
 
 /// Capacity of the change stream; a subscriber that lags further loses the oldest changes
 /// (and can re-sync from [`Cluster::view`]).
@@ -138,6 +138,10 @@ pub enum Network {
         /// Seed of the drop sequence.
         seed: u64,
     },
+    /// A simulated network on tokio's clock (feature `sim`): see [`crate::sim`]. The listen
+    /// address is bound on that network (port 0 picks a free one) and no UDP socket is opened.
+    #[cfg(any(test, feature = "sim"))]
+    Sim(crate::sim::SimNetwork),
 }
 
 /// A running gossip node. Dropping it stops gossip; [`Cluster::shutdown`] also waits for it.
@@ -173,16 +177,25 @@ impl Cluster {
     /// node without a key seals with an ephemeral key, so it accepts no peer.
     pub async fn start(config: GossipConfig, network: Network) -> Result<Cluster, GossipError> {
         config.validate()?;
-        let socket = std::net::UdpSocket::bind(config.listen_addr)
-            .and_then(|s| s.set_nonblocking(true).map(|()| s))
-            .map_err(|err| GossipError::Bind {
-                addr: config.listen_addr,
-                reason: err.to_string(),
-            })?;
-        let bound = socket.local_addr().map_err(|err| GossipError::Bind {
+        let bind_error = |err: std::io::Error| GossipError::Bind {
             addr: config.listen_addr,
             reason: err.to_string(),
-        })?;
+        };
+        let (wire, bound) = match &network {
+            Network::Udp | Network::LossyUdp { .. } => {
+                let socket = std::net::UdpSocket::bind(config.listen_addr)
+                    .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                    .map_err(bind_error)?;
+                let bound = socket.local_addr().map_err(bind_error)?;
+                (Wire::Udp(socket), bound)
+            }
+            #[cfg(any(test, feature = "sim"))]
+            Network::Sim(net) => {
+                let port = net.bind(config.listen_addr).map_err(bind_error)?;
+                let bound = port.local_addr();
+                (Wire::Sim(port), bound)
+            }
+        };
         let advertise = match config.advertise_addr {
             Some(addr) => addr,
             None if bound.ip().is_unspecified() => {
@@ -200,7 +213,7 @@ impl Cluster {
         };
         let counters = Arc::new(SealCounters::default());
         let transport = GossipTransport {
-            socket: StdMutex::new(Some(socket)),
+            socket: StdMutex::new(Some(wire)),
             sealing: if sealing {
                 keyring.clone().map(|keyring| Sealing {
                     keyring,
@@ -215,6 +228,8 @@ impl Cluster {
             counters: counters.clone(),
             loss: match network {
                 Network::Udp => None,
+                #[cfg(any(test, feature = "sim"))]
+                Network::Sim(_) => None,
                 Network::LossyUdp {
                     drop_probability,
                     seed,

@@ -21,6 +21,7 @@
 //! | `fuzzing.rs` | the opener fuzz target's entry point (feature `fuzzing`) |
 //! | `transport.rs` | chitchat's `Transport` over UDP, sealed or clear |
 //! | `cluster.rs` | [`Cluster`], the view, the change stream |
+//! | `sim.rs` | a simulated network on tokio's clock for the real code (feature `sim`) |
 //!
 //! # Invariants
 //!
@@ -45,9 +46,13 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod seal;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 mod summary;
 mod transport;
 
+#[cfg(test)]
+mod sim_tests;
 #[cfg(test)]
 mod tests;
 

@@ -68,10 +68,60 @@ pub(crate) struct Sealing {
     pub(crate) max_skew_ms: Option<u64>,
 }
 
+/// Where sealed datagrams travel: a UDP socket, or a simulated network (feature `sim`).
+pub(crate) enum Wire {
+    Udp(std::net::UdpSocket),
+    #[cfg(any(test, feature = "sim"))]
+    Sim(crate::sim::SimPort),
+}
+
+/// The public side of a gossip socket, registered with the runtime.
+enum Public {
+    Udp(tokio::net::UdpSocket),
+    #[cfg(any(test, feature = "sim"))]
+    Sim(crate::sim::SimPort),
+}
+
+impl Public {
+    async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        match self {
+            Public::Udp(socket) => socket.recv_from(buf).await,
+            #[cfg(any(test, feature = "sim"))]
+            Public::Sim(port) => Ok(port.recv_from(buf).await),
+        }
+    }
+
+    async fn send_to(&self, datagram: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        match self {
+            Public::Udp(socket) => socket.send_to(datagram, to).await,
+            #[cfg(any(test, feature = "sim"))]
+            Public::Sim(port) => Ok(port.send_to(datagram, to)),
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Public::Udp(socket) => socket.local_addr(),
+            #[cfg(any(test, feature = "sim"))]
+            Public::Sim(port) => Ok(port.local_addr()),
+        }
+    }
+
+    /// The wall clock seals are stamped with and checked against (the network's own clock
+    /// when simulated).
+    fn now_ms(&self) -> u64 {
+        match self {
+            Public::Udp(_) => now_ms(),
+            #[cfg(any(test, feature = "sim"))]
+            Public::Sim(port) => port.now_ms(),
+        }
+    }
+}
+
 /// chitchat's transport: UDP on a socket bound beforehand (so that port 0 works and the
 /// advertised address is known before chitchat starts), sealed unless `sealing` is `None`.
 pub(crate) struct GossipTransport {
-    pub(crate) socket: StdMutex<Option<std::net::UdpSocket>>,
+    pub(crate) socket: StdMutex<Option<Wire>>,
     pub(crate) sealing: Option<Sealing>,
     pub(crate) counters: Arc<SealCounters>,
     pub(crate) loss: Option<Loss>,
@@ -107,7 +157,7 @@ enum RecvState {
 }
 
 struct GossipSocket {
-    public: tokio::net::UdpSocket,
+    public: Public,
     sealer: Option<Sealer>,
     opener: Option<Opener>,
     codec: chitchat::transport::UdpSocket,
@@ -133,11 +183,17 @@ impl GossipSocket {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         let public = match prebound {
-            Some(socket) => tokio::net::UdpSocket::from_std(socket)
-                .context("failed to register the gossip socket")?,
-            None => tokio::net::UdpSocket::bind(listen_addr)
-                .await
-                .with_context(|| format!("failed to bind to {listen_addr}/UDP for gossip"))?,
+            Some(Wire::Udp(socket)) => Public::Udp(
+                tokio::net::UdpSocket::from_std(socket)
+                    .context("failed to register the gossip socket")?,
+            ),
+            #[cfg(any(test, feature = "sim"))]
+            Some(Wire::Sim(port)) => Public::Sim(port),
+            None => Public::Udp(
+                tokio::net::UdpSocket::bind(listen_addr)
+                    .await
+                    .with_context(|| format!("failed to bind to {listen_addr}/UDP for gossip"))?,
+            ),
         };
         let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
         let mut codec = chitchat::transport::UdpSocket::open(loopback).await?;
@@ -182,7 +238,21 @@ impl GossipSocket {
         };
         let len = socket.read_tap().await?;
         socket.marker = socket.buf[..len].to_vec();
-        Ok(socket)
+        // And back: the codec decodes the marker from the tap. This checks the pairing both ways
+        // before any peer's datagram depends on it, and leaves all four directions known ready
+        // to the runtime, so that later hand-overs, each of which follows a write that already
+        // queued its datagram, complete without waiting for the reactor (on a paused clock,
+        // waiting for the reactor would let virtual time jump: see `sim.rs`).
+        socket
+            .tap
+            .send(&socket.marker)
+            .await
+            .context("failed to send through the gossip codec tap")?;
+        let deadline = tokio::time::Instant::now() + CODEC_TIMEOUT;
+        match socket.read_codec(deadline).await? {
+            Some(envelope) if is_bad_cluster(&envelope) => Ok(socket),
+            _ => anyhow::bail!("the gossip codec did not decode its own marker"),
+        }
     }
 
     /// Reads the next datagram the codec sent to the tap into `buf` (the tap is connected to
@@ -235,7 +305,7 @@ impl GossipSocket {
             .fetch_add(len as u64, Ordering::Relaxed);
         let opened = match self.opener.as_mut() {
             Some(opener) => opener
-                .open(&mut self.buf[..len], now_ms())
+                .open(&mut self.buf[..len], self.public.now_ms())
                 .map(|n| HEADER_LEN..HEADER_LEN + n),
             None => Ok(0..len),
         };
@@ -335,7 +405,7 @@ impl Socket for GossipSocket {
             let len = self.read_tap().await?;
             let datagram = match self.sealer.as_mut() {
                 Some(sealer) => {
-                    sealer.seal(&self.buf[..len], now_ms(), &mut self.sealed);
+                    sealer.seal(&self.buf[..len], self.public.now_ms(), &mut self.sealed);
                     if self.sealed.is_empty() {
                         anyhow::bail!("gossip datagram could not be sealed");
                     }

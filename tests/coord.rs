@@ -407,5 +407,9 @@ fn two_nodes_and_a_witness_fail_over_and_the_witness_runs_nothing() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("witness"), "{text}");
     assert_eq!(placed(&rig, 1, "kv").unwrap().0, "n1");
-    assert_eq!(running_on(&rig, "kv"), vec![1]);
+    // (A loaded host may have fenced n1 for a moment meanwhile: it runs kv again once it renews.)
+    wait_for(Duration::from_secs(20), || {
+        (running_on(&rig, "kv") == [1]).then_some(())
+    })
+    .unwrap_or_else(|| panic!("kv not on n1 alone: {:?}", running_on(&rig, "kv")));
 }

@@ -9,7 +9,10 @@
 //! - `cargo xtask bench probe`: measure the probe overhead of an eBPF agent and a procfs agent side
 //!   by side under a context-switch storm and many idle processes.
 //! - `cargo xtask bench gossip [--quick] [--write]`: the mesh at 20, 100 and 500 nodes.
-//! - `cargo xtask bench failover [--write]`: the coordinator's commit, re-election and failover.
+//! - `cargo xtask bench failover [--write] [--runs N] [--netns-runs N] [--netns-only]
+//!   [--crash-leader]`: the coordinator's commit, re-election and failover decision; as root,
+//!   crash to serving elsewhere as a client sees it, and the self-fence, with real agents in
+//!   network namespaces.
 //! - `cargo xtask bench migrate [--state-mib N] [--rates MB,..] [--links L,..] [--runs N]
 //!   [--write]`: live migration of the example service between two namespaced agents against
 //!   stop-rsync-start and two-pass rsync on the same links.
@@ -119,8 +122,9 @@ enum BenchCmd {
     Gossip(bench::GossipArgs),
     /// Live migration of the example service against rsync baselines, links shaped with tbf.
     Migrate(bench::MigrateArgs),
-    /// The coordinator: log commit latency, re-election and failover decision times.
-    Failover(bench::BinArgs),
+    /// The coordinator: log commit latency, re-election and failover decision times; as root,
+    /// crash to serving elsewhere seen by a client, and the self-fence, in namespaces.
+    Failover(bench::FailoverArgs),
 }
 
 fn main() -> ExitCode {
@@ -146,7 +150,7 @@ fn main() -> ExitCode {
         } => bench::migrate(&args),
         Cmd::Bench {
             which: BenchCmd::Failover(args),
-        } => bench::run_bin("godwit-bench-failover", &args),
+        } => bench::failover(&args),
         Cmd::Sim(args) => sim::sim(&args),
         Cmd::Fuzz(args) => fuzz::fuzz(&args),
         Cmd::Cluster { cmd } => cluster::cluster(&cmd),

@@ -1075,9 +1075,10 @@ pub(crate) struct FailoverArgs {
     /// Only the namespaced scenarios.
     #[arg(long)]
     netns_only: bool,
-    /// Also crash the leader when it runs the service.
-    #[arg(long)]
-    crash_leader: bool,
+    /// The namespaced scenarios, comma-separated: `crash` (the node running the service loses
+    /// power), `crash-leader` (the same, the leader running it), `fence` (the node is cut off).
+    #[arg(long, default_value = "crash,fence")]
+    netns: String,
 }
 
 /// `cargo xtask bench failover`: builds the agent and the example service in release (the
@@ -1104,12 +1105,9 @@ pub(crate) fn failover(args: &FailoverArgs) -> Result<()> {
     crate::step("cargo run --release -p godwit-tests --bin godwit-bench-failover");
     let mut cmd = crate::cargo_run_test_bin("godwit-bench-failover");
     cmd.args(["--runs", &args.runs.to_string()])
-        .args(["--netns-runs", &args.netns_runs.to_string()]);
-    for (on, flag) in [
-        (args.write, "--write"),
-        (args.netns_only, "--netns-only"),
-        (args.crash_leader, "--crash-leader"),
-    ] {
+        .args(["--netns-runs", &args.netns_runs.to_string()])
+        .args(["--netns", &args.netns]);
+    for (on, flag) in [(args.write, "--write"), (args.netns_only, "--netns-only")] {
         if on {
             cmd.arg(flag);
         }

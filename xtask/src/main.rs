@@ -10,9 +10,9 @@
 //!   by side under a context-switch storm and many idle processes.
 //! - `cargo xtask bench gossip [--quick] [--write]`: the mesh at 20, 100 and 500 nodes.
 //! - `cargo xtask bench failover [--write] [--runs N] [--netns-runs N] [--netns-only]
-//!   [--crash-leader]`: the coordinator's commit, re-election and failover decision; as root,
-//!   crash to serving elsewhere as a client sees it, and the self-fence, with real agents in
-//!   network namespaces.
+//!   [--netns crash,crash-leader,fence]`: the coordinator's commit, re-election and failover
+//!   decision; as root, crash to serving elsewhere as a client sees it, and the self-fence, with
+//!   real agents in network namespaces.
 //! - `cargo xtask bench migrate [--state-mib N] [--rates MB,..] [--links L,..] [--runs N]
 //!   [--write]`: live migration of the example service between two namespaced agents against
 //!   stop-rsync-start and two-pass rsync on the same links.

@@ -1,5 +1,6 @@
 //! `cargo xtask bench failover [--write] [--runs N] [--netns-runs N] [--netns-only]
-//! [--crash-leader]` (`cargo run --release -p godwit-tests --bin godwit-bench-failover [-- ARGS]`)
+//! [--netns crash,crash-leader,fence]`
+//! (`cargo run --release -p godwit-tests --bin godwit-bench-failover [-- ARGS]`)
 //!
 //! The coordinator with its default timers (`[coordinator]` defaults: heartbeat 100 ms,
 //! election 500–1000 ms, lease 5 s, guard 1 s, margin 2 s), real Raft members over the real QUIC
@@ -17,14 +18,17 @@
 //! - crash to serving elsewhere, measured by a client of the service: the node running it
 //!   loses power (its agent, fence guard and service SIGKILLed at once, its link down); the
 //!   client's longest time without a reply, split into detection and the fence bound until the
-//!   failover commits, the start on the new node, and the first reply. `--crash-leader` adds
-//!   the same with the service on the leader;
+//!   failover commits, the start on the new node, and the first reply (`crash`); the same
+//!   with the service on the leader (`crash-leader`: a re-election first, and the new leader
+//!   waits the fence bound from its election);
 //! - fence latency: the node's link alone is cut; time until its own fence has emptied the
 //!   service's cgroup, from the cut and from its last lease renewal (against `fence_after`),
-//!   and until the service runs elsewhere (never before).
+//!   and until the service runs elsewhere (never before) (`fence`).
 //!
-//! `--netns-only` skips the in-process figures, `--reelection-only` all but re-election.
-//! `GODWIT_LOG` set: the in-process members log. Every run builds its own cluster, removed
+//! `--netns` picks the scenarios (default `crash,fence`). A crash over the 15 s target keeps
+//! its agents' logs under `/var/tmp/godwit-bench-failover-logs/`. `--netns-only` skips the
+//! in-process figures, `--reelection-only` all but re-election. `GODWIT_LOG` set: the
+//! in-process members log. Every run builds its own cluster, removed
 //! (namespaces, cgroups, processes, state) even when the run fails; a failed run is listed
 //! under the table.
 //!
@@ -481,6 +485,23 @@ struct CrashRun {
     new_node: usize,
 }
 
+/// The client-measured target of a crash to serving elsewhere.
+const CRASH_TARGET: Duration = Duration::from_secs(15);
+
+/// Copies every agent's log of `rig` to a directory of its own under
+/// `/var/tmp/godwit-bench-failover-logs/`, with `why`, and returns it: an outlier is explained
+/// after its cluster is gone.
+fn keep_logs(rig: &MigrateRig, why: &str) -> PathBuf {
+    let dir =
+        PathBuf::from("/var/tmp/godwit-bench-failover-logs").join(godwit_tests::unique("run"));
+    let _ = std::fs::create_dir_all(&dir);
+    for node in rig.c.nodes() {
+        let _ = std::fs::copy(&node.log, dir.join(format!("{}.log", node.name)));
+    }
+    let _ = std::fs::write(dir.join("why.txt"), why);
+    dir
+}
+
 /// A node crashes as a machine losing power would: its agent, the agent's fence guard and
 /// every service process are SIGKILLed at once (`cgroup.kill` of the agent's cgroup and of the
 /// node's services' parent cgroup) and its link goes down (nothing answers for its addresses,
@@ -587,14 +608,22 @@ fn crash_run(leader_crash: bool) -> CrashRun {
     let decided = leader_now
         .and_then(|i| metric(&rig, i, "godwit_failover_last_seconds"))
         .map(Duration::from_secs_f64);
-    CrashRun {
+    let run = CrashRun {
         gap: reply - last,
         to_commit: commit.saturating_duration_since(t0),
         to_started: started.saturating_duration_since(commit),
         to_reply: reply.saturating_duration_since(started),
         decided_after_renewal: decided,
         new_node,
+    };
+    if run.gap > CRASH_TARGET {
+        let why = format!("n{victim} crashed (leader: {leader_crash}): {run:?}\n");
+        eprintln!(
+            "    over the target; logs kept in {}",
+            keep_logs(&rig, &why).display()
+        );
     }
+    run
 }
 
 /// One self-fence.
@@ -711,7 +740,8 @@ fn cells<T>(runs: &[T], f: impl Fn(&T) -> Duration) -> String {
 }
 
 /// The crash-to-serving and fence figures as markdown.
-fn netns_section(runs: usize, leader_crash: bool) -> String {
+fn netns_section(runs: usize, scenarios: &[String]) -> String {
+    let on = |name: &str| scenarios.iter().any(|s| s == name);
     let s = CoordinatorSection::default();
     let bound = s.fence_after_ms + s.guard_grace_ms + s.margin_ms;
     let show_crash = |c: &CrashRun| {
@@ -726,22 +756,30 @@ fn netns_section(runs: usize, leader_crash: bool) -> String {
             c.new_node
         )
     };
-    let (follower, f_failed) = repeat("crash (follower)", runs, || crash_run(false), show_crash);
-    let (leader, l_failed) = if leader_crash {
+    let (follower, f_failed) = if on("crash") {
+        repeat("crash (follower)", runs, || crash_run(false), show_crash)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let (leader, l_failed) = if on("crash-leader") {
         repeat("crash (leader)", runs, || crash_run(true), show_crash)
     } else {
         (Vec::new(), Vec::new())
     };
-    let (fence, fence_failed) = repeat("fence", runs, fence_run, |f| {
-        format!(
-            "cut to killed {} ms, last renewal to killed {} ms, lease end to killed {} ms, \
+    let (fence, fence_failed) = if !on("fence") {
+        (Vec::new(), Vec::new())
+    } else {
+        repeat("fence", runs, fence_run, |f| {
+            format!(
+                "cut to killed {} ms, last renewal to killed {} ms, lease end to killed {} ms, \
              killed to running elsewhere {} ms",
-            ms(f.cut_to_killed),
-            ms(f.renewal_to_killed),
-            ms(f.lease_end_to_killed),
-            ms(f.killed_to_elsewhere)
-        )
-    });
+                ms(f.cut_to_killed),
+                ms(f.renewal_to_killed),
+                ms(f.lease_end_to_killed),
+                ms(f.killed_to_elsewhere)
+            )
+        })
+    };
 
     let mut md = String::from("### Crash to serving elsewhere, and the self-fence\n\n");
     md += &format!(
@@ -785,7 +823,12 @@ fn netns_section(runs: usize, leader_crash: bool) -> String {
         let decided: Vec<Duration> = v.iter().filter_map(|c| c.decided_after_renewal).collect();
         if !decided.is_empty() {
             md += &format!(
-                "| … the leader's decision, from the node's last renewal | {} | ≥ {bound} ms |\n",
+                "| … the leader's decision, from {} | {} | ≥ {bound} ms |\n",
+                if label.contains("leader") {
+                    "its own election"
+                } else {
+                    "the node's last renewal"
+                },
                 cells(&decided, |d| *d)
             );
         }
@@ -851,7 +894,21 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let netns_only = args.iter().any(|a| a == "--netns-only");
-    let crash_leader = args.iter().any(|a| a == "--crash-leader");
+    let scenarios: Vec<String> = args
+        .iter()
+        .position(|a| a == "--netns")
+        .and_then(|i| args.get(i + 1))
+        .map_or("crash,fence", String::as_str)
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    if let Some(bad) = scenarios
+        .iter()
+        .find(|s| !["crash", "crash-leader", "fence"].contains(&s.as_str()))
+    {
+        eprintln!("--netns: unknown scenario {bad:?} (crash, crash-leader, fence)");
+        std::process::exit(2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -941,7 +998,7 @@ fn main() {
     if !only_reelection && netns_runs > 0 {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
-            md += &netns_section(netns_runs, crash_leader);
+            md += &netns_section(netns_runs, &scenarios);
         } else {
             eprintln!(
                 "not root: the crash-to-serving and fence figures need network namespaces and \

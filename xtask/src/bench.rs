@@ -1084,6 +1084,65 @@ pub(crate) fn migrate(args: &MigrateArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Debug, clap::Args)]
+pub(crate) struct FailoverArgs {
+    /// Replace the benchmark's section of docs/BENCHMARKS.md with the new figures.
+    #[arg(long)]
+    write: bool,
+    /// Runs of each in-process kill (re-election, failover decision).
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Runs of each namespaced scenario (crash to serving, fence); 20 or more for a usable p99.
+    /// 0 skips them; they also need root.
+    #[arg(long, default_value_t = 5)]
+    netns_runs: usize,
+    /// Only the namespaced scenarios.
+    #[arg(long)]
+    netns_only: bool,
+    /// The namespaced scenarios, comma-separated: `crash` (the node running the service loses
+    /// power), `crash-leader` (the same, the leader running it), `fence` (the node is cut off).
+    #[arg(long, default_value = "crash,fence")]
+    netns: String,
+}
+
+/// `cargo xtask bench failover`: builds the agent and the example service in release (the
+/// namespaced scenarios run them) and runs `godwit-bench-failover`.
+pub(crate) fn failover(args: &FailoverArgs) -> Result<()> {
+    let netns = args.netns_runs > 0;
+    if netns && !crate::is_root() {
+        eprintln!(
+            "warning: not root: the crash-to-serving and fence figures (network namespaces, \
+             cgroups) are skipped"
+        );
+    }
+    crate::step("system packages needed to build and test");
+    packages::ensure(if netns && crate::is_root() {
+        packages::TEST
+    } else {
+        packages::BUILD
+    })?;
+    crate::step("cargo build --release -p godwit -p godwit-kvstore");
+    crate::run_checked(
+        crate::cargo().args(["build", "--release", "-p", "godwit", "-p", "godwit-kvstore"]),
+        "release build of the agent and the example service",
+    )?;
+    crate::step("cargo run --release -p godwit-tests --bin godwit-bench-failover");
+    let mut cmd = crate::cargo_run_test_bin("godwit-bench-failover");
+    cmd.args(["--runs", &args.runs.to_string()])
+        .args(["--netns-runs", &args.netns_runs.to_string()])
+        .args(["--netns", &args.netns]);
+    for (on, flag) in [(args.write, "--write"), (args.netns_only, "--netns-only")] {
+        if on {
+            cmd.arg(flag);
+        }
+    }
+    let status = cmd.status().context("cannot start cargo")?;
+    if !status.success() {
+        bail!("godwit-bench-failover failed ({status})");
+    }
+    Ok(())
+}
+
 /// Runs `cargo run --release -p godwit-tests --bin NAME [-- --write]` (after making sure the
 /// build packages are there): the benchmarks of pure modules live beside the tests, so xtask
 /// itself never depends on the agent crate.

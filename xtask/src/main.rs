@@ -11,7 +11,10 @@
 //! - `cargo xtask bench gossip [--quick] [--write]`: the mesh at 20, 100 and 500 nodes.
 //! - `cargo xtask bench mesh [--quick]`: the mesh at 100, 500 and 1,000 nodes on a simulated
 //!   network, on virtual time.
-//! - `cargo xtask bench failover [--write]`: the coordinator's commit, re-election and failover.
+//! - `cargo xtask bench failover [--write] [--runs N] [--netns-runs N] [--netns-only]
+//!   [--netns crash,crash-leader,fence]`: the coordinator's commit, re-election and failover
+//!   decision; as root, crash to serving elsewhere as a client sees it, and the self-fence, with
+//!   real agents in network namespaces.
 //! - `cargo xtask bench schedules [--count N] [--seed S]`: randomized fault schedules on five
 //!   agents (`tests/schedules.rs`), checked for a service running twice or at a stale epoch.
 //! - `cargo xtask bench migrate [--state-mib N] [--rates MB,..] [--links L,..] [--runs N]
@@ -125,8 +128,9 @@ enum BenchCmd {
     Mesh(bench::MeshArgs),
     /// Live migration of the example service against rsync baselines, links shaped with tbf.
     Migrate(bench::MigrateArgs),
-    /// The coordinator: log commit latency, re-election and failover decision times.
-    Failover(bench::BinArgs),
+    /// The coordinator: log commit latency, re-election and failover decision times; as root,
+    /// crash to serving elsewhere seen by a client, and the self-fence, in namespaces.
+    Failover(bench::FailoverArgs),
     /// Randomized fault schedules on five agents, checked for services running twice.
     Schedules(bench::SchedulesArgs),
 }
@@ -157,7 +161,7 @@ fn main() -> ExitCode {
         } => bench::migrate(&args),
         Cmd::Bench {
             which: BenchCmd::Failover(args),
-        } => bench::run_bin("godwit-bench-failover", &args),
+        } => bench::failover(&args),
         Cmd::Bench {
             which: BenchCmd::Schedules(args),
         } => bench::schedules(&args),

@@ -573,17 +573,23 @@ impl<W: Wire> Coordinator<W> {
 
     /// While this node leads: voters, fences and failovers, every half second.
     async fn leader_loop(self: Arc<Self>) {
-        let mut last_term = 0;
+        // The term in which this node was first seen standing since it last knew a leader.
+        let mut standing_since: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
             let m = self.raft.metrics().borrow().clone();
-            if m.state == ServerState::Candidate && m.current_leader.is_none() {
-                self.break_lockstep(last_term, m.current_term).await;
+            if m.current_leader.is_some() {
+                standing_since = None;
+            } else if m.state == ServerState::Candidate {
+                let first = *standing_since.get_or_insert(m.current_term);
+                if m.current_term > first {
+                    self.break_lockstep(m.current_term).await;
+                    standing_since = Some(self.raft.metrics().borrow().current_term);
+                }
             }
-            last_term = m.current_term;
             if m.state != ServerState::Leader {
                 continue;
             }
@@ -604,15 +610,18 @@ impl<W: Wire> Coordinator<W> {
         }
     }
 
-    /// Split votes that repeat: candidates whose election timers fire together (they were
-    /// drawn once, and nodes that started together tick together) can split every vote, term
-    /// after term. A candidate that saw several terms pass in one loop waits a delay of its own
-    /// (from its id and the term, so no two nodes wait alike) and then stands again, out of
-    /// step with the others.
-    async fn break_lockstep(&self, last_term: u64, term: u64) {
-        if term < last_term + 3 {
-            return;
-        }
+    /// Split votes that repeat: candidates whose election timers fire together can split every
+    /// vote, term after term. openraft draws each node's timeout once and checks it only on
+    /// its tick (every 1.5 heartbeats), so two nodes whose ticks run in phase (they heard the
+    /// last leader's heartbeats at once; one runtime stalled and woke them together) and whose
+    /// timeouts round to the same number of ticks stand together every time. A candidate that
+    /// stood again without a leader emerging waits a delay of its own (from its id and the
+    /// term, so no two nodes wait alike) and then stands again, out of step with the others.
+    ///
+    /// Seen with the default timers: three terms never pass within one half-second loop (a
+    /// term lasts at least `election_min`), so a test on that never fired, and a leader killed
+    /// could leave its two peers splitting votes for tens of seconds.
+    async fn break_lockstep(&self, term: u64) {
         let max = self.s.election_max.as_millis().max(1) as u64;
         let jitter = (self.id ^ term.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % max;
         tracing::info!(

@@ -576,9 +576,12 @@ impl<W: Wire> Coordinator<W> {
         // The term in which this node was first seen standing since it last knew a leader.
         let mut standing_since: Option<u64> = None;
         loop {
+            // A candidate looks every tenth of a second, so a split vote that repeats is broken
+            // one term after it repeats, not up to half a second later.
+            let tick = if standing_since.is_some() { 100 } else { 500 };
             tokio::select! {
                 _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(tick)) => {}
             }
             let m = self.raft.metrics().borrow().clone();
             if m.current_leader.is_some() {
@@ -622,7 +625,9 @@ impl<W: Wire> Coordinator<W> {
     /// term lasts at least `election_min`), so a test on that never fired, and a leader killed
     /// could leave its two peers splitting votes for tens of seconds.
     async fn break_lockstep(&self, term: u64) {
-        let max = self.s.election_max.as_millis().max(1) as u64;
+        // Any two delays that differ by more than a vote's round trip break the step; up to
+        // `election_min` keeps the wait short.
+        let max = self.s.election_min.as_millis().max(1) as u64;
         let jitter = (self.id ^ term.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % max;
         tracing::info!(
             term,

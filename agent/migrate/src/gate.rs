@@ -48,7 +48,8 @@ pub trait PlacementGate: Send + Sync + std::fmt::Debug {
         intent: u64,
         to: &'a str,
     ) -> GateFuture<'a, LogDecision>;
-    /// Closes intent `intent` without a move (best effort: a fence closes it too).
+    /// Closes intent `intent` without a move, retrying until the log answers or shows it
+    /// closed (a fence closes it too).
     fn abort<'a>(&'a self, service: &'a str, intent: u64) -> GateFuture<'a, ()>;
     /// The target gave the service back after the decision: place it here again. `true` when
     /// the log places it here.

@@ -389,7 +389,12 @@ impl Migrator {
             .await;
         if let (Some(g), Some(intent), Err(_)) = (&self.gate, intent, &result) {
             if !decided.load(std::sync::atomic::Ordering::SeqCst) {
-                g.abort(&req.service, intent).await;
+                // Until the log answers, however long that takes (the source may be cut off
+                // from the leader): an intent left open would keep the service out of every
+                // later move and out of the reconciler's hands. The caller is answered now.
+                let (g, service) = (g.clone(), req.service.clone());
+                self.tasks
+                    .spawn(async move { g.abort(&service, intent).await });
             }
         }
         report.result = match &result {

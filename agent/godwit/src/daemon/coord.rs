@@ -646,7 +646,21 @@ impl PlacementGate for CoordGate {
 
     fn abort<'a>(&'a self, service: &'a str, intent: u64) -> GateFuture<'a, ()> {
         Box::pin(async move {
-            for _ in 0..10 {
+            let mut wait = GATE_RETRY;
+            loop {
+                // Closed meanwhile (a fence, a restart's settle): nothing left to do. A replica
+                // that has not applied the intent yet cannot say.
+                let open = {
+                    let p = self.coord.placement().borrow().clone();
+                    p.applied < intent
+                        || p.services
+                            .get(service)
+                            .and_then(|e| e.intent.as_ref())
+                            .is_some_and(|i| i.epoch == intent)
+                };
+                if !open {
+                    return;
+                }
                 let cmd = Cmd::MigrateAbort {
                     service: service.to_string(),
                     intent,
@@ -654,16 +668,12 @@ impl PlacementGate for CoordGate {
                 match self.coord.write(cmd).await {
                     Ok(_) => return,
                     Err(e) => {
-                        tracing::warn!(error = %e, "closing the migration's intent: retrying")
+                        tracing::warn!(service, intent, error = %e, "closing the migration's intent: retrying")
                     }
                 }
-                tokio::time::sleep(GATE_RETRY).await;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
             }
-            tracing::error!(
-                service,
-                intent,
-                "the migration's intent stays open in the log"
-            );
         })
     }
 

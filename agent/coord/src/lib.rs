@@ -26,6 +26,8 @@ pub mod quic;
 mod quic_tests;
 pub mod rpc;
 #[cfg(test)]
+mod sim_net;
+#[cfg(test)]
 mod sim_tests;
 pub mod store;
 

@@ -10,6 +10,8 @@
 //!   by side under a context-switch storm and many idle processes.
 //! - `cargo xtask bench gossip [--quick] [--write]`: the mesh at 20, 100 and 500 nodes.
 //! - `cargo xtask bench failover [--write]`: the coordinator's commit, re-election and failover.
+//! - `cargo xtask bench coord-size [--quick] [--sizes N,..] [--window S]`: the coordinator at
+//!   100, 500 and 1,000 nodes on the deterministic simulator (virtual time).
 //! - `cargo xtask bench migrate [--state-mib N] [--rates MB,..] [--links L,..] [--runs N]
 //!   [--write]`: live migration of the example service between two namespaced agents against
 //!   stop-rsync-start and two-pass rsync on the same links.
@@ -121,6 +123,8 @@ enum BenchCmd {
     Migrate(bench::MigrateArgs),
     /// The coordinator: log commit latency, re-election and failover decision times.
     Failover(bench::BinArgs),
+    /// The coordinator at 100, 500 and 1,000 nodes, simulated on virtual time.
+    CoordSize(bench::CoordSizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -147,6 +151,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             which: BenchCmd::Failover(args),
         } => bench::run_bin("godwit-bench-failover", &args),
+        Cmd::Bench {
+            which: BenchCmd::CoordSize(args),
+        } => bench::coord_size(&args),
         Cmd::Sim(args) => sim::sim(&args),
         Cmd::Fuzz(args) => fuzz::fuzz(&args),
         Cmd::Cluster { cmd } => cluster::cluster(&cmd),

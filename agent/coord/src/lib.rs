@@ -28,6 +28,8 @@ pub mod rpc;
 #[cfg(test)]
 mod sim_net;
 #[cfg(test)]
+mod sim_size;
+#[cfg(test)]
 mod sim_tests;
 pub mod store;
 

@@ -605,7 +605,8 @@ impl<W: Wire> Coordinator<W> {
         }
     }
 
-    /// Makes every live node a learner and keeps the voters at 1 (one or two nodes), 3 (three
+    /// Makes every live node a learner (all that are not yet members in one change) and keeps
+    /// the voters at 1 (one or two nodes), 3 (three
     /// to six) or 5 (seven or more), spread across sites; replaces a voter that is surely dead,
     /// never going below 3 to do so.
     async fn manage_voters(&self, heard: &BTreeMap<String, Heard>) -> Result<(), String> {
@@ -620,16 +621,22 @@ impl<W: Wire> Coordinator<W> {
             return Ok(()); // a change is under way
         }
         let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
-        for (name, h) in &alive {
-            let id = node_id(name);
-            if !known.contains(&id) {
-                tracing::info!(node = %name, "adding as a learner");
-                self.raft
-                    .add_learner(id, h.renewal.member.clone(), false)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                return Ok(()); // one change at a time
-            }
+        // Every live node not yet a member joins as a learner in one entry: one entry per node
+        // would take a leader pass each (500 s for 1,000 nodes) and fill the log with as many
+        // copies of a growing membership.
+        let joining: BTreeMap<NodeId, Member> = alive
+            .iter()
+            .map(|(name, h)| (node_id(name), h.renewal.member.clone()))
+            .filter(|(id, _)| !known.contains(id))
+            .collect();
+        if !joining.is_empty() {
+            let names: Vec<&str> = joining.values().map(|m| m.name.as_str()).collect();
+            tracing::info!(nodes = ?names, "adding as learners");
+            self.raft
+                .change_membership(ChangeMembers::AddNodes(joining), true)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(()); // one change at a time
         }
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let name_of = |id: &NodeId| membership.get_node(id).map(|m| m.name.clone());

@@ -800,3 +800,34 @@ fn coordinator_at_size() {
         table(&figs)
     );
 }
+
+/// A group of 40 on the default timers: it forms in a few seconds (its nodes join as learners
+/// together, not one per leader pass), a dead learner's service moves within a second of the
+/// 8 s bound, a new leader grants every lease again before any runs out, and no live node's
+/// lease lapses or is fenced on the way.
+#[test]
+fn forty_nodes_form_fail_over_at_the_bound_and_lose_no_lease() {
+    let f = run_size(40, Duration::from_secs(10), 7).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{}", table(std::slice::from_ref(&f)));
+    assert_eq!(f.lapses, [0; 4], "leases lapsed on live nodes");
+    assert_eq!(f.false_fences, 0, "live nodes fenced");
+    assert_eq!(f.voters.len(), 5);
+    let sites: BTreeSet<&String> = f.voters.iter().map(|(_, s)| s).collect();
+    assert_eq!(
+        sites.len(),
+        SITES,
+        "voters spread over every site: {:?}",
+        f.voters
+    );
+    assert!(f.formed_s < 10.0, "formed in {:.1} s", f.formed_s);
+    assert!(
+        (8.0..9.5).contains(&f.fo_from_heard_s),
+        "failover {:.2} s after the last renewal heard",
+        f.fo_from_heard_s
+    );
+    assert!(
+        f.regrant_s < 5.0,
+        "leases granted again {:.2} s after the leader died",
+        f.regrant_s
+    );
+}

@@ -576,13 +576,14 @@ async fn sample_leaders(net: Arc<Net>, origin: Instant, out: Arc<Mutex<Vec<(f64,
     let mut last = (0, String::new());
     loop {
         let up: Vec<Arc<Node>> = lock(&net.0).up.values().cloned().collect();
+        // The newest term and its leader, if any node knows one ("-" while it is elected).
         let newest = up
             .iter()
-            .filter_map(|n| {
+            .map(|n| {
                 let (l, term) = n.leader();
-                l.map(|l| (term, l.name))
+                (term, l.map_or_else(|| "-".to_string(), |l| l.name))
             })
-            .max_by_key(|(t, _)| *t);
+            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| (a.1 != "-").cmp(&(b.1 != "-"))));
         if let Some(x) = newest {
             if x != last {
                 lock(&out).push((origin.elapsed().as_secs_f64(), x.0, x.1.clone()));

@@ -98,6 +98,8 @@ struct Figures {
     /// Every leader seen (the newest term any node reports, sampled every 100 ms): virtual
     /// seconds from the start, term, leader.
     leaders: Vec<(f64, u64, String)>,
+    /// Leader changes before the leader was killed (none planned).
+    unplanned: usize,
     /// The first few lapses: node and virtual seconds from the start.
     lapsed: Vec<(String, f64)>,
     /// Lapses and false fences, per phase: formation, steady, learner killed, leader killed.
@@ -127,6 +129,8 @@ struct Bench {
     nodes: Vec<Option<(Arc<Node>, CancellationToken)>>,
     killed: BTreeSet<String>,
     lapses: Arc<Mutex<Vec<Lapse>>>,
+    /// What `sample_leaders` saw.
+    leaders: Arc<Mutex<Vec<(f64, u64, String)>>>,
     origin: Instant,
     fence_bound: Duration,
     _tmp: tempfile::TempDir,
@@ -165,6 +169,7 @@ impl Bench {
             nodes: (0..n).map(|_| None).collect(),
             killed: BTreeSet::new(),
             lapses: Arc::new(Mutex::new(Vec::new())),
+            leaders: Arc::new(Mutex::new(Vec::new())),
             origin: Instant::now(),
             fence_bound,
             _tmp: tmp,
@@ -279,9 +284,9 @@ impl Bench {
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "{} nodes: {what}: not within {within:?} ({:.1} s in)",
-                    self.n,
-                    self.secs(self.origin)
+                    "{what}: not within {within:?} ({:.1} s in); leaders (s, term, leader): {:?}",
+                    self.secs(self.origin),
+                    lock(&self.leaders)
                 ));
             }
             sleep(every).await;
@@ -299,11 +304,10 @@ impl Bench {
             self.start(i).await?;
         }
         let gossip = tokio::spawn(gossip(self.net.clone()));
-        let leaders = Arc::new(Mutex::new(Vec::new()));
         let sampler = tokio::spawn(sample_leaders(
             self.net.clone(),
             self.origin,
-            leaders.clone(),
+            self.leaders.clone(),
         ));
         let t0 = self.origin;
         let within = Duration::from_secs(120) + Duration::from_millis(600) * self.n as u32;
@@ -385,7 +389,9 @@ impl Bench {
         f.voter_raft_in_per_s = (vr1.raft - vr0.raft) as f64 / secs;
         f.lapses[1] = self.lapses_since(w0);
 
-        // 3. A learner dies.
+        // 3. A learner dies (the leader may have changed: the leader now).
+        let l = self.leader_after(0).ok_or("no leader")?;
+        let lnode = self.node(l).expect("up").clone();
         let voters: BTreeSet<String> = lnode.status().voters.into_iter().collect();
         let victim = (0..self.n)
             .rev()
@@ -421,15 +427,24 @@ impl Bench {
         f.lapses[2] = self.lapses_since(k0);
         sleep(Duration::from_secs(2)).await;
 
-        // 4. The leader dies.
-        let term = lnode.leader().1;
+        // 4. The leader dies (the leader now).
         drop(lnode);
+        let l = self
+            .until(
+                "a leader before the kill",
+                Duration::from_secs(30),
+                ms10(),
+                |b| b.leader_after(0).is_some(),
+            )
+            .await
+            .and_then(|()| self.leader_after(0).ok_or("no leader".into()))?;
+        let term = self.node(l).expect("up").leader().1;
+        f.unplanned = lock(&self.leaders).len().saturating_sub(1);
         let phase = self.rng.ms(0, 999);
         sleep(phase).await;
         let k1 = Instant::now();
         self.kill(l).await?;
-        let ms10 = Duration::from_millis(10);
-        self.until("a new leader", Duration::from_secs(60), ms10, |b| {
+        self.until("a new leader", Duration::from_secs(60), ms10(), |b| {
             b.leader_after(term).is_some()
         })
         .await?;
@@ -493,7 +508,7 @@ impl Bench {
 
         gossip.abort();
         sampler.abort();
-        f.leaders = lock(&leaders).clone();
+        f.leaders = lock(&self.leaders).clone();
         f.lapsed = lock(&self.lapses)
             .iter()
             .take(5)
@@ -569,6 +584,10 @@ async fn gossip(net: Arc<Net>) {
             }
         }
     }
+}
+
+fn ms10() -> Duration {
+    Duration::from_millis(10)
 }
 
 /// Every 100 ms, the newest term any node reports and its leader; notes each change.
@@ -742,6 +761,11 @@ fn table(figs: &[Figures]) -> String {
     row(&mut out, "live nodes fenced", &|f| {
         f.false_fences.to_string()
     });
+    row(
+        &mut out,
+        "leader changes before the leader was killed",
+        &|f| f.unplanned.to_string(),
+    );
     row(&mut out, "leaders (s: term leader)", &|f| {
         f.leaders
             .iter()

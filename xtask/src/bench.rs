@@ -1143,6 +1143,57 @@ pub(crate) fn failover(args: &FailoverArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Debug, clap::Args)]
+pub(crate) struct CoordSizeArgs {
+    /// 100 nodes and a 20 s steady window only (a minute or two instead of the better part of
+    /// an hour).
+    #[arg(long)]
+    quick: bool,
+    /// Group sizes, comma-separated (default 100,500,1000).
+    #[arg(long, conflicts_with = "quick")]
+    sizes: Option<String>,
+    /// The steady-state window, virtual seconds (default 60; 20 with --quick).
+    #[arg(long)]
+    window: Option<u64>,
+}
+
+/// `cargo xtask bench coord-size`: the coordinator at size on the deterministic simulator, an
+/// ignored test of `godwit-coord` (its simulated network is test code), run in release.
+pub(crate) fn coord_size(args: &CoordSizeArgs) -> Result<()> {
+    let sizes = match (&args.sizes, args.quick) {
+        (Some(s), _) => s.clone(),
+        (None, true) => "100".into(),
+        (None, false) => "100,500,1000".into(),
+    };
+    let window = args.window.unwrap_or(if args.quick { 20 } else { 60 });
+    crate::step("system packages needed to build");
+    packages::ensure(packages::BUILD)?;
+    let test = "sim_size::coordinator_at_size";
+    crate::step(&format!(
+        "GODWIT_COORD_SIZES={sizes} GODWIT_COORD_WINDOW_S={window} cargo test --release -p \
+         godwit-coord --lib {test} -- --ignored --exact --nocapture"
+    ));
+    let status = crate::cargo()
+        .args([
+            "test",
+            "--release",
+            "-q",
+            "-p",
+            "godwit-coord",
+            "--lib",
+            test,
+        ])
+        .args(["--", "--ignored", "--exact", "--nocapture"])
+        .env("GODWIT_COORD_SIZES", &sizes)
+        .env("GODWIT_COORD_WINDOW_S", window.to_string())
+        .status()
+        .context("cannot start cargo")?;
+    if !status.success() {
+        bail!("the coordinator size benchmark failed ({status})");
+    }
+    Ok(())
+}
+
 /// Runs `cargo run --release -p godwit-tests --bin NAME [-- --write]` (after making sure the
 /// build packages are there): the benchmarks of pure modules live beside the tests, so xtask
 /// itself never depends on the agent crate.

@@ -17,6 +17,8 @@
 //!   real agents in network namespaces.
 //! - `cargo xtask bench schedules [--count N] [--seed S]`: randomized fault schedules on five
 //!   agents (`tests/schedules.rs`), checked for a service running twice or at a stale epoch.
+//! - `cargo xtask bench coord-size [--quick] [--sizes N,..] [--window S]`: the coordinator at
+//!   100, 500 and 1,000 nodes on the deterministic simulator (virtual time).
 //! - `cargo xtask bench migrate [--state-mib N] [--rates MB,..] [--links L,..] [--runs N]
 //!   [--write]`: live migration of the example service between two namespaced agents against
 //!   stop-rsync-start and two-pass rsync on the same links.
@@ -133,6 +135,8 @@ enum BenchCmd {
     Failover(bench::FailoverArgs),
     /// Randomized fault schedules on five agents, checked for services running twice.
     Schedules(bench::SchedulesArgs),
+    /// The coordinator at 100, 500 and 1,000 nodes, simulated on virtual time.
+    CoordSize(bench::CoordSizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -165,6 +169,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             which: BenchCmd::Schedules(args),
         } => bench::schedules(&args),
+        Cmd::Bench {
+            which: BenchCmd::CoordSize(args),
+        } => bench::coord_size(&args),
         Cmd::Sim(args) => sim::sim(&args),
         Cmd::Fuzz(args) => fuzz::fuzz(&args),
         Cmd::Cluster { cmd } => cluster::cluster(&cmd),

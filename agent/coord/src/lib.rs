@@ -26,6 +26,10 @@ pub mod quic;
 mod quic_tests;
 pub mod rpc;
 #[cfg(test)]
+mod sim_net;
+#[cfg(test)]
+mod sim_size;
+#[cfg(test)]
 mod sim_tests;
 pub mod store;
 

@@ -644,7 +644,8 @@ impl<W: Wire> Coordinator<W> {
         }
     }
 
-    /// Makes every live node a learner and keeps the voters at 1 (one or two nodes), 3 (three
+    /// Makes every live node a learner (all that are not yet members in one change) and keeps
+    /// the voters at 1 (one or two nodes), 3 (three
     /// to six) or 5 (seven or more), spread across sites; replaces a voter that is surely dead,
     /// never going below 3 to do so.
     async fn manage_voters(&self, heard: &BTreeMap<String, Heard>) -> Result<(), String> {
@@ -659,16 +660,22 @@ impl<W: Wire> Coordinator<W> {
             return Ok(()); // a change is under way
         }
         let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
-        for (name, h) in &alive {
-            let id = node_id(name);
-            if !known.contains(&id) {
-                tracing::info!(node = %name, "adding as a learner");
-                self.raft
-                    .add_learner(id, h.renewal.member.clone(), false)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                return Ok(()); // one change at a time
-            }
+        // Every live node not yet a member joins as a learner in one entry: one entry per node
+        // would take a leader pass each (500 s for 1,000 nodes) and fill the log with as many
+        // copies of a growing membership.
+        let joining: BTreeMap<NodeId, Member> = alive
+            .iter()
+            .map(|(name, h)| (node_id(name), h.renewal.member.clone()))
+            .filter(|(id, _)| !known.contains(id))
+            .collect();
+        if !joining.is_empty() {
+            let names: Vec<&str> = joining.values().map(|m| m.name.as_str()).collect();
+            tracing::info!(nodes = ?names, "adding as learners");
+            self.raft
+                .change_membership(ChangeMembers::AddNodes(joining), true)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(()); // one change at a time
         }
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let name_of = |id: &NodeId| membership.get_node(id).map(|m| m.name.clone());
@@ -677,7 +684,7 @@ impl<W: Wire> Coordinator<W> {
             .filter(|h| h.renewal.votes)
             .copied()
             .collect();
-        let want = match eligible.len() {
+        let want: usize = match eligible.len() {
             n if n >= 7 => 5,
             n if n >= 3 => 3,
             _ => 1,
@@ -695,25 +702,22 @@ impl<W: Wire> Coordinator<W> {
             .copied()
             .collect();
         let mut next: BTreeSet<NodeId> = voters.difference(&dead).copied().collect();
-        // Sites already holding a voter; prefer candidates from other sites.
-        let mut sites: BTreeSet<String> = next
+        // Voters per site so far; each new voter comes from the site with the fewest.
+        let mut sites: BTreeMap<String, usize> = BTreeMap::new();
+        for site in next
             .iter()
             .filter_map(|v| name_of(v).and_then(|n| heard.get(&n).map(|h| h.renewal.site.clone())))
-            .collect();
-        let mut candidates: Vec<&Heard> = eligible
+        {
+            *sites.entry(site).or_default() += 1;
+        }
+        let mut candidates: Vec<(String, String)> = eligible
             .iter()
             .filter(|h| !next.contains(&node_id(&h.renewal.member.name)))
-            .copied()
+            .map(|h| (h.renewal.member.name.clone(), h.renewal.site.clone()))
             .collect();
-        candidates.sort_by_key(|h| h.renewal.member.name.clone());
-        while next.len() < want && !candidates.is_empty() {
-            let pick = candidates
-                .iter()
-                .position(|h| !sites.contains(&h.renewal.site))
-                .unwrap_or(0);
-            let h = candidates.remove(pick);
-            sites.insert(h.renewal.site.clone());
-            next.insert(node_id(&h.renewal.member.name));
+        candidates.sort();
+        for name in spread_voters(&mut sites, candidates, want.saturating_sub(next.len())) {
+            next.insert(node_id(&name));
         }
         // Never below 3 automatically (nor below the voters there are, when fewer): keep dead
         // voters that have no replacement.
@@ -956,6 +960,28 @@ impl<W: Wire> Coordinator<W> {
     }
 }
 
+/// Up to `n` of `candidates` (name, site; sorted by name), each from the site with the fewest
+/// voters in `sites` so far (a site without one first), counting each pick in: the voters stay
+/// spread so that no site holds a majority while another has fewer than it could. Ties go to
+/// the first candidate by name.
+fn spread_voters(
+    sites: &mut BTreeMap<String, usize>,
+    mut candidates: Vec<(String, String)>,
+    n: usize,
+) -> Vec<String> {
+    let mut picked = Vec::new();
+    while picked.len() < n && !candidates.is_empty() {
+        let fewest = |c: &(String, String)| sites.get(&c.1).copied().unwrap_or(0);
+        let pick = (0..candidates.len())
+            .min_by_key(|i| (fewest(&candidates[*i]), *i))
+            .expect("not empty");
+        let (name, site) = candidates.remove(pick);
+        *sites.entry(site).or_default() += 1;
+        picked.push(name);
+    }
+    picked
+}
+
 /// Reads this node's capacity and load (`None` until measured).
 pub type CapacitySource = Arc<dyn Fn() -> Option<NodeCapacity> + Send + Sync>;
 
@@ -1090,6 +1116,29 @@ mod failover_tests {
         let mut nodes: Vec<&String> = t.values().collect();
         nodes.sort();
         assert_eq!(nodes, ["a", "c"]);
+    }
+
+    #[test]
+    fn voters_are_spread_evenly_over_the_sites() {
+        // n0 (site0) votes; names sort n1, n10, n100, n101, ...: taking the first name once
+        // every site had a voter gave site1 three of five voters (n1, n10, n100), a majority
+        // lost with that one site.
+        let site = |i: usize| format!("site{}", i % 3);
+        let mut sites: BTreeMap<String, usize> = [(site(0), 1)].into();
+        let mut candidates: Vec<(String, String)> =
+            (1..500).map(|i| (format!("n{i}"), site(i))).collect();
+        candidates.sort();
+        let picked = spread_voters(&mut sites, candidates, 4);
+        assert_eq!(picked, ["n1", "n101", "n10", "n102"]);
+        assert_eq!(
+            sites,
+            [(site(0), 2), (site(1), 2), (site(2), 1)].into(),
+            "{picked:?}"
+        );
+        // One site only: the first names.
+        let mut one: BTreeMap<String, usize> = BTreeMap::new();
+        let c = vec![("a".into(), "x".into()), ("b".into(), "x".into())];
+        assert_eq!(spread_voters(&mut one, c, 5), ["a", "b"]);
     }
 
     #[test]

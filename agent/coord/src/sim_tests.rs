@@ -9,7 +9,7 @@
 //! **How it runs.** One seed is one current-thread tokio runtime with its clock paused
 //! (`start_paused`): when every task waits, tokio jumps to the next timer, so the ~25 s of
 //! virtual time a schedule covers cost only the CPU its events take. The nodes' lease clocks
-//! read the same virtual time ([`Clock::Tokio`]). The network is in-process ([`SimWire`]): a
+//! read the same virtual time ([`Clock::Tokio`]). The network is in-process (`sim_net.rs`): a
 //! call waits a seeded random delay, may be lost, fails across a cut link or to a node that is
 //! down, runs the receiver's handler in its own task, and its answer crosses the network back
 //! the same way. turmoil was the other candidate; it was not used because its hosts each run
@@ -46,177 +46,18 @@
 //! are cores.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::node::{Coordinator, LeaseView, Role, Settings};
-use crate::rpc::{CoordReply, CoordRpc};
-use crate::{Clock, Cmd, Ha, Member, Outcome, RaftReply, RaftRpc, Wire};
+use crate::node::{LeaseView, Role, Settings};
+use crate::sim_net::{boot, halt, link, lock, unplug, Net, NetState, Node, Rng};
+use crate::{Clock, Cmd, Ha, Member, Outcome};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Seeds in a plain `cargo test` run.
 const DEFAULT_SEEDS: u64 = 1000;
-
-/// splitmix64: small, fast, and the same everywhere.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// In `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.next() % 1000 < per_mille
-    }
-    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(self.range(lo, hi))
-    }
-    fn pick<'a, T>(&mut self, of: &'a [T]) -> &'a T {
-        &of[self.next() as usize % of.len()]
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-type Node = Coordinator<SimWire>;
-
-/// The network: who is up, which links are cut, how lossy and slow it is.
-struct NetState {
-    up: BTreeMap<String, Arc<Node>>,
-    /// Cut links, each as (lower name, higher name).
-    cut: BTreeSet<(String, String)>,
-    /// Per mille of messages lost.
-    loss: u64,
-    /// One-way delay, up to this many microseconds.
-    delay_us: u64,
-    /// Nodes whose lease renewals are dropped.
-    mute: BTreeSet<String>,
-    rng: Rng,
-}
-
-struct Net(Mutex<NetState>);
-
-fn link(a: &str, b: &str) -> (String, String) {
-    if a < b {
-        (a.into(), b.into())
-    } else {
-        (b.into(), a.into())
-    }
-}
-
-impl Net {
-    /// One hop's delay, and whether the message survives it.
-    fn hop(&self) -> (Duration, bool) {
-        let mut s = lock(&self.0);
-        let max = s.delay_us;
-        let d = Duration::from_micros(s.rng.range(100, max));
-        let loss = s.loss;
-        (d, !s.rng.chance(loss))
-    }
-
-    fn connected(&self, a: &str, b: &str) -> bool {
-        a == b || !lock(&self.0).cut.contains(&link(a, b))
-    }
-
-    fn target(&self, from: &str, to: &str) -> Option<Arc<Node>> {
-        let s = lock(&self.0);
-        if from != to && s.cut.contains(&link(from, to)) {
-            return None;
-        }
-        s.up.get(to).cloned()
-    }
-}
-
-/// One node's side of the network.
-#[derive(Clone)]
-struct SimWire {
-    me: String,
-    net: Arc<Net>,
-}
-
-impl SimWire {
-    /// Carries a call to `to`, runs `handle` there in its own task (a receiver keeps working on
-    /// a request whose sender gave up), and carries the answer back.
-    async fn call<R, F, Fut>(&self, to: &str, handle: F) -> Result<R, String>
-    where
-        R: Send + 'static,
-        F: FnOnce(Arc<Node>, String) -> Fut,
-        Fut: Future<Output = R> + Send + 'static,
-    {
-        let (d, delivered) = self.net.hop();
-        sleep(d).await;
-        let Some(node) = self.net.target(&self.me, to) else {
-            return Err(format!("{to} is unreachable"));
-        };
-        if !delivered {
-            return Err(format!("the message to {to} was lost"));
-        }
-        let task = tokio::spawn(handle(node, self.me.clone()));
-        let r = match timeout(Duration::from_secs(5), task).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(format!("{to} failed: {e}")),
-            Err(_) => return Err(format!("{to} did not answer")),
-        };
-        let (d, delivered) = self.net.hop();
-        sleep(d).await;
-        if !delivered || !self.net.connected(to, &self.me) {
-            return Err(format!("the answer from {to} was lost"));
-        }
-        Ok(r)
-    }
-}
-
-impl Wire for SimWire {
-    fn raft(
-        &self,
-        to: &Member,
-        rpc: RaftRpc,
-    ) -> impl Future<Output = Result<RaftReply, String>> + Send {
-        let w = self.clone();
-        let to = to.name.clone();
-        async move {
-            w.call(&to, move |n, from| async move {
-                n.handle_raft(&from, rpc).await
-            })
-            .await
-        }
-    }
-
-    fn coord(
-        &self,
-        to: &Member,
-        rpc: CoordRpc,
-    ) -> impl Future<Output = Result<CoordReply, String>> + Send {
-        let w = self.clone();
-        let to = to.name.clone();
-        async move {
-            if matches!(rpc, CoordRpc::Renew(_)) && lock(&w.net.0).mute.contains(&w.me) {
-                sleep(Duration::from_millis(5)).await;
-                return Err("renewal dropped".into());
-            }
-            w.call(&to, move |n, from| async move {
-                n.handle_coord(&from, rpc).await
-            })
-            .await
-        }
-    }
-}
 
 /// A service running on a node.
 #[derive(Debug, Clone)]
@@ -442,14 +283,10 @@ impl Sim {
                 up: None,
             })
             .collect();
-        let net = Arc::new(Net(Mutex::new(NetState {
-            up: BTreeMap::new(),
-            cut: BTreeSet::new(),
-            loss: 0,
-            delay_us: DELAY_US,
-            mute: BTreeSet::new(),
-            rng: Rng::new(rng.next()),
-        })));
+        let net = Arc::new(Net(Mutex::new(NetState::new(
+            DELAY_US,
+            Rng::new(rng.next()),
+        ))));
         let ledger = Arc::new(Mutex::new(Ledger {
             origin,
             running: BTreeMap::new(),
@@ -515,18 +352,7 @@ impl Sim {
         let slot = &mut self.slots[i];
         assert!(slot.up.is_none());
         slot.inc += 1;
-        let (log, sm) = crate::store::open(&slot.dir)
-            .await
-            .map_err(|e| format!("{}: {e}", slot.name))?;
-        let placement = sm.watch();
-        let stop = CancellationToken::new();
-        let wire = SimWire {
-            me: slot.name.clone(),
-            net: self.net.clone(),
-        };
-        let node = Coordinator::start(s, wire, log, sm, placement, stop.clone())
-            .await
-            .map_err(|e| format!("{} did not start: {e}", slot.name))?;
+        let (node, stop) = boot(&self.net, &slot.dir, s).await?;
         node.set_hints(
             self.members
                 .iter()
@@ -534,7 +360,6 @@ impl Sim {
                 .cloned()
                 .collect(),
         );
-        lock(&self.net.0).up.insert(slot.name.clone(), node.clone());
         if self.witness != Some(i) {
             tokio::spawn(runtime(
                 slot.name.clone(),
@@ -553,7 +378,7 @@ impl Sim {
         let Some((node, stop)) = slot.up.take() else {
             return Ok(());
         };
-        lock(&self.net.0).up.remove(&slot.name);
+        unplug(&self.net, &slot.name);
         let lease = *node.lease().borrow();
         stop.cancel(); // the runtime task goes with the agent
         match how {
@@ -570,14 +395,8 @@ impl Sim {
                 });
             }
         }
-        // Shutting down stands for the process's end; it must not hang.
-        if timeout(Duration::from_secs(10), node.shutdown())
-            .await
-            .is_err()
-        {
-            return Err(format!("{} did not shut down within 10 s", slot.name));
-        }
-        Ok(())
+        // Shutting down stands for the process's end.
+        halt(&slot.name, &node).await
     }
 
     /// The nodes that run services.

@@ -115,10 +115,11 @@ async fn group(ca: &Path, base: &Path, n: usize, voters: usize) -> Vec<Node> {
     let t0 = Instant::now();
     loop {
         let s = nodes[0].coord.status();
-        // Not while the voters change: a leader killed inside a joint configuration that still
-        // names only itself leaves no quorum until it returns.
+        // Not while the voters change, on any node: a leader killed inside a joint configuration
+        // that still names only itself leaves no quorum until it returns, and the leader leaves
+        // the joint configuration (it appended the final one) before its followers do.
         if s.voters.len() == voters
-            && !s.changing
+            && nodes.iter().all(|x| !x.coord.status().changing)
             && nodes.iter().all(|x| x.coord.lease().borrow().may_act())
         {
             return nodes;

@@ -575,6 +575,10 @@ impl<W: Wire> Coordinator<W> {
     async fn leader_loop(self: Arc<Self>) {
         // The term in which this node was first seen standing since it last knew a leader.
         let mut standing_since: Option<u64> = None;
+        // When this node last stood out of turn: at most once per two election timeouts, so a
+        // node that cannot win (its log is behind) does not keep cutting short the elections
+        // of one that can (seen in a five-node ring: terms climbing for a minute, no leader).
+        let mut last_break: Option<tokio::time::Instant> = None;
         loop {
             // A candidate looks every tenth of a second, so a split vote that repeats is broken
             // one term after it repeats, not up to half a second later.
@@ -588,8 +592,10 @@ impl<W: Wire> Coordinator<W> {
                 standing_since = None;
             } else if m.state == ServerState::Candidate {
                 let first = *standing_since.get_or_insert(m.current_term);
-                if m.current_term > first {
+                let rested = last_break.is_none_or(|t| t.elapsed() >= self.s.election_max * 2);
+                if m.current_term > first && rested {
                     self.break_lockstep(m.current_term).await;
+                    last_break = Some(tokio::time::Instant::now());
                     standing_since = Some(self.raft.metrics().borrow().current_term);
                 }
             }

@@ -47,6 +47,8 @@ fn processes_cgroups_and_a_loop_device_come_and_go_within_a_second() {
     let comm: String = format!("gwi{}", &tag[tag.len().saturating_sub(8)..]);
     let work = std::path::Path::new("/var/tmp").join(&tag);
     std::fs::create_dir_all(&work).unwrap();
+    // Removed however the test ends (a failed assertion too), after the agent it outlives.
+    let _removed = godwit_tests::RemoveDir(work.clone());
     let inv_file = work.join("inventory.json");
     let mut agent = Agent::start(&format!(
         "[inventory]\nfile = \"{}\"\n\

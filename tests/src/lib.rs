@@ -568,6 +568,15 @@ pub fn promtool_check(exposition: &str) {
     );
 }
 
+/// A directory removed (with everything in it) when this is dropped, however the test ends.
+pub struct RemoveDir(pub PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A cgroup parent for a test's managed services (`[services] cgroup_parent`), killed and
 /// removed when the test ends however it ends: an agent killed with SIGKILL does not stop its
 /// services, which live in their own cgroups.

@@ -119,6 +119,8 @@ pub struct MigrateRig {
     /// The example service's binaries.
     pub kvstore: PathBuf,
     pub kvcheck: PathBuf,
+    /// `pki`, removed after the cluster is down.
+    _pki_dir: crate::RemoveDir,
 }
 
 impl MigrateRig {
@@ -139,6 +141,8 @@ impl MigrateRig {
         };
         let (kvstore, kvcheck) = (bin("kvstore"), bin("kvcheck"));
         let pki = opts.base.join(unique("godwit-mig-pki"));
+        // Removed with the rig, or here if the rig never comes up.
+        let pki_dir = crate::RemoveDir(pki.clone());
         let ca = pki.join("ca");
         init_ca(&ca, "test").unwrap();
         let slices: Vec<ServiceSlice> = (0..opts.nodes).map(|_| ServiceSlice::new()).collect();
@@ -214,6 +218,7 @@ impl MigrateRig {
             vip,
             kvstore,
             kvcheck,
+            _pki_dir: pki_dir,
         }
     }
 
@@ -446,10 +451,4 @@ pub fn stop_client(client: Child) -> (Value, bool) {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
         out.status.success(),
     )
-}
-
-impl Drop for MigrateRig {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.pki).ok();
-    }
 }

@@ -856,18 +856,7 @@ impl Cluster {
                     !others.contains(&self.node(i).addr.to_string()),
                     "n{i} is in more than one group of the partition"
                 );
-                let ns = &self.node(i).netns;
-                let rule = if others.is_empty() {
-                    String::new()
-                } else {
-                    format!("    ip saddr {{ {} }} counter drop\n", others.join(", "))
-                };
-                let script = format!(
-                    "table ip {PARTITION_TABLE}\ndelete table ip {PARTITION_TABLE}\n\
-                     table ip {PARTITION_TABLE} {{\n  chain input {{\n    \
-                     type filter hook input priority -210; policy accept;\n{rule}  }}\n}}\n"
-                );
-                net::nft_in(ns, &script).unwrap_or_else(|e| panic!("partition n{i}: {e:#}"));
+                self.drop_from(i, &others);
             }
         }
     }
@@ -888,19 +877,25 @@ impl Cluster {
                 })
                 .map(|j| self.node(j).addr.to_string())
                 .collect();
-            let rule = if others.is_empty() {
-                String::new()
-            } else {
-                format!("    ip saddr {{ {} }} counter drop\n", others.join(", "))
-            };
-            let script = format!(
-                "table ip {PARTITION_TABLE}\ndelete table ip {PARTITION_TABLE}\n\
-                 table ip {PARTITION_TABLE} {{\n  chain input {{\n    \
-                 type filter hook input priority -210; policy accept;\n{rule}  }}\n}}\n"
-            );
-            net::nft_in(&self.node(i).netns, &script)
-                .unwrap_or_else(|e| panic!("cut links of n{i}: {e:#}"));
+            self.drop_from(i, &others);
         }
+    }
+
+    /// Makes node `i` drop every packet from the addresses `from` (nftables, input hook),
+    /// replacing its earlier partition rule; an empty `from` leaves the table empty.
+    fn drop_from(&self, i: usize, from: &[String]) {
+        let rule = if from.is_empty() {
+            String::new()
+        } else {
+            format!("    ip saddr {{ {} }} counter drop\n", from.join(", "))
+        };
+        let script = format!(
+            "table ip {PARTITION_TABLE}\ndelete table ip {PARTITION_TABLE}\n\
+             table ip {PARTITION_TABLE} {{\n  chain input {{\n    \
+             type filter hook input priority -210; policy accept;\n{rule}  }}\n}}\n"
+        );
+        net::nft_in(&self.node(i).netns, &script)
+            .unwrap_or_else(|e| panic!("partition rule of n{i}: {e:#}"));
     }
 
     /// Removes every partition rule.

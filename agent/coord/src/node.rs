@@ -382,8 +382,23 @@ impl<W: Wire> Coordinator<W> {
     }
 
     /// The leader's side of a renewal: confirm leadership with a quorum, note the time.
+    ///
+    /// Bounded by `renew_every`: openraft confirms the quorum and then waits, with no limit, for
+    /// this node to apply up to the first entry of its term. A leader deposed before that entry
+    /// committed waits for an index the new leader's log may never reach while the cluster is
+    /// quiet; unbounded, its own renewals then hung for good, and it never held a lease again
+    /// (seen in the simulation: a fenced node stayed fenced, its services down, 30 s after heal).
     async fn grant(&self, r: Renewal) -> CoordReply {
-        match self.raft.ensure_linearizable().await {
+        let confirmed =
+            match tokio::time::timeout(self.s.renew_every, self.raft.ensure_linearizable()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return CoordReply::Failed(
+                        "leadership not confirmed within a renewal period".into(),
+                    )
+                }
+            };
+        match confirmed {
             Ok(read) => {
                 let term = self.raft.metrics().borrow().current_term;
                 let now = self.s.clock.now();

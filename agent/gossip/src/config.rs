@@ -66,7 +66,11 @@ impl FailureDetection {
     pub(crate) fn to_chitchat(&self) -> chitchat::FailureDetectorConfig {
         chitchat::FailureDetectorConfig {
             phi_threshold: self.phi_threshold,
-            sampling_window_size: 1_000,
+            // 100 intervals: 25 s of history at the default interval, enough for a stable
+            // mean and spread, and a tenth of chitchat's default, which preallocates 8 KB per
+            // peer (8 MB in every agent at 1,000 members) for history older than any network
+            // condition worth remembering.
+            sampling_window_size: 100,
             // Intervals longer than this are not sampled (e.g. a node paused by SIGSTOP):
             // they would inflate the mean and slow later detection.
             max_interval: (self.gossip_interval * 40).max(Duration::from_secs(2)),

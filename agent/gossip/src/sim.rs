@@ -7,9 +7,8 @@
 //! paused clock ([`runtime`], or `#[tokio::test(start_paused = true)]`) hundreds of nodes run on
 //! virtual time: the clock jumps to the next timer (a gossip round, a delivery) whenever every
 //! task waits, and nothing depends on how fast the host is. Memory, not time, bounds the size:
-//! every node holds the state of every other (about 23 KiB per pair of nodes with chitchat
-//! 0.13, whose failure detector alone preallocates 8 KB per peer), so 500 nodes take about
-//! 6 GiB and 1,000 about 23 GiB.
+//! every node holds the state of every other (about 16 KiB per pair of nodes with chitchat
+//! 0.13 and a 100-sample failure detector window), so 1,000 nodes take about 16 GiB.
 //!
 //! What virtual time drives, and what it does not:
 //!

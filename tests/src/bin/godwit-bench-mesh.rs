@@ -20,7 +20,7 @@
 //! - the wall time the whole scenario took, and the process's peak RSS so far.
 //!
 //! It prints a markdown table, with Serf's convergence model beside it. One process holds every
-//! node's state of every other, so memory grows with the square of the size (about 24 KiB per
+//! node's state of every other, so memory grows with the square of the size (about 16 KiB per
 //! pair of nodes): a size that does not fit in the machine's available memory is skipped, with
 //! a line saying what it would need.
 
@@ -308,8 +308,8 @@ async fn run(s: Scenario, link: Link) -> Outcome {
 }
 
 /// Memory one simulated node takes per other node (measured: about 23 KiB at 200 and 500
-/// nodes; chitchat's failure detector alone preallocates 8 KB per peer).
-const PAIR_BYTES: u64 = 24 << 10;
+/// nodes while the failure detector's window held 1,000 samples, 8 KB per peer; now 100).
+const PAIR_BYTES: u64 = 16 << 10;
 
 /// Bytes `nodes` simulated nodes are expected to need.
 fn memory_estimate(nodes: usize) -> u64 {

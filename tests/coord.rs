@@ -413,3 +413,71 @@ fn two_nodes_and_a_witness_fail_over_and_the_witness_runs_nothing() {
     })
     .unwrap_or_else(|| panic!("kv not on n1 alone: {:?}", running_on(&rig, "kv")));
 }
+
+#[test]
+fn an_intent_left_by_a_source_that_died_before_journaling_is_closed() {
+    require_root();
+    // The source waits 30 s after the log committed its intent: it dies in that window.
+    std::env::set_var(godwit::migrate::agent::INTENT_DELAY_ENV, "30000");
+    let mut rig = MigrateRig::new(RigOptions {
+        configured_kv: true,
+        ..RigOptions::coordinated(2)
+    });
+    std::env::remove_var(godwit::migrate::agent::INTENT_DELAY_ENV);
+    wait_group(&rig, 1, 1);
+    wait_group(&rig, 2, 1);
+    rig.wait_serving(1, "kv", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("kv not up on n1: {}", rig.service(1, "kv")));
+    let intent_of = |rig: &MigrateRig| -> Value {
+        rig.c.json(1, "/v1/cluster")["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == "kv"))
+            .map(|s| s["intent"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let mut cmd = rig.migrate_command(1, "kv", 2, &[]);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut migration = cmd.spawn().expect("godwit migrate");
+    let intent = wait_for(Duration::from_secs(20), || {
+        let i = intent_of(&rig);
+        i.is_object().then_some(i)
+    })
+    .unwrap_or_else(|| panic!("no intent committed: {}", rig.c.log(1)));
+    assert_eq!(intent["from"], "n1", "{intent}");
+
+    // The source's agent dies before it journals anything, and comes back before any fence.
+    rig.c.kill(1);
+    let _ = migration.kill();
+    let _ = migration.wait();
+    rig.c.start_agent(1);
+    rig.c.wait_ready(1);
+    wait_group(&rig, 1, 1);
+
+    // No migration owns the intent now: the node closes it and kv runs again, on n1 only.
+    wait_for(Duration::from_secs(30), || {
+        intent_of(&rig).is_null().then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the orphaned intent is still open: {}\n{}",
+            intent_of(&rig),
+            rig.c.log(1)
+        )
+    });
+    rig.wait_serving(1, "kv", Duration::from_secs(30))
+        .unwrap_or_else(|| {
+            panic!(
+                "kv not back on n1: {}\n{}",
+                rig.service(1, "kv"),
+                rig.c.log(1)
+            )
+        });
+    let (node, epoch) = placed(&rig, 1, "kv").unwrap();
+    assert_eq!(node, "n1");
+    assert!(
+        epoch > intent["epoch"].as_u64().unwrap(),
+        "epoch {epoch} after the intent {intent}"
+    );
+    assert_eq!(running_on(&rig, "kv"), vec![1]);
+}

@@ -6,7 +6,7 @@
 pub use super::audit::{MigrationReport, MigrationStats};
 pub use super::protocol::HANDOFF;
 pub use super::recovery::{finish_recovery, recover_sources, SourceRecovery};
-pub use super::source::{MigrateRequest, Migrator, HANDOFF_DELAY_ENV};
+pub use super::source::{MigrateRequest, Migrator, Moving, HANDOFF_DELAY_ENV, INTENT_DELAY_ENV};
 pub use super::target::{register_handoff, Target};
 pub use super::target_machine::{ADOPT_AFTER, PREPARED_WAIT};
 pub use godwit_core::policy::learned::Observed;

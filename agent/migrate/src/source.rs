@@ -99,6 +99,9 @@ fn sample_state(
 
 /// Test hook: milliseconds the source waits between its decision and the hand-off.
 pub const HANDOFF_DELAY_ENV: &str = "GODWIT_TEST_HANDOFF_DELAY_MS";
+/// Test hook: milliseconds the source waits after the log committed its intent, before
+/// anything else (a source that dies there leaves an intent no journal records).
+pub const INTENT_DELAY_ENV: &str = "GODWIT_TEST_INTENT_DELAY_MS";
 /// How often a source whose hand-off went unanswered asks again, and for how long.
 const RESOLVE_EVERY: Duration = Duration::from_secs(2);
 const RESOLVE_FOR: Duration = Duration::from_secs(600);
@@ -153,13 +156,17 @@ pub struct Migrator {
     pub me: std::sync::OnceLock<std::sync::Weak<Migrator>>,
     /// The owner of the tasks migrations from here spawn.
     pub tasks: crate::Tasks,
-    /// The services a migration from here is moving now: one at a time per service.
-    pub moving: Mutex<std::collections::BTreeSet<String>>,
+    /// The services a migration from here is moving now: one at a time per service. Shared
+    /// with the coordinator's reconciler, which closes only intents no migration here owns.
+    pub moving: Moving,
     /// Bounds the audit lines of refusals.
     pub refusals: Mutex<super::audit::RefusalLimiter>,
     /// The placement log's part, when a coordinator places services.
     pub gate: Option<Arc<dyn super::gate::PlacementGate>>,
 }
+
+/// The services migrations from this node are moving now (see [`Migrator::moving`]).
+pub type Moving = std::sync::Arc<Mutex<std::collections::BTreeSet<String>>>;
 
 /// A service claimed by one migration from this node; released when it goes.
 struct Claim<'a> {
@@ -382,6 +389,15 @@ impl Migrator {
                 }
             },
         };
+        if let (Some(ms), Some(intent)) = (
+            std::env::var(INTENT_DELAY_ENV)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok()),
+            intent,
+        ) {
+            warn!(ms, intent, "{INTENT_DELAY_ENV}: the migration waits");
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         let decided = std::sync::atomic::AtomicBool::new(false);
         let result = self
             .run(&req, &id, &mut report, intent, &decided)

@@ -11,6 +11,10 @@
 //!   withdrawn, and `fenced.json` written; nothing starts again until a fresh lease.
 //! - A migration owns the services it moves: the reconciler leaves alone a service with a
 //!   migration in flight in the log or in this node's journal.
+//! - **No intent without an owner.** An intent from this node that no migration here owns (in
+//!   this process or in the journal) was left by a source that stopped between committing it
+//!   and journaling the move (nothing was handed off then): the reconciler closes it, or the
+//!   service would stay down, out of every later move, until someone fenced the node.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -37,6 +41,8 @@ pub(crate) struct Coordination {
     /// The highest epoch seen per service (fsynced): the reconciler's and a migration
     /// target's check before any start.
     epochs: Option<Arc<EpochStore>>,
+    /// The services migrations from this node are moving now (shared with the migrator).
+    pub moving: crate::migrate::agent::Moving,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -55,10 +61,12 @@ impl Coordination {
     ) -> Coordination {
         let cancel = ctx.child_token();
         let tasks = TaskTracker::new();
+        let moving = crate::migrate::agent::Moving::default();
         let none = |cancel, tasks| Coordination {
             coord: None,
             guard: None,
             epochs: None,
+            moving: crate::migrate::agent::Moving::default(),
             cancel,
             tasks,
         };
@@ -181,6 +189,9 @@ impl Coordination {
                 fenced_file: dir.join("fenced.json"),
                 guard: guard.clone(),
                 guard_grace: Duration::from_millis(cfg.guard_grace_ms),
+                moving: moving.clone(),
+                closing: Default::default(),
+                tasks: tasks.clone(),
                 cancel: cancel.clone(),
             }));
         }
@@ -188,6 +199,7 @@ impl Coordination {
             coord: Some(coord),
             guard,
             epochs: Some(epochs),
+            moving,
             cancel,
             tasks,
         }
@@ -331,10 +343,51 @@ struct Reconciler {
     fenced_file: std::path::PathBuf,
     guard: Option<Arc<std::sync::Mutex<Option<GuardHandle>>>>,
     guard_grace: Duration,
+    /// The services migrations from this node are moving now.
+    moving: crate::migrate::agent::Moving,
+    /// Orphaned intents being closed, as (service, intent).
+    closing: Arc<std::sync::Mutex<BTreeSet<(String, u64)>>>,
+    tasks: TaskTracker,
     cancel: CancellationToken,
 }
 
 impl Reconciler {
+    /// Closes `service`'s intent `intent` from this node, which no migration here owns, in the
+    /// background until the log answers (a compare-and-set: a no-op once the intent is gone).
+    fn close_orphan(&self, service: &str, intent: u64) {
+        let key = (service.to_string(), intent);
+        if !self
+            .closing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone())
+        {
+            return;
+        }
+        tracing::warn!(
+            service,
+            intent,
+            "an intent from this node that no migration here owns: closing it"
+        );
+        let gate = CoordGate {
+            coord: self.coord.clone(),
+            epochs: self.epochs.clone(),
+            node: self.node.clone(),
+        };
+        let (closing, cancel) = (self.closing.clone(), self.cancel.clone());
+        self.tasks.spawn(async move {
+            use crate::migrate::gate::PlacementGate;
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = gate.abort(&key.0, key.1) => {}
+            }
+            closing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        });
+    }
+
     /// Tells the guard the lease runs to `until_ms`: it kills the services `guard_grace` after.
     fn pet(&self, until_ms: u64) {
         let Some(g) = &self.guard else { return };
@@ -427,8 +480,17 @@ async fn apply(r: &Reconciler, p: &Placement) {
         None => BTreeSet::new(),
     };
     let here: BTreeSet<String> = r.manager.names().into_iter().collect();
+    let moving = r.moving.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for e in p.on_node(&r.node) {
-        if e.intent.is_some() || busy.contains(&e.name) {
+        if let Some(i) = &e.intent {
+            // The claim is taken before the intent is committed and held until the migration
+            // is decided or journaled, so neither set missing it means no owner.
+            if i.from == r.node && !busy.contains(&e.name) && !moving.contains(&e.name) {
+                r.close_orphan(&e.name, i.epoch);
+            }
+            continue;
+        }
+        if busy.contains(&e.name) {
             continue;
         }
         if here.contains(&e.name) {

@@ -42,6 +42,7 @@ impl Migration {
         mesh: Option<Arc<crate::gossip::Cluster>>,
         services: &mut Services,
         gate: Option<Arc<dyn crate::migrate::gate::PlacementGate>>,
+        moving: crate::migrate::agent::Moving,
     ) -> Migration {
         let state_root = ctx.cfg.services.state_root.clone();
         let tasks = Tasks::new(ctx.child_token());
@@ -80,7 +81,7 @@ impl Migration {
                     stats: Default::default(),
                     me: Default::default(),
                     tasks: tasks.clone(),
-                    moving: Default::default(),
+                    moving,
                     refusals: Default::default(),
                     gate,
                 }

@@ -157,6 +157,7 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
         mesh.cluster.clone(),
         &mut services,
         gate,
+        coordination.moving.clone(),
     )
     .await;
     let inventory = inventory::Inventory::start(&ctx, &probes, services.manager.clone());

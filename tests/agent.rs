@@ -517,3 +517,80 @@ fn local_policy_explains_threshold_trigger_and_selection() {
         "explain output:\n{text}"
     );
 }
+
+/// Runs the agent with no cgroup hierarchy in sight, as `ip netns exec` leaves it (its fresh
+/// /sys hides the host's cgroup mounts): a mount namespace of its own with /sys/fs/cgroup
+/// unmounted, keeping the host's network so the test can reach the API.
+const HIDDEN_CGROUPS: &[&str] = &[
+    "unshare",
+    "--mount",
+    "--",
+    "sh",
+    "-c",
+    "umount -R -l /sys/fs/cgroup && exec \"$0\" \"$@\"",
+];
+
+#[test]
+fn configured_services_without_cgroup_v2_are_a_start_up_error_that_says_what_to_do() {
+    require_root();
+    // Without services, such an agent runs, and `godwit services` says why it lists nothing
+    // (an answer, exit 0), not that no agent answered.
+    let mut agent = Agent::start_wrapped("", HIDDEN_CGROUPS);
+    let out = Command::new(godwit_bin())
+        .args(["services", "--addr", &agent.addr.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("no managed services"), "{text}");
+    assert_eq!(agent.json("/v1/services")["runtime"], false);
+    assert_eq!(agent.terminate(), Some(0));
+
+    // With a [[service]], the agent refuses to start, and says what to do.
+    let dir = std::env::temp_dir().join(unique("godwit-nocgroup"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("godwit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\ndata_dir = \"{d}\"\n[api]\nlisten = \"127.0.0.1:{p}\"\nsocket = \"{d}/api.sock\"\n\
+             [[service]]\nname = \"echo\"\ncommand = [\"/bin/sleep\", \"600\"]\n",
+            d = dir.display(),
+            p = free_port()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(HIDDEN_CGROUPS[0])
+        .args(&HIDDEN_CGROUPS[1..])
+        .arg(godwit_bin())
+        .args(["agent", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for(Duration::from_secs(20), || child.try_wait().ok().flatten());
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the agent ran with services it cannot start");
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert!(err.contains("[[service]]"), "{err}");
+    assert!(err.contains("cgroup v2"), "{err}");
+    assert!(err.contains("nsenter"), "says what to do: {err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -659,8 +659,10 @@ fn service_error(e: crate::service::ServiceError) -> Response {
 }
 
 async fn services_handler(State(state): State<AppState>) -> Response {
+    // A node without a runtime is an answer, not a failure: the list is empty and says why.
     let Some(manager) = &state.shared.services else {
-        return error(StatusCode::NOT_FOUND, SERVICES_OFF);
+        return Json(serde_json::json!({ "services": [], "runtime": false, "why": SERVICES_OFF }))
+            .into_response();
     };
     let snap = latest(&state);
     let placement = state
@@ -690,7 +692,7 @@ async fn services_handler(State(state): State<AppState>) -> Response {
             }
         })
         .collect();
-    Json(serde_json::json!({ "services": views })).into_response()
+    Json(serde_json::json!({ "services": views, "runtime": true })).into_response()
 }
 
 async fn service_add_handler(

@@ -38,6 +38,14 @@ pub(super) fn list(args: ServicesArgs) -> ExitCode {
 
 /// One line per service: state, health, node, cgroup, CPU, memory and dirty rate.
 pub(super) fn render(doc: &Value) -> String {
+    if doc["runtime"] == false {
+        return format!(
+            "{}\n",
+            doc["why"]
+                .as_str()
+                .unwrap_or("this node runs no managed services")
+        );
+    }
     let mut out = format!(
         "{:<16} {:<9} {:<10} {:<12} {:>6} {:>7} {:>6} {:>9} {:>10} {:>8}  CGROUP\n",
         "SERVICE",

@@ -39,6 +39,15 @@ pub enum StartError {
     /// The transport's certificate is unusable or its address cannot be bound.
     #[error("cannot start the transport: {0}")]
     Transport(#[source] crate::transport::TransportError),
+    /// `[[service]]` tables are configured and the host offers no cgroup v2 hierarchy to run
+    /// them in: refused at start, not a warning while they silently do not run.
+    #[error(
+        "{services} [[service]] table(s) are configured but this host offers no usable cgroup v2 \
+         hierarchy ({reason}), so no service could run. Run the agent where cgroup2 is mounted \
+         (/sys/fs/cgroup in the host's mount namespace: `ip netns exec` remounts /sys and hides \
+         it, `nsenter --net=/run/netns/NAME` does not), or remove the [[service]] tables"
+    )]
+    NoCgroupV2 { services: usize, reason: String },
 }
 
 impl StartError {
@@ -46,7 +55,10 @@ impl StartError {
     /// [`exit::UNAVAILABLE`] for what the host does not offer, [`exit::FAILURE`] otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::GossipConfig(_) | StartError::Transport(_) => exit::CONFIG,
+            // Restarting will not help: the host or the configuration must change.
+            StartError::GossipConfig(_)
+            | StartError::Transport(_)
+            | StartError::NoCgroupV2 { .. } => exit::CONFIG,
             StartError::Api(_) | StartError::Sampler(_) | StartError::Gossip(_) => {
                 exit::UNAVAILABLE
             }

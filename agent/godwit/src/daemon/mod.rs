@@ -119,6 +119,9 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
         },
         Err(e) => return failed(e),
     };
+    if let Err(e) = services::check_runtime(&ctx.cfg) {
+        return failed(e);
+    }
     let probes = match probes::Probes::start(&ctx) {
         Ok(p) => p,
         Err(e) => return failed(e),

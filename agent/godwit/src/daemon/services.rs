@@ -94,6 +94,19 @@ impl Services {
     }
 }
 
+/// Configured services need a cgroup v2 hierarchy: without one the agent does not start.
+pub(super) fn check_runtime(cfg: &crate::config::Config) -> Result<(), super::StartError> {
+    if cfg.service.is_empty() {
+        return Ok(());
+    }
+    crate::probe::cgroup::CgroupLayout::detect(std::path::Path::new("/proc/self/mounts"))
+        .map(|_| ())
+        .map_err(|e| super::StartError::NoCgroupV2 {
+            services: cfg.service.len(),
+            reason: e.to_string(),
+        })
+}
+
 /// Starts the service runtime and the configured services. Without a cgroup v2 hierarchy
 /// there is no runtime: said once, and the configured services are not started.
 async fn start_services(

@@ -594,3 +594,89 @@ fn configured_services_without_cgroup_v2_are_a_start_up_error_that_says_what_to_
     assert!(err.contains("nsenter"), "says what to do: {err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Receives the next datagram on `sock` within `within`, as text.
+fn next_notification(sock: &std::os::unix::net::UnixDatagram, within: Duration) -> Option<String> {
+    sock.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[test]
+fn the_agent_speaks_systemds_notify_protocol_and_its_unit_verifies() {
+    require_root();
+    let dir = std::env::temp_dir().join(unique("godwit-notify"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let env_socket = format!("NOTIFY_SOCKET={}", path.display());
+    // A 2 s watchdog: pets every second.
+    let mut agent = Agent::start_wrapped("", &["env", &env_socket, "WATCHDOG_USEC=2000000"]);
+    let mut seen = Vec::new();
+    let ready = wait_for(Duration::from_secs(20), || {
+        let m = next_notification(&sock, Duration::from_secs(1))?;
+        seen.push(m.clone());
+        m.contains("READY=1").then_some(())
+    });
+    assert!(ready.is_some(), "no READY=1: {seen:?}\n{}", agent.log());
+    let mut pets = 0;
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        if next_notification(&sock, Duration::from_millis(500)).is_some_and(|m| m == "WATCHDOG=1") {
+            pets += 1;
+        }
+    }
+    assert!(
+        (2..=8).contains(&pets),
+        "{pets} pets in 4 s with a 2 s watchdog"
+    );
+
+    // A stopped agent pets nothing (systemd would restart it after WatchdogSec).
+    let pid = agent.child.id() as i32;
+    // SAFETY: signalling the agent this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    while next_notification(&sock, Duration::from_millis(100)).is_some() {}
+    let silent = next_notification(&sock, Duration::from_secs(3));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(silent, None, "a stopped agent was heard");
+    let back = wait_for(Duration::from_secs(5), || {
+        next_notification(&sock, Duration::from_secs(1)).filter(|m| m == "WATCHDOG=1")
+    });
+    assert!(back.is_some(), "no pet after SIGCONT");
+
+    // SIGTERM: STOPPING=1 before it exits.
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let stopping = wait_for(Duration::from_secs(20), || {
+        next_notification(&sock, Duration::from_secs(1)).filter(|m| m.contains("STOPPING=1"))
+    });
+    assert!(stopping.is_some(), "no STOPPING=1");
+    assert_eq!(agent.terminate(), Some(0));
+
+    // The packaged unit verifies with systemd's own checker (the binary at its real path).
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/godwit.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
+    let copy = dir.join("godwit.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/bin/godwit", &godwit_bin().display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -16,7 +16,7 @@ pub(crate) const BUILD: &[&str] = &["clang-19", "llvm-19", "libbpf-dev", "bpftoo
 /// Needed to build and test: `BUILD` plus what the integration tests drive (promtool checks the
 /// metrics text, redis is a real stateful workload, nftables and iproute2 shape the test network,
 /// stress-ng makes load, util-linux gives `losetup` and friends, rsync is the migration
-/// benchmark's baseline).
+/// benchmark's baseline, systemd's `systemd-analyze verify` checks the packaged unit).
 pub(crate) const TEST: &[&str] = &[
     "clang-19",
     "llvm-19",
@@ -29,6 +29,7 @@ pub(crate) const TEST: &[&str] = &[
     "stress-ng",
     "util-linux",
     "rsync",
+    "systemd",
 ];
 
 /// Makes sure every package in `wanted` is installed, installing the missing ones when root.

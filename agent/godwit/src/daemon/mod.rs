@@ -13,6 +13,7 @@ mod inventory;
 mod mesh;
 mod migration;
 mod network;
+mod notify;
 mod probes;
 mod reload;
 mod server;
@@ -20,6 +21,7 @@ mod services;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -86,6 +88,8 @@ pub fn init_logging(cfg: &Config) {
 /// Runs the agent until SIGTERM or SIGINT; returns the process exit code. SIGHUP re-reads
 /// `config_path` (see [`reload`]).
 pub fn run(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
+    // Before any thread: it takes systemd's variables out of the environment services inherit.
+    let notifier = notify::Notifier::from_env();
     init_logging(&cfg);
     match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -93,7 +97,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(run_async(cfg, config_path)),
+        Ok(rt) => rt.block_on(run_async(cfg, config_path, notifier)),
         Err(e) => failed(StartError::Runtime(e)),
     }
 }
@@ -106,7 +110,11 @@ fn failed(e: StartError) -> ExitCode {
 
 /// Starts the components in order, serves until a signal, then stops them in reverse order.
 /// A start that fails stops what already started.
-async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
+async fn run_async(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    notifier: notify::Notifier,
+) -> ExitCode {
     // The handlers first: the API answers `/healthz` before the main loop waits, and a
     // SIGTERM or SIGHUP that came in between would take the default action (terminate).
     let Signals { term, int, hup } = Signals::install();
@@ -178,9 +186,21 @@ async fn run_async(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
         },
     );
     let reloader = reload::Reloader::start(&ctx, &mesh, hup);
+    // READY=1 after the first sample; the watchdog petted while samples keep coming (five
+    // intervals, at least 10 s, without one is a stalled sampler).
+    let notifier = Arc::new(notifier);
+    let stale_after =
+        (Duration::from_millis(ctx.cfg.probe.interval_ms.0) * 5).max(Duration::from_secs(10));
+    let notifying = tokio::spawn(notifier.clone().run(
+        probes.shared.clone(),
+        stale_after,
+        ctx.child_token(),
+    ));
 
     let signal = wait_for_signal(term, int).await;
     tracing::info!(signal, "shutting down");
+    notifying.abort();
+    notifier.stopping();
     // Peers list this node as left rather than declaring it dead; it gossips on meanwhile.
     mesh.leave().await;
     reloader.shutdown().await;

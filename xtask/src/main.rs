@@ -43,6 +43,7 @@ mod http;
 mod lint;
 mod load;
 mod openmetrics;
+mod package;
 mod packages;
 mod sim;
 
@@ -99,6 +100,9 @@ enum Cmd {
     Sim(sim::SimArgs),
     /// Fuzz every decoder for `--seconds N` each (libFuzzer on stable Rust); fails on a crash.
     Fuzz(fuzz::FuzzArgs),
+    /// The Debian package (cargo-deb): binary, systemd unit, default config, man pages,
+    /// completions and maintainer scripts, under target/debian/.
+    Package,
     /// Multi-node cluster of agents in network namespaces: `up --nodes N`, `down [--all]`,
     /// `list`.
     Cluster {
@@ -174,6 +178,7 @@ fn main() -> ExitCode {
         } => bench::coord_size(&args),
         Cmd::Sim(args) => sim::sim(&args),
         Cmd::Fuzz(args) => fuzz::fuzz(&args),
+        Cmd::Package => package::package(),
         Cmd::Cluster { cmd } => cluster::cluster(&cmd),
         Cmd::PingPong => load::pingpong(),
         Cmd::Pong => load::pong(),

@@ -4,6 +4,7 @@
 
 mod client;
 mod cluster;
+mod docs;
 mod explain;
 mod image;
 mod inventory;
@@ -36,7 +37,7 @@ pub mod exit {
 #[command(
     name = "godwit",
     version,
-    about = "Node-local edge agent: eBPF load and dirty-page probes, metrics, and (soon) masterless service migration"
+    about = "Node-local edge agent: eBPF load and dirty-page probes, gossip, a coordinator, and live migration of stateful services"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -101,6 +102,13 @@ enum Command {
         #[arg(long)]
         watchdog: Option<PathBuf>,
     },
+    /// Writes the man pages and the shell completions under `--out` (hidden: the package
+    /// build runs it).
+    #[command(name = "generate-docs", hide = true)]
+    GenerateDocs {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Entry point of the binary.
@@ -139,6 +147,7 @@ pub fn main() -> ExitCode {
         Command::Path(args) => path::run(args),
         Command::Ca(args) => pki::ca(args),
         Command::Cert(args) => pki::cert(args),
+        Command::GenerateDocs { out } => docs::generate(&out),
         Command::FenceGuard { cgroups, watchdog } => {
             use godwit_coord::guard::{run_stdin, GuardExit, GuardOptions};
             match run_stdin(&GuardOptions { cgroups, watchdog }).exit {

@@ -50,7 +50,7 @@ pub(crate) fn package() -> Result<()> {
     }
     step("cargo deb -p godwit --no-build");
     let o = cargo()
-        .args(["deb", "-p", "godwit", "--no-build", "--no-strip"])
+        .args(["deb", "-p", "godwit", "--no-build", "--strip"])
         .output()
         .context("cannot start cargo deb")?;
     if !o.status.success() {

@@ -235,3 +235,17 @@ write("service_spec", {
     "image-and-id": json.dumps(dict(spec, image="/nonexistent")),
     "empty-command": '{"name":"a","command":[]}',
 })
+
+
+def piece_step(session, pid, index, count, share, tick=1):
+    return bytes([session, pid, index, count, tick, len(share)]) + share
+
+
+write("gossip_reassemble", {
+    "empty": b"",
+    "two-halves": piece_step(1, 7, 0, 2, b"a" * 40) + piece_step(1, 7, 1, 2, b"b" * 40),
+    "out-of-order": piece_step(2, 3, 1, 2, b"x" * 10) + piece_step(2, 3, 0, 2, b"y" * 10),
+    "count-changes": piece_step(0, 1, 0, 2, b"z") + piece_step(0, 1, 1, 3, b"z"),
+    "bad-count": piece_step(0, 1, 0, 9, b"q") + piece_step(0, 1, 5, 1, b"q"),
+    "expired": piece_step(3, 4, 0, 2, b"e", tick=0) + piece_step(3, 4, 1, 2, b"e", tick=255),
+})

@@ -18,6 +18,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("transport_bulk", godwit_transport::fuzzing::bulk),
     ("image_manifest", godwit_image::fuzzing::manifest),
     ("gossip_open", godwit_gossip::fuzzing::open),
+    ("gossip_reassemble", godwit_gossip::fuzzing::reassemble),
     ("migrate_journal", godwit_migrate::fuzzing::journal),
     ("migrate_protocol", godwit_migrate::fuzzing::protocol),
     ("config", config),

@@ -65,3 +65,35 @@ pub fn open(data: &[u8]) {
         now += u64::from(tick);
     }
 }
+
+/// Pieces of datagrams sealed in pieces, through one reassembly, as a socket receives them
+/// once opened. The input is a script of steps `[session, id, index, count, tick, len]` and
+/// `len` bytes of share (a share is the piece without its six-byte header, which the step
+/// gives). No input panics, nothing put back together exceeds UDP's limit, and a datagram cut
+/// by the sender's own rule comes back whole whatever came before it.
+pub fn reassemble(data: &[u8]) {
+    use super::fragment::{pieces, Reassembly, MAX_DATAGRAM};
+    let mut r = Reassembly::default();
+    let mut now = T0;
+    let mut rest = data;
+    while let Some((step, tail)) = rest.split_first_chunk::<6>() {
+        let [session, id, index, count, tick, len] = *step;
+        let Some((share, tail)) = tail.split_at_checked(usize::from(len)) else {
+            break;
+        };
+        rest = tail;
+        now += u64::from(tick) * 16;
+        let mut piece = vec![0, 0, 0, id, index, count];
+        piece.extend_from_slice(share);
+        if let Ok(Some(whole)) = r.push(u64::from(session & 3), &piece, now) {
+            assert!(whole.len() <= MAX_DATAGRAM);
+        }
+    }
+    let whole: Vec<u8> = (0..MAX_DATAGRAM).map(|i| (i % 251) as u8).collect();
+    let cut = pieces(&whole, 0xffff_ffff).expect("a full datagram goes in pieces");
+    let mut got = None;
+    for p in cut.iter().rev() {
+        got = r.push(9, p, now).expect("its own pieces are well formed");
+    }
+    assert_eq!(got.as_deref(), Some(&whole[..]));
+}

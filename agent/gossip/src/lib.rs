@@ -42,6 +42,7 @@ pub mod agent;
 mod cluster;
 mod config;
 mod error;
+mod fragment;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -6,7 +6,7 @@
 //! offset size
 //!  0      2   magic "GW"
 //!  2      1   format version (1)
-//!  3      1   flags (0)
+//!  3      1   flags: 0, or 1 for a piece of a datagram too large to seal whole (fragment.rs)
 //!  4      4   key id (big endian): first 4 bytes of SHA-256("godwit-gossip-key" || key)
 //!  8      8   sender session: random, drawn when the sender opens its socket
 //! 16      8   counter: per session, starts at 0, +1 per datagram
@@ -52,6 +52,8 @@ use super::error::GossipError;
 
 const MAGIC: [u8; 2] = *b"GW";
 const FORMAT_VERSION: u8 = 1;
+/// The flag of a piece of a datagram sealed in pieces (see `fragment.rs`).
+pub(crate) const FLAG_FRAGMENT: u8 = 1;
 /// Bytes of the sealed header.
 pub(crate) const HEADER_LEN: usize = 44;
 /// Bytes added to every datagram by sealing (header and tag).
@@ -411,6 +413,17 @@ impl Sealer {
 
     /// Seals `plaintext` into `out` (cleared first), stamped with `now_ms`.
     pub(crate) fn seal(&mut self, plaintext: &[u8], now_ms: u64, out: &mut Vec<u8>) {
+        self.seal_flagged(plaintext, now_ms, 0, out);
+    }
+
+    /// As [`Sealer::seal`], with `flags` in the header (authenticated with it).
+    pub(crate) fn seal_flagged(
+        &mut self,
+        plaintext: &[u8],
+        now_ms: u64,
+        flags: u8,
+        out: &mut Vec<u8>,
+    ) {
         let mut nonce = [0u8; 12];
         self.rng
             .fill(&mut nonce)
@@ -420,7 +433,7 @@ impl Sealer {
         out.clear();
         out.extend_from_slice(&MAGIC);
         out.push(FORMAT_VERSION);
-        out.push(0);
+        out.push(flags);
         out.extend_from_slice(&key_id.0.to_be_bytes());
         out.extend_from_slice(&self.session.to_be_bytes());
         out.extend_from_slice(&self.counter.to_be_bytes());

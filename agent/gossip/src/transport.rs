@@ -26,10 +26,11 @@ use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
 use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 use tracing::{debug, warn};
 
-use super::seal::{now_ms, Keyring, Opener, Rejection, SealCounters, Sealer, HEADER_LEN};
+use super::fragment::{self, Reassembly, MAX_DATAGRAM};
+use super::seal::{
+    now_ms, Keyring, Opener, Rejection, SealCounters, Sealer, FLAG_FRAGMENT, HEADER_LEN,
+};
 
-/// Largest UDP payload.
-const MAX_DATAGRAM: usize = 65_507;
 /// How long a payload handed to the codec may take to come back decoded (with its marker)
 /// before it is given up. Over loopback it takes microseconds.
 pub(crate) const CODEC_TIMEOUT: Duration = Duration::from_secs(1);
@@ -169,6 +170,10 @@ struct GossipSocket {
     buf: Vec<u8>,
     sealed: Vec<u8>,
     state: RecvState,
+    /// Pieces of datagrams too large to seal whole, until each is complete.
+    reassembly: Reassembly,
+    /// The id of the next datagram sent in pieces.
+    next_piece_id: u32,
 }
 
 fn is_bad_cluster(envelope: &ChitchatEnvelope) -> bool {
@@ -227,6 +232,8 @@ impl GossipSocket {
             buf: vec![0u8; MAX_DATAGRAM],
             sealed: Vec::with_capacity(MAX_DATAGRAM),
             state: RecvState::Idle,
+            reassembly: Reassembly::default(),
+            next_piece_id: 0,
             codec: {
                 let marker = ChitchatEnvelope {
                     version: ProtocolVersion::V0,
@@ -253,6 +260,44 @@ impl GossipSocket {
             Some(envelope) if is_bad_cluster(&envelope) => Ok(socket),
             _ => anyhow::bail!("the gossip codec did not decode its own marker"),
         }
+    }
+
+    /// Sends the `len` bytes in `buf`, too large to seal whole, as sealed pieces (see
+    /// `fragment.rs`). Loss applies to each piece, as on a real network.
+    async fn send_in_pieces(&mut self, len: usize, to: SocketAddr) -> anyhow::Result<SendOutcome> {
+        let id = self.next_piece_id;
+        self.next_piece_id = self.next_piece_id.wrapping_add(1);
+        let Some(pieces) = fragment::pieces(&self.buf[..len], id) else {
+            anyhow::bail!("gossip datagram of {len} bytes is too large even in pieces");
+        };
+        let mut num_bytes_sent = 0;
+        for piece in pieces {
+            let Some(sealer) = self.sealer.as_mut() else {
+                anyhow::bail!("pieces are only sent sealed");
+            };
+            sealer.seal_flagged(
+                &piece,
+                self.public.now_ms(),
+                FLAG_FRAGMENT,
+                &mut self.sealed,
+            );
+            if self.sealed.is_empty() {
+                anyhow::bail!("gossip datagram could not be sealed");
+            }
+            num_bytes_sent += self.sealed.len();
+            if self.loss.as_mut().is_some_and(|l| l.drop_next()) {
+                continue;
+            }
+            self.public
+                .send_to(&self.sealed, to)
+                .await
+                .context("failed to send a gossip datagram piece")?;
+            self.counters.sent.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .bytes_sent
+                .fetch_add(self.sealed.len() as u64, Ordering::Relaxed);
+        }
+        Ok(SendOutcome { num_bytes_sent })
     }
 
     /// Reads the next datagram the codec sent to the tap into `buf` (the tap is connected to
@@ -325,7 +370,28 @@ impl GossipSocket {
                 return Ok(None);
             }
         };
-        let plaintext = &self.buf[plaintext_range];
+        // A piece of a datagram sealed in pieces: kept until the datagram is whole.
+        let whole = if self.opener.is_some() && self.buf[3] & FLAG_FRAGMENT != 0 {
+            let session = u64::from_be_bytes(self.buf[8..16].try_into().expect("8 bytes"));
+            let now = self.public.now_ms();
+            match self
+                .reassembly
+                .push(session, &self.buf[plaintext_range.clone()], now)
+            {
+                Ok(Some(whole)) => Some(whole),
+                Ok(None) => return Ok(None),
+                Err(bad) => {
+                    debug!(from = %from, reason = ?bad, "dropped a gossip datagram piece");
+                    return Ok(None);
+                }
+            }
+        } else {
+            None
+        };
+        let plaintext = match &whole {
+            Some(w) => &w[..],
+            None => &self.buf[plaintext_range],
+        };
         if let Some(envelope) = self.as_bad_cluster(plaintext) {
             self.counters.accepted.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(RecvOutcome {
@@ -403,6 +469,9 @@ impl Socket for GossipSocket {
             let tap_addr = self.tap_addr;
             self.codec.send(tap_addr, envelope).await?;
             let len = self.read_tap().await?;
+            if self.sealer.is_some() && fragment::needs_pieces(&self.buf[..len]) {
+                return self.send_in_pieces(len, to).await;
+            }
             let datagram = match self.sealer.as_mut() {
                 Some(sealer) => {
                     sealer.seal(&self.buf[..len], self.public.now_ms(), &mut self.sealed);

@@ -2,8 +2,9 @@
 //!
 //! - `cargo xtask run [-- ARGS]`: install the build packages, build the agent in release and run
 //!   it with the embedded default configuration.
-//! - `cargo xtask test [-- ARGS]`: install the build and test packages, build everything, run the
-//!   unit tests, then the privileged integration tests one at a time.
+//! - `cargo xtask test [-- ARGS]`: install the build and test packages, check the alerting rules
+//!   with promtool, build everything, run the unit tests, then the privileged integration tests
+//!   one at a time.
 //! - `cargo xtask lint`: rustfmt, clippy with warnings denied, and `systemd-analyze verify` of the
 //!   unit file.
 //! - `cargo xtask bench probe`: measure the probe overhead of an eBPF agent and a procfs agent side
@@ -225,20 +226,36 @@ fn test(args: &[OsString]) -> Result<()> {
     let skip_privileged = env::var(SKIP_PRIVILEGED_ENV).as_deref() == Ok("1");
     if !is_root() && !skip_privileged {
         eprintln!(
-            "warning: not root: step 4 (privileged integration tests) will fail; \
+            "warning: not root: step 5 (privileged integration tests) will fail; \
              {SKIP_PRIVILEGED_ENV}=1 skips it"
         );
     }
-    step("[1/4] system packages needed to build and test");
+    step("[1/5] system packages needed to build and test");
     packages::ensure(packages::TEST)?;
 
-    step("[2/4] cargo build --workspace --all-targets");
+    // The metric names these files use are checked against a real agent in step 5
+    // (tests/monitoring.rs), with the dashboard.
+    step("[2/5] alerting rules: promtool check rules, promtool test rules (packaging/prometheus)");
+    let rules = repo_root().join("packaging/prometheus");
+    for (what, file) in [
+        ("check", "godwit-alerts.yml"),
+        ("test", "godwit-alerts.test.yml"),
+    ] {
+        run_checked(
+            Command::new("promtool")
+                .current_dir(&rules)
+                .args([what, "rules", file]),
+            &format!("promtool {what} rules {file}"),
+        )?;
+    }
+
+    step("[3/5] cargo build --workspace --all-targets");
     run_checked(
         cargo().args(["build", "--workspace", "--all-targets"]),
         "build",
     )?;
 
-    step("[3/4] unit tests: cargo test --workspace --lib --bins; the example service on loopback");
+    step("[4/5] unit tests: cargo test --workspace --lib --bins; the example service on loopback");
     run_checked(
         cargo()
             .args(["test", "--workspace", "--lib", "--bins", "--"])
@@ -252,7 +269,7 @@ fn test(args: &[OsString]) -> Result<()> {
         "example service tests",
     )?;
 
-    step("[4/4] privileged integration tests: cargo test -p godwit-tests --tests -- --test-threads=1");
+    step("[5/5] privileged integration tests: cargo test -p godwit-tests --tests -- --test-threads=1");
     if !is_root() {
         if skip_privileged {
             println!("skipped: not root and {SKIP_PRIVILEGED_ENV}=1");

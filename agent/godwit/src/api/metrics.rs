@@ -219,43 +219,46 @@ impl Collector for MigrationCollector {
             ]
             .map(|(r, v)| (vec![("result", r.to_string())], v as f64)),
         )?;
-        if let Some(last) = &st.last {
-            let labels = || vec![("service", last.service.clone())];
-            family(
-                &mut enc,
-                "godwit_migration_last_downtime_seconds",
-                "The last migration: from the freeze to the service healthy on the target",
-                Gauge,
-                last.downtime_seconds.map(|d| (labels(), d)),
-            )?;
-            let bytes = last.transfer.as_ref().map(|t| t.bytes).unwrap_or(0);
-            family(
-                &mut enc,
-                "godwit_migration_last_state_bytes",
-                "The last migration: bytes of state sent over all rounds",
-                Gauge,
-                [(labels(), bytes as f64)],
-            )?;
-            family(
-                &mut enc,
-                "godwit_migration_last_rounds",
-                "The last migration: rounds run, and rounds the pre-copy model predicted",
-                Gauge,
+        // The last move's families are declared before any move too (with no series), so a
+        // scrape lists every family the agent can export.
+        let last = st.last.as_ref();
+        let labels =
+            |l: &crate::migrate::agent::MigrationReport| vec![("service", l.service.clone())];
+        family(
+            &mut enc,
+            "godwit_migration_last_downtime_seconds",
+            "The last migration: from the freeze to the service healthy on the target",
+            Gauge,
+            last.and_then(|l| l.downtime_seconds.map(|d| (labels(l), d))),
+        )?;
+        family(
+            &mut enc,
+            "godwit_migration_last_state_bytes",
+            "The last migration: bytes of state sent over all rounds",
+            Gauge,
+            last.map(|l| {
+                let bytes = l.transfer.as_ref().map(|t| t.bytes).unwrap_or(0);
+                (labels(l), bytes as f64)
+            }),
+        )?;
+        family(
+            &mut enc,
+            "godwit_migration_last_rounds",
+            "The last migration: rounds run, and rounds the pre-copy model predicted",
+            Gauge,
+            last.into_iter().flat_map(|l| {
                 [
                     (
-                        vec![("service", last.service.clone()), ("kind", "actual".into())],
-                        last.actual_rounds as f64,
+                        vec![("service", l.service.clone()), ("kind", "actual".into())],
+                        l.actual_rounds as f64,
                     ),
                     (
-                        vec![
-                            ("service", last.service.clone()),
-                            ("kind", "predicted".into()),
-                        ],
-                        last.predicted_rounds.map(f64::from).unwrap_or(f64::NAN),
+                        vec![("service", l.service.clone()), ("kind", "predicted".into())],
+                        l.predicted_rounds.map(f64::from).unwrap_or(f64::NAN),
                     ),
-                ],
-            )?;
-        }
+                ]
+            }),
+        )?;
         Ok(())
     }
 }

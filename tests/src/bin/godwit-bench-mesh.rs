@@ -12,7 +12,7 @@
 //! seeds.
 //!
 //! For each size and loss rate, after the cluster converged (every node sees every other
-//! alive, with its summary), it measures:
+//! live, alive or suspect, with its summary), it measures:
 //!
 //! - bytes per second per node, sent on the wire (sealed), over a 2 s steady window;
 //! - the time for a changed summary to reach 99% and 100% of the other nodes;
@@ -150,6 +150,40 @@ async fn spread(
     deadline: Duration,
     cond: impl Fn(&Cluster) -> bool,
 ) -> (Option<f64>, Option<f64>) {
+    spread_with(nodes, skip, deadline, cond, |_| String::new()).await
+}
+
+/// What keeps the nodes from converging: over all (observer, member) pairs, members absent
+/// from the observer's view, and present ones by liveness and summary.
+fn missing(nodes: &[Option<Cluster>]) -> String {
+    let n = nodes.iter().flatten().count();
+    let (mut absent, mut suspect, mut dead, mut other, mut no_summary) = (0, 0, 0, 0, 0);
+    for c in nodes.iter().flatten() {
+        let v = c.view();
+        absent += n.saturating_sub(v.members.len());
+        for m in &v.members {
+            match m.liveness {
+                Liveness::Alive => {}
+                Liveness::Suspect => suspect += 1,
+                Liveness::Dead => dead += 1,
+                _ => other += 1,
+            }
+            no_summary += usize::from(m.summary.is_none());
+        }
+    }
+    format!(
+        "pairs: {absent} absent, {suspect} suspect, {dead} dead, {other} other, {no_summary} without a summary"
+    )
+}
+
+/// As [`spread`], printing `diag` with each progress line.
+async fn spread_with(
+    nodes: &[Option<Cluster>],
+    skip: usize,
+    deadline: Duration,
+    cond: impl Fn(&Cluster) -> bool,
+    diag: impl Fn(&[Option<Cluster>]) -> String,
+) -> (Option<f64>, Option<f64>) {
     let start = Instant::now();
     let wall = std::time::Instant::now();
     let mut p99 = None;
@@ -158,10 +192,11 @@ async fn spread(
         let f = fraction(nodes, skip, &cond);
         if start.elapsed() >= report {
             eprintln!(
-                "    {:.0}% after {:.1} s virtual ({:.0} s wall)",
+                "    {:.0}% after {:.1} s virtual ({:.0} s wall) {}",
                 f * 100.0,
                 start.elapsed().as_secs_f64(),
-                wall.elapsed().as_secs_f64()
+                wall.elapsed().as_secs_f64(),
+                diag(nodes)
             );
             report += Duration::from_secs(1);
         }
@@ -231,14 +266,22 @@ async fn run(s: Scenario, link: Link) -> Outcome {
         r
     };
 
-    // Converged: every node sees every other alive, with its summary.
-    let (_, converged) = spread(&nodes, usize::MAX, Duration::from_secs(120), |c| {
-        let v = c.view();
-        v.members.len() == n
-            && v.members
-                .iter()
-                .all(|m| m.liveness == Liveness::Alive && m.summary.is_some())
-    })
+    // Converged: every node sees every other live (alive or suspect, as the agent's own member
+    // count has it: suspect is an early warning at half the detection timeout, which flickers
+    // at a thousand members as heartbeats take longer and less even paths), with its summary.
+    let (_, converged) = spread_with(
+        &nodes,
+        usize::MAX,
+        Duration::from_secs(120),
+        |c| {
+            let v = c.view();
+            v.members.len() == n
+                && v.members.iter().all(|m| {
+                    matches!(m.liveness, Liveness::Alive | Liveness::Suspect) && m.summary.is_some()
+                })
+        },
+        missing,
+    )
     .await;
     r.converged_s = converged.map(|_| t0.elapsed().as_secs_f64());
     eprintln!(

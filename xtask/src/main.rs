@@ -196,15 +196,7 @@ fn main() -> ExitCode {
 
 /// `cargo xtask run`: build the agent in release and replace this process with it.
 fn run(args: &[OsString]) -> Result<()> {
-    step("system packages needed to build");
-    packages::ensure(packages::BUILD)?;
-    step("cargo build --release -p godwit");
-    run_checked(
-        cargo().args(["build", "--release", "-p", "godwit"]),
-        "release build",
-    )?;
-
-    let bin = target_dir().join("release").join("godwit");
+    let bin = build_release_agent()?;
     if !is_root() {
         eprintln!(
             "warning: not running as root: the agent cannot load BPF programs and falls back to \
@@ -219,6 +211,18 @@ fn run(args: &[OsString]) -> Result<()> {
     println!("  (a --config FILE with another [api] listen or socket moves these)");
     let err = Command::new(&bin).arg("agent").args(args).exec();
     Err(err).with_context(|| format!("exec {}", bin.display()))
+}
+
+/// Installs the packages the build needs and builds the agent in release; returns its path.
+fn build_release_agent() -> Result<PathBuf> {
+    step("system packages needed to build");
+    packages::ensure(packages::BUILD)?;
+    step("cargo build --release -p godwit");
+    run_checked(
+        cargo().args(["build", "--release", "-p", "godwit"]),
+        "release build",
+    )?;
+    Ok(target_dir().join("release").join("godwit"))
 }
 
 /// `cargo xtask test`: the whole check CI runs, from packages to privileged tests.

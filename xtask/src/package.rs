@@ -8,20 +8,13 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cargo, packages, repo_root, run_checked, step, target_dir};
+use crate::{cargo, repo_root, run_checked, step, target_dir};
 
 /// The cargo-deb release that builds the package (installed with `cargo install` when missing).
 const CARGO_DEB: &str = "3.8.0";
 
 pub(crate) fn package() -> Result<()> {
-    step("system packages needed to build");
-    packages::ensure(packages::BUILD)?;
-    step("cargo build --release -p godwit");
-    run_checked(
-        cargo().args(["build", "--release", "-p", "godwit"]),
-        "release build",
-    )?;
-    let bin = target_dir().join("release").join("godwit");
+    let bin = crate::build_release_agent()?;
     let out = target_dir().join("package");
     let _ = std::fs::remove_dir_all(&out);
     step("godwit generate-docs: man pages and shell completions");

@@ -11,7 +11,7 @@
 //! stops a paused process. That is what the epoch is for: a resource that checks the token
 //! rejects such a write. The checker counts those apart (`stale_resumptions`): the older
 //! instance's lines inside the newer one's interval must all come after a silence of at
-//! least [`PAUSE`], carry an older epoch, and end within [`RESUME_BOUND`].
+//! least [`PAUSE_NS`], carry an older epoch, and end within [`RESUME_BOUND_NS`].
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -20,6 +20,7 @@ pub mod cluster;
 mod fuzz_corpus;
 pub mod migrate_rig;
 pub mod sim;
+pub mod views;
 pub mod witness;
 
 pub use godwit;

@@ -23,6 +23,7 @@ use godwit::gossip::{
     Keyring, Liveness, Load, Network, NodeSummary, Security, SCHEMA_VERSION,
 };
 use godwit_tests::bench::{machine, write_section};
+use godwit_tests::views::spread;
 
 #[derive(Debug, Clone, Copy)]
 struct Scenario {
@@ -90,43 +91,6 @@ fn cpu_seconds() -> f64 {
     t(ru.ru_utime) + t(ru.ru_stime)
 }
 
-/// The fraction of `nodes` (other than `skip`) for which `cond` holds.
-fn fraction(nodes: &[Option<Cluster>], skip: usize, cond: impl Fn(&Cluster) -> bool) -> f64 {
-    let (mut yes, mut all) = (0usize, 0usize);
-    for (i, n) in nodes.iter().enumerate() {
-        if i == skip {
-            continue;
-        }
-        if let Some(n) = n {
-            all += 1;
-            yes += usize::from(cond(n));
-        }
-    }
-    yes as f64 / all.max(1) as f64
-}
-
-/// Polls until `cond` reaches 99% and then 100%; returns both times (None past `deadline`).
-async fn spread(
-    nodes: &[Option<Cluster>],
-    skip: usize,
-    deadline: Duration,
-    cond: impl Fn(&Cluster) -> bool,
-) -> (Option<f64>, Option<f64>) {
-    let start = Instant::now();
-    let mut p99 = None;
-    while start.elapsed() < deadline {
-        let f = fraction(nodes, skip, &cond);
-        if f >= 0.99 && p99.is_none() {
-            p99 = Some(start.elapsed().as_secs_f64());
-        }
-        if f >= 1.0 {
-            return (p99, Some(start.elapsed().as_secs_f64()));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    (p99, None)
-}
-
 async fn run(s: Scenario, interval: Duration) -> Outcome {
     let key = ClusterKey::generate();
     let fd = FailureDetection {
@@ -165,13 +129,19 @@ async fn run(s: Scenario, interval: Duration) -> Outcome {
     let n = s.nodes;
     let mut r = Outcome::default();
     // Converged: every node sees every other alive with its summary.
-    let converged = spread(&nodes, usize::MAX, Duration::from_secs(90), |c| {
-        let v = c.view();
-        v.members.len() == n
-            && v.members
-                .iter()
-                .all(|m| m.liveness == Liveness::Alive && m.summary.is_some())
-    })
+    let converged = spread(
+        &nodes,
+        usize::MAX,
+        Duration::from_secs(90),
+        |c| {
+            let v = c.view();
+            v.members.len() == n
+                && v.members
+                    .iter()
+                    .all(|m| m.liveness == Liveness::Alive && m.summary.is_some())
+        },
+        |_, _| {},
+    )
     .await;
     r.converged_s = converged.1.map(|_| started.elapsed().as_secs_f64());
     if converged.1.is_none() {
@@ -193,12 +163,18 @@ async fn run(s: Scenario, interval: Duration) -> Outcome {
         c.publish(&summary(changer, 0.777)).await.expect("publish");
     }
     let name = format!("node-{changer:03}");
-    let (p99, p100) = spread(&nodes, changer, Duration::from_secs(30), |c| {
-        c.view()
-            .member(&name)
-            .and_then(|m| m.summary.as_ref())
-            .is_some_and(|s| (s.load.cpu - 0.777).abs() < 1e-9)
-    })
+    let (p99, p100) = spread(
+        &nodes,
+        changer,
+        Duration::from_secs(30),
+        |c| {
+            c.view()
+                .member(&name)
+                .and_then(|m| m.summary.as_ref())
+                .is_some_and(|s| (s.load.cpu - 0.777).abs() < 1e-9)
+        },
+        |_, _| {},
+    )
     .await;
     r.change_p99_s = p99;
     r.change_p100_s = p100;
@@ -208,11 +184,17 @@ async fn run(s: Scenario, interval: Duration) -> Outcome {
     if let Some(c) = nodes[victim].take() {
         let _ = c.shutdown().await;
     }
-    let (p99, p100) = spread(&nodes, victim, Duration::from_secs(30), |c| {
-        c.view()
-            .member(&vname)
-            .is_some_and(|m| m.liveness == Liveness::Dead)
-    })
+    let (p99, p100) = spread(
+        &nodes,
+        victim,
+        Duration::from_secs(30),
+        |c| {
+            c.view()
+                .member(&vname)
+                .is_some_and(|m| m.liveness == Liveness::Dead)
+        },
+        |_, _| {},
+    )
     .await;
     r.detect_p99_s = p99;
     r.detect_p100_s = p100;

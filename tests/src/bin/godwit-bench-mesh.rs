@@ -34,6 +34,7 @@ use godwit::gossip::{
 };
 use godwit_gossip::sim::{self, Link, SimNetwork};
 use godwit_tests::bench::machine;
+use godwit_tests::views;
 use tokio::time::Instant;
 
 /// All nodes start within this time, evenly spaced, so that their gossip rounds are spread
@@ -43,8 +44,6 @@ const START_WINDOW: Duration = Duration::from_secs(1);
 static SERVICES: AtomicUsize = AtomicUsize::new(6);
 /// The steady window bytes on the wire are measured over.
 const STEADY_WINDOW: Duration = Duration::from_secs(2);
-/// How often the bench looks at every node's view (virtual time).
-const POLL: Duration = Duration::from_millis(10);
 /// Serf's convergence simulator with its defaults (gossip interval 200 ms, fanout 3, no loss,
 /// no failures): a message reaches all of 1,000 nodes in about 2.2 s.
 const SERF_1000_S: f64 = 2.2;
@@ -128,31 +127,6 @@ fn member<'a>(view: &'a ClusterView, node_id: &str) -> Option<&'a Member> {
         .map(|i| &view.members[i])
 }
 
-/// The fraction of the running nodes, other than `skip`, for which `cond` holds.
-fn fraction(nodes: &[Option<Cluster>], skip: usize, cond: &impl Fn(&Cluster) -> bool) -> f64 {
-    let (mut yes, mut all) = (0usize, 0usize);
-    for (i, n) in nodes.iter().enumerate() {
-        if i == skip {
-            continue;
-        }
-        if let Some(n) = n {
-            all += 1;
-            yes += usize::from(cond(n));
-        }
-    }
-    yes as f64 / all.max(1) as f64
-}
-
-/// Virtual seconds until `cond` holds on 99% and on 100% of the nodes (`None` past `deadline`).
-async fn spread(
-    nodes: &[Option<Cluster>],
-    skip: usize,
-    deadline: Duration,
-    cond: impl Fn(&Cluster) -> bool,
-) -> (Option<f64>, Option<f64>) {
-    spread_with(nodes, skip, deadline, cond, |_| String::new()).await
-}
-
 /// What keeps the nodes from converging: over all (observer, member) pairs, members absent
 /// from the observer's view, and present ones by liveness and summary.
 fn missing(nodes: &[Option<Cluster>]) -> String {
@@ -176,7 +150,8 @@ fn missing(nodes: &[Option<Cluster>]) -> String {
     )
 }
 
-/// As [`spread`], printing `diag` with each progress line.
+/// Virtual seconds until `cond` holds on 99% and on 100% of the nodes other than `skip`
+/// (`None` past `deadline`), printing a progress line every virtual second with `diag`.
 async fn spread_with(
     nodes: &[Option<Cluster>],
     skip: usize,
@@ -184,31 +159,31 @@ async fn spread_with(
     cond: impl Fn(&Cluster) -> bool,
     diag: impl Fn(&[Option<Cluster>]) -> String,
 ) -> (Option<f64>, Option<f64>) {
-    let start = Instant::now();
     let wall = std::time::Instant::now();
-    let mut p99 = None;
     let mut report = Duration::from_secs(1);
-    while start.elapsed() <= deadline {
-        let f = fraction(nodes, skip, &cond);
-        if start.elapsed() >= report {
+    views::spread(nodes, skip, deadline, cond, |f, elapsed| {
+        if elapsed >= report {
             eprintln!(
                 "    {:.0}% after {:.1} s virtual ({:.0} s wall) {}",
                 f * 100.0,
-                start.elapsed().as_secs_f64(),
+                elapsed.as_secs_f64(),
                 wall.elapsed().as_secs_f64(),
                 diag(nodes)
             );
             report += Duration::from_secs(1);
         }
-        if f >= 0.99 && p99.is_none() {
-            p99 = Some(start.elapsed().as_secs_f64());
-        }
-        if f >= 1.0 {
-            return (p99, Some(start.elapsed().as_secs_f64()));
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    (p99, None)
+    })
+    .await
+}
+
+/// As [`spread_with`], with nothing said of what is missing.
+async fn spread(
+    nodes: &[Option<Cluster>],
+    skip: usize,
+    deadline: Duration,
+    cond: impl Fn(&Cluster) -> bool,
+) -> (Option<f64>, Option<f64>) {
+    spread_with(nodes, skip, deadline, cond, |_| String::new()).await
 }
 
 async fn run(s: Scenario, link: Link) -> Outcome {

@@ -49,7 +49,7 @@ mod status;
 mod supervisor;
 pub mod vip;
 
-pub use cgroup::ServiceCgroup;
+pub use cgroup::{limit_parent_cpu, ServiceCgroup};
 pub use error::ServiceError;
 pub use health::{check, Health, HealthTracker};
 pub use identity::{capability, chown_tree, mask_mode, Identity, Limits};

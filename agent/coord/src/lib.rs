@@ -36,7 +36,7 @@ pub mod store;
 pub use clock::{BootTime, Clock};
 pub use config::{Bootstrap, CoordinatorSection};
 pub use guard::{GuardHandle, GuardOptions};
-pub use placement::{Cmd, Ha, Outcome, Placement, Reason, ServiceEntry};
+pub use placement::{Cmd, Ha, Outcome, PauseRecord, Placement, Reason, ServiceEntry};
 pub use rpc::{Member, RaftReply, RaftRpc, Wire};
 pub use store::{LogStore, StateMachine, StoreError};
 

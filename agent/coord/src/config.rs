@@ -19,6 +19,17 @@ pub enum Bootstrap {
     No,
 }
 
+/// Which rule the leader's moves follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyMode {
+    /// The placement policy (`[policy]`): forecasts, site energy and risk, correlation.
+    Godwit,
+    /// The classic static threshold (`[policy] threshold_base` on the current load, largest
+    /// service to the least-loaded node that fits): a baseline to compare with.
+    Reactive,
+}
+
 /// `[coordinator]`: the Raft group that places services, and the leases that fence nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -45,6 +56,8 @@ pub struct CoordinatorSection {
     pub watchdog: Option<PathBuf>,
     /// The leader carries out the policy's moves. Off: it plans and logs what it would do.
     pub act: bool,
+    /// `godwit` or `reactive` (see [`PolicyMode`]).
+    pub policy: PolicyMode,
     /// Moves the leader runs at once, cluster-wide.
     pub max_moves: u32,
     /// Moves the leader runs at once from or to one node.
@@ -69,6 +82,7 @@ impl Default for CoordinatorSection {
             guard: true,
             watchdog: None,
             act: true,
+            policy: PolicyMode::Godwit,
             max_moves: 2,
             max_moves_per_node: 1,
             cooldown_ms: 300_000,

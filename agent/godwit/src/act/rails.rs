@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::policy::Migration;
-
 /// What happened to a planned decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -94,7 +92,7 @@ impl Rails {
     /// running until [`Rails::finished`].
     pub fn admit(
         &mut self,
-        m: &Migration,
+        m: &Move,
         paused: bool,
         log_moves: &[Move],
         now_ms: u64,
@@ -155,14 +153,7 @@ impl Rails {
                 );
             }
         }
-        self.running.insert(
-            m.service.clone(),
-            Move {
-                service: m.service.clone(),
-                from: m.from.clone(),
-                to: m.to.clone(),
-            },
-        );
+        self.running.insert(m.service.clone(), m.clone());
         self.moved_at_ms.insert(m.service.clone(), now_ms);
         (Outcome::Started, format!("{} -> {}", m.from, m.to))
     }
@@ -178,56 +169,12 @@ impl Rails {
 mod tests {
     use super::*;
 
-    /// A real plan's migration, with the fields the rails read changed.
-    fn migration(service: &str, from: &str, to: &str) -> Migration {
-        let mut m = sample_migration();
-        m.service = service.into();
-        m.from = from.into();
-        m.to = to.into();
-        m
-    }
-
-    fn sample_migration() -> Migration {
-        use crate::policy::*;
-        let view = ClusterView {
-            resources: vec!["cpu".into()],
-            sites: vec![SiteView {
-                id: "s".into(),
-                power_budget_w: 100.0,
-                ..SiteView::default()
-            }],
-            nodes: ["a", "b"]
-                .iter()
-                .map(|n| NodeView {
-                    id: n.to_string(),
-                    site: "s".into(),
-                    alive: true,
-                    capacity: vec![1.0],
-                    util_now: vec![if *n == "a" { 0.99 } else { 0.1 }],
-                    util_forecast: vec![if *n == "a" { 0.99 } else { 0.1 }],
-                    ..NodeView::default()
-                })
-                .collect(),
-            services: (0..3)
-                .map(|i| ServiceView {
-                    id: format!("s{i}"),
-                    node: "a".into(),
-                    demand: vec![0.3],
-                    ..ServiceView::default()
-                })
-                .collect(),
-            triggers: Default::default(),
-        };
-        let cfg = PolicyConfig {
-            confirm_k: 1,
-            confirm_n: 1,
-            ..PolicyConfig::default()
-        };
-        let plan = plan(&view, &cfg, 1);
-        plan.migrations
-            .first()
-            .unwrap_or_else(|| panic!("no migration planned: {:?}", plan.nodes))
-            .clone()
+    fn migration(service: &str, from: &str, to: &str) -> Move {
+        Move {
+            service: service.into(),
+            from: from.into(),
+            to: to.into(),
+        }
     }
 
     fn rails(act: bool) -> Rails {

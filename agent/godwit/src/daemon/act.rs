@@ -22,7 +22,6 @@ use crate::coord::node::Coordinator;
 use crate::coord::quic::AgentWire;
 use crate::gossip::Liveness;
 use crate::migrate::control::{self, Answer, MigrateCall};
-use crate::policy::Migration;
 
 /// The acting component; idle without a coordinator, gossip or a transport.
 pub(super) struct Act {
@@ -40,6 +39,9 @@ struct Ticker {
     planner: ClusterPlanner,
     rails: Arc<Mutex<Rails>>,
     shared: SharedActing,
+    mode: crate::coord::PolicyMode,
+    /// The static rule's threshold (`[policy] threshold_base`).
+    reactive_threshold: f64,
     downtime_ms: u64,
     tasks: TaskTracker,
     cancel: CancellationToken,
@@ -86,6 +88,8 @@ impl Act {
                 cooldown_ms: cfg.cooldown_ms,
             }))),
             shared: shared.clone(),
+            mode: cfg.policy,
+            reactive_threshold: ctx.cfg.policy.threshold_base,
             downtime_ms: (ctx.cfg.policy.downtime_target_s * 1e3).round() as u64,
             tasks: tasks.clone(),
             cancel: cancel.clone(),
@@ -180,9 +184,9 @@ impl Ticker {
                     })
                 })
                 .collect();
-            for m in &plan.migrations {
+            for (m, mode, why) in self.candidates(&cv, &plan) {
                 let (outcome, reason) = self.rails.lock().unwrap_or_else(|e| e.into_inner()).admit(
-                    m,
+                    &m,
                     placement.paused.is_some(),
                     &log_moves,
                     mono_ms(),
@@ -192,10 +196,21 @@ impl Ticker {
                     .iter()
                     .find(|n| n.name == m.from)
                     .and_then(|n| n.addr.parse::<SocketAddr>().ok());
-                let d = decision(&plan, m, sample, taken, outcome, reason);
+                let d = Decision {
+                    at_unix_ms: taken,
+                    sample,
+                    kind: "migrate",
+                    service: m.service.clone(),
+                    from: m.from.clone(),
+                    to: m.to.clone(),
+                    mode,
+                    outcome,
+                    reason,
+                    why,
+                };
                 self.shared.record(d.clone());
                 if outcome == Outcome::Started {
-                    self.carry_out(m.clone(), d, addr, status.term);
+                    self.carry_out(m, mode, d, addr, status.term);
                 }
             }
         }
@@ -227,9 +242,68 @@ impl Ticker {
         });
     }
 
+    /// The moves the configured rule asks for now, each with its switch mode (`None`: as the
+    /// source's model says) and why.
+    fn candidates(
+        &self,
+        view: &crate::policy::ClusterView,
+        plan: &crate::policy::Plan,
+    ) -> Vec<(Move, Option<crate::policy::SwitchMode>, String)> {
+        match self.mode {
+            crate::coord::PolicyMode::Godwit => plan
+                .migrations
+                .iter()
+                .map(|m| {
+                    (
+                        Move {
+                            service: m.service.clone(),
+                            from: m.from.clone(),
+                            to: m.to.clone(),
+                        },
+                        Some(m.mode),
+                        crate::act::why(plan, m),
+                    )
+                })
+                .collect(),
+            crate::coord::PolicyMode::Reactive => {
+                crate::policy::reactive_plan(view, self.reactive_threshold)
+                    .into_iter()
+                    .map(|r| {
+                        let why = format!(
+                            "{} over the static threshold: load {:.0}% > {:.0}%; its largest \
+                             service {} to {} ({:.0}% after)",
+                            r.from,
+                            r.u_max * 100.0,
+                            self.reactive_threshold * 100.0,
+                            r.service,
+                            r.to,
+                            r.target_u_max * 100.0
+                        );
+                        (
+                            Move {
+                                service: r.service,
+                                from: r.from,
+                                to: r.to,
+                            },
+                            None,
+                            why,
+                        )
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// Asks the source to move `m`'s service, under this leader's `term`, and records how it
     /// ended.
-    fn carry_out(&self, m: Migration, started: Decision, addr: Option<SocketAddr>, term: u64) {
+    fn carry_out(
+        &self,
+        m: Move,
+        mode: Option<crate::policy::SwitchMode>,
+        started: Decision,
+        addr: Option<SocketAddr>,
+        term: u64,
+    ) {
         let (rails, shared, endpoint) = (
             self.rails.clone(),
             self.shared.clone(),
@@ -238,7 +312,7 @@ impl Ticker {
         let call = MigrateCall {
             service: m.service.clone(),
             to: m.to.clone(),
-            mode: Some(m.mode),
+            mode,
             downtime_ms: self.downtime_ms,
             full_verify: false,
             fencing_token: Some(term),
@@ -283,27 +357,5 @@ impl Ticker {
                 ..started
             });
         });
-    }
-}
-
-fn decision(
-    plan: &crate::policy::Plan,
-    m: &Migration,
-    sample: u64,
-    at_unix_ms: u64,
-    outcome: Outcome,
-    reason: String,
-) -> Decision {
-    Decision {
-        at_unix_ms,
-        sample,
-        kind: "migrate",
-        service: m.service.clone(),
-        from: m.from.clone(),
-        to: m.to.clone(),
-        mode: Some(m.mode),
-        outcome,
-        reason,
-        why: crate::act::why(plan, m),
     }
 }

@@ -217,10 +217,11 @@ fn run_real(a: &Args, sc: &Scenario, policy: &str) -> Real {
         let node = sc.placement[s] + 1;
         write_load(&load_file(&rig, node, s), sc.demand(s, 0).cpu * scale);
         let spec = if s == 0 {
+            // Room for both clients' keys (about 65,000 slots).
             let mut kv = rig.kv_spec(
                 "kv",
                 &KvOptions {
-                    size: 4 << 20,
+                    size: 32 << 20,
                     ..KvOptions::default()
                 },
             );

@@ -12,6 +12,7 @@
 //! | `status.rs` | [`Runtime`] (where services run), [`RunState`] and [`ServiceStatus`] |
 //! | `launch.rs` | a service's image made ready (directory, tarball, store) and its command |
 //! | `supervisor.rs` | [`Manager`] and the per-service supervisor task |
+//! | `timings.rs` | [`ServiceTimings`]: each service's last stops and starts here, kept on disk |
 //! | `vip.rs` | add/remove the VIP, gratuitous ARP (IPv4), unsolicited neighbour advertisement (IPv6) |
 //! | `netlink.rs` | rtnetlink requests: add, delete and list an interface's addresses (no `ip` process) |
 //!
@@ -47,6 +48,7 @@ mod park;
 mod spec;
 mod status;
 mod supervisor;
+mod timings;
 pub mod vip;
 
 pub use cgroup::ServiceCgroup;
@@ -58,3 +60,4 @@ pub use spec::{
     ServicesSection, DEFAULT_MAX_STATE_BYTES, DEFAULT_UMASK,
 };
 pub use supervisor::{Manager, RunState, Runtime, ServiceStatus};
+pub use timings::ServiceTimings;

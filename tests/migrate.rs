@@ -339,7 +339,7 @@ fn kvstore_migrates_between_nodes_under_load_and_loses_nothing() {
     let m = run_migrate(cmd, Duration::from_secs(600));
     let report = m.report.clone();
 
-    assert_eq!(m.exit, Some(0), "{}\n{}", m.progress, c.log(1));
+    assert!(m.committed(), "{}\n{}", m.progress, c.log(1));
     // The progress came as it ran, a line per update with the round, before the report.
     eprintln!("progress:\n{}", m.progress);
     let round_lines: Vec<&str> = m

@@ -21,6 +21,8 @@ pub(super) struct Started {
     pub(super) spawn_s: f64,
     pub(super) healthy_s: f64,
     pub(super) vip_s: Option<f64>,
+    /// The service's own start: its exec until its first passing check.
+    pub(super) start_s: Option<f64>,
 }
 
 impl Started {
@@ -30,6 +32,7 @@ impl Started {
             spawn_s: self.spawn_s,
             healthy_s: self.healthy_s,
             vip_s: self.vip_s,
+            start_s: self.start_s,
         }
     }
 }
@@ -85,12 +88,14 @@ pub(super) async fn hand_off(peer: &Peer, migration: &str, spec: &ServiceSpec) -
             spawn_s,
             healthy_s,
             vip_s,
+            start_s,
         }) => {
             return HandoffOutcome::Started(Started {
                 pid,
                 spawn_s,
                 healthy_s,
                 vip_s,
+                start_s,
             })
         }
         Ok(Handoff::Failed { reason }) => return HandoffOutcome::GivenBack(reason),
@@ -121,11 +126,13 @@ pub(super) async fn abandon(peer: &Peer, migration: &str, why: String) -> Handof
             spawn_s,
             healthy_s,
             vip_s,
+            start_s,
         }) => HandoffOutcome::Started(Started {
             pid,
             spawn_s,
             healthy_s,
             vip_s,
+            start_s,
         }),
         Ok(Handoff::NotHeld { reason }) => {
             HandoffOutcome::Unknown(format!("{why}; the target: {reason}"))

@@ -101,6 +101,8 @@ pub(super) enum Handoff {
         spawn_s: f64,
         healthy_s: f64,
         vip_s: Option<f64>,
+        /// The service's own start: from its exec to its first passing check (seconds).
+        start_s: Option<f64>,
     },
     /// The target does not run the service and never will for this migration.
     Failed {
@@ -196,6 +198,7 @@ mod tests {
             live_overhead_s: 0.0,
             later_dirty_bytes_per_s: 0.0,
             frozen_bandwidth_bytes_per_s: 0.0,
+            stop_s: 0.0,
         });
         let mut transfer =
             super::super::DriveReport::new(estimate, godwit_core::policy::SwitchMode::Transitional);

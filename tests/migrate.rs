@@ -1129,3 +1129,100 @@ fn two_concurrent_migrations_of_one_service_move_it_once() {
     assert_eq!(rig.service(2, "kv")["health"], "healthy");
     assert_eq!(rig.service(1, "kv")["health"], "healthy");
 }
+
+/// A service slow to stop (its SIGTERM handler takes half a second, as a redis writing its
+/// dump does): once the runtime has measured its stops and starts, a move's prediction counts
+/// them. A forced stop-and-copy predicts the stop, close to the downtime it then measures,
+/// and says plainly (report, exit status 3, audit line) that it missed its target; `auto`
+/// freezes such a service rather than stopping it.
+#[test]
+fn a_service_slow_to_stop_has_its_stop_in_the_prediction() {
+    require_root();
+    const SCRIPT: &str = "trap 'sleep 0.5; exit 0' TERM; mkdir -p {state}/data; \
+        [ -f {state}/data/blob ] || head -c 4194304 /dev/urandom > {state}/data/blob; \
+        touch {state}/up; while :; do sleep 0.05; done";
+    let rig = rig_with(|vip| {
+        serde_json::json!({
+            "name": "slow",
+            "command": ["/bin/sh", "-c", SCRIPT],
+            "state": ["data"],
+            "vip": vip.to_string(),
+        })
+    });
+    // One stop and one start here, so the runtime has measured them.
+    // Up once its trap is set (it has no health check: the runtime says healthy at once).
+    let up = |i: usize| {
+        let f = rig.state_dir(i, "slow").join("up");
+        godwit_tests::wait_for(Duration::from_secs(15), || f.exists().then_some(()))
+            .expect("the script is up");
+        let _ = std::fs::remove_file(&f);
+    };
+    let measure = |i: usize| {
+        up(i);
+        for action in ["stop", "start"] {
+            let (code, body) = rig.action(i, "slow", action);
+            assert_eq!(code, 200, "{action}: {body}");
+        }
+        rig.wait_serving(i, "slow", Duration::from_secs(15))
+            .expect("slow serving again");
+        up(i);
+    };
+    measure(1);
+    let timings: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(rig.state_root(1).join("slow.timings.json")).expect("timings kept"),
+    )
+    .unwrap();
+    eprintln!("n1 timings: {timings}");
+    let stopped = timings["stops_s"][0].as_f64().expect("a stop measured");
+    assert!((0.45..3.0).contains(&stopped), "{timings}");
+
+    let m = rig.migrate(
+        "slow",
+        2,
+        &["--mode", "intermittent", "--downtime-target", "200"],
+    );
+    let r = &m.report;
+    eprintln!("report: {r:#}");
+    assert!(m.committed(), "{m:?}");
+    let stop = r["stop_estimate_s"].as_f64().expect("the stop is known");
+    assert!(r["start_estimate_s"].is_number(), "{r}");
+    let predicted = r["predicted_downtime_s"].as_f64().expect("a prediction");
+    let actual = r["downtime_seconds"].as_f64().expect("a downtime");
+    eprintln!("intermittent: stop {stop:.3} s, predicted {predicted:.3} s, measured {actual:.3} s");
+    assert!(predicted >= stop, "the stop is in the prediction: {r}");
+    // A generous band: the point is that half a second of stop is neither missing nor made up.
+    assert!(
+        predicted > actual * 0.5 && predicted < actual * 2.0,
+        "predicted {predicted} s against {actual} s"
+    );
+    // Half a second of stop misses a 200 ms target, and every channel says so.
+    assert_eq!(m.exit, Some(3), "{m:?}");
+    let missed = r["downtime_target_missed"].as_str().unwrap_or_default();
+    assert!(
+        missed.starts_with("missed its downtime target: ") && missed.ends_with(" against 200 ms"),
+        "{r}"
+    );
+    let audit = std::fs::read_to_string(rig.c.node(1).dir.join("data/migrations.log")).unwrap();
+    assert!(audit.contains(missed), "{audit}");
+
+    // Back, with auto: once n2 has measured a stop of its own, the model will not stop it.
+    measure(2);
+    let back = rig.migrate_from(
+        2,
+        "slow",
+        1,
+        &["--downtime-target", "200"],
+        Duration::from_secs(120),
+    );
+    let r = &back.report;
+    eprintln!("back: {r:#}");
+    assert!(back.committed(), "{back:?}");
+    assert!(r["stop_estimate_s"].as_f64() >= Some(0.45), "{r}");
+    assert_eq!(r["transfer"]["mode"], "transitional", "{r}");
+    let actual = r["downtime_seconds"].as_f64().unwrap();
+    eprintln!(
+        "auto: predicted {:?} s, measured {actual:.3} s",
+        r["predicted_downtime_s"]
+    );
+    assert!(actual < stop, "frozen, not stopped: {r}");
+}

@@ -1226,3 +1226,170 @@ fn a_service_slow_to_stop_has_its_stop_in_the_prediction() {
     );
     assert!(actual < stop, "frozen, not stopped: {r}");
 }
+
+/// One attempt of a client that opens a new connection per request.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    /// When it ended.
+    end: std::time::Instant,
+    /// How long it took.
+    took: Duration,
+    /// Answered as expected.
+    ok: bool,
+    /// Refused at once (a TCP reset to the SYN).
+    refused: bool,
+}
+
+/// A client as `redis-cli PING` is: every 10 ms a new connection (3 s to connect), `ping`
+/// sent, one reply read (3 s); until `stop`.
+fn new_connection_prober(
+    addr: SocketAddr,
+    ping: &'static [u8],
+    expect: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Attempt>> {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut attempts = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let began = std::time::Instant::now();
+            let (ok, refused) =
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+                    Ok(mut s) => {
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                        let mut buf = [0u8; 64];
+                        let answered = s.write_all(ping).is_ok()
+                            && s.read(&mut buf)
+                                .is_ok_and(|n| buf[..n].starts_with(expect.as_bytes()));
+                        (answered, false)
+                    }
+                    Err(e) => (false, e.kind() == std::io::ErrorKind::ConnectionRefused),
+                };
+            attempts.push(Attempt {
+                end: std::time::Instant::now(),
+                took: began.elapsed(),
+                ok,
+                refused,
+            });
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        attempts
+    })
+}
+
+/// What a client that opens new connections saw: the longest time between two answered
+/// attempts, the longest attempt (answered or not), and how many were refused or failed
+/// otherwise.
+fn new_connection_gap(attempts: &[Attempt]) -> (Duration, Duration, usize, usize) {
+    let answered: Vec<_> = attempts.iter().filter(|a| a.ok).map(|a| a.end).collect();
+    let gap = answered
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let longest = attempts.iter().map(|a| a.took).max().unwrap_or_default();
+    let failed = attempts.iter().filter(|a| !a.ok);
+    let refused = failed.clone().filter(|a| a.refused).count();
+    (gap, longest, refused, failed.count() - refused)
+}
+
+/// A stop-and-copy of redis while clients open a new connection per request (as
+/// `redis-cli` does): between the stop and the target holding the VIP, a new connection is
+/// refused at once (the source keeps the address with its port closed) rather than lost
+/// (a SYN to an address nobody holds waits for TCP's retry, a second later), so the gap such
+/// a client sees is the move's downtime, not that plus a second. The same with stock
+/// `redis-cli` in a shell loop.
+#[test]
+fn new_connections_during_a_stop_and_copy_are_refused_at_once_not_lost() {
+    use std::process::{Command, Stdio};
+
+    require_root();
+    let rig = rig_with(|vip| {
+        serde_json::json!({
+            "name": "redis",
+            "command": ["/usr/bin/redis-server", "--port", REDIS_PORT.to_string(),
+                        "--bind", "0.0.0.0", "--protected-mode", "no", "--dir", "{state}",
+                        "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            "state": ["appendonlydir"],
+            "health": {"tcp": format!("127.0.0.1:{REDIS_PORT}"), "send": "PING\r\n", "expect": "+PONG", "interval_ms": 100},
+            "vip": vip.to_string(),
+        })
+    });
+    let addr = SocketAddr::from((rig.vip, REDIS_PORT));
+    {
+        let mut conn = RedisConn::connect(addr, Duration::from_secs(5)).unwrap();
+        let filler = vec![b'x'; 1024];
+        for i in 0..20_000u32 {
+            let key = format!("fill:{i}");
+            conn.call(&[b"SET", key.as_bytes(), &filler]).unwrap();
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = new_connection_prober(addr, b"PING\r\n", "+PONG", stop.clone());
+    // Stock redis-cli, a new connection each: "<start> <end> <answer>" per line.
+    let script = format!(
+        "while :; do s=$(date +%s.%N); r=$(timeout 5 redis-cli -h {} -p {REDIS_PORT} PING 2>&1 | tr -d '\\n'); \
+         echo \"$s $(date +%s.%N) $r\"; sleep 0.01; done",
+        rig.vip
+    );
+    let mut cli = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let m = rig.migrate(
+        "redis",
+        2,
+        &["--mode", "intermittent", "--downtime-target", "200"],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let attempts = prober.join().unwrap();
+    // SAFETY: kill(2) on our own unreaped child.
+    unsafe { libc::kill(cli.id() as i32, libc::SIGKILL) };
+    let mut out = String::new();
+    std::io::Read::read_to_string(cli.stdout.as_mut().unwrap(), &mut out).unwrap_or_default();
+    let _ = cli.wait();
+    let downtime = m.report["downtime_seconds"].as_f64().unwrap_or(f64::NAN);
+    let (gap, longest, refused, other) = new_connection_gap(&attempts);
+    // redis-cli's: the longest time between two PONGs, the longest call.
+    let lines: Vec<(f64, f64, bool)> = out
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.splitn(3, ' ');
+            let s = w.next()?.parse().ok()?;
+            let e = w.next()?.parse().ok()?;
+            Some((s, e, w.next() == Some("PONG")))
+        })
+        .collect();
+    let pongs: Vec<f64> = lines.iter().filter(|l| l.2).map(|l| l.1).collect();
+    let cli_gap = pongs.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    let cli_longest = lines.iter().map(|l| l.1 - l.0).fold(0.0, f64::max);
+    let cli_refused = lines.iter().filter(|l| !l.2).count();
+    eprintln!(
+        "new connections: agent downtime {:.0} ms; prober: longest gap {} ms, longest \
+         attempt {} ms, {refused} refused, {other} other failures of {}; redis-cli: longest gap \
+         {:.0} ms, longest call {:.0} ms, {cli_refused} without PONG of {} calls",
+        downtime * 1e3,
+        gap.as_millis(),
+        longest.as_millis(),
+        attempts.len(),
+        cli_gap * 1e3,
+        cli_longest * 1e3,
+        lines.len()
+    );
+    assert!(m.committed(), "{m:?}");
+    assert_eq!(m.report["transfer"]["mode"], "intermittent");
+    // No attempt waited for TCP's one-second SYN retry: a new connection was answered, or
+    // refused at once and tried again.
+    assert!(
+        longest < Duration::from_millis(900) && cli_longest < 0.9,
+        "a SYN was lost, not refused: {longest:?}, redis-cli {cli_longest} s"
+    );
+    assert!(
+        gap.as_secs_f64() < downtime + 0.5 && cli_gap < downtime + 0.5,
+        "gap {gap:?} (redis-cli {cli_gap} s) against a downtime of {downtime} s"
+    );
+}

@@ -307,9 +307,12 @@ impl Source for ManagedSource<'_> {
             .await?;
         Ok(())
     }
+    /// The VIP stays until the kill after the hand-off: with the service's sockets closed, a
+    /// client's new connection is refused at once and retried, not lost to an address nobody
+    /// holds until TCP's retry a second later.
     async fn stop(&mut self) -> Result<(), MigrateError> {
         let t = Instant::now();
-        self.manager.stop(&self.name).await?;
+        self.manager.stop_keeping_vip(&self.name).await?;
         self.stopped_s = Some(t.elapsed().as_secs_f64());
         Ok(())
     }

@@ -33,7 +33,9 @@
 //!   `[services] default_user`; every process of a service (and its health command) has
 //!   `no_new_privs` and only the capabilities its spec lists. No default user, no start.
 //! - **The VIP follows health**: added once the service is healthy (at start when it has no
-//!   check), removed when it stops or crashes.
+//!   check), removed when it stops or crashes; a migration's stop
+//!   ([`Manager::stop_keeping_vip`]) keeps it, with nothing listening, until the kill after
+//!   the hand-off, so new connections are refused at once rather than lost.
 //! - **A fenced node runs nothing**: [`Manager::fence_all`] freezes and kills every service's
 //!   cgroup and withdraws the VIPs without waiting on the supervisors; until
 //!   [`Manager::unfence`], no start or restart happens.

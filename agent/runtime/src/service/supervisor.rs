@@ -47,6 +47,8 @@ const START_PROBE_GROWTH: f64 = 1.1;
 enum Cmd {
     Start(Reply),
     Stop(Reply),
+    /// Stop, keeping the VIP (a migration's stop: see [`Manager::stop_keeping_vip`]).
+    StopKeepingVip(Reply),
     Kill(Reply),
     Freeze(Reply),
     Thaw(Reply),
@@ -437,6 +439,16 @@ impl Manager {
         self.command(name, Cmd::Stop).await
     }
 
+    /// Stops it as [`Manager::stop`] does, but its VIP stays on the interface (`vip_active`
+    /// stays set): a migration's stop, until the target holds the address. With the
+    /// service's sockets closed, a new connection to the VIP is refused at once (a TCP reset)
+    /// rather than lost (a SYN to an address nobody holds waits for TCP's retry, a second
+    /// later). The [`Manager::kill`] after the hand-off, or a stop, withdraws it; a start
+    /// keeps it.
+    pub async fn stop_keeping_vip(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.command(name, Cmd::StopKeepingVip).await
+    }
+
     /// Kills it at once, frozen or not, without thawing it first (the end of a migration
     /// whose state was committed elsewhere: the old instance must not run another instruction).
     pub async fn kill(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
@@ -735,7 +747,7 @@ impl Supervisor {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
                     None => {
-                        self.stop().await;
+                        self.stop(false).await;
                         if let Some(p) = self.parked.take() {
                             p.cancel().await;
                         }
@@ -933,6 +945,8 @@ impl Supervisor {
                     }
                 };
                 if let Err(e) = &r {
+                    // An address a migration's stop kept goes with a start that failed.
+                    self.vip_down();
                     self.set(|s| {
                         s.state = RunState::Failed;
                         s.health = Health::Failed;
@@ -942,7 +956,11 @@ impl Supervisor {
                 let _ = reply.send(r);
             }
             Cmd::Stop(reply) => {
-                self.stop().await;
+                self.stop(false).await;
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::StopKeepingVip(reply) => {
+                self.stop(true).await;
                 let _ = reply.send(Ok(()));
             }
             Cmd::Kill(reply) => {
@@ -1121,13 +1139,16 @@ impl Supervisor {
     }
 
     /// Stops the process: thaw if frozen, SIGTERM to everything in the cgroup, SIGKILL after
-    /// the grace period.
-    async fn stop(&mut self) {
+    /// the grace period. The VIP goes first unless `keep_vip` (a migration's stop: see
+    /// [`Manager::stop_keeping_vip`]).
+    async fn stop(&mut self, keep_vip: bool) {
         self.cancel_check();
         self.backoff_until = None;
         self.starting_since = None;
         self.probe_at = None;
-        self.vip_down();
+        if !keep_vip {
+            self.vip_down();
+        }
         let Some(child) = self.child.take() else {
             if matches!(self.state(), RunState::Backoff | RunState::Failed) {
                 self.set(|s| {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::protocol::{Handoff, HANDOFF, START_TIMEOUT};
 use super::source_machine::Handed;
-use godwit_runtime::service::ServiceSpec;
+use godwit_runtime::service::{ServiceSpec, ServiceTimings};
 use godwit_transport::{open, Peer};
 
 /// How long the source waits for the target to confirm it gave the service back.
@@ -75,12 +75,19 @@ async fn ask(peer: &Peer, request: &Handoff, within: Duration) -> Result<Handoff
     }
 }
 
-/// Asks the target to start the decided service of `migration` as `spec` says; without an
-/// answer, asks it to give the service back.
-pub(super) async fn hand_off(peer: &Peer, migration: &str, spec: &ServiceSpec) -> HandoffOutcome {
+/// Asks the target to start the decided service of `migration` as `spec` says (with the
+/// service's stop and start `timings` here); without an answer, asks it to give the service
+/// back.
+pub(super) async fn hand_off(
+    peer: &Peer,
+    migration: &str,
+    spec: &ServiceSpec,
+    timings: Option<ServiceTimings>,
+) -> HandoffOutcome {
     let start = Handoff::Start {
         migration: migration.to_string(),
         spec: Box::new(spec.clone()),
+        timings,
     };
     let why = match ask(peer, &start, START_TIMEOUT + Duration::from_secs(5)).await {
         Ok(Handoff::Started {

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::scan::{BlockDigest, FileMeta};
-use godwit_runtime::service::ServiceSpec;
+use godwit_runtime::service::{ServiceSpec, ServiceTimings};
 
 /// Name of the state service.
 pub const SERVICE: &str = "state";
@@ -92,6 +92,9 @@ pub(super) enum Handoff {
     Start {
         migration: String,
         spec: Box<ServiceSpec>,
+        /// The service's stops and starts as the source measured them: the target keeps them
+        /// with its own, so its next move of the service knows them.
+        timings: Option<ServiceTimings>,
     },
     /// The service runs on the target (the answer to `Start`, and to an `Abandon` that came
     /// after the service started there: it is never given back then).
@@ -176,6 +179,7 @@ mod tests {
         match round_trip(&Handoff::Start {
             migration: "kv-1".into(),
             spec: Box::new(spec.clone()),
+            timings: None,
         })
         .await
         {

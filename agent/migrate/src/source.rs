@@ -342,6 +342,7 @@ impl Source for ManagedSource<'_> {
             self.peer,
             &self.entry.migration,
             &handed_spec(self.target_spec, &self.entry),
+            self.manager.timings(&self.name),
         )
         .await;
         let handed = outcome.handed();
@@ -902,7 +903,13 @@ impl Migrator {
             {
                 Ok(peer) => match serde_json::from_str::<ServiceSpec>(&entry.target_spec) {
                     Ok(spec) => {
-                        hand_off(&peer, &entry.migration, &handed_spec(&spec, &entry)).await
+                        hand_off(
+                            &peer,
+                            &entry.migration,
+                            &handed_spec(&spec, &entry),
+                            self.manager.timings(&entry.service),
+                        )
+                        .await
                     }
                     // Not ours to start there: the target is asked to give it back.
                     Err(e) => {

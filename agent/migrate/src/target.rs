@@ -696,12 +696,20 @@ async fn handoff(peer: PeerInfo, mut ch: Channel, target: Arc<Target>) {
         return;
     }
     let reply = match request {
-        Handoff::Start { migration, spec } => {
+        Handoff::Start {
+            migration,
+            spec,
+            timings,
+        } => {
             match target
                 .start_owned(&migration, Some(&spec), TargetEvent::HandOff)
                 .await
             {
                 Ok(Some((st, then))) => {
+                    // The figures of the service this migration moved (the journal's name).
+                    if let (Some(t), Some(e)) = (timings, target.journal.target(&migration)) {
+                        target.manager.learn_timings(&e.service, t);
+                    }
                     info!(peer = %peer.node, migration, spawn_s = st.spawn_s, healthy_s = st.healthy_s, vip_s = ?st.vip_s, "migrated service started");
                     after = then;
                     st.reply()

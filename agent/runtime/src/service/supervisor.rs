@@ -379,6 +379,26 @@ impl Manager {
         self.lock().get(name).map(|h| h.spec.clone())
     }
 
+    /// Takes in the figures of service `name` measured on another node (a migration's source,
+    /// see [`ServiceTimings::merge_carried`]) and keeps them.
+    pub fn learn_timings(&self, name: &str, carried: ServiceTimings) {
+        let Some(timings) = self.lock().get(name).map(|h| h.timings.clone()) else {
+            return;
+        };
+        timings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .merge_carried(carried);
+        let path = ServiceTimings::path(&self.rt.section.state_root, name);
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            let t = timings.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = t.store(&path) {
+                warn!(service = %name, file = %path.display(), error = %e, "cannot keep the stop and start times");
+            }
+        });
+    }
+
     /// How long the service's last stops and starts here took (see [`ServiceTimings`]).
     pub fn timings(&self, name: &str) -> Option<ServiceTimings> {
         self.lock()

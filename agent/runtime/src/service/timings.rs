@@ -73,6 +73,23 @@ impl ServiceTimings {
         median(&self.starts_s)
     }
 
+    /// Takes in `carried`, the figures of the service measured on the node it came from, just
+    /// after its first start here: its stops there came after any here, its starts there
+    /// before the one here.
+    pub fn merge_carried(&mut self, carried: ServiceTimings) {
+        let carried = carried.sanitized();
+        let mut starts = carried.starts_s;
+        starts.extend(self.starts_s.drain(..));
+        let mut stops = std::mem::take(&mut self.stops_s);
+        stops.extend(carried.stops_s);
+        for s in starts {
+            self.record_start(s);
+        }
+        for s in stops {
+            self.record_stop(s);
+        }
+    }
+
     /// Only what a figure may be: finite, in range, at most [`KEPT`] of each (the newest).
     pub fn sanitized(self) -> ServiceTimings {
         let mut t = ServiceTimings::default();
@@ -132,6 +149,19 @@ mod tests {
         assert_eq!(t.starts_s.len(), KEPT);
         assert_eq!(t.starts_s.front(), Some(&12.0), "the newest are kept");
         assert_eq!(t.expected_start_s(), Some(15.5));
+    }
+
+    #[test]
+    fn figures_from_the_source_join_the_targets() {
+        let mut here = ServiceTimings::default();
+        here.record_start(0.9);
+        let mut there = ServiceTimings::default();
+        there.record_stop(0.8);
+        there.record_start(0.7);
+        there.record_start(f64::NAN);
+        here.merge_carried(there);
+        assert_eq!(here.stops_s, [0.8]);
+        assert_eq!(here.starts_s, [0.7, 0.9], "the start here is the newest");
     }
 
     #[test]

@@ -11,20 +11,7 @@ use serde_json::Value;
 
 /// Waits until node `i` sees `voters` voters, a leader, and holds a lease it may act on.
 fn wait_group(rig: &MigrateRig, i: usize, voters: usize) -> Value {
-    wait_for(Duration::from_secs(40), || {
-        let doc = rig.c.json(i, "/v1/cluster");
-        (doc["voters"].as_array().map(Vec::len) == Some(voters)
-            && doc["leader"].is_string()
-            && doc["may_act"] == true)
-            .then_some(doc)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "n{i}: no group of {voters} voters: {}\n{}",
-            rig.c.json(i, "/v1/cluster"),
-            rig.c.log(i)
-        )
-    })
+    rig.wait_group(i, voters)
 }
 
 /// The nodes on which `name` has a process now (any state but stopped or failed).
@@ -49,15 +36,7 @@ fn running_among(
 
 /// Where the log places `name`, as node `i` has applied it: (node, epoch).
 fn placed(rig: &MigrateRig, i: usize, name: &str) -> Option<(String, u64)> {
-    let doc = rig.c.json(i, "/v1/cluster");
-    doc["services"].as_array()?.iter().find_map(|s| {
-        (s["name"] == name).then(|| {
-            (
-                s["node"].as_str().unwrap_or("").to_string(),
-                s["epoch"].as_u64().unwrap_or(0),
-            )
-        })
-    })
+    rig.placed(i, name)
 }
 
 #[test]

@@ -278,6 +278,7 @@ fn fence_all_kills_every_service_and_blocks_starts_until_unfenced() {
         let manager = Manager::new(Runtime {
             node: "n".into(),
             memory_v1_root: layout.memory_v1_root.clone().filter(|_| layout.hybrid),
+            cpu_v1_root: None,
             v2_root: layout.v2_root.clone(),
             section: ServicesSection {
                 cgroup_parent: slice.name.clone(),

@@ -2,7 +2,9 @@
 //! (`prometheus/godwit-alerts.yml` and its promtool tests) and the Grafana dashboard
 //! (`grafana/godwit-dashboard.json`) name only metrics a real agent exports, and the
 //! dashboard's queries parse. The names are checked against the scrape of an agent with every
-//! part on (probe, sealed gossip, transport, services, inventory, migration, coordinator).
+//! part on (probe, sealed gossip, transport, services, inventory, migration, coordinator),
+//! once it leads its own group and its policy has sampled and fitted a forecast, so that the
+//! series the rules compare (a node's load against its threshold) are really there.
 //!
 //! Needs root (the agent's services runtime), and `promtool` (Debian package prometheus).
 
@@ -55,6 +57,22 @@ fn metric_words(text: &str) -> BTreeSet<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// The value of the series `name` with no labels (`name` or `name{}`) in an exposition.
+fn sample(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n.strip_suffix("{}").unwrap_or(n) == name).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// The policy's gauges the alerting rules and the dashboard read.
+const POLICY_GAUGES: [&str; 4] = [
+    "godwit_policy_load_ratio",
+    "godwit_policy_threshold_ratio",
+    "godwit_policy_load_forecast_ratio",
+    "godwit_policy_trigger_armed",
+];
 
 /// Every string in a JSON document.
 fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
@@ -235,9 +253,10 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
 
     let slice = ServiceSlice::new();
     let agent = full_agent(&dir, &slice);
-    // The coordinator's family appears once the node leads its own group.
+    // The coordinator's family appears once the node leads its own group; the policy's gauges
+    // once it has sampled (the forecast once a model is fitted, after 20 samples).
     let mut last = String::new();
-    let body = wait_for(Duration::from_secs(30), || {
+    let body = wait_for(Duration::from_secs(60), || {
         let (code, body) = http_get(agent.addr, "/metrics").ok()?;
         last = format!("{code}\n{body}");
         let leads = body.lines().any(|l| {
@@ -246,10 +265,31 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
                     && v.parse::<f64>() == Ok(1.0)
             })
         });
-        (code == 200 && leads).then_some(body)
+        let policy = POLICY_GAUGES.iter().all(|g| sample(&body, g).is_some());
+        (code == 200 && leads && policy).then_some(body)
     })
-    .unwrap_or_else(|| panic!("the agent never led its group:\n{last}\n{}", agent.log()));
+    .unwrap_or_else(|| {
+        panic!(
+            "the agent never led its group with every policy gauge ({POLICY_GAUGES:?}):\n\
+             {last}\n{}",
+            agent.log()
+        )
+    });
     promtool_check(&body);
+    // The figures GodwitNodeOverThreshold compares are fractions of capacity.
+    let [load, threshold, forecast, armed] = POLICY_GAUGES.map(|g| sample(&body, g).unwrap());
+    assert!(
+        threshold > 0.0 && threshold <= 1.0,
+        "threshold {threshold} is not a fraction of capacity"
+    );
+    assert!(
+        (0.0..=1.5).contains(&load) && forecast.is_finite(),
+        "load {load}, forecast {forecast}: not a fraction of capacity"
+    );
+    assert!(armed == 0.0 || armed == 1.0, "trigger armed = {armed}");
+    eprintln!(
+        "policy: load {load:.3}, forecast {forecast:.3}, threshold {threshold:.3}, armed {armed}"
+    );
     let exported = exported_names(&body);
 
     let mut missing = Vec::new();
@@ -288,6 +328,10 @@ fn name_extraction() {
             "process_resident_memory_bytes"
         ]
     );
+    assert_eq!(sample(om, "godwit_lease_remaining_seconds"), Some(4.5));
+    assert_eq!(sample(om, "godwit_lease_remaining"), None);
+    assert_eq!(sample("x{a=\"b\"} 1\n", "x"), None);
+    assert_eq!(sample("x{} 0.25\n", "x"), Some(0.25));
     let words = metric_words(
         r#"sum(increase(godwit_fences_total{job="godwit"}[15m])) / godwit-alerts.yml process_x"#,
     );

@@ -920,6 +920,7 @@ fn a_process_forked_ahead_waits_in_the_cgroup_and_becomes_the_service_at_its_sta
         let manager = godwit::service::Manager::new(godwit::service::Runtime {
             node: "n".into(),
             memory_v1_root: layout.memory_v1_root.clone().filter(|_| layout.hybrid),
+            cpu_v1_root: None,
             v2_root: layout.v2_root.clone(),
             section: godwit::service::ServicesSection {
                 cgroup_parent: slice.name.clone(),

@@ -635,9 +635,11 @@ impl Drop for ServiceSlice {
         }
         remove_cgroup_dir(&self.parent);
         // On a hybrid host the agent mirrors its services' cgroups in the v1 memory
-        // hierarchy: empty by now, they only need removing.
+        // hierarchy (and the cpu one, with a CPU share): empty by now, they only need
+        // removing.
         let layout = cgroup_layout();
-        if let Some(v1) = layout.memory_v1_root.filter(|_| layout.hybrid) {
+        let v1_roots = [layout.memory_v1_root, layout.cpu_v1_root];
+        for v1 in v1_roots.into_iter().flatten().filter(|_| layout.hybrid) {
             let parent = v1.join(&self.name);
             if let Ok(rd) = std::fs::read_dir(&parent) {
                 for e in rd.flatten().filter(|e| e.path().is_dir()) {

@@ -56,6 +56,15 @@ pub struct RigOptions {
     pub configured_kv: bool,
     /// The last node is a witness (`[coordinator] role = "witness"`: votes, runs no services).
     pub witness: bool,
+    /// `[services] cpu_cores` of every node (0: the host's CPU).
+    pub cpu_cores: f64,
+    /// More TOML for every node (whole tables, e.g. `[policy]`), after the rig's own.
+    pub extra_toml: String,
+    /// More keys of every node's `[coordinator]` table (e.g. `act = false`).
+    pub coordinator_keys: String,
+    /// `[site] name` of node n1, n2, ... in turn (empty: no `[site]` table, one default
+    /// site); a node past the end of the list takes the last name.
+    pub sites: Vec<String>,
 }
 
 impl RigOptions {
@@ -82,6 +91,10 @@ impl Default for RigOptions {
             coordinator: None,
             configured_kv: false,
             witness: false,
+            cpu_cores: 0.0,
+            extra_toml: String::new(),
+            coordinator_keys: String::new(),
+            sites: Vec::new(),
         }
     }
 }
@@ -153,6 +166,9 @@ impl MigrateRig {
         let (probe_ms, grace_ms) = (opts.probe_interval_ms, opts.stop_grace_ms);
         let (coordinator, configured_kv) = (opts.coordinator, opts.configured_kv);
         let witness = opts.witness.then_some(opts.nodes);
+        let (cpu_cores, more_toml) = (opts.cpu_cores, opts.extra_toml.clone());
+        let coordinator_keys = opts.coordinator_keys.clone();
+        let sites = opts.sites.clone();
         let kvstore_bin = kvstore.clone();
         let mut builder = Cluster::builder(opts.nodes).extra_toml(move |n| {
             let tls = n.dir.join("tls");
@@ -166,6 +182,10 @@ impl MigrateRig {
                     if n.index == 1 { "yes" } else { "no" },
                     if witness == Some(n.index) { "witness" } else { "voter" }
                 );
+                extra += &coordinator_keys;
+            }
+            if let Some(site) = sites.get(n.index - 1).or(sites.last()) {
+                extra += &format!("[site]\nname = \"{site}\"\n");
             }
             if configured_kv && n.index == 1 {
                 let o = n.all_addrs[0].octets();
@@ -185,7 +205,7 @@ impl MigrateRig {
                 "[probe]\ninterval_ms = {probe_ms}\n\
                  [gossip]\nlisten = \"{a}:9747\"\nseeds = [\"{s}:9747\"]\nkeys = [\"{KEY}\"]\ninterval_ms = 100\n\
                  [transport]\nlisten = \"{a}:9748\"\ntls_dir = \"{}\"\n\
-                 [services]\ncgroup_parent = \"{}\"\nstate_root = \"{}\"\nvip_interface = \"eth0\"\nstop_grace_ms = {grace_ms}\n",
+                 [services]\ncgroup_parent = \"{}\"\nstate_root = \"{}\"\nvip_interface = \"eth0\"\nstop_grace_ms = {grace_ms}\ncpu_cores = {cpu_cores:?}\n{more_toml}",
                 tls.display(),
                 names[n.index - 1],
                 state_base.join(n.name).display(),
@@ -278,6 +298,38 @@ impl MigrateRig {
         assert_eq!(code, 201, "{body}\n{}", self.c.log(i));
         self.wait_serving(i, &name, within)
             .unwrap_or_else(|| panic!("{name} not up on n{i}: {}", self.service(i, &name)));
+    }
+
+    /// Waits until node `i` sees `voters` voters, a leader, and holds a lease it may act on;
+    /// returns its `/v1/cluster`.
+    pub fn wait_group(&self, i: usize, voters: usize) -> Value {
+        wait_for(Duration::from_secs(40), || {
+            let doc = self.c.json(i, "/v1/cluster");
+            (doc["voters"].as_array().map(Vec::len) == Some(voters)
+                && doc["leader"].is_string()
+                && doc["may_act"] == true)
+                .then_some(doc)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "n{i}: no group of {voters} voters: {}\n{}",
+                self.c.json(i, "/v1/cluster"),
+                self.c.log(i)
+            )
+        })
+    }
+
+    /// Where the log places `name`, as node `i` has applied it: (node, epoch).
+    pub fn placed(&self, i: usize, name: &str) -> Option<(String, u64)> {
+        let doc = self.c.json(i, "/v1/cluster");
+        doc["services"].as_array()?.iter().find_map(|s| {
+            (s["name"] == name).then(|| {
+                (
+                    s["node"].as_str().unwrap_or("").to_string(),
+                    s["epoch"].as_u64().unwrap_or(0),
+                )
+            })
+        })
     }
 
     /// Waits until `name` on node `i` is healthy with its VIP up.

@@ -1213,6 +1213,57 @@ pub(crate) fn run_bin(name: &str, args: &BinArgs) -> Result<()> {
 }
 
 #[derive(Debug, clap::Args)]
+pub(crate) struct ClusterArgs {
+    /// Steps of the scenario (one every --step-ms).
+    #[arg(long, default_value_t = 480)]
+    steps: u64,
+    /// Milliseconds per step (the agents sample every 500 ms).
+    #[arg(long, default_value_t = 500)]
+    step_ms: u64,
+    /// The scenario's seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Services in the scenario.
+    #[arg(long, default_value_t = 8)]
+    services: u64,
+    /// Cores each node gives its services (enforced with the cgroup CPU limit).
+    #[arg(long, default_value_t = 0.3)]
+    cpu: f64,
+    /// The policies to run, comma-separated: godwit, reactive, none.
+    #[arg(long, default_value = "godwit,reactive,none")]
+    policies: String,
+}
+
+/// `cargo xtask bench cluster`: the placement policy on four release agents in two sites
+/// against the reactive static threshold and no action, on the simulator's traces; and the
+/// simulator's prediction of the same scenario.
+pub(crate) fn cluster(args: &ClusterArgs) -> Result<()> {
+    if !crate::is_root() {
+        bail!("bench cluster runs agents in network namespaces and cgroups: run it as root");
+    }
+    crate::step("system packages needed to build and test");
+    packages::ensure(packages::TEST)?;
+    crate::step("cargo build --release -p godwit -p godwit-kvstore");
+    crate::run_checked(
+        crate::cargo().args(["build", "--release", "-p", "godwit", "-p", "godwit-kvstore"]),
+        "release build of the agent and the example service",
+    )?;
+    crate::step("cargo run --release -p godwit-tests --bin godwit-bench-cluster");
+    let mut cmd = crate::cargo_run_test_bin("godwit-bench-cluster");
+    cmd.args(["--steps", &args.steps.to_string()])
+        .args(["--step-ms", &args.step_ms.to_string()])
+        .args(["--seed", &args.seed.to_string()])
+        .args(["--services", &args.services.to_string()])
+        .args(["--cpu", &args.cpu.to_string()])
+        .args(["--policies", &args.policies]);
+    let status = cmd.status().context("cannot start cargo")?;
+    if !status.success() {
+        bail!("godwit-bench-cluster failed ({status})");
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
 pub(crate) struct SchedulesArgs {
     /// How many schedules.
     #[arg(long, default_value_t = 200)]

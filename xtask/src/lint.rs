@@ -325,6 +325,12 @@ mod tests {
             "CAP_SYS_ADMIN",
             "CAP_SYS_PTRACE",
             "CAP_KILL",
+            // Services start as their user with their capabilities, and their VIP is announced.
+            "CAP_SETUID",
+            "CAP_SETGID",
+            "CAP_SETPCAP",
+            "CAP_CHOWN",
+            "CAP_NET_RAW",
         ] {
             for key in ["AmbientCapabilities=", "CapabilityBoundingSet="] {
                 let line = unit.lines().find(|l| l.starts_with(key)).unwrap();

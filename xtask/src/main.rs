@@ -140,6 +140,9 @@ enum BenchCmd {
     Failover(bench::FailoverArgs),
     /// Randomized fault schedules on five agents, checked for services running twice.
     Schedules(bench::SchedulesArgs),
+    /// The placement policy on four agents in two sites against the reactive threshold and
+    /// no action, on the same traces, and the simulator's prediction (root).
+    Cluster(bench::ClusterArgs),
     /// The coordinator at 100, 500 and 1,000 nodes, simulated on virtual time.
     CoordSize(bench::CoordSizeArgs),
 }
@@ -174,6 +177,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             which: BenchCmd::Schedules(args),
         } => bench::schedules(&args),
+        Cmd::Bench {
+            which: BenchCmd::Cluster(args),
+        } => bench::cluster(&args),
         Cmd::Bench {
             which: BenchCmd::CoordSize(args),
         } => bench::coord_size(&args),

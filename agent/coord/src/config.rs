@@ -19,6 +19,17 @@ pub enum Bootstrap {
     No,
 }
 
+/// Which rule the leader's moves follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyMode {
+    /// The placement policy (`[policy]`): forecasts, site energy and risk, correlation.
+    Godwit,
+    /// The classic static threshold (`[policy] threshold_base` on the current load, largest
+    /// service to the least-loaded node that fits): a baseline to compare with.
+    Reactive,
+}
+
 /// `[coordinator]`: the Raft group that places services, and the leases that fence nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -43,6 +54,17 @@ pub struct CoordinatorSection {
     pub guard: bool,
     /// A watchdog device the guard arms (e.g. `/dev/watchdog`); none by default.
     pub watchdog: Option<PathBuf>,
+    /// The leader carries out the policy's moves. Off: it plans and logs what it would do.
+    pub act: bool,
+    /// `godwit` or `reactive` (see [`PolicyMode`]).
+    pub policy: PolicyMode,
+    /// Moves the leader runs at once, cluster-wide.
+    pub max_moves: u32,
+    /// Moves the leader runs at once from or to one node.
+    pub max_moves_per_node: u32,
+    /// After a move of a service (started by the leader, committed or not), the leader does
+    /// not move it again for this long.
+    pub cooldown_ms: u64,
 }
 
 impl Default for CoordinatorSection {
@@ -59,6 +81,11 @@ impl Default for CoordinatorSection {
             margin_ms: 2000,
             guard: true,
             watchdog: None,
+            act: true,
+            policy: PolicyMode::Godwit,
+            max_moves: 2,
+            max_moves_per_node: 1,
+            cooldown_ms: 300_000,
         }
     }
 }
@@ -83,6 +110,13 @@ impl CoordinatorSection {
                 "coordinator.fence_after_ms = {} must be at least twice election_max_ms = {}: \
                  a re-election must not fence every node",
                 self.fence_after_ms, self.election_max_ms
+            ));
+        }
+        if self.max_moves == 0 || self.max_moves_per_node == 0 {
+            return Err(format!(
+                "coordinator.max_moves = {} and max_moves_per_node = {} must be at least 1 \
+                 (act = false watches plans without moving anything)",
+                self.max_moves, self.max_moves_per_node
             ));
         }
         if self.margin_ms < self.fence_after_ms / 10 {

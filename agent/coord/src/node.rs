@@ -119,6 +119,8 @@ pub struct NodeStatus {
     pub fenced: bool,
     pub cordoned: bool,
     pub services: usize,
+    /// A witness (it runs no services), as its renewals say (on the leader only).
+    pub witness: Option<bool>,
 }
 
 /// The group as this node sees it (`godwit cluster`).
@@ -959,6 +961,10 @@ impl<W: Wire> Coordinator<W> {
                 fenced: p.fenced.contains_key(&member.name),
                 cordoned: p.cordoned.contains(&member.name),
                 services: p.on_node(&member.name).count(),
+                witness: heard
+                    .get(&member.name)
+                    .filter(|_| leading)
+                    .map(|h| !h.renewal.runs_services),
             })
             .collect();
         let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());

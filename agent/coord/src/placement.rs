@@ -112,6 +112,16 @@ pub enum Cmd {
     Unfence { node: String },
     /// Take a node out of (or back into) the set that may receive services.
     Cordon { node: String, on: bool },
+    /// Stop (or let again) the coordinator's own moves: the policy still plans and says what
+    /// it would do; moves already running finish. Operators' moves and failover are not
+    /// affected.
+    Pause {
+        on: bool,
+        /// Who asked (an operator's or a node's name).
+        by: String,
+        /// Wall-clock milliseconds, for operators only.
+        at_unix_ms: u64,
+    },
     /// Nothing (the leader's first entry of a term, and tests).
     Noop,
 }
@@ -175,6 +185,15 @@ pub struct FenceRecord {
     pub at_unix_ms: u64,
 }
 
+/// Who paused the coordinator's moves, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseRecord {
+    /// The index of the `Pause` entry.
+    pub index: u64,
+    pub by: String,
+    pub at_unix_ms: u64,
+}
+
 /// The state every replica computes from the log.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Placement {
@@ -182,6 +201,9 @@ pub struct Placement {
     /// Nodes fenced and not yet back.
     pub fenced: BTreeMap<String, FenceRecord>,
     pub cordoned: BTreeSet<String>,
+    /// The coordinator's moves are paused (`Cmd::Pause`), since this record.
+    #[serde(default)]
+    pub paused: Option<PauseRecord>,
     /// The last index applied.
     pub applied: u64,
 }
@@ -395,6 +417,21 @@ impl Placement {
                 Some(_) => Outcome::Applied { epoch: index },
                 None => Outcome::Unchanged { epoch: index },
             },
+            Cmd::Pause { on, by, at_unix_ms } => match (on, &self.paused) {
+                (true, None) => {
+                    self.paused = Some(PauseRecord {
+                        index,
+                        by: by.clone(),
+                        at_unix_ms: *at_unix_ms,
+                    });
+                    Outcome::Applied { epoch: index }
+                }
+                (false, Some(_)) => {
+                    self.paused = None;
+                    Outcome::Applied { epoch: index }
+                }
+                _ => Outcome::Unchanged { epoch: index },
+            },
             Cmd::Cordon { node, on } => {
                 let changed = if *on {
                     self.cordoned.insert(node.clone())
@@ -502,6 +539,27 @@ mod tests {
         };
         assert_eq!(p.apply(8, &abort), Outcome::Stale { current: 6 });
         assert_eq!(p.services["kv"].node.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn pause_and_resume_are_recorded_once_each() {
+        let mut p = Placement::default();
+        let pause = |on| Cmd::Pause {
+            on,
+            by: "operator alice".into(),
+            at_unix_ms: 7,
+        };
+        assert_eq!(p.apply(1, &pause(false)), Outcome::Unchanged { epoch: 1 });
+        assert_eq!(p.apply(2, &pause(true)), Outcome::Applied { epoch: 2 });
+        // Paused again: the first record stays (who paused it first, and since when).
+        assert_eq!(p.apply(3, &pause(true)), Outcome::Unchanged { epoch: 3 });
+        assert_eq!(p.paused.as_ref().map(|r| r.index), Some(2));
+        assert_eq!(p.apply(4, &pause(false)), Outcome::Applied { epoch: 4 });
+        assert!(p.paused.is_none());
+        // A log written before the field existed still reads.
+        let mut doc = serde_json::to_value(&p).unwrap();
+        doc.as_object_mut().unwrap().remove("paused");
+        assert_eq!(serde_json::from_value::<Placement>(doc).unwrap(), p);
     }
 
     #[test]

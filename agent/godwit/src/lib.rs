@@ -5,6 +5,7 @@
 //! arguments. The other crates are re-exported under their module names so that callers (the
 //! integration tests, the benchmarks) see one library. See `docs/ARCHITECTURE.md` for the code map.
 
+pub mod act;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -9,15 +9,18 @@ use crate::gossip::{
 };
 use crate::probe::Snapshot;
 
-/// What this node tells the cluster about itself now.
+/// What this node tells the cluster about itself now; `services`: the managed services it
+/// runs ([`hosted`]).
 pub fn summary(
     cfg: &Config,
     snap: &Snapshot,
     forecasts: Option<&Forecasts>,
     decisions: Option<&Decisions>,
     risk: f64,
+    services: Vec<HostedService>,
 ) -> NodeSummary {
     let n = &snap.node;
+    let cpu = crate::forecast::node_cpu(&cfg.services, snap);
     let network: f64 = n
         .interfaces
         .iter()
@@ -49,26 +52,77 @@ pub fn summary(
             api: Some(cfg.api.listen),
         },
         capacity: Capacity {
-            cpu_cores: f64::from(n.cpus),
+            cpu_cores: cpu.cores,
             memory_bytes: n.memory_total_bytes,
             ..Capacity::default()
         },
         load: Load {
-            cpu: n.cpu_utilization,
+            cpu: cpu.utilization,
             memory: n.memory_utilization,
             network,
             dirty_bytes_per_sec: n.dirty_bytes_per_second,
         },
         forecast,
         trigger,
-        // Managed services arrive with the runtime; containers the agent only watches are
-        // not services it can move, so none are announced yet.
-        services: Vec::<HostedService>::new(),
+        // Containers the agent only watches are not services it can move: not announced.
+        services,
         energy: Energy {
             power_watts: n.power_watts,
             source: n.power_source.as_str().into(),
+            site_budget_watts: cfg.site.power_budget_watts.0,
+            max_watts: cfg.energy.max_watts.0,
         },
         risk,
         ..NodeSummary::default()
     }
+}
+
+/// A managed service as the mesh hears of it: its load now from the probe (zero until the
+/// probe has seen its cgroup), its image and its state's size (`state_bytes`, measured by the
+/// caller).
+pub fn hosted(
+    cfg: &Config,
+    snap: &Snapshot,
+    name: &str,
+    image: Option<&str>,
+    state_bytes: u64,
+) -> HostedService {
+    let c = crate::forecast::service_container(&cfg.services, snap, name);
+    HostedService {
+        id: name.to_string(),
+        state_bytes,
+        image: image.unwrap_or_default().to_string(),
+        cpu_cores: c.map_or(0.0, |c| c.cpu_cores),
+        memory_bytes: c.and_then(|c| c.memory_bytes).unwrap_or(0),
+        dirty_bytes_per_sec: c.map_or(0.0, |c| c.dirty_bytes_per_second),
+    }
+}
+
+/// The bytes under `dir`, counting regular files, at most `max_entries` of them (a bound on
+/// the work per summary; a larger tree is under-counted).
+pub fn tree_bytes(dir: &std::path::Path, max_entries: usize) -> u64 {
+    let mut total = 0u64;
+    let mut seen = 0usize;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            seen += 1;
+            if seen > max_entries {
+                return total;
+            }
+            // symlink_metadata: a link is not followed out of the tree.
+            let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                total += m.len();
+            }
+        }
+    }
+    total
 }

@@ -117,6 +117,15 @@ pub struct HostedService {
     /// Image id.
     #[serde(rename = "m")]
     pub image: String,
+    /// CPU it uses now, cores.
+    #[serde(rename = "c")]
+    pub cpu_cores: f64,
+    /// Memory charged to it now, bytes.
+    #[serde(rename = "r")]
+    pub memory_bytes: u64,
+    /// Bytes it dirties per second.
+    #[serde(rename = "d")]
+    pub dirty_bytes_per_sec: f64,
 }
 
 /// Power drawn and where the figure came from.
@@ -127,6 +136,10 @@ pub struct Energy {
     pub power_watts: f64,
     /// Source of the figure: "rapl", "model", "none".
     pub source: String,
+    /// The site's power budget this node is configured with (0: none configured).
+    pub site_budget_watts: f64,
+    /// The node's own power at full load, watts (its share of a site without a budget).
+    pub max_watts: f64,
 }
 
 /// What a node tells the cluster about itself. Identity and generation are the member's
@@ -397,6 +410,7 @@ pub(crate) mod tests {
                 id: "redis".into(),
                 state_bytes: 1 << 30,
                 image: "sha256:abc".into(),
+                ..HostedService::default()
             }],
             services_dropped: 0,
             images: vec!["sha256:abc".into()],
@@ -404,6 +418,7 @@ pub(crate) mod tests {
             energy: Energy {
                 power_watts: 95.0,
                 source: "model".into(),
+                ..Energy::default()
             },
             risk: 0.1,
             switch_latencies_ms: vec![120, 90],
@@ -435,6 +450,7 @@ pub(crate) mod tests {
                 id: format!("service-{i:04}"),
                 state_bytes: i * 1000,
                 image: format!("sha256:{i:064x}"),
+                ..HostedService::default()
             })
             .collect();
         s.images = (0..300u64).map(|i| format!("sha256:{i:064x}")).collect();
@@ -527,6 +543,7 @@ pub(crate) mod tests {
                 id: "s".repeat(id_len) + &i.to_string(),
                 state_bytes: (i as u64 * 7919) % 100_000,
                 image: "i".repeat(id_len),
+                ..HostedService::default()
             }).collect();
             s.images = (0..n_images).map(|i| format!("{}{i}", "m".repeat(id_len))).collect();
             let encoded = s.encode(budget).unwrap();

@@ -441,6 +441,7 @@ async fn newer_schema_keys_and_budget_over_the_wire() {
             id: format!("svc-{i}"),
             state_bytes: i,
             image: format!("img-{i}"),
+            ..HostedService::default()
         })
         .collect();
     let report = nodes[0].publish(&big).await.unwrap();

@@ -3,8 +3,8 @@
 //! A caller connects to the agent's QUIC endpoint with a certificate of the cluster CA (mutual
 //! TLS: the handshake has proven who it is, [`Principal`]), opens this service and sends one
 //! [`Request::Migrate`]. The agent checks that the caller may start migrations
-//! ([`authorize`]: a node of the cluster, such as a peer and later the coordinator, or an
-//! operator; then the fencing token, [`check_fencing`]), then runs the migration and answers
+//! ([`authorize`]: a node of the cluster, such as a peer or the coordinator, or an
+//! operator; then the fencing token, [`Fencing`]), then runs the migration and answers
 //! with a [`Reply::Progress`] at each phase and round, and the final [`Reply::Report`]. A
 //! refused request gets [`Reply::Refused`]; it is appended to the audit log and counted like a
 //! migration ([`Migrator::refuse`]). The audit log names the caller by its certificate
@@ -51,7 +51,8 @@ pub struct MigrateCall {
     pub downtime_ms: u64,
     /// Re-hash the whole state on both sides at the cut-over.
     pub full_verify: bool,
-    /// The coordinator's fencing token, once a coordinator exists (see [`check_fencing`]).
+    /// The term of the coordinator that orders the move (see [`Fencing`]); `None` for an
+    /// operator's or a peer's request.
     pub fencing_token: Option<u64>,
     /// Replace a service of that name on the target (its definition and state there go).
     pub replace: bool,
@@ -85,42 +86,54 @@ pub enum Reply {
 /// Finds a node's transport address (from the mesh).
 pub type Resolver = Arc<dyn Fn(&str) -> Result<SocketAddr, MigrateError> + Send + Sync>;
 
-/// Who may start a migration from this node: any node of the cluster CA (a peer, later the
+/// Who may start a migration from this node: any node of the cluster CA (a peer, the
 /// coordinator) and any operator of it; the handshake has proven which. Then the fencing
-/// token must pass [`check_fencing`].
-pub fn authorize(caller: &Principal, fencing_token: Option<u64>) -> Result<(), MigrateError> {
+/// token, if any, must pass `fencing`.
+pub fn authorize(
+    caller: &Principal,
+    fencing_token: Option<u64>,
+    fencing: &Fencing,
+) -> Result<(), MigrateError> {
     match caller {
         Principal::Node(_) | Principal::Operator(_) => {}
     }
-    check_fencing(fencing_token)
-}
-
-/// The fencing hook. Once the coordinator exists, a migration it did not order under its
-/// current term must be refused, so that a deposed coordinator (or a caller replaying an old
-/// order) cannot move services: the request carries the token the coordinator issued, and
-/// this check compares it with the coordinator's current one.
-///
-/// Today no coordinator exists: a request without a token is accepted, and a request with one
-/// is refused, since nothing here can check it (a token is a claim of the coordinator's
-/// authority, and an unchecked claim is not trusted).
-pub fn check_fencing(token: Option<u64>) -> Result<(), MigrateError> {
-    match token {
+    match fencing_token {
         None => Ok(()),
-        Some(t) => Err(MigrateError::Refused(format!(
-            "fencing token {t} cannot be checked: this cluster has no coordinator"
-        ))),
+        Some(t) => fencing(caller, t).map_err(MigrateError::Refused),
     }
 }
 
+/// Checks a fencing token: a move the coordinator orders carries the term it leads in, and
+/// the source refuses it unless the caller is the leader it knows for that very term, so a
+/// deposed coordinator (or a caller replaying an old order) cannot move services. Whatever
+/// passes here still commits only through the log's compare-and-set on the service's epoch.
+pub type Fencing = Arc<dyn Fn(&Principal, u64) -> Result<(), String> + Send + Sync>;
+
+/// The check of an agent without a coordinator: a token is a claim of a coordinator's
+/// authority that nothing here can check, so it is refused.
+pub fn no_coordinator() -> Fencing {
+    Arc::new(|_, t| {
+        Err(format!(
+            "fencing token {t} cannot be checked: this cluster has no coordinator"
+        ))
+    })
+}
+
 /// Registers the service: migrations from this node by `migrator`, targets found by
-/// `resolve`. Operators may open it.
-pub fn register(services: &Services, migrator: Arc<Migrator>, resolve: Resolver) {
+/// `resolve`, fencing tokens checked by `fencing`. Operators may open it.
+pub fn register(services: &Services, migrator: Arc<Migrator>, resolve: Resolver, fencing: Fencing) {
     services.register_for_operators(SERVICE, move |peer, ch| {
-        serve(peer, ch, migrator.clone(), resolve.clone())
+        serve(peer, ch, migrator.clone(), resolve.clone(), fencing.clone())
     });
 }
 
-async fn serve(peer: PeerInfo, mut ch: Channel, migrator: Arc<Migrator>, resolve: Resolver) {
+async fn serve(
+    peer: PeerInfo,
+    mut ch: Channel,
+    migrator: Arc<Migrator>,
+    resolve: Resolver,
+    fencing: Fencing,
+) {
     let call = match ch.recv::<Request>().await {
         Ok(Some(Request::Migrate(call))) => call,
         Ok(None) => return,
@@ -131,7 +144,7 @@ async fn serve(peer: PeerInfo, mut ch: Channel, migrator: Arc<Migrator>, resolve
     };
     let caller = peer.principal.to_string();
     let reply = match (
-        authorize(&peer.principal, call.fencing_token),
+        authorize(&peer.principal, call.fencing_token, &fencing),
         resolve(&call.to),
     ) {
         (Err(why), _) => {
@@ -249,9 +262,32 @@ mod tests {
             Principal::Node("n1".into()),
             Principal::Operator("alice".into()),
         ] {
-            assert!(authorize(&caller, None).is_ok(), "{caller}");
-            let refused = authorize(&caller, Some(7)).unwrap_err().to_string();
+            assert!(
+                authorize(&caller, None, &no_coordinator()).is_ok(),
+                "{caller}"
+            );
+            let refused = authorize(&caller, Some(7), &no_coordinator())
+                .unwrap_err()
+                .to_string();
             assert!(refused.contains("no coordinator"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_token_passes_only_the_check_it_is_given() {
+        // The leader n1 in term 7, as a source would know it.
+        let leader: Fencing = Arc::new(|caller, t| match caller {
+            Principal::Node(n) if n == "n1" && t == 7 => Ok(()),
+            _ => Err(format!("not the leader of term {t}")),
+        });
+        assert!(authorize(&Principal::Node("n1".into()), Some(7), &leader).is_ok());
+        for (caller, t) in [
+            (Principal::Node("n1".into()), 6),
+            (Principal::Node("n2".into()), 7),
+            (Principal::Operator("n1".into()), 7),
+        ] {
+            let e = authorize(&caller, Some(t), &leader).unwrap_err();
+            assert!(matches!(e, MigrateError::Refused(_)), "{caller} {t}: {e}");
         }
     }
 }

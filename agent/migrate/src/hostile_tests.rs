@@ -64,6 +64,7 @@ async fn rig() -> Rig {
         node: "b".into(),
         v2_root: dir.path().join("no-cgroup"),
         memory_v1_root: None,
+        cpu_v1_root: None,
         section: ServicesSection {
             state_root: root.clone(),
             max_state_bytes: 1 << 20,
@@ -461,6 +462,7 @@ async fn a_crash_between_the_exchange_and_the_vote_keeps_the_previous_state() {
         node: "b".into(),
         v2_root: rig.dir.path().join("no-cgroup"),
         memory_v1_root: None,
+        cpu_v1_root: None,
         section: ServicesSection {
             state_root: rig.root(),
             ..ServicesSection::default()

@@ -39,6 +39,8 @@ pub struct CgroupLayout {
     pub hybrid: bool,
     /// Mount point of the v1 hierarchy that holds the memory controller, if any.
     pub memory_v1_root: Option<PathBuf>,
+    /// Mount point of the v1 hierarchy that holds the cpu controller, if any.
+    pub cpu_v1_root: Option<PathBuf>,
 }
 
 /// CPU time of a cgroup and its descendants, from the v2 `cpu.stat`, in microseconds.
@@ -79,6 +81,7 @@ impl CgroupLayout {
         let mut v2_root = None;
         let mut hybrid = false;
         let mut memory_v1_root = None;
+        let mut cpu_v1_root = None;
         for line in text.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let (Some(mount_point), Some(&fs_type)) = (fields.get(1), fields.get(2)) else {
@@ -94,6 +97,9 @@ impl CgroupLayout {
                     if memory_v1_root.is_none() && options.split(',').any(|o| o == "memory") {
                         memory_v1_root = Some(PathBuf::from(unescape_mount_field(mount_point)));
                     }
+                    if cpu_v1_root.is_none() && options.split(',').any(|o| o == "cpu") {
+                        cpu_v1_root = Some(PathBuf::from(unescape_mount_field(mount_point)));
+                    }
                 }
                 _ => {}
             }
@@ -105,6 +111,7 @@ impl CgroupLayout {
             v2_root,
             hybrid,
             memory_v1_root,
+            cpu_v1_root,
         })
     }
 
@@ -355,6 +362,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
                     v2_root: PathBuf::from("/sys/fs/cgroup/unified"),
                     hybrid: true,
                     memory_v1_root: Some(PathBuf::from("/sys/fs/cgroup/memory")),
+                    cpu_v1_root: Some(PathBuf::from("/sys/fs/cgroup/cpu")),
                 }),
             ),
             (
@@ -364,6 +372,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
                     v2_root: PathBuf::from("/sys/fs/cgroup"),
                     hybrid: false,
                     memory_v1_root: None,
+                    cpu_v1_root: None,
                 }),
             ),
             (
@@ -377,6 +386,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
                     v2_root: PathBuf::from("/mnt/my cg"),
                     hybrid: true,
                     memory_v1_root: None,
+                    cpu_v1_root: None,
                 }),
             ),
             (
@@ -416,6 +426,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
             v2_root: PathBuf::from("/sys/fs/cgroup"),
             hybrid: false,
             memory_v1_root: None,
+            cpu_v1_root: None,
         };
         let cases = [
             ("/", "/sys/fs/cgroup"),
@@ -511,11 +522,13 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
             v2_root: v2_root.clone(),
             hybrid: true,
             memory_v1_root: Some(root.path().join("v1")),
+            cpu_v1_root: None,
         };
         let pure = CgroupLayout {
             v2_root,
             hybrid: false,
             memory_v1_root: None,
+            cpu_v1_root: None,
         };
         let usage = |current_bytes, working_set_bytes| {
             Some(MemoryUsage {

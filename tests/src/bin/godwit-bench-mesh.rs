@@ -94,6 +94,7 @@ fn summary(i: usize, cpu: f64) -> NodeSummary {
                 id: format!("svc-{i}-{s}"),
                 state_bytes: 256 << 20,
                 image: format!("{:064x}", i * 31 + s),
+                ..HostedService::default()
             })
             .collect(),
         risk: 0.1,

@@ -33,6 +33,7 @@ mod place;
 mod plan;
 mod precopy;
 mod prestage;
+mod reactive;
 mod select;
 mod site;
 mod threshold;
@@ -60,6 +61,7 @@ pub use precopy::{
 pub use prestage::{
     prestage_plan, PrestageCandidate, PrestageCopy, PrestagePlan, PrestageSkip, PrestageSkipReason,
 };
+pub use reactive::{reactive_plan, ReactiveMove};
 pub use select::{
     load_evaluation_index, pearson, select_services, CandidateWhy, SelectMethod, SelectWhy,
 };

@@ -197,6 +197,117 @@ impl Collector for CoordinatorCollector {
     }
 }
 
+/// The leader's decisions, by kind and outcome (declared at zero before the first).
+pub fn acting_collector(acting: crate::act::SharedActing) -> Box<dyn Collector> {
+    Box::new(ActingCollector { acting })
+}
+
+#[derive(Debug)]
+struct ActingCollector {
+    acting: crate::act::SharedActing,
+}
+
+impl Collector for ActingCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), FmtError> {
+        use crate::act::Outcome::*;
+        let mut counts = self.acting.counts();
+        for o in [
+            Started, Committed, Failed, Observed, Paused, InFlight, Cooldown, ClusterCap, NodeCap,
+        ] {
+            counts.entry(("migrate", o.as_str())).or_insert(0);
+        }
+        family(
+            &mut enc,
+            "godwit_decisions",
+            "The coordinator's decisions while this node led, by kind and outcome: started, \
+             then committed or failed; or observed (act = false), paused, in_flight, cooldown, \
+             cluster_cap, node_cap (not carried out)",
+            MetricType::Counter,
+            counts.into_iter().map(|((kind, outcome), n)| {
+                (
+                    vec![("kind", kind.to_string()), ("outcome", outcome.to_string())],
+                    n as f64,
+                )
+            }),
+        )?;
+        let st = self.acting.state();
+        family(
+            &mut enc,
+            "godwit_coordinator_paused",
+            "1 while the coordinator's own moves are paused (godwit cluster pause)",
+            MetricType::Gauge,
+            one(u8::from(st.paused.is_some())),
+        )?;
+        family(
+            &mut enc,
+            "godwit_coordinator_moves_running",
+            "Moves the leader started that have not ended",
+            MetricType::Gauge,
+            one(st.running.len() as f64),
+        )?;
+        Ok(())
+    }
+}
+
+/// This node's threshold, load and forecast as its own policy sees them (`godwit explain`).
+pub fn policy_collector(decisions: crate::forecast::SharedDecisions) -> Box<dyn Collector> {
+    Box::new(PolicyCollector { decisions })
+}
+
+#[derive(Debug)]
+struct PolicyCollector {
+    decisions: crate::forecast::SharedDecisions,
+}
+
+impl Collector for PolicyCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), FmtError> {
+        let d = self
+            .decisions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let node = d.as_ref().and_then(|d| d.plan.nodes.first().cloned());
+        let trigger = node.as_ref().and_then(|n| n.trigger.clone());
+        family(
+            &mut enc,
+            "godwit_policy_threshold_ratio",
+            "This node's switching threshold T_n (site energy and risk), as a fraction of capacity",
+            MetricType::Gauge,
+            node.as_ref().map(|n| (Vec::new(), n.threshold.threshold)),
+        )?;
+        family(
+            &mut enc,
+            "godwit_policy_load_ratio",
+            "This node's u_max now: its most loaded resource, as a fraction of capacity",
+            MetricType::Gauge,
+            trigger
+                .as_ref()
+                .and_then(|t| t.u_max)
+                .map(|v| (Vec::new(), v)),
+        )?;
+        family(
+            &mut enc,
+            "godwit_policy_load_forecast_ratio",
+            "This node's forecast u_max at the horizon, as a fraction of capacity",
+            MetricType::Gauge,
+            trigger
+                .as_ref()
+                .and_then(|t| t.u_max_forecast)
+                .map(|v| (Vec::new(), v)),
+        )?;
+        family(
+            &mut enc,
+            "godwit_policy_trigger_armed",
+            "1 while this node's trigger is armed; 0 after it fired, until it re-arms",
+            MetricType::Gauge,
+            trigger
+                .as_ref()
+                .map(|t| (Vec::new(), f64::from(u8::from(t.armed)))),
+        )?;
+        Ok(())
+    }
+}
+
 /// Migrations from this node: counts by result, and the last one's figures.
 #[derive(Debug)]
 struct MigrationCollector {

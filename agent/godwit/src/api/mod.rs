@@ -73,6 +73,8 @@ pub struct Shared {
     pub migrator: Option<Arc<crate::migrate::agent::Migrator>>,
     /// This node's member of the coordination group, when `[coordinator] enabled`.
     pub coord: Option<Arc<crate::coord::node::Coordinator<crate::coord::quic::AgentWire>>>,
+    /// The cluster's plan as this node computes it, and the leader's decisions.
+    pub acting: crate::act::SharedActing,
 }
 
 #[derive(Clone)]
@@ -121,6 +123,7 @@ fn read_routes() -> Router<AppState> {
         .route("/v1/migrations", get(migrations_handler))
         .route("/v1/services", get(services_handler))
         .route("/v1/cluster", get(cluster_handler))
+        .route("/v1/cluster/plan", get(cluster_plan_handler))
         .route("/healthz", get(health_handler))
 }
 
@@ -137,6 +140,7 @@ fn act_routes() -> Router<AppState> {
             post(node_action_handler),
         )
         .route("/v1/images/{id}/push", post(image_push_handler))
+        .route("/v1/cluster/{action}", post(cluster_action_handler))
 }
 
 fn state(shared: Shared, registry: Arc<Registry>) -> AppState {
@@ -391,6 +395,7 @@ async fn cluster_handler(State(state): State<AppState>) -> Response {
         "services": services,
         "fenced": fenced,
         "cordoned": placement.cordoned,
+        "paused": placement.paused,
     }))
     .into_response()
 }
@@ -490,6 +495,53 @@ async fn drain(
         Json(serde_json::json!({ "node": node, "action": "drain", "moves": results })),
     )
         .into_response()
+}
+
+/// The cluster's plan as this node computes it, and the leader's decisions
+/// (`godwit explain --cluster`).
+async fn cluster_plan_handler(State(state): State<AppState>) -> Response {
+    if state.shared.coord.is_none() {
+        return error(StatusCode::NOT_FOUND, COORD_OFF);
+    }
+    Json(state.shared.acting.state()).into_response()
+}
+
+/// `pause` and `resume` the coordinator's own moves: written to the placement log, so every
+/// leader after this one keeps to it.
+async fn cluster_action_handler(
+    State(state): State<AppState>,
+    Actor(caller): Actor,
+    axum::extract::Path(action): axum::extract::Path<String>,
+) -> Response {
+    let Some(c) = &state.shared.coord else {
+        return error(StatusCode::NOT_FOUND, COORD_OFF);
+    };
+    let on = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no cluster action {other:?}: pause or resume"),
+            )
+        }
+    };
+    let cmd = crate::coord::Cmd::Pause {
+        on,
+        by: caller.describe(),
+        at_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    };
+    match c.write(cmd).await {
+        Ok((outcome, index)) => {
+            tracing::info!(action, by = %caller.describe(), ?outcome, index, "cluster action");
+            Json(serde_json::json!({ "action": action, "outcome": outcome, "index": index }))
+                .into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
 }
 
 #[derive(serde::Deserialize, Default)]

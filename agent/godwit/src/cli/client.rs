@@ -48,6 +48,19 @@ pub(super) enum Target {
 }
 
 impl ReadFrom {
+    /// Where a change goes: the socket only, with no fallback (TCP serves reads only).
+    pub(super) fn act_target(&self) -> Result<Target, String> {
+        match self.addr {
+            Some(addr) => Err(format!(
+                "--addr {addr} serves reads only: changes go to the agent's socket (--socket)"
+            )),
+            None => Ok(Target::Socket {
+                path: self.socket.clone(),
+                fallback: None,
+            }),
+        }
+    }
+
     pub(super) fn target(&self) -> Target {
         match self.addr {
             Some(addr) => Target::Tcp(addr),

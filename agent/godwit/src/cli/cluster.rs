@@ -10,6 +10,12 @@ use serde_json::Value;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct ClusterArgs {
+    /// `pause` the coordinator's own moves (the policy still plans and says what it would
+    /// do; moves already running finish; operators' moves and failover go on) or `resume`
+    /// them. Written to the placement log: every later leader keeps to it. Without an
+    /// action: show the group.
+    #[arg(value_parser = ["pause", "resume"])]
+    action: Option<String>,
     #[command(flatten)]
     api: super::client::ReadFrom,
     /// Print the agent's JSON document (fields `leader`, `term`, `voters`, `nodes`, ...).
@@ -41,6 +47,33 @@ pub(super) struct FenceArgs {
 }
 
 pub(super) fn show(args: ClusterArgs) -> ExitCode {
+    if let Some(action) = &args.action {
+        let target = match args.api.act_target() {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("godwit cluster {action}: {e}");
+                return ExitCode::from(super::exit::USAGE);
+            }
+        };
+        return super::request(
+            "cluster",
+            &target,
+            hyper::Method::POST,
+            &format!("/v1/cluster/{action}"),
+            Duration::from_secs(30),
+            args.json,
+            |doc| {
+                let done = doc["outcome"].get("Applied").is_some();
+                let what = match (doc["action"].as_str(), done) {
+                    (Some("pause"), true) => "the coordinator's moves are paused",
+                    (Some("pause"), false) => "the coordinator's moves were already paused",
+                    (_, true) => "the coordinator's moves are resumed",
+                    (_, false) => "the coordinator's moves were not paused",
+                };
+                format!("{what} (log index {})\n", doc["index"])
+            },
+        );
+    }
     super::show(
         "cluster",
         &args.api.target(),
@@ -83,6 +116,14 @@ pub(super) fn render(doc: &Value) -> String {
             "none: this node runs no service"
         }
     );
+    if let Some(p) = doc["paused"].as_object() {
+        let _ = writeln!(
+            out,
+            "the coordinator's moves are paused (by {}, log index {}): godwit cluster resume",
+            p.get("by").and_then(Value::as_str).unwrap_or("?"),
+            p.get("index").unwrap_or(&Value::Null)
+        );
+    }
     let _ = writeln!(
         out,
         "\n{:<20} {:<8} {:>12} {:<8} {:<9} {:>8}  ADDRESS",

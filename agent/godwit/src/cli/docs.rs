@@ -133,3 +133,124 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod service_docs {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use crate::service::ServiceSpec;
+    use serde_json::Value;
+
+    /// The commented `[[service]]` example of the embedded default, uncommented: its key lines.
+    fn service_example() -> String {
+        let text = crate::config::DEFAULT_TOML;
+        let start = text.find("# [[service]]").expect("a [[service]] example");
+        let block = &text[start..text[start..].find("\n\n").map_or(text.len(), |e| start + e)];
+        let key = |l: &str| {
+            let k = l.split(" = ").next().unwrap_or("");
+            l.contains(" = ")
+                && !k.is_empty()
+                && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        };
+        block
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| *l == "[[service]]" || key(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every key of `v` (an object), nested ones as `table.key`.
+    fn keys(v: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+        for (k, v) in v.as_object().into_iter().flatten() {
+            let name = format!("{prefix}{k}");
+            if v.is_object() && k != "env" {
+                keys(v, &format!("{name}."), out);
+            }
+            out.insert(name);
+        }
+    }
+
+    #[test]
+    fn the_service_example_and_docs_have_every_key_of_the_spec() {
+        let example = service_example();
+        let doc: toml::Value = toml::from_str(&example).unwrap();
+        let table = &doc["service"][0];
+        // It is a spec (unknown keys are refused), and it writes out every key the spec has.
+        let spec: ServiceSpec = table.clone().try_into().unwrap();
+        let mut written = BTreeSet::new();
+        keys(&serde_json::to_value(table).unwrap(), "", &mut written);
+        let mut all = BTreeSet::new();
+        keys(&serde_json::to_value(&spec).unwrap(), "", &mut all);
+        // A key that excludes another (health's tcp, http, command) is written as an
+        // alternative: `(or health = { http = ... })`.
+        let block = crate::config::DEFAULT_TOML;
+        let alternative = |k: &&String| {
+            let leaf = k.rsplit('.').next().unwrap();
+            k.contains('.') && block.contains(&format!("{{ {leaf} = "))
+        };
+        assert_eq!(
+            all.difference(&written)
+                .filter(|k| !alternative(k))
+                .collect::<Vec<_>>(),
+            Vec::<&String>::new(),
+            "keys of ServiceSpec missing from the [[service]] example in packaging/godwit.toml"
+        );
+        // docs/services.md names every one of them.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let page = std::fs::read_to_string(root.join("docs/services.md")).unwrap();
+        for k in &all {
+            let leaf = k.rsplit('.').next().unwrap();
+            assert!(
+                page.contains(&format!("`{leaf}`")),
+                "docs/services.md does not document `{k}`"
+            );
+        }
+    }
+
+    #[test]
+    fn every_redis_example_is_fit_for_a_vip() {
+        // Clients through the VIP need redis out of protected mode (or a password), and a stop
+        // must not write a full RDB outside the state that moves.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut files = vec![root.join("README.md"), root.join("packaging/godwit.toml")];
+        for dir in ["docs", "examples"] {
+            for e in walk(&root.join(dir)) {
+                if e.extension().is_some_and(|x| x == "md" || x == "toml") {
+                    files.push(e);
+                }
+            }
+        }
+        let mut seen = 0;
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (at, _) in text.match_indices("/usr/bin/redis-server\"") {
+                let command = &text[at..at + text[at..].find(']').unwrap()];
+                let open = command.contains("\"--protected-mode\", \"no\"")
+                    || command.contains("\"--requirepass\"");
+                assert!(open, "{}: {command}", f.display());
+                assert!(
+                    command.contains("\"--save\", \"\""),
+                    "{}: {command}",
+                    f.display()
+                );
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "the redis examples were not found ({seen})");
+    }
+
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.ends_with("target") {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+}

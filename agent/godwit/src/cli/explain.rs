@@ -14,9 +14,23 @@ pub(super) struct ExplainArgs {
     /// Print the agent's JSON document (the view that went in and the plan that came out).
     #[arg(long)]
     json: bool,
+    /// The whole cluster's plan, as this node computes it from gossip and the placement log,
+    /// and the leader's decisions: which node fired and why, what leaves, where to, in which
+    /// mode, what is pre-staged, and what was carried out or held back by the guard rails.
+    #[arg(long)]
+    cluster: bool,
 }
 
 pub(super) fn run(args: ExplainArgs) -> ExitCode {
+    if args.cluster {
+        return super::show(
+            "explain",
+            &args.api.target(),
+            "/v1/cluster/plan",
+            args.json,
+            render_cluster,
+        );
+    }
     super::show(
         "explain",
         &args.api.target(),
@@ -48,6 +62,73 @@ pub(super) fn render(doc: &Value) -> String {
             - t["taken_at_unix_ms"].as_f64().unwrap_or(0.0);
         let _ = writeln!(out, "\n== last trigger, {:.1} s ago ==", age / 1000.0);
         render_plan(&t["plan"], &mut out);
+    }
+    out
+}
+
+/// Renders the cluster's plan and the leader's decisions.
+pub(super) fn render_cluster(doc: &Value) -> String {
+    let mut out = String::new();
+    let leader = doc["leader"].as_str().unwrap_or("none known");
+    let _ = writeln!(
+        out,
+        "this node {}; leader {}{}; act = {}{}",
+        doc["me"].as_str().unwrap_or("?"),
+        leader,
+        if doc["leading"].as_bool() == Some(true) {
+            " (this node: its decisions are the cluster's)"
+        } else {
+            " (the plan below is this node's own computation; the leader's decisions are on the leader)"
+        },
+        doc["act"],
+        match doc["paused"].as_object() {
+            Some(p) => format!(
+                "; PAUSED by {} (godwit cluster resume)",
+                p.get("by").and_then(Value::as_str).unwrap_or("?")
+            ),
+            None => String::new(),
+        },
+    );
+    if doc["plan"].is_null() {
+        out.push_str("no plan yet: the first sample has not come\n");
+        return out;
+    }
+    out.push_str("\n== latest sample ==\n");
+    render_plan(&doc["plan"], &mut out);
+    if let Some(t) = doc["last_fired"].as_object() {
+        let age = doc["taken_at_unix_ms"].as_f64().unwrap_or(0.0)
+            - t["taken_at_unix_ms"].as_f64().unwrap_or(0.0);
+        let _ = writeln!(out, "\n== last trigger, {:.1} s ago ==", age / 1000.0);
+        render_plan(&t["plan"], &mut out);
+    }
+    let running = doc["running"].as_array().cloned().unwrap_or_default();
+    if !running.is_empty() {
+        let _ = writeln!(out, "\nmoves running: {}", running.len());
+        for m in &running {
+            let _ = writeln!(
+                out,
+                "  {} {} -> {}",
+                m["service"].as_str().unwrap_or("?"),
+                m["from"].as_str().unwrap_or("?"),
+                m["to"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    let decisions = doc["decisions"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(out, "\ndecisions (latest last): {}", decisions.len());
+    for d in &decisions {
+        let _ = writeln!(
+            out,
+            "  {} {} {} -> {} ({}): {}: {}\n    because {}",
+            d["kind"].as_str().unwrap_or("?"),
+            d["service"].as_str().unwrap_or("?"),
+            d["from"].as_str().unwrap_or("?"),
+            d["to"].as_str().unwrap_or("?"),
+            d["mode"].as_str().unwrap_or("?"),
+            d["outcome"].as_str().unwrap_or("?"),
+            d["reason"].as_str().unwrap_or(""),
+            d["why"].as_str().unwrap_or("?"),
+        );
     }
     out
 }
@@ -189,6 +270,24 @@ fn render_plan(plan: &Value, out: &mut String) {
     }
     for u in plan["unplaced"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  cannot place: {u}");
+    }
+    for c in plan["prestage"]["copies"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  pre-stage image {} on {} ({} bytes, saves {} s for {})",
+            c["image"].as_str().unwrap_or("?"),
+            c["to"].as_str().unwrap_or("?"),
+            c["bytes"],
+            num(&c["benefit_s"]),
+            c["services"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
+        );
     }
     for w in plan["warnings"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "warning: {}", w.as_str().unwrap_or(""));

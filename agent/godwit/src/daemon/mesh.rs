@@ -67,6 +67,7 @@ impl Mesh {
         quic: Option<std::net::SocketAddr>,
         probes: &Probes,
         coord: Option<Arc<crate::coord::node::Coordinator<crate::coord::quic::AgentWire>>>,
+        manager: Option<Arc<crate::service::Manager>>,
     ) {
         let Some(mesh) = self.cluster.clone() else {
             return;
@@ -80,6 +81,7 @@ impl Mesh {
             probes.decisions.clone(),
             probes.risk.clone(),
             coord,
+            manager,
         );
         let cancel = self.cancel.clone();
         self.tasks.spawn(async move {
@@ -125,8 +127,10 @@ async fn publish_summaries(
     decisions: forecast::SharedDecisions,
     risk: forecast::SharedRisk,
     coord: Option<Arc<crate::coord::node::Coordinator<crate::coord::quic::AgentWire>>>,
+    manager: Option<Arc<crate::service::Manager>>,
 ) {
     let mut tick = tokio::time::interval(cfg.probe.interval());
+    let mut sizes = StateSizes::default();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = 0;
     let mut warned = false;
@@ -139,8 +143,18 @@ async fn publish_summaries(
         last = snap.taken_at_unix_ms;
         let f = forecasts.read().unwrap_or_else(|e| e.into_inner()).clone();
         let d = decisions.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut summary =
-            crate::node_summary::summary(&cfg, &snap, f.as_deref(), d.as_deref(), risk.get());
+        let hosted = match &manager {
+            Some(m) => sizes.hosted(&cfg, &snap, m).await,
+            None => Vec::new(),
+        };
+        let mut summary = crate::node_summary::summary(
+            &cfg,
+            &snap,
+            f.as_deref(),
+            d.as_deref(),
+            risk.get(),
+            hosted,
+        );
         summary.addresses.quic = quic;
         summary.coordinator = coord.as_ref().map(|c| {
             let (leader, term) = c.leader();
@@ -158,5 +172,82 @@ async fn publish_summaries(
             }
             Err(_) => {}
         }
+    }
+}
+
+/// How often the services' state sizes are measured again, in summaries.
+const STATE_SIZE_EVERY: u64 = 10;
+/// Entries walked per state path at most.
+const STATE_SIZE_ENTRIES: usize = 100_000;
+
+/// The managed services' state sizes, measured off the runtime every [`STATE_SIZE_EVERY`]
+/// summaries.
+#[derive(Default)]
+struct StateSizes {
+    bytes: std::collections::BTreeMap<String, u64>,
+    ticks: u64,
+}
+
+impl StateSizes {
+    /// The running managed services, as the summary announces them.
+    async fn hosted(
+        &mut self,
+        cfg: &Config,
+        snap: &probe::Snapshot,
+        manager: &crate::service::Manager,
+    ) -> Vec<gossip::HostedService> {
+        let running: Vec<crate::service::ServiceStatus> = manager
+            .list()
+            .into_iter()
+            .filter(|s| s.pid.is_some())
+            .collect();
+        if self.ticks % STATE_SIZE_EVERY == 0 {
+            let paths: Vec<(String, Vec<std::path::PathBuf>)> = running
+                .iter()
+                .filter_map(|s| {
+                    let spec = manager.spec(&s.name)?;
+                    let dir = spec.state_dir(&cfg.services);
+                    Some((
+                        s.name.clone(),
+                        spec.state.iter().map(|p| dir.join(p)).collect(),
+                    ))
+                })
+                .collect();
+            let measured = tokio::task::spawn_blocking(move || {
+                paths
+                    .into_iter()
+                    .map(|(name, paths)| {
+                        let bytes = paths
+                            .iter()
+                            .map(|p| match std::fs::symlink_metadata(p) {
+                                Ok(m) if m.is_file() => m.len(),
+                                Ok(m) if m.is_dir() => {
+                                    crate::node_summary::tree_bytes(p, STATE_SIZE_ENTRIES)
+                                }
+                                _ => 0,
+                            })
+                            .sum();
+                        (name, bytes)
+                    })
+                    .collect()
+            })
+            .await;
+            if let Ok(m) = measured {
+                self.bytes = m;
+            }
+        }
+        self.ticks += 1;
+        running
+            .iter()
+            .map(|s| {
+                crate::node_summary::hosted(
+                    cfg,
+                    snap,
+                    &s.name,
+                    s.image_id.as_deref(),
+                    self.bytes.get(&s.name).copied().unwrap_or(0),
+                )
+            })
+            .collect()
     }
 }

@@ -41,9 +41,12 @@ impl Migration {
         net: &Network,
         mesh: Option<Arc<crate::gossip::Cluster>>,
         services: &mut Services,
-        gate: Option<Arc<dyn crate::migrate::gate::PlacementGate>>,
-        moving: crate::migrate::agent::Moving,
+        coordination: &super::coord::Coordination,
     ) -> Migration {
+        // The placement log's part in migrations from this node, when the coordinator runs.
+        let gate = coordination.gate(ctx);
+        let moving = coordination.moving.clone();
+        let coord = coordination.coord.clone();
         let state_root = ctx.cfg.services.state_root.clone();
         let tasks = Tasks::new(ctx.child_token());
         let migrator = match (&net.transport, &services.manager, &services.journal) {
@@ -91,6 +94,7 @@ impl Migration {
                     t.services(),
                     migrator.clone(),
                     Arc::new(move |node: &str| crate::peers::transport_addr(mesh.as_deref(), node)),
+                    fencing(coord),
                 );
                 Some(migrator)
             }
@@ -155,6 +159,34 @@ impl Migration {
             );
         }
     }
+}
+
+/// How this node checks a move's fencing token: with a coordinator, the caller must be the
+/// leader this node knows, and the token that leader's term; without one, every token is
+/// refused.
+fn fencing(
+    coord: Option<Arc<crate::coord::node::Coordinator<crate::coord::quic::AgentWire>>>,
+) -> crate::migrate::control::Fencing {
+    let Some(coord) = coord else {
+        return crate::migrate::control::no_coordinator();
+    };
+    Arc::new(move |caller, token| {
+        let (leader, term) = coord.leader();
+        let caller_node = match caller {
+            crate::transport::Principal::Node(n) => Some(n.as_str()),
+            crate::transport::Principal::Operator(_) => None,
+        };
+        match leader {
+            Some(l) if Some(l.name.as_str()) == caller_node && token == term => Ok(()),
+            Some(l) => Err(format!(
+                "a move ordered by {caller} in term {token}: the leader here is {} in term {term}",
+                l.name
+            )),
+            None => Err(format!(
+                "a move ordered by {caller} in term {token}: no leader is known here"
+            )),
+        }
+    })
 }
 
 /// Migrations from this node whose cut-over is not decided yet (copying or frozen). A

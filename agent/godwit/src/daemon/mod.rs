@@ -7,6 +7,7 @@
 //! waits for them. Blocking work (the journal's recovery, joining threads) goes through
 //! `spawn_blocking`.
 
+mod act;
 mod coord;
 mod error;
 mod inventory;
@@ -160,19 +161,24 @@ async fn run_async(
         services.journal.clone(),
     )
     .await;
-    let gate = coordination.gate(&ctx);
     let migration = migration::Migration::start(
         &ctx,
         &probes,
         &net,
         mesh.cluster.clone(),
         &mut services,
-        gate,
-        coordination.moving.clone(),
+        &coordination,
     )
     .await;
+    let acting = act::Act::start(&ctx, &net, &mesh, &coordination);
     let inventory = inventory::Inventory::start(&ctx, &probes, services.manager.clone());
-    mesh.publish(&ctx, net.advertise(), &probes, coordination.coord.clone());
+    mesh.publish(
+        &ctx,
+        net.advertise(),
+        &probes,
+        coordination.coord.clone(),
+        services.manager.clone(),
+    );
     let api = api.serve(
         &ctx,
         server::Parts {
@@ -183,6 +189,7 @@ async fn run_async(
             migration: &migration,
             inventory: &inventory,
             coordination: &coordination,
+            acting: &acting,
         },
     );
     let reloader = reload::Reloader::start(&ctx, &mesh, hup);
@@ -206,6 +213,7 @@ async fn run_async(
     reloader.shutdown().await;
     let api_stopped = api.shutdown().await;
     inventory.shutdown().await;
+    acting.shutdown().await;
     // Migrations in flight reach their decision while services and transport still run.
     migration.shutdown().await;
     coordination.shutdown().await;

@@ -54,6 +54,7 @@ pub(super) struct Parts<'a> {
     pub migration: &'a Migration,
     pub inventory: &'a Inventory,
     pub coordination: &'a super::coord::Coordination,
+    pub acting: &'a super::act::Act,
 }
 
 type Server = tokio::task::JoinHandle<Result<(), api::ApiError>>;
@@ -78,6 +79,7 @@ impl Bound {
             migration,
             inventory,
             coordination,
+            acting,
         } = parts;
         let selection = api::metrics::ProcessSelection {
             top: ctx.cfg.metrics.top_processes.0 as usize,
@@ -95,6 +97,7 @@ impl Bound {
             inventory: inventory.shared.clone(),
             migrator: migration.migrator.clone(),
             coord: coordination.coord.clone(),
+            acting: acting.shared.clone(),
         };
         let mut registry = api::metrics::registry(
             probes.shared.clone(),
@@ -107,7 +110,9 @@ impl Bound {
         );
         if let Some(c) = &coordination.coord {
             registry.register_collector(api::metrics::coordinator_collector(c.clone()));
+            registry.register_collector(api::metrics::acting_collector(acting.shared.clone()));
         }
+        registry.register_collector(api::metrics::policy_collector(probes.decisions.clone()));
         let registry = Arc::new(registry);
         let cfg = &ctx.cfg.api;
         let cancel = ctx.child_token();

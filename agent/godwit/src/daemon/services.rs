@@ -128,9 +128,40 @@ async fn start_services(
             }
         };
     let default_user = default_user(&cfg.services.default_user).await;
+    // Set only when configured: a limit the operator put on the parent stays otherwise.
+    let cores = cfg.services.cpu_cores;
+    // On a hybrid host whose v2 tree has no cpu controller the share is enforced in v1.
+    let v2_has_cpu = std::fs::read_to_string(layout.v2_root.join("cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|c| c == "cpu");
+    let cpu_v1_root = layout
+        .cpu_v1_root
+        .clone()
+        .filter(|_| layout.hybrid && !v2_has_cpu);
+    if cores > 0.0 {
+        match crate::service::limit_parent_cpu(
+            &layout.v2_root,
+            cpu_v1_root.as_deref(),
+            &cfg.services.cgroup_parent,
+            cores,
+        ) {
+            Ok(file) => tracing::info!(
+                cpu_cores = cores,
+                file = %file.display(),
+                "services share this much CPU"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                cpu_cores = cores,
+                "the services' CPU limit cannot be set: they may use more than the node announces"
+            ),
+        }
+    }
     let manager = Manager::new(crate::service::Runtime {
         node: node.to_string(),
         memory_v1_root: layout.memory_v1_root.filter(|_| layout.hybrid),
+        cpu_v1_root,
         v2_root: layout.v2_root,
         section: cfg.services.clone(),
         images,

@@ -96,6 +96,7 @@ pub(super) struct LocalPolicy {
     last_trigger: Option<Arc<TriggeredPlan>>,
     index: u64,
     window: usize,
+    services_section: crate::service::ServicesSection,
 }
 
 /// Containers present in the first samples were there before the agent looked (the first
@@ -125,6 +126,7 @@ impl LocalPolicy {
             last_trigger: None,
             index: 0,
             window,
+            services_section: cfg.services.clone(),
         }
     }
 
@@ -170,12 +172,21 @@ impl LocalPolicy {
         };
         self.power.push(i, n.power_watts);
         self.risk_history.push(i, self.risk.get());
-        let cpu_capacity = f64::from(n.cpus.max(1));
+        let cpu = super::node_cpu(&self.services_section, snap);
+        let cpu_capacity = cpu.cores;
         let mem_capacity = n.memory_total_bytes as f64;
-        self.node_load.push(i, n.cpu_utilization * cpu_capacity);
+        self.node_load.push(i, cpu.utilization * cpu_capacity);
+        // With a CPU share of its own, the node's services are its managed ones only.
+        let limited = self.services_section.cpu_cores > 0.0;
+        let section = &self.services_section;
+        let containers: Vec<&crate::probe::model::ContainerSample> = snap
+            .containers
+            .iter()
+            .filter(|c| !limited || super::is_service_cgroup(section, &c.cgroup_path))
+            .collect();
         self.record_service_loads(
             i,
-            snap.containers
+            containers
                 .iter()
                 .map(|c| (c.cgroup_path.as_str(), c.cpu_cores)),
         );
@@ -198,8 +209,7 @@ impl LocalPolicy {
                 .map(|v| v.unwrap_or(f64::NAN))
                 .collect()
         };
-        let services = snap
-            .containers
+        let services = containers
             .iter()
             .map(|c| ServiceView {
                 id: c.cgroup_path.clone(),
@@ -230,7 +240,7 @@ impl LocalPolicy {
                 alive: true,
                 fenced: false,
                 capacity: vec![cpu_capacity, mem_capacity],
-                util_now: vec![n.cpu_utilization, n.memory_utilization],
+                util_now: vec![cpu.utilization, n.memory_utilization],
                 util_forecast,
                 load_history: history(&self.node_load),
                 ..NodeView::default()

@@ -10,7 +10,10 @@
 //!
 //! Runs on its own thread, fed by a channel, so a refit never delays a sample.
 
+mod capacity;
 mod decide;
+
+pub use capacity::{is_service_cgroup, node_cpu, service_cgroup, service_container, NodeCpu};
 
 pub use decide::{Decisions, SharedDecisions, SharedJournal, SharedRisk};
 
@@ -104,6 +107,8 @@ pub struct ForecastEngine {
     options: FitOptions,
     tracked: BTreeMap<(Entity, Metric), Tracked>,
     index: u64,
+    /// `[services]`: what the node's CPU is (see [`node_cpu`]).
+    services: crate::service::ServicesSection,
 }
 
 impl std::fmt::Debug for ForecastEngine {
@@ -129,7 +134,14 @@ impl ForecastEngine {
             options,
             tracked: BTreeMap::new(),
             index: 0,
+            services: Default::default(),
         }
+    }
+
+    /// Forecasts the node's CPU as `[services]` defines it ([`node_cpu`]).
+    pub fn with_services(mut self, services: crate::service::ServicesSection) -> ForecastEngine {
+        self.services = services;
+        self
     }
 
     fn observe(&mut self, entity: Entity, metric: Metric, value: Option<f64>) {
@@ -158,7 +170,8 @@ impl ForecastEngine {
     pub fn observe_snapshot(&mut self, snap: &Snapshot) {
         self.index += 1;
         let n = &snap.node;
-        self.observe(Entity::Node, Metric::Cpu, Some(n.cpu_utilization));
+        let cpu = node_cpu(&self.services, snap).utilization;
+        self.observe(Entity::Node, Metric::Cpu, Some(cpu));
         self.observe(Entity::Node, Metric::Memory, Some(n.memory_utilization));
         self.observe(
             Entity::Node,
@@ -245,7 +258,7 @@ pub fn spawn(
     risk: SharedRisk,
     journal: SharedJournal,
 ) -> std::io::Result<JoinHandle<()>> {
-    let mut engine = ForecastEngine::new(cfg.predict.clone());
+    let mut engine = ForecastEngine::new(cfg.predict.clone()).with_services(cfg.services.clone());
     let mut local = decide::LocalPolicy::new(cfg, risk);
     std::thread::Builder::new()
         .name("godwit-forecast".into())

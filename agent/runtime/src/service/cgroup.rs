@@ -29,6 +29,8 @@ pub struct ServiceCgroup {
     path: PathBuf,
     /// The same cgroup in the v1 memory hierarchy (hybrid hosts).
     memory_v1: Option<PathBuf>,
+    /// The same cgroup in the v1 cpu hierarchy (hybrid hosts with a CPU share to enforce).
+    cpu_v1: Option<PathBuf>,
 }
 
 /// Said once per agent: where services' memory is accounted, or that it is not.
@@ -52,6 +54,7 @@ impl ServiceCgroup {
         let mut cg = ServiceCgroup {
             path,
             memory_v1: None,
+            cpu_v1: None,
         };
         if cg.path.join("memory.current").exists() {
             MEMORY_REPORT.call_once(|| {
@@ -87,6 +90,25 @@ impl ServiceCgroup {
         Ok(cg)
     }
 
+    /// Also joins `<cpu_v1_root>/<parent>/<name>.service` (created), where the parent's CPU
+    /// share is enforced on a hybrid host whose v2 tree has no cpu controller. A failure
+    /// removes what this cgroup made.
+    pub fn join_cpu_v1(
+        mut self,
+        cpu_v1_root: &Path,
+        parent: &str,
+        name: &str,
+    ) -> Result<ServiceCgroup, ServiceError> {
+        let dir = cpu_v1_root.join(parent).join(format!("{name}.service"));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            let err = ServiceError::cgroup(&dir, e);
+            let _ = self.remove();
+            return Err(err);
+        }
+        self.cpu_v1 = Some(dir);
+        Ok(self)
+    }
+
     /// The service's directory in the v1 memory hierarchy, on hybrid hosts.
     pub fn memory_v1(&self) -> Option<&Path> {
         self.memory_v1.as_deref()
@@ -113,27 +135,32 @@ impl ServiceCgroup {
     pub fn place(&self, cmd: &mut tokio::process::Command) -> Result<(), ServiceError> {
         let fd = self.procs_fd()?;
         let raw = fd.as_raw_fd();
-        let v1 = match &self.memory_v1 {
-            Some(dir) => {
-                let p = dir.join("cgroup.procs");
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&p)
-                    .map_err(|e| ServiceError::cgroup(&p, e))?;
-                Some(OwnedFd::from(f))
+        let open_procs = |dir: &Option<PathBuf>| -> Result<Option<OwnedFd>, ServiceError> {
+            match dir {
+                Some(dir) => {
+                    let p = dir.join("cgroup.procs");
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&p)
+                        .map_err(|e| ServiceError::cgroup(&p, e))?;
+                    Ok(Some(OwnedFd::from(f)))
+                }
+                None => Ok(None),
             }
-            None => None,
         };
+        let v1 = open_procs(&self.memory_v1)?;
+        let cpu_v1 = open_procs(&self.cpu_v1)?;
         let raw_v1 = v1.as_ref().map(|f| f.as_raw_fd());
+        let raw_cpu_v1 = cpu_v1.as_ref().map(|f| f.as_raw_fd());
         // SAFETY: the closure runs in the child between fork and exec; it only calls write(2),
         // which is async-signal-safe, on descriptors that stay open (moved into the
         // closure, which the Command keeps alive until spawn returns).
         unsafe {
             cmd.pre_exec(move || {
-                let _keep = (&fd, &v1);
-                // The v1 memory cgroup first: the charge of everything the child touches
-                // from here on goes to the service.
-                if let Some(raw_v1) = raw_v1 {
+                let _keep = (&fd, &v1, &cpu_v1);
+                // The v1 cgroups first: the charge of everything the child touches from here
+                // on goes to the service.
+                for raw_v1 in [raw_v1, raw_cpu_v1].into_iter().flatten() {
                     if libc::write(raw_v1, b"0".as_ptr().cast(), 1) != 1 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -309,7 +336,7 @@ impl ServiceCgroup {
 
     /// Removes the (empty) cgroup, and its v1 memory cgroup.
     pub fn remove(&self) -> Result<(), ServiceError> {
-        let v1 = match &self.memory_v1 {
+        let remove_v1 = |d: &Option<PathBuf>| match d {
             Some(dir) => match std::fs::remove_dir(dir) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -317,9 +344,49 @@ impl ServiceCgroup {
             },
             None => Ok(()),
         };
+        let v1 = remove_v1(&self.memory_v1);
+        let cpu_v1 = remove_v1(&self.cpu_v1);
         std::fs::remove_dir(&self.path).map_err(|e| ServiceError::cgroup(&self.path, e))?;
-        v1
+        v1.and(cpu_v1)
     }
+}
+
+/// The period `cpu.max` is written with, microseconds.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Limits the services' parent to `cpu_cores` of CPU for all the services together: `cpu.max`
+/// of `<v2 root>/<parent>` (created with its controllers when missing), or, on a hybrid host
+/// whose v2 tree has no cpu controller, `cpu.cfs_quota_us` of `<cpu_v1_root>/<parent>` (the
+/// services then join that hierarchy too, [`ServiceCgroup::join_cpu_v1`]). Returns the file
+/// written.
+pub fn limit_parent_cpu(
+    v2_root: &Path,
+    cpu_v1_root: Option<&Path>,
+    parent: &str,
+    cpu_cores: f64,
+) -> Result<PathBuf, ServiceError> {
+    let quota = ((cpu_cores * CPU_PERIOD_US as f64).round() as u64).max(1000);
+    let _ = enable_controllers(v2_root, parent);
+    let v2 = v2_root.join(parent).join("cpu.max");
+    if v2.exists() {
+        std::fs::write(&v2, format!("{quota} {CPU_PERIOD_US}"))
+            .map_err(|e| ServiceError::cgroup(&v2, e))?;
+        return Ok(v2);
+    }
+    let Some(v1_root) = cpu_v1_root else {
+        return Err(ServiceError::cgroup(
+            &v2,
+            "no cpu controller in cgroup v2 here, and no v1 cpu hierarchy",
+        ));
+    };
+    let dir = v1_root.join(parent);
+    std::fs::create_dir_all(&dir).map_err(|e| ServiceError::cgroup(&dir, e))?;
+    let period = dir.join("cpu.cfs_period_us");
+    std::fs::write(&period, CPU_PERIOD_US.to_string())
+        .map_err(|e| ServiceError::cgroup(&period, e))?;
+    let q = dir.join("cpu.cfs_quota_us");
+    std::fs::write(&q, quota.to_string()).map_err(|e| ServiceError::cgroup(&q, e))?;
+    Ok(q)
 }
 
 /// Enables [`CONTROLLERS`] in `cgroup.subtree_control` of the v2 root and of each directory
@@ -381,6 +448,7 @@ mod tests {
         let cg = ServiceCgroup {
             path: dir.path().to_path_buf(),
             memory_v1: None,
+            cpu_v1: None,
         };
         (dir, cg)
     }

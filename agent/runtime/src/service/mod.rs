@@ -53,7 +53,7 @@ mod supervisor;
 mod timings;
 pub mod vip;
 
-pub use cgroup::ServiceCgroup;
+pub use cgroup::{limit_parent_cpu, ServiceCgroup};
 pub use error::ServiceError;
 pub use health::{check, Health, HealthTracker};
 pub use identity::{capability, chown_tree, mask_mode, Identity, Limits};

@@ -32,6 +32,10 @@ pub struct ServicesSection {
     /// created at the agent's start when it does not exist. Services without a `user` do not
     /// start when it cannot be had (they never fall back to root).
     pub default_user: String,
+    /// The CPU this node gives its managed services, in cores (`cpu.max` of the services'
+    /// parent cgroup). The node's load is then its services' share of it, not the host's CPU.
+    /// 0: no limit, and the node's load is the host's.
+    pub cpu_cores: f64,
 }
 
 /// `[services] max_state_bytes` unless configured: 32 GiB.
@@ -46,6 +50,7 @@ impl Default for ServicesSection {
             vip_interface: None,
             max_state_bytes: DEFAULT_MAX_STATE_BYTES,
             default_user: "godwit-svc".into(),
+            cpu_cores: 0.0,
         }
     }
 }
@@ -455,6 +460,16 @@ fn normal(p: &Path) -> bool {
 
 /// Checks a list of specs: each valid, names unique.
 pub fn validate_all(specs: &[ServiceSpec], section: &ServicesSection) -> Result<(), ServiceError> {
+    if !(section.cpu_cores.is_finite() && (section.cpu_cores == 0.0 || section.cpu_cores >= 0.01)) {
+        return Err(ServiceError::Spec {
+            service: "[services]".into(),
+            field: "cpu_cores".into(),
+            reason: format!(
+                "{} must be 0 (the host's CPU) or at least 0.01 cores",
+                section.cpu_cores
+            ),
+        });
+    }
     if !valid_name(&section.default_user) {
         return Err(ServiceError::Spec {
             service: "[services]".into(),

@@ -23,6 +23,9 @@ pub struct Runtime {
     /// The v1 memory hierarchy's mount on a v1/v2 hybrid host, where services' memory is
     /// accounted when the v2 tree has no memory controller.
     pub memory_v1_root: Option<PathBuf>,
+    /// The v1 cpu hierarchy's mount on a hybrid host whose v2 tree has no cpu controller:
+    /// where `[services] cpu_cores` is enforced (`cpu.cfs_quota_us`).
+    pub cpu_v1_root: Option<PathBuf>,
     /// `[services]`.
     pub section: ServicesSection,
     /// The image store, to identify images by content and hold them.

@@ -256,12 +256,15 @@ impl Manager {
         let (rt, spec) = (self.rt.clone(), spec.clone());
         tokio::task::spawn_blocking(move || {
             let image = prepare_image(&rt, &spec)?;
-            let cgroup = ServiceCgroup::create(
+            let mut cgroup = ServiceCgroup::create(
                 &rt.v2_root,
                 rt.memory_v1_root.as_deref(),
                 &rt.section.cgroup_parent,
                 &spec.name,
             )?;
+            if let (Some(cpu_v1), true) = (&rt.cpu_v1_root, rt.section.cpu_cores > 0.0) {
+                cgroup = cgroup.join_cpu_v1(cpu_v1, &rt.section.cgroup_parent, &spec.name)?;
+            }
             let state_dir = spec.state_dir(&rt.section);
             if let Err(e) = own_state_dir(&state_dir, &limits) {
                 let _ = cgroup.remove();

@@ -1,5 +1,5 @@
 //! `kvstore --listen ADDR --state FILE [--size BYTES] [--ballast FILE --ballast-size BYTES
-//! --dirty-rate BYTES_PER_S]`: the example stateful service. The ballast (for benchmarks, see
+//! --dirty-rate BYTES_PER_S] [--load-file FILE]`: the example stateful service. The ballast (for benchmarks, see
 //! `godwit_kvstore::ballast`) is a second file dirtied at a set rate by a thread of its own.
 //!
 //! Exit codes: 0 after a clean shutdown (SIGTERM or SIGINT), 1 on a runtime failure (the
@@ -41,6 +41,10 @@ struct Args {
     /// Bytes of distinct ballast pages dirtied per second (whole random pages, every 10 ms).
     #[arg(long, default_value_t = 0.0, requires = "ballast")]
     dirty_rate: f64,
+    /// A file holding a number of cores (0 to 1): a thread spins that share of the CPU,
+    /// following the file as it changes (`godwit_kvstore::load`).
+    #[arg(long)]
+    load_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +91,17 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
+    let load_stop = Arc::new(AtomicBool::new(false));
+    let load = match &args.load_file {
+        Some(path) => match godwit_kvstore::load::spawn(path.clone(), Arc::clone(&load_stop)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("kvstore: cannot start the load thread error=\"{e}\"");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
     let store = Arc::new(Mutex::new(store));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -129,6 +144,10 @@ fn main() -> ExitCode {
         Some(server::serve(listener, Arc::clone(&store), shutdown).await)
     });
     ballast_stop.store(true, Ordering::Relaxed);
+    load_stop.store(true, Ordering::Relaxed);
+    if let Some(t) = load {
+        let _ = t.join();
+    }
     if let Some((ballast, pages)) = dirtier.and_then(|t| t.join().ok()) {
         if let Err(e) = ballast.sync() {
             eprintln!("kvstore: msync of the ballast failed error=\"{e}\"");

@@ -10,7 +10,7 @@ import struct
 import subprocess
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-WIRE_VERSION = 6
+WIRE_VERSION = 7
 
 
 def varint(n):

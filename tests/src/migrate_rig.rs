@@ -447,10 +447,16 @@ pub struct Migration {
     pub progress: String,
 }
 
+/// `godwit migrate`'s exit status for a move that committed past its downtime target.
+pub const DOWNTIME_MISSED: i32 = 3;
+
 impl Migration {
-    /// The service runs on the target.
+    /// The service runs on the target (exit 0, or 3 when the move missed its downtime target,
+    /// which the report then says).
     pub fn committed(&self) -> bool {
-        self.exit == Some(0) && self.report["result"] == "committed"
+        let missed = self.report["downtime_target_missed"].is_string();
+        self.exit == Some(if missed { DOWNTIME_MISSED } else { 0 })
+            && self.report["result"] == "committed"
     }
 }
 

@@ -52,11 +52,26 @@ pub struct MigrationReport {
     pub actual_rounds: usize,
     /// From the freeze (or stop) to the service healthy on the target, seconds.
     pub downtime_seconds: Option<f64>,
+    /// The downtime target asked for, seconds.
+    pub downtime_target_s: f64,
+    /// The downtime predicted before the move for the mode it ran in, seconds: the hold to
+    /// the end of the frozen round (with the service's own stop, intermittent), the rest of
+    /// the cut-over, and the service's own start on the target. A stop or start not measured
+    /// yet is not in it (see `stop_estimate_s`, `start_estimate_s`).
+    pub predicted_downtime_s: Option<f64>,
+    /// The service's own stop (SIGTERM until its cgroup was empty) as expected before the
+    /// move: the median of its last stops on this node, seconds; `None`: never measured.
+    pub stop_estimate_s: Option<f64>,
+    /// Its own start (exec until its first passing check), likewise.
+    pub start_estimate_s: Option<f64>,
+    /// Set when the move committed but its downtime exceeded the target:
+    /// `missed its downtime target: 1.77 s against 300 ms`.
+    pub downtime_target_missed: Option<String>,
     /// The cut-over's cost outside the frozen round's copy, as expected before the move (the
     /// median of the last committed moves from this node, or a default), seconds.
     pub cutover_estimate_s: f64,
-    /// The downtime target less that cost (at least a quarter of the target): the budget the
-    /// pre-copy model gives the frozen round, seconds.
+    /// The downtime target less that cost and the service's own start (at least a quarter of
+    /// the target): the budget the pre-copy model gives the frozen round, seconds.
     pub frozen_round_target_s: f64,
     /// The frozen round's own cost beyond moving its bytes, as expected before the move (the
     /// median of the last committed moves from this node, or a default); the model's `RTT` is
@@ -79,10 +94,34 @@ pub struct MigrationStats {
     /// Requests refused before anything was tried (no certificate: the HTTP API; a caller or
     /// fencing token not allowed).
     pub refused: u64,
+    /// Committed moves whose downtime exceeded their target.
+    pub downtime_target_missed: u64,
     /// The last one.
     pub last: Option<MigrationReport>,
     /// What the last few committed moves showed of the model's own figures, oldest first.
     pub learned: std::collections::VecDeque<Observed>,
+}
+
+/// A duration as a person reads it: `300 ms` below a second, `1.77 s` from one on.
+pub(super) fn human_seconds(s: f64) -> String {
+    if s < 1.0 {
+        format!("{:.0} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+/// What a committed move whose measured downtime was `downtime_s` says of its target
+/// `target_s`: `Some("missed its downtime target: 1.77 s against 300 ms")` when it exceeded
+/// it, `None` when it met it.
+pub(super) fn missed_target(downtime_s: f64, target_s: f64) -> Option<String> {
+    (downtime_s > target_s).then(|| {
+        format!(
+            "missed its downtime target: {} against {}",
+            human_seconds(downtime_s),
+            human_seconds(target_s)
+        )
+    })
 }
 
 /// Appends `report` to the audit log at `path` (one JSON line).
@@ -136,6 +175,45 @@ impl RefusalLimiter {
 #[cfg(test)]
 mod limiter_tests {
     use super::*;
+
+    #[test]
+    fn a_missed_target_is_said_plainly() {
+        assert_eq!(
+            missed_target(1.77, 0.3).as_deref(),
+            Some("missed its downtime target: 1.77 s against 300 ms")
+        );
+        assert_eq!(
+            missed_target(0.4, 0.3).as_deref(),
+            Some("missed its downtime target: 400 ms against 300 ms")
+        );
+        assert_eq!(missed_target(0.3, 0.3), None);
+        assert_eq!(missed_target(0.096, 0.3), None);
+        assert_eq!(human_seconds(2.0), "2.00 s");
+    }
+
+    #[test]
+    fn the_audit_line_says_a_missed_target() {
+        let dir = std::env::temp_dir().join(format!("godwit-audit-{}", std::process::id()));
+        let path = dir.join("migrations.log");
+        let report = MigrationReport {
+            id: "redis-1".into(),
+            result: "committed".into(),
+            downtime_seconds: Some(1.77),
+            downtime_target_s: 0.3,
+            downtime_target_missed: missed_target(1.77, 0.3),
+            ..Default::default()
+        };
+        append(&path, &report).unwrap();
+        let line = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            line.contains(
+                r#""downtime_target_missed":"missed its downtime target: 1.77 s against 300 ms""#
+            ),
+            "{line}"
+        );
+        assert!(line.contains(r#""result":"committed""#), "{line}");
+    }
 
     #[test]
     fn refusals_beyond_the_window_are_counted_not_written() {

@@ -129,6 +129,8 @@ pub struct RoundFit {
 pub struct Cutover {
     /// Freezing (or stopping) the service until the kernel says it is frozen.
     pub freeze_s: f64,
+    /// Of which the service's own stop (intermittent: SIGTERM until its cgroup was empty).
+    pub stop_s: Option<f64>,
     /// The frozen round: listing, probe flush, write-back, read, send, written on the target.
     pub final_round_s: f64,
     /// The hash comparison, round trip.
@@ -159,6 +161,9 @@ pub struct Cutover {
     pub target_healthy_s: Option<f64>,
     /// On the target: until its VIP was up.
     pub target_vip_s: Option<f64>,
+    /// On the target: the service's own start, from its exec to its first passing check (in
+    /// the hand-off).
+    pub target_start_s: Option<f64>,
 }
 
 impl DriveReport {

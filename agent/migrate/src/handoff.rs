@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::protocol::{Handoff, HANDOFF, START_TIMEOUT};
 use super::source_machine::Handed;
-use godwit_runtime::service::ServiceSpec;
+use godwit_runtime::service::{ServiceSpec, ServiceTimings};
 use godwit_transport::{open, Peer};
 
 /// How long the source waits for the target to confirm it gave the service back.
@@ -21,6 +21,8 @@ pub(super) struct Started {
     pub(super) spawn_s: f64,
     pub(super) healthy_s: f64,
     pub(super) vip_s: Option<f64>,
+    /// The service's own start: its exec until its first passing check.
+    pub(super) start_s: Option<f64>,
 }
 
 impl Started {
@@ -30,6 +32,7 @@ impl Started {
             spawn_s: self.spawn_s,
             healthy_s: self.healthy_s,
             vip_s: self.vip_s,
+            start_s: self.start_s,
         }
     }
 }
@@ -72,12 +75,19 @@ async fn ask(peer: &Peer, request: &Handoff, within: Duration) -> Result<Handoff
     }
 }
 
-/// Asks the target to start the decided service of `migration` as `spec` says; without an
-/// answer, asks it to give the service back.
-pub(super) async fn hand_off(peer: &Peer, migration: &str, spec: &ServiceSpec) -> HandoffOutcome {
+/// Asks the target to start the decided service of `migration` as `spec` says (with the
+/// service's stop and start `timings` here); without an answer, asks it to give the service
+/// back.
+pub(super) async fn hand_off(
+    peer: &Peer,
+    migration: &str,
+    spec: &ServiceSpec,
+    timings: Option<ServiceTimings>,
+) -> HandoffOutcome {
     let start = Handoff::Start {
         migration: migration.to_string(),
         spec: Box::new(spec.clone()),
+        timings,
     };
     let why = match ask(peer, &start, START_TIMEOUT + Duration::from_secs(5)).await {
         Ok(Handoff::Started {
@@ -85,12 +95,14 @@ pub(super) async fn hand_off(peer: &Peer, migration: &str, spec: &ServiceSpec) -
             spawn_s,
             healthy_s,
             vip_s,
+            start_s,
         }) => {
             return HandoffOutcome::Started(Started {
                 pid,
                 spawn_s,
                 healthy_s,
                 vip_s,
+                start_s,
             })
         }
         Ok(Handoff::Failed { reason }) => return HandoffOutcome::GivenBack(reason),
@@ -121,11 +133,13 @@ pub(super) async fn abandon(peer: &Peer, migration: &str, why: String) -> Handof
             spawn_s,
             healthy_s,
             vip_s,
+            start_s,
         }) => HandoffOutcome::Started(Started {
             pid,
             spawn_s,
             healthy_s,
             vip_s,
+            start_s,
         }),
         Ok(Handoff::NotHeld { reason }) => {
             HandoffOutcome::Unknown(format!("{why}; the target: {reason}"))

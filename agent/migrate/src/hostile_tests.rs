@@ -347,6 +347,7 @@ async fn only_the_source_hands_off_abandons_or_forgets_and_outcomes_are_kept() {
         Handoff::Start {
             migration: "m-prepared".into(),
             spec: Box::new(spec("kv")),
+            timings: None,
         },
         Handoff::Abandon {
             migration: "m-prepared".into(),
@@ -389,6 +390,7 @@ async fn only_the_source_hands_off_abandons_or_forgets_and_outcomes_are_kept() {
         Handoff::Start {
             migration: "m-unknown".into(),
             spec: Box::new(spec("kv")),
+            timings: None,
         },
         Handoff::Abandon {
             migration: "m-unknown".into(),

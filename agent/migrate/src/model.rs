@@ -18,8 +18,11 @@ pub(super) fn observed(t: &DriveReport, probe_rate: f64) -> Observed {
         .last()
         .filter(|_| rate > 0.0)
         .map(|r| (t.cutover.final_round_s - r.bytes as f64 / rate).clamp(0.0, 1.0));
+    // The service's own stop and start are its own figures (learned per service by the
+    // runtime), not the node's: the cut-over's cost is what is left.
+    let own = t.cutover.stop_s.unwrap_or(0.0) + t.cutover.target_start_s.unwrap_or(0.0);
     Observed {
-        cutover_s: (t.frozen_seconds - t.cutover.final_round_s).clamp(0.0, 1.0),
+        cutover_s: (t.frozen_seconds - t.cutover.final_round_s - own).clamp(0.0, 1.0),
         frozen_overhead_s: frozen,
         live_overhead_s: t
             .round_fit

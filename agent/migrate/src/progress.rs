@@ -240,6 +240,7 @@ mod tests {
             live_overhead_s: 0.0,
             later_dirty_bytes_per_s: 0.0,
             frozen_bandwidth_bytes_per_s: 0.0,
+            stop_s: 0.0,
         };
         let report = DriveReport::new(
             estimate(input),

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::scan::{BlockDigest, FileMeta};
-use godwit_runtime::service::ServiceSpec;
+use godwit_runtime::service::{ServiceSpec, ServiceTimings};
 
 /// Name of the state service.
 pub const SERVICE: &str = "state";
@@ -92,6 +92,9 @@ pub(super) enum Handoff {
     Start {
         migration: String,
         spec: Box<ServiceSpec>,
+        /// The service's stops and starts as the source measured them: the target keeps them
+        /// with its own, so its next move of the service knows them.
+        timings: Option<ServiceTimings>,
     },
     /// The service runs on the target (the answer to `Start`, and to an `Abandon` that came
     /// after the service started there: it is never given back then).
@@ -101,6 +104,8 @@ pub(super) enum Handoff {
         spawn_s: f64,
         healthy_s: f64,
         vip_s: Option<f64>,
+        /// The service's own start: from its exec to its first passing check (seconds).
+        start_s: Option<f64>,
     },
     /// The target does not run the service and never will for this migration.
     Failed {
@@ -174,6 +179,7 @@ mod tests {
         match round_trip(&Handoff::Start {
             migration: "kv-1".into(),
             spec: Box::new(spec.clone()),
+            timings: None,
         })
         .await
         {
@@ -196,6 +202,7 @@ mod tests {
             live_overhead_s: 0.0,
             later_dirty_bytes_per_s: 0.0,
             frozen_bandwidth_bytes_per_s: 0.0,
+            stop_s: 0.0,
         });
         let mut transfer =
             super::super::DriveReport::new(estimate, godwit_core::policy::SwitchMode::Transitional);

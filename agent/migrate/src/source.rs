@@ -230,6 +230,8 @@ struct ManagedSource<'a> {
     gate: Option<&'a dyn super::gate::PlacementGate>,
     /// Set once the log committed the move.
     decided: &'a std::sync::atomic::AtomicBool,
+    /// How long stopping the service took (intermittent), seconds.
+    stopped_s: Option<f64>,
 }
 
 impl ManagedSource<'_> {
@@ -305,8 +307,13 @@ impl Source for ManagedSource<'_> {
             .await?;
         Ok(())
     }
+    /// The VIP stays until the kill after the hand-off: with the service's sockets closed, a
+    /// client's new connection is refused at once and retried, not lost to an address nobody
+    /// holds until TCP's retry a second later.
     async fn stop(&mut self) -> Result<(), MigrateError> {
-        self.manager.stop(&self.name).await?;
+        let t = Instant::now();
+        self.manager.stop_keeping_vip(&self.name).await?;
+        self.stopped_s = Some(t.elapsed().as_secs_f64());
         Ok(())
     }
     async fn start(&mut self) -> Result<(), MigrateError> {
@@ -335,6 +342,7 @@ impl Source for ManagedSource<'_> {
             self.peer,
             &self.entry.migration,
             &handed_spec(self.target_spec, &self.entry),
+            self.manager.timings(&self.name),
         )
         .await;
         let handed = outcome.handed();
@@ -417,12 +425,34 @@ impl Migrator {
             Ok(()) => "committed".into(),
             Err(e) => format!("failed: {e}"),
         };
+        if let Some(t) = &report.transfer {
+            report.predicted_downtime_s =
+                godwit_core::policy::predicted_hold_s(&t.estimate, t.mode).map(|h| {
+                    h + report.cutover_estimate_s + report.start_estimate_s.unwrap_or(0.0)
+                });
+        }
+        if let (Ok(()), Some(d)) = (&result, report.downtime_seconds) {
+            report.downtime_target_missed =
+                super::audit::missed_target(d, report.downtime_target_s);
+        }
+        if let Some(missed) = &report.downtime_target_missed {
+            warn!(
+                id,
+                predicted_ms = ?report.predicted_downtime_s.map(|d| (d * 1e3).round()),
+                stop_ms = ?report.stop_estimate_s.map(|d| (d * 1e3).round()),
+                start_ms = ?report.start_estimate_s.map(|d| (d * 1e3).round()),
+                "the move {missed}"
+            );
+        }
         report.finished_unix_ms = now_ms();
         report.total_seconds = started.elapsed().as_secs_f64();
         {
             let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
             if result.is_ok() {
                 st.committed += 1;
+                if report.downtime_target_missed.is_some() {
+                    st.downtime_target_missed += 1;
+                }
                 if let Some(t) = &report.transfer {
                     st.learned
                         .push_back(model::observed(t, report.dirty_bytes_per_second));
@@ -594,6 +624,13 @@ impl Migrator {
         // it for the frozen round's copy once the rest (as the last move from here measured it)
         // is paid.
         let target_s = req.downtime_target.as_secs_f64();
+        report.downtime_target_s = target_s;
+        // The service's own stop and start, as its last ones here took: an intermittent move
+        // stops it, every move starts it on the target. Never measured: not counted, and the
+        // report says so.
+        let timings = self.manager.timings(&req.service).unwrap_or_default();
+        report.stop_estimate_s = timings.expected_stop_s();
+        report.start_estimate_s = timings.expected_start_s();
         let learned = self.stats().learned;
         report.cutover_estimate_s = model::expected_cutover_s(&learned);
         let frozen_fit = model::expected_frozen_fit(&learned);
@@ -603,7 +640,8 @@ impl Migrator {
         };
         report.live_overhead_estimate_s = model::expected_live_overhead_s(&learned);
         report.frozen_round_target_s =
-            (target_s - report.cutover_estimate_s).max(target_s * MIN_FROZEN_SHARE);
+            (target_s - report.cutover_estimate_s - report.start_estimate_s.unwrap_or(0.0))
+                .max(target_s * MIN_FROZEN_SHARE);
         let input = PrecopyInput {
             state_bytes: report.state_bytes as f64,
             dirty_bytes_per_s: report.dirty_bytes_per_second,
@@ -623,6 +661,7 @@ impl Migrator {
             later_dirty_bytes_per_s: report.dirty_bytes_per_second
                 * model::expected_later_dirty_ratio(&learned),
             frozen_bandwidth_bytes_per_s: frozen_fit.map_or(0.0, |(_, b)| b),
+            stop_s: report.stop_estimate_s.unwrap_or(0.0),
         };
         let mut entry = SourceEntry {
             migration: id.to_string(),
@@ -716,13 +755,18 @@ impl Migrator {
             progress,
             gate: self.gate.as_deref(),
             decided,
+            stopped_s: None,
         };
         let frozen_from = Instant::now();
         let outcome = drive(sender, &mut source, input, req.mode).await;
         let then = std::mem::take(&mut source.then);
         let drive_report = match outcome {
-            Ok(r) => r,
-            Err((e, r)) => {
+            Ok(mut r) => {
+                r.cutover.stop_s = source.stopped_s;
+                r
+            }
+            Err((e, mut r)) => {
+                r.cutover.stop_s = source.stopped_s;
                 // Not decided: the driver resumed the source; the target drops its copy.
                 report.actual_rounds = r.rounds.len();
                 report.transfer = Some(r);
@@ -761,6 +805,7 @@ impl Migrator {
             c.target_spawn_s = Some(st.spawn_s);
             c.target_healthy_s = Some(st.healthy_s);
             c.target_vip_s = st.vip_s;
+            c.target_start_s = st.start_s;
         }
         if let HandoffOutcome::Started(_) = &outcome {
             report.downtime_seconds = Some(frozen_at.elapsed().as_secs_f64());
@@ -858,7 +903,13 @@ impl Migrator {
             {
                 Ok(peer) => match serde_json::from_str::<ServiceSpec>(&entry.target_spec) {
                     Ok(spec) => {
-                        hand_off(&peer, &entry.migration, &handed_spec(&spec, &entry)).await
+                        hand_off(
+                            &peer,
+                            &entry.migration,
+                            &handed_spec(&spec, &entry),
+                            self.manager.timings(&entry.service),
+                        )
+                        .await
                     }
                     // Not ours to start there: the target is asked to give it back.
                     Err(e) => {

@@ -404,10 +404,11 @@ impl Target {
         // still be given back, so the VIP waits for it too.
         let settled = async {
             let s = first_pass.await?;
+            let first_pass_s = began.elapsed().as_secs_f64();
             settle(&self.manager, &name, health.as_ref(), &s, poll).await?;
-            Ok::<_, String>(s)
+            Ok::<_, String>((s, first_pass_s))
         };
-        let s = tokio::select! {
+        let (s, first_pass_s) = tokio::select! {
             s = tokio::time::timeout(START_TIMEOUT, settled) => match s {
                 Ok(s) => s?,
                 Err(_) => return Err(format!("{name} did not pass its health check within {START_TIMEOUT:?}")),
@@ -421,6 +422,7 @@ impl Target {
                 spawn_s,
                 healthy_s,
                 vip_s: None,
+                start_s: Some((first_pass_s - spawn_s).max(0.0)),
             },
             vip,
             vip_active: s.vip_active,
@@ -694,12 +696,20 @@ async fn handoff(peer: PeerInfo, mut ch: Channel, target: Arc<Target>) {
         return;
     }
     let reply = match request {
-        Handoff::Start { migration, spec } => {
+        Handoff::Start {
+            migration,
+            spec,
+            timings,
+        } => {
             match target
                 .start_owned(&migration, Some(&spec), TargetEvent::HandOff)
                 .await
             {
                 Ok(Some((st, then))) => {
+                    // The figures of the service this migration moved (the journal's name).
+                    if let (Some(t), Some(e)) = (timings, target.journal.target(&migration)) {
+                        target.manager.learn_timings(&e.service, t);
+                    }
                     info!(peer = %peer.node, migration, spawn_s = st.spawn_s, healthy_s = st.healthy_s, vip_s = ?st.vip_s, "migrated service started");
                     after = then;
                     st.reply()

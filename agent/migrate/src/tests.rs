@@ -412,6 +412,7 @@ fn input(state: f64, dirty: f64) -> godwit_core::policy::PrecopyInput {
         live_overhead_s: 0.0,
         later_dirty_bytes_per_s: 0.0,
         frozen_bandwidth_bytes_per_s: 0.0,
+        stop_s: 0.0,
     }
 }
 

@@ -31,8 +31,10 @@ use super::error::TransportError;
 /// optional `SwitchMode`, and the hand-off may answer an abandon with `Started`. 4: a target
 /// answers only its source (`NotHeld`). 5: a service spec carries its `user`, `group`,
 /// `capabilities`, `umask` and `allow_setuid`. 6: and its `ha` class; Raft and coordinator
-/// messages travel on the `"raft"` and `"coord"` services.
-pub const WIRE_VERSION: u16 = 6;
+/// messages travel on the `"raft"` and `"coord"` services. 7: a migration's report carries its
+/// downtime target, prediction and the service's own stop and start, and the hand-off's
+/// `Started` the service's start.
+pub const WIRE_VERSION: u16 = 7;
 /// Largest message frame.
 pub const MAX_FRAME: usize = 16 << 20;
 /// Largest frame of a connection's handshake (node names and a refusal's reason), read before

@@ -54,9 +54,9 @@ pub use place::{PlaceFailure, PlaceWhy, Rejections, SiteRule, TargetKey, Targets
 pub use plan::{plan, Migration, NodeReport, NodeStatus, Plan, Unplaced, UnplacedStage};
 pub use precopy::{
     dirty_ratio, estimate, estimate_with_curve, estimated_rounds, fit_rounds, frozen_budget,
-    latency_floor, remaining_after, round_bandwidth, scan_share, should_freeze, start_condition,
-    working_set_bytes, DirtyModel, PrecopyEstimate, PrecopyInput, StartDecision, StopReason,
-    UNIFORM_SCAN_SHARE,
+    latency_floor, predicted_hold_s, remaining_after, round_bandwidth, scan_share, should_freeze,
+    start_condition, stop_time, working_set_bytes, DirtyModel, PrecopyEstimate, PrecopyInput,
+    StartDecision, StopReason, UNIFORM_SCAN_SHARE,
 };
 pub use prestage::{
     prestage_plan, PrestageCandidate, PrestageCopy, PrestagePlan, PrestageSkip, PrestageSkipReason,

@@ -144,6 +144,7 @@ mod tests {
             live_overhead_s: 0.0,
             later_dirty_bytes_per_s: 0.0,
             frozen_bandwidth_bytes_per_s: 0.0,
+            stop_s: 0.0,
         });
         let small = estimate(PrecopyInput {
             state_bytes: 1e6,

@@ -379,6 +379,8 @@ pub fn plan(view: &ClusterView, cfg: &PolicyConfig, now: u64) -> Plan {
                 live_overhead_s: 0.0,
                 later_dirty_bytes_per_s: 0.0,
                 frozen_bandwidth_bytes_per_s: 0.0,
+                // The plan has no service's own stop time yet: a stop-and-copy is not charged one.
+                stop_s: 0.0,
             };
             let switch = decide_mode(
                 class_label(&target.switch_latencies_s, cfg),

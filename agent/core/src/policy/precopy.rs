@@ -44,11 +44,21 @@
 //! (a short round counts a rewritten page again after each clean): `V_{i+1} = D'*(V_i/B_r +
 //! L)`, simulated under the termination check when `D' != D` (`D` until measured).
 //!
+//! **A stop is not a freeze.** An intermittent move stops the service (SIGTERM until its
+//! processes are gone) where a transitional one freezes it, and a service may take long to
+//! stop (a redis writes its whole dump on SIGTERM): a stop-and-copy holds the service for
+//! `stop + V0/B + RTT`, and is chosen only when that fits `T_down`. `stop` is the service's own,
+//! measured at its earlier stops (0 until measured: the caller says so). Both modes start the
+//! service on the target, so its start is not the model's: the caller takes it off `T_down`
+//! as it does the rest of the cut-over.
+//!
 //! Where the probe measured a writable-working-set curve (distinct bytes dirtied against window
 //! length), [`estimate_with_curve`] iterates `V_{i+1} = W(t_i)` instead of the constant rate, and
 //! the estimate says which model it used.
 
 use serde::{Deserialize, Serialize};
+
+use super::mode::SwitchMode;
 
 /// Inputs of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
@@ -85,6 +95,20 @@ pub struct PrecopyInput {
     /// round of a few MB moves slower per byte than the live rounds' fit says.
     #[serde(default)]
     pub frozen_bandwidth_bytes_per_s: f64,
+    /// `stop`: the service's own stop (SIGTERM until its processes are gone), seconds, which
+    /// only a stop-and-copy pays (a transitional move freezes it). 0: not measured (or none).
+    #[serde(default)]
+    pub stop_s: f64,
+}
+
+/// `stop`, made valid: positive and finite, else 0.
+pub fn stop_time(input: &PrecopyInput) -> f64 {
+    let s = input.stop_s;
+    if s.is_finite() && s > 0.0 {
+        s
+    } else {
+        0.0
+    }
 }
 
 /// `B_f`, made valid: the frozen round's rate when positive and below `B_r`, else `B_r`.
@@ -195,7 +219,8 @@ pub(super) fn first_round_dirtied(input: &PrecopyInput) -> f64 {
 pub enum StartDecision {
     /// Iterate: live rounds, then a short frozen round.
     Iterate,
-    /// `V0/B + RTT <= T_down`: stopping and copying meets the target; no iteration needed.
+    /// `stop + V0/B + RTT <= T_down`: stopping and copying meets the target; no iteration
+    /// needed.
     StopAndCopy,
     /// `q >= 1` (or the working-set curve does not shrink): rounds never get shorter.
     NotConverging,
@@ -245,7 +270,7 @@ pub struct PrecopyEstimate {
     pub stop: Option<StopReason>,
     /// Bytes the frozen (or single stop-and-copy) round copies: `V_n`.
     pub frozen_bytes: Option<f64>,
-    /// `V_n/B + RTT` (or `V0/B + RTT` without iteration).
+    /// `V_n/B + RTT` (or `stop + V0/B + RTT` without iteration: a stop-and-copy).
     pub predicted_downtime_s: Option<f64>,
     /// Bytes sent over all rounds.
     pub total_bytes: Option<f64>,
@@ -263,6 +288,11 @@ pub struct PrecopyEstimate {
 /// whatever the start condition says: what a transitional move asked for runs. `None` with
 /// invalid inputs.
 pub(super) fn transitional_rounds(input: &PrecopyInput) -> Option<u32> {
+    transitional_run(input).map(|(n, _)| n)
+}
+
+/// [`transitional_rounds`] and the bytes its frozen round copies.
+fn transitional_run(input: &PrecopyInput) -> Option<(u32, f64)> {
     if !inputs_valid(input) {
         return None;
     }
@@ -275,7 +305,28 @@ pub(super) fn transitional_rounds(input: &PrecopyInput) -> Option<u32> {
             break;
         }
     }
-    Some(round)
+    Some((round, v))
+}
+
+/// How long a move in `mode` holds the service by `e` (the service frozen or stopped until
+/// the frozen round is copied), seconds: intermittent, a stop-and-copy `stop + V0/B + RTT`
+/// whatever the start condition said; transitional, the frozen round after the live rounds
+/// (those the termination check lets run when the start condition would not iterate), no
+/// stop. `None` with invalid inputs.
+pub fn predicted_hold_s(e: &PrecopyEstimate, mode: SwitchMode) -> Option<f64> {
+    let input = &e.input;
+    if !inputs_valid(input) {
+        return None;
+    }
+    match mode {
+        SwitchMode::Intermittent => {
+            Some(stop_time(input) + input.state_bytes / input.bandwidth_bytes_per_s + input.rtt_s)
+        }
+        SwitchMode::Transitional if e.start == StartDecision::Iterate => e.predicted_downtime_s,
+        SwitchMode::Transitional => {
+            transitional_run(input).map(|(_, v)| v / frozen_bandwidth(input) + input.rtt_s)
+        }
+    }
 }
 
 /// `q = D/B` (`None` without bandwidth).
@@ -324,7 +375,7 @@ pub fn start_condition(input: &PrecopyInput) -> StartDecision {
         return StartDecision::MissingInputs;
     }
     let b = input.bandwidth_bytes_per_s;
-    if input.state_bytes / b + input.rtt_s <= input.downtime_target_s {
+    if stop_time(input) + input.state_bytes / b + input.rtt_s <= input.downtime_target_s {
         return StartDecision::StopAndCopy;
     }
     match latency_floor(
@@ -390,7 +441,7 @@ pub fn estimated_rounds(v0: f64, v_floor: f64, q: f64, budget: f64) -> Option<(u
 fn no_iteration(input: PrecopyInput, model: DirtyModel, start: StartDecision) -> PrecopyEstimate {
     let valid = inputs_valid(&input);
     let b = input.bandwidth_bytes_per_s;
-    let downtime = valid.then(|| input.state_bytes / b + input.rtt_s);
+    let downtime = valid.then(|| stop_time(&input) + input.state_bytes / b + input.rtt_s);
     PrecopyEstimate {
         input,
         model,
@@ -575,7 +626,7 @@ pub fn estimate_with_curve(input: PrecopyInput, curve: &[[f64; 2]]) -> PrecopyEs
         return no_iteration(input, DirtyModel::WorkingSet, StartDecision::MissingInputs);
     }
     let b = input.bandwidth_bytes_per_s;
-    if input.state_bytes / b + input.rtt_s <= input.downtime_target_s {
+    if stop_time(&input) + input.state_bytes / b + input.rtt_s <= input.downtime_target_s {
         return no_iteration(input, DirtyModel::WorkingSet, StartDecision::StopAndCopy);
     }
     if frozen_budget(&input) <= 0.0 {
@@ -627,6 +678,7 @@ mod tests {
             live_overhead_s: 0.0,
             later_dirty_bytes_per_s: 0.0,
             frozen_bandwidth_bytes_per_s: 0.0,
+            stop_s: 0.0,
         }
     }
 
@@ -941,6 +993,65 @@ mod tests {
             should_freeze(30, 50.0 * MB, Some(60.0 * MB), &inp),
             Some(StopReason::MaxRounds)
         );
+    }
+
+    #[test]
+    fn a_service_slow_to_stop_is_not_stopped_and_copied_and_its_stop_is_in_the_hold() {
+        // A redis with 5 MB of AOF, 1 MB/s of writes, over 100 MB/s: copying it stopped takes
+        // 51 ms, well inside a 250 ms budget ...
+        let quick = input(5.0 * MB, 1.0 * MB, 100.0 * MB, 0.001, 0.25);
+        let e = estimate(quick);
+        assert_eq!(e.start, StartDecision::StopAndCopy);
+        assert!((e.predicted_downtime_s.unwrap() - 0.051).abs() < 1e-9);
+        assert_eq!(
+            predicted_hold_s(&e, SwitchMode::Intermittent),
+            e.predicted_downtime_s
+        );
+        // ... but its SIGTERM writes a full dump first: 0.85 s measured at its last stops.
+        // Stopping it no longer fits, iterating does (a frozen service is not stopped).
+        let slow = PrecopyInput {
+            stop_s: 0.85,
+            ..quick
+        };
+        let e = estimate(slow);
+        assert_eq!(e.start, StartDecision::Iterate);
+        let frozen = predicted_hold_s(&e, SwitchMode::Transitional).unwrap();
+        assert!(frozen < 0.25, "{frozen}");
+        assert_eq!(e.predicted_downtime_s, Some(frozen));
+        // Forced intermittent, the hold is the stop and the copy.
+        let held = predicted_hold_s(&e, SwitchMode::Intermittent).unwrap();
+        assert!((held - 0.901).abs() < 1e-9, "{held}");
+        // No iteration possible (q >= 1): stopped anyway, and the estimate says how long.
+        let e = estimate(PrecopyInput {
+            dirty_bytes_per_s: 200.0 * MB,
+            ..slow
+        });
+        assert_eq!(e.start, StartDecision::NotConverging);
+        assert!((e.predicted_downtime_s.unwrap() - 0.901).abs() < 1e-9);
+        assert!(!e.meets_target);
+        // A transitional move asked for where stopping would fit: its frozen round, no stop.
+        let e = estimate(PrecopyInput {
+            stop_s: 0.01,
+            ..quick
+        });
+        assert_eq!(e.start, StartDecision::StopAndCopy);
+        let t = predicted_hold_s(&e, SwitchMode::Transitional).unwrap();
+        assert!(t < 0.01, "{t}");
+        // Nonsense is no stop; invalid inputs no hold.
+        for bad in [f64::NAN, -1.0, f64::INFINITY] {
+            assert_eq!(
+                stop_time(&PrecopyInput {
+                    stop_s: bad,
+                    ..quick
+                }),
+                0.0
+            );
+        }
+        let e = estimate(PrecopyInput {
+            bandwidth_bytes_per_s: 0.0,
+            ..slow
+        });
+        assert_eq!(predicted_hold_s(&e, SwitchMode::Intermittent), None);
     }
 
     #[test]

@@ -43,7 +43,8 @@ pub(super) struct MigrateArgs {
     /// auto (what the pre-copy model says meets the downtime target).
     #[arg(long, default_value = "auto", value_parser = ["auto", "transitional", "intermittent"])]
     mode: String,
-    /// Downtime target, milliseconds.
+    /// Downtime target, milliseconds. A move that commits but exceeds it exits with status 3
+    /// and says so.
     #[arg(long, default_value_t = 300)]
     downtime_target: u64,
     /// The agent's configuration: its node name, transport address and tls_dir. Default
@@ -382,11 +383,7 @@ pub(super) fn run(args: MigrateArgs) -> ExitCode {
             } else {
                 print!("{}", render(&report));
             }
-            if committed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(exit::FAILURE)
-            }
+            ExitCode::from(report_status(committed, &report))
         }
         Ok(Answer::Refused(why)) => {
             eprintln!(
@@ -460,6 +457,16 @@ pub(super) fn whereabouts(doc: &Value) -> String {
         )
     } else {
         format!("unknown: `godwit services` on {from} and {to} shows where {service} runs")
+    }
+}
+
+/// The exit status of a report: 0 committed, [`exit::DOWNTIME_MISSED`] committed past its
+/// downtime target, 1 failed.
+fn report_status(committed: bool, report: &Value) -> u8 {
+    match (committed, report["downtime_target_missed"].is_string()) {
+        (true, false) => 0,
+        (true, true) => exit::DOWNTIME_MISSED,
+        (false, _) => exit::FAILURE,
     }
 }
 
@@ -549,22 +556,28 @@ pub(super) fn render(doc: &Value) -> String {
         );
     }
     if t.is_object() {
-        let est = &t["estimate"];
+        // The hold for the mode it ran in (with the service's own stop, intermittent), the
+        // rest of the cut-over as the last moves measured it, and the service's own start; a
+        // stop or start never measured is not in it, and that is said.
+        let unmeasured = match (
+            t["mode"]
+                .as_str()
+                .filter(|_| doc["predicted_downtime_s"].is_number()),
+            doc["stop_estimate_s"].is_number(),
+            doc["start_estimate_s"].is_number(),
+        ) {
+            (Some(_), _, false) | (Some("intermittent"), false, _) => {
+                " (stop/start time not yet measured)"
+            }
+            _ => "",
+        };
         let _ = writeln!(
             out,
-            "rounds: predicted {} actual {}; downtime: predicted {} actual {}; bytes {}; \
-             total {:.2} s",
+            "rounds: predicted {} actual {}; downtime: predicted {}{unmeasured} actual {}; \
+             bytes {}; total {:.2} s",
             count(&doc["predicted_rounds"]),
             count(&doc["actual_rounds"]),
-            // The frozen round's copy as the model saw it, plus the rest of the cut-over as
-            // the last move measured it.
-            millis(
-                &est["predicted_downtime_s"]
-                    .as_f64()
-                    .map(|d| d + doc["cutover_estimate_s"].as_f64().unwrap_or(0.0))
-                    .into(),
-                "none"
-            ),
+            millis(&doc["predicted_downtime_s"], "none"),
             millis(&doc["downtime_seconds"], "none"),
             count(&t["bytes"]),
             doc["total_seconds"].as_f64().unwrap_or(0.0),
@@ -605,6 +618,9 @@ pub(super) fn render(doc: &Value) -> String {
             ms("target_vip_s"),
         );
     }
+    if let Some(missed) = doc["downtime_target_missed"].as_str() {
+        let _ = writeln!(out, "the move {missed}");
+    }
     out
 }
 
@@ -613,6 +629,44 @@ mod tests {
     use super::*;
     use crate::migrate::agent::MigrationReport;
     use clap::Parser;
+
+    #[test]
+    fn a_move_past_its_downtime_target_says_so_and_exits_3() {
+        let doc = serde_json::json!({
+            "service": "redis", "from": "a", "to": "b", "result": "committed",
+            "transfer": {"mode": "intermittent", "rounds": [], "bytes": 1},
+            "downtime_seconds": 1.77, "downtime_target_s": 0.3,
+            "predicted_downtime_s": 0.117, "start_estimate_s": 0.8,
+            "downtime_target_missed": "missed its downtime target: 1.77 s against 300 ms",
+        });
+        let text = render(&doc);
+        assert!(
+            text.contains("the move missed its downtime target: 1.77 s against 300 ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("predicted 117 ms (stop/start time not yet measured) actual 1770 ms"),
+            "{text}"
+        );
+        assert_eq!(report_status(true, &doc), exit::DOWNTIME_MISSED);
+        assert_eq!(report_status(false, &doc), exit::FAILURE);
+        let mut met = doc.clone();
+        met["downtime_target_missed"] = Value::Null;
+        met["stop_estimate_s"] = 0.85.into();
+        let text = render(&met);
+        assert!(
+            !text.contains("missed") && !text.contains("not yet"),
+            "{text}"
+        );
+        assert_eq!(report_status(true, &met), 0);
+        // Transitional: no stop, so only an unmeasured start is missing.
+        let mut frozen = met.clone();
+        frozen["transfer"]["mode"] = "transitional".into();
+        frozen["stop_estimate_s"] = Value::Null;
+        assert!(!render(&frozen).contains("not yet"));
+        frozen["start_estimate_s"] = Value::Null;
+        assert!(render(&frozen).contains("(stop/start time not yet measured)"));
+    }
 
     #[derive(Debug, clap::Parser)]
     struct Cli {

@@ -31,6 +31,9 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// The caller may not do this (a migration or an API change refused to this caller).
     pub const NOPERM: u8 = 77;
+    /// A migration committed (the service runs on the target) but its downtime exceeded its
+    /// target.
+    pub const DOWNTIME_MISSED: u8 = 3;
 }
 
 #[derive(Debug, Parser)]

@@ -12,6 +12,7 @@
 //! | `status.rs` | [`Runtime`] (where services run), [`RunState`] and [`ServiceStatus`] |
 //! | `launch.rs` | a service's image made ready (directory, tarball, store) and its command |
 //! | `supervisor.rs` | [`Manager`] and the per-service supervisor task |
+//! | `timings.rs` | [`ServiceTimings`]: each service's last stops and starts here, kept on disk |
 //! | `vip.rs` | add/remove the VIP, gratuitous ARP (IPv4), unsolicited neighbour advertisement (IPv6) |
 //! | `netlink.rs` | rtnetlink requests: add, delete and list an interface's addresses (no `ip` process) |
 //!
@@ -32,7 +33,9 @@
 //!   `[services] default_user`; every process of a service (and its health command) has
 //!   `no_new_privs` and only the capabilities its spec lists. No default user, no start.
 //! - **The VIP follows health**: added once the service is healthy (at start when it has no
-//!   check), removed when it stops or crashes.
+//!   check), removed when it stops or crashes; a migration's stop
+//!   ([`Manager::stop_keeping_vip`]) keeps it, with nothing listening, until the kill after
+//!   the hand-off, so new connections are refused at once rather than lost.
 //! - **A fenced node runs nothing**: [`Manager::fence_all`] freezes and kills every service's
 //!   cgroup and withdraws the VIPs without waiting on the supervisors; until
 //!   [`Manager::unfence`], no start or restart happens.
@@ -47,6 +50,7 @@ mod park;
 mod spec;
 mod status;
 mod supervisor;
+mod timings;
 pub mod vip;
 
 pub use cgroup::{limit_parent_cpu, ServiceCgroup};
@@ -58,3 +62,4 @@ pub use spec::{
     ServicesSection, DEFAULT_MAX_STATE_BYTES, DEFAULT_UMASK,
 };
 pub use supervisor::{Manager, RunState, Runtime, ServiceStatus};
+pub use timings::ServiceTimings;

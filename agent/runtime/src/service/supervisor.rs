@@ -26,6 +26,7 @@ use super::park::Parked;
 use super::spec::{validate_all, RestartPolicy, ServiceSpec};
 use super::status::now_ms;
 pub use super::status::{RunState, Runtime, ServiceStatus};
+use super::timings::ServiceTimings;
 use super::vip;
 
 type Reply = oneshot::Sender<Result<(), ServiceError>>;
@@ -36,10 +37,18 @@ const EMPTY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a stopped service's log tasks may take to read what its pipes still hold.
 const PIPES_DEADLINE: Duration = Duration::from_secs(1);
 
+/// Until a started service first passes its check, checks come this soon after the start
+/// and then at gaps growing by [`START_PROBE_GROWTH`] up to its interval: its start time is
+/// measured within a tenth of itself (and its VIP comes up that soon), not to the interval.
+const START_PROBE_FIRST: Duration = Duration::from_millis(5);
+const START_PROBE_GROWTH: f64 = 1.1;
+
 #[derive(Debug)]
 enum Cmd {
     Start(Reply),
     Stop(Reply),
+    /// Stop, keeping the VIP (a migration's stop: see [`Manager::stop_keeping_vip`]).
+    StopKeepingVip(Reply),
     Kill(Reply),
     Freeze(Reply),
     Thaw(Reply),
@@ -52,6 +61,8 @@ struct Handle {
     status: watch::Receiver<ServiceStatus>,
     tx: mpsc::Sender<Cmd>,
     task: tokio::task::JoinHandle<()>,
+    /// Its stops and starts here, shared with its supervisor, which records them.
+    timings: Arc<Mutex<ServiceTimings>>,
 }
 
 /// Owns every managed service of this node.
@@ -80,6 +91,8 @@ struct Prepared {
     cgroup: ServiceCgroup,
     state_dir: PathBuf,
     limits: Limits,
+    /// Its stops and starts here as kept from earlier runs.
+    timings: ServiceTimings,
 }
 
 /// Creates the service's state directory and gives it, and everything in it, to the
@@ -144,7 +157,9 @@ impl Manager {
             cgroup,
             state_dir,
             limits,
+            timings,
         } = self.prepare(&spec).await?;
+        let timings = Arc::new(Mutex::new(timings));
         let status = ServiceStatus {
             name: spec.name.clone(),
             node: self.rt.node.clone(),
@@ -190,6 +205,11 @@ impl Manager {
             frozen_at: None,
             check: None,
             pipes: TaskTracker::new(),
+            timings: timings.clone(),
+            timings_path: ServiceTimings::path(&self.rt.section.state_root, &spec.name),
+            starting_since: None,
+            probe_at: None,
+            probe_gap: START_PROBE_FIRST,
         };
         let task = tokio::spawn(sup.run(rx));
         let autostart = spec.autostart;
@@ -208,6 +228,7 @@ impl Manager {
                     status: status_rx,
                     tx,
                     task,
+                    timings,
                 },
             );
         }
@@ -249,11 +270,14 @@ impl Manager {
                 let _ = cgroup.remove();
                 return Err(e);
             }
+            let timings =
+                ServiceTimings::load(&ServiceTimings::path(&rt.section.state_root, &spec.name));
             Ok(Prepared {
                 image,
                 cgroup,
                 state_dir,
                 limits,
+                timings,
             })
         })
         .await
@@ -281,6 +305,7 @@ impl Manager {
             cgroup,
             state_dir,
             limits,
+            ..
         } = self.prepare(&spec).await?;
         let forked = {
             let image_dir = image.as_ref().map(|i| i.dir.as_path());
@@ -357,6 +382,33 @@ impl Manager {
         self.lock().get(name).map(|h| h.spec.clone())
     }
 
+    /// Takes in the figures of service `name` measured on another node (a migration's source,
+    /// see [`ServiceTimings::merge_carried`]) and keeps them.
+    pub fn learn_timings(&self, name: &str, carried: ServiceTimings) {
+        let Some(timings) = self.lock().get(name).map(|h| h.timings.clone()) else {
+            return;
+        };
+        timings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .merge_carried(carried);
+        let path = ServiceTimings::path(&self.rt.section.state_root, name);
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            let t = timings.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = t.store(&path) {
+                warn!(service = %name, file = %path.display(), error = %e, "cannot keep the stop and start times");
+            }
+        });
+    }
+
+    /// How long the service's last stops and starts here took (see [`ServiceTimings`]).
+    pub fn timings(&self, name: &str) -> Option<ServiceTimings> {
+        self.lock()
+            .get(name)
+            .map(|h| h.timings.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
     /// Every service's status, by name.
     pub fn list(&self) -> Vec<ServiceStatus> {
         self.lock()
@@ -408,6 +460,16 @@ impl Manager {
     /// Stops it: SIGTERM, then SIGKILL after the grace period.
     pub async fn stop(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
         self.command(name, Cmd::Stop).await
+    }
+
+    /// Stops it as [`Manager::stop`] does, but its VIP stays on the interface (`vip_active`
+    /// stays set): a migration's stop, until the target holds the address. With the
+    /// service's sockets closed, a new connection to the VIP is refused at once (a TCP reset)
+    /// rather than lost (a SYN to an address nobody holds waits for TCP's retry, a second
+    /// later). The [`Manager::kill`] after the hand-off, or a stop, withdraws it; a start
+    /// keeps it.
+    pub async fn stop_keeping_vip(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        self.command(name, Cmd::StopKeepingVip).await
     }
 
     /// Kills it at once, frozen or not, without thawing it first (the end of a migration
@@ -650,6 +712,14 @@ struct Supervisor {
     check: Option<tokio::task::JoinHandle<bool>>,
     /// The tasks logging the process's stdout and stderr; they end with the pipes.
     pipes: TaskTracker,
+    /// Its stops and starts here (shared with the manager), and where they are kept.
+    timings: Arc<Mutex<ServiceTimings>>,
+    timings_path: PathBuf,
+    /// When the running process was started, until its first passing check.
+    starting_since: Option<Instant>,
+    /// The next check before the first pass, and the gap after it.
+    probe_at: Option<tokio::time::Instant>,
+    probe_gap: Duration,
 }
 
 impl Supervisor {
@@ -700,7 +770,7 @@ impl Supervisor {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
                     None => {
-                        self.stop().await;
+                        self.stop(false).await;
                         if let Some(p) = self.parked.take() {
                             p.cancel().await;
                         }
@@ -741,17 +811,24 @@ impl Supervisor {
                     }
                 }
                 // A check runs in its own task: commands (freeze, stop) never wait behind it.
-                _ = tick.tick(), if checking && self.check.is_none() => {
-                    let spec = self.spec.health.clone().expect("checked");
-                    let limits = self.limits.clone();
-                    self.check = Some(tokio::spawn(async move { check(&spec, Some(&limits)).await }));
-                }
+                _ = tick.tick(), if checking && self.check.is_none() => self.launch_check(),
+                // Until the first pass, checks come sooner (see `START_PROBE_FIRST`).
+                _ = async {
+                    match self.probe_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                }, if checking && self.check.is_none() => self.launch_check(),
                 done = async { self.check.as_mut().expect("checked").await }, if self.check.is_some() => {
                     self.check = None;
                     // A result that arrives after a freeze, stop or exit is stale.
                     if let Ok(passed) = done {
                         if self.child.is_some() && self.state() == RunState::Running {
                             self.health_result(passed).await;
+                            if !passed && self.starting_since.is_some() {
+                                self.probe_at = Some(tokio::time::Instant::now() + self.probe_gap);
+                                self.probe_gap = self.probe_gap.mul_f64(START_PROBE_GROWTH).min(interval);
+                            }
                         }
                     }
                 }
@@ -759,7 +836,41 @@ impl Supervisor {
         }
     }
 
+    fn launch_check(&mut self) {
+        self.probe_at = None;
+        let spec = self.spec.health.clone().expect("checked");
+        let limits = self.limits.clone();
+        self.check = Some(tokio::spawn(
+            async move { check(&spec, Some(&limits)).await },
+        ));
+    }
+
+    /// Records a stop or start in the service's figures and keeps them on disk (off the
+    /// supervisor's task; a write that fails is logged, the figures stay in memory).
+    fn keep(&self, record: impl FnOnce(&mut ServiceTimings)) {
+        record(&mut self.timings.lock().unwrap_or_else(|e| e.into_inner()));
+        let (timings, path, name) = (
+            self.timings.clone(),
+            self.timings_path.clone(),
+            self.spec.name.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            // Under the lock: the last write has the newest figures.
+            let t = timings.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = t.store(&path) {
+                warn!(service = %name, file = %path.display(), error = %e, "cannot keep the stop and start times");
+            }
+        });
+    }
+
     async fn health_result(&mut self, passed: bool) {
+        if passed {
+            if let Some(since) = self.starting_since.take() {
+                let s = since.elapsed().as_secs_f64();
+                info!(service = %self.spec.name, start_ms = (s * 1e3).round(), "first passing check since the start");
+                self.keep(|t| t.record_start(s));
+            }
+        }
         let Some(tracker) = self.tracker.as_mut() else {
             return;
         };
@@ -857,6 +968,8 @@ impl Supervisor {
                     }
                 };
                 if let Err(e) = &r {
+                    // An address a migration's stop kept goes with a start that failed.
+                    self.vip_down();
                     self.set(|s| {
                         s.state = RunState::Failed;
                         s.health = Health::Failed;
@@ -866,12 +979,18 @@ impl Supervisor {
                 let _ = reply.send(r);
             }
             Cmd::Stop(reply) => {
-                self.stop().await;
+                self.stop(false).await;
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::StopKeepingVip(reply) => {
+                self.stop(true).await;
                 let _ = reply.send(Ok(()));
             }
             Cmd::Kill(reply) => {
                 self.cancel_check();
                 self.backoff_until = None;
+                self.starting_since = None;
+                self.probe_at = None;
                 self.stopping = true;
                 // Its clients learn at once: the sockets are shut before the processes die
                 // (an exit closes them only after tearing the memory down).
@@ -903,6 +1022,9 @@ impl Supervisor {
                 let r = match self.state() {
                     RunState::Running => match self.cgroup.freeze().await {
                         Ok(()) => {
+                            // A start interrupted by a freeze measures nothing.
+                            self.starting_since = None;
+                            self.probe_at = None;
                             self.frozen_at = Some(Instant::now());
                             self.set(|s| s.state = RunState::Frozen);
                             info!(service = %self.spec.name, "frozen");
@@ -951,6 +1073,7 @@ impl Supervisor {
     /// Starts the process in the cgroup: the child forked ahead of the start when there is
     /// one ([`Manager::park`]), else a new one.
     async fn spawn(&mut self) -> Result<(), ServiceError> {
+        let began = Instant::now();
         let image = self.image_dir.clone();
         let parked = match self.parked.take() {
             Some(p) => match p.release().await {
@@ -1025,17 +1148,30 @@ impl Supervisor {
         });
         info!(service = %self.spec.name, pid, "started");
         if healthy_now {
+            // No check: started once the process is up.
+            self.starting_since = None;
+            self.probe_at = None;
+            self.keep(|t| t.record_start(began.elapsed().as_secs_f64()));
             self.vip_up();
+        } else {
+            self.starting_since = Some(began);
+            self.probe_gap = START_PROBE_FIRST;
+            self.probe_at = Some(tokio::time::Instant::now() + START_PROBE_FIRST);
         }
         Ok(())
     }
 
     /// Stops the process: thaw if frozen, SIGTERM to everything in the cgroup, SIGKILL after
-    /// the grace period.
-    async fn stop(&mut self) {
+    /// the grace period. The VIP goes first unless `keep_vip` (a migration's stop: see
+    /// [`Manager::stop_keeping_vip`]).
+    async fn stop(&mut self, keep_vip: bool) {
         self.cancel_check();
         self.backoff_until = None;
-        self.vip_down();
+        self.starting_since = None;
+        self.probe_at = None;
+        if !keep_vip {
+            self.vip_down();
+        }
         let Some(child) = self.child.take() else {
             if matches!(self.state(), RunState::Backoff | RunState::Failed) {
                 self.set(|s| {
@@ -1068,6 +1204,9 @@ impl Supervisor {
             let _ = self.cgroup.thaw().await;
         }
         self.frozen_at = None;
+        self.starting_since = None;
+        self.probe_at = None;
+        let began = Instant::now();
         self.cgroup.signal_all(libc::SIGTERM);
         let grace = Duration::from_millis(self.rt.section.stop_grace_ms);
         let status = match tokio::time::timeout(grace, child.wait()).await {
@@ -1080,13 +1219,19 @@ impl Supervisor {
         };
         // Whatever it left behind goes too.
         self.cgroup.kill_all();
-        self.cgroup.wait_empty(EMPTY_TIMEOUT).await;
+        if self.cgroup.wait_empty(EMPTY_TIMEOUT).await {
+            let s = began.elapsed().as_secs_f64();
+            info!(service = %self.spec.name, stop_ms = (s * 1e3).round(), "stop took");
+            self.keep(|t| t.record_stop(s));
+        }
         status
     }
 
     /// The process ended without being asked to: restart with back-off, or give up.
     async fn exited(&mut self, status: std::io::Result<std::process::ExitStatus>) {
         self.cancel_check();
+        self.starting_since = None;
+        self.probe_at = None;
         self.vip_down();
         self.cgroup.kill_all();
         // Whatever the process left behind must be gone before another instance starts

@@ -330,6 +330,13 @@ impl Collector for MigrationCollector {
             ]
             .map(|(r, v)| (vec![("result", r.to_string())], v as f64)),
         )?;
+        family(
+            &mut enc,
+            "godwit_migration_downtime_target_missed",
+            "Committed migrations from this node whose downtime exceeded their target",
+            Counter,
+            one(st.downtime_target_missed as f64),
+        )?;
         // The last move's families are declared before any move too (with no series), so a
         // scrape lists every family the agent can export.
         let last = st.last.as_ref();

@@ -294,7 +294,7 @@ fn run_real(a: &Args, sc: &Scenario, policy: &str) -> Real {
         for s in 0..sc.services.len() {
             let d = sc.demand(s, t).cpu * scale;
             if let Some(&node) = placed.get(&service_name(s)) {
-                if node >= 1 && node <= NODES {
+                if (1..=NODES).contains(&node) {
                     demand[node] += d;
                     if !(frozen && node == FROZEN) {
                         write_load(&load_file(&rig, node, s), d);

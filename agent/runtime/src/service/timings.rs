@@ -90,7 +90,7 @@ impl ServiceTimings {
         }
     }
 
-    /// Only what a figure may be: finite, in range, at most [`KEPT`] of each (the newest).
+    /// Only what a figure may be: finite, in range, at most `KEPT` of each (the newest).
     pub fn sanitized(self) -> ServiceTimings {
         let mut t = ServiceTimings::default();
         for s in self.stops_s {

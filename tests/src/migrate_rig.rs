@@ -62,6 +62,9 @@ pub struct RigOptions {
     pub extra_toml: String,
     /// More keys of every node's `[coordinator]` table (e.g. `act = false`).
     pub coordinator_keys: String,
+    /// `[site] name` of node n1, n2, ... in turn (empty: no `[site]` table, one default
+    /// site); a node past the end of the list takes the last name.
+    pub sites: Vec<String>,
 }
 
 impl RigOptions {
@@ -91,6 +94,7 @@ impl Default for RigOptions {
             cpu_cores: 0.0,
             extra_toml: String::new(),
             coordinator_keys: String::new(),
+            sites: Vec::new(),
         }
     }
 }
@@ -164,6 +168,7 @@ impl MigrateRig {
         let witness = opts.witness.then_some(opts.nodes);
         let (cpu_cores, more_toml) = (opts.cpu_cores, opts.extra_toml.clone());
         let coordinator_keys = opts.coordinator_keys.clone();
+        let sites = opts.sites.clone();
         let kvstore_bin = kvstore.clone();
         let mut builder = Cluster::builder(opts.nodes).extra_toml(move |n| {
             let tls = n.dir.join("tls");
@@ -178,6 +183,9 @@ impl MigrateRig {
                     if witness == Some(n.index) { "witness" } else { "voter" }
                 );
                 extra += &coordinator_keys;
+            }
+            if let Some(site) = sites.get(n.index - 1).or(sites.last()) {
+                extra += &format!("[site]\nname = \"{site}\"\n");
             }
             if configured_kv && n.index == 1 {
                 let o = n.all_addrs[0].octets();
@@ -244,6 +252,21 @@ impl MigrateRig {
             std::fs::write(dir.join("cgroup.freeze"), v)
                 .unwrap_or_else(|e| panic!("cgroup.freeze of {}: {e}", dir.display()));
         }
+    }
+
+    /// Cuts node `i`'s power, as it were: its agent and fence guard (the node's cgroup) and its
+    /// services are killed at once (`cgroup.kill`), and its link goes down, so nothing answers
+    /// at its addresses, VIPs included. The agent is reaped; the namespace stays until drop.
+    pub fn power_off(&mut self, i: usize) {
+        for dir in [self.c.node(i).cgroup.as_path(), self._slices[i - 1].path()] {
+            if dir.join("cgroup.kill").exists() {
+                std::fs::write(dir.join("cgroup.kill"), "1")
+                    .unwrap_or_else(|e| panic!("cgroup.kill of {}: {e}", dir.display()));
+            }
+        }
+        self.c.link_down(i);
+        // Reaps the agent (already killed with its cgroup).
+        self.c.kill(i);
     }
 
     /// The spec of a kvstore service `name` behind the rig's VIP, its state in `data/`.

@@ -166,26 +166,51 @@ fn parse_why(why: &str) -> Option<Why> {
     })
 }
 
-/// The narration of a decision to move `service` to `to` in `mode`, from its `why`.
-fn announce(service: &str, to: &str, mode: &str, why: &str) -> String {
+/// A switch mode in a few words.
+fn mode_gloss(mode: &str) -> String {
+    match mode {
+        "transitional" => "transitional: copied live, then a short freeze".into(),
+        "intermittent" => "intermittent: stopped, copied, started".into(),
+        other => other.into(),
+    }
+}
+
+/// The site of node `nK` in the demo.
+fn site_of(node: &str) -> &'static str {
+    index(node)
+        .and_then(|i| SITES.get(i.wrapping_sub(1)))
+        .copied()
+        .unwrap_or("?")
+}
+
+/// The narration of a decision to move `service` to `to` in `mode`, from its `why`;
+/// `crossed`: the source's load had reached its threshold before the decision.
+fn announce(service: &str, to: &str, mode: &str, why: &str, crossed: bool) -> String {
+    let dest = format!("{to} ({}; {})", site_of(to), mode_gloss(mode));
     let Some(w) = parse_why(why) else {
-        return format!("the leader moves {service} to {to} ({mode}): {why}");
+        return format!("the leader moves {service} to {dest}: {why}");
     };
     match w.reason.as_str() {
         "proactive" => format!(
-            "{} forecast {} >= threshold {} while at {} now: moving {service} to {to} ({mode}), \
-             before the overload",
-            w.node, w.forecast, w.threshold, w.now
+            "{} forecast {} >= threshold {} while at {} now: moving {service} to {dest}, {}",
+            w.node,
+            w.forecast,
+            w.threshold,
+            w.now,
+            if crossed {
+                "as the load reaches its threshold"
+            } else {
+                "before the overload"
+            }
         ),
         "confirmed" => format!(
             "{} over its threshold {} in {} of the last {} samples (now {}, forecast {}): moving \
-             {service} to {to} ({mode}). The confirmed trigger fired, not the forecast alone: \
-             this move reacts to the load rather than anticipating it",
+             {service} to {dest}. The confirmed trigger fired, not the forecast alone: this \
+             move reacts to the load rather than anticipating it",
             w.node, w.threshold, w.above, w.window, w.now, w.forecast
         ),
         other => format!(
-            "{} fired ({other}; now {}, forecast {}, threshold {}): moving {service} to {to} \
-             ({mode})",
+            "{} fired ({other}; now {}, forecast {}, threshold {}): moving {service} to {dest}",
             w.node, w.now, w.forecast, w.threshold
         ),
     }
@@ -270,6 +295,8 @@ fn main() -> ExitCode {
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_default()
     });
+    // The services' commands need absolute paths.
+    let bin_dir = std::fs::canonicalize(&bin_dir).unwrap_or(bin_dir);
     for bin in ["godwit", "kvstore", "kvcheck"] {
         if !bin_dir.join(bin).exists() {
             eprintln!(
@@ -315,7 +342,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Ok(Err(e)) if INTERRUPTED.load(Ordering::SeqCst) => {
-            println!("demo interrupted ({e:#})");
+            println!("demo {e:#}: everything it made is removed");
             ExitCode::from(130)
         }
         Ok(Err(e)) => {
@@ -442,7 +469,7 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
     ));
 
     // The clients.
-    let kv_client = rig.client(3600);
+    let mut kv_client = Reaped(Some(rig.client(3600)));
     let stop = Arc::new(AtomicBool::new(false));
     let redis_addr = SocketAddr::from((redis_vip, REDIS_PORT));
     let redis_client = redis_writer(redis_addr, REDIS_RATE, stop.clone());
@@ -467,7 +494,7 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
     let early = decisions(&plan, "kv");
     if let Some((now, fc, th)) = trigger_of(&plan, "n2") {
         say.say(&format!(
-            "quiet: n2 at {} now, forecast {}, threshold {}; {} decisions so far",
+            "quiet: n2 at {} now, forecast {}, its dynamic threshold {}; {} decisions so far",
             pct(now),
             pct(fc),
             pct(Some(th)),
@@ -478,7 +505,7 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
     // The ramp.
     say.say(&format!(
         "ramping kv's load: {:.2} -> {:.2} cores over {:.0} s (with batch, n2 would go from \
-         {:.0}% to {:.0}% of its {CORES} cores)",
+         {:.0}% to {:.0}% of its {CORES} cores, as far as this host's CPU lets it)",
         o.from,
         o.to,
         o.ramp_secs,
@@ -532,6 +559,7 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
                         d["to"].as_str().unwrap_or("?"),
                         d["mode"].as_str().unwrap_or("?"),
                         d["why"].as_str().unwrap_or(""),
+                        n2_over_at.is_some(),
                     ));
                     say.say(&format!("  (the leader's reason: {})", d["why"].as_str().unwrap_or("")));
                     match n2_over_at {
@@ -599,11 +627,12 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
     }
     if ended.as_ref().is_some_and(|d| d["outcome"] == "committed") {
         rig.wait_serving(kv_node, "kv", Duration::from_secs(20));
-        std::thread::sleep(Duration::from_secs(3));
+        std::thread::sleep(Duration::from_secs(5));
         let plan = leader_json(rig, "/v1/cluster/plan");
         let show = |n: &str| trigger_of(&plan, n).map_or("?".into(), |t| pct(t.0));
         say.say(&format!(
-            "kv holds {:.2} cores on n{kv_node}: n2 now at {} (its peak was {}), n{kv_node} at {}",
+            "the ramp is over (kv asks for {:.2} cores, now on n{kv_node}): n2 at {} (its peak was \
+             {}), n{kv_node} at {}",
             o.to,
             show("n2"),
             pct(Some(n2_peak)),
@@ -675,7 +704,7 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
     // The verdict.
     say.say("stopping the clients; each reads back every write it saw acknowledged");
     stop.store(true, Ordering::SeqCst);
-    let (check, passed) = stop_client(kv_client);
+    let (check, passed) = stop_client(kv_client.0.take().context("kvcheck runs")?);
     let w = redis_client
         .join()
         .map_err(|_| anyhow::anyhow!("the redis client panicked"))?;
@@ -705,6 +734,18 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
         say.say(&format!("kvcheck's report: {check}"));
     }
     Ok(ok && no_loss)
+}
+
+/// A child killed and reaped on drop (on an error or an interrupt), unless taken.
+struct Reaped(Option<std::process::Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// POSTs `spec` (a service with no VIP) to node `i` and waits until it is healthy.
@@ -949,18 +990,21 @@ mod tests {
         assert_eq!((w.threshold.as_str(), w.above.as_str()), ("80%", "0"));
         assert_eq!(w.window, "5");
         assert_eq!(
-            announce("kv", "n1", "transitional", PROACTIVE),
-            "n2 forecast 86% >= threshold 80% while at 71% now: moving kv to n1 (transitional), \
-             before the overload"
+            announce("kv", "n1", "transitional", PROACTIVE, false),
+            "n2 forecast 86% >= threshold 80% while at 71% now: moving kv to n1 (east; \
+             transitional: copied live, then a short freeze), before the overload"
         );
+        assert!(announce("kv", "n1", "transitional", PROACTIVE, true)
+            .ends_with("as the load reaches its threshold"));
         let confirmed = PROACTIVE.replace("proactive", "confirmed");
-        let line = announce("kv", "n1", "transitional", &confirmed);
+        let line = announce("kv", "n3", "intermittent", &confirmed, true);
+        assert!(line.contains("to n3 (west; intermittent"), "{line}");
         assert!(line.contains("confirmed trigger fired"), "{line}");
         assert!(line.contains("in 0 of the last 5 samples"), "{line}");
         // A reason of another shape is shown as it is.
         assert_eq!(
-            announce("kv", "n4", "intermittent", "n2 fired"),
-            "the leader moves kv to n4 (intermittent): n2 fired"
+            announce("kv", "n4", "other", "n2 fired", false),
+            "the leader moves kv to n4 (west; other): n2 fired"
         );
         assert_eq!(parse_why("n2 fired"), None);
     }

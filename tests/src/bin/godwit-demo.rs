@@ -37,7 +37,7 @@ use serde_json::Value;
 const USAGE: &str = "usage: godwit-demo [--ramp-secs S] [--from CORES] [--to CORES] [--bin-dir DIR]
   --ramp-secs S   how long kv's load takes to climb (default 40)
   --from CORES    kv's load before the ramp (default 0.05)
-  --to CORES      kv's load at the end of the ramp (default 0.35)
+  --to CORES      kv's load at the end of the ramp (default 0.30)
   --bin-dir DIR   where godwit, kvstore and kvcheck are (default: this program's directory)
 Needs root: it makes network namespaces and cgroups.";
 
@@ -48,7 +48,7 @@ const BATCH_LOAD: f64 = 0.15;
 const BATCH_PORT: u16 = 7400;
 const REDIS_PORT: u16 = 6390;
 /// Writes a second of each checking client.
-const KV_RATE: f64 = 400.0;
+const KV_RATE: f64 = 300.0;
 const REDIS_RATE: f64 = 200.0;
 /// The sites of n1..n4.
 const SITES: [&str; 4] = ["east", "east", "west", "west"];
@@ -76,7 +76,7 @@ impl Default for Opts {
         Opts {
             ramp_secs: 40.0,
             from: 0.05,
-            to: 0.35,
+            to: 0.30,
             bin_dir: None,
         }
     }
@@ -418,7 +418,7 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
     let mut kv = rig.kv_spec(
         "kv",
         &KvOptions {
-            size: 4 << 20,
+            size: 24 << 20,
             ..KvOptions::default()
         },
     );
@@ -462,14 +462,21 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
         "ha": "restart",
     });
     rig.add(3, &redis, Duration::from_secs(30));
+    let weighed = weigh_services(rig, 2) & weigh_services(rig, 3);
     say.say(&format!(
         "kv (the example kvstore, state local to its node) and batch (a steady {BATCH_LOAD} \
          cores) on n2; redis on n3, its append-only file (appendfsync always) on storage every \
          node reaches"
     ));
+    if weighed {
+        say.say(
+            "(this host may be busy with other work: the services' CPU weight is raised so that \
+             the half core each node gives them is theirs; cpu.max still caps them)",
+        );
+    }
 
     // The clients.
-    let mut kv_client = Reaped(Some(rig.client(3600)));
+    let mut kv_client = Reaped(Some(rig.client_with(3600, KV_RATE, "demo")));
     let stop = Arc::new(AtomicBool::new(false));
     let redis_addr = SocketAddr::from((redis_vip, REDIS_PORT));
     let redis_client = redis_writer(redis_addr, REDIS_RATE, stop.clone());
@@ -479,7 +486,8 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
         rig.vip
     ));
 
-    // Quiet first: the leader hears the services and the forecasts have some history.
+    // Quiet first: the leader hears the services, the start-up load has passed and the
+    // forecasts have some history.
     let heard = poll(Duration::from_secs(30), || {
         let plan = leader_json(rig, "/v1/cluster/plan");
         let n = plan["view"]["services"].as_array().map_or(0, Vec::len);
@@ -488,36 +496,61 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
     if heard.is_none() {
         say.say("the leader's view still lacks some services; going on");
     }
-    std::thread::sleep(Duration::from_secs(10));
-    go_on()?;
+    let quiet_since = Instant::now();
+    let mut calm = 0;
+    poll(Duration::from_secs(40), || {
+        let plan = leader_json(rig, "/v1/cluster/plan");
+        let node = rig.placed(1, "kv")?.0;
+        let (now, _, th) = trigger_of(&plan, &node)?;
+        calm = if now.is_some_and(|u| u < th - 0.1) {
+            calm + 1
+        } else {
+            0
+        };
+        (calm >= 20 && quiet_since.elapsed() >= Duration::from_secs(10)).then_some(())
+    })?;
     let plan = leader_json(rig, "/v1/cluster/plan");
-    let early = decisions(&plan, "kv");
-    if let Some((now, fc, th)) = trigger_of(&plan, "n2") {
+    // A move already decided (the services' own start, say) is told, not taken for the ramp's.
+    for d in decisions(&plan, "kv") {
         say.say(&format!(
-            "quiet: n2 at {} now, forecast {}, its dynamic threshold {}; {} decisions so far",
+            "before the ramp the leader decided to move kv to {} ({}): {}",
+            d["to"].as_str().unwrap_or("?"),
+            d["outcome"].as_str().unwrap_or("?"),
+            d["why"].as_str().unwrap_or("")
+        ));
+    }
+    let src = rig
+        .placed(1, "kv")
+        .map_or_else(|| "n2".to_string(), |(n, _)| n);
+    let src_i = index(&src).unwrap_or(2);
+    if let Some((now, fc, th)) = trigger_of(&plan, &src) {
+        say.say(&format!(
+            "quiet: {src} at {} now, forecast {}, its dynamic threshold {}",
             pct(now),
             pct(fc),
             pct(Some(th)),
-            early.len()
         ));
     }
 
     // The ramp.
+    let with_batch = if src_i == 2 { BATCH_LOAD } else { 0.0 };
     say.say(&format!(
-        "ramping kv's load: {:.2} -> {:.2} cores over {:.0} s (with batch, n2 would go from \
-         {:.0}% to {:.0}% of its {CORES} cores, as far as this host's CPU lets it)",
+        "ramping kv's load: {:.2} -> {:.2} cores over {:.0} s ({src} would go from {:.0}% to \
+         {:.0}% of its {CORES} cores{})",
         o.from,
         o.to,
         o.ramp_secs,
-        (o.from + BATCH_LOAD) / CORES * 100.0,
-        (o.to + BATCH_LOAD) / CORES * 100.0
+        (o.from + with_batch) / CORES * 100.0,
+        (o.to + with_batch) / CORES * 100.0,
+        if src_i == 2 { ", with batch" } else { "" }
     ));
     let ramp_start = Instant::now();
-    let mut kv_node = 2usize;
+    let ramp_start_ms = now_ms();
+    let mut kv_node = src_i;
     let mut announced: Option<Value> = None;
     let mut ended: Option<Value> = None;
-    let mut n2_over_at: Option<u64> = None;
-    let mut n2_peak = 0.0f64;
+    let mut src_over_at: Option<u64> = None;
+    let mut src_peak = 0.0f64;
     let mut last_report = Instant::now();
     let mut last_poll = Instant::now() - Duration::from_secs(1);
     let grace = Duration::from_secs(40);
@@ -532,45 +565,60 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
         if last_poll.elapsed() >= Duration::from_millis(500) {
             last_poll = Instant::now();
             let plan = leader_json(rig, "/v1/cluster/plan");
-            if let Some((now, fc, th)) = trigger_of(&plan, "n2") {
+            if let Some((now, fc, th)) = trigger_of(&plan, &src) {
                 if let Some(u) = now {
-                    n2_peak = n2_peak.max(u);
-                    if u >= th && n2_over_at.is_none() && kv_node == 2 {
-                        n2_over_at = Some(now_ms());
+                    src_peak = src_peak.max(u);
+                    if u >= th && src_over_at.is_none() && kv_node == src_i {
+                        src_over_at = Some(now_ms());
                     }
                 }
                 if last_report.elapsed() >= Duration::from_secs(5) && announced.is_none() {
                     last_report = Instant::now();
                     say.say(&format!(
-                        "kv at {load:.2} cores: n2 at {} now, forecast {} (threshold {})",
+                        "kv at {load:.2} cores: {src} at {} now, forecast {} (threshold {})",
                         pct(now),
                         pct(fc),
                         pct(Some(th))
                     ));
                 }
             }
-            let ds = decisions(&plan, "kv");
+            let ds: Vec<Value> = decisions(&plan, "kv")
+                .into_iter()
+                .filter(|d| d["at_unix_ms"].as_u64().unwrap_or(0) >= ramp_start_ms)
+                .collect();
             if announced.is_none() {
                 if let Some(d) = ds.iter().find(|d| {
-                    matches!(d["outcome"].as_str(), Some("started" | "committed" | "failed"))
+                    matches!(
+                        d["outcome"].as_str(),
+                        Some("started" | "committed" | "failed")
+                    )
                 }) {
                     say.say(&announce(
                         "kv",
                         d["to"].as_str().unwrap_or("?"),
                         d["mode"].as_str().unwrap_or("?"),
                         d["why"].as_str().unwrap_or(""),
-                        n2_over_at.is_some(),
+                        src_over_at.is_some(),
                     ));
-                    say.say(&format!("  (the leader's reason: {})", d["why"].as_str().unwrap_or("")));
-                    match n2_over_at {
-                        Some(t) => say.say(&format!(
-                            "  n2's load had reached its threshold {:.1} s before the decision",
-                            (d["at_unix_ms"].as_u64().unwrap_or(t).saturating_sub(t)) as f64
-                                / 1e3
-                        )),
+                    say.say(&format!(
+                        "  (the leader's reason: {})",
+                        d["why"].as_str().unwrap_or("")
+                    ));
+                    match src_over_at {
+                        Some(t) => {
+                            let before = d["at_unix_ms"].as_u64().unwrap_or(t).saturating_sub(t);
+                            say.say(&format!(
+                                "  {src}'s load had reached its threshold {} before the decision",
+                                if before < 1000 {
+                                    "less than a second".to_string()
+                                } else {
+                                    format!("{:.1} s", before as f64 / 1e3)
+                                }
+                            ))
+                        }
                         None => say.say(&format!(
-                            "  n2's load has not reached its threshold yet (peak so far {})",
-                            pct(Some(n2_peak))
+                            "  {src}'s load has not reached its threshold yet (peak so far {})",
+                            pct(Some(src_peak))
                         )),
                     }
                     announced = Some(d.clone());
@@ -581,9 +629,11 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
                     d["at_unix_ms"].as_u64() >= a["at_unix_ms"].as_u64()
                         && matches!(d["outcome"].as_str(), Some("committed" | "failed"))
                 }) {
-                    let took = d["at_unix_ms"].as_u64().unwrap_or(0).saturating_sub(
-                        a["at_unix_ms"].as_u64().unwrap_or(0),
-                    ) as f64
+                    let took = d["at_unix_ms"]
+                        .as_u64()
+                        .unwrap_or(0)
+                        .saturating_sub(a["at_unix_ms"].as_u64().unwrap_or(0))
+                        as f64
                         / 1e3;
                     let to = d["to"].as_str().unwrap_or("?").to_string();
                     if d["outcome"] == "committed" {
@@ -593,6 +643,7 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
                         ));
                         if let Some(i) = index(&to) {
                             kv_node = i;
+                            weigh_services(rig, i);
                         }
                     } else {
                         say.say(&format!(
@@ -612,10 +663,10 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
         if ramp_done && el.as_secs_f64() >= o.ramp_secs + grace.as_secs_f64() {
             if announced.is_none() {
                 say.say(&format!(
-                    "no move decided {:.0} s after the ramp (n2 peaked at {}): the demo's load \
+                    "no move decided {:.0} s after the ramp ({src} peaked at {}): the demo's load \
                      did not trigger the policy on this host",
                     grace.as_secs_f64(),
-                    pct(Some(n2_peak))
+                    pct(Some(src_peak))
                 ));
             } else {
                 say.say("the move did not end in time");
@@ -631,11 +682,11 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
         let plan = leader_json(rig, "/v1/cluster/plan");
         let show = |n: &str| trigger_of(&plan, n).map_or("?".into(), |t| pct(t.0));
         say.say(&format!(
-            "the ramp is over (kv asks for {:.2} cores, now on n{kv_node}): n2 at {} (its peak was \
+            "the ramp is over (kv asks for {:.2} cores, now on n{kv_node}): {src} at {} (its peak was \
              {}), n{kv_node} at {}",
             o.to,
-            show("n2"),
-            pct(Some(n2_peak)),
+            show(&src),
+            pct(Some(src_peak)),
             show(&format!("n{kv_node}"))
         ));
     }
@@ -734,6 +785,27 @@ fn scenario(rig: &mut MigrateRig, o: &Opts, say: &Narrator) -> Result<bool> {
         say.say(&format!("kvcheck's report: {check}"));
     }
     Ok(ok && no_loss)
+}
+
+/// Raises the CPU weight of node `i`'s services' parent cgroup (v2 `cpu.weight`, and v1
+/// `cpu.shares` on a hybrid host), so that the share `cpu_cores` allows them is theirs even
+/// when other work keeps this host's CPUs busy: the limit stays `cpu.max`, the weight only
+/// decides who waits. Best effort; true when a weight was set.
+fn weigh_services(rig: &MigrateRig, i: usize) -> bool {
+    let cgroup = rig.c.json(i, "/v1/services")["services"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find_map(|s| s["cgroup"].as_str().map(PathBuf::from))
+        });
+    let Some(slice) = cgroup.as_deref().and_then(Path::parent) else {
+        return false;
+    };
+    let mut set = std::fs::write(slice.join("cpu.weight"), "1000").is_ok();
+    if let (Some(v1), Some(name)) = (godwit_tests::cgroup_layout().cpu_v1_root, slice.file_name()) {
+        set |= std::fs::write(v1.join(name).join("cpu.shares"), "10240").is_ok();
+    }
+    set
 }
 
 /// A child killed and reaped on drop (on an error or an interrupt), unless taken.
@@ -1025,6 +1097,9 @@ mod tests {
 
     #[test]
     fn a_redis_request_is_framed() {
-        assert_eq!(resp(&[b"GET", b"k"]), b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec());
+        assert_eq!(
+            resp(&[b"GET", b"k"]),
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec()
+        );
     }
 }

@@ -254,6 +254,21 @@ impl MigrateRig {
         }
     }
 
+    /// Cuts node `i`'s power, as it were: its agent and fence guard (the node's cgroup) and its
+    /// services are killed at once (`cgroup.kill`), and its link goes down, so nothing answers
+    /// at its addresses, VIPs included. The agent is reaped; the namespace stays until drop.
+    pub fn power_off(&mut self, i: usize) {
+        for dir in [self.c.node(i).cgroup.as_path(), self._slices[i - 1].path()] {
+            if dir.join("cgroup.kill").exists() {
+                std::fs::write(dir.join("cgroup.kill"), "1")
+                    .unwrap_or_else(|e| panic!("cgroup.kill of {}: {e}", dir.display()));
+            }
+        }
+        self.c.link_down(i);
+        // Reaps the agent (already killed with its cgroup).
+        self.c.kill(i);
+    }
+
     /// The spec of a kvstore service `name` behind the rig's VIP, its state in `data/`.
     pub fn kv_spec(&self, name: &str, kv: &KvOptions) -> Value {
         let mut command = vec![

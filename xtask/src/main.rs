@@ -33,12 +33,16 @@
 //! - `cargo xtask cluster up --nodes N` / `cargo xtask cluster down [--all]` / `cargo xtask
 //!   cluster list`: a detached multi-node cluster of real agents in network namespaces (the
 //!   harness of `tests/src/cluster/`), and its removal.
+//! - `cargo xtask demo [--release] [-- ARGS]`: four agents in two sites move a service before
+//!   its node overloads and fail over a node whose power is cut, under checking clients,
+//!   narrated; ends with the clients' verdict and removes everything.
 //!
 //! Subcommands whose names start with `__` are helpers the benchmark starts by re-executing this
 //! binary; they are hidden from `--help`.
 
 mod bench;
 mod cluster;
+mod demo;
 mod fuzz;
 mod http;
 mod lint;
@@ -110,6 +114,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cluster::ClusterCmd,
     },
+    /// The demonstration: a proactive move and a failover under checking clients, narrated
+    /// (needs root; cleans up after itself).
+    Demo(demo::DemoArgs),
     /// Benchmark helper: ping-pong one byte with a child over two pipes, forever.
     #[command(name = "__pingpong", hide = true)]
     PingPong,
@@ -187,6 +194,7 @@ fn main() -> ExitCode {
         Cmd::Fuzz(args) => fuzz::fuzz(&args),
         Cmd::Package => package::package(),
         Cmd::Cluster { cmd } => cluster::cluster(&cmd),
+        Cmd::Demo(args) => demo::demo(&args),
         Cmd::PingPong => load::pingpong(),
         Cmd::Pong => load::pong(),
         Cmd::Idle => load::idle(),

@@ -39,3 +39,18 @@ pub fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
+
+/// A binary beside the running benchmark's own (`cargo build --release -p godwit -p
+/// godwit-kvstore` puts the agent and the example service there); `bench` names the
+/// `cargo xtask bench` command that builds them, for the message when one is missing.
+pub fn release_bin(name: &str, bench: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe.parent().expect("target dir").join(name);
+    assert!(
+        bin.exists(),
+        "{} missing: `cargo build --release -p godwit -p godwit-kvstore` (cargo xtask bench \
+         {bench} does it)",
+        bin.display()
+    );
+    bin
+}

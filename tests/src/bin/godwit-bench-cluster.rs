@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use godwit_tests::bench::release_bin;
 use godwit_tests::migrate_rig::{stop_client, KvOptions, MigrateRig, RigOptions};
 use godwit_tests::sim::engine;
 use godwit_tests::sim::policy::{NoAction, ReactiveStatic, SimPolicy};
@@ -111,18 +112,6 @@ fn scenario(a: &Args) -> Scenario {
     sc
 }
 
-fn release_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe.parent().expect("target dir").join(name);
-    assert!(
-        bin.exists(),
-        "{} missing: `cargo build --release -p godwit -p godwit-kvstore` (cargo xtask bench \
-         cluster does it)",
-        bin.display()
-    );
-    bin
-}
-
 /// What one policy did on the real cluster.
 #[derive(Debug, Default)]
 struct Real {
@@ -190,8 +179,10 @@ fn run_real(a: &Args, sc: &Scenario, policy: &str) -> Real {
         other => panic!("unknown policy {other}: godwit, reactive or none"),
     };
     let rig = MigrateRig::new(RigOptions {
-        agent_bin: Some(release_bin("godwit")),
-        bin_dir: release_bin("kvstore").parent().map(Path::to_path_buf),
+        agent_bin: Some(release_bin("godwit", "cluster")),
+        bin_dir: release_bin("kvstore", "cluster")
+            .parent()
+            .map(Path::to_path_buf),
         cpu_cores: a.cpu,
         sites: vec!["east".into(), "east".into(), "west".into(), "west".into()],
         coordinator_keys: keys.to_string(),

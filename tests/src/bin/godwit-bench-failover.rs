@@ -45,7 +45,7 @@ use godwit::coord::node::{Coordinator, Settings};
 use godwit::coord::quic::{register, QuicWire};
 use godwit::coord::{BootTime, Cmd, CoordinatorSection, Ha, Member};
 use godwit::transport::{init_ca, issue_node, Endpoint, Identity, Services};
-use godwit_tests::bench::{machine, write_section};
+use godwit_tests::bench::{machine, release_bin, write_section};
 use godwit_tests::migrate_rig::{KvOptions, MigrateRig, RigOptions, KV_PORT};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -345,19 +345,6 @@ fn client_loop(addr: std::net::SocketAddr, stop: &AtomicBool, replies: &Mutex<Ve
     }
 }
 
-/// A `godwit` binary beside this one (`cargo build --release -p godwit -p godwit-kvstore`).
-fn release_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe.parent().expect("target dir").join(name);
-    assert!(
-        bin.exists(),
-        "{} missing: `cargo build --release -p godwit -p godwit-kvstore` (cargo xtask bench \
-         failover does it)",
-        bin.display()
-    );
-    bin
-}
-
 /// A pseudo-random duration under `max` (the phase of a fault against the lease renewals,
 /// which come every `fence_after / 5`).
 fn jitter(max: Duration) -> Duration {
@@ -382,8 +369,10 @@ fn doc(rig: &MigrateRig, i: usize, path: &str) -> Option<Value> {
 fn netns_group() -> (MigrateRig, usize) {
     let s = CoordinatorSection::default();
     let rig = MigrateRig::new(RigOptions {
-        agent_bin: Some(release_bin("godwit")),
-        bin_dir: release_bin("kvstore").parent().map(Path::to_path_buf),
+        agent_bin: Some(release_bin("godwit", "failover")),
+        bin_dir: release_bin("kvstore", "failover")
+            .parent()
+            .map(Path::to_path_buf),
         coordinator: Some((s.fence_after_ms, s.guard_grace_ms, s.margin_ms)),
         ..RigOptions::coordinated(3)
     });

@@ -24,11 +24,11 @@
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::ExitStatusExt;
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use godwit_tests::bench::{machine, write_section};
+use godwit_tests::bench::{machine, release_bin, write_section};
 use godwit_tests::migrate_rig::{stop_client, KvOptions, MigrateRig, RigOptions};
 use serde_json::Value;
 
@@ -814,18 +814,6 @@ fn today() -> String {
     out.unwrap_or_default()
 }
 
-fn release_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe.parent().expect("target dir").join(name);
-    assert!(
-        bin.exists(),
-        "{} missing: `cargo build --release -p godwit -p godwit-kvstore` (cargo xtask bench \
-         migrate does it)",
-        bin.display()
-    );
-    bin
-}
-
 fn main() {
     let opts = match parse_args() {
         Ok(o) => o,
@@ -835,11 +823,13 @@ fn main() {
         }
     };
     godwit_tests::require_root();
-    release_bin("kvcheck");
+    release_bin("kvcheck", "migrate");
     let began = Instant::now();
     let mut rig = MigrateRig::new(RigOptions {
-        agent_bin: Some(release_bin("godwit")),
-        bin_dir: release_bin("kvstore").parent().map(Path::to_path_buf),
+        agent_bin: Some(release_bin("godwit", "migrate")),
+        bin_dir: release_bin("kvstore", "migrate")
+            .parent()
+            .map(Path::to_path_buf),
         ..RigOptions::default()
     });
     let agent_pid = rig.c.agent_pid(1).expect("n1's agent runs");

@@ -55,15 +55,21 @@ fn pct(v: &Value) -> String {
 /// Renders the latest plan, then the last one in which a trigger fired, as sentences with
 /// their numbers.
 pub(super) fn render(doc: &Value) -> String {
-    let mut out = String::from("== latest sample ==\n");
-    render_plan(&doc["plan"], &mut out);
-    if let Some(t) = doc["last_trigger"].as_object() {
+    let mut out = String::new();
+    render_plans(doc, "last_trigger", &mut out);
+    out
+}
+
+/// The latest plan, then the one under `last` (the last in which a trigger fired), if any.
+fn render_plans(doc: &Value, last: &str, out: &mut String) {
+    out.push_str("== latest sample ==\n");
+    render_plan(&doc["plan"], out);
+    if let Some(t) = doc[last].as_object() {
         let age = doc["taken_at_unix_ms"].as_f64().unwrap_or(0.0)
             - t["taken_at_unix_ms"].as_f64().unwrap_or(0.0);
         let _ = writeln!(out, "\n== last trigger, {:.1} s ago ==", age / 1000.0);
-        render_plan(&t["plan"], &mut out);
+        render_plan(&t["plan"], out);
     }
-    out
 }
 
 /// Renders the cluster's plan and the leader's decisions.
@@ -93,14 +99,8 @@ pub(super) fn render_cluster(doc: &Value) -> String {
         out.push_str("no plan yet: the first sample has not come\n");
         return out;
     }
-    out.push_str("\n== latest sample ==\n");
-    render_plan(&doc["plan"], &mut out);
-    if let Some(t) = doc["last_fired"].as_object() {
-        let age = doc["taken_at_unix_ms"].as_f64().unwrap_or(0.0)
-            - t["taken_at_unix_ms"].as_f64().unwrap_or(0.0);
-        let _ = writeln!(out, "\n== last trigger, {:.1} s ago ==", age / 1000.0);
-        render_plan(&t["plan"], &mut out);
-    }
+    out.push('\n');
+    render_plans(doc, "last_fired", &mut out);
     let running = doc["running"].as_array().cloned().unwrap_or_default();
     if !running.is_empty() {
         let _ = writeln!(out, "\nmoves running: {}", running.len());
@@ -297,6 +297,38 @@ fn render_plan(plan: &Value, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_view_says_who_leads_what_fired_and_what_was_decided() {
+        let doc = serde_json::json!({
+            "taken_at_unix_ms": 10_000,
+            "me": "n2", "leader": "n1", "leading": false, "act": true,
+            "paused": {"index": 9, "by": "operator alice", "at_unix_ms": 0},
+            "plan": {"nodes": [], "migrations": [{"service": "kv", "from": "n2", "to": "n3",
+                "mode": "transitional", "placement": {"site_rule": "same_site"}}]},
+            "last_fired": {"taken_at_unix_ms": 8_000, "plan": {"migrations": []}},
+            "running": [{"service": "kv", "from": "n2", "to": "n3"}],
+            "decisions": [{"kind": "migrate", "service": "kv", "from": "n2", "to": "n3",
+                "mode": "transitional", "outcome": "paused",
+                "reason": "the coordinator's moves are paused",
+                "why": "n2 fired (confirmed): load 92% now"}],
+        });
+        let out = render_cluster(&doc);
+        for want in [
+            "this node n2; leader n1",
+            "PAUSED by operator alice",
+            "== latest sample ==",
+            "kv n2 -> n3 (transitional",
+            "== last trigger, 2.0 s ago ==",
+            "moves running: 1",
+            "migrate kv n2 -> n3 (transitional): paused",
+            "because n2 fired (confirmed)",
+        ] {
+            assert!(out.contains(want), "{want:?} not in:\n{out}");
+        }
+        let none = render_cluster(&serde_json::json!({"me": "n1", "plan": null}));
+        assert!(none.contains("no plan yet"), "{none}");
+    }
 
     #[test]
     fn prints_substitutes_and_copy_times() {

@@ -78,14 +78,15 @@ pub fn summary(
 }
 
 /// A managed service as the mesh hears of it: its load now from the probe (zero until the
-/// probe has seen its cgroup), its image and its state's size (`state_bytes`, measured by the
-/// caller).
+/// probe has seen its cgroup), its image, its state's size (`state_bytes`, measured by the
+/// caller) and its own stop time as the runtime measured it.
 pub fn hosted(
     cfg: &Config,
     snap: &Snapshot,
     name: &str,
     image: Option<&str>,
     state_bytes: u64,
+    stop_s: Option<f64>,
 ) -> HostedService {
     let c = crate::forecast::service_container(&cfg.services, snap, name);
     HostedService {
@@ -95,6 +96,7 @@ pub fn hosted(
         cpu_cores: c.map_or(0.0, |c| c.cpu_cores),
         memory_bytes: c.and_then(|c| c.memory_bytes).unwrap_or(0),
         dirty_bytes_per_sec: c.map_or(0.0, |c| c.dirty_bytes_per_second),
+        stop_s: stop_s.filter(|s| s.is_finite()).unwrap_or(0.0),
     }
 }
 

@@ -126,6 +126,9 @@ pub struct HostedService {
     /// Bytes it dirties per second.
     #[serde(rename = "d")]
     pub dirty_bytes_per_sec: f64,
+    /// Its own stop time as measured here, seconds (0: never measured).
+    #[serde(rename = "t")]
+    pub stop_s: f64,
 }
 
 /// Power drawn and where the figure came from.

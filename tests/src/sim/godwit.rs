@@ -386,6 +386,8 @@ impl SimPolicy for Godwit {
                     pinned,
                     leaving,
                     move_probability: None,
+                    // The simulator's services stop at once.
+                    stop_s: 0.0,
                 }
             })
             .collect();

@@ -147,6 +147,7 @@ pub fn bench_view(nodes: usize, services: usize, seed: u64) -> ClusterView {
                 pinned: s % 97 == 0,
                 leaving: false,
                 move_probability: None,
+                stop_s: 0.0,
             }
         })
         .collect();

@@ -379,8 +379,12 @@ pub fn plan(view: &ClusterView, cfg: &PolicyConfig, now: u64) -> Plan {
                 live_overhead_s: 0.0,
                 later_dirty_bytes_per_s: 0.0,
                 frozen_bandwidth_bytes_per_s: 0.0,
-                // The plan has no service's own stop time yet: a stop-and-copy is not charged one.
-                stop_s: 0.0,
+                // The service's own stop as its node measured it (0: never measured).
+                stop_s: if svc.stop_s.is_finite() {
+                    svc.stop_s.max(0.0)
+                } else {
+                    0.0
+                },
             };
             let switch = decide_mode(
                 class_label(&target.switch_latencies_s, cfg),

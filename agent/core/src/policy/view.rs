@@ -99,6 +99,9 @@ pub struct ServiceView {
     pub leaving: bool,
     /// Likelihood of moving soon, computed elsewhere; when absent `plan` derives one.
     pub move_probability: Option<f64>,
+    /// The service's own stop time as measured (SIGTERM until it is gone), seconds; 0 when
+    /// never measured. A stop-and-copy holds the service for it.
+    pub stop_s: f64,
 }
 
 /// A number, or `None` if it is missing or not finite.

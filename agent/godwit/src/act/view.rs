@@ -152,6 +152,7 @@ impl ClusterPlanner {
                 image: h.image.clone(),
                 state_bytes: h.state_bytes,
                 dirty_bytes_per_s: h.dirty_bytes_per_sec,
+                stop_s: h.stop_s,
                 leaving: entry.intent.is_some() || leaving.contains(name),
                 ..ServiceView::default()
             });
@@ -300,6 +301,15 @@ mod tests {
         assert_eq!(m.to, "n3");
         // The trigger fired once: the next samples move nothing more.
         assert!(run(&mut planner, &busy, &p, 5).is_none());
+    }
+
+    #[test]
+    fn a_services_measured_stop_reaches_the_plan() {
+        let p = placed(&[("kv", "n2")]);
+        let mut n2 = member("n2", 0.2, &[("kv", 0.1)]);
+        n2.summary.services[0].stop_s = 0.7;
+        let v = ClusterPlanner::new(PolicyConfig::default()).view(&[n2], &p, &BTreeSet::new());
+        assert_eq!(v.services[0].stop_s, 0.7);
     }
 
     #[test]

@@ -246,6 +246,7 @@ impl StateSizes {
                     &s.name,
                     s.image_id.as_deref(),
                     self.bytes.get(&s.name).copied().unwrap_or(0),
+                    manager.timings(&s.name).and_then(|t| t.expected_stop_s()),
                 )
             })
             .collect()

@@ -1062,11 +1062,7 @@ pub(crate) fn migrate(args: &MigrateArgs) -> Result<()> {
     }
     crate::step("system packages needed to build and test (rsync among them)");
     packages::ensure(packages::TEST)?;
-    crate::step("cargo build --release -p godwit -p godwit-kvstore");
-    crate::run_checked(
-        crate::cargo().args(["build", "--release", "-p", "godwit", "-p", "godwit-kvstore"]),
-        "release build of the agent and the example service",
-    )?;
+    release_agent_and_service()?;
     crate::step("cargo run --release -p godwit-tests --bin godwit-bench-migrate");
     let mut cmd = crate::cargo_run_test_bin("godwit-bench-migrate");
     cmd.args(["--state-mib", &args.state_mib.to_string()])
@@ -1121,11 +1117,7 @@ pub(crate) fn failover(args: &FailoverArgs) -> Result<()> {
     } else {
         packages::BUILD
     })?;
-    crate::step("cargo build --release -p godwit -p godwit-kvstore");
-    crate::run_checked(
-        crate::cargo().args(["build", "--release", "-p", "godwit", "-p", "godwit-kvstore"]),
-        "release build of the agent and the example service",
-    )?;
+    release_agent_and_service()?;
     crate::step("cargo run --release -p godwit-tests --bin godwit-bench-failover");
     let mut cmd = crate::cargo_run_test_bin("godwit-bench-failover");
     cmd.args(["--runs", &args.runs.to_string()])
@@ -1243,11 +1235,7 @@ pub(crate) fn cluster(args: &ClusterArgs) -> Result<()> {
     }
     crate::step("system packages needed to build and test");
     packages::ensure(packages::TEST)?;
-    crate::step("cargo build --release -p godwit -p godwit-kvstore");
-    crate::run_checked(
-        crate::cargo().args(["build", "--release", "-p", "godwit", "-p", "godwit-kvstore"]),
-        "release build of the agent and the example service",
-    )?;
+    release_agent_and_service()?;
     crate::step("cargo run --release -p godwit-tests --bin godwit-bench-cluster");
     let mut cmd = crate::cargo_run_test_bin("godwit-bench-cluster");
     cmd.args(["--steps", &args.steps.to_string()])
@@ -1301,4 +1289,14 @@ pub(crate) fn schedules(args: &SchedulesArgs) -> Result<()> {
         bail!("the fault schedules failed ({status})");
     }
     Ok(())
+}
+
+/// The release agent and example service the namespaced benchmarks run (beside their own
+/// binary: `godwit_tests::bench::release_bin`).
+fn release_agent_and_service() -> Result<()> {
+    crate::step("cargo build --release -p godwit -p godwit-kvstore");
+    crate::run_checked(
+        crate::cargo().args(["build", "--release", "-p", "godwit", "-p", "godwit-kvstore"]),
+        "release build of the agent and the example service",
+    )
 }

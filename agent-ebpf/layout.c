@@ -21,6 +21,7 @@ int main(void)
 	FIELD(godwit_counters, write_faults);
 	FIELD(godwit_counters, cgroup_id);
 	FIELD(godwit_counters, last_jiffies);
+	FIELD(godwit_counters, changed_pages);
 	SIZE(godwit_oncpu);
 	FIELD(godwit_oncpu, runtime_base_ns);
 	FIELD(godwit_oncpu, cgroup_id);
@@ -54,6 +55,7 @@ int main(void)
 	CONST(GODWIT_STAT_EXEC);
 	CONST(GODWIT_STAT_EXIT);
 	CONST(GODWIT_STAT_DIRTY_EVENTS);
+	CONST(GODWIT_STAT_FAULT_UNKNOWN);
 	CONST(GODWIT_STAT_MAX);
 	printf("];\n");
 	return 0;

@@ -178,6 +178,107 @@ fn dirty_pages_with_1m_writes_in_large_folios() {
     dirty_pages_case(1024 * 1024);
 }
 
+/// A database's writes (8 KiB at random offsets, each followed by an fsync) into a file the
+/// page cache holds in large folios: every write dirties a clean folio, so the folio volume
+/// is many times what was written. The pages changed are what a migration's rounds send:
+/// two pages a write, counted on the write path.
+#[test]
+fn pages_changed_count_bytes_written_not_folios() {
+    let probe = load_probe();
+    assert!(
+        probe.counts_changes(),
+        "no write-path program attached on this host"
+    );
+    let cg = TestCgroup::new("godwit-changed");
+    let dir = tempfile_dir();
+    let file = dir.join("db");
+    // 64 MiB written in one go and synced: the page cache keeps it in large folios.
+    std::fs::write(&file, vec![0x11u8; 64 << 20]).unwrap();
+    std::fs::File::open(&file).unwrap().sync_all().unwrap();
+    let (block, count) = (8192u64, 2000u64);
+    let mut w = Workload::start(
+        &[
+            "dbwrite",
+            file.to_str().unwrap(),
+            &block.to_string(),
+            &count.to_string(),
+        ],
+        Some(&cg),
+    );
+    w.wait_done();
+    let task = probe.task(w.pid()).expect("tgid counted");
+    let cgroup = probe.cgroup(cg.id()).expect("cgroup counted");
+    let written_pages = (count * block / PAGE) as f64;
+    assert_within(
+        "tgid pages changed vs pages written",
+        task.changed_pages as f64,
+        written_pages,
+        1.0,
+    );
+    assert_within(
+        "cgroup pages changed vs pages written",
+        cgroup.changed_pages as f64,
+        written_pages,
+        1.0,
+    );
+    // The folio volume stays its own figure, never below what was written.
+    assert!(
+        task.dirtied_pages as f64 >= written_pages * 0.99,
+        "folio volume {} below the pages written {written_pages}",
+        task.dirtied_pages
+    );
+    eprintln!(
+        "{count} writes of {block} bytes with fsync: {} pages changed, {} pages of folios \
+         dirtied ({:.1}x)",
+        task.changed_pages,
+        task.dirtied_pages,
+        task.dirtied_pages as f64 / task.changed_pages.max(1) as f64
+    );
+    w.finish();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Writes through a shared mapping fault once per page per clean cycle: a page written in
+/// each of three rounds with an `msync` between is three pages changed.
+#[test]
+fn pages_changed_count_shared_mapping_writes_per_page() {
+    let probe = load_probe();
+    let cg = TestCgroup::new("godwit-mapped");
+    let dir = tempfile_dir();
+    let file = dir.join("mapped");
+    let (pages, rounds) = (4096u64, 3u64);
+    std::fs::write(&file, vec![0u8; (pages * PAGE) as usize]).unwrap();
+    std::fs::File::open(&file).unwrap().sync_all().unwrap();
+    let mut w = Workload::start(
+        &[
+            "mapwrite",
+            file.to_str().unwrap(),
+            &pages.to_string(),
+            &rounds.to_string(),
+        ],
+        Some(&cg),
+    );
+    w.wait_done();
+    let task = probe.task(w.pid()).expect("tgid counted");
+    let cgroup = probe.cgroup(cg.id()).expect("cgroup counted");
+    let expected = (pages * rounds) as f64;
+    assert_within(
+        "tgid pages changed through the mapping",
+        task.changed_pages as f64,
+        expected,
+        1.0,
+    );
+    assert_within(
+        "cgroup pages changed through the mapping",
+        cgroup.changed_pages as f64,
+        expected,
+        1.0,
+    );
+    w.finish();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Anonymous memory written: a write fault a page, and no page of a file changed.
 #[test]
 fn write_faults_count_anonymous_pages_written() {
     let probe = load_probe();
@@ -196,6 +297,12 @@ fn write_faults_count_anonymous_pages_written() {
             pages + pages / 50
         );
     }
+    // ... and no page of a file changed (what start-up writes, at most).
+    assert!(
+        task.changed_pages <= pages / 50,
+        "{} pages changed counted for anonymous memory",
+        task.changed_pages
+    );
     w.finish();
 }
 

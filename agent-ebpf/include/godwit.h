@@ -31,6 +31,8 @@ struct godwit_counters {
 	__u64 write_faults;    /* user page faults with the write bit */
 	__u64 cgroup_id;       /* last cgroup v2 id seen for this task (tgid map only) */
 	__u64 last_jiffies;    /* jiffies of the last CPU-time update on this CPU */
+	__u64 changed_pages;   /* pages a write touched: buffered writes' ranges at page
+	                        * granularity, and write faults on shared file mappings */
 };
 
 /*
@@ -90,6 +92,7 @@ enum godwit_stat {
 	GODWIT_STAT_EXEC = 4,
 	GODWIT_STAT_EXIT = 5,
 	GODWIT_STAT_DIRTY_EVENTS = 6,   /* writeback_dirty_folio hits */
+	GODWIT_STAT_FAULT_UNKNOWN = 7,  /* a write fault whose mapping could not be looked up */
 	GODWIT_STAT_MAX = 8,
 };
 

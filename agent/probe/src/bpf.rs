@@ -1,5 +1,6 @@
 //! The BPF side of the probe: loads `agent-ebpf/src/godwit.bpf.c` (compiled by `build.rs` and
-//! embedded), attaches its `tp_btf` programs, and reads their maps and ring buffers.
+//! embedded), attaches its `tp_btf` programs (those on filesystems' write paths where the
+//! kernel has them), and reads their maps and ring buffers.
 //!
 //! The programs detach when [`BpfProbe`] is dropped (aya owns the links).
 
@@ -23,6 +24,16 @@ pub const PROGRAMS: [&str; 5] = [
     "page_fault_user",
 ];
 
+/// The `tp_btf` programs on filesystems' buffered write paths, by C function name (=
+/// tracepoint name): where none attaches (no such filesystem tracepoint in this kernel), pages
+/// changed are counted only for shared mappings and the dirty rate is the folio volume.
+pub const WRITE_PATH: [&str; 4] = [
+    "ext4_da_write_end",
+    "ext4_write_end",
+    "ext4_journalled_write_end",
+    "xfs_file_buffered_write",
+];
+
 // Mirrors of godwit.h; `layout_matches_c` checks them against the C compiler.
 pub const COMM_LEN: usize = 16;
 pub const EV_EXEC: u32 = 1;
@@ -34,6 +45,7 @@ pub const STAT_CGROUPS_FULL: u32 = 3;
 pub const STAT_EXEC: u32 = 4;
 pub const STAT_EXIT: u32 = 5;
 pub const STAT_DIRTY_EVENTS: u32 = 6;
+pub const STAT_FAULT_UNKNOWN: u32 = 7;
 pub const STAT_MAX: u32 = 8;
 
 /// `struct godwit_counters`.
@@ -45,6 +57,8 @@ pub struct Counters {
     pub write_faults: u64,
     pub cgroup_id: u64,
     pub last_jiffies: u64,
+    /// Pages a write touched (write ranges at page granularity, shared-mapping write faults).
+    pub changed_pages: u64,
 }
 
 /// `struct godwit_oncpu`.
@@ -154,6 +168,8 @@ pub struct KernelStats {
     pub exec: u64,
     pub exit: u64,
     pub dirty_events: u64,
+    /// Write faults whose mapping could not be looked up (a change there may be uncounted).
+    pub fault_unknown: u64,
 }
 
 /// Run time of one program, from the kernel's BPF stats.
@@ -225,6 +241,8 @@ pub struct BpfProbe {
     stats: PerCpuArray<MapData, u64>,
     events: RingBuf<MapData>,
     dirty: RingBuf<MapData>,
+    /// The write-path programs attached (see [`WRITE_PATH`]).
+    write_path: Vec<&'static str>,
     /// Keeps kernel.bpf_stats_enabled on while held.
     _stats_fd: Option<OwnedFd>,
     /// Owns the programs and their links: dropping it detaches everything.
@@ -294,6 +312,32 @@ impl BpfProbe {
             program.load(name, &btf).map_err(prog_err)?;
             program.attach().map_err(prog_err)?;
         }
+        let mut write_path = Vec::new();
+        for name in WRITE_PATH {
+            let attached = (|| -> Result<(), String> {
+                let program: &mut BtfTracePoint = ebpf
+                    .program_mut(name)
+                    .ok_or("missing from the object")?
+                    .try_into()
+                    .map_err(|e| chain(&e))?;
+                program.load(name, &btf).map_err(|e| chain(&e))?;
+                program.attach().map_err(|e| chain(&e))?;
+                Ok(())
+            })();
+            match attached {
+                Ok(()) => write_path.push(name),
+                Err(e) => {
+                    tracing::debug!(program = name, error = %e, "write-path program not attached")
+                }
+            }
+        }
+        if write_path.is_empty() {
+            tracing::warn!(
+                programs = ?WRITE_PATH,
+                "no write-path program attached: the dirty rate is the page cache's folio \
+                 volume, not the bytes written"
+            );
+        }
         let stats_fd = if stats {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                 Ok(fd) => Some(fd),
@@ -313,12 +357,24 @@ impl BpfProbe {
             stats: take_map(&mut ebpf, "stats")?,
             events: take_map(&mut ebpf, "events")?,
             dirty: take_map(&mut ebpf, "dirty_ranges")?,
+            write_path,
             _stats_fd: stats_fd,
             ebpf,
         };
         drop(btf);
         release_freed_heap();
         Ok(probe)
+    }
+
+    /// Whether writes are counted where they are written (a write-path program attached):
+    /// then [`Counters::changed_pages`] is the pages changed, else only shared-mapping faults.
+    pub fn counts_changes(&self) -> bool {
+        !self.write_path.is_empty()
+    }
+
+    /// The write-path programs attached.
+    pub fn write_path(&self) -> &[&'static str] {
+        &self.write_path
     }
 
     /// The counters of every tgid the programs have seen, summed over CPUs.
@@ -443,6 +499,7 @@ impl BpfProbe {
             exec: get(STAT_EXEC),
             exit: get(STAT_EXIT),
             dirty_events: get(STAT_DIRTY_EVENTS),
+            fault_unknown: get(STAT_FAULT_UNKNOWN),
         }
     }
 
@@ -478,6 +535,7 @@ fn sum(values: &[Counters]) -> Counters {
         total.cpu_ns += v.cpu_ns;
         total.dirtied_pages += v.dirtied_pages;
         total.write_faults += v.write_faults;
+        total.changed_pages += v.changed_pages;
         if v.last_jiffies >= total.last_jiffies {
             total.last_jiffies = v.last_jiffies;
             if v.cgroup_id != 0 {
@@ -520,6 +578,7 @@ mod tests {
             field!("godwit_counters", Counters, write_faults),
             field!("godwit_counters", Counters, cgroup_id),
             field!("godwit_counters", Counters, last_jiffies),
+            field!("godwit_counters", Counters, changed_pages),
             size!("godwit_oncpu", OnCpu),
             field!("godwit_oncpu", OnCpu, runtime_base_ns),
             field!("godwit_oncpu", OnCpu, cgroup_id),
@@ -553,6 +612,7 @@ mod tests {
             constant!("GODWIT_STAT_EXEC", STAT_EXEC),
             constant!("GODWIT_STAT_EXIT", STAT_EXIT),
             constant!("GODWIT_STAT_DIRTY_EVENTS", STAT_DIRTY_EVENTS),
+            constant!("GODWIT_STAT_FAULT_UNKNOWN", STAT_FAULT_UNKNOWN),
             constant!("GODWIT_STAT_MAX", STAT_MAX),
         ];
         assert_eq!(rust.len(), C_LAYOUT.len(), "every C item has a Rust mirror");

@@ -106,8 +106,19 @@ pub struct ProcessSample {
     /// CPU cores used over the last interval (1.0 = one core busy).
     pub cpu_cores: f64,
     pub rss_bytes: u64,
+    /// Pages the page cache saw go from clean to dirty, every page of a folio.
     pub dirtied_pages_total: u64,
+    /// Pages written, counted where they are written (a write's range at page granularity,
+    /// a write fault on a shared file mapping); `None` where the probe cannot count them.
+    #[serde(default)]
+    pub changed_pages_total: Option<u64>,
+    /// The bytes written a second at page granularity (what a migration's rounds send), or,
+    /// where writes cannot be counted (`changed_pages_total` is `None`), the folio volume.
     pub dirty_bytes_per_second: f64,
+    /// The page cache's folio volume dirtied a second: with large folios, one small write
+    /// into a clean folio counts the whole folio.
+    #[serde(default)]
+    pub folio_bytes_per_second: f64,
     pub write_faults_total: Option<u64>,
     pub write_faults_per_second: Option<f64>,
     pub power_watts: f64,
@@ -126,8 +137,19 @@ pub struct ContainerSample {
     pub cpu_cores: f64,
     pub memory_bytes: Option<u64>,
     pub memory_working_set_bytes: Option<u64>,
+    /// Pages the page cache saw go from clean to dirty, every page of a folio.
     pub dirtied_pages_total: u64,
+    /// Pages written, counted where they are written (a write's range at page granularity,
+    /// a write fault on a shared file mapping); `None` where the probe cannot count them.
+    #[serde(default)]
+    pub changed_pages_total: Option<u64>,
+    /// The bytes written a second at page granularity (what a migration's rounds send), or,
+    /// where writes cannot be counted (`changed_pages_total` is `None`), the folio volume.
     pub dirty_bytes_per_second: f64,
+    /// The page cache's folio volume dirtied a second: with large folios, one small write
+    /// into a clean folio counts the whole folio.
+    #[serde(default)]
+    pub folio_bytes_per_second: f64,
     pub write_faults_total: Option<u64>,
     pub write_faults_per_second: Option<f64>,
     pub power_watts: f64,
@@ -188,7 +210,7 @@ pub struct NodeSample {
     pub memory_utilization: f64,
     pub interfaces: Vec<InterfaceSample>,
     pub disks: Vec<DiskSample>,
-    /// Pages dirtied per second by all processes the probe saw.
+    /// Bytes written per second by all processes the probe saw (as theirs).
     pub dirty_bytes_per_second: f64,
     pub power_watts: f64,
     pub energy_joules_total: f64,

@@ -745,6 +745,10 @@ fn encode_self(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtE
                 vec![("kind", "dirty_folio".to_string())],
                 p.kernel.dirty_events as f64,
             ),
+            (
+                vec![("kind", "write_fault_unresolved".to_string())],
+                p.kernel.fault_unknown as f64,
+            ),
         ],
     )?;
     family(
@@ -929,7 +933,8 @@ fn encode_node(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<(), FmtE
     family(
         enc,
         "godwit_node_dirty_bytes_per_second",
-        "Page-cache bytes dirtied per second by all processes over the last interval",
+        "Bytes written per second (page granularity, where writes are counted; else the \
+         page cache's folio volume) by all processes over the last interval",
         Gauge,
         one(n.dirty_bytes_per_second),
     )?;
@@ -999,6 +1004,19 @@ fn encode_containers(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<()
                 labels(c, c.source.dirty.as_str()),
                 c.dirtied_pages_total as f64 * page_bytes(),
             )
+        }),
+    )?;
+    family(
+        enc,
+        "godwit_container_changed_bytes",
+        "Bytes the container's tasks wrote, at page granularity (write ranges and \
+         shared-mapping write faults): what a migration's rounds send",
+        Counter,
+        cs.iter().filter_map(|c| {
+            Some((
+                labels(c, "ebpf"),
+                c.changed_pages_total? as f64 * page_bytes(),
+            ))
         }),
     )?;
     family(
@@ -1082,6 +1100,18 @@ fn encode_processes(
                 labels(p, p.source.dirty.as_str()),
                 p.dirtied_pages_total as f64 * page_bytes(),
             )
+        }),
+    )?;
+    family(
+        enc,
+        "godwit_process_changed_bytes",
+        "Bytes the process wrote, at page granularity (top N and selected processes only)",
+        Counter,
+        chosen.iter().filter_map(|p| {
+            Some((
+                labels(p, "ebpf"),
+                p.changed_pages_total? as f64 * page_bytes(),
+            ))
         }),
     )?;
     family(

@@ -16,10 +16,12 @@ impl Sampler {
         let Backend::Bpf(probe) = &self.backend else {
             unreachable!("bpf backend")
         };
+        let counts_changes = probe.counts_changes();
         let totals = |c: &crate::bpf::Counters| Totals {
             cpu_ns: c.cpu_ns,
             dirtied_pages: c.dirtied_pages,
             write_faults: Some(c.write_faults),
+            changed_pages: counts_changes.then_some(c.changed_pages),
         };
         let task_counters = probe.tasks();
         let mut tasks: HashMap<u32, Totals> = task_counters
@@ -178,6 +180,7 @@ impl Sampler {
                     cpu_ns,
                     dirtied_pages: write_bytes / self.page_size,
                     write_faults: None,
+                    changed_pages: None,
                 },
             );
         }
@@ -257,6 +260,10 @@ impl Sampler {
             entry.1.cpu_ns += t.cpu_ns;
             entry.1.dirtied_pages += t.dirtied_pages;
             entry.1.write_faults = match (entry.1.write_faults, t.write_faults) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            };
+            entry.1.changed_pages = match (entry.1.changed_pages, t.changed_pages) {
                 (Some(a), Some(b)) => Some(a + b),
                 (a, b) => a.or(b),
             };

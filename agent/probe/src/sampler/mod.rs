@@ -157,6 +157,8 @@ struct Totals {
     cpu_ns: u64,
     dirtied_pages: u64,
     write_faults: Option<u64>,
+    /// Pages written, counted on the write path (BPF with a write-path program only).
+    changed_pages: Option<u64>,
 }
 
 /// Cumulative counters at the last sample and the rates over the last interval.
@@ -164,7 +166,10 @@ struct Totals {
 struct Meter {
     totals: Totals,
     cpu_cores: f64,
+    /// The bytes written a second where writes are counted, else the folio volume.
     dirty_bps: f64,
+    /// The page cache's folio volume dirtied a second.
+    folio_bps: f64,
     write_faults_ps: Option<f64>,
     /// Whether the counters have a baseline (no rate on the first sight).
     primed: bool,
@@ -182,15 +187,22 @@ impl Meter {
             (Some(_), None) => Some(0),
             _ => None,
         };
+        let d_changed = match (t.changed_pages, prev.changed_pages) {
+            (Some(now), Some(before)) => Some(now.saturating_sub(before)),
+            (Some(_), None) => Some(0),
+            _ => None,
+        };
         match (dt, self.primed) {
             (Some(dt), true) => {
                 self.cpu_cores = d_cpu as f64 / 1e9 / dt;
-                self.dirty_bps = (d_dirty * page_size) as f64 / dt;
+                self.folio_bps = (d_dirty * page_size) as f64 / dt;
+                self.dirty_bps = d_changed.map_or(self.folio_bps, |n| (n * page_size) as f64 / dt);
                 self.write_faults_ps = d_wf.map(|n| n as f64 / dt);
             }
             _ => {
                 self.cpu_cores = 0.0;
                 self.dirty_bps = 0.0;
+                self.folio_bps = 0.0;
                 self.write_faults_ps = t.write_faults.map(|_| 0.0);
             }
         }
@@ -198,6 +210,10 @@ impl Meter {
             cpu_ns: prev.cpu_ns.max(t.cpu_ns),
             dirtied_pages: prev.dirtied_pages.max(t.dirtied_pages),
             write_faults: t.write_faults,
+            changed_pages: match (prev.changed_pages, t.changed_pages) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (_, b) => b,
+            },
         };
         self.primed = true;
         d_cpu
@@ -672,7 +688,9 @@ impl Sampler {
             cpu_cores: p.meter.cpu_cores,
             rss_bytes: p.rss_bytes,
             dirtied_pages_total: p.meter.totals.dirtied_pages,
+            changed_pages_total: p.meter.totals.changed_pages,
             dirty_bytes_per_second: p.meter.dirty_bps,
+            folio_bytes_per_second: p.meter.folio_bps,
             write_faults_total: p.meter.totals.write_faults,
             write_faults_per_second: p.meter.write_faults_ps,
             power_watts: p.power_watts,
@@ -717,7 +735,9 @@ impl Sampler {
                 memory_bytes: c.memory.as_ref().map(|m| m.current_bytes),
                 memory_working_set_bytes: c.memory.as_ref().map(|m| m.working_set_bytes),
                 dirtied_pages_total: c.meter.totals.dirtied_pages,
+                changed_pages_total: c.meter.totals.changed_pages,
                 dirty_bytes_per_second: c.meter.dirty_bps,
+                folio_bytes_per_second: c.meter.folio_bps,
                 write_faults_total: c.meter.totals.write_faults,
                 write_faults_per_second: c.meter.write_faults_ps,
                 power_watts: c.power_watts,

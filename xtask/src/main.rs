@@ -42,6 +42,7 @@
 
 mod bench;
 mod cluster;
+mod debcheck;
 mod demo;
 mod fuzz;
 mod http;
@@ -106,8 +107,9 @@ enum Cmd {
     /// Fuzz every decoder for `--seconds N` each (libFuzzer on stable Rust); fails on a crash.
     Fuzz(fuzz::FuzzArgs),
     /// The Debian package (cargo-deb): binary, systemd unit, default config, man pages,
-    /// completions and maintainer scripts, under target/debian/.
-    Package,
+    /// completions and maintainer scripts, under target/debian/; `--check` installs it with
+    /// dpkg, checks it and removes it (root).
+    Package(package::PackageArgs),
     /// Multi-node cluster of agents in network namespaces: `up --nodes N`, `down [--all]`,
     /// `list`.
     Cluster {
@@ -192,7 +194,7 @@ fn main() -> ExitCode {
         } => bench::coord_size(&args),
         Cmd::Sim(args) => sim::sim(&args),
         Cmd::Fuzz(args) => fuzz::fuzz(&args),
-        Cmd::Package => package::package(),
+        Cmd::Package(args) => package::package(&args),
         Cmd::Cluster { cmd } => cluster::cluster(&cmd),
         Cmd::Demo(args) => demo::demo(&args),
         Cmd::PingPong => load::pingpong(),

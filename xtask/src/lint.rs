@@ -6,7 +6,7 @@
 //! nothing that does I/O ([`CORE_MAY_USE`]). A misplaced dependency fails here, before review.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -153,10 +153,10 @@ pub(crate) fn boundary_problems(meta: &serde_json::Value) -> Vec<String> {
 /// `true` when none is built), which leaves everything else in the file checked as it is.
 /// Warnings about the unit fail the check too (see [`unit_problems`]).
 fn verify_unit() -> Result<()> {
-    let Some(analyze) = which("systemd-analyze") else {
+    if which("systemd-analyze").is_none() {
         println!("skipped: systemd-analyze not found (Debian package `systemd`)");
         return Ok(());
-    };
+    }
     let unit =
         fs::read_to_string(repo_root().join(UNIT)).with_context(|| format!("read {UNIT}"))?;
     let stand_in = ["debug", "release"]
@@ -170,31 +170,39 @@ fn verify_unit() -> Result<()> {
     let copy = dir.join("godwit.service");
     let result = fs::write(&copy, unit.replace(UNIT_BIN, &stand_in.to_string_lossy()))
         .context("write the temporary unit")
-        .and_then(|()| {
-            let out = Command::new(&analyze)
-                .arg("verify")
-                .arg(&copy)
-                .output()
-                .context("run systemd-analyze")?;
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let problems = unit_problems(&text);
-            print!("{text}");
-            if !out.status.success() || !problems.is_empty() {
-                bail!(
-                    "systemd-analyze verify {UNIT} found problems ({}): {}",
-                    out.status,
-                    problems.join("; ")
-                );
-            }
-            println!("{UNIT}: ok");
-            Ok(())
-        });
+        .and_then(|()| verify_unit_file(&copy, UNIT));
     let _ = fs::remove_dir_all(&dir);
     result
+}
+
+/// `systemd-analyze verify FILE`, where `FILE` is a `godwit.service` (`what` names it in
+/// messages); skipped with a note when systemd-analyze is not installed.
+pub(crate) fn verify_unit_file(file: &Path, what: &str) -> Result<()> {
+    let Some(analyze) = which("systemd-analyze") else {
+        println!("skipped: systemd-analyze not found (Debian package `systemd`)");
+        return Ok(());
+    };
+    let out = Command::new(&analyze)
+        .arg("verify")
+        .arg(file)
+        .output()
+        .context("run systemd-analyze")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let problems = unit_problems(&text);
+    print!("{text}");
+    if !out.status.success() || !problems.is_empty() {
+        bail!(
+            "systemd-analyze verify {what} found problems ({}): {}",
+            out.status,
+            problems.join("; ")
+        );
+    }
+    println!("{what}: ok");
+    Ok(())
 }
 
 /// The lines of `systemd-analyze verify` output about our unit. verify exits 0 on unknown keys

@@ -3,8 +3,9 @@
 //! - `cargo xtask run [-- ARGS]`: install the build packages, build the agent in release and run
 //!   it with the embedded default configuration.
 //! - `cargo xtask test [-- ARGS]`: install the build and test packages, check the alerting rules
-//!   with promtool, build everything, run the unit tests, then the privileged integration tests
-//!   one at a time.
+//!   with promtool, build everything, run the unit tests; then, as root, install the Debian
+//!   package with dpkg, check it and remove it, and run the privileged integration tests one at
+//!   a time.
 //! - `cargo xtask lint`: rustfmt, clippy with warnings denied, and `systemd-analyze verify` of the
 //!   unit file.
 //! - `cargo xtask bench probe`: measure the probe overhead of an eBPF agent and a procfs agent side
@@ -42,6 +43,7 @@
 
 mod bench;
 mod cluster;
+mod debcheck;
 mod demo;
 mod fuzz;
 mod http;
@@ -106,8 +108,9 @@ enum Cmd {
     /// Fuzz every decoder for `--seconds N` each (libFuzzer on stable Rust); fails on a crash.
     Fuzz(fuzz::FuzzArgs),
     /// The Debian package (cargo-deb): binary, systemd unit, default config, man pages,
-    /// completions and maintainer scripts, under target/debian/.
-    Package,
+    /// completions and maintainer scripts, under target/debian/; `--check` installs it with
+    /// dpkg, checks it and removes it (root).
+    Package(package::PackageArgs),
     /// Multi-node cluster of agents in network namespaces: `up --nodes N`, `down [--all]`,
     /// `list`.
     Cluster {
@@ -192,7 +195,7 @@ fn main() -> ExitCode {
         } => bench::coord_size(&args),
         Cmd::Sim(args) => sim::sim(&args),
         Cmd::Fuzz(args) => fuzz::fuzz(&args),
-        Cmd::Package => package::package(),
+        Cmd::Package(args) => package::package(&args),
         Cmd::Cluster { cmd } => cluster::cluster(&cmd),
         Cmd::Demo(args) => demo::demo(&args),
         Cmd::PingPong => load::pingpong(),
@@ -244,16 +247,16 @@ fn test(args: &[OsString]) -> Result<()> {
     let skip_privileged = env::var(SKIP_PRIVILEGED_ENV).as_deref() == Ok("1");
     if !is_root() && !skip_privileged {
         eprintln!(
-            "warning: not root: step 5 (privileged integration tests) will fail; \
-             {SKIP_PRIVILEGED_ENV}=1 skips it"
+            "warning: not root: steps 5 and 6 (the package installed with dpkg, the privileged \
+             integration tests) will fail; {SKIP_PRIVILEGED_ENV}=1 skips them"
         );
     }
-    step("[1/5] system packages needed to build and test");
+    step("[1/6] system packages needed to build and test");
     packages::ensure(packages::TEST)?;
 
-    // The metric names these files use are checked against a real agent in step 5
+    // The metric names these files use are checked against a real agent in step 6
     // (tests/monitoring.rs), with the dashboard.
-    step("[2/5] alerting rules: promtool check rules, promtool test rules (packaging/prometheus)");
+    step("[2/6] alerting rules: promtool check rules, promtool test rules (packaging/prometheus)");
     let rules = repo_root().join("packaging/prometheus");
     for (what, file) in [
         ("check", "godwit-alerts.yml"),
@@ -267,13 +270,13 @@ fn test(args: &[OsString]) -> Result<()> {
         )?;
     }
 
-    step("[3/5] cargo build --workspace --all-targets");
+    step("[3/6] cargo build --workspace --all-targets");
     run_checked(
         cargo().args(["build", "--workspace", "--all-targets"]),
         "build",
     )?;
 
-    step("[4/5] unit tests: cargo test --workspace --lib --bins; the example service on loopback");
+    step("[4/6] unit tests: cargo test --workspace --lib --bins; the example service on loopback");
     run_checked(
         cargo()
             .args(["test", "--workspace", "--lib", "--bins", "--"])
@@ -287,18 +290,24 @@ fn test(args: &[OsString]) -> Result<()> {
         "example service tests",
     )?;
 
-    step("[5/5] privileged integration tests: cargo test -p godwit-tests --tests -- --test-threads=1");
     if !is_root() {
         if skip_privileged {
-            println!("skipped: not root and {SKIP_PRIVILEGED_ENV}=1");
+            println!("skipped steps 5 and 6: not root and {SKIP_PRIVILEGED_ENV}=1");
             return Ok(());
         }
         bail!(
-            "the integration tests load BPF programs and create cgroups and network namespaces: \
-             they need root. Run `sudo -E cargo xtask test`, or set {SKIP_PRIVILEGED_ENV}=1 to \
-             skip them (CI must not)"
+            "the package check installs with dpkg, and the integration tests load BPF programs and \
+             create cgroups and network namespaces: they need root. Run `sudo -E cargo xtask \
+             test`, or set {SKIP_PRIVILEGED_ENV}=1 to skip them (CI must not)"
         );
     }
+
+    // The debug build of step 3's sources: no release build here (see package::build).
+    step("[5/6] the Debian package: dpkg -i, checks, dpkg -r, dpkg -P (cargo xtask package --check --profile dev)");
+    let deb = package::build(package::Profile::Dev)?;
+    debcheck::check(&deb)?;
+
+    step("[6/6] privileged integration tests: cargo test -p godwit-tests --tests -- --test-threads=1");
     run_checked(
         cargo()
             .args([

@@ -16,7 +16,9 @@ pub(crate) const BUILD: &[&str] = &["clang-19", "llvm-19", "libbpf-dev", "bpftoo
 /// Needed to build and test: `BUILD` plus what the integration tests drive (promtool checks the
 /// metrics text, redis is a real stateful workload, nftables and iproute2 shape the test network,
 /// stress-ng makes load, util-linux gives `losetup` and friends, rsync is the migration
-/// benchmark's baseline, systemd's `systemd-analyze verify` checks the packaged unit).
+/// benchmark's baseline, systemd's `systemd-analyze verify` checks the packaged unit; the package
+/// check installs the .deb, which depends on systemd and adduser, and reads its page with man-db's
+/// `man`).
 pub(crate) const TEST: &[&str] = &[
     "clang-19",
     "llvm-19",
@@ -30,6 +32,8 @@ pub(crate) const TEST: &[&str] = &[
     "util-linux",
     "rsync",
     "systemd",
+    "adduser",
+    "man-db",
 ];
 
 /// Makes sure every package in `wanted` is installed, installing the missing ones when root.

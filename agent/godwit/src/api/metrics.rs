@@ -216,12 +216,15 @@ impl Collector for ActingCollector {
         ] {
             counts.entry(("migrate", o.as_str())).or_insert(0);
         }
+        for o in [Started, Committed, Failed] {
+            counts.entry(("failover", o.as_str())).or_insert(0);
+        }
         family(
             &mut enc,
             "godwit_decisions",
-            "The coordinator's decisions while this node led, by kind and outcome: started, \
-             then committed or failed; or observed (act = false), paused, in_flight, cooldown, \
-             cluster_cap, node_cap (not carried out)",
+            "The coordinator's decisions while this node led, by kind (migrate, failover) and \
+             outcome: started, then committed or failed; or observed (act = false), paused, \
+             in_flight, cooldown, cluster_cap, node_cap (not carried out)",
             MetricType::Counter,
             counts.into_iter().map(|((kind, outcome), n)| {
                 (

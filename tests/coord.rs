@@ -157,6 +157,17 @@ fn a_cut_off_node_fences_itself_and_its_service_restarts_elsewhere_never_twice()
     .expect("exactly one node reports itself the leader");
     assert_eq!(metric(1, "godwit_fences_total"), Some(1.0));
     assert_eq!(metric(1, "godwit_failovers_total"), Some(1.0));
+    // ... and as a decision of the leader's: started, then committed.
+    let (_, metrics) = rig.c.get(1, "/metrics").unwrap();
+    let decisions = |outcome: &str| -> Option<f64> {
+        let series = format!("godwit_decisions_total{{kind=\"failover\",outcome=\"{outcome}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.parse().ok())
+    };
+    assert_eq!(decisions("started"), Some(1.0), "{metrics}");
+    assert_eq!(decisions("committed"), Some(1.0));
+    assert_eq!(decisions("failed"), Some(0.0));
     // The failover took at least the fence bound (lease 3 s + guard 0.5 s + margin 0.5 s)
     // after n2's last renewal.
     let took = metric(1, "godwit_failover_last_seconds").expect("a failover duration");

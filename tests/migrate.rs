@@ -471,6 +471,80 @@ fn kvstore_migrates_between_nodes_under_load_and_loses_nothing() {
         cut["target_healthy_s"].as_f64() <= cut["handoff_s"].as_f64(),
         "{cut}"
     );
+
+    // The move's downtime is now n2's transitional switch latency: kept on its disk, in its
+    // own policy's view, and announced to the mesh, where n1 reads it for n2's class label.
+    assert_eq!(report["transfer"]["mode"], "transitional", "{report}");
+    let want_ms = downtime * 1e3;
+    let kept: Value = serde_json::from_slice(
+        &std::fs::read(c.node(2).dir.join("data/switch-latencies.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        kept["transitional_s"].as_array().map(Vec::len),
+        Some(1),
+        "{kept}"
+    );
+    assert!(
+        (kept["transitional_s"][0].as_f64().unwrap() - downtime).abs() < 1e-6,
+        "{kept} against {downtime}"
+    );
+    let announced = godwit_tests::wait_for(Duration::from_secs(15), || {
+        let nodes = c.json(1, "/v1/nodes");
+        let n2 = nodes["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"]["node_id"] == "n2")?
+            .clone();
+        let ms = n2["summary"]["switch_latencies_ms"].as_array()?.clone();
+        (!ms.is_empty()).then_some(ms)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "n2 never announced a switch latency: {}",
+            c.json(1, "/v1/nodes")
+        )
+    });
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    let got_ms = announced[0].as_f64().unwrap();
+    assert!(
+        (got_ms - want_ms).abs() <= 1.0,
+        "n2 announced {got_ms} ms, the move measured {want_ms:.1} ms"
+    );
+    assert!(
+        c.json(1, "/v1/nodes")["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["id"]["node_id"] == "n1")
+            .all(|m| m["summary"]["switch_latencies_ms"] == serde_json::json!([])),
+        "the source took no switch"
+    );
+    let local = godwit_tests::wait_for(Duration::from_secs(10), || {
+        let d = c.json(2, "/v1/decisions");
+        let xs = d["view"]["nodes"][0]["switch_latencies_s"]
+            .as_array()?
+            .clone();
+        (!xs.is_empty()).then_some(xs)
+    })
+    .expect("n2's own view holds its switch latency");
+    assert!((local[0].as_f64().unwrap() - downtime).abs() < 1e-6);
+    eprintln!("switch latency: measured {want_ms:.1} ms, announced {got_ms} ms");
+    // The operator sees it where `godwit explain` shows the class label's input.
+    let out = c
+        .cli(2)
+        .args(["explain", "--socket"])
+        .arg(c.socket(2))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "n2: p90 {want_ms:.0} ms of 1 transitional switches"
+        )),
+        "{text}"
+    );
 }
 
 /// The target dies in the middle of the transfer: the migration fails, the service keeps

@@ -173,6 +173,30 @@ struct LeaderState {
     fencing: BTreeSet<String>,
 }
 
+/// A step of a failover this node made as leader, for the caller's decision log and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverStep {
+    pub service: String,
+    /// The fenced node it ran on.
+    pub from: String,
+    pub to: String,
+    pub outcome: FailoverOutcome,
+    /// Why (a failure's error, the epoch a placement got).
+    pub reason: String,
+}
+
+/// How far a failover got: `Started` when the leader chose the target and writes the
+/// placement, then `Committed` once the log placed the service there, or `Failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailoverOutcome {
+    Started,
+    Committed,
+    Failed,
+}
+
+/// Called with every failover step ([`Coordinator::on_failover`]).
+pub type FailoverObserver = Arc<dyn Fn(FailoverStep) + Send + Sync>;
+
 #[derive(Debug, Default)]
 struct Counters {
     leader_changes: u64,
@@ -195,6 +219,8 @@ pub struct Coordinator<W: Wire> {
     counters: Mutex<Counters>,
     /// Where renewals read this node's capacity from.
     capacity: Mutex<Option<CapacitySource>>,
+    /// Told of every failover step.
+    failover_observer: Mutex<Option<FailoverObserver>>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -262,6 +288,7 @@ impl<W: Wire> Coordinator<W> {
             hints: Mutex::new(Vec::new()),
             counters: Mutex::new(Counters::default()),
             capacity: Mutex::new(None),
+            failover_observer: Mutex::new(None),
             stop,
             tasks: TaskTracker::new(),
         });
@@ -269,6 +296,38 @@ impl<W: Wire> Coordinator<W> {
         c.tasks.spawn(c.clone().leader_loop());
         c.tasks.spawn(c.clone().lease_clock());
         Ok(c)
+    }
+
+    /// Tells `observer` of every failover step this node takes as leader from now on.
+    pub fn on_failover(&self, observer: FailoverObserver) {
+        *self
+            .failover_observer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(observer);
+    }
+
+    fn failover_step(
+        &self,
+        e: &crate::ServiceEntry,
+        from: &str,
+        to: &str,
+        outcome: FailoverOutcome,
+        reason: String,
+    ) {
+        let observer = self
+            .failover_observer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(observer) = observer {
+            observer(FailoverStep {
+                service: e.name.clone(),
+                from: from.to_string(),
+                to: to.to_string(),
+                outcome,
+                reason,
+            });
+        }
     }
 
     /// Stops the loops and the Raft node.
@@ -853,7 +912,8 @@ impl<W: Wire> Coordinator<W> {
             if !self.leads_in(term) {
                 return Ok(());
             }
-            let (o, index) = self
+            self.failover_step(e, node, &to, FailoverOutcome::Started, String::new());
+            let written = self
                 .write_local(
                     Cmd::Place {
                         service: e.name.clone(),
@@ -864,9 +924,23 @@ impl<W: Wire> Coordinator<W> {
                     },
                     term,
                 )
-                .await?;
+                .await;
+            let (o, index) = match written {
+                Ok(w) => w,
+                Err(err) => {
+                    self.failover_step(e, node, &to, FailoverOutcome::Failed, err.clone());
+                    return Err(err);
+                }
+            };
             tracing::warn!(service = %e.name, from = %node, to = %to, epoch = index, outcome = ?o, "failover");
             if matches!(o, Outcome::Applied { .. }) {
+                self.failover_step(
+                    e,
+                    node,
+                    &to,
+                    FailoverOutcome::Committed,
+                    format!("placed on {to} at epoch {index}"),
+                );
                 *load.entry(to).or_default() += 1;
                 // From the lost node's last renewal this leader heard (or its own election,
                 // whichever is later) to the new placement.
@@ -874,6 +948,9 @@ impl<W: Wire> Coordinator<W> {
                 let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
                 c.failovers += 1;
                 c.last_failover_s = Some(self.s.clock.now().since(from_heard).as_secs_f64());
+            } else {
+                // The log refused it (the service's epoch moved meanwhile): not placed.
+                self.failover_step(e, node, &to, FailoverOutcome::Failed, format!("{o:?}"));
             }
         }
         Ok(())

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::protocol::{Handoff, HANDOFF, START_TIMEOUT};
+use super::protocol::{Handoff, Switched, HANDOFF, START_TIMEOUT};
 use super::source_machine::Handed;
 use godwit_runtime::service::{ServiceSpec, ServiceTimings};
 use godwit_transport::{open, Peer};
@@ -157,9 +157,13 @@ const FORGET_TIMEOUT: Duration = Duration::from_secs(5);
 /// Tells the target that the source has acted on the outcome of `migration` (its instance
 /// killed, or running here again) and forgot it: the target may forget it too. Best effort: a
 /// target that does not hear it keeps the outcome, which costs a small file.
-pub(super) async fn forget(peer: &Peer, migration: &str) {
+///
+/// `switched`: when the service runs on the target, the move's mode and measured downtime,
+/// which the target keeps as its switch latency.
+pub(super) async fn forget(peer: &Peer, migration: &str, switched: Option<Switched>) {
     let forget = Handoff::Forget {
         migration: migration.to_string(),
+        switched,
     };
     match ask(peer, &forget, FORGET_TIMEOUT).await {
         Ok(Handoff::Forgotten) => {}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::journal::{now_ms, Journal, TargetEntry, TargetPhase};
-use super::protocol::{Handoff, Msg, HANDOFF, SERVICE};
+use super::protocol::{Handoff, Msg, Switched, HANDOFF, SERVICE};
 use super::scan::FileMeta;
 use super::*;
 use godwit_runtime::service::{Manager, Runtime, ServiceSpec, ServicesSection};
@@ -22,6 +22,8 @@ struct Rig {
     a: Endpoint,
     c: Endpoint,
     b_addr: std::net::SocketAddr,
+    /// `b`'s switch latencies as a target.
+    switches: Arc<agent::SwitchHistory>,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -88,10 +90,10 @@ async fn rig() -> Rig {
             tasks: tasks.clone(),
         }),
     );
-    agent::register_handoff(
-        &services,
-        agent::Target::new(journal.clone(), manager, tasks, None),
-    );
+    let target = agent::Target::new(journal.clone(), manager, tasks, None);
+    let switches = Arc::new(agent::SwitchHistory::default());
+    target.keep_switches(switches.clone());
+    agent::register_handoff(&services, target);
     let server = serve(&b, services);
     let b_addr = b.local_addr().unwrap();
     Rig {
@@ -101,6 +103,7 @@ async fn rig() -> Rig {
         a,
         c,
         b_addr,
+        switches,
         _server: server,
     }
 }
@@ -357,6 +360,10 @@ async fn only_the_source_hands_off_abandons_or_forgets_and_outcomes_are_kept() {
         },
         Handoff::Forget {
             migration: "m-started".into(),
+            switched: Some(Switched {
+                mode: SwitchMode::Transitional,
+                downtime_s: 9.0,
+            }),
         },
     ] {
         let answer = ask(&rig, &rig.c, request).await;
@@ -400,27 +407,43 @@ async fn only_the_source_hands_off_abandons_or_forgets_and_outcomes_are_kept() {
         assert!(matches!(answer, Handoff::NotHeld { .. }), "{answer:?}");
     }
 
-    // The source forgets the outcome: only then does the entry go.
-    let answer = ask(
-        &rig,
-        &rig.a,
-        Handoff::Forget {
-            migration: "m-started".into(),
-        },
-    )
-    .await;
-    assert!(matches!(answer, Handoff::Forgotten), "{answer:?}");
+    assert!(
+        rig.switches.latencies_s().is_empty(),
+        "another node's figure is not this node's switch latency"
+    );
+
+    // The source forgets the outcome: only then does the entry go, and the move's downtime
+    // becomes this node's switch latency, once.
+    let switched = Some(Switched {
+        mode: SwitchMode::Transitional,
+        downtime_s: 0.25,
+    });
+    for _ in 0..2 {
+        let answer = ask(
+            &rig,
+            &rig.a,
+            Handoff::Forget {
+                migration: "m-started".into(),
+                switched,
+            },
+        )
+        .await;
+        assert!(matches!(answer, Handoff::Forgotten), "{answer:?}");
+    }
     assert!(rig.journal.target("m-started").is_none());
-    // A migration still under way is not forgotten.
+    assert_eq!(rig.switches.latencies_s(), [0.25], "counted once");
+    // A migration still under way is not forgotten, and its figure not kept.
     let answer = ask(
         &rig,
         &rig.a,
         Handoff::Forget {
             migration: "m-prepared".into(),
+            switched,
         },
     )
     .await;
     assert!(matches!(answer, Handoff::Refused { .. }), "{answer:?}");
+    assert_eq!(rig.switches.latencies_s(), [0.25]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

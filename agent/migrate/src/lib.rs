@@ -17,6 +17,7 @@
 //! | `target.rs` | [`agent::Target`]: the hand-off's target side, the watcher, the target's recovery |
 //! | `vip.rs` | the VIP's takeover on the target at the cut-over |
 //! | `recovery.rs` | the source's crash recovery at start |
+//! | `switches.rs` | [`agent::SwitchHistory`]: this node's past transitional switch latencies as a target, kept on disk |
 //! | `model.rs` | a committed move's report read into what the model learns (the figures and medians are pure, in `godwit_core::policy::learned`) |
 //! | `tasks.rs` | [`Tasks`]: the owner of every task a migration spawns, stopped by the daemon |
 //! | `audit.rs` | [`agent::MigrationReport`], the counters and the audit log |
@@ -63,6 +64,7 @@ mod recovery;
 mod scan;
 mod source;
 pub mod source_machine;
+mod switches;
 mod target;
 pub mod target_machine;
 mod tasks;

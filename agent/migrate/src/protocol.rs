@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::drive::SwitchMode;
 use super::scan::{BlockDigest, FileMeta};
 use godwit_runtime::service::{ServiceSpec, ServiceTimings};
 
@@ -131,8 +132,19 @@ pub(super) enum Handoff {
     /// the same answer to a repeated hand-off however late it comes.
     Forget {
         migration: String,
+        /// When the service runs on the target: the move's mode and the client-visible
+        /// downtime the source measured, which the target keeps as its switch latency.
+        switched: Option<Switched>,
     },
     Forgotten,
+}
+
+/// A committed move as the target's switch latency history takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(super) struct Switched {
+    pub(super) mode: SwitchMode,
+    /// From the freeze (or stop) to the service healthy on the target, seconds.
+    pub(super) downtime_s: f64,
 }
 
 #[cfg(test)]

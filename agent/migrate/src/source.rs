@@ -30,6 +30,7 @@ use super::handoff::{abandon, forget, hand_off, HandoffOutcome};
 use super::journal::{now_ms, Journal, SourceEntry, SourcePhase};
 use super::model::{self, LEARN_FROM};
 use super::progress::{Phase, Progress, Reporter};
+use super::protocol::Switched;
 use super::scan::StateScan;
 use super::source_machine::{self, Handed, SourceEffect, SourceEvent, SourceState};
 use super::transfer::StateSender;
@@ -818,13 +819,23 @@ impl Migrator {
         self.apply(entry, then).await;
         match outcome {
             HandoffOutcome::Started(_) => {
-                // Off the client's path: the frozen instance is dead by now.
-                forget(peer, id).await;
+                // Off the client's path: the frozen instance is dead by now. The target keeps
+                // the downtime measured here as its switch latency.
+                let switched =
+                    report
+                        .transfer
+                        .as_ref()
+                        .zip(report.downtime_seconds)
+                        .map(|(t, downtime_s)| Switched {
+                            mode: t.mode,
+                            downtime_s,
+                        });
+                forget(peer, id, switched).await;
                 peer.close("migrated");
                 Ok(())
             }
             HandoffOutcome::GivenBack(why) => {
-                forget(peer, id).await;
+                forget(peer, id, None).await;
                 Err(MigrateError::GivenBack(why))
             }
             HandoffOutcome::Unknown(why) => {
@@ -990,7 +1001,7 @@ impl Migrator {
                     .connect(entry.addr, &entry.to)
                     .await
                 {
-                    forget(&peer, &entry.migration).await;
+                    forget(&peer, &entry.migration, None).await;
                 }
                 return;
             }

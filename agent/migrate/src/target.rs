@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::error::MigrateError;
 use super::handoff::Started;
 use super::journal::{now_ms, Journal, JournalGuard, TargetEntry, TargetPhase};
-use super::protocol::{Handoff, HANDOFF, START_TIMEOUT};
+use super::protocol::{Handoff, Switched, HANDOFF, START_TIMEOUT};
 use super::target_machine::{self, TargetEffect, TargetEvent, RETURNED_KEPT_MS};
 use super::vip::Takeover;
 use crate::tasks::remove_tree;
@@ -44,6 +44,8 @@ pub struct Target {
     /// The placement log's part (with a coordinator): the epoch a migrated service starts
     /// under is admitted here first.
     gate: Option<Arc<dyn crate::gate::PlacementGate>>,
+    /// Where the switch latencies of the moves into this node go ([`Target::keep_switches`]).
+    switches: std::sync::OnceLock<Arc<super::switches::SwitchHistory>>,
 }
 
 /// A migrated service that stayed healthy, its VIP on the interface but not announced yet.
@@ -122,7 +124,14 @@ impl Target {
             started: Mutex::new(HashSet::new()),
             tasks,
             gate,
+            switches: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Keeps the switch latency of each committed move into this node in `history` (set
+    /// once; without it the figures the sources send are not kept).
+    pub fn keep_switches(&self, history: Arc<super::switches::SwitchHistory>) {
+        let _ = self.switches.set(history);
     }
 
     fn phase(&self, id: &str) -> Option<TargetPhase> {
@@ -455,8 +464,19 @@ impl Target {
     }
 
     /// The source acted on the outcome of migration `id`: the entry goes. The answer.
-    async fn forget(self: &Arc<Self>, id: &str) -> Result<Handoff, MigrateError> {
+    async fn forget(
+        self: &Arc<Self>,
+        id: &str,
+        switched: Option<Switched>,
+    ) -> Result<Handoff, MigrateError> {
         let g = self.journal.lock(id).await;
+        // The service runs here by this migration: the source's figure is this node's switch
+        // latency. Only while the entry is here, so a repeated forget counts nothing again.
+        let ran_here = match g.target().map(|e| e.phase) {
+            Some(TargetPhase::Started) => true,
+            Some(TargetPhase::Owned) => self.started().contains(id),
+            _ => false,
+        };
         let (entry, effects) = match self.step(&g, TargetEvent::Forget) {
             Ok(stepped) => stepped,
             Err(r) => {
@@ -466,6 +486,15 @@ impl Target {
             }
         };
         self.run(g, entry.as_ref(), effects).await?;
+        if let (true, Some(s), Some(h)) = (ran_here, switched, self.switches.get()) {
+            let h = h.clone();
+            let kept = tokio::task::spawn_blocking(move || h.record(s.mode, s.downtime_s))
+                .await
+                .unwrap_or(false);
+            if kept {
+                info!(migration = id, mode = ?s.mode, latency_ms = (s.downtime_s * 1e3).round(), "switch latency recorded");
+            }
+        }
         Ok(Handoff::Forgotten)
     }
 
@@ -681,7 +710,7 @@ async fn handoff(peer: PeerInfo, mut ch: Channel, target: Arc<Target>) {
     let migration = match &request {
         Handoff::Start { migration, .. }
         | Handoff::Abandon { migration }
-        | Handoff::Forget { migration } => migration.clone(),
+        | Handoff::Forget { migration, .. } => migration.clone(),
         other => {
             warn!(peer = %peer.node, request = ?other, "not a hand-off request");
             return;
@@ -741,7 +770,10 @@ async fn handoff(peer: PeerInfo, mut ch: Channel, target: Arc<Target>) {
                 return;
             }
         },
-        Handoff::Forget { migration } => match target.forget(&migration).await {
+        Handoff::Forget {
+            migration,
+            switched,
+        } => match target.forget(&migration, switched).await {
             Ok(reply) => reply,
             Err(e) => {
                 warn!(peer = %peer.node, migration, error = %e, "forget not answered: the journal failed");

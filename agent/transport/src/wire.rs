@@ -33,8 +33,9 @@ use super::error::TransportError;
 /// `capabilities`, `umask` and `allow_setuid`. 6: and its `ha` class; Raft and coordinator
 /// messages travel on the `"raft"` and `"coord"` services. 7: a migration's report carries its
 /// downtime target, prediction and the service's own stop and start, and the hand-off's
-/// `Started` the service's start.
-pub const WIRE_VERSION: u16 = 7;
+/// `Started` the service's start. 8: the hand-off's `Forget` carries the move's mode and
+/// downtime (the target's switch latency).
+pub const WIRE_VERSION: u16 = 8;
 /// Largest message frame.
 pub const MAX_FRAME: usize = 16 << 20;
 /// Largest frame of a connection's handshake (node names and a refusal's reason), read before

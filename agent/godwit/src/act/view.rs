@@ -313,6 +313,70 @@ mod tests {
     }
 
     #[test]
+    fn a_targets_announced_switch_latencies_decide_the_mode() {
+        use crate::migrate::agent::SwitchHistory;
+        use crate::policy::{ClassLabel, Link, SwitchMode};
+        // The node's history as its summary announces it: three slow transitional moves
+        // into n3 (p90 2.5 s > L_max 2 s), and an intermittent one that does not count.
+        let history = SwitchHistory::default();
+        history.record(SwitchMode::Transitional, 2.5);
+        history.record(SwitchMode::Intermittent, 9.0);
+        history.record(SwitchMode::Transitional, 2.4);
+        history.record(SwitchMode::Transitional, 0.3);
+        let p = placed(&[("kv", "n2"), ("bg", "n2")]);
+        let mut n3 = member("n3", 0.0, &[]);
+        n3.summary.switch_latencies_ms = history.latencies_ms();
+        assert_eq!(n3.summary.switch_latencies_ms, [2500, 2400, 300]);
+        let v =
+            ClusterPlanner::new(PolicyConfig::default()).view(&[n3.clone()], &p, &BTreeSet::new());
+        assert_eq!(v.nodes[0].switch_latencies_s, [2.5, 2.4, 0.3]);
+        // 1 GB of state dirtied at 10 MB/s over a 100 MB/s link: iterating is worthwhile.
+        let n2 = |load: f64, kv: f64| {
+            let mut n2 = member("n2", load, &[("kv", kv), ("bg", 0.18)]);
+            for s in &mut n2.summary.services {
+                s.state_bytes = 1 << 30;
+                s.dirty_bytes_per_sec = 1e7;
+            }
+            n2
+        };
+        let plan_with = |n3: &MemberInput| {
+            let mut planner = ClusterPlanner::new(PolicyConfig::default());
+            let quiet = [n2(0.4, 0.02), n3.clone()];
+            let busy = [n2(0.96, 0.3), n3.clone()];
+            (0..30)
+                .find_map(|i| {
+                    let members = if i < 20 { &quiet } else { &busy };
+                    let mut v = planner.view(members, &p, &BTreeSet::new());
+                    v.nodes[0].links.insert(
+                        "n3".into(),
+                        Link {
+                            bytes_per_s: 1e8,
+                            rtt_s: 0.001,
+                        },
+                    );
+                    let plan = planner.plan(&v);
+                    plan.migrations.first().cloned()
+                })
+                .expect("a service leaves n2")
+        };
+        let m = plan_with(&n3);
+        assert_eq!(m.to, "n3");
+        assert_eq!(m.switch.label.label, ClassLabel::Negative);
+        assert_eq!(m.switch.label.p90_s, Some(2.5));
+        assert_eq!(m.switch.label.samples, 3);
+        assert_eq!(m.mode, SwitchMode::Intermittent);
+        // The same move to a node whose moves were fast is transitional.
+        let fast = {
+            let mut n3 = n3.clone();
+            n3.summary.switch_latencies_ms = vec![300, 250, 200];
+            n3
+        };
+        let m = plan_with(&fast);
+        assert_eq!(m.switch.label.label, ClassLabel::Positive);
+        assert_eq!(m.mode, SwitchMode::Transitional, "{:#?}", m.switch.precopy);
+    }
+
+    #[test]
     fn no_move_targets_a_node_that_runs_no_services_or_is_fenced_or_cordoned() {
         let mut p = placed(&[("kv", "n2"), ("bg", "n2")]);
         p.apply(

@@ -216,12 +216,15 @@ impl Collector for ActingCollector {
         ] {
             counts.entry(("migrate", o.as_str())).or_insert(0);
         }
+        for o in [Started, Committed, Failed] {
+            counts.entry(("failover", o.as_str())).or_insert(0);
+        }
         family(
             &mut enc,
             "godwit_decisions",
-            "The coordinator's decisions while this node led, by kind and outcome: started, \
-             then committed or failed; or observed (act = false), paused, in_flight, cooldown, \
-             cluster_cap, node_cap (not carried out)",
+            "The coordinator's decisions while this node led, by kind (migrate, failover) and \
+             outcome: started, then committed or failed; or observed (act = false), paused, \
+             in_flight, cooldown, cluster_cap, node_cap (not carried out)",
             MetricType::Counter,
             counts.into_iter().map(|((kind, outcome), n)| {
                 (
@@ -268,6 +271,26 @@ impl Collector for PolicyCollector {
             .clone();
         let node = d.as_ref().and_then(|d| d.plan.nodes.first().cloned());
         let trigger = node.as_ref().and_then(|n| n.trigger.clone());
+        let switches = d
+            .as_ref()
+            .and_then(|d| d.view.nodes.first())
+            .map(|n| n.switch_latencies_s.clone())
+            .unwrap_or_default();
+        family(
+            &mut enc,
+            "godwit_policy_switch_latencies",
+            "Past transitional switch latencies into this node kept for its class label",
+            MetricType::Gauge,
+            one(switches.len() as f64),
+        )?;
+        family(
+            &mut enc,
+            "godwit_policy_switch_latency_p90_seconds",
+            "The p90 of this node's past transitional switch latencies as a target: its class \
+             label is positive iff this is at most L_max (absent: no history, positive)",
+            MetricType::Gauge,
+            crate::policy::percentile(&switches, 0.9).map(|p| (Vec::new(), p)),
+        )?;
         family(
             &mut enc,
             "godwit_policy_threshold_ratio",

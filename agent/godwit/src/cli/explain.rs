@@ -64,6 +64,7 @@ pub(super) fn render(doc: &Value) -> String {
 fn render_plans(doc: &Value, last: &str, out: &mut String) {
     out.push_str("== latest sample ==\n");
     render_plan(&doc["plan"], out);
+    render_switches(&doc["view"], out);
     if let Some(t) = doc[last].as_object() {
         let age = doc["taken_at_unix_ms"].as_f64().unwrap_or(0.0)
             - t["taken_at_unix_ms"].as_f64().unwrap_or(0.0);
@@ -131,6 +132,59 @@ pub(super) fn render_cluster(doc: &Value) -> String {
         );
     }
     out
+}
+
+/// Each node's past transitional switch latencies as a target, which its class label is
+/// computed from.
+fn render_switches(view: &Value, out: &mut String) {
+    let nodes = view["nodes"].as_array().cloned().unwrap_or_default();
+    if nodes.is_empty() {
+        return;
+    }
+    out.push_str("\nswitch latencies as a target (class label: p90 <= L_max, or no history):\n");
+    for n in &nodes {
+        let xs: Vec<f64> = n["switch_latencies_s"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_f64)
+            .collect();
+        let _ = match crate::policy::percentile(&xs, 0.9) {
+            Some(p90) => writeln!(
+                out,
+                "  {}: p90 {:.0} ms of {} transitional switches (last {:.0} ms)",
+                n["id"].as_str().unwrap_or("?"),
+                p90 * 1e3,
+                xs.len(),
+                xs.last().copied().unwrap_or(f64::NAN) * 1e3,
+            ),
+            None => writeln!(
+                out,
+                "  {}: no transitional switch yet",
+                n["id"].as_str().unwrap_or("?")
+            ),
+        };
+    }
+}
+
+/// A planned move's mode and the target's label behind it.
+fn mode_line(m: &Value) -> String {
+    let l = &m["switch"]["label"];
+    let label = match (l["label"].as_str(), l["p90_s"].as_f64()) {
+        (Some(label), Some(p90)) => format!(
+            "target {label}: p90 {:.0} ms of {} transitional switches against L_max {:.0} ms",
+            p90 * 1e3,
+            l["samples"],
+            l["latency_max_s"].as_f64().unwrap_or(f64::NAN) * 1e3
+        ),
+        (Some(label), None) => format!("target {label}: no transitional switch yet"),
+        _ => return String::new(),
+    };
+    format!(
+        "    {} mode: {label}; pre-copy {}\n",
+        m["mode"].as_str().unwrap_or("?"),
+        m["switch"]["precopy"]["start"].as_str().unwrap_or("?"),
+    )
 }
 
 fn render_plan(plan: &Value, out: &mut String) {
@@ -267,6 +321,7 @@ fn render_plan(plan: &Value, out: &mut String) {
                 String::new()
             },
         );
+        out.push_str(&mode_line(m));
     }
     for u in plan["unplaced"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  cannot place: {u}");
@@ -367,5 +422,34 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("rule relief, expected copy 2.500 s"), "{out}");
+    }
+
+    #[test]
+    fn shows_the_targets_label_with_its_p90_and_samples() {
+        let doc = serde_json::json!({
+            "taken_at_unix_ms": 0,
+            "view": {"nodes": [
+                {"id": "n1", "switch_latencies_s": []},
+                {"id": "n2", "switch_latencies_s": [0.1, 2.5, 3.0]},
+            ]},
+            "plan": {"nodes": [], "migrations": [{
+                "service": "b", "from": "n1", "to": "n2", "mode": "intermittent",
+                "placement": {"site_rule": "same_site"},
+                "switch": {
+                    "label": {"label": "negative", "p90_s": 3.0, "samples": 3,
+                              "latency_max_s": 2.0},
+                    "precopy": {"start": "iterate"}
+                }
+            }]}
+        });
+        let out = render(&doc);
+        for want in [
+            "intermittent mode: target negative: p90 3000 ms of 3 transitional switches \
+             against L_max 2000 ms; pre-copy iterate",
+            "n1: no transitional switch yet",
+            "n2: p90 3000 ms of 3 transitional switches (last 3000 ms)",
+        ] {
+            assert!(out.contains(want), "{want:?} not in:\n{out}");
+        }
     }
 }

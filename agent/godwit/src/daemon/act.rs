@@ -61,6 +61,12 @@ impl Act {
             s.me = ctx.node.clone();
             s.act = cfg.act;
         });
+        // The coordinator's failovers (its own, not the plan's) are decisions too: logged,
+        // kept and counted with the moves.
+        if let Some(coord) = &coordination.coord {
+            let shared = shared.clone();
+            coord.on_failover(Arc::new(move |f| shared.record(failover_decision(f))));
+        }
         let (Some(coord), Some(cluster)) = (coordination.coord.clone(), mesh.cluster.clone())
         else {
             return Act {
@@ -108,6 +114,27 @@ impl Act {
         self.cancel.cancel();
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+    }
+}
+
+/// A failover step as a decision of kind `failover`.
+fn failover_decision(f: crate::coord::node::FailoverStep) -> Decision {
+    use crate::coord::node::FailoverOutcome;
+    Decision {
+        at_unix_ms: now_ms(),
+        sample: 0,
+        kind: "failover",
+        why: format!("{} is fenced: its lease ran out", f.from),
+        service: f.service,
+        from: f.from,
+        to: f.to,
+        mode: None,
+        outcome: match f.outcome {
+            FailoverOutcome::Started => Outcome::Started,
+            FailoverOutcome::Committed => Outcome::Committed,
+            FailoverOutcome::Failed => Outcome::Failed,
+        },
+        reason: f.reason,
     }
 }
 

@@ -80,6 +80,7 @@ impl Mesh {
             probes.forecasts.clone(),
             probes.decisions.clone(),
             probes.risk.clone(),
+            probes.switches.clone(),
             coord,
             manager,
         );
@@ -126,6 +127,7 @@ async fn publish_summaries(
     forecasts: forecast::SharedForecasts,
     decisions: forecast::SharedDecisions,
     risk: forecast::SharedRisk,
+    switches: Arc<crate::migrate::agent::SwitchHistory>,
     coord: Option<Arc<crate::coord::node::Coordinator<crate::coord::quic::AgentWire>>>,
     manager: Option<Arc<crate::service::Manager>>,
 ) {
@@ -156,6 +158,8 @@ async fn publish_summaries(
             hosted,
         );
         summary.addresses.quic = quic;
+        // The class label's input: this node's past transitional switch latencies.
+        summary.switch_latencies_ms = switches.latencies_ms();
         summary.coordinator = coord.as_ref().map(|c| {
             let (leader, term) = c.leader();
             gossip::CoordinatorSeen {

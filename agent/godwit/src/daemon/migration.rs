@@ -52,6 +52,7 @@ impl Migration {
         let migrator = match (&net.transport, &services.manager, &services.journal) {
             (Some(t), Some(m), Some(j)) => {
                 let target = Target::new(j.clone(), m.clone(), tasks.clone(), gate.clone());
+                target.keep_switches(probes.switches.clone());
                 let (pending, pending_rx) = tokio::sync::mpsc::unbounded_channel();
                 // Off the runtime: it removes staging trees and waits for leftover processes.
                 let (tg, root, queue) = (target.clone(), state_root.clone(), pending.clone());

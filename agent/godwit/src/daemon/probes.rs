@@ -22,6 +22,9 @@ pub(super) struct Probes {
     /// Filled once the migration journal is open: the policy sees the moves in flight as
     /// leaving.
     pub journal_slot: forecast::SharedJournal,
+    /// This node's past transitional switch latencies as a migration target: the migration
+    /// target records them, the summary announces them, the local policy's view holds them.
+    pub switches: Arc<crate::migrate::agent::SwitchHistory>,
     /// Where CPU and memory figures come from (eBPF or procfs).
     pub source: probe::model::Source,
     /// Asks the sampler to track a cgroup's dirty pages (eBPF only).
@@ -46,6 +49,9 @@ impl Probes {
         let decisions = forecast::SharedDecisions::default();
         let risk = forecast::SharedRisk::new(ctx.cfg.site.risk.0);
         let journal_slot = forecast::SharedJournal::default();
+        let switches = Arc::new(crate::migrate::agent::SwitchHistory::open(
+            crate::migrate::agent::SwitchHistory::path(&ctx.cfg.node.data_dir),
+        ));
         let forecast_thread = forecast::spawn(
             &ctx.cfg,
             rx,
@@ -53,6 +59,7 @@ impl Probes {
             decisions.clone(),
             risk.clone(),
             journal_slot.clone(),
+            switches.clone(),
         )
         .map_err(|source| StartError::Thread {
             what: "forecast",
@@ -76,6 +83,7 @@ impl Probes {
             decisions,
             risk,
             journal_slot,
+            switches,
             source,
             tracker,
             cancel: ctx.child_token(),

@@ -155,12 +155,14 @@ impl LocalPolicy {
     }
 
     /// Builds this node's view from a snapshot and its forecasts, and plans. `leaving`: the
-    /// cgroup directories of the services moving away from this node ([`leaving_cgroups`]).
+    /// cgroup directories of the services moving away from this node ([`leaving_cgroups`]);
+    /// `switch_latencies_s`: its past transitional switch latencies as a target.
     pub(super) fn decide(
         &mut self,
         snap: &Snapshot,
         forecasts: &Forecasts,
         leaving: &[PathBuf],
+        switch_latencies_s: Vec<f64>,
     ) -> Decisions {
         self.index += 1;
         let i = self.index;
@@ -243,6 +245,7 @@ impl LocalPolicy {
                 util_now: vec![cpu.utilization, n.memory_utilization],
                 util_forecast,
                 load_history: history(&self.node_load),
+                switch_latencies_s,
                 ..NodeView::default()
             }],
             services,

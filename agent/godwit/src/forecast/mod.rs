@@ -257,6 +257,7 @@ pub fn spawn(
     decisions: SharedDecisions,
     risk: SharedRisk,
     journal: SharedJournal,
+    switches: Arc<crate::migrate::agent::SwitchHistory>,
 ) -> std::io::Result<JoinHandle<()>> {
     let mut engine = ForecastEngine::new(cfg.predict.clone()).with_services(cfg.services.clone());
     let mut local = decide::LocalPolicy::new(cfg, risk);
@@ -267,7 +268,7 @@ pub fn spawn(
                 engine.observe_snapshot(&snap);
                 let f = Arc::new(engine.forecasts(&snap));
                 let leaving = decide::leaving_cgroups(&journal);
-                let d = Arc::new(local.decide(&snap, &f, &leaving));
+                let d = Arc::new(local.decide(&snap, &f, &leaving, switches.latencies_s()));
                 *forecasts.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
                 *decisions.write().unwrap_or_else(|e| e.into_inner()) = Some(d);
             }

@@ -287,7 +287,7 @@ impl Ticker {
                             from: m.from.clone(),
                             to: m.to.clone(),
                         },
-                        Some(m.mode),
+                        leader_mode(m),
                         crate::act::why(plan, m),
                     )
                 })
@@ -384,5 +384,18 @@ impl Ticker {
                 ..started
             });
         });
+    }
+}
+
+/// The switch mode the leader orders: the plan's, unless the plan could not judge the pre-copy
+/// (no path figures in the cluster view): then the target's class label still rules a
+/// transitional switch out when negative, and otherwise the source decides with the path it
+/// measures before the move (`None`: its model's verdict), as MISSION's rule asks.
+fn leader_mode(m: &crate::policy::Migration) -> Option<crate::policy::SwitchMode> {
+    use crate::policy::{ClassLabel, StartDecision, SwitchMode};
+    match (m.switch.precopy.start, m.switch.label.label) {
+        (_, ClassLabel::Negative) => Some(SwitchMode::Intermittent),
+        (StartDecision::MissingInputs, ClassLabel::Positive) => None,
+        _ => Some(m.mode),
     }
 }

@@ -48,6 +48,10 @@ pub struct MigrationReport {
     pub transfer: Option<DriveReport>,
     /// Rounds the model predicted (live rounds plus the frozen one).
     pub predicted_rounds: Option<u32>,
+    /// Committed moves from this node the model had learned from when it predicted (0: a
+    /// first move, on the measured inputs and the defaults alone).
+    #[serde(default)]
+    pub learned_moves: usize,
     /// Rounds run.
     pub actual_rounds: usize,
     /// From the freeze (or stop) to the service healthy on the target, seconds.

@@ -633,6 +633,7 @@ impl Migrator {
         report.stop_estimate_s = timings.expected_stop_s();
         report.start_estimate_s = timings.expected_start_s();
         let learned = self.stats().learned;
+        report.learned_moves = learned.len();
         report.cutover_estimate_s = model::expected_cutover_s(&learned);
         let frozen_fit = model::expected_frozen_fit(&learned);
         report.round_overhead_estimate_s = match frozen_fit {

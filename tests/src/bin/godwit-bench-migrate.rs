@@ -197,6 +197,8 @@ struct Sample {
     /// Sender CPU, seconds.
     cpu_s: f64,
     predicted_rounds: Option<u64>,
+    /// Moves the source's model had learned from (0: a first move).
+    learned_moves: Option<u64>,
     actual_rounds: Option<u64>,
     /// The agent's downtime figure, or from the stop to serving on n2 for rsync.
     mover_downtime_s: Option<f64>,
@@ -394,6 +396,7 @@ fn one_move(
             let t = &report["transfer"];
             s.mover_bytes = t["wire_bytes"].as_u64().unwrap_or(0);
             s.predicted_rounds = report["predicted_rounds"].as_u64();
+            s.learned_moves = report["learned_moves"].as_u64();
             s.actual_rounds = report["actual_rounds"].as_u64();
             s.mover_downtime_s = report["downtime_seconds"].as_f64();
             s.path_bytes_per_s = report["bandwidth_bytes_per_second"].as_f64();
@@ -611,9 +614,14 @@ fn render(opts: &Opts, cells: &[Cell], elapsed: Duration) -> String {
                 all.iter()
                     .map(|s| {
                         format!(
-                            "{}/{}",
+                            "{}/{}{}",
                             s.predicted_rounds.map_or("—".into(), |r| r.to_string()),
-                            s.actual_rounds.map_or("—".into(), |r| r.to_string())
+                            s.actual_rounds.map_or("—".into(), |r| r.to_string()),
+                            if s.learned_moves == Some(0) {
+                                " (first)"
+                            } else {
+                                ""
+                            }
                         )
                     })
                     .collect::<Vec<_>>()
@@ -761,6 +769,15 @@ fn targets(opts: &Opts, cells: &[Cell]) -> String {
         "- round estimate exact in ≥ 90% of runs: {exact} of {} {}\n",
         all.len(),
         verdict(!all.is_empty() && exact as f64 >= 0.9 * all.len() as f64)
+    ));
+    let first: Vec<&&Sample> = all.iter().filter(|s| s.learned_moves == Some(0)).collect();
+    let first_exact = first
+        .iter()
+        .filter(|s| s.predicted_rounds.is_some() && s.predicted_rounds == s.actual_rounds)
+        .count();
+    md.push_str(&format!(
+        "- of which first moves (the model had learned from none): exact in {first_exact} of {}\n",
+        first.len()
     ));
     let rate: Vec<f64> = g.iter().filter_map(|s| s.copy_bytes_per_s).collect();
     let share = pct(&rate, 0.5) / link.bytes_per_s().unwrap_or(f64::NAN);

@@ -243,6 +243,10 @@ fn pages_changed_count_bytes_written_not_folios() {
 #[test]
 fn pages_changed_count_shared_mapping_writes_per_page() {
     let probe = load_probe();
+    // A second probe on the same tracepoints (another agent on this host, as in every
+    // multi-node test): its mapping lookups fail while the first one's is pending, and it
+    // must count the same pages all the same.
+    let second = load_probe();
     let cg = TestCgroup::new("godwit-mapped");
     let dir = tempfile_dir();
     let file = dir.join("mapped");
@@ -271,6 +275,15 @@ fn pages_changed_count_shared_mapping_writes_per_page() {
     assert_within(
         "cgroup pages changed through the mapping",
         cgroup.changed_pages as f64,
+        expected,
+        1.0,
+    );
+    let other = second
+        .task(w.pid())
+        .expect("tgid counted by the second probe");
+    assert_within(
+        "pages changed through the mapping, second probe",
+        other.changed_pages as f64,
         expected,
         1.0,
     );

@@ -15,7 +15,8 @@
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-/* x86 page-fault error code bit for a write access (arch/x86/include/asm/trap_pf.h). */
+/* x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h): a present page, a write. */
+#define X86_PF_PROT (1UL << 0)
 #define X86_PF_WRITE (1UL << 1)
 /* TASK_DEAD of include/linux/sched.h: the state of a thread's last switch-out. */
 #define TASK_DEAD 0x00000080
@@ -411,9 +412,19 @@ int BPF_PROG(page_fault_user, unsigned long address, struct pt_regs *regs,
 	c = cgroup_counters(bpf_get_current_cgroup_id());
 	if (c)
 		c->write_faults += 1;
-	if (bpf_find_vma(bpf_get_current_task_btf(), address, vma_shared_file, &kind, 0))
+	/*
+	 * This tracepoint runs with interrupts off, so bpf_find_vma releases the mmap lock from
+	 * an irq_work, and fails (-EBUSY) while that is still pending: always for a second
+	 * program on this tracepoint (another agent on the host), now and then for ours. Then a
+	 * fault on a present page (the page was write-protected: a shared mapping cleaned, or
+	 * copy-on-write) is taken as a page changed, and the fault is counted as unresolved.
+	 */
+	if (bpf_find_vma(bpf_get_current_task_btf(), address, vma_shared_file, &kind, 0)) {
 		stat_inc(GODWIT_STAT_FAULT_UNKNOWN);
-	else if (kind.shared_file)
+		if (error_code & X86_PF_PROT)
+			count_changed(1);
+	} else if (kind.shared_file) {
 		count_changed(1);
+	}
 	return 0;
 }

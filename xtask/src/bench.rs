@@ -1052,6 +1052,10 @@ pub(crate) struct MigrateArgs {
     /// godwit's downtime target, ms.
     #[arg(long, default_value_t = 100)]
     downtime_ms: u64,
+    /// Restart the source's agent before each godwit move, so that every move is a first
+    /// move (its model has learned from none).
+    #[arg(long)]
+    fresh: bool,
 }
 
 /// `cargo xtask bench migrate`: builds the agent and the example service in release, makes sure
@@ -1072,6 +1076,9 @@ pub(crate) fn migrate(args: &MigrateArgs) -> Result<()> {
         .args(["--downtime-ms", &args.downtime_ms.to_string()]);
     if args.write {
         cmd.arg("--write");
+    }
+    if args.fresh {
+        cmd.arg("--fresh");
     }
     let status = cmd.status().context("cannot start cargo")?;
     if !status.success() {

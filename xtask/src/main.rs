@@ -21,7 +21,7 @@
 //!   agents (`tests/schedules.rs`), checked for a service running twice or at a stale epoch.
 //! - `cargo xtask bench coord-size [--quick] [--sizes N,..] [--window S]`: the coordinator at
 //!   100, 500 and 1,000 nodes on the deterministic simulator (virtual time).
-//! - `cargo xtask bench migrate [--state-mib N] [--rates MB,..] [--links L,..] [--runs N]
+//! - `cargo xtask bench migrate [--fresh] [--state-mib N] [--rates MB,..] [--links L,..] [--runs N]
 //!   [--write]`: live migration of the example service between two namespaced agents against
 //!   stop-rsync-start and two-pass rsync on the same links.
 //! - `cargo xtask bench predict [--write]`, `cargo xtask bench policy [--write]`: forecast

@@ -1,4 +1,4 @@
-//! `cargo xtask bench migrate [--state-mib 1024] [--rates 0,5,20,50] [--links
+//! `cargo xtask bench migrate [--fresh] [--state-mib 1024] [--rates 0,5,20,50] [--links
 //! none,1gbit,100mbit] [--runs 3] [--downtime-ms 100] [--write]`: live migration of the example
 //! `kvstore` between two namespaced agents against two rsync baselines on the same link in the
 //! same run. Needs root and the release builds of `godwit`, `kvstore` and `kvcheck` (xtask
@@ -123,6 +123,8 @@ struct Opts {
     runs: usize,
     downtime_ms: u64,
     write: bool,
+    /// Restart the source's agent before each godwit move: every move is a first move.
+    fresh: bool,
     command: String,
 }
 
@@ -173,6 +175,7 @@ fn parse_args() -> Result<Opts, String> {
         runs,
         downtime_ms,
         write: args.iter().any(|a| a == "--write"),
+        fresh: args.iter().any(|a| a == "--fresh"),
         command: format!("cargo xtask bench migrate {}", shown.join(" "))
             .trim_end()
             .to_string(),
@@ -199,6 +202,8 @@ struct Sample {
     predicted_rounds: Option<u64>,
     /// Moves the source's model had learned from (0: a first move).
     learned_moves: Option<u64>,
+    /// The downtime the source predicted before the move, seconds.
+    predicted_downtime_s: Option<f64>,
     actual_rounds: Option<u64>,
     /// The agent's downtime figure, or from the stop to serving on n2 for rsync.
     mover_downtime_s: Option<f64>,
@@ -397,6 +402,7 @@ fn one_move(
             s.mover_bytes = t["wire_bytes"].as_u64().unwrap_or(0);
             s.predicted_rounds = report["predicted_rounds"].as_u64();
             s.learned_moves = report["learned_moves"].as_u64();
+            s.predicted_downtime_s = report["predicted_downtime_s"].as_f64();
             s.actual_rounds = report["actual_rounds"].as_u64();
             s.mover_downtime_s = report["downtime_seconds"].as_f64();
             s.path_bytes_per_s = report["bandwidth_bytes_per_second"].as_f64();
@@ -779,6 +785,28 @@ fn targets(opts: &Opts, cells: &[Cell]) -> String {
         "- of which first moves (the model had learned from none): exact in {first_exact} of {}\n",
         first.len()
     ));
+    // The source's own downtime against what it predicted before the move.
+    let within = |s: &Sample| match (s.predicted_downtime_s, s.mover_downtime_s) {
+        (Some(p), Some(m)) if m > 0.0 => (p - m).abs() / m <= 0.25,
+        _ => false,
+    };
+    let errors: Vec<String> = all
+        .iter()
+        .filter_map(|s| {
+            let (p, m) = (s.predicted_downtime_s?, s.mover_downtime_s?);
+            Some(format!("{:.0}/{:.0} ms", p * 1e3, m * 1e3))
+        })
+        .collect();
+    let ok = all.iter().filter(|s| within(s)).count();
+    md.push_str(&format!(
+        "- downtime estimate within ±25% of godwit's own downtime: {ok} of {} (predicted/measured: \
+         {}); first moves {} of {} {}\n",
+        all.len(),
+        errors.join(", "),
+        first.iter().filter(|s| within(s)).count(),
+        first.len(),
+        verdict(!all.is_empty() && ok == all.len())
+    ));
     let rate: Vec<f64> = g.iter().filter_map(|s| s.copy_bytes_per_s).collect();
     let share = pct(&rate, 0.5) / link.bytes_per_s().unwrap_or(f64::NAN);
     md.push_str(&format!(
@@ -849,7 +877,7 @@ fn main() {
             .map(Path::to_path_buf),
         ..RigOptions::default()
     });
-    let agent_pid = rig.c.agent_pid(1).expect("n1's agent runs");
+    let mut agent_pid = rig.c.agent_pid(1).expect("n1's agent runs");
     let _daemon = start_rsync_daemon(&rig);
     let mut cells = Vec::new();
     let mut seq = 0;
@@ -879,6 +907,11 @@ fn main() {
                         runs,
                         m.name()
                     );
+                    if opts.fresh && m == Method::Godwit {
+                        // A new agent process: its model has learned from no move.
+                        rig.c.restart(1);
+                        agent_pid = rig.c.agent_pid(1).expect("n1's agent runs");
+                    }
                     let sample = std::panic::catch_unwind(AssertUnwindSafe(|| {
                         one_move(&rig, agent_pid, &name, m, link, rate, opts.downtime_ms)
                     }))

@@ -208,6 +208,7 @@ impl Manager {
             timings: timings.clone(),
             timings_path: ServiceTimings::path(&self.rt.section.state_root, &spec.name),
             starting_since: None,
+            starting_on_state: true,
             probe_at: None,
             probe_gap: START_PROBE_FIRST,
         };
@@ -717,6 +718,9 @@ struct Supervisor {
     timings_path: PathBuf,
     /// When the running process was started, until its first passing check.
     starting_since: Option<Instant>,
+    /// Whether it started on state already there: a first start that creates its state is
+    /// no figure for the next start (a migration's, on state received), so it is not kept.
+    starting_on_state: bool,
     /// The next check before the first pass, and the gap after it.
     probe_at: Option<tokio::time::Instant>,
     probe_gap: Duration,
@@ -868,7 +872,9 @@ impl Supervisor {
             if let Some(since) = self.starting_since.take() {
                 let s = since.elapsed().as_secs_f64();
                 info!(service = %self.spec.name, start_ms = (s * 1e3).round(), "first passing check since the start");
-                self.keep(|t| t.record_start(s));
+                if self.starting_on_state {
+                    self.keep(|t| t.record_start(s));
+                }
             }
         }
         let Some(tracker) = self.tracker.as_mut() else {
@@ -1073,6 +1079,7 @@ impl Supervisor {
     /// Starts the process in the cgroup: the child forked ahead of the start when there is
     /// one ([`Manager::park`]), else a new one.
     async fn spawn(&mut self) -> Result<(), ServiceError> {
+        self.starting_on_state = holds_state(&self.spec.state_dir(&self.rt.section));
         let began = Instant::now();
         let image = self.image_dir.clone();
         let parked = match self.parked.take() {
@@ -1151,7 +1158,9 @@ impl Supervisor {
             // No check: started once the process is up.
             self.starting_since = None;
             self.probe_at = None;
-            self.keep(|t| t.record_start(began.elapsed().as_secs_f64()));
+            if self.starting_on_state {
+                self.keep(|t| t.record_start(began.elapsed().as_secs_f64()));
+            }
             self.vip_up();
         } else {
             self.starting_since = Some(began);
@@ -1318,4 +1327,20 @@ impl Supervisor {
             s.last_exit = Some(how);
         });
     }
+}
+
+/// Whether `dir` holds any non-empty file (looked for three levels deep): the service starts
+/// on state it had, or was given, rather than creating it.
+fn holds_state(dir: &std::path::Path) -> bool {
+    fn walk(dir: &std::path::Path, depth: u32) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        entries.flatten().any(|e| match e.file_type() {
+            Ok(t) if t.is_file() => e.metadata().is_ok_and(|m| m.len() > 0),
+            Ok(t) if t.is_dir() && depth > 0 => walk(&e.path(), depth - 1),
+            _ => false,
+        })
+    }
+    walk(dir, 3)
 }

@@ -385,6 +385,17 @@ struct vma_kind {
 	int shared_file;
 };
 
+/*
+ * Task-local: a write fault on a page not present whose mapping could not be looked up, until
+ * the filemap_fault of that fault (if it is a file's) says it wrote a file.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u64);
+} unresolved_fault SEC(".maps");
+
 static long vma_shared_file(struct task_struct *task, struct vm_area_struct *vma, void *data)
 {
 	struct vma_kind *kind = data;
@@ -401,9 +412,13 @@ SEC("tp_btf/page_fault_user")
 int BPF_PROG(page_fault_user, unsigned long address, struct pt_regs *regs,
 	     unsigned long error_code)
 {
+	__u64 *pending = bpf_task_storage_get(&unresolved_fault, bpf_get_current_task_btf(), 0, 0);
 	struct vma_kind kind = {};
 	struct godwit_counters *c;
 
+	/* Every fault of this thread ends what an earlier one left pending. */
+	if (pending)
+		*pending = 0;
 	if (!(error_code & X86_PF_WRITE))
 		return 0;
 	c = task_counters(bpf_get_current_pid_tgid() >> 32);
@@ -421,9 +436,32 @@ int BPF_PROG(page_fault_user, unsigned long address, struct pt_regs *regs,
 	 */
 	if (bpf_find_vma(bpf_get_current_task_btf(), address, vma_shared_file, &kind, 0)) {
 		stat_inc(GODWIT_STAT_FAULT_UNKNOWN);
-		if (error_code & X86_PF_PROT)
+		if (error_code & X86_PF_PROT) {
 			count_changed(1);
+		} else {
+			/* Not present: a file's page if filemap_fault runs for it next. */
+			pending = bpf_task_storage_get(&unresolved_fault, bpf_get_current_task_btf(),
+						       0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+			if (pending)
+				*pending = 1;
+		}
 	} else if (kind.shared_file) {
+		count_changed(1);
+	}
+	return 0;
+}
+
+/*
+ * A file's page faulted in. After a write fault left unresolved above, that write went to a
+ * file mapping: a shared one (or, rarely, a private one's copy-on-write): a page changed.
+ */
+SEC("tp_btf/mm_filemap_fault")
+int BPF_PROG(mm_filemap_fault, struct address_space *mapping, unsigned long index)
+{
+	__u64 *pending = bpf_task_storage_get(&unresolved_fault, bpf_get_current_task_btf(), 0, 0);
+
+	if (pending && *pending) {
+		*pending = 0;
 		count_changed(1);
 	}
 	return 0;

@@ -16,12 +16,13 @@ use aya::{Btf, Ebpf, EbpfLoader, Pod};
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/godwit.bpf.o"));
 
 /// The `tp_btf` programs, by C function name (= tracepoint name).
-pub const PROGRAMS: [&str; 5] = [
+pub const PROGRAMS: [&str; 6] = [
     "sched_switch",
     "sched_process_exec",
     "sched_process_exit",
     "writeback_dirty_folio",
     "page_fault_user",
+    "mm_filemap_fault",
 ];
 
 /// The `tp_btf` programs on filesystems' buffered write paths, by C function name (=

@@ -51,7 +51,7 @@ pub enum Request {
 /// Which image to copy where, on whose authority.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrestageCall {
-    /// The image (its content hash, `sha256:…`).
+    /// The image (its content hash, as `ImageStore` names it).
     pub image: String,
     /// The node to copy it to.
     pub to: String,

@@ -10,6 +10,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use godwit::migrate::control::{self, PrestageCall, Staged};
+use godwit::transport::{Endpoint, Identity, IdentityFiles};
 use godwit_tests::migrate_rig::{stop_client, KvOptions, MigrateRig, RigOptions};
 use godwit_tests::{require_root, wait_for};
 use serde_json::Value;
@@ -83,6 +85,36 @@ fn gossiped_images(rig: &MigrateRig, node: &str) -> Vec<String> {
         .into_iter()
         .filter_map(|v| v.as_str().map(str::to_string))
         .collect()
+}
+
+/// Orders n2, over its control service and from node `at`'s namespace, to push `image` to
+/// `to` under `term`, presenting `identity`; its answer.
+fn order_copy(
+    rig: &MigrateRig,
+    at: usize,
+    identity: Identity,
+    image: &str,
+    to: &str,
+    term: u64,
+) -> Staged {
+    let addr = std::net::SocketAddr::new(rig.c.node(2).addr.into(), 9748);
+    let call = PrestageCall {
+        image: image.to_string(),
+        to: to.to_string(),
+        fencing_token: term,
+    };
+    rig.c.in_node(at, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let ep = Endpoint::client(([0, 0, 0, 0], 0).into(), identity).unwrap();
+            control::prestage(&ep, addr, "n2", call)
+                .await
+                .unwrap_or_else(|e| panic!("ordering a copy from n2: {e}"))
+        })
+    })
 }
 
 /// `kv` (behind the VIP, its CPU load following `data/load` in its state; run from `image`
@@ -481,6 +513,53 @@ fn a_node_nearing_its_threshold_gets_its_service_image_copied_ahead_of_the_move(
     assert_eq!(counted_of(&rig, "prestage", "started"), n);
     assert_eq!(counted_of(&rig, "prestage", "committed"), n);
     eprintln!("kv's image pre-staged on {started:?}");
+
+    // Only the leader, in its term, may order a copy: not an operator, not another node, not
+    // the leader with a stale term. Each is refused by n2 and nothing is copied.
+    let term = rig.c.json(1, "/v1/cluster")["term"]
+        .as_u64()
+        .expect("a term");
+    let lacking = ["n3", "n1"]
+        .into_iter()
+        .find(|t| !holders.iter().any(|h| h == t));
+    let target = lacking.unwrap_or("n3");
+    let ops = rig.pki.join("operator");
+    godwit::transport::issue_operator(&rig.pki.join("ca"), "alice", &ops).unwrap();
+    let node_identity = |i: usize| {
+        let name = format!("n{i}");
+        let files = IdentityFiles::in_dir(&rig.c.node(i).dir.join("tls"), &name);
+        Identity::load(&name, &files).unwrap()
+    };
+    let orders = [
+        (
+            3,
+            Identity::load_operator("alice", &IdentityFiles::operator_in_dir(&ops, "alice"))
+                .unwrap(),
+            term,
+            "only the coordinator's leader".to_string(),
+        ),
+        (
+            3,
+            node_identity(3),
+            term,
+            "the leader here is n1".to_string(),
+        ),
+        (
+            1,
+            node_identity(1),
+            term - 1,
+            format!("the leader here is n1 in term {term}"),
+        ),
+    ];
+    for (at, identity, t, want) in orders {
+        match order_copy(&rig, at, identity, &id, target, t) {
+            Staged::Refused(why) => assert!(why.contains(&want), "{why:?} lacks {want:?}"),
+            other => panic!("an order from n{at} in term {t} was not refused: {other:?}"),
+        }
+    }
+    if lacking.is_some() {
+        assert!(!images(&rig, target.trim_start_matches('n').parse().unwrap()).contains(&id));
+    }
     // `godwit explain --cluster` shows it.
     let out = godwit(&rig, 1, &["explain", "--cluster"]);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -65,6 +65,10 @@ pub struct CoordinatorSection {
     /// After a move of a service (started by the leader, committed or not), the leader does
     /// not move it again for this long.
     pub cooldown_ms: u64,
+    /// Image pre-staging copies the leader runs at once, cluster-wide.
+    pub max_copies: u32,
+    /// Image pre-staging copies the leader runs at once to one node.
+    pub max_copies_per_node: u32,
 }
 
 impl Default for CoordinatorSection {
@@ -86,6 +90,8 @@ impl Default for CoordinatorSection {
             max_moves: 2,
             max_moves_per_node: 1,
             cooldown_ms: 300_000,
+            max_copies: 2,
+            max_copies_per_node: 1,
         }
     }
 }
@@ -117,6 +123,14 @@ impl CoordinatorSection {
                 "coordinator.max_moves = {} and max_moves_per_node = {} must be at least 1 \
                  (act = false watches plans without moving anything)",
                 self.max_moves, self.max_moves_per_node
+            ));
+        }
+        if self.max_copies == 0 || self.max_copies_per_node == 0 {
+            return Err(format!(
+                "coordinator.max_copies = {} and max_copies_per_node = {} must be at least 1 \
+                 (act = false watches plans without copying anything; [policy] \
+                 prestage_budget_bytes = 0 plans no copies)",
+                self.max_copies, self.max_copies_per_node
             ));
         }
         if self.margin_ms < self.fence_after_ms / 10 {

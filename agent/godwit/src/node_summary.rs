@@ -78,13 +78,16 @@ pub fn summary(
 }
 
 /// A managed service as the mesh hears of it: its load now from the probe (zero until the
-/// probe has seen its cgroup), its image, its state's size (`state_bytes`, measured by the
-/// caller) and its own stop time as the runtime measured it.
+/// probe has seen its cgroup), its image and that image's size (`image_bytes`, 0 unknown),
+/// its state's size (`state_bytes`, measured by the caller) and its own stop time as the
+/// runtime measured it.
+#[allow(clippy::too_many_arguments)]
 pub fn hosted(
     cfg: &Config,
     snap: &Snapshot,
     name: &str,
     image: Option<&str>,
+    image_bytes: u64,
     state_bytes: u64,
     stop_s: Option<f64>,
 ) -> HostedService {
@@ -93,6 +96,7 @@ pub fn hosted(
         id: name.to_string(),
         state_bytes,
         image: image.unwrap_or_default().to_string(),
+        image_bytes: if image.is_some() { image_bytes } else { 0 },
         cpu_cores: c.map_or(0.0, |c| c.cpu_cores),
         memory_bytes: c.and_then(|c| c.memory_bytes).unwrap_or(0),
         dirty_bytes_per_sec: c.map_or(0.0, |c| c.dirty_bytes_per_second),

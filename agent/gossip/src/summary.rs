@@ -117,6 +117,9 @@ pub struct HostedService {
     /// Image id.
     #[serde(rename = "m")]
     pub image: String,
+    /// The image's size, bytes (0: no image, or not known).
+    #[serde(rename = "b")]
+    pub image_bytes: u64,
     /// CPU it uses now, cores.
     #[serde(rename = "c")]
     pub cpu_cores: f64,

@@ -48,7 +48,7 @@ enum Msg {
 }
 
 /// What a push did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushStats {
     /// The image.
     pub id: String,

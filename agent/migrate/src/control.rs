@@ -14,6 +14,14 @@
 //! refuses it (and counts it in the transport's statistics).
 //!
 //! [`migrate`] is the client (`godwit migrate`).
+//!
+//! The coordinator's leader also orders image pre-staging here ([`Request::Prestage`]): this
+//! node pushes an image it holds to another node ahead of a likely move, so that the move
+//! sends no image. Only the leader this node knows, in the very term the order carries, may
+//! order one ([`authorize_prestage`]): an operator's certificate may not, since an order that
+//! skipped the leader would skip its budget and caps too (an operator pushes an image from
+//! the node's own API socket, `POST /v1/images/{id}/push`, as root or the `godwit` group).
+//! [`prestage`] is the client.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +44,19 @@ pub const SERVICE: &str = "control";
 pub enum Request {
     /// Move a managed service of the called agent to another node.
     Migrate(MigrateCall),
+    /// Push an image the called agent holds to another node (the coordinator's pre-staging).
+    Prestage(PrestageCall),
+}
+
+/// Which image to copy where, on whose authority.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrestageCall {
+    /// The image (its content hash, as `ImageStore` names it).
+    pub image: String,
+    /// The node to copy it to.
+    pub to: String,
+    /// The term of the coordinator that orders it (see [`Fencing`]); required.
+    pub fencing_token: u64,
 }
 
 /// What to move where, and how.
@@ -81,6 +102,11 @@ pub enum Reply {
         /// Why.
         reason: String,
     },
+    /// A pre-staging order ended: the target holds the image.
+    Staged {
+        /// What moved (only the chunks the target lacked).
+        stats: godwit_image::PushStats,
+    },
 }
 
 /// Finds a node's transport address (from the mesh).
@@ -100,6 +126,23 @@ pub fn authorize(
     match fencing_token {
         None => Ok(()),
         Some(t) => fencing(caller, t).map_err(MigrateError::Refused),
+    }
+}
+
+/// Who may order a pre-staging copy from this node: only a node of the cluster (never an
+/// operator), and only with a token `fencing` accepts, that is as the leader this node knows
+/// in that term.
+pub fn authorize_prestage(
+    caller: &Principal,
+    fencing_token: u64,
+    fencing: &Fencing,
+) -> Result<(), MigrateError> {
+    match caller {
+        Principal::Node(_) => fencing(caller, fencing_token).map_err(MigrateError::Refused),
+        Principal::Operator(_) => Err(MigrateError::Refused(format!(
+            "{caller} may not order pre-staging: only the coordinator's leader does (push an \
+             image from the node's API socket: POST /v1/images/ID/push?to=NODE)"
+        ))),
     }
 }
 
@@ -136,6 +179,13 @@ async fn serve(
 ) {
     let call = match ch.recv::<Request>().await {
         Ok(Some(Request::Migrate(call))) => call,
+        Ok(Some(Request::Prestage(call))) => {
+            let reply = serve_prestage(&peer, call, &migrator, &resolve, &fencing).await;
+            let _ = ch.send(&reply).await;
+            let _ = ch.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(2), ch.stopped()).await;
+            return;
+        }
         Ok(None) => return,
         Err(e) => {
             warn!(caller = %peer.principal, error = %e, "bad control request");
@@ -203,6 +253,98 @@ async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(2), ch.stopped()).await;
 }
 
+/// Serves a pre-staging order: checks the caller's authority, then pushes the image (only the
+/// chunks the target lacks move).
+async fn serve_prestage(
+    peer: &PeerInfo,
+    call: PrestageCall,
+    migrator: &Migrator,
+    resolve: &Resolver,
+    fencing: &Fencing,
+) -> Reply {
+    let caller = peer.principal.to_string();
+    if let Err(why) = authorize_prestage(&peer.principal, call.fencing_token, fencing) {
+        warn!(caller, image = %call.image, to = %call.to, reason = %why, "pre-staging refused");
+        return Reply::Refused {
+            reason: why.to_string(),
+        };
+    }
+    let error = |reason: String| {
+        warn!(caller, image = %call.image, to = %call.to, reason = %reason, "pre-staging not served");
+        Reply::Error { reason }
+    };
+    let Some(store) = migrator.images.clone() else {
+        return error(format!("{} has no image store", migrator.node));
+    };
+    let id = match godwit_image::Digest::parse(&call.image) {
+        Ok(id) => id,
+        Err(e) => return error(format!("image {:?}: {e}", call.image)),
+    };
+    if call.to == migrator.node {
+        return error(format!("{} is this node", call.to));
+    }
+    if !store.has_image(&id) {
+        return error(format!("{} does not hold {id}", migrator.node));
+    }
+    let addr = match resolve(&call.to) {
+        Ok(a) => a,
+        Err(e) => return error(e.to_string()),
+    };
+    let target = match migrator.transport.endpoint().connect(addr, &call.to).await {
+        Ok(p) => p,
+        Err(e) => return error(format!("cannot reach {}: {e}", call.to)),
+    };
+    let pushed = godwit_image::push(&target, &store, &id).await;
+    target.close("pre-staged");
+    match pushed {
+        Ok(stats) => {
+            info!(
+                caller, image = %id, to = %call.to, chunks_sent = stats.chunks_sent,
+                bytes_sent = stats.bytes_sent, "image pre-staged"
+            );
+            Reply::Staged { stats }
+        }
+        Err(e) => error(format!("push to {} failed: {e}", call.to)),
+    }
+}
+
+/// How a pre-staging order ended, for the leader.
+#[derive(Debug, Clone)]
+pub enum Staged {
+    /// The target holds the image; what moved.
+    Done(godwit_image::PushStats),
+    /// The caller may not order it.
+    Refused(String),
+    /// The agent could not serve it (or the push failed).
+    Error(String),
+}
+
+/// Asks the agent `node` at `addr` to push an image it holds to another node (`call`), from
+/// `endpoint` (whose identity is the caller's, the leader's).
+pub async fn prestage(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    node: &str,
+    call: PrestageCall,
+) -> Result<Staged, MigrateError> {
+    let peer = endpoint.connect(addr, node).await?;
+    let mut ch = open(&peer, SERVICE).await?;
+    ch.send(&Request::Prestage(call)).await?;
+    let answer = match ch.recv::<Reply>().await? {
+        Some(Reply::Staged { stats }) => Staged::Done(stats),
+        Some(Reply::Refused { reason }) => Staged::Refused(reason),
+        Some(Reply::Error { reason }) => Staged::Error(reason),
+        Some(other) => Staged::Error(format!("unexpected answer {other:?}")),
+        None => {
+            return Err(MigrateError::Peer(format!(
+                "{node} closed the control stream before answering"
+            )))
+        }
+    };
+    peer.close("done");
+    Ok(answer)
+}
+
 /// How a migration request ended, for the caller.
 #[derive(Debug, Clone)]
 pub enum Answer {
@@ -243,6 +385,11 @@ pub async fn migrate(
             }
             Some(Reply::Refused { reason }) => return Ok(Answer::Refused(reason)),
             Some(Reply::Error { reason }) => return Ok(Answer::Error(reason)),
+            Some(Reply::Staged { .. }) => {
+                return Err(MigrateError::Peer(format!(
+                    "{node} answered a migration as a pre-staging copy"
+                )))
+            }
             None => {
                 return Err(MigrateError::Peer(format!(
                     "{node} closed the control stream before the report"
@@ -271,6 +418,30 @@ mod tests {
                 .to_string();
             assert!(refused.contains("no coordinator"), "{refused}");
         }
+    }
+
+    #[test]
+    fn only_the_leader_of_the_term_may_order_pre_staging() {
+        let leader: Fencing = Arc::new(|caller, t| match caller {
+            Principal::Node(n) if n == "n1" && t == 7 => Ok(()),
+            _ => Err(format!("not the leader of term {t}")),
+        });
+        assert!(authorize_prestage(&Principal::Node("n1".into()), 7, &leader).is_ok());
+        for (caller, t) in [
+            (Principal::Node("n1".into()), 6),
+            (Principal::Node("n2".into()), 7),
+            // An operator, even one named as the leader, with the right term.
+            (Principal::Operator("n1".into()), 7),
+        ] {
+            let e = authorize_prestage(&caller, t, &leader).unwrap_err();
+            assert!(matches!(e, MigrateError::Refused(_)), "{caller} {t}: {e}");
+        }
+        let e = authorize_prestage(&Principal::Operator("alice".into()), 7, &leader)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only the coordinator's leader"), "{e}");
+        // Without a coordinator nobody may.
+        assert!(authorize_prestage(&Principal::Node("n1".into()), 7, &no_coordinator()).is_err());
     }
 
     #[test]

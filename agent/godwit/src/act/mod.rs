@@ -4,12 +4,18 @@
 //! to migrate under its term (the fencing token the source checks against its own view of
 //! the leader). Every decision, carried out or not, is kept with its reasons and counted.
 //!
+//! The leader also carries out the plan's image pre-staging: each planned copy that passes
+//! its rails ([`CopyRails`]) is asked of a node that holds the image (the service's own node
+//! first), under the same term, and that node pushes it to the target (only missing chunks).
+//!
 //! Failover stays where it was: the coordinator places a fenced node's services elsewhere
 //! after the fence bound; the policy's plan never moves a service off a node it cannot reach.
 
+mod copies;
 mod rails;
 mod view;
 
+pub use copies::{holder, CopyRails, CopyRailsConfig, ImageCopy};
 pub use rails::{Move, Outcome, Rails, RailsConfig};
 pub use view::{ClusterPlanner, MemberInput};
 
@@ -30,9 +36,13 @@ pub struct Decision {
     pub at_unix_ms: u64,
     /// The planner's sample index.
     pub sample: u64,
-    /// `migrate` or `failover`.
+    /// `migrate`, `prestage` or `failover`.
     pub kind: &'static str,
+    /// The service (for a copy: the services it is for, comma-separated).
     pub service: String,
+    /// A copy's image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     pub from: String,
     pub to: String,
     pub mode: Option<SwitchMode>,
@@ -68,9 +78,29 @@ pub struct ClusterState {
     pub last_fired: Option<Fired>,
     /// This leader's moves in flight.
     pub running: Vec<Move>,
+    /// This leader's pre-staging copies in flight.
+    pub copies_running: Vec<ImageCopy>,
+    /// Its latest copies that ended, oldest first.
+    pub copies_done: VecDeque<CopyDone>,
     /// The latest decisions, oldest first.
     pub decisions: VecDeque<Decision>,
 }
+
+/// A pre-staging copy that ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyDone {
+    pub at_unix_ms: u64,
+    pub copy: ImageCopy,
+    /// `committed` (the target holds it) or `failed`.
+    pub outcome: Outcome,
+    /// Chunks and bytes pushed (what the target lacked).
+    pub chunks_sent: u64,
+    pub bytes_sent: u64,
+    pub reason: String,
+}
+
+/// Copies that ended kept for `godwit explain --cluster`.
+const COPIES_KEPT: usize = 16;
 
 /// The acting state shared with the API and the metrics.
 #[derive(Debug, Default)]
@@ -96,17 +126,17 @@ impl Acting {
     pub fn record(&self, d: Decision) {
         match d.outcome {
             Outcome::Started | Outcome::Committed => tracing::info!(
-                kind = d.kind, service = %d.service, from = %d.from, to = %d.to,
+                kind = d.kind, service = %d.service, image = ?d.image, from = %d.from, to = %d.to,
                 mode = ?d.mode, outcome = d.outcome.as_str(), reason = %d.reason, why = %d.why,
                 "coordinator decision"
             ),
             Outcome::Failed => tracing::warn!(
-                kind = d.kind, service = %d.service, from = %d.from, to = %d.to,
+                kind = d.kind, service = %d.service, image = ?d.image, from = %d.from, to = %d.to,
                 outcome = d.outcome.as_str(), reason = %d.reason,
                 "coordinator decision failed"
             ),
             _ => tracing::info!(
-                kind = d.kind, service = %d.service, from = %d.from, to = %d.to,
+                kind = d.kind, service = %d.service, image = ?d.image, from = %d.from, to = %d.to,
                 mode = ?d.mode, outcome = d.outcome.as_str(), reason = %d.reason, why = %d.why,
                 "coordinator decision not carried out"
             ),
@@ -121,6 +151,16 @@ impl Acting {
             s.decisions.push_back(d);
             while s.decisions.len() > KEPT {
                 s.decisions.pop_front();
+            }
+        });
+    }
+
+    /// Keeps a copy that ended.
+    pub fn copy_done(&self, d: CopyDone) {
+        self.update(|s| {
+            s.copies_done.push_back(d);
+            while s.copies_done.len() > COPIES_KEPT {
+                s.copies_done.pop_front();
             }
         });
     }

@@ -25,10 +25,17 @@ pub enum Outcome {
     InFlight,
     /// The service moved less than `cooldown_ms` ago.
     Cooldown,
-    /// `max_moves` moves are running in the cluster.
+    /// `max_moves` moves are running in the cluster (for a copy: `max_copies` copies).
     ClusterCap,
-    /// `max_moves_per_node` moves are running from or to its source or target.
+    /// `max_moves_per_node` moves are running from or to its source or target (for a copy:
+    /// `max_copies_per_node` copies to its target).
     NodeCap,
+    /// A copy: the target holds the image already.
+    Held,
+    /// A copy: it would take the images in flight over `prestage_budget_bytes`.
+    Budget,
+    /// A copy: no live node is known to hold the image.
+    NoSource,
 }
 
 impl Outcome {
@@ -44,6 +51,9 @@ impl Outcome {
             Outcome::Cooldown => "cooldown",
             Outcome::ClusterCap => "cluster_cap",
             Outcome::NodeCap => "node_cap",
+            Outcome::Held => "held",
+            Outcome::Budget => "budget",
+            Outcome::NoSource => "no_source",
         }
     }
 }

@@ -150,6 +150,7 @@ impl ClusterPlanner {
                 demand: vec![h.cpu_cores, h.memory_bytes as f64],
                 load_history: history(self.services.get(name)),
                 image: h.image.clone(),
+                image_bytes: h.image_bytes,
                 state_bytes: h.state_bytes,
                 dirty_bytes_per_s: h.dirty_bytes_per_sec,
                 stop_s: h.stop_s,

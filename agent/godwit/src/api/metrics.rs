@@ -219,12 +219,19 @@ impl Collector for ActingCollector {
         for o in [Started, Committed, Failed] {
             counts.entry(("failover", o.as_str())).or_insert(0);
         }
+        for o in [
+            Started, Committed, Failed, Observed, Paused, Cooldown, ClusterCap, NodeCap, Held,
+            Budget, NoSource,
+        ] {
+            counts.entry(("prestage", o.as_str())).or_insert(0);
+        }
         family(
             &mut enc,
             "godwit_decisions",
-            "The coordinator's decisions while this node led, by kind (migrate, failover) and \
-             outcome: started, then committed or failed; or observed (act = false), paused, \
-             in_flight, cooldown, cluster_cap, node_cap (not carried out)",
+            "The coordinator's decisions while this node led, by kind (migrate, failover, \
+             prestage) and outcome: started, then committed or failed; or observed (act = \
+             false), paused, in_flight, cooldown, cluster_cap, node_cap, held, budget, \
+             no_source (not carried out)",
             MetricType::Counter,
             counts.into_iter().map(|((kind, outcome), n)| {
                 (
@@ -247,6 +254,13 @@ impl Collector for ActingCollector {
             "Moves the leader started that have not ended",
             MetricType::Gauge,
             one(st.running.len() as f64),
+        )?;
+        family(
+            &mut enc,
+            "godwit_coordinator_copies_running",
+            "Image pre-staging copies the leader ordered that have not ended",
+            MetricType::Gauge,
+            one(st.copies_running.len() as f64),
         )?;
         Ok(())
     }

@@ -115,9 +115,48 @@ pub(super) fn render_cluster(doc: &Value) -> String {
             );
         }
     }
+    let copying = doc["copies_running"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !copying.is_empty() {
+        let _ = writeln!(out, "\nimage copies running: {}", copying.len());
+        for c in &copying {
+            let _ = writeln!(
+                out,
+                "  image {} {} -> {} ({} bytes, for {})",
+                short_image(&c["image"]),
+                c["from"].as_str().unwrap_or("?"),
+                c["to"].as_str().unwrap_or("?"),
+                c["bytes"],
+                joined(&c["services"]),
+            );
+        }
+    }
+    let copied = doc["copies_done"].as_array().cloned().unwrap_or_default();
+    if !copied.is_empty() {
+        let _ = writeln!(out, "\nimage copies done (latest last): {}", copied.len());
+        for d in &copied {
+            let c = &d["copy"];
+            let _ = writeln!(
+                out,
+                "  image {} {} -> {} (for {}): {}: {}",
+                short_image(&c["image"]),
+                c["from"].as_str().unwrap_or("?"),
+                c["to"].as_str().unwrap_or("?"),
+                joined(&c["services"]),
+                d["outcome"].as_str().unwrap_or("?"),
+                d["reason"].as_str().unwrap_or(""),
+            );
+        }
+    }
     let decisions = doc["decisions"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(out, "\ndecisions (latest last): {}", decisions.len());
     for d in &decisions {
+        let how = match d["image"].as_str() {
+            Some(_) => format!("image {}", short_image(&d["image"])),
+            None => d["mode"].as_str().unwrap_or("?").to_string(),
+        };
         let _ = writeln!(
             out,
             "  {} {} {} -> {} ({}): {}: {}\n    because {}",
@@ -125,7 +164,7 @@ pub(super) fn render_cluster(doc: &Value) -> String {
             d["service"].as_str().unwrap_or("?"),
             d["from"].as_str().unwrap_or("?"),
             d["to"].as_str().unwrap_or("?"),
-            d["mode"].as_str().unwrap_or("?"),
+            how,
             d["outcome"].as_str().unwrap_or("?"),
             d["reason"].as_str().unwrap_or(""),
             d["why"].as_str().unwrap_or("?"),
@@ -185,6 +224,28 @@ fn mode_line(m: &Value) -> String {
         m["mode"].as_str().unwrap_or("?"),
         m["switch"]["precopy"]["start"].as_str().unwrap_or("?"),
     )
+}
+
+/// An image id cut to its first 12 hex digits.
+fn short_image(v: &Value) -> String {
+    let id = v.as_str().unwrap_or("?");
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    hex.char_indices()
+        .nth(12)
+        .map_or(hex, |(i, _)| &hex[..i])
+        .to_string()
+}
+
+/// A JSON array of strings as `a, b`.
+fn joined(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 fn render_plan(plan: &Value, out: &mut String) {
@@ -383,6 +444,36 @@ mod tests {
         }
         let none = render_cluster(&serde_json::json!({"me": "n1", "plan": null}));
         assert!(none.contains("no plan yet"), "{none}");
+    }
+
+    #[test]
+    fn the_cluster_view_shows_image_copies_running_and_done() {
+        let img = "ab".repeat(32);
+        let copy = serde_json::json!({"image": img, "from": "n2", "to": "n3",
+            "bytes": 8_388_608, "services": ["kv"]});
+        let doc = serde_json::json!({
+            "me": "n1", "leader": "n1", "leading": true, "act": true,
+            "plan": {"nodes": [], "migrations": [], "prestage": {"copies": [
+                {"image": img, "to": "n1", "bytes": 8_388_608, "benefit_s": 0.5,
+                 "services": ["kv"]}]}},
+            "copies_running": [copy],
+            "copies_done": [{"copy": copy, "outcome": "committed",
+                "reason": "n3 holds the image: 64 of its 64 chunks sent"}],
+            "decisions": [{"kind": "prestage", "service": "kv", "image": img, "from": "n2",
+                "to": "n3", "outcome": "started", "reason": "n2 pushes it to n3",
+                "why": "kv likely to move to n3"}],
+        });
+        let out = render_cluster(&doc);
+        for want in [
+            "pre-stage image abababab",
+            "image copies running: 1",
+            "image abababababab n2 -> n3 (8388608 bytes, for kv)",
+            "image copies done (latest last): 1",
+            "(for kv): committed: n3 holds the image",
+            "prestage kv n2 -> n3 (image abababababab): started",
+        ] {
+            assert!(out.contains(want), "{want:?} not in:\n{out}");
+        }
     }
 
     #[test]

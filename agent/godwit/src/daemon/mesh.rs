@@ -60,7 +60,7 @@ impl Mesh {
     }
 
     /// Starts publishing this node's summary after every sample, with the transport's
-    /// address `quic` in it.
+    /// address `quic` and the images `images` holds in it.
     pub(super) fn publish(
         &self,
         ctx: &Context,
@@ -68,6 +68,7 @@ impl Mesh {
         probes: &Probes,
         coord: Option<Arc<crate::coord::node::Coordinator<crate::coord::quic::AgentWire>>>,
         manager: Option<Arc<crate::service::Manager>>,
+        images: Option<Arc<crate::image::ImageStore>>,
     ) {
         let Some(mesh) = self.cluster.clone() else {
             return;
@@ -83,6 +84,7 @@ impl Mesh {
             probes.switches.clone(),
             coord,
             manager,
+            images,
         );
         let cancel = self.cancel.clone();
         self.tasks.spawn(async move {
@@ -130,6 +132,7 @@ async fn publish_summaries(
     switches: Arc<crate::migrate::agent::SwitchHistory>,
     coord: Option<Arc<crate::coord::node::Coordinator<crate::coord::quic::AgentWire>>>,
     manager: Option<Arc<crate::service::Manager>>,
+    images: Option<Arc<crate::image::ImageStore>>,
 ) {
     let mut tick = tokio::time::interval(cfg.probe.interval());
     let mut sizes = StateSizes::default();
@@ -145,6 +148,18 @@ async fn publish_summaries(
         last = snap.taken_at_unix_ms;
         let f = forecasts.read().unwrap_or_else(|e| e.into_inner()).clone();
         let d = decisions.read().unwrap_or_else(|e| e.into_inner()).clone();
+        // The images held here, read every summary: the leader's pre-staging sees a copy
+        // land within a sample.
+        let held = match &images {
+            Some(store) => {
+                let (store, known) = (store.clone(), sizes.image_bytes.clone());
+                tokio::task::spawn_blocking(move || held_images(&store, &known))
+                    .await
+                    .unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        sizes.image_bytes = held.iter().cloned().collect();
         let hosted = match &manager {
             Some(m) => sizes.hosted(&cfg, &snap, m).await,
             None => Vec::new(),
@@ -160,6 +175,7 @@ async fn publish_summaries(
         summary.addresses.quic = quic;
         // The class label's input: this node's past transitional switch latencies.
         summary.switch_latencies_ms = switches.latencies_ms();
+        summary.images = held.into_iter().map(|(id, _)| id).collect();
         summary.coordinator = coord.as_ref().map(|c| {
             let (leader, term) = c.leader();
             gossip::CoordinatorSeen {
@@ -189,7 +205,29 @@ const STATE_SIZE_ENTRIES: usize = 100_000;
 #[derive(Default)]
 struct StateSizes {
     bytes: std::collections::BTreeMap<String, u64>,
+    /// The held images' sizes (an image's content, so its size, never changes).
+    image_bytes: std::collections::BTreeMap<String, u64>,
     ticks: u64,
+}
+
+/// The images `store` holds, sorted, each with its size (from `known`, else read from its
+/// manifest; one it cannot read is left out).
+fn held_images(
+    store: &crate::image::ImageStore,
+    known: &std::collections::BTreeMap<String, u64>,
+) -> Vec<(String, u64)> {
+    store
+        .list()
+        .into_iter()
+        .filter_map(|id| {
+            let name = id.to_string();
+            let bytes = match known.get(&name) {
+                Some(b) => *b,
+                None => store.manifest(&id).ok()?.size(),
+            };
+            Some((name, bytes))
+        })
+        .collect()
 }
 
 impl StateSizes {
@@ -249,6 +287,11 @@ impl StateSizes {
                     snap,
                     &s.name,
                     s.image_id.as_deref(),
+                    s.image_id
+                        .as_ref()
+                        .and_then(|id| self.image_bytes.get(id))
+                        .copied()
+                        .unwrap_or(0),
                     self.bytes.get(&s.name).copied().unwrap_or(0),
                     manager.timings(&s.name).and_then(|t| t.expected_stop_s()),
                 )

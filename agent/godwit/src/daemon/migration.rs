@@ -162,9 +162,9 @@ impl Migration {
     }
 }
 
-/// How this node checks a move's fencing token: with a coordinator, the caller must be the
-/// leader this node knows, and the token that leader's term; without one, every token is
-/// refused.
+/// How this node checks the fencing token of a coordinator's order (a move, a pre-staging
+/// copy): with a coordinator, the caller must be the leader this node knows, and the token
+/// that leader's term; without one, every token is refused.
 fn fencing(
     coord: Option<Arc<crate::coord::node::Coordinator<crate::coord::quic::AgentWire>>>,
 ) -> crate::migrate::control::Fencing {
@@ -180,11 +180,11 @@ fn fencing(
         match leader {
             Some(l) if Some(l.name.as_str()) == caller_node && token == term => Ok(()),
             Some(l) => Err(format!(
-                "a move ordered by {caller} in term {token}: the leader here is {} in term {term}",
+                "an order by {caller} in term {token}: the leader here is {} in term {term}",
                 l.name
             )),
             None => Err(format!(
-                "a move ordered by {caller} in term {token}: no leader is known here"
+                "an order by {caller} in term {token}: no leader is known here"
             )),
         }
     })

@@ -178,6 +178,7 @@ async fn run_async(
         &probes,
         coordination.coord.clone(),
         services.manager.clone(),
+        net.images.clone(),
     );
     let api = api.serve(
         &ctx,

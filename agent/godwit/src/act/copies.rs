@@ -89,17 +89,8 @@ impl CopyRails {
         if held {
             return (Outcome::Held, format!("{} holds the image", c.to));
         }
-        if !self.cfg.act {
-            return (
-                Outcome::Observed,
-                "[coordinator] act = false: planned, not carried out".into(),
-            );
-        }
-        if paused {
-            return (
-                Outcome::Paused,
-                "the coordinator's moves and copies are paused (godwit cluster resume)".into(),
-            );
+        if let Some(held) = super::rails::held_back(self.cfg.act, paused, "moves and copies") {
+            return held;
         }
         if self.running.contains_key(&key) {
             return (Outcome::InFlight, "this copy is in flight".into());

@@ -107,17 +107,8 @@ impl Rails {
         log_moves: &[Move],
         now_ms: u64,
     ) -> (Outcome, String) {
-        if !self.cfg.act {
-            return (
-                Outcome::Observed,
-                "[coordinator] act = false: planned, not carried out".into(),
-            );
-        }
-        if paused {
-            return (
-                Outcome::Paused,
-                "the coordinator's moves are paused (godwit cluster resume)".into(),
-            );
+        if let Some(held) = held_back(self.cfg.act, paused, "moves") {
+            return held;
         }
         let mut moves: BTreeMap<&str, &Move> =
             log_moves.iter().map(|l| (l.service.as_str(), l)).collect();
@@ -173,6 +164,23 @@ impl Rails {
         self.running.remove(service);
         self.moved_at_ms.insert(service.to_string(), now_ms);
     }
+}
+
+/// The first two rails of every order the leader gives (moves and copies alike): `act = false`
+/// only observes; the log's pause holds `what` back.
+pub(super) fn held_back(act: bool, paused: bool, what: &str) -> Option<(Outcome, String)> {
+    if !act {
+        return Some((
+            Outcome::Observed,
+            "[coordinator] act = false: planned, not carried out".into(),
+        ));
+    }
+    paused.then(|| {
+        (
+            Outcome::Paused,
+            format!("the coordinator's {what} are paused (godwit cluster resume)"),
+        )
+    })
 }
 
 #[cfg(test)]

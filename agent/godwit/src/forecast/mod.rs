@@ -197,17 +197,10 @@ impl ForecastEngine {
             .tracked
             .iter_mut()
             .map(|((entity, metric), t)| {
-                // Every series here is non-negative: clip the forecast and its interval at 0.
-                let clip = |mut p: ForecastPoint| {
-                    p.mean = p.mean.max(0.0);
-                    p.lower = p.lower.max(0.0);
-                    p.upper = p.upper.max(0.0);
-                    p
-                };
                 let (model, points) = match t
                     .forecaster
                     .forecast(horizon, level)
-                    .map(|v| v.into_iter().map(clip).collect())
+                    .map(|v| v.into_iter().map(|p| clip(p, entity, *metric)).collect())
                 {
                     Ok(points) => (
                         t.forecaster
@@ -237,6 +230,22 @@ impl ForecastEngine {
             series,
         }
     }
+}
+
+/// A forecast point kept where its series can go: every series here is non-negative, and a
+/// node's ratios (the CPU it uses of what it has, its memory) never pass 1. A model fitted
+/// across a step extrapolates it (345% of a node seen right after a load step), and the policy
+/// scales each service's share by the node's forecast: unclipped, a service that stepped up
+/// looked bigger than any node and could not be placed.
+fn clip(mut p: ForecastPoint, entity: &Entity, metric: Metric) -> ForecastPoint {
+    let ceiling = match unit(entity, metric) {
+        "ratio" => 1.0,
+        _ => f64::INFINITY,
+    };
+    p.mean = p.mean.clamp(0.0, ceiling);
+    p.lower = p.lower.clamp(0.0, ceiling);
+    p.upper = p.upper.clamp(0.0, ceiling);
+    p
 }
 
 fn unit(entity: &Entity, metric: Metric) -> &'static str {
@@ -273,4 +282,33 @@ pub fn spawn(
                 *decisions.write().unwrap_or_else(|e| e.into_inner()) = Some(d);
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nodes_ratio_is_never_forecast_past_1_nor_a_series_below_0() {
+        // A node's CPU climbing towards all it has: the fitted trend runs past it.
+        let mut f = Forecaster::new(FitOptions::default(), 120, 1);
+        for i in 0..120 {
+            // A ramp with a little deterministic jitter, as a sampled series has.
+            f.observe(0.2 + 0.0065 * i as f64 + 0.004 * ((i * 7 % 5) as f64 - 2.0));
+        }
+        let raw = f.forecast(30, 0.9).expect("a model for a clean ramp");
+        assert!(raw.iter().any(|p| p.mean > 1.0), "{raw:?}");
+        for p in raw.iter().map(|p| clip(*p, &Entity::Node, Metric::Cpu)) {
+            assert!((0.0..=1.0).contains(&p.mean), "{p:?}");
+            assert!(p.lower <= p.mean && p.mean <= p.upper && p.upper <= 1.0, "{p:?}");
+        }
+        // A container's cores have no ceiling here (its node's share may be raised).
+        let cores = Entity::Container("/svc".into());
+        let last = *raw.last().unwrap();
+        assert_eq!(clip(last, &cores, Metric::Cpu).mean, last.mean);
+        let mut low = last;
+        (low.mean, low.lower, low.upper) = (-0.5, -1.0, 0.1);
+        let low = clip(low, &cores, Metric::Cpu);
+        assert_eq!((low.mean, low.lower, low.upper), (0.0, 0.0, 0.1));
+    }
 }

@@ -59,6 +59,79 @@ fn cpu_time_per_tgid_and_cgroup_matches_kernel_accounting() {
     w.finish();
 }
 
+/// A CPU limit of `cores` on `cg` (and its own v1 `cpu` cgroup on a hybrid host, removed when
+/// dropped): v2 `cpu.max` where the v2 tree has the controller, else v1 `cfs_quota_us`.
+struct CpuLimit(Option<std::path::PathBuf>);
+
+impl CpuLimit {
+    fn new(cg: &TestCgroup, cores: f64, pid: u32) -> CpuLimit {
+        let quota = (cores * 100_000.0) as u64;
+        if std::fs::write(cg.dir.join("cpu.max"), format!("{quota} 100000")).is_ok() {
+            return CpuLimit(None);
+        }
+        let root = cgroup_layout()
+            .cpu_v1_root
+            .expect("neither v2 cpu.max nor a v1 cpu hierarchy on this host");
+        let dir = root.join(cg.rel_path.trim_start_matches('/'));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let limit = CpuLimit(Some(dir.clone()));
+        std::fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
+        std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string()).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        limit
+    }
+}
+
+impl Drop for CpuLimit {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            // Dropped first when the test fails: what still runs in it goes.
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let _ = wait_for(Duration::from_secs(5), || std::fs::remove_dir(dir).ok());
+        }
+    }
+}
+
+/// A thread that would use a whole core, in a cgroup held at a fifth of one: `cpu.stat` shows
+/// the fifth, and `cpu.pressure` the time it waited, runnable, for the rest. The policy takes
+/// their sum as what a service asks for; the use alone would say a node at its share asks
+/// for no more than it gets.
+#[test]
+fn a_throttled_cgroup_shows_the_cpu_it_waited_for() {
+    require_root();
+    let cg = TestCgroup::new("godwit-wait");
+    let w = Workload::start(&["burn", "60000"], Some(&cg));
+    let limit = CpuLimit::new(&cg, 0.2, w.pid());
+    std::thread::sleep(Duration::from_millis(500));
+    let read = || {
+        let used = godwit::probe::cgroup::read_cpu_stat(&cg.dir)
+            .expect("cpu.stat")
+            .usage_usec;
+        let waited = godwit::probe::cgroup::read_cpu_waited_usec(&cg.dir)
+            .expect("cpu.pressure: this kernel keeps PSI");
+        (used, waited, std::time::Instant::now())
+    };
+    let (u0, w0, t0) = read();
+    std::thread::sleep(Duration::from_secs(3));
+    let (u1, w1, t1) = read();
+    let secs = t1.duration_since(t0).as_secs_f64();
+    let used = (u1 - u0) as f64 / 1e6 / secs;
+    let waited = (w1 - w0) as f64 / 1e6 / secs;
+    eprintln!("used {used:.3} cores, waited {waited:.3}, asked {:.3}", used + waited);
+    assert!((0.15..=0.25).contains(&used), "used {used:.3} under a 0.2 limit");
+    assert!(
+        used + waited >= 0.85,
+        "a spinning thread asks a core: used {used:.3} + waited {waited:.3}"
+    );
+    drop(w);
+    drop(cg);
+    drop(limit);
+}
+
 fn dirty_pages_case(block: u64) {
     let mut probe = load_probe();
     let cg = TestCgroup::new("godwit-dirty");

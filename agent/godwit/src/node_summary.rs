@@ -98,6 +98,10 @@ pub fn hosted(
         image: image.unwrap_or_default().to_string(),
         image_bytes: if image.is_some() { image_bytes } else { 0 },
         cpu_cores: c.map_or(0.0, |c| c.cpu_cores),
+        cpu_wait_cores: c
+            .and_then(|c| c.cpu_wait_cores)
+            .filter(|w| w.is_finite())
+            .unwrap_or(0.0),
         memory_bytes: c.and_then(|c| c.memory_bytes).unwrap_or(0),
         dirty_bytes_per_sec: c.map_or(0.0, |c| c.dirty_bytes_per_second),
         stop_s: stop_s.filter(|s| s.is_finite()).unwrap_or(0.0),

@@ -104,6 +104,10 @@ pub struct TriggerState {
     pub reason: String,
 }
 
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
 /// A service this node hosts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -123,6 +127,11 @@ pub struct HostedService {
     /// CPU it uses now, cores.
     #[serde(rename = "c")]
     pub cpu_cores: f64,
+    /// Cores' worth of time it was runnable without a CPU (throttled by the node's share, or
+    /// contended): with `cpu_cores`, the CPU it asks for. Left out while 0, so a summary
+    /// without it reads the same.
+    #[serde(rename = "w", skip_serializing_if = "is_zero")]
+    pub cpu_wait_cores: f64,
     /// Memory charged to it now, bytes.
     #[serde(rename = "r")]
     pub memory_bytes: u64,

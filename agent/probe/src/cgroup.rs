@@ -178,6 +178,24 @@ pub fn read_cpu_stat(dir: &Path) -> Result<CpuStat, CgroupError> {
     })
 }
 
+/// The time some task of the cgroup `dir` was runnable but had no CPU (the v2 `cpu.pressure`
+/// "some" total, which counts a CPU limit's throttling as well as contention), microseconds.
+/// With the time it ran it is what the cgroup asked for: a limit caps the CPU it uses, not
+/// the CPU it wants. `None` where the kernel keeps no pressure figures (no PSI).
+pub fn read_cpu_waited_usec(dir: &Path) -> Option<u64> {
+    parse_pressure_some_total(&fs::read_to_string(dir.join("cpu.pressure")).ok()?)
+}
+
+/// The `total=` of a pressure file's `some` line.
+fn parse_pressure_some_total(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("some "))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
 /// The cgroup id of a v2 cgroup directory: its inode number, which is what
 /// `bpf_get_current_cgroup_id()` returns. The v2 root is 1.
 pub fn cgroup_id(dir: &Path) -> io::Result<u64> {
@@ -440,6 +458,16 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         for (rel, want) in cases {
             assert_eq!(layout.dir(rel), PathBuf::from(want), "{rel}");
         }
+    }
+
+    #[test]
+    fn cpu_pressure_parsing() {
+        let text = "some avg10=9.85 avg60=41.53 avg300=22.10 total=28407955196\n\
+                    full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(parse_pressure_some_total(text), Some(28_407_955_196));
+        assert_eq!(parse_pressure_some_total("full avg10=0.00 total=5\n"), None);
+        assert_eq!(parse_pressure_some_total("some avg10=1 total=x\n"), None);
+        assert_eq!(parse_pressure_some_total(""), None);
     }
 
     #[test]

@@ -135,6 +135,14 @@ pub struct ContainerSample {
     pub processes: u32,
     pub cpu_seconds_total: f64,
     pub cpu_cores: f64,
+    /// Cores' worth of time some task of it was runnable but had no CPU (`cpu.pressure`
+    /// "some"): a CPU limit's throttling, or contention. `cpu_cores` plus this is the CPU it
+    /// asked for; `None` where the kernel keeps no pressure figures.
+    #[serde(default)]
+    pub cpu_wait_cores: Option<f64>,
+    /// The same time, since the agent started watching it, seconds.
+    #[serde(default)]
+    pub cpu_waited_seconds_total: Option<f64>,
     pub memory_bytes: Option<u64>,
     pub memory_working_set_bytes: Option<u64>,
     /// Pages the page cache saw go from clean to dirty, every page of a folio.

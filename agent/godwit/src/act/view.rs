@@ -100,9 +100,12 @@ impl ClusterPlanner {
             let s = &m.summary;
             let fenced =
                 placement.fenced.contains_key(&m.name) || placement.cordoned.contains(&m.name);
+            // What the node's services ask for, not only what its share lets them use: a
+            // node capped at its share reads 100% used however far its demand is past it.
+            let cpu = asked_cpu(s);
             if m.alive {
                 self.nodes
-                    .push(m.name.clone(), i, s.load.cpu * s.capacity.cpu_cores);
+                    .push(m.name.clone(), i, cpu * s.capacity.cpu_cores);
             }
             by_node.insert(m.name.as_str(), m);
             nodes.push(NodeView {
@@ -112,7 +115,7 @@ impl ClusterPlanner {
                 // Never a target: fenced, cordoned, or a node that runs no services.
                 fenced: fenced || m.no_services,
                 capacity: vec![s.capacity.cpu_cores, s.capacity.memory_bytes as f64],
-                util_now: vec![s.load.cpu, s.load.memory],
+                util_now: vec![cpu, s.load.memory],
                 util_forecast: vec![s.forecast.as_ref().map_or(f64::NAN, |f| f.u_max), f64::NAN],
                 load_history: history(self.nodes.get(&m.name)),
                 images: s.images.iter().cloned().collect(),
@@ -143,11 +146,12 @@ impl ClusterPlanner {
             let Some(h) = m.summary.services.iter().find(|h| &h.id == name) else {
                 continue;
             };
-            self.services.push(name.clone(), i, h.cpu_cores);
+            let asked = h.cpu_cores + h.cpu_wait_cores;
+            self.services.push(name.clone(), i, asked);
             services.push(ServiceView {
                 id: name.clone(),
                 node: node.to_string(),
-                demand: vec![h.cpu_cores, h.memory_bytes as f64],
+                demand: vec![asked, h.memory_bytes as f64],
                 load_history: history(self.services.get(name)),
                 image: h.image.clone(),
                 image_bytes: h.image_bytes,
@@ -174,6 +178,22 @@ impl ClusterPlanner {
         let plan = policy::plan(view, &self.cfg, self.index);
         self.triggers = plan.triggers.clone();
         plan
+    }
+}
+
+/// A node's CPU as a share of its capacity: what its services ask for (used, and waited for
+/// while runnable) when that is more than what the node reports used.
+fn asked_cpu(s: &NodeSummary) -> f64 {
+    let asked: f64 = s
+        .services
+        .iter()
+        .map(|h| h.cpu_cores + h.cpu_wait_cores)
+        .filter(|c| c.is_finite())
+        .sum();
+    if s.capacity.cpu_cores > 0.0 {
+        s.load.cpu.max(asked / s.capacity.cpu_cores)
+    } else {
+        s.load.cpu
     }
 }
 
@@ -302,6 +322,33 @@ mod tests {
         assert_eq!(m.to, "n3");
         // The trigger fired once: the next samples move nothing more.
         assert!(run(&mut planner, &busy, &p, 5).is_none());
+    }
+
+    #[test]
+    fn a_node_capped_at_its_share_sheds_what_its_services_ask_for() {
+        // n2's share is 0.5 cores and reads 100% used; its services waited, runnable, for
+        // another 0.25 cores between them: it is asked for 150%.
+        let p = placed(&[("a", "n2"), ("b", "n2"), ("c", "n2")]);
+        let mut planner = ClusterPlanner::new(PolicyConfig::default());
+        let mut n2 = member("n2", 1.0, &[("a", 0.2), ("b", 0.15), ("c", 0.15)]);
+        for (h, waited) in n2.summary.services.iter_mut().zip([0.1, 0.1, 0.05]) {
+            h.cpu_wait_cores = waited;
+        }
+        let members = [member("n1", 0.0, &[]), n2, member("n3", 0.0, &[])];
+        let v = planner.view(&members, &p, &BTreeSet::new());
+        let node = v.nodes.iter().find(|n| n.id == "n2").unwrap();
+        assert!((node.util_now[0] - 1.5).abs() < 1e-9, "{node:?}");
+        let a = v.services.iter().find(|s| s.id == "a").unwrap();
+        assert!((a.demand[0] - 0.3).abs() < 1e-9, "{a:?}");
+        let plan = run(&mut planner, &members, &p, 10).expect("n2 fires");
+        // Under its threshold (80% of 0.5 cores) it asks 0.4 at most: 0.35 has to leave,
+        // where the CPU it used (capped at 0.5) would have sent 0.1.
+        let moved: f64 = plan
+            .migrations
+            .iter()
+            .map(|m| v.services.iter().find(|s| s.id == m.service).unwrap().demand[0])
+            .sum();
+        assert!(moved >= 0.35 - 1e-9, "{:#?}", plan.migrations);
     }
 
     #[test]

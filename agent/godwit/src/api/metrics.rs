@@ -1013,6 +1013,19 @@ fn encode_containers(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<()
     )?;
     family(
         enc,
+        "godwit_container_cpu_waited_seconds",
+        "Time some task of the container was runnable without a CPU (cpu.pressure some): \
+         throttled by a CPU limit, or contended",
+        Counter,
+        cs.iter().filter_map(|c| {
+            Some((
+                labels(c, "cgroupfs"),
+                c.cpu_waited_seconds_total?,
+            ))
+        }),
+    )?;
+    family(
+        enc,
         "godwit_container_memory_bytes",
         "Memory charged to the container's cgroup",
         Gauge,

@@ -177,7 +177,6 @@ impl LocalPolicy {
         let cpu = super::node_cpu(&self.services_section, snap);
         let cpu_capacity = cpu.cores;
         let mem_capacity = n.memory_total_bytes as f64;
-        self.node_load.push(i, cpu.utilization * cpu_capacity);
         // With a CPU share of its own, the node's services are its managed ones only.
         let limited = self.services_section.cpu_cores > 0.0;
         let section = &self.services_section;
@@ -186,11 +185,23 @@ impl LocalPolicy {
             .iter()
             .filter(|c| !limited || super::is_service_cgroup(section, &c.cgroup_path))
             .collect();
+        // What each asks for: the CPU it used and the time it waited for one while runnable
+        // (a node capped at its share reads 100% used however far its demand is past it).
+        let asked = |c: &crate::probe::model::ContainerSample| {
+            c.cpu_cores + c.cpu_wait_cores.filter(|w| w.is_finite()).unwrap_or(0.0)
+        };
+        let node_cpu = if cpu_capacity > 0.0 {
+            let sum: f64 = containers.iter().map(|c| asked(c)).sum();
+            cpu.utilization.max(sum / cpu_capacity)
+        } else {
+            cpu.utilization
+        };
+        self.node_load.push(i, node_cpu * cpu_capacity);
         self.record_service_loads(
             i,
             containers
                 .iter()
-                .map(|c| (c.cgroup_path.as_str(), c.cpu_cores)),
+                .map(|c| (c.cgroup_path.as_str(), asked(c))),
         );
 
         let at_horizon = |entity: &Entity, metric: Metric| {
@@ -216,7 +227,7 @@ impl LocalPolicy {
             .map(|c| ServiceView {
                 id: c.cgroup_path.clone(),
                 node: node_id.clone(),
-                demand: vec![c.cpu_cores, c.memory_bytes.map_or(0.0, |b| b as f64)],
+                demand: vec![asked(c), c.memory_bytes.map_or(0.0, |b| b as f64)],
                 load_history: self
                     .services
                     .get(&c.cgroup_path)
@@ -242,7 +253,7 @@ impl LocalPolicy {
                 alive: true,
                 fenced: false,
                 capacity: vec![cpu_capacity, mem_capacity],
-                util_now: vec![cpu.utilization, n.memory_utilization],
+                util_now: vec![node_cpu, n.memory_utilization],
                 util_forecast,
                 load_history: history(&self.node_load),
                 switch_latencies_s,

@@ -22,6 +22,7 @@ impl Sampler {
             dirtied_pages: c.dirtied_pages,
             write_faults: Some(c.write_faults),
             changed_pages: counts_changes.then_some(c.changed_pages),
+            cpu_waited_us: None,
         };
         let task_counters = probe.tasks();
         let mut tasks: HashMap<u32, Totals> = task_counters
@@ -181,6 +182,7 @@ impl Sampler {
                     dirtied_pages: write_bytes / self.page_size,
                     write_faults: None,
                     changed_pages: None,
+                    cpu_waited_us: None,
                 },
             );
         }
@@ -285,6 +287,10 @@ impl Sampler {
                     .map(|s| s.usage_usec * 1000)
                     .unwrap_or(0);
             }
+            t.cpu_waited_us = self
+                .layout
+                .as_ref()
+                .and_then(|l| cgroup::read_cpu_waited_usec(&l.dir(&root)));
             let memory = self.layout.as_ref().and_then(|l| l.read_memory(&root));
             let c = self
                 .containers

@@ -159,6 +159,9 @@ struct Totals {
     write_faults: Option<u64>,
     /// Pages written, counted on the write path (BPF with a write-path program only).
     changed_pages: Option<u64>,
+    /// Time runnable without a CPU (`cpu.pressure` "some"), microseconds; containers only,
+    /// where the kernel keeps it.
+    cpu_waited_us: Option<u64>,
 }
 
 /// Cumulative counters at the last sample and the rates over the last interval.
@@ -171,6 +174,8 @@ struct Meter {
     /// The page cache's folio volume dirtied a second.
     folio_bps: f64,
     write_faults_ps: Option<f64>,
+    /// Cores' worth of time runnable without a CPU over the last interval.
+    cpu_wait_cores: Option<f64>,
     /// Whether the counters have a baseline (no rate on the first sight).
     primed: bool,
 }
@@ -192,9 +197,15 @@ impl Meter {
             (Some(_), None) => Some(0),
             _ => None,
         };
+        let d_waited = match (t.cpu_waited_us, prev.cpu_waited_us) {
+            (Some(now), Some(before)) => Some(now.saturating_sub(before)),
+            (Some(_), None) => Some(0),
+            _ => None,
+        };
         match (dt, self.primed) {
             (Some(dt), true) => {
                 self.cpu_cores = d_cpu as f64 / 1e9 / dt;
+                self.cpu_wait_cores = d_waited.map(|us| us as f64 / 1e6 / dt);
                 self.folio_bps = (d_dirty * page_size) as f64 / dt;
                 self.dirty_bps = d_changed.map_or(self.folio_bps, |n| (n * page_size) as f64 / dt);
                 self.write_faults_ps = d_wf.map(|n| n as f64 / dt);
@@ -204,6 +215,7 @@ impl Meter {
                 self.dirty_bps = 0.0;
                 self.folio_bps = 0.0;
                 self.write_faults_ps = t.write_faults.map(|_| 0.0);
+                self.cpu_wait_cores = t.cpu_waited_us.map(|_| 0.0);
             }
         }
         self.totals = Totals {
@@ -211,6 +223,10 @@ impl Meter {
             dirtied_pages: prev.dirtied_pages.max(t.dirtied_pages),
             write_faults: t.write_faults,
             changed_pages: match (prev.changed_pages, t.changed_pages) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (_, b) => b,
+            },
+            cpu_waited_us: match (prev.cpu_waited_us, t.cpu_waited_us) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (_, b) => b,
             },
@@ -732,6 +748,8 @@ impl Sampler {
                 processes: c.processes,
                 cpu_seconds_total: c.meter.totals.cpu_ns as f64 / 1e9,
                 cpu_cores: c.meter.cpu_cores,
+                cpu_wait_cores: c.meter.cpu_wait_cores,
+                cpu_waited_seconds_total: c.meter.totals.cpu_waited_us.map(|us| us as f64 / 1e6),
                 memory_bytes: c.memory.as_ref().map(|m| m.current_bytes),
                 memory_working_set_bytes: c.memory.as_ref().map(|m| m.working_set_bytes),
                 dirtied_pages_total: c.meter.totals.dirtied_pages,

@@ -44,6 +44,10 @@ pub struct MigrationReport {
     pub dirty_bytes_per_second: f64,
     /// State size, bytes.
     pub state_bytes: u64,
+    /// The share of the state's pages dirty in the page cache just before the move
+    /// (`cachestat`); before the model has learned `D'/D` from a move, it gives it.
+    #[serde(default)]
+    pub state_dirty_share: Option<f64>,
     /// The pre-copy run: estimate, mode, rounds, frozen time.
     pub transfer: Option<DriveReport>,
     /// Rounds the model predicted (live rounds plus the frozen one).

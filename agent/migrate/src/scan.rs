@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ring::digest::{digest, SHA256};
@@ -446,6 +446,76 @@ pub(crate) fn start_write_back(file: &File, at: u64, len: u64) {
     }
 }
 
+/// Pages of a file in the page cache that are dirty now (`cachestat(2)`, Linux 6.5), and
+/// the file's pages; `None` where the kernel lacks the call.
+pub(crate) fn dirty_pages(file: &File) -> Option<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    // The same number on every architecture (the unified table, from 6.5).
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let size = file.metadata().ok()?.len();
+    let range = Range { off: 0, len: 0 };
+    let mut stat = Stat::default();
+    // SAFETY: the kernel reads `range` and writes `stat`, both live and of the layouts the
+    // call defines, for the duration of the call; the descriptor is borrowed.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0u32,
+        )
+    };
+    (r == 0).then(|| (stat.nr_dirty, size.div_ceil(page_size())))
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+/// The share of the state's pages that are dirty in the page cache now, over the files of
+/// `scan` (`None` where the kernel cannot say, or there is no page). A page already dirty
+/// takes writes without a fault or a new page-cache event, so the probe's rate misses them
+/// (it counts clean-to-dirty changes), while the rounds after round 0, which follow pages the
+/// rounds themselves cleaned, see them: their rate is the probe's over `1 - share`.
+pub(crate) fn dirty_share(root: &Path, files: &[FileMeta]) -> Option<f64> {
+    let (mut dirty, mut pages, mut known) = (0u64, 0u64, false);
+    for f in files.iter().filter(|f| f.size.is_some()) {
+        // Not through a link: only the state's own files.
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(root.join(&f.rel));
+        let Ok(file) = opened else {
+            continue;
+        };
+        if let Some((d, n)) = dirty_pages(&file) {
+            (dirty, pages, known) = (dirty + d, pages + n, true);
+        }
+    }
+    (known && pages > 0).then(|| (dirty as f64 / pages as f64).min(1.0))
+}
+
 /// A run of changed blocks of one file, as read: what a round sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangedRun {
@@ -557,4 +627,46 @@ pub fn hash_tree(root: &Path, files: &[FileMeta]) -> Result<Vec<(String, String)
         out.push((f.rel.clone(), file_node(size, &digests)));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_share_of_dirty_pages_is_what_the_page_cache_holds_unwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let mut file = File::create(&path).unwrap();
+        file.write_all(&vec![7u8; 64 * 4096]).unwrap();
+        file.sync_data().unwrap();
+        let meta = [FileMeta {
+            rel: "state".into(),
+            mode: 0o600,
+            size: Some(64 * 4096),
+        }];
+        if dirty_pages(&file).is_none() {
+            eprintln!("no cachestat(2) on this kernel: nothing to check");
+            return;
+        }
+        assert_eq!(dirty_share(dir.path(), &meta), Some(0.0));
+        // A quarter of the pages written again, not yet written back: at least those are
+        // dirty (the page cache marks a large folio dirty whole).
+        use std::os::unix::fs::FileExt;
+        for page in (0..64).step_by(4) {
+            file.write_at(&[1u8; 100], page * 4096).unwrap();
+        }
+        let share = dirty_share(dir.path(), &meta).unwrap();
+        assert!((0.25..=1.0).contains(&share), "{share}");
+        file.sync_data().unwrap();
+        assert_eq!(dirty_share(dir.path(), &meta), Some(0.0));
+        // A link in the state is not followed.
+        std::os::unix::fs::symlink(&path, dir.path().join("link")).unwrap();
+        let link = [FileMeta {
+            rel: "link".into(),
+            ..meta[0].clone()
+        }];
+        assert_eq!(dirty_share(dir.path(), &link), None);
+    }
 }

@@ -605,6 +605,13 @@ impl Migrator {
         let scan = StateScan::new(&state_dir, &spec.state_relative(section))?;
         let files = scan.list()?;
         report.state_bytes = files.iter().filter_map(|f| f.size).sum();
+        report.state_dirty_share = {
+            let (root, files) = (state_dir.clone(), files.clone());
+            tokio::task::spawn_blocking(move || crate::scan::dirty_share(&root, &files))
+                .await
+                .ok()
+                .flatten()
+        };
         // The zstd level from this machine's speed on a sample of the state and the path's:
         // the bandwidth after compression is what the model takes.
         let choice = {
@@ -661,7 +668,7 @@ impl Migrator {
             round_bandwidth_bytes_per_s: model::expected_round_bandwidth(&learned),
             live_overhead_s: report.live_overhead_estimate_s,
             later_dirty_bytes_per_s: report.dirty_bytes_per_second
-                * model::expected_later_dirty_ratio(&learned),
+                * model::later_dirty_ratio(&learned, report.state_dirty_share),
             frozen_bandwidth_bytes_per_s: frozen_fit.map_or(0.0, |(_, b)| b),
             stop_s: report.stop_estimate_s.unwrap_or(0.0),
         };

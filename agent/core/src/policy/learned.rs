@@ -115,10 +115,19 @@ pub fn expected_frozen_fit(learned: &VecDeque<Observed>) -> Option<(f64, f64)> {
 }
 
 /// `D'/D`, the dirty rate from round 2 on over the probe's: the median over the last
-/// committed migrations from this node that ran rounds past round 2, within 0.5 to 2, or
-/// 1 (the model's `D` throughout).
-pub fn expected_later_dirty_ratio(learned: &VecDeque<Observed>) -> f64 {
-    median(learned.iter().map(|o| o.dirty_later_ratio)).map_or(1.0, |r| r.clamp(0.5, 2.0))
+/// committed migrations from this node that ran rounds past round 2, within 0.5 to 2. Before
+/// any move has taught it, from the share of the state's pages dirty in the page cache now
+/// (`dirty_share`, measured just before the move): writes to a page already dirty raise no
+/// fault and no page-cache event, so the probe sees `D = D'(1 - share)` of the rate `D'` at
+/// which the rounds, which clean what they send, find pages changed; within 1 to 2. 1 (the
+/// model's `D` throughout) when neither is known.
+pub fn later_dirty_ratio(learned: &VecDeque<Observed>, dirty_share: Option<f64>) -> f64 {
+    match median(learned.iter().map(|o| o.dirty_later_ratio)) {
+        Some(r) => r.clamp(0.5, 2.0),
+        None => dirty_share
+            .filter(|f| f.is_finite() && *f >= 0.0 && *f < 1.0)
+            .map_or(1.0, |f| (1.0 / (1.0 - f)).clamp(1.0, 2.0)),
+    }
 }
 
 /// The rate of the rounds after round 0 (scattered pages): the median of the last committed
@@ -147,6 +156,23 @@ pub fn expected_scan_share(learned: &VecDeque<Observed>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn before_any_move_the_later_rate_comes_from_the_dirty_share() {
+        let none = VecDeque::new();
+        assert_eq!(later_dirty_ratio(&none, None), 1.0);
+        // 15% of the state dirty: the probe sees 85% of what the rounds will.
+        assert!((later_dirty_ratio(&none, Some(0.15)) - 1.0 / 0.85).abs() < 1e-12);
+        assert_eq!(later_dirty_ratio(&none, Some(0.9)), 2.0);
+        assert_eq!(later_dirty_ratio(&none, Some(f64::NAN)), 1.0);
+        // What moves taught wins over the measure.
+        let learned: VecDeque<Observed> = [Observed {
+            dirty_later_ratio: Some(1.3),
+            ..Observed::default()
+        }]
+        .into();
+        assert_eq!(later_dirty_ratio(&learned, Some(0.15)), 1.3);
+    }
 
     #[test]
     fn the_frozen_rounds_own_rate_comes_from_rounds_of_different_sizes() {

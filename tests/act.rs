@@ -569,10 +569,9 @@ fn a_node_nearing_its_threshold_gets_its_service_image_copied_ahead_of_the_move(
     );
 
     // Over the threshold: kv moves, to the node that holds its image, and sends none of it.
-    // (0.3 and bg's 0.18 ask 96% of the node's half core. The agents see what a service asks,
-    // not only what the cap lets it use, so kv at 0.45 would be seen as it is: more than any
-    // half-core node takes under its headroom, and bg would leave instead.)
-    std::fs::write(&load, "0.3").unwrap();
+    // (It asks for more than the node's half core with bg, so that the node is over its
+    // threshold even on a host whose other work takes a share of the cores.)
+    std::fs::write(&load, "0.45").unwrap();
     let (moved_to, _) = wait_for(Duration::from_secs(60), || {
         rig.placed(1, "kv").filter(|(n, _)| n != "n2")
     })

@@ -98,8 +98,7 @@ impl Drop for CpuLimit {
 
 /// A thread that would use a whole core, in a cgroup held at a fifth of one: `cpu.stat` shows
 /// the fifth, and `cpu.pressure` the time it waited, runnable, for the rest. The policy takes
-/// their sum as what a service asks for; the use alone would say a node at its share asks
-/// for no more than it gets.
+/// a node whose services waited so as held at its share: the use alone reads a little under.
 #[test]
 fn a_throttled_cgroup_shows_the_cpu_it_waited_for() {
     require_root();

@@ -1017,12 +1017,8 @@ fn encode_containers(enc: &mut DescriptorEncoder<'_>, s: &Snapshot) -> Result<()
         "Time some task of the container was runnable without a CPU (cpu.pressure some): \
          throttled by a CPU limit, or contended",
         Counter,
-        cs.iter().filter_map(|c| {
-            Some((
-                labels(c, "cgroupfs"),
-                c.cpu_waited_seconds_total?,
-            ))
-        }),
+        cs.iter()
+            .filter_map(|c| Some((labels(c, "cgroupfs"), c.cpu_waited_seconds_total?))),
     )?;
     family(
         enc,

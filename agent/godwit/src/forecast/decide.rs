@@ -185,23 +185,18 @@ impl LocalPolicy {
             .iter()
             .filter(|c| !limited || super::is_service_cgroup(section, &c.cgroup_path))
             .collect();
-        // What each asks for: the CPU it used and the time it waited for one while runnable
-        // (a node capped at its share reads 100% used however far its demand is past it).
-        let asked = |c: &crate::probe::model::ContainerSample| {
-            c.cpu_cores + c.cpu_wait_cores.filter(|w| w.is_finite()).unwrap_or(0.0)
-        };
-        let node_cpu = if cpu_capacity > 0.0 {
-            let sum: f64 = containers.iter().map(|c| asked(c)).sum();
-            cpu.utilization.max(sum / cpu_capacity)
-        } else {
-            cpu.utilization
-        };
+        // At least all of its share when its services waited for a CPU.
+        let node_cpu = super::node_cpu_load(
+            cpu.utilization,
+            containers.iter().filter_map(|c| c.cpu_wait_cores),
+            cpu_capacity,
+        );
         self.node_load.push(i, node_cpu * cpu_capacity);
         self.record_service_loads(
             i,
             containers
                 .iter()
-                .map(|c| (c.cgroup_path.as_str(), asked(c))),
+                .map(|c| (c.cgroup_path.as_str(), c.cpu_cores)),
         );
 
         let at_horizon = |entity: &Entity, metric: Metric| {
@@ -227,7 +222,7 @@ impl LocalPolicy {
             .map(|c| ServiceView {
                 id: c.cgroup_path.clone(),
                 node: node_id.clone(),
-                demand: vec![asked(c), c.memory_bytes.map_or(0.0, |b| b as f64)],
+                demand: vec![c.cpu_cores, c.memory_bytes.map_or(0.0, |b| b as f64)],
                 load_history: self
                     .services
                     .get(&c.cgroup_path)

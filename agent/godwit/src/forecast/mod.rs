@@ -13,7 +13,10 @@
 mod capacity;
 mod decide;
 
-pub use capacity::{is_service_cgroup, node_cpu, service_cgroup, service_container, NodeCpu};
+pub use capacity::{
+    is_service_cgroup, node_cpu, node_cpu_load, service_cgroup, service_container, NodeCpu,
+    SATURATED_WAIT,
+};
 
 pub use decide::{Decisions, SharedDecisions, SharedJournal, SharedRisk};
 
@@ -300,7 +303,10 @@ mod tests {
         assert!(raw.iter().any(|p| p.mean > 1.0), "{raw:?}");
         for p in raw.iter().map(|p| clip(*p, &Entity::Node, Metric::Cpu)) {
             assert!((0.0..=1.0).contains(&p.mean), "{p:?}");
-            assert!(p.lower <= p.mean && p.mean <= p.upper && p.upper <= 1.0, "{p:?}");
+            assert!(
+                p.lower <= p.mean && p.mean <= p.upper && p.upper <= 1.0,
+                "{p:?}"
+            );
         }
         // A container's cores have no ceiling here (its node's share may be raised).
         let cores = Entity::Container("/svc".into());

@@ -97,6 +97,15 @@ impl Rails {
         self.running.values()
     }
 
+    /// The services still in their cool-down at `now_ms`: the plan is to leave them where they
+    /// are and pick another of the node's services, not to pick them and be held back here.
+    pub fn cooling(&self, now_ms: u64) -> impl Iterator<Item = &str> {
+        self.moved_at_ms
+            .iter()
+            .filter(move |(_, at)| now_ms.saturating_sub(**at) < self.cfg.cooldown_ms)
+            .map(|(s, _)| s.as_str())
+    }
+
     /// Decides whether `m` starts now. `paused`: the log's pause; `log_moves`: the moves the
     /// log has in flight (every intent, whoever started it). A move it lets start counts as
     /// running until [`Rails::finished`].
@@ -265,6 +274,8 @@ mod tests {
         let (o, why) = r.admit(&m, false, &[], 40_000);
         assert_eq!(o, Outcome::Cooldown, "{why}");
         assert!(why.contains("30 s ago"), "{why}");
+        assert_eq!(r.cooling(40_000).collect::<Vec<_>>(), ["kv"]);
+        assert_eq!(r.cooling(70_001).count(), 0);
         assert_eq!(r.admit(&m, false, &[], 70_001).0, Outcome::Started);
     }
 }

@@ -201,14 +201,20 @@ impl Ticker {
                 })
             })
             .collect();
-        let running: BTreeSet<String> = self
-            .rails
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .running()
-            .map(|m| m.service.clone())
-            .collect();
-        let cv = self.planner.view(&members, &placement, &running);
+        let (running, cooling): (BTreeSet<String>, BTreeSet<String>) = {
+            let rails = self.rails.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                rails.running().map(|m| m.service.clone()).collect(),
+                rails.cooling(mono_ms()).map(str::to_string).collect(),
+            )
+        };
+        let mut cv = self.planner.view(&members, &placement, &running);
+        // A service in its cool-down stays where it is for the plan too: the node's relief
+        // comes from its other services. Left selectable, the plan picked it again sample
+        // after sample, the rails held it back, and an overloaded node shed nothing.
+        for s in cv.services.iter_mut().filter(|s| cooling.contains(&s.id)) {
+            s.pinned = true;
+        }
         let plan = self.planner.plan(&cv);
         let leading =
             status.leader.as_deref() == Some(self.me.as_str()) && status.state == "leader";

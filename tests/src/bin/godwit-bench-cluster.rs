@@ -310,6 +310,9 @@ fn run_real(a: &Args, sc: &Scenario, policy: &str) -> Real {
                 )
             );
         }
+        if std::env::var_os("GODWIT_BENCH_TRACE").is_some() && t % 20 == 10 {
+            eprintln!("\n[{policy}] step {t}: {}", leader_view(&rig));
+        }
         let next = t0 + step * (t as u32 + 1);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
@@ -349,6 +352,40 @@ fn run_real(a: &Args, sc: &Scenario, policy: &str) -> Real {
     drop(rig);
     r.wall_s = started.elapsed().as_secs_f64();
     r
+}
+
+/// One line of what the leader's last plan saw (`GODWIT_BENCH_TRACE` set): each node's
+/// load now and forecast, its trigger, and why a service was left where it is.
+fn leader_view(rig: &MigrateRig) -> String {
+    let plan = rig.c.json(1, "/v1/cluster/plan");
+    let mut out = Vec::new();
+    for n in plan["plan"]["nodes"].as_array().into_iter().flatten() {
+        let t = &n["trigger"];
+        out.push(format!(
+            "{} u {:.2} fc {:.2} {}",
+            n["node"].as_str().unwrap_or("?"),
+            t["u_max"].as_f64().unwrap_or(f64::NAN),
+            t["u_max_forecast"].as_f64().unwrap_or(f64::NAN),
+            t["reason"].as_str().unwrap_or("-"),
+        ));
+    }
+    for u in plan["plan"]["unplaced"].as_array().into_iter().flatten() {
+        out.push(format!(
+            "unplaced {} from {}: {}",
+            u["service"].as_str().unwrap_or("?"),
+            u["from"].as_str().unwrap_or("?"),
+            u["reason"].as_str().unwrap_or("?"),
+        ));
+    }
+    for d in plan["decisions"].as_array().into_iter().flatten().rev().take(2) {
+        out.push(format!(
+            "last {} {} {}",
+            d["service"].as_str().unwrap_or("?"),
+            d["outcome"].as_str().unwrap_or("?"),
+            d["reason"].as_str().unwrap_or(""),
+        ));
+    }
+    out.join("; ")
 }
 
 fn sim(sc: &Scenario, policy: &str) -> engine::Report {

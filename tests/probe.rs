@@ -120,8 +120,14 @@ fn a_throttled_cgroup_shows_the_cpu_it_waited_for() {
     let secs = t1.duration_since(t0).as_secs_f64();
     let used = (u1 - u0) as f64 / 1e6 / secs;
     let waited = (w1 - w0) as f64 / 1e6 / secs;
-    eprintln!("used {used:.3} cores, waited {waited:.3}, asked {:.3}", used + waited);
-    assert!((0.15..=0.25).contains(&used), "used {used:.3} under a 0.2 limit");
+    eprintln!(
+        "used {used:.3} cores, waited {waited:.3}, asked {:.3}",
+        used + waited
+    );
+    assert!(
+        (0.15..=0.25).contains(&used),
+        "used {used:.3} under a 0.2 limit"
+    );
     assert!(
         used + waited >= 0.85,
         "a spinning thread asks a core: used {used:.3} + waited {waited:.3}"

@@ -377,7 +377,13 @@ fn leader_view(rig: &MigrateRig) -> String {
             u["reason"].as_str().unwrap_or("?"),
         ));
     }
-    for d in plan["decisions"].as_array().into_iter().flatten().rev().take(2) {
+    for d in plan["decisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+        .take(2)
+    {
         out.push(format!(
             "last {} {} {}",
             d["service"].as_str().unwrap_or("?"),

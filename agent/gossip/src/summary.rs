@@ -128,8 +128,8 @@ pub struct HostedService {
     #[serde(rename = "c")]
     pub cpu_cores: f64,
     /// Cores' worth of time it was runnable without a CPU (throttled by the node's share, or
-    /// contended): with `cpu_cores`, the CPU it asks for. Left out while 0, so a summary
-    /// without it reads the same.
+    /// contended): enough of it marks its node as held at its share; it is no demand. Left
+    /// out while 0, so a summary without it reads the same.
     #[serde(rename = "w", skip_serializing_if = "is_zero")]
     pub cpu_wait_cores: f64,
     /// Memory charged to it now, bytes.

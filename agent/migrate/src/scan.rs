@@ -480,21 +480,16 @@ pub(crate) fn dirty_pages(file: &File) -> Option<(u64, u64)> {
             0u32,
         )
     };
-    (r == 0).then(|| (stat.nr_dirty, size.div_ceil(page_size())))
+    (r == 0).then(|| {
+        (
+            stat.nr_dirty,
+            size.div_ceil(godwit_probe::procfs::page_size()),
+        )
+    })
 }
 
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as u64
-    } else {
-        4096
-    }
-}
-
-/// The share of the state's pages that are dirty in the page cache now, over the files of
-/// `scan` (`None` where the kernel cannot say, or there is no page). A page already dirty
+/// The share of the state's pages that are dirty in the page cache now, over `files` under
+/// `root` (`None` where the kernel cannot say, or there is no page). A page already dirty
 /// takes writes without a fault or a new page-cache event, so the probe's rate misses them
 /// (it counts clean-to-dirty changes), while the rounds after round 0, which follow pages the
 /// rounds themselves cleaned, see them: their rate is the probe's over `1 - share`.

@@ -180,8 +180,9 @@ pub fn read_cpu_stat(dir: &Path) -> Result<CpuStat, CgroupError> {
 
 /// The time some task of the cgroup `dir` was runnable but had no CPU (the v2 `cpu.pressure`
 /// "some" total, which counts a CPU limit's throttling as well as contention), microseconds.
-/// With the time it ran it is what the cgroup asked for: a limit caps the CPU it uses, not
-/// the CPU it wants. `None` where the kernel keeps no pressure figures (no PSI).
+/// Time waited says the cgroup wanted more than it got, not how much more: a throttled
+/// thread waits until its period ends whatever it lacked. `None` where the kernel keeps no
+/// pressure figures (no PSI).
 pub fn read_cpu_waited_usec(dir: &Path) -> Option<u64> {
     parse_pressure_some_total(&fs::read_to_string(dir.join("cpu.pressure")).ok()?)
 }

@@ -136,8 +136,9 @@ pub struct ContainerSample {
     pub cpu_seconds_total: f64,
     pub cpu_cores: f64,
     /// Cores' worth of time some task of it was runnable but had no CPU (`cpu.pressure`
-    /// "some"): a CPU limit's throttling, or contention. `cpu_cores` plus this is the CPU it
-    /// asked for; `None` where the kernel keeps no pressure figures.
+    /// "some"): a CPU limit's throttling, or contention. It says the cgroup wanted more, not
+    /// how much (a throttled thread waits until its period ends whatever it lacked); `None`
+    /// where the kernel keeps no pressure figures.
     #[serde(default)]
     pub cpu_wait_cores: Option<f64>,
     /// The same time, since the agent started watching it, seconds.

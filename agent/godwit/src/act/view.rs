@@ -101,7 +101,7 @@ impl ClusterPlanner {
             let fenced =
                 placement.fenced.contains_key(&m.name) || placement.cordoned.contains(&m.name);
             // At least all of its share when its services waited for a CPU.
-            let cpu = asked_cpu(s);
+            let cpu = cpu_load(s);
             if m.alive {
                 self.nodes
                     .push(m.name.clone(), i, cpu * s.capacity.cpu_cores);
@@ -179,8 +179,9 @@ impl ClusterPlanner {
     }
 }
 
-/// A node's CPU as a share of its capacity ([`crate::forecast::node_cpu_load`] over what it announces).
-fn asked_cpu(s: &NodeSummary) -> f64 {
+/// A node's CPU load as a share of its capacity, from what it announces
+/// ([`crate::forecast::node_cpu_load`]).
+fn cpu_load(s: &NodeSummary) -> f64 {
     crate::forecast::node_cpu_load(
         s.load.cpu,
         s.services.iter().map(|h| h.cpu_wait_cores),

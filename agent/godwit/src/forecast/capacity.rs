@@ -64,15 +64,16 @@ pub fn node_cpu(section: &ServicesSection, snap: &Snapshot) -> NodeCpu {
 }
 
 /// Waited cores, as a share of the node's, from which a node is taken as held at its share.
-pub const SATURATED_WAIT: f64 = 0.25;
+pub(super) const SATURATED_WAIT: f64 = 0.25;
 
 /// A node's CPU load as a share of its capacity: what it used, and at least all of it when
-/// its services waited, runnable, for a quarter of its cores or more ([`SATURATED_WAIT`]).
+/// its services waited, runnable, for a quarter of its cores or more (`SATURATED_WAIT`).
 /// A node held at its share by its CPU limit reads about 100% used however far past it its
 /// demand is, and sometimes a little under: then an urgent firing (load now at or over
 /// capacity) never came. How far past it is not measured: a throttled thread waits until
 /// the period ends whatever it lacked, so the time waited is no demand (summed over a node's
-/// services it read 200-400% of a node asked for 130%, and their shares fit no target).
+/// services it read 250-565% of a node whose demand was about 130%, and their shares fit no
+/// target).
 pub fn node_cpu_load(used: f64, waited: impl Iterator<Item = f64>, cores: f64) -> f64 {
     let waited: f64 = waited.filter(|w| w.is_finite() && *w > 0.0).sum();
     if cores > 0.0 && waited >= SATURATED_WAIT * cores {

@@ -15,7 +15,6 @@ mod decide;
 
 pub use capacity::{
     is_service_cgroup, node_cpu, node_cpu_load, service_cgroup, service_container, NodeCpu,
-    SATURATED_WAIT,
 };
 
 pub use decide::{Decisions, SharedDecisions, SharedJournal, SharedRisk};
